@@ -1,0 +1,725 @@
+//! Configuration: the TOML file parsed into raw serde types (every table
+//! `deny_unknown_fields`), then validated into the typed [`Config`] that the
+//! rest of tidegate sees. Nothing outside this module touches raw config.
+//!
+//! Invariants: every error names the file, the line and column, and the key
+//! where toml can tell us; secrets (header values, tokens) are held in
+//! [`Secret`], whose `Debug` and `Display` never print the value.
+
+mod units;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use units::{expand_env, ByteSize, EnvString, HumanDuration, Rate};
+
+/// A config that could not be loaded, with where and why.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{col}: {key_part}{reason}", key_part = key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
+    Invalid {
+        path: String,
+        line: usize,
+        col: usize,
+        key: Option<String>,
+        reason: String,
+    },
+}
+
+/// A value that must never reach a log line or an API answer.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Secret(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    Retry,
+    Buffer,
+    Log,
+    Halt,
+}
+
+impl FailureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureMode::Retry => "retry",
+            FailureMode::Buffer => "buffer",
+            FailureMode::Log => "log",
+            FailureMode::Halt => "halt",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    Reject,
+    Block,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    Unordered,
+    Fifo,
+}
+
+/// The validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub source: PathBuf,
+    pub ingress: IngressConfig,
+    pub admin: AdminConfig,
+    pub storage: StorageConfig,
+    pub log: LogConfig,
+    pub server: ServerConfig,
+    pub destinations: Vec<Destination>,
+}
+
+#[derive(Clone, Debug)]
+pub struct IngressConfig {
+    pub listen: SocketAddr,
+    pub max_body: u64,
+    pub auth_token: Option<Secret>,
+}
+
+#[derive(Clone, Debug)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+    pub token: Option<Secret>,
+}
+
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    pub path: PathBuf,
+    pub max_disk: u64,
+    pub history_retention: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct Destination {
+    pub name: String,
+    pub url: reqwest::Url,
+    pub owner: String,
+    pub on_failure: FailureMode,
+    pub timeout: Duration,
+    /// Added to every delivery; values are secrets.
+    pub headers: Vec<(http::HeaderName, Secret)>,
+    pub accept_while_halted: bool,
+    pub rate_limit: RateLimit,
+    pub retry: RetryPolicy,
+    pub queue: QueuePolicy,
+}
+
+impl Destination {
+    /// The URL with any userinfo replaced, fit for logs and API answers.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+pub fn redact_url(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    if !u.username().is_empty() || u.password().is_some() {
+        let _ = u.set_username("redacted");
+        let _ = u.set_password(None);
+    }
+    u.to_string()
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimit {
+    /// Messages per second, `None` for no token bucket.
+    pub rate: Option<f64>,
+    pub burst: u32,
+    pub max_in_flight: u32,
+    pub adaptive: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_backoff: Duration,
+    pub max_backoff: Duration,
+    pub multiplier: f64,
+    pub jitter: bool,
+    pub max_age: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueuePolicy {
+    pub max_messages: u64,
+    pub max_bytes: u64,
+    pub when_full: WhenFull,
+    pub block_timeout: Duration,
+    pub ordering: Ordering,
+}
+
+// ---------------------------------------------------------------- raw types
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    ingress: RawIngress,
+    #[serde(default)]
+    admin: RawAdmin,
+    #[serde(default)]
+    storage: RawStorage,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    destination: Vec<RawDestination>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawIngress {
+    listen: Option<Spanned<EnvString>>,
+    max_body: Option<ByteSize>,
+    auth_token_env: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    listen: Option<Spanned<EnvString>>,
+    token_env: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStorage {
+    path: Option<EnvString>,
+    max_disk: Option<ByteSize>,
+    history_retention: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: Option<Spanned<String>>,
+    level: Option<EnvString>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    shutdown_timeout: Option<HumanDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDestination {
+    name: Spanned<String>,
+    url: Spanned<EnvString>,
+    owner: Spanned<EnvString>,
+    on_failure: Option<FailureMode>,
+    timeout: Option<HumanDuration>,
+    #[serde(default)]
+    headers: BTreeMap<Spanned<String>, EnvString>,
+    accept_while_halted: Option<bool>,
+    #[serde(default)]
+    rate_limit: RawRateLimit,
+    #[serde(default)]
+    retry: RawRetry,
+    #[serde(default)]
+    queue: RawQueue,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    rate: Option<Rate>,
+    burst: Option<Spanned<i64>>,
+    max_in_flight: Option<Spanned<i64>>,
+    adaptive: Option<bool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawRetry {
+    max_attempts: Option<Spanned<i64>>,
+    initial_backoff: Option<HumanDuration>,
+    max_backoff: Option<HumanDuration>,
+    multiplier: Option<Spanned<f64>>,
+    jitter: Option<bool>,
+    max_age: Option<HumanDuration>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    max_messages: Option<Spanned<i64>>,
+    max_bytes: Option<ByteSize>,
+    when_full: Option<WhenFull>,
+    block_timeout: Option<HumanDuration>,
+    ordering: Option<Ordering>,
+}
+
+// ---------------------------------------------------------------- loading
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates config text; `path` is only used to locate errors and
+    /// resolve nothing else.
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let located = Locator { path, text };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let span = e.span().unwrap_or(0..0);
+            located.error(span, e.message().to_string())
+        })?;
+        build(raw, &located)
+    }
+
+    pub fn destination(&self, name: &str) -> Option<&Destination> {
+        self.destinations.iter().find(|d| d.name == name)
+    }
+}
+
+struct Locator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn error(&self, span: std::ops::Range<usize>, reason: String) -> ConfigError {
+        let start = span.start.min(self.text.len());
+        let before = &self.text[..start];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let col = before[line_start..].chars().count() + 1;
+        ConfigError::Invalid {
+            path: self.path.display().to_string(),
+            line,
+            col,
+            key: self.key_at(start),
+            reason,
+        }
+    }
+
+    /// The dotted key whose value starts at `offset`: the table header above
+    /// it plus the bare key on its line, e.g. `destination.retry.multiplier`.
+    fn key_at(&self, offset: usize) -> Option<String> {
+        let before = &self.text[..offset];
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let line_end = self.text[line_start..]
+            .find('\n')
+            .map(|i| line_start + i)
+            .unwrap_or(self.text.len());
+        let line = &self.text[line_start..line_end];
+        let key = line
+            .split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"').to_string())
+            .filter(|k| !k.is_empty() && !k.starts_with('['));
+        let table = before[..line_start]
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+        match (table, key) {
+            (Some(t), Some(k)) => Some(format!("{t}.{k}")),
+            (None, Some(k)) => Some(k),
+            (Some(t), None) if line.trim_start().starts_with('[') => Some(t),
+            _ => None,
+        }
+    }
+}
+
+fn positive<T>(v: &Option<Spanned<i64>>, default: T, loc: &Locator, what: &str) -> Result<T, ConfigError>
+where
+    T: TryFrom<i64> + Copy,
+{
+    match v {
+        None => Ok(default),
+        Some(s) => {
+            let n = *s.get_ref();
+            if n < 1 {
+                return Err(loc.error(s.span(), format!("{what} must be at least 1, got {n}")));
+            }
+            T::try_from(n).map_err(|_| loc.error(s.span(), format!("{what} is too large: {n}")))
+        }
+    }
+}
+
+fn secret_from_env(name: &Option<Spanned<String>>, loc: &Locator) -> Result<Option<Secret>, ConfigError> {
+    let Some(name) = name else { return Ok(None) };
+    match std::env::var(name.get_ref()) {
+        Ok(v) if !v.is_empty() => Ok(Some(Secret(v))),
+        _ => Err(loc.error(
+            name.span(),
+            format!("environment variable `{}` is not set or empty", name.get_ref()),
+        )),
+    }
+}
+
+fn socket_addr(v: &Option<Spanned<EnvString>>, default: &str, loc: &Locator) -> Result<SocketAddr, ConfigError> {
+    match v {
+        None => Ok(default.parse().expect("default listen address is valid")),
+        Some(s) => s.get_ref().0.parse().map_err(|_| {
+            loc.error(
+                s.span(),
+                format!("{:?} is not an address like \"127.0.0.1:9090\"", s.get_ref().0),
+            )
+        }),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 63
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b[1..]
+            .iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+/// Header names tidegate sets itself or that would break the delivery.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "x-tidegate-message-id",
+    "x-tidegate-attempt",
+];
+
+fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
+    let ingress = IngressConfig {
+        listen: socket_addr(&raw.ingress.listen, "0.0.0.0:8080", loc)?,
+        max_body: raw.ingress.max_body.map(|b| b.0).unwrap_or(1 << 20),
+        auth_token: secret_from_env(&raw.ingress.auth_token_env, loc)?,
+    };
+    let admin = AdminConfig {
+        listen: socket_addr(&raw.admin.listen, "127.0.0.1:9090", loc)?,
+        token: secret_from_env(&raw.admin.token_env, loc)?,
+    };
+    if !admin.listen.ip().is_loopback() && admin.token.is_none() {
+        let span = raw.admin.listen.as_ref().map(|s| s.span()).unwrap_or(0..0);
+        return Err(loc.error(
+            span,
+            format!(
+                "admin.listen {} is not a loopback address; set admin.token_env so the admin API requires a token",
+                admin.listen
+            ),
+        ));
+    }
+    let storage = StorageConfig {
+        path: PathBuf::from(raw.storage.path.map(|p| p.0).unwrap_or_else(|| "./data".into())),
+        max_disk: raw.storage.max_disk.map(|b| b.0).unwrap_or(10 << 30),
+        history_retention: raw
+            .storage
+            .history_retention
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(86400)),
+    };
+    let log = LogConfig {
+        format: match &raw.log.format {
+            None => LogFormat::Text,
+            Some(f) => match f.get_ref().as_str() {
+                "text" => LogFormat::Text,
+                "json" => LogFormat::Json,
+                other => {
+                    return Err(loc.error(f.span(), format!("log.format must be \"text\" or \"json\", got {other:?}")))
+                }
+            },
+        },
+        level: raw.log.level.map(|l| l.0).unwrap_or_else(|| "info".into()),
+    };
+    let server = ServerConfig {
+        shutdown_timeout: raw
+            .server
+            .shutdown_timeout
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(30)),
+    };
+
+    let mut destinations: Vec<Destination> = Vec::new();
+    for d in raw.destination {
+        let name = d.name.get_ref().clone();
+        if !valid_name(&name) {
+            return Err(loc.error(
+                d.name.span(),
+                format!("destination name {name:?} must match [a-z0-9][a-z0-9_-]{{0,62}}"),
+            ));
+        }
+        if destinations.iter().any(|x| x.name == name) {
+            return Err(loc.error(d.name.span(), format!("destination {name:?} is defined twice")));
+        }
+        let url_text = &d.url.get_ref().0;
+        let url = reqwest::Url::parse(url_text)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| loc.error(d.url.span(), "url must be an absolute http:// or https:// URL".to_string()))?;
+        let owner = d.owner.get_ref().0.trim().to_string();
+        if owner.is_empty() {
+            return Err(loc.error(d.owner.span(), "owner must not be empty".to_string()));
+        }
+        let mut headers = Vec::new();
+        for (k, v) in d.headers {
+            let hname = http::HeaderName::from_bytes(k.get_ref().as_bytes())
+                .map_err(|_| loc.error(k.span(), format!("{:?} is not a valid header name", k.get_ref())))?;
+            if RESERVED_HEADERS.contains(&hname.as_str()) {
+                return Err(loc.error(k.span(), format!("header {:?} is set by tidegate and cannot be configured", k.get_ref())));
+            }
+            if http::HeaderValue::from_str(&v.0).is_err() {
+                // The value is a secret: name the header, never the value.
+                return Err(loc.error(k.span(), format!("the value of header {:?} is not a valid header value", k.get_ref())));
+            }
+            headers.push((hname, Secret(v.0)));
+        }
+        let rl = &d.rate_limit;
+        let rate = rl.rate.unwrap_or(Rate { per_second: Some(100.0) }).per_second;
+        let rate_limit = RateLimit {
+            rate,
+            burst: positive(&rl.burst, 10u32, loc, "burst")?,
+            max_in_flight: positive(&rl.max_in_flight, 8u32, loc, "max_in_flight")?,
+            adaptive: rl.adaptive.unwrap_or(true),
+        };
+        let r = &d.retry;
+        let multiplier = match &r.multiplier {
+            None => 2.0,
+            Some(m) if *m.get_ref() >= 1.0 && m.get_ref().is_finite() => *m.get_ref(),
+            Some(m) => return Err(loc.error(m.span(), "multiplier must be a number >= 1.0".to_string())),
+        };
+        let retry = RetryPolicy {
+            max_attempts: positive(&r.max_attempts, 8u32, loc, "max_attempts")?,
+            initial_backoff: r.initial_backoff.map(|x| x.0).unwrap_or(Duration::from_millis(500)),
+            max_backoff: r.max_backoff.map(|x| x.0).unwrap_or(Duration::from_secs(60)),
+            multiplier,
+            jitter: r.jitter.unwrap_or(true),
+            max_age: r.max_age.map(|x| x.0).unwrap_or(Duration::from_secs(86400)),
+        };
+        let q = &d.queue;
+        let queue = QueuePolicy {
+            max_messages: positive(&q.max_messages, 1_000_000u64, loc, "max_messages")?,
+            max_bytes: q.max_bytes.map(|b| b.0).unwrap_or(1 << 30),
+            when_full: q.when_full.unwrap_or(WhenFull::Reject),
+            block_timeout: q.block_timeout.map(|x| x.0).unwrap_or(Duration::from_secs(5)),
+            ordering: q.ordering.unwrap_or(Ordering::Unordered),
+        };
+        destinations.push(Destination {
+            name,
+            url,
+            owner,
+            on_failure: d.on_failure.unwrap_or(FailureMode::Retry),
+            timeout: d.timeout.map(|t| t.0).unwrap_or(Duration::from_secs(10)),
+            headers,
+            accept_while_halted: d.accept_while_halted.unwrap_or(false),
+            rate_limit,
+            retry,
+            queue,
+        });
+    }
+    Ok(Config {
+        source: loc.path.to_path_buf(),
+        ingress,
+        admin,
+        storage,
+        log,
+        server,
+        destinations,
+    })
+}
+
+impl Config {
+    /// The one-screen summary `tidegate check` prints: effective values,
+    /// secrets shown only as `<redacted>`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::new();
+        let _ = writeln!(s, "config {} is valid", self.source.display());
+        let _ = writeln!(
+            s,
+            "ingress  listen={} max_body={} auth={}",
+            self.ingress.listen,
+            ByteSize(self.ingress.max_body),
+            if self.ingress.auth_token.is_some() { "bearer token" } else { "none" }
+        );
+        let _ = writeln!(
+            s,
+            "admin    listen={} auth={}",
+            self.admin.listen,
+            if self.admin.token.is_some() { "bearer token" } else { "none (loopback)" }
+        );
+        let _ = writeln!(
+            s,
+            "storage  path={} max_disk={} history_retention={}",
+            self.storage.path.display(),
+            ByteSize(self.storage.max_disk),
+            HumanDuration(self.storage.history_retention)
+        );
+        let _ = writeln!(
+            s,
+            "log      format={} level={}   server shutdown_timeout={}",
+            if self.log.format == LogFormat::Json { "json" } else { "text" },
+            self.log.level,
+            HumanDuration(self.server.shutdown_timeout)
+        );
+        for d in &self.destinations {
+            let _ = writeln!(s, "destination {:?} -> {} (owner {})", d.name, d.redacted_url(), d.owner);
+            let _ = writeln!(
+                s,
+                "  on_failure={} timeout={} accept_while_halted={} headers=[{}]",
+                d.on_failure.as_str(),
+                HumanDuration(d.timeout),
+                d.accept_while_halted,
+                d.headers.iter().map(|(k, _)| format!("{k}=<redacted>")).collect::<Vec<_>>().join(", ")
+            );
+            let _ = writeln!(
+                s,
+                "  rate_limit rate={} burst={} max_in_flight={} adaptive={}",
+                Rate { per_second: d.rate_limit.rate },
+                d.rate_limit.burst,
+                d.rate_limit.max_in_flight,
+                d.rate_limit.adaptive
+            );
+            let _ = writeln!(
+                s,
+                "  retry max_attempts={} initial_backoff={} max_backoff={} multiplier={} jitter={} max_age={}",
+                d.retry.max_attempts,
+                HumanDuration(d.retry.initial_backoff),
+                HumanDuration(d.retry.max_backoff),
+                d.retry.multiplier,
+                d.retry.jitter,
+                HumanDuration(d.retry.max_age)
+            );
+            let _ = writeln!(
+                s,
+                "  queue max_messages={} max_bytes={} when_full={:?} block_timeout={} ordering={:?}",
+                d.queue.max_messages,
+                ByteSize(d.queue.max_bytes),
+                d.queue.when_full,
+                HumanDuration(d.queue.block_timeout),
+                d.queue.ordering
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("t.toml"), text)
+    }
+
+    const MIN: &str = "[[destination]]\nname = \"crm\"\nurl = \"http://127.0.0.1:9/api\"\nowner = \"ops@example.com\"\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.ingress.max_body, 1 << 20);
+        assert_eq!(c.destinations[0].retry.max_attempts, 8);
+        assert_eq!(c.destinations[0].on_failure, FailureMode::Retry);
+        assert!(c.admin.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let text = format!("{MIN}[destination.retry]\nmax_atempts = 3\n");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:6:1:"), "{e}");
+        assert!(e.contains("max_atempts"), "{e}");
+    }
+
+    #[test]
+    fn bad_duration_points_at_the_value() {
+        let text = format!("{MIN}timeout = \"10 parsecs\"\n");
+        let e = parse(&text).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:5:11:"), "{e}");
+        assert!(e.contains("destination.timeout"), "{e}");
+    }
+
+    #[test]
+    fn missing_owner_is_an_error() {
+        let e = parse("[[destination]]\nname = \"a\"\nurl = \"http://x/\"\n").unwrap_err().to_string();
+        assert!(e.contains("owner"), "{e}");
+    }
+
+    #[test]
+    fn non_loopback_admin_without_token_is_refused() {
+        let e = parse(&format!("[admin]\nlisten = \"0.0.0.0:9090\"\n{MIN}")).unwrap_err().to_string();
+        assert!(e.contains("token_env"), "{e}");
+    }
+
+    #[test]
+    fn header_values_never_appear_in_errors_or_debug() {
+        std::env::set_var("TIDEGATE_CFG_TEST_SECRET", "s3cr3t-value");
+        let c = parse(&format!("{MIN}headers = {{ Authorization = \"Bearer ${{TIDEGATE_CFG_TEST_SECRET}}\" }}\n")).unwrap();
+        assert_eq!(c.destinations[0].headers[0].1.expose(), "Bearer s3cr3t-value");
+        assert!(!format!("{c:?}").contains("s3cr3t"));
+        assert!(!c.summary().contains("s3cr3t"));
+    }
+
+    #[test]
+    fn bad_destination_names_are_refused() {
+        for bad in ["Crm", "-x", "", "a/b"] {
+            let text = MIN.replace("\"crm\"", &format!("{bad:?}"));
+            assert!(parse(&text).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn userinfo_is_redacted() {
+        let c = parse(&MIN.replace("http://127.0.0.1:9/api", "http://user:pw@127.0.0.1:9/api")).unwrap();
+        assert!(!c.destinations[0].redacted_url().contains("pw"));
+    }
+}

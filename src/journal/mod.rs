@@ -1,0 +1,509 @@
+//! The journal: tidegate's durable queue. It knows nothing of HTTP.
+//!
+//! # Storage
+//!
+//! One SQLite database (`<storage.path>/journal.db`) in WAL mode with
+//! `synchronous=FULL`, `auto_vacuum=INCREMENTAL` (set before the tables exist
+//! so freed pages can be handed back while running). One table, `messages`,
+//! holds every message from acceptance until its history expires:
+//!
+//! | state | meaning | body kept |
+//! |---|---|---|
+//! | 0 `pending` | waiting, in flight, or scheduled for a retry (`visible_at` in the future) | yes |
+//! | 1 `dead` | dead-lettered, with a reason; replay turns it back into 0 | yes |
+//! | 2 `delivered` | finished; kept for `history_retention` for status look-ups | no |
+//! | 3 `dropped` | finished by `on_failure = "log"`; kept like 2 | no |
+//! | 4 `quarantined` | its checksum did not match; never delivered, kept for forensics | yes |
+//!
+//! Every row carries a CRC-32 over its method, path, headers and body, and a
+//! format version. Partial indexes serve the queue: `(dest, visible_at, seq)`
+//! for "next deliverable", `(dest, seq)` for the FIFO head and the oldest
+//! message, `(dest, seq)` over dead letters, `finished_at` for history expiry.
+//! In-flight is not a state on disk: a message being delivered is still
+//! `pending`, so a crash makes it deliverable again (at-least-once).
+//!
+//! # Writes and durability
+//!
+//! A single writer thread owns the write connection. Every change (append,
+//! ack, reschedule, dead-letter, drop, replay, purge, sweep) is a command on
+//! its channel; the thread takes whatever is pending (up to a bound), applies
+//! it in one transaction, commits (one WAL append + one fsync) and only then
+//! answers each command. So a producer's 202 is sent only after the batch
+//! holding its message is on disk, and throughput grows with concurrency
+//! instead of being capped by the fsync rate (group commit). The writer also
+//! enforces queue limits and `max_disk` itself: it is the only place that
+//! sees appends in order, so limits are exact without reservations.
+//!
+//! # What a crash leaves
+//!
+//! SQLite's WAL makes each batch atomic: after kill -9 or power loss a batch
+//! is either wholly there or wholly absent, and an absent batch was never
+//! answered. Messages that were in flight are still `pending` and are
+//! delivered again (the downstream sees the same `Idempotency-Key`).
+//!
+//! # Recovery and corruption
+//!
+//! Opening checks the schema and the format version, then counts the queue
+//! through its indexes. After an unclean shutdown it also runs
+//! `PRAGMA quick_check`. If opening, counting or the check fails, the
+//! database files are moved to `quarantine/<time>/` (never deleted) and every
+//! row that can still be read and whose checksum matches is salvaged into a
+//! fresh database; what was lost is logged and counted. A row whose checksum
+//! fails at delivery time is moved to state 4 and counted; it never takes
+//! other rows with it.
+//!
+//! # Space
+//!
+//! Delivering or dropping a message clears its body and headers in the same
+//! row change; a periodic sweep deletes history past retention and expired
+//! idempotency keys in bounded chunks, then runs `incremental_vacuum`, so the
+//! file shrinks back as the queue drains. Bodies never live in memory beyond
+//! the few messages being delivered, so RSS stays flat as the queue grows.
+
+mod reader;
+mod salvage;
+mod schema;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+pub use reader::{DeadLetter, MessageStatus};
+
+/// Why a journal call failed, and so what the caller does next.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// The disk or `max_disk` is full: refuse new work, retry later.
+    #[error("storage is full")]
+    StorageFull,
+    /// The journal is closed (shutting down).
+    #[error("journal is closed")]
+    Closed,
+    /// SQLite failed; the operation did not happen.
+    #[error("journal storage error: {0}")]
+    Storage(#[from] rusqlite::Error),
+    #[error("journal i/o error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl JournalError {
+    fn from_sqlite(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => JournalError::StorageFull,
+            _ => JournalError::Storage(e),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, JournalError>;
+
+/// Milliseconds since the Unix epoch; the journal's only notion of time.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A message as the producer handed it over.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub dest: String,
+    pub method: String,
+    /// The path after the destination segment, with its query.
+    pub path: String,
+    /// Headers to forward, already filtered by ingress.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub idempotency_key: Option<String>,
+    /// The producer is waiting for the outcome (`Prefer: wait`).
+    pub wants_reply: bool,
+    pub received_at: i64,
+}
+
+/// Limits the writer enforces when appending.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub max_messages: u64,
+    pub max_bytes: u64,
+    /// Idempotency keys older than this are forgotten.
+    pub idempotency_window_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Appended {
+    Stored { seq: u64 },
+    Duplicate { seq: u64 },
+    /// The destination's queue is at `max_messages` or `max_bytes`.
+    QueueFull,
+}
+
+/// A message read back for delivery.
+#[derive(Clone, Debug)]
+pub struct Message {
+    pub seq: u64,
+    pub dest: String,
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    /// Attempts already made.
+    pub attempts: u32,
+    pub received_at: i64,
+    pub idempotency_key: Option<String>,
+    pub wants_reply: bool,
+}
+
+/// The last failure of a message, as stored and shown to operators.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LastError {
+    pub kind: String,
+    pub status: Option<u16>,
+    pub detail: String,
+}
+
+/// How a message ends up, for commands that finish or move it.
+#[derive(Clone, Debug)]
+pub enum Disposition {
+    Delivered,
+    Reschedule { visible_at: i64 },
+    DeadLetter { reason: String },
+    Dropped { reason: String },
+    Quarantined { reason: String },
+}
+
+/// Per-destination persisted state (paused, halted, ...).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DestinationRecord {
+    pub state: String,
+    pub reason: String,
+    pub head_seq: Option<u64>,
+}
+
+/// Live counts for one destination, exact after every commit, plus the
+/// wake-ups dispatch and blocked producers wait on.
+#[derive(Debug, Default)]
+pub struct QueueCounts {
+    pub depth: AtomicU64,
+    pub bytes: AtomicU64,
+    pub dead_letters: AtomicU64,
+    /// Signalled after a commit that made messages deliverable.
+    pub ready: Notify,
+    /// Signalled after a commit that freed room in the queue.
+    pub room: Notify,
+}
+
+/// Journal-wide counters for metrics.
+#[derive(Debug, Default)]
+pub struct JournalStats {
+    pub fsyncs: AtomicU64,
+    pub disk_bytes: AtomicU64,
+    pub corrupt_records: AtomicU64,
+    pub max_disk: AtomicU64,
+    pub last_commit_ms: AtomicI64,
+    pub open: AtomicBool,
+}
+
+/// A handle on the journal; cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: mpsc::UnboundedSender<writer::Command>,
+    readers: reader::Pool,
+    salt: u32,
+    queues: RwLock<HashMap<String, Arc<QueueCounts>>>,
+    stats: Arc<JournalStats>,
+    dir: PathBuf,
+    writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Journal {
+    /// Opens (creating, recovering or salvaging as needed) the journal in
+    /// `dir`. Blocking: call from start-up or `spawn_blocking`.
+    pub fn open(dir: &Path, max_disk: u64) -> Result<Journal> {
+        std::fs::create_dir_all(dir)?;
+        let stats = Arc::new(JournalStats::default());
+        stats.max_disk.store(max_disk, Ordering::Relaxed);
+        let db = dir.join(schema::DB_FILE);
+        let opened = match schema::open_checked(&db) {
+            Ok(o) => o,
+            Err(reason) => {
+                tracing::error!(path = %db.display(), %reason, "journal failed its checks; quarantining it and salvaging intact messages");
+                let report = salvage::salvage(dir, &reason)?;
+                stats.corrupt_records.fetch_add(report.lost, Ordering::Relaxed);
+                tracing::error!(
+                    salvaged = report.salvaged,
+                    lost = report.lost,
+                    quarantine = %report.quarantine_dir.display(),
+                    "journal salvaged"
+                );
+                schema::open_checked(&db).map_err(|r| {
+                    JournalError::Io(std::io::Error::other(format!("salvaged journal does not open: {r}")))
+                })?
+            }
+        };
+        let schema::Opened { conn, salt, counts } = opened;
+        let mut queues = HashMap::new();
+        for (dest, c) in counts {
+            let q = Arc::new(QueueCounts::default());
+            q.depth.store(c.depth, Ordering::Relaxed);
+            q.bytes.store(c.bytes, Ordering::Relaxed);
+            q.dead_letters.store(c.dead, Ordering::Relaxed);
+            queues.insert(dest, q);
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let readers = reader::Pool::new(db.clone());
+        let inner = Arc::new(Inner {
+            tx,
+            readers,
+            salt,
+            queues: RwLock::new(queues),
+            stats: stats.clone(),
+            dir: dir.to_path_buf(),
+            writer_thread: std::sync::Mutex::new(None),
+        });
+        let journal = Journal { inner };
+        let w = writer::Writer::new(conn, db, journal.clone_weak_parts());
+        let handle = std::thread::Builder::new()
+            .name("journal-writer".into())
+            .spawn(move || w.run(rx))?;
+        *journal.inner.writer_thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        stats.open.store(true, Ordering::Relaxed);
+        Ok(journal)
+    }
+
+    fn clone_weak_parts(&self) -> writer::Shared {
+        writer::Shared {
+            queues: QueuesHandle(Arc::downgrade(&self.inner)),
+            stats: self.inner.stats.clone(),
+        }
+    }
+
+    pub fn stats(&self) -> &Arc<JournalStats> {
+        &self.inner.stats
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// Counts for `dest`, created empty on first use.
+    pub fn queue(&self, dest: &str) -> Arc<QueueCounts> {
+        queue_of(&self.inner.queues, dest)
+    }
+
+    /// The destinations that have rows in the journal.
+    pub fn known_destinations(&self) -> Vec<String> {
+        let map = self.inner.queues.read().unwrap_or_else(|e| e.into_inner());
+        map.keys().cloned().collect()
+    }
+
+    /// The public id of a message: a per-database salt and the sequence
+    /// number, so ids never repeat even if the data directory is wiped.
+    pub fn message_id(&self, seq: u64) -> String {
+        format!("{:08x}{:016x}", self.inner.salt, seq)
+    }
+
+    /// The sequence number behind an id of this journal, if it is one.
+    pub fn parse_id(&self, id: &str) -> Option<u64> {
+        if id.len() != 24 || !id.is_ascii() {
+            return None;
+        }
+        let salt = u32::from_str_radix(&id[..8], 16).ok()?;
+        if salt != self.inner.salt {
+            return None;
+        }
+        u64::from_str_radix(&id[8..], 16).ok()
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> writer::Command) -> Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.inner.tx.send(make(reply)).map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Makes a message durable. Returns only after the commit.
+    pub async fn append(&self, msg: NewMessage, limits: Limits) -> Result<Appended> {
+        self.call(|reply| writer::Command::Append { msg, limits, reply }).await
+    }
+
+    /// Records the outcome of an attempt: `attempts` is the new total.
+    pub async fn settle(
+        &self,
+        seq: u64,
+        dest: &str,
+        attempts: u32,
+        last_error: Option<LastError>,
+        disposition: Disposition,
+    ) -> Result<()> {
+        let dest = dest.to_string();
+        self.call(|reply| writer::Command::Settle {
+            seq,
+            dest,
+            attempts,
+            last_error,
+            disposition,
+            reply,
+        })
+        .await
+    }
+
+    /// Dead letters back into the queue as fresh attempts; `None` = all.
+    pub async fn replay(&self, dest: &str, seqs: Option<Vec<u64>>) -> Result<u64> {
+        let dest = dest.to_string();
+        self.call(|reply| writer::Command::Replay { dest, seqs, reply }).await
+    }
+
+    pub async fn purge_dead_letters(&self, dest: &str) -> Result<u64> {
+        let dest = dest.to_string();
+        self.call(|reply| writer::Command::Purge { dest, reply }).await
+    }
+
+    pub async fn set_destination_record(&self, dest: &str, record: DestinationRecord) -> Result<()> {
+        let dest = dest.to_string();
+        self.call(|reply| writer::Command::SetDestination { dest, record, reply }).await
+    }
+
+    /// Deletes history older than `retention_ms` and returns freed pages.
+    pub async fn sweep(&self, retention_ms: i64) -> Result<u64> {
+        self.call(|reply| writer::Command::Sweep { retention_ms, reply }).await
+    }
+
+    /// Up to `limit` deliverable messages of `dest` (visible now), in
+    /// (visible_at, seq) order, skipping `exclude` (already leased). Rows
+    /// whose checksum fails are quarantined here and not returned.
+    pub async fn fetch_ready(&self, dest: &str, limit: usize, exclude: Vec<u64>) -> Result<Vec<Message>> {
+        let d = dest.to_string();
+        let now = now_ms();
+        let fetched = self.read(move |r| r.fetch_ready(&d, now, limit, &exclude)).await?;
+        let mut out = Vec::with_capacity(fetched.len());
+        for f in fetched {
+            match f {
+                Ok(m) => out.push(m),
+                Err(seq) => self.quarantine(dest, seq).await?,
+            }
+        }
+        Ok(out)
+    }
+
+    /// The lowest-seq pending message of `dest`, visible or not, with its
+    /// `visible_at`.
+    pub async fn head(&self, dest: &str) -> Result<Option<(Message, i64)>> {
+        loop {
+            let d = dest.to_string();
+            match self.read(move |r| r.head(&d)).await? {
+                None => return Ok(None),
+                Some((Ok(m), visible_at)) => return Ok(Some((m, visible_at))),
+                Some((Err(seq), _)) => self.quarantine(dest, seq).await?,
+            }
+        }
+    }
+
+    async fn quarantine(&self, dest: &str, seq: u64) -> Result<()> {
+        self.inner.stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(id = %self.message_id(seq), destination = dest, "message failed its checksum; quarantined");
+        let reason = "checksum mismatch".to_string();
+        self.settle(seq, dest, 0, None, Disposition::Quarantined { reason }).await
+    }
+
+    /// When the next scheduled message of `dest` becomes visible.
+    pub async fn next_visible_at(&self, dest: &str) -> Result<Option<i64>> {
+        let dest = dest.to_string();
+        self.read(move |r| r.next_visible_at(&dest)).await
+    }
+
+    pub async fn status(&self, seq: u64) -> Result<Option<MessageStatus>> {
+        self.read(move |r| r.status(seq)).await
+    }
+
+    pub async fn dead_letters(&self, dest: &str, after: Option<u64>, limit: usize) -> Result<Vec<DeadLetter>> {
+        let dest = dest.to_string();
+        self.read(move |r| r.dead_letters(&dest, after, limit)).await
+    }
+
+    /// `(received_at of the oldest pending message, scheduled count)`.
+    pub async fn queue_detail(&self, dest: &str) -> Result<(Option<i64>, u64)> {
+        let dest = dest.to_string();
+        let now = now_ms();
+        self.read(move |r| r.queue_detail(&dest, now)).await
+    }
+
+    pub async fn destination_records(&self) -> Result<HashMap<String, DestinationRecord>> {
+        self.read(|r| r.destination_records()).await
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&reader::Reader) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let pool = self.inner.readers.clone();
+        tokio::task::spawn_blocking(move || pool.with(f))
+            .await
+            .map_err(|e| JournalError::Io(std::io::Error::other(e.to_string())))?
+    }
+
+    /// Flushes and closes: pending commands are committed, the clean-shutdown
+    /// marker is set, and the writer thread exits.
+    pub fn close(&self) {
+        self.inner.stats.open.store(false, Ordering::Relaxed);
+        let (reply, rx) = std::sync::mpsc::channel();
+        if self.inner.tx.send(writer::Command::Close { reply }).is_ok() {
+            let _ = rx.recv();
+        }
+        if let Some(h) = self.inner.writer_thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn queue_of(queues: &RwLock<HashMap<String, Arc<QueueCounts>>>, dest: &str) -> Arc<QueueCounts> {
+    if let Some(q) = queues.read().unwrap_or_else(|e| e.into_inner()).get(dest) {
+        return q.clone();
+    }
+    let mut map = queues.write().unwrap_or_else(|e| e.into_inner());
+    map.entry(dest.to_string()).or_default().clone()
+}
+
+/// The writer's view of the queue counters (it must not keep the journal
+/// alive, or `close` could never finish).
+#[derive(Clone)]
+pub(crate) struct QueuesHandle(std::sync::Weak<Inner>);
+
+impl QueuesHandle {
+    fn get(&self, dest: &str) -> Option<Arc<QueueCounts>> {
+        self.0.upgrade().map(|inner| queue_of(&inner.queues, dest))
+    }
+}
+
+/// CRC-32 over everything a delivery sends, with field separators so that
+/// moving bytes between fields changes the sum.
+pub(crate) fn checksum(method: &str, path: &str, headers: &[u8], body: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(method.as_bytes());
+    h.update(&[0]);
+    h.update(path.as_bytes());
+    h.update(&[0]);
+    h.update(headers);
+    h.update(&[0]);
+    h.update(body);
+    h.finalize()
+}
+
+pub(crate) fn encode_headers(headers: &[(String, String)]) -> Vec<u8> {
+    serde_json::to_vec(headers).unwrap_or_else(|_| b"[]".to_vec())
+}
+
+pub(crate) fn decode_headers(raw: &[u8]) -> Option<Vec<(String, String)>> {
+    serde_json::from_slice(raw).ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,243 @@
+//! Read connections: a small pool used from `spawn_blocking`, so reads never
+//! wait behind the writer (WAL readers see the last committed batch).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+
+use super::schema;
+use super::{checksum, decode_headers, DestinationRecord, JournalError, LastError, Message, Result};
+
+#[derive(Clone)]
+pub(crate) struct Pool {
+    path: PathBuf,
+    idle: Arc<Mutex<Vec<Connection>>>,
+}
+
+/// Idle read connections kept open.
+const MAX_IDLE: usize = 8;
+
+impl Pool {
+    pub fn new(path: PathBuf) -> Self {
+        Pool {
+            path,
+            idle: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    pub fn with<T>(&self, f: impl FnOnce(&Reader) -> rusqlite::Result<T>) -> Result<T> {
+        let conn = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                schema::configure(&c, false)?;
+                c
+            }
+        };
+        let reader = Reader { conn };
+        let out = f(&reader).map_err(JournalError::from_sqlite);
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(reader.conn);
+        }
+        out
+    }
+}
+
+pub(crate) struct Reader {
+    conn: Connection,
+}
+
+/// What `GET /v1/messages/{id}` shows.
+#[derive(Clone, Debug)]
+pub struct MessageStatus {
+    pub seq: u64,
+    pub dest: String,
+    /// 0 pending, 1 dead, 2 delivered, 3 dropped, 4 quarantined.
+    pub state: i64,
+    pub visible_at: i64,
+    pub attempts: u32,
+    pub received_at: i64,
+    pub finished_at: Option<i64>,
+    pub last_error: Option<LastError>,
+    pub reason: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    pub seq: u64,
+    pub reason: String,
+    pub attempts: u32,
+    pub last_error: Option<LastError>,
+    pub received_at: i64,
+    pub dead_lettered_at: i64,
+    pub size_bytes: u64,
+}
+
+const MESSAGE_COLUMNS: &str =
+    "seq, dest, method, path, headers, body, attempts, received_at, idem_key, wants_reply, crc";
+
+/// A row read for delivery, or the seq of one whose checksum failed.
+pub(crate) fn message_from_row(r: &Row<'_>) -> rusqlite::Result<std::result::Result<Message, u64>> {
+    let seq: i64 = r.get(0)?;
+    let method: String = r.get(2)?;
+    let path: String = r.get(3)?;
+    let headers_raw: Vec<u8> = r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default();
+    let body: Vec<u8> = r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default();
+    let crc: i64 = r.get(10)?;
+    if checksum(&method, &path, &headers_raw, &body) as i64 != crc {
+        return Ok(Err(seq as u64));
+    }
+    let Some(headers) = decode_headers(&headers_raw) else {
+        return Ok(Err(seq as u64));
+    };
+    Ok(Ok(Message {
+        seq: seq as u64,
+        dest: r.get(1)?,
+        method,
+        path,
+        headers,
+        body: Bytes::from(body),
+        attempts: r.get::<_, i64>(6)? as u32,
+        received_at: r.get(7)?,
+        idempotency_key: r.get(8)?,
+        wants_reply: r.get::<_, i64>(9)? != 0,
+    }))
+}
+
+fn last_error(raw: Option<String>) -> Option<LastError> {
+    raw.and_then(|s| serde_json::from_str(&s).ok())
+}
+
+/// A fetched message, or one that failed its checksum and must be
+/// quarantined by the caller.
+pub type Fetched = std::result::Result<Message, u64>;
+
+impl Reader {
+    pub fn fetch_ready(&self, dest: &str, now: i64, limit: usize, exclude: &[u64]) -> rusqlite::Result<Vec<Fetched>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages INDEXED BY messages_ready
+             WHERE dest = ?1 AND state = 0 AND visible_at <= ?2 ORDER BY visible_at, seq LIMIT ?3"
+        ))?;
+        let want = (limit + exclude.len()) as i64;
+        let rows = stmt.query_map(params![dest, now, want], message_from_row)?;
+        let mut out = Vec::with_capacity(limit);
+        for row in rows {
+            let m = row?;
+            let seq = match &m {
+                Ok(m) => m.seq,
+                Err(s) => *s,
+            };
+            if exclude.contains(&seq) {
+                continue;
+            }
+            out.push(m);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn head(&self, dest: &str) -> rusqlite::Result<Option<(Fetched, i64)>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS}, visible_at FROM messages INDEXED BY messages_pending
+             WHERE dest = ?1 AND state = 0 ORDER BY seq LIMIT 1"
+        ))?;
+        stmt.query_row([dest], |r| Ok((message_from_row(r)?, r.get::<_, i64>(11)?)))
+            .optional()
+    }
+
+    pub fn next_visible_at(&self, dest: &str) -> rusqlite::Result<Option<i64>> {
+        self.conn
+            .prepare_cached(
+                "SELECT visible_at FROM messages INDEXED BY messages_ready WHERE dest = ?1 AND state = 0
+                 ORDER BY visible_at, seq LIMIT 1",
+            )?
+            .query_row([dest], |r| r.get(0))
+            .optional()
+    }
+
+    pub fn status(&self, seq: u64) -> rusqlite::Result<Option<MessageStatus>> {
+        self.conn
+            .prepare_cached(
+                "SELECT seq, dest, state, visible_at, attempts, received_at, finished_at, last_error, reason
+                 FROM messages WHERE seq = ?1",
+            )?
+            .query_row([seq as i64], |r| {
+                Ok(MessageStatus {
+                    seq: r.get::<_, i64>(0)? as u64,
+                    dest: r.get(1)?,
+                    state: r.get(2)?,
+                    visible_at: r.get(3)?,
+                    attempts: r.get::<_, i64>(4)? as u32,
+                    received_at: r.get(5)?,
+                    finished_at: r.get(6)?,
+                    last_error: last_error(r.get(7)?),
+                    reason: r.get(8)?,
+                })
+            })
+            .optional()
+    }
+
+    pub fn dead_letters(&self, dest: &str, after: Option<u64>, limit: usize) -> rusqlite::Result<Vec<DeadLetter>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, reason, attempts, last_error, received_at, finished_at, size FROM messages
+             INDEXED BY messages_dead WHERE dest = ?1 AND state = 1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(params![dest, after.unwrap_or(0) as i64, limit as i64], |r| {
+            Ok(DeadLetter {
+                seq: r.get::<_, i64>(0)? as u64,
+                reason: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                attempts: r.get::<_, i64>(2)? as u32,
+                last_error: last_error(r.get(3)?),
+                received_at: r.get(4)?,
+                dead_lettered_at: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
+                size_bytes: r.get::<_, i64>(6)? as u64,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// The oldest pending message's `received_at`, and how many pending
+    /// messages are scheduled for later.
+    pub fn queue_detail(&self, dest: &str, now: i64) -> rusqlite::Result<(Option<i64>, u64)> {
+        let oldest: Option<i64> = self
+            .conn
+            .prepare_cached(
+                "SELECT received_at FROM messages INDEXED BY messages_pending WHERE dest = ?1 AND state = 0
+                 ORDER BY seq LIMIT 1",
+            )?
+            .query_row([dest], |r| r.get(0))
+            .optional()?;
+        let scheduled: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT count(*) FROM messages INDEXED BY messages_ready WHERE dest = ?1 AND state = 0 AND visible_at > ?2",
+            )?
+            .query_row(params![dest, now], |r| r.get(0))?;
+        Ok((oldest, scheduled as u64))
+    }
+
+    pub fn destination_records(&self) -> rusqlite::Result<HashMap<String, DestinationRecord>> {
+        let mut stmt = self.conn.prepare("SELECT dest, state, reason, head_seq FROM destinations")?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                DestinationRecord {
+                    state: r.get(1)?,
+                    reason: r.get(2)?,
+                    head_seq: r.get::<_, Option<i64>>(3)?.map(|s| s as u64),
+                },
+            ))
+        })?;
+        rows.collect()
+    }
+}

@@ -1,0 +1,168 @@
+//! The on-disk schema, pragmas, and the checks run when the journal opens.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+pub const DB_FILE: &str = "journal.db";
+
+/// Bumped whenever the row format changes; a journal of another version is
+/// refused rather than misread.
+pub const FORMAT_VERSION: i64 = 1;
+
+pub const STATE_PENDING: i64 = 0;
+pub const STATE_DEAD: i64 = 1;
+pub const STATE_DELIVERED: i64 = 2;
+pub const STATE_DROPPED: i64 = 3;
+pub const STATE_QUARANTINED: i64 = 4;
+
+const CREATE: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS messages (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    dest         TEXT    NOT NULL,
+    state        INTEGER NOT NULL,
+    visible_at   INTEGER NOT NULL,
+    received_at  INTEGER NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    method       TEXT    NOT NULL,
+    path         TEXT    NOT NULL,
+    headers      BLOB,
+    body         BLOB,
+    size         INTEGER NOT NULL,
+    crc          INTEGER NOT NULL,
+    version      INTEGER NOT NULL,
+    idem_key     TEXT,
+    wants_reply  INTEGER NOT NULL DEFAULT 0,
+    last_error   TEXT,
+    reason       TEXT,
+    finished_at  INTEGER
+);
+CREATE INDEX IF NOT EXISTS messages_ready    ON messages(dest, visible_at, seq) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS messages_pending  ON messages(dest, seq) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS messages_dead     ON messages(dest, seq) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS messages_finished ON messages(finished_at) WHERE state IN (2, 3);
+CREATE TABLE IF NOT EXISTS idempotency (
+    dest       TEXT    NOT NULL,
+    key        TEXT    NOT NULL,
+    seq        INTEGER NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (dest, key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS idempotency_age ON idempotency(created_at);
+CREATE TABLE IF NOT EXISTS destinations (
+    dest     TEXT PRIMARY KEY,
+    state    TEXT NOT NULL,
+    reason   TEXT NOT NULL,
+    head_seq INTEGER
+) WITHOUT ROWID;
+";
+
+/// Applies the connection settings every journal connection uses.
+pub fn configure(conn: &Connection, writer: bool) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    // A modest page cache: bodies live on disk, not in memory.
+    conn.pragma_update(None, "cache_size", -8192)?;
+    if writer {
+        // Must precede table creation to take effect on a new file.
+        conn.pragma_update(None, "auto_vacuum", "INCREMENTAL")?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+        // Cap how large the WAL file stays after a checkpoint.
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+    } else {
+        conn.pragma_update(None, "query_only", true)?;
+    }
+    Ok(())
+}
+
+pub struct QueueCount {
+    pub depth: u64,
+    pub bytes: u64,
+    pub dead: u64,
+}
+
+pub struct Opened {
+    pub conn: Connection,
+    pub salt: u32,
+    pub counts: HashMap<String, QueueCount>,
+}
+
+/// Opens the database, creating it if needed, and checks it. An `Err` means
+/// the file cannot be trusted as it is and should be salvaged.
+pub fn open_checked(path: &Path) -> Result<Opened, String> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("open: {e}"))?;
+    configure(&conn, true).map_err(|e| format!("pragmas: {e}"))?;
+    conn.execute_batch(CREATE).map_err(|e| format!("schema: {e}"))?;
+
+    let version: Option<String> = meta(&conn, "format_version")?;
+    match version {
+        None => set_meta(&conn, "format_version", &FORMAT_VERSION.to_string())?,
+        Some(v) if v == FORMAT_VERSION.to_string() => {}
+        Some(v) => return Err(format!("journal format version {v} is not supported (this build reads {FORMAT_VERSION})")),
+    }
+    let salt = match meta(&conn, "salt")? {
+        Some(s) => u32::from_str_radix(&s, 16).map_err(|_| format!("bad salt {s:?}"))?,
+        None => {
+            let s: u32 = rand::random();
+            set_meta(&conn, "salt", &format!("{s:08x}"))?;
+            s
+        }
+    };
+    let clean = meta(&conn, "clean_shutdown")?.as_deref() != Some("0");
+    if !clean {
+        let result: String = conn
+            .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+            .map_err(|e| format!("quick_check: {e}"))?;
+        if result != "ok" {
+            return Err(format!("quick_check: {result}"));
+        }
+    }
+    let counts = count_queues(&conn).map_err(|e| format!("counting the queue: {e}"))?;
+    set_meta(&conn, "clean_shutdown", "0")?;
+    Ok(Opened { conn, salt, counts })
+}
+
+fn count_queues(conn: &Connection) -> rusqlite::Result<HashMap<String, QueueCount>> {
+    let mut counts: HashMap<String, QueueCount> = HashMap::new();
+    let mut stmt = conn.prepare(
+        "SELECT dest, count(*), coalesce(sum(size), 0) FROM messages INDEXED BY messages_pending
+         WHERE state = 0 GROUP BY dest",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?)))?;
+    for row in rows {
+        let (dest, n, bytes) = row?;
+        counts.insert(dest, QueueCount { depth: n as u64, bytes: bytes as u64, dead: 0 });
+    }
+    let mut stmt = conn.prepare("SELECT dest, count(*) FROM messages WHERE state = 1 GROUP BY dest")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (dest, n) = row?;
+        counts
+            .entry(dest)
+            .or_insert(QueueCount { depth: 0, bytes: 0, dead: 0 })
+            .dead = n as u64;
+    }
+    Ok(counts)
+}
+
+pub fn meta(conn: &Connection, key: &str) -> Result<Option<String>, String> {
+    conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+        .optional()
+        .map_err(|e| format!("reading meta {key}: {e}"))
+}
+
+pub fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), String> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        params![key, value],
+    )
+    .map(|_| ())
+    .map_err(|e| format!("writing meta {key}: {e}"))
+}

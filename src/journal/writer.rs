@@ -1,0 +1,540 @@
+//! The single writer thread: group commit of every change to the journal.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use super::schema::{self, STATE_DEAD, STATE_DELIVERED, STATE_DROPPED, STATE_PENDING, STATE_QUARANTINED};
+use super::{
+    checksum, encode_headers, now_ms, Appended, DestinationRecord, Disposition, JournalError, JournalStats, LastError,
+    Limits, NewMessage, QueuesHandle, Result,
+};
+
+/// Most commands folded into one transaction; bounds the latency one batch
+/// adds to the first command in it.
+const MAX_BATCH: usize = 2048;
+/// Most body bytes folded into one transaction.
+const MAX_BATCH_BYTES: usize = 32 << 20;
+/// Rows deleted per sweep chunk, so a sweep never holds the writer long.
+const SWEEP_CHUNK: i64 = 5000;
+
+pub enum Command {
+    Append {
+        msg: NewMessage,
+        limits: Limits,
+        reply: oneshot::Sender<Result<Appended>>,
+    },
+    Settle {
+        seq: u64,
+        dest: String,
+        attempts: u32,
+        last_error: Option<LastError>,
+        disposition: Disposition,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Replay {
+        dest: String,
+        seqs: Option<Vec<u64>>,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    Purge {
+        dest: String,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    SetDestination {
+        dest: String,
+        record: DestinationRecord,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Sweep {
+        retention_ms: i64,
+        reply: oneshot::Sender<Result<u64>>,
+    },
+    Close {
+        reply: std::sync::mpsc::Sender<()>,
+    },
+}
+
+pub(crate) struct Shared {
+    pub queues: QueuesHandle,
+    pub stats: Arc<JournalStats>,
+}
+
+/// What a command changed, applied to the in-memory counts only once the
+/// batch is committed.
+#[derive(Default)]
+struct Effect {
+    dest: Option<String>,
+    depth: i64,
+    bytes: i64,
+    dead: i64,
+    ready: bool,
+}
+
+/// A command's answer, held until the commit decides whether it stands.
+enum Pending {
+    Append(oneshot::Sender<Result<Appended>>, Result<Appended>),
+    Unit(oneshot::Sender<Result<()>>, Result<()>),
+    Count(oneshot::Sender<Result<u64>>, Result<u64>),
+}
+
+impl Pending {
+    fn fail(self, err: impl Fn() -> JournalError) {
+        match self {
+            Pending::Append(tx, _) => drop(tx.send(Err(err()))),
+            Pending::Unit(tx, _) => drop(tx.send(Err(err()))),
+            Pending::Count(tx, _) => drop(tx.send(Err(err()))),
+        }
+    }
+    fn answer(self) {
+        match self {
+            Pending::Append(tx, r) => drop(tx.send(r)),
+            Pending::Unit(tx, r) => drop(tx.send(r)),
+            Pending::Count(tx, r) => drop(tx.send(r)),
+        }
+    }
+}
+
+pub(crate) struct Writer {
+    conn: Connection,
+    path: PathBuf,
+    shared: Shared,
+    /// Pending bytes per destination as seen inside the open transaction,
+    /// so limits hold within a batch too.
+    staged: std::collections::HashMap<String, (i64, i64)>,
+}
+
+impl Writer {
+    pub fn new(conn: Connection, path: PathBuf, shared: Shared) -> Self {
+        let w = Writer {
+            conn,
+            path,
+            shared,
+            staged: Default::default(),
+        };
+        w.refresh_disk_bytes();
+        w
+    }
+
+    pub fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
+        let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
+        let mut close_reply = None;
+        while close_reply.is_none() {
+            let Some(first) = rx.blocking_recv() else { break };
+            let mut bytes = 0usize;
+            let mut next = Some(first);
+            while let Some(cmd) = next.take() {
+                match cmd {
+                    Command::Close { reply } => close_reply = Some(reply),
+                    cmd => {
+                        if let Command::Append { msg, .. } = &cmd {
+                            bytes += msg.body.len();
+                        }
+                        batch.push(cmd);
+                    }
+                }
+                if close_reply.is_none() && batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+                    next = rx.try_recv().ok();
+                }
+            }
+            if !batch.is_empty() {
+                self.commit_batch(std::mem::take(&mut batch));
+            }
+        }
+        // Anything still queued after Close is answered as closed.
+        rx.close();
+        while let Ok(cmd) = rx.try_recv() {
+            reject(cmd);
+        }
+        let _ = self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+        if let Err(e) = schema::set_meta(&self.conn, "clean_shutdown", "1") {
+            tracing::warn!(error = %e, "could not mark the journal as cleanly closed");
+        }
+        if let Some(reply) = close_reply {
+            let _ = reply.send(());
+        }
+    }
+
+    fn commit_batch(&mut self, batch: Vec<Command>) {
+        let n = batch.len();
+        match self.try_batch(batch) {
+            Ok(()) => {}
+            Err((e, batch)) => {
+                // One command's failure must not fail its neighbours: run
+                // each alone so only the culprit gets the error.
+                if n == 1 {
+                    for cmd in batch {
+                        let code = e.sqlite_error_code();
+                        reject_with(cmd, || error_of(code, &e));
+                    }
+                } else {
+                    for cmd in batch {
+                        if let Err((e, rest)) = self.try_batch(vec![cmd]) {
+                            let code = e.sqlite_error_code();
+                            for cmd in rest {
+                                reject_with(cmd, || error_of(code, &e));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.refresh_disk_bytes();
+    }
+
+    /// Applies and commits one batch; on failure hands the commands back
+    /// (nothing was committed, nothing answered).
+    #[allow(clippy::result_large_err)]
+    fn try_batch(&mut self, batch: Vec<Command>) -> std::result::Result<(), (rusqlite::Error, Vec<Command>)> {
+        self.staged.clear();
+        let tx = match self.conn.transaction() {
+            Ok(tx) => tx,
+            Err(e) => return Err((e, batch)),
+        };
+        let mut answers = Vec::with_capacity(batch.len());
+        let mut effects = Vec::with_capacity(batch.len());
+        let mut failed = None;
+        // Commands are consumed as applied; keep a way back on failure by
+        // applying against references first.
+        for cmd in batch.iter() {
+            match apply(&tx, cmd, &self.shared, &mut self.staged) {
+                Ok((ans, eff)) => {
+                    answers.push(ans);
+                    effects.push(eff);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            drop(tx);
+            return Err((e, batch));
+        }
+        if let Err(e) = tx.commit() {
+            return Err((e, batch));
+        }
+        let stats = &self.shared.stats;
+        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+        stats.last_commit_ms.store(now_ms(), Ordering::Relaxed);
+        for eff in effects {
+            self.apply_effect(eff);
+        }
+        for (cmd, ans) in batch.into_iter().zip(answers) {
+            pending_of(cmd, ans).answer();
+        }
+        Ok(())
+    }
+
+    fn apply_effect(&self, eff: Effect) {
+        let Some(dest) = eff.dest else { return };
+        let Some(q) = self.shared.queues.get(&dest) else { return };
+        add(&q.depth, eff.depth);
+        add(&q.bytes, eff.bytes);
+        add(&q.dead_letters, eff.dead);
+        if eff.ready {
+            q.ready.notify_one();
+        }
+        if eff.depth < 0 || eff.bytes < 0 {
+            q.room.notify_waiters();
+        }
+    }
+
+    fn refresh_disk_bytes(&self) {
+        let mut total = 0;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.path.clone().into_os_string();
+            p.push(suffix);
+            if let Ok(m) = std::fs::metadata(&p) {
+                total += m.len();
+            }
+        }
+        self.shared.stats.disk_bytes.store(total, Ordering::Relaxed);
+    }
+}
+
+fn add(a: &std::sync::atomic::AtomicU64, delta: i64) {
+    if delta >= 0 {
+        a.fetch_add(delta as u64, Ordering::Relaxed);
+    } else {
+        // Saturating: counts are rebuilt from disk at start-up anyway.
+        let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub((-delta) as u64)));
+    }
+}
+
+fn error_of(code: Option<rusqlite::ErrorCode>, e: &rusqlite::Error) -> JournalError {
+    match code {
+        Some(rusqlite::ErrorCode::DiskFull) => JournalError::StorageFull,
+        _ => JournalError::Io(std::io::Error::other(e.to_string())),
+    }
+}
+
+/// Answers a command that was applied, with the answer computed for it.
+enum Answer {
+    Append(Result<Appended>),
+    Unit,
+    Count(u64),
+}
+
+fn pending_of(cmd: Command, ans: Answer) -> Pending {
+    match (cmd, ans) {
+        (Command::Append { reply, .. }, Answer::Append(r)) => Pending::Append(reply, r),
+        (Command::Settle { reply, .. }, _) | (Command::SetDestination { reply, .. }, _) => Pending::Unit(reply, Ok(())),
+        (Command::Replay { reply, .. }, Answer::Count(n))
+        | (Command::Purge { reply, .. }, Answer::Count(n))
+        | (Command::Sweep { reply, .. }, Answer::Count(n)) => Pending::Count(reply, Ok(n)),
+        (cmd, _) => {
+            reject(cmd);
+            Pending::Count(oneshot::channel().0, Ok(0))
+        }
+    }
+}
+
+fn reject(cmd: Command) {
+    reject_with(cmd, || JournalError::Closed)
+}
+
+fn reject_with(cmd: Command, err: impl Fn() -> JournalError) {
+    let p = match cmd {
+        Command::Append { reply, .. } => Pending::Append(reply, Ok(Appended::QueueFull)),
+        Command::Settle { reply, .. } | Command::SetDestination { reply, .. } => Pending::Unit(reply, Ok(())),
+        Command::Replay { reply, .. } | Command::Purge { reply, .. } | Command::Sweep { reply, .. } => {
+            Pending::Count(reply, Ok(0))
+        }
+        Command::Close { reply } => {
+            let _ = reply.send(());
+            return;
+        }
+    };
+    p.fail(err)
+}
+
+fn apply(
+    tx: &Transaction<'_>,
+    cmd: &Command,
+    shared: &Shared,
+    staged: &mut std::collections::HashMap<String, (i64, i64)>,
+) -> rusqlite::Result<(Answer, Effect)> {
+    match cmd {
+        Command::Append { msg, limits, .. } => append(tx, msg, limits, shared, staged),
+        Command::Settle {
+            seq,
+            dest,
+            attempts,
+            last_error,
+            disposition,
+            ..
+        } => settle(tx, *seq, dest, *attempts, last_error.as_ref(), disposition),
+        Command::Replay { dest, seqs, .. } => {
+            let now = now_ms();
+            let mut n = 0u64;
+            let mut bytes = 0i64;
+            let mut one = |seq: Option<u64>| -> rusqlite::Result<()> {
+                let mut stmt = tx.prepare_cached(
+                    "UPDATE messages SET state = 0, attempts = 0, visible_at = ?2, last_error = NULL, reason = NULL,
+                     finished_at = NULL WHERE dest = ?1 AND state = 1 AND (?3 IS NULL OR seq = ?3) RETURNING size",
+                )?;
+                let sizes = stmt.query_map(params![dest, now, seq.map(|s| s as i64)], |r| r.get::<_, i64>(0))?;
+                for s in sizes {
+                    n += 1;
+                    bytes += s?;
+                }
+                Ok(())
+            };
+            match seqs {
+                None => one(None)?,
+                Some(list) => {
+                    for s in list {
+                        one(Some(*s))?
+                    }
+                }
+            }
+            let eff = Effect {
+                dest: Some(dest.clone()),
+                depth: n as i64,
+                bytes,
+                dead: -(n as i64),
+                ready: n > 0,
+            };
+            Ok((Answer::Count(n), eff))
+        }
+        Command::Purge { dest, .. } => {
+            let n = tx.execute("DELETE FROM messages WHERE dest = ?1 AND state = 1", [dest])? as u64;
+            let eff = Effect {
+                dest: Some(dest.clone()),
+                dead: -(n as i64),
+                ..Effect::default()
+            };
+            Ok((Answer::Count(n), eff))
+        }
+        Command::SetDestination { dest, record, .. } => {
+            tx.execute(
+                "INSERT INTO destinations (dest, state, reason, head_seq) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(dest) DO UPDATE SET state = excluded.state, reason = excluded.reason, head_seq = excluded.head_seq",
+                params![dest, record.state, record.reason, record.head_seq.map(|s| s as i64)],
+            )?;
+            Ok((Answer::Unit, Effect::default()))
+        }
+        Command::Sweep { retention_ms, .. } => {
+            let cutoff = now_ms() - retention_ms;
+            let n = tx.execute(
+                "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages INDEXED BY messages_finished
+                 WHERE state IN (2, 3) AND finished_at < ?1 LIMIT ?2)",
+                params![cutoff, SWEEP_CHUNK],
+            )? as u64;
+            tx.execute(
+                "DELETE FROM idempotency WHERE (dest, key) IN
+                 (SELECT dest, key FROM idempotency WHERE created_at < ?1 LIMIT ?2)",
+                params![cutoff, SWEEP_CHUNK],
+            )?;
+            tx.execute_batch("PRAGMA incremental_vacuum(2000)")?;
+            Ok((Answer::Count(n), Effect::default()))
+        }
+        Command::Close { .. } => Ok((Answer::Unit, Effect::default())),
+    }
+}
+
+fn append(
+    tx: &Transaction<'_>,
+    msg: &NewMessage,
+    limits: &Limits,
+    shared: &Shared,
+    staged: &mut std::collections::HashMap<String, (i64, i64)>,
+) -> rusqlite::Result<(Answer, Effect)> {
+    if let Some(key) = &msg.idempotency_key {
+        let found: Option<(i64, i64)> = tx
+            .prepare_cached("SELECT seq, created_at FROM idempotency WHERE dest = ?1 AND key = ?2")?
+            .query_row(params![msg.dest, key], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        if let Some((seq, created_at)) = found {
+            if msg.received_at - created_at <= limits.idempotency_window_ms {
+                return Ok((Answer::Append(Ok(Appended::Duplicate { seq: seq as u64 })), Effect::default()));
+            }
+        }
+    }
+    let stats = &shared.stats;
+    if stats.disk_bytes.load(Ordering::Relaxed) >= stats.max_disk.load(Ordering::Relaxed) {
+        return Ok((Answer::Append(Err(JournalError::StorageFull)), Effect::default()));
+    }
+    let size = msg.body.len() as i64;
+    let (staged_n, staged_b) = staged.entry(msg.dest.clone()).or_insert((0, 0));
+    if let Some(q) = shared.queues.get(&msg.dest) {
+        let depth = q.depth.load(Ordering::Relaxed) as i64 + *staged_n;
+        let bytes = q.bytes.load(Ordering::Relaxed) as i64 + *staged_b;
+        if depth + 1 > limits.max_messages as i64 || bytes + size > limits.max_bytes as i64 {
+            return Ok((Answer::Append(Ok(Appended::QueueFull)), Effect::default()));
+        }
+    }
+    let headers = encode_headers(&msg.headers);
+    let crc = checksum(&msg.method, &msg.path, &headers, &msg.body);
+    let seq: i64 = tx
+        .prepare_cached(
+            "INSERT INTO messages (dest, state, visible_at, received_at, method, path, headers, body, size, crc, version,
+             idem_key, wants_reply) VALUES (?1, 0, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING seq",
+        )?
+        .query_row(
+            params![
+                msg.dest,
+                msg.received_at,
+                msg.method,
+                msg.path,
+                headers,
+                &msg.body[..],
+                size,
+                crc,
+                schema::FORMAT_VERSION,
+                msg.idempotency_key,
+                msg.wants_reply
+            ],
+            |r| r.get(0),
+        )?;
+    if let Some(key) = &msg.idempotency_key {
+        tx.prepare_cached(
+            "INSERT INTO idempotency (dest, key, seq, created_at) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(dest, key) DO UPDATE SET seq = excluded.seq, created_at = excluded.created_at",
+        )?
+        .execute(params![msg.dest, key, seq, msg.received_at])?;
+    }
+    *staged_n += 1;
+    *staged_b += size;
+    let eff = Effect {
+        dest: Some(msg.dest.clone()),
+        depth: 1,
+        bytes: size,
+        dead: 0,
+        ready: true,
+    };
+    Ok((Answer::Append(Ok(Appended::Stored { seq: seq as u64 })), eff))
+}
+
+fn settle(
+    tx: &Transaction<'_>,
+    seq: u64,
+    dest: &str,
+    attempts: u32,
+    last_error: Option<&LastError>,
+    disposition: &Disposition,
+) -> rusqlite::Result<(Answer, Effect)> {
+    let now = now_ms();
+    let last_error = last_error.and_then(|e| serde_json::to_string(e).ok());
+    let seq = seq as i64;
+    // Only a pending row can be settled: a message purged or already settled
+    // (a duplicate delivery after replay) must not be counted twice.
+    let size: Option<i64> = match disposition {
+        Disposition::Delivered => tx
+            .prepare_cached(
+                "UPDATE messages SET state = ?2, attempts = ?3, last_error = ?4, finished_at = ?5, body = NULL,
+                 headers = NULL WHERE seq = ?1 AND state = 0 RETURNING size",
+            )?
+            .query_row(params![seq, STATE_DELIVERED, attempts, last_error, now], |r| r.get(0))
+            .optional()?,
+        Disposition::Dropped { reason } => tx
+            .prepare_cached(
+                "UPDATE messages SET state = ?2, attempts = ?3, last_error = ?4, finished_at = ?5, reason = ?6,
+                 body = NULL, headers = NULL WHERE seq = ?1 AND state = 0 RETURNING size",
+            )?
+            .query_row(params![seq, STATE_DROPPED, attempts, last_error, now, reason], |r| r.get(0))
+            .optional()?,
+        Disposition::DeadLetter { reason } | Disposition::Quarantined { reason } => {
+            let state = if matches!(disposition, Disposition::DeadLetter { .. }) {
+                STATE_DEAD
+            } else {
+                STATE_QUARANTINED
+            };
+            tx.prepare_cached(
+                "UPDATE messages SET state = ?2, attempts = ?3, last_error = ?4, finished_at = ?5, reason = ?6
+                 WHERE seq = ?1 AND state = 0 RETURNING size",
+            )?
+            .query_row(params![seq, state, attempts, last_error, now, reason], |r| r.get(0))
+            .optional()?
+        }
+        Disposition::Reschedule { visible_at } => {
+            let n = tx
+                .prepare_cached(
+                    "UPDATE messages SET attempts = ?2, last_error = ?3, visible_at = ?4 WHERE seq = ?1 AND state = ?5",
+                )?
+                .execute(params![seq, attempts, last_error, visible_at, STATE_PENDING])?;
+            let eff = Effect {
+                dest: Some(dest.to_string()),
+                ready: n > 0,
+                ..Effect::default()
+            };
+            return Ok((Answer::Unit, eff));
+        }
+    };
+    let Some(size) = size else {
+        return Ok((Answer::Unit, Effect::default()));
+    };
+    let eff = Effect {
+        dest: Some(dest.to_string()),
+        depth: -1,
+        bytes: -size,
+        dead: if matches!(disposition, Disposition::DeadLetter { .. }) { 1 } else { 0 },
+        ready: false,
+    };
+    Ok((Answer::Unit, eff))
+}

@@ -1,0 +1,28 @@
+//! tidegate: a durable, rate-matching HTTP proxy between AI producers and
+//! the downstream APIs they feed.
+//!
+//! The modules follow a message:
+//!
+//! - [`ingress`] takes a producer's request, admits it (destination, size,
+//!   auth, backpressure) and hands it to the journal; the 202 goes out only
+//!   once the journal has committed it.
+//! - [`journal`] is the durable queue (SQLite, group commit): per-destination
+//!   FIFO, scheduled retries, dead letters, history.
+//! - [`dispatch`] runs one worker per destination: it takes deliverable
+//!   messages at the destination's rate and concurrency, and decides, through
+//!   a pure policy, what happens after each attempt.
+//! - [`delivery`] performs one HTTP attempt and classifies its outcome.
+//!
+//! To the side: [`admin`] (health, operations, metrics endpoint), [`metrics`],
+//! [`config`] (parsing and validation), and [`app`], which wires it all and
+//! owns graceful shutdown.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod delivery;
+pub mod dispatch;
+pub mod ingress;
+pub mod journal;
+pub mod metrics;
+pub mod problem;
