@@ -1,1 +1,157 @@
-//! todo
+//! Wiring and lifecycle: open the journal, start dispatch, bind both
+//! listeners, then wait for a signal and shut down in order: stop taking
+//! requests, let attempts in flight finish (up to `shutdown_timeout`), flush
+//! and close the journal.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio::net::TcpListener;
+
+use crate::admin::{self, Admin};
+use crate::config::Config;
+use crate::delivery::HttpDeliverer;
+use crate::dispatch::Dispatcher;
+use crate::ingress::{self, Ingress};
+use crate::journal::Journal;
+use crate::metrics::Metrics;
+
+/// Runs tidegate until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let storage = config.storage.clone();
+    let journal = tokio::task::spawn_blocking(move || Journal::open(&storage.path, storage.max_disk))
+        .await?
+        .with_context(|| format!("opening the journal in {}", config.storage.path.display()))?;
+    let metrics = Metrics::new();
+    let deliver = Arc::new(HttpDeliverer::new().context("building the HTTP client")?);
+    let dispatcher = Dispatcher::start(&config, journal.clone(), metrics.clone(), deliver).await?;
+    for name in journal.known_destinations() {
+        let depth = journal.queue(&name).depth.load(Ordering::Relaxed);
+        if dispatcher.destination(&name).is_none() && depth > 0 {
+            tracing::warn!(destination = %name, depth, "the journal holds messages for a destination that is no longer configured; they are kept, not delivered");
+        }
+    }
+
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let ingress_listener = TcpListener::bind(config.ingress.listen)
+        .await
+        .with_context(|| format!("binding ingress.listen {}", config.ingress.listen))?;
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+    let ingress_addr = ingress_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let ingress_app = ingress::router(Ingress {
+        journal: journal.clone(),
+        dispatcher: dispatcher.clone(),
+        metrics: metrics.clone(),
+        max_body: config.ingress.max_body,
+        auth_token: config.ingress.auth_token.clone(),
+        history_retention: config.storage.history_retention,
+        shutting_down: shutting_down.clone(),
+    });
+    let admin_app = admin::router(Admin {
+        journal: journal.clone(),
+        dispatcher: dispatcher.clone(),
+        metrics: metrics.clone(),
+        token: config.admin.token.clone(),
+        shutting_down: shutting_down.clone(),
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let ingress_server = {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(async move {
+            axum::serve(ingress_listener, ingress_app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    // The admin listener stays up until the very end so probes and metrics
+    // see the drain.
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_server = tokio::spawn(async move {
+        axum::serve(admin_listener, admin_app)
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop_rx.await;
+            })
+            .await
+    });
+    let sweeper = tokio::spawn(sweep_history(journal.clone(), config.storage.history_retention, stop_rx.clone()));
+
+    tracing::info!(
+        ingress = %ingress_addr,
+        admin = %admin_addr,
+        destinations = config.destinations.len(),
+        startup_ms = started.elapsed().as_millis() as u64,
+        "tidegate ready"
+    );
+    // One machine-readable line for scripts and tests that bind port 0.
+    println!("tidegate listening ingress={ingress_addr} admin={admin_addr}");
+
+    wait_for_signal().await;
+    tracing::info!("shutdown requested: refusing new requests, draining deliveries in flight");
+    shutting_down.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    let left = dispatcher.shutdown(config.server.shutdown_timeout).await;
+    if left > 0 {
+        tracing::warn!(in_flight = left, "shutdown_timeout passed with attempts in flight; they will be delivered again after restart");
+    }
+    // Give the ingress server a moment to finish replies already committed.
+    let _ = tokio::time::timeout(Duration::from_secs(5), ingress_server).await;
+    sweeper.abort();
+    let j = journal.clone();
+    tokio::task::spawn_blocking(move || j.close()).await?;
+    let _ = admin_stop_tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin_server).await;
+    tracing::info!("tidegate stopped cleanly");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stopping on Ctrl-C only");
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported by this build; ignoring"),
+        }
+    }
+}
+
+/// Forgets finished messages past `history_retention` and returns the space.
+async fn sweep_history(journal: Journal, retention: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        loop {
+            match journal.sweep(retention.as_millis() as i64).await {
+                Ok(n) if n >= 5000 => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "history sweep failed");
+                    break;
+                }
+            }
+        }
+    }
+}

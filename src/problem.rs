@@ -1,1 +1,148 @@
-//! todo
+//! RFC 9457 problem details: the one error shape both listeners answer
+//! with. Each [`Problem`] carries a stable `code` that scripts can match on;
+//! its `detail` says what happened without leaking internals.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+#[derive(Debug, Clone)]
+pub struct Problem {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub title: &'static str,
+    pub detail: String,
+    /// Seconds, sent as `Retry-After`.
+    pub retry_after: Option<u64>,
+    /// Sent as `Allow` with 405.
+    pub allow: Option<&'static str>,
+}
+
+impl Problem {
+    fn new(status: StatusCode, code: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
+        Problem {
+            status,
+            code,
+            title,
+            detail: detail.into(),
+            retry_after: None,
+            allow: None,
+        }
+    }
+    pub fn invalid_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", "Invalid request", detail)
+    }
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            "a valid bearer token is required",
+        )
+    }
+    pub fn unknown_destination(name: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "unknown_destination",
+            "Unknown destination",
+            format!("no destination named {name:?} is configured"),
+        )
+    }
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "Not found", detail)
+    }
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let mut p = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Method not allowed",
+            format!("producer paths accept {allow}"),
+        );
+        p.allow = Some(allow);
+        p
+    }
+    pub fn payload_too_large(limit: u64) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "Payload too large",
+            format!("the body is larger than ingress.max_body ({limit} bytes)"),
+        )
+    }
+    pub fn queue_full(dest: &str, retry_after: u64) -> Self {
+        let mut p = Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "queue_full",
+            "Queue full",
+            format!("the queue of destination {dest:?} is at its limit"),
+        );
+        p.retry_after = Some(retry_after.max(1));
+        p
+    }
+    pub fn destination_halted(dest: &str) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "destination_halted",
+            "Destination halted",
+            format!("destination {dest:?} is halted; an operator must resume it"),
+        )
+    }
+    pub fn shutting_down() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "Shutting down",
+            "tidegate is shutting down",
+        )
+    }
+    pub fn storage_full() -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "storage_full",
+            "Storage full",
+            "the journal has reached storage.max_disk or the disk is full",
+        )
+    }
+    pub fn downstream_unreachable(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_GATEWAY,
+            "downstream_unreachable",
+            "Downstream unreachable",
+            detail,
+        )
+    }
+    pub fn conflict(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+    }
+    /// Something failed inside tidegate; details go to the log, not the
+    /// client.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "Internal error",
+            "tidegate could not complete the request; see its log",
+        )
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "type": format!("https://tidegate.dev/problems/{}", self.code),
+            "title": self.title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+            "code": self.code,
+        });
+        let mut resp = (self.status, body.to_string()).into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(s) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if let Some(a) = self.allow {
+            h.insert(header::ALLOW, HeaderValue::from_static(a));
+        }
+        resp
+    }
+}

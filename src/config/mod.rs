@@ -85,7 +85,9 @@ impl FailureMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WhenFull {
+    /// Answer 429 `queue_full` at once.
     Reject,
+    /// Hold the request up to `block_timeout` for room.
     Block,
 }
 
@@ -641,12 +643,12 @@ impl Config {
             );
             let _ = writeln!(
                 s,
-                "  queue max_messages={} max_bytes={} when_full={:?} block_timeout={} ordering={:?}",
+                "  queue max_messages={} max_bytes={} when_full={} block_timeout={} ordering={}",
                 d.queue.max_messages,
                 ByteSize(d.queue.max_bytes),
-                d.queue.when_full,
+                if d.queue.when_full == WhenFull::Block { "block" } else { "reject" },
                 HumanDuration(d.queue.block_timeout),
-                d.queue.ordering
+                if d.queue.ordering == Ordering::Fifo { "fifo" } else { "unordered" }
             );
         }
         s

@@ -1,0 +1,320 @@
+//! The admin listener: probes, Prometheus exposition and the `/v1`
+//! operations API. It reads dispatch and journal state and asks dispatch to
+//! change it; it never touches the queue's rows itself except through the
+//! journal's operations (replay, purge).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::config::Secret;
+use crate::dispatch::{self, DispatchError, Dispatcher};
+use crate::journal::{self, Journal, MessageStatus};
+use crate::metrics::Metrics;
+use crate::problem::Problem;
+
+#[derive(Clone)]
+pub struct Admin {
+    pub journal: Journal,
+    pub dispatcher: Arc<Dispatcher>,
+    pub metrics: Metrics,
+    pub token: Option<Secret>,
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+pub fn router(state: Admin) -> Router {
+    let v1 = Router::new()
+        .route("/v1/destinations", get(list_destinations))
+        .route("/v1/destinations/{name}", get(one_destination))
+        .route("/v1/destinations/{name}/pause", post(pause))
+        .route("/v1/destinations/{name}/resume", post(resume))
+        .route("/v1/destinations/{name}/dead-letters", get(dead_letters).delete(purge))
+        .route("/v1/destinations/{name}/dead-letters/replay", post(replay))
+        .route("/v1/messages/{id}", get(message))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(v1)
+        .fallback(|| async { Problem::not_found("no such admin endpoint") })
+        .with_state(state)
+}
+
+async fn require_token(State(a): State<Admin>, req: Request, next: Next) -> Response {
+    if let Some(token) = &a.token {
+        if !crate::ingress::bearer_matches(req.headers(), token) {
+            return Problem::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn readyz(State(a): State<Admin>) -> Response {
+    let open = a.journal.stats().open.load(Ordering::Relaxed);
+    if open && !a.shutting_down.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    }
+}
+
+/// Refreshes the gauges that mirror journal and dispatch state, then renders.
+async fn metrics(State(a): State<Admin>) -> Response {
+    let m = &a.metrics;
+    let stats = a.journal.stats();
+    m.journal_disk_bytes.set(stats.disk_bytes.load(Ordering::Relaxed) as i64);
+    let fsyncs = stats.fsyncs.load(Ordering::Relaxed);
+    m.journal_fsyncs.inc_by(fsyncs.saturating_sub(m.journal_fsyncs.get()));
+    let corrupt = stats.corrupt_records.load(Ordering::Relaxed);
+    m.journal_corrupt_records.inc_by(corrupt.saturating_sub(m.journal_corrupt_records.get()));
+    for d in a.dispatcher.destinations() {
+        let n = d.name.as_str();
+        m.queue_depth.with_label_values(&[n]).set(d.queue.depth.load(Ordering::Relaxed) as i64);
+        m.queue_bytes.with_label_values(&[n]).set(d.queue.bytes.load(Ordering::Relaxed) as i64);
+        m.dead_letter_depth.with_label_values(&[n]).set(d.queue.dead_letters.load(Ordering::Relaxed) as i64);
+        m.in_flight.with_label_values(&[n]).set(d.in_flight.load(Ordering::Relaxed) as i64);
+        let oldest = match a.journal.queue_detail(n).await {
+            Ok((Some(received), _)) => ((journal::now_ms() - received).max(0) as f64) / 1000.0,
+            _ => 0.0,
+        };
+        m.oldest_age.with_label_values(&[n]).set(oldest);
+        m.rate_limit
+            .with_label_values(&[n, "configured"])
+            .set(d.limiter.configured().unwrap_or(0.0));
+        m.rate_limit
+            .with_label_values(&[n, "effective"])
+            .set(d.limiter.effective().unwrap_or(0.0));
+        let state = d.state().state;
+        for s in dispatch::State::ALL {
+            m.destination_state.with_label_values(&[n, s.as_str()]).set((s == state) as i64);
+        }
+    }
+    let mut r = m.render().into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    r
+}
+
+fn counter_sum(vec: &prometheus::IntCounterVec, dest: &str) -> u64 {
+    use prometheus::core::Collector;
+    vec.collect()
+        .iter()
+        .flat_map(|mf| mf.get_metric().iter())
+        .filter(|m| m.get_label().iter().any(|l| l.name() == "destination" && l.value() == dest))
+        .map(|m| m.get_counter().value() as u64)
+        .sum()
+}
+
+async fn describe(a: &Admin, d: &dispatch::Destination) -> Result<Value, Problem> {
+    let cfg = d.config();
+    let info = d.state();
+    let (oldest, scheduled) = a.journal.queue_detail(&d.name).await.map_err(internal)?;
+    let m = &a.metrics;
+    let n = d.name.as_str();
+    let failed_attempts: u64 = counter_sum(&m.attempts, n) - m.attempts.with_label_values(&[n, "success"]).get();
+    Ok(json!({
+        "name": d.name,
+        "url": cfg.redacted_url(),
+        "owner": cfg.owner,
+        "on_failure": cfg.on_failure.as_str(),
+        "state": info.state.as_str(),
+        "state_reason": info.reason,
+        "queue": {
+            "depth": d.queue.depth.load(Ordering::Relaxed),
+            "bytes": d.queue.bytes.load(Ordering::Relaxed),
+            "in_flight": d.in_flight.load(Ordering::Relaxed),
+            "scheduled": scheduled,
+            "dead_letters": d.queue.dead_letters.load(Ordering::Relaxed),
+            "oldest_age_seconds": oldest.map(|r| ((journal::now_ms() - r).max(0) as f64) / 1000.0).unwrap_or(0.0),
+        },
+        "rate_limit": {
+            "configured_per_second": d.limiter.configured(),
+            "effective_per_second": d.limiter.effective(),
+            "burst": cfg.rate_limit.burst,
+            "max_in_flight": cfg.rate_limit.max_in_flight,
+        },
+        "counters": {
+            "received": m.received.with_label_values(&[n]).get(),
+            "delivered": m.delivered.with_label_values(&[n]).get(),
+            "failed_attempts": failed_attempts,
+            "dead_lettered": counter_sum(&m.dead_lettered, n),
+            "dropped": counter_sum(&m.dropped, n),
+            "rejected": counter_sum(&m.rejected, n),
+        },
+    }))
+}
+
+fn internal(e: impl std::fmt::Display) -> Problem {
+    tracing::error!(error = %e, "admin request failed");
+    Problem::internal()
+}
+
+fn dispatch_error(e: DispatchError) -> Problem {
+    match e {
+        DispatchError::UnknownDestination(n) => Problem::unknown_destination(&n),
+        DispatchError::Journal(e) => internal(e),
+    }
+}
+
+fn find(a: &Admin, name: &str) -> Result<Arc<dispatch::Destination>, Problem> {
+    a.dispatcher.destination(name).cloned().ok_or_else(|| Problem::unknown_destination(name))
+}
+
+async fn list_destinations(State(a): State<Admin>) -> Result<Json<Value>, Problem> {
+    let mut out = Vec::new();
+    for d in a.dispatcher.destinations() {
+        out.push(describe(&a, &d).await?);
+    }
+    Ok(Json(json!({ "destinations": out })))
+}
+
+async fn one_destination(State(a): State<Admin>, Path(name): Path<String>) -> Result<Json<Value>, Problem> {
+    let d = find(&a, &name)?;
+    Ok(Json(describe(&a, &d).await?))
+}
+
+async fn pause(State(a): State<Admin>, Path(name): Path<String>) -> Result<Json<Value>, Problem> {
+    a.dispatcher.pause(&name).await.map_err(dispatch_error)?;
+    one_destination(State(a), Path(name)).await
+}
+
+#[derive(Deserialize)]
+struct ResumeQuery {
+    #[serde(default)]
+    skip_head: bool,
+}
+
+async fn resume(
+    State(a): State<Admin>,
+    Path(name): Path<String>,
+    Query(q): Query<ResumeQuery>,
+) -> Result<Json<Value>, Problem> {
+    a.dispatcher.resume(&name, q.skip_head).await.map_err(dispatch_error)?;
+    one_destination(State(a), Path(name)).await
+}
+
+/// The state a message is in, as the API names it.
+pub fn state_name(s: &MessageStatus, in_flight: bool) -> &'static str {
+    match s.state {
+        0 if in_flight => "in_flight",
+        0 if s.visible_at > journal::now_ms() => "scheduled",
+        0 => "queued",
+        1 => "dead_lettered",
+        2 => "delivered",
+        3 => "dropped",
+        _ => "quarantined",
+    }
+}
+
+fn rfc3339(ms: i64) -> Value {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok();
+    t.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .map(Value::String)
+        .unwrap_or(Value::Null)
+}
+
+async fn message(State(a): State<Admin>, Path(id): Path<String>) -> Result<Json<Value>, Problem> {
+    let not_found = || Problem::not_found(format!("no message {id:?} (unknown, or past history_retention)"));
+    let seq = a.journal.parse_id(&id).ok_or_else(not_found)?;
+    let s = a.journal.status(seq).await.map_err(internal)?.ok_or_else(not_found)?;
+    let in_flight = a.dispatcher.destination(&s.dest).is_some_and(|d| d.is_in_flight(seq));
+    let state = state_name(&s, in_flight);
+    Ok(Json(json!({
+        "id": id,
+        "destination": s.dest,
+        "state": state,
+        "attempts": s.attempts,
+        "received_at": rfc3339(s.received_at),
+        "delivered_at": if s.state == 2 { s.finished_at.map(rfc3339).unwrap_or(Value::Null) } else { Value::Null },
+        "next_attempt_at": if state == "scheduled" { rfc3339(s.visible_at) } else { Value::Null },
+        "last_error": s.last_error,
+        "reason": s.reason,
+    })))
+}
+
+#[derive(Deserialize)]
+struct DeadLetterQuery {
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+async fn dead_letters(
+    State(a): State<Admin>,
+    Path(name): Path<String>,
+    Query(q): Query<DeadLetterQuery>,
+) -> Result<Json<Value>, Problem> {
+    find(&a, &name)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let after = match &q.after {
+        None => None,
+        Some(id) => Some(
+            a.journal
+                .parse_id(id)
+                .ok_or_else(|| Problem::invalid_request(format!("after={id:?} is not a message id")))?,
+        ),
+    };
+    let items = a.journal.dead_letters(&name, after, limit + 1).await.map_err(internal)?;
+    let more = items.len() > limit;
+    let items: Vec<Value> = items
+        .iter()
+        .take(limit)
+        .map(|dl| {
+            json!({
+                "id": a.journal.message_id(dl.seq),
+                "reason": dl.reason,
+                "attempts": dl.attempts,
+                "last_error": dl.last_error,
+                "received_at": rfc3339(dl.received_at),
+                "dead_lettered_at": rfc3339(dl.dead_lettered_at),
+                "size_bytes": dl.size_bytes,
+            })
+        })
+        .collect();
+    let next = if more { items.last().map(|i| i["id"].clone()) } else { None };
+    Ok(Json(json!({ "items": items, "next": next })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    ids: Option<Vec<String>>,
+}
+
+async fn replay(State(a): State<Admin>, Path(name): Path<String>, body: axum::body::Bytes) -> Result<Json<Value>, Problem> {
+    find(&a, &name)?;
+    let req: ReplayBody = if body.iter().all(|b| b.is_ascii_whitespace()) {
+        ReplayBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| Problem::invalid_request(format!("body must be {{}} or {{\"ids\": [...]}}: {e}")))?
+    };
+    let seqs = match req.ids {
+        None => None,
+        Some(ids) => Some(
+            ids.iter()
+                .map(|id| a.journal.parse_id(id).ok_or_else(|| Problem::invalid_request(format!("{id:?} is not a message id"))))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+    };
+    let n = a.journal.replay(&name, seqs).await.map_err(internal)?;
+    tracing::warn!(destination = %name, replayed = n, "dead letters replayed by an operator");
+    Ok(Json(json!({ "replayed": n })))
+}
+
+async fn purge(State(a): State<Admin>, Path(name): Path<String>) -> Result<Json<Value>, Problem> {
+    find(&a, &name)?;
+    let n = a.journal.purge_dead_letters(&name).await.map_err(internal)?;
+    tracing::warn!(destination = %name, purged = n, "dead letters purged by an operator");
+    Ok(Json(json!({ "purged": n })))
+}

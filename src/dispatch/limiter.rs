@@ -1,0 +1,202 @@
+//! The per-destination rate limiter: a governor token bucket (`rate`,
+//! `burst`) whose effective rate adapts when `adaptive = true`, plus a pause
+//! ("do not send before") that `Retry-After` and spent rate-limit quotas set.
+//!
+//! governor's quota is fixed per limiter, so a rate change builds a new one;
+//! a rebuilt bucket starts empty, so a change never hands out a fresh burst.
+
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::time::Instant;
+
+/// The effective rate never drops below this share of the configured rate.
+const FLOOR_SHARE: f64 = 0.01;
+/// Each calm second raises the effective rate by this share of the configured.
+const RECOVERY_SHARE: f64 = 0.05;
+
+pub struct Limiter {
+    inner: Mutex<State>,
+}
+
+struct State {
+    configured: Option<f64>,
+    burst: u32,
+    adaptive: bool,
+    effective: Option<f64>,
+    bucket: Option<Arc<DefaultDirectRateLimiter>>,
+    paused_until: Option<Instant>,
+    last_slowdown: Option<Instant>,
+}
+
+fn bucket(rate: f64, burst: u32, drained: bool) -> Arc<DefaultDirectRateLimiter> {
+    let period = Duration::from_secs_f64(1.0 / rate.max(1e-6));
+    let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+        .allow_burst(burst);
+    let b = RateLimiter::direct(quota);
+    if drained {
+        let _ = b.check_n(burst);
+    }
+    Arc::new(b)
+}
+
+impl Limiter {
+    pub fn new(rate: Option<f64>, burst: u32, adaptive: bool) -> Self {
+        Limiter {
+            inner: Mutex::new(State {
+                configured: rate,
+                burst,
+                adaptive,
+                effective: rate,
+                bucket: rate.map(|r| bucket(r, burst, false)),
+                paused_until: None,
+                last_slowdown: None,
+            }),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies new settings (reload), keeping the adaptive slowdown if any.
+    pub fn reconfigure(&self, rate: Option<f64>, burst: u32, adaptive: bool) {
+        let mut s = self.state();
+        if s.configured == rate && s.burst == burst && s.adaptive == adaptive {
+            return;
+        }
+        s.configured = rate;
+        s.burst = burst;
+        s.adaptive = adaptive;
+        s.effective = match (rate, s.effective) {
+            (Some(r), Some(e)) if adaptive => Some(e.min(r)),
+            _ => rate,
+        };
+        s.bucket = s.effective.map(|r| bucket(r, burst, true));
+    }
+
+    pub fn configured(&self) -> Option<f64> {
+        self.state().configured
+    }
+
+    pub fn effective(&self) -> Option<f64> {
+        self.state().effective
+    }
+
+    /// Waits for the pause to pass and a token to be free.
+    pub async fn acquire(&self) {
+        loop {
+            let (pause, b) = {
+                let s = self.state();
+                (s.paused_until, s.bucket.clone())
+            };
+            if let Some(until) = pause {
+                if until > Instant::now() {
+                    tokio::time::sleep_until(until).await;
+                    continue;
+                }
+            }
+            if let Some(b) = b {
+                b.until_ready().await;
+            }
+            // A pause set while we waited for the token still applies.
+            let s = self.state();
+            if s.paused_until.is_none_or(|u| u <= Instant::now()) {
+                return;
+            }
+        }
+    }
+
+    /// A 429 or 503: halve the effective rate and pause until `retry_after`.
+    pub fn slow_down(&self, retry_after: Option<Duration>) {
+        let mut s = self.state();
+        if !s.adaptive {
+            return;
+        }
+        let now = Instant::now();
+        s.last_slowdown = Some(now);
+        if let Some(ra) = retry_after {
+            s.paused_until = Some(s.paused_until.map_or(now + ra, |p| p.max(now + ra)));
+        }
+        if let (Some(c), Some(e)) = (s.configured, s.effective) {
+            let halved = (e / 2.0).max(c * FLOOR_SHARE);
+            if halved < e {
+                s.effective = Some(halved);
+                s.bucket = Some(bucket(halved, s.burst, true));
+            }
+        }
+    }
+
+    /// Rate-limit headers said the quota is spent: pause for `d`.
+    pub fn pause_for(&self, d: Duration) {
+        let mut s = self.state();
+        if !s.adaptive {
+            return;
+        }
+        let until = Instant::now() + d;
+        s.paused_until = Some(s.paused_until.map_or(until, |p| p.max(until)));
+    }
+
+    /// Called once a second: a second without 429/503 raises the effective
+    /// rate by 5% of the configured rate, up to it.
+    pub fn tick(&self) {
+        let mut s = self.state();
+        let (Some(c), Some(e)) = (s.configured, s.effective) else { return };
+        if e >= c {
+            return;
+        }
+        if s.last_slowdown.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        let raised = (e + c * RECOVERY_SHARE).min(c);
+        s.effective = Some(raised);
+        s.bucket = Some(bucket(raised, s.burst, true));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn slowdowns_halve_down_to_one_percent_and_ticks_recover_by_five_percent() {
+        let l = Limiter::new(Some(100.0), 10, true);
+        l.slow_down(None);
+        assert_eq!(l.effective(), Some(50.0));
+        for _ in 0..20 {
+            l.slow_down(None);
+        }
+        assert_eq!(l.effective(), Some(1.0));
+        // A tick right after a slowdown does nothing.
+        l.tick();
+        assert_eq!(l.effective(), Some(1.0));
+        l.inner.lock().unwrap().last_slowdown = Some(Instant::now() - Duration::from_secs(2));
+        l.tick();
+        assert_eq!(l.effective(), Some(6.0));
+        for _ in 0..40 {
+            l.tick();
+        }
+        assert_eq!(l.effective(), Some(100.0));
+    }
+
+    #[tokio::test]
+    async fn a_non_adaptive_limiter_ignores_slowdowns() {
+        let l = Limiter::new(Some(100.0), 10, false);
+        l.slow_down(Some(Duration::from_secs(60)));
+        assert_eq!(l.effective(), Some(100.0));
+        tokio::time::timeout(Duration::from_secs(1), l.acquire()).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_pauses_acquisition() {
+        let l = Limiter::new(None, 1, true);
+        l.slow_down(Some(Duration::from_secs(5)));
+        let start = Instant::now();
+        l.acquire().await;
+        assert!(start.elapsed() >= Duration::from_secs(5));
+    }
+}

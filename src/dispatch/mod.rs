@@ -1,0 +1,307 @@
+//! Dispatch: one worker per destination takes deliverable messages from the
+//! journal and runs delivery attempts at the pace the downstream can take.
+//!
+//! # What a worker guarantees
+//!
+//! - At most `max_in_flight` attempts at once (one with `ordering = "fifo"`
+//!   or while `degraded`), and no more than the token bucket allows.
+//! - A message is never attempted twice at once: a fetched message is
+//!   leased in memory until its outcome is committed, and fetches exclude
+//!   leased messages. Leases are not on disk, so a crash makes every leased
+//!   message deliverable again (at-least-once).
+//! - What follows an attempt is decided only by [`policy::decide`], a pure
+//!   function; this module carries the decision out (journal change, state
+//!   change, metrics, log line, waiting producer).
+//!
+//! # States
+//!
+//! `running` delivers; `paused` (operator) and `halted` (halt mode) deliver
+//! nothing and keep the queue; `degraded` (buffer mode, downstream failing)
+//! delivers only one probe at a time, the oldest message, with back-off, and
+//! the first success returns to `running`. States survive restarts: they
+//! are stored in the journal.
+
+pub mod completions;
+pub mod limiter;
+pub mod policy;
+mod worker;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use tokio::sync::{watch, Notify};
+
+use crate::config;
+use crate::delivery::Deliver;
+use crate::journal::{DestinationRecord, Disposition, Journal, JournalError, QueueCounts};
+use crate::metrics::Metrics;
+
+pub use completions::{Completion, Completions};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Running,
+    Paused,
+    Degraded,
+    Halted,
+}
+
+impl State {
+    pub const ALL: [State; 4] = [State::Running, State::Paused, State::Degraded, State::Halted];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Running => "running",
+            State::Paused => "paused",
+            State::Degraded => "degraded",
+            State::Halted => "halted",
+        }
+    }
+
+    fn parse(s: &str) -> Option<State> {
+        State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StateInfo {
+    pub state: State,
+    pub reason: String,
+    /// The message a halted destination stopped on.
+    pub head_seq: Option<u64>,
+}
+
+/// A destination as dispatch runs it; shared with ingress and admin.
+pub struct Destination {
+    pub name: String,
+    config: RwLock<Arc<config::Destination>>,
+    state: Mutex<StateInfo>,
+    /// Bumped on every state change so the worker re-evaluates.
+    kick: watch::Sender<u64>,
+    /// Signalled when an attempt finishes.
+    settled: Notify,
+    pub in_flight: AtomicU64,
+    in_flight_seqs: Mutex<HashSet<u64>>,
+    pub limiter: limiter::Limiter,
+    consecutive_transient: AtomicU32,
+    pub queue: Arc<QueueCounts>,
+}
+
+impl Destination {
+    pub fn config(&self) -> Arc<config::Destination> {
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn state(&self) -> StateInfo {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn is_in_flight(&self, seq: u64) -> bool {
+        self.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).contains(&seq)
+    }
+
+    fn kick(&self) {
+        self.kick.send_modify(|v| *v = v.wrapping_add(1));
+    }
+}
+
+/// Why an operator request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error("no destination named {0:?}")]
+    UnknownDestination(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// Everything attempts need, shared by all workers.
+pub(crate) struct Context {
+    pub journal: Journal,
+    pub metrics: Metrics,
+    pub deliver: Arc<dyn Deliver>,
+    pub completions: Arc<Completions>,
+    /// Signalled whenever any attempt finishes (shutdown waits on it).
+    pub any_settled: Notify,
+}
+
+pub struct Dispatcher {
+    ctx: Arc<Context>,
+    destinations: HashMap<String, Arc<Destination>>,
+    shutdown: watch::Sender<bool>,
+    workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+impl Dispatcher {
+    /// Starts one worker per configured destination, restoring each one's
+    /// persisted state.
+    pub async fn start(
+        cfg: &config::Config,
+        journal: Journal,
+        metrics: Metrics,
+        deliver: Arc<dyn Deliver>,
+    ) -> Result<Arc<Dispatcher>, JournalError> {
+        let records = journal.destination_records().await?;
+        let ctx = Arc::new(Context {
+            journal: journal.clone(),
+            metrics,
+            deliver,
+            completions: Arc::new(Completions::default()),
+            any_settled: Notify::new(),
+        });
+        let (shutdown, _) = watch::channel(false);
+        let mut destinations = HashMap::new();
+        for d in &cfg.destinations {
+            let info = records
+                .get(&d.name)
+                .and_then(|r| {
+                    Some(StateInfo {
+                        state: State::parse(&r.state)?,
+                        reason: r.reason.clone(),
+                        head_seq: r.head_seq,
+                    })
+                })
+                .unwrap_or(StateInfo {
+                    state: State::Running,
+                    reason: String::new(),
+                    head_seq: None,
+                });
+            if info.state != State::Running {
+                tracing::warn!(destination = %d.name, state = info.state.as_str(), reason = %info.reason, "destination restored in a stopped state");
+            }
+            let rl = &d.rate_limit;
+            destinations.insert(
+                d.name.clone(),
+                Arc::new(Destination {
+                    name: d.name.clone(),
+                    config: RwLock::new(Arc::new(d.clone())),
+                    state: Mutex::new(info),
+                    kick: watch::channel(0).0,
+                    settled: Notify::new(),
+                    in_flight: AtomicU64::new(0),
+                    in_flight_seqs: Mutex::new(HashSet::new()),
+                    limiter: limiter::Limiter::new(rl.rate, rl.burst, rl.adaptive),
+                    consecutive_transient: AtomicU32::new(0),
+                    queue: journal.queue(&d.name),
+                }),
+            );
+        }
+        let dispatcher = Arc::new(Dispatcher {
+            ctx,
+            destinations,
+            shutdown,
+            workers: Mutex::new(Vec::new()),
+        });
+        let mut workers = Vec::new();
+        for d in dispatcher.destinations.values() {
+            workers.push(tokio::spawn(worker::run(
+                dispatcher.ctx.clone(),
+                d.clone(),
+                dispatcher.shutdown.subscribe(),
+            )));
+            workers.push(tokio::spawn(worker::recover_rate(d.clone(), dispatcher.shutdown.subscribe())));
+        }
+        *dispatcher.workers.lock().unwrap_or_else(|e| e.into_inner()) = workers;
+        Ok(dispatcher)
+    }
+
+    pub fn destination(&self, name: &str) -> Option<&Arc<Destination>> {
+        self.destinations.get(name)
+    }
+
+    /// Destinations sorted by name.
+    pub fn destinations(&self) -> Vec<Arc<Destination>> {
+        let mut v: Vec<_> = self.destinations.values().cloned().collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn completions(&self) -> &Arc<Completions> {
+        &self.ctx.completions
+    }
+
+    fn get(&self, name: &str) -> Result<&Arc<Destination>, DispatchError> {
+        self.destinations
+            .get(name)
+            .ok_or_else(|| DispatchError::UnknownDestination(name.to_string()))
+    }
+
+    /// Operator pause: deliveries stop, ingress keeps accepting.
+    pub async fn pause(&self, name: &str) -> Result<StateInfo, DispatchError> {
+        let d = self.get(name)?;
+        set_state(&self.ctx, d, State::Paused, "paused by an operator", None).await?;
+        Ok(d.state())
+    }
+
+    /// Back to running from paused, halted or degraded. With `skip_head`, a
+    /// halted destination first dead-letters the message it stopped on.
+    pub async fn resume(&self, name: &str, skip_head: bool) -> Result<StateInfo, DispatchError> {
+        let d = self.get(name)?;
+        let info = d.state();
+        if skip_head && info.state == State::Halted {
+            if let Some(seq) = info.head_seq {
+                let attempts = self.ctx.journal.status(seq).await?.map(|s| s.attempts).unwrap_or(0);
+                let reason = "skipped_by_operator".to_string();
+                self.ctx
+                    .journal
+                    .settle(seq, name, attempts, None, Disposition::DeadLetter { reason })
+                    .await?;
+                self.ctx.metrics.dead_lettered.with_label_values(&[name, "skipped_by_operator"]).inc();
+                tracing::warn!(id = %self.ctx.journal.message_id(seq), destination = name, "halted head message dead-lettered by operator");
+            }
+        }
+        d.consecutive_transient.store(0, Ordering::Relaxed);
+        set_state(&self.ctx, d, State::Running, "resumed by an operator", None).await?;
+        Ok(d.state())
+    }
+
+    /// Stops workers from starting attempts, then waits up to `timeout` for
+    /// attempts in flight to finish. Returns how many were still running.
+    pub async fn shutdown(&self, timeout: Duration) -> u64 {
+        let _ = self.shutdown.send(true);
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let in_flight: u64 = self.destinations.values().map(|d| d.in_flight.load(Ordering::Relaxed)).sum();
+            if in_flight == 0 || tokio::time::Instant::now() >= deadline {
+                return in_flight;
+            }
+            let step = deadline.min(tokio::time::Instant::now() + Duration::from_millis(50));
+            let _ = tokio::time::timeout_at(step, self.ctx.any_settled.notified()).await;
+        }
+    }
+}
+
+/// Changes a destination's state, persists it, logs it, wakes its worker.
+pub(crate) async fn set_state(
+    ctx: &Context,
+    d: &Destination,
+    state: State,
+    reason: &str,
+    head_seq: Option<u64>,
+) -> Result<(), JournalError> {
+    let previous = {
+        let mut s = d.state.lock().unwrap_or_else(|e| e.into_inner());
+        let prev = s.state;
+        *s = StateInfo {
+            state,
+            reason: reason.to_string(),
+            head_seq,
+        };
+        prev
+    };
+    d.kick();
+    if previous != state {
+        match state {
+            State::Halted => tracing::error!(destination = %d.name, from = previous.as_str(), %reason, "destination halted"),
+            State::Running => tracing::warn!(destination = %d.name, from = previous.as_str(), %reason, "destination running"),
+            _ => tracing::warn!(destination = %d.name, from = previous.as_str(), to = state.as_str(), %reason, "destination state changed"),
+        }
+    }
+    let record = DestinationRecord {
+        state: state.as_str().to_string(),
+        reason: reason.to_string(),
+        head_seq,
+    };
+    ctx.journal.set_destination_record(&d.name, record).await
+}

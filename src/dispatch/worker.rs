@@ -1,0 +1,401 @@
+//! The per-destination worker loop and the life of one attempt.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{watch, Semaphore};
+use tracing::Instrument;
+
+use super::policy::{self, Class, Facts, StateChange, Step};
+use super::{set_state, Completion, Context, Destination, State};
+use crate::config::Ordering as QueueOrdering;
+use crate::delivery::{self, join_url, put_header, Outcome};
+use crate::journal::{now_ms, Disposition, LastError, Message};
+
+/// Longest a worker sleeps without re-checking the queue; a safety net for
+/// wake-ups, not the mechanism (commits and state changes wake it).
+const IDLE_RECHECK: Duration = Duration::from_secs(5);
+/// Most bytes of a downstream's error body kept as the failure detail.
+const DETAIL_LIMIT: usize = 512;
+
+pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: watch::Receiver<bool>) {
+    let mut kick = d.kick.subscribe();
+    let cfg = d.config();
+    let sem = Arc::new(Semaphore::new(cfg.rate_limit.max_in_flight as usize));
+    let prefetch = (cfg.rate_limit.max_in_flight as usize * 2).clamp(4, 128);
+    let mut buffer: VecDeque<Message> = VecDeque::new();
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        kick.borrow_and_update();
+        let state = d.state().state;
+        let cfg = d.config();
+        if matches!(state, State::Paused | State::Halted) {
+            buffer.clear();
+            tokio::select! {
+                _ = kick.changed() => {}
+                _ = shutdown.changed() => {}
+            }
+            continue;
+        }
+        if state == State::Degraded || cfg.queue.ordering == QueueOrdering::Fifo {
+            buffer.clear();
+            if !serial_step(&ctx, &d, &mut kick, &mut shutdown).await {
+                break;
+            }
+            continue;
+        }
+
+        if buffer.is_empty() {
+            let exclude: Vec<u64> = d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+            let ready = d.queue.ready.notified();
+            match ctx.journal.fetch_ready(&d.name, prefetch, exclude).await {
+                Ok(batch) if !batch.is_empty() => buffer.extend(batch),
+                Ok(_) => {
+                    let wait = next_wait(&ctx, &d).await;
+                    tokio::select! {
+                        _ = ready => {}
+                        _ = d.settled.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = kick.changed() => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::error!(destination = %d.name, error = %e, "reading the queue failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                    continue;
+                }
+            }
+        }
+
+        let permit = tokio::select! {
+            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = shutdown.changed() => continue,
+        };
+        tokio::select! {
+            _ = d.limiter.acquire() => {}
+            _ = shutdown.changed() => continue,
+        }
+        if d.state().state != State::Running || d.config().queue.ordering == QueueOrdering::Fifo {
+            continue; // re-evaluate with the permit released
+        }
+        let Some(msg) = buffer.pop_front() else { continue };
+        lease(&d, msg.seq);
+        let (ctx, d) = (ctx.clone(), d.clone());
+        tokio::spawn(async move {
+            attempt(&ctx, &d, msg).await;
+            drop(permit);
+        });
+    }
+}
+
+/// How long to sleep when nothing is deliverable: until the next scheduled
+/// retry, or the idle re-check.
+async fn next_wait(ctx: &Context, d: &Destination) -> Duration {
+    match ctx.journal.next_visible_at(&d.name).await {
+        Ok(Some(at)) => {
+            let ms = at - now_ms();
+            if ms > 0 {
+                Duration::from_millis(ms as u64).min(IDLE_RECHECK)
+            } else {
+                // The earliest is in flight; its settlement wakes us.
+                IDLE_RECHECK
+            }
+        }
+        _ => IDLE_RECHECK,
+    }
+}
+
+/// One step of serial delivery (FIFO ordering, or the probe of a degraded
+/// destination): the lowest-seq message, alone, when it is due. Returns
+/// false on shutdown.
+async fn serial_step(
+    ctx: &Arc<Context>,
+    d: &Arc<Destination>,
+    kick: &mut watch::Receiver<u64>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    // Attempts started before the switch to serial finish first.
+    if d.in_flight.load(Ordering::Relaxed) > 0 {
+        tokio::select! {
+            _ = d.settled.notified() => {}
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = shutdown.changed() => return false,
+        }
+        return true;
+    }
+    let ready = d.queue.ready.notified();
+    let head = match ctx.journal.head(&d.name).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::error!(destination = %d.name, error = %e, "reading the queue head failed; retrying");
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => return false,
+            }
+            return true;
+        }
+    };
+    let Some((msg, visible_at)) = head else {
+        tokio::select! {
+            _ = ready => {}
+            _ = tokio::time::sleep(IDLE_RECHECK) => {}
+            _ = kick.changed() => {}
+            _ = shutdown.changed() => return false,
+        }
+        return true;
+    };
+    let due_in = visible_at - now_ms();
+    if due_in > 0 {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(due_in as u64)) => {}
+            _ = kick.changed() => {}
+            _ = shutdown.changed() => return false,
+        }
+        return true;
+    }
+    tokio::select! {
+        _ = d.limiter.acquire() => {}
+        _ = kick.changed() => return true,
+        _ = shutdown.changed() => return false,
+    }
+    if d.state().state == State::Paused || d.state().state == State::Halted {
+        return true;
+    }
+    lease(d, msg.seq);
+    attempt(ctx, d, msg).await;
+    true
+}
+
+fn lease(d: &Destination, seq: u64) {
+    d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).insert(seq);
+    d.in_flight.fetch_add(1, Ordering::Relaxed);
+}
+
+fn release(ctx: &Context, d: &Destination, seq: u64) {
+    d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
+    d.in_flight.fetch_sub(1, Ordering::Relaxed);
+    d.settled.notify_one();
+    ctx.any_settled.notify_waiters();
+}
+
+/// Builds the downstream request for a message.
+fn request_for(ctx: &Context, cfg: &crate::config::Destination, msg: &Message, attempt: u32) -> Option<delivery::Request> {
+    let url = join_url(&cfg.url, &msg.path)?;
+    let method = http::Method::from_bytes(msg.method.as_bytes()).ok()?;
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &msg.headers {
+        put_header(&mut headers, k, v);
+    }
+    for (k, v) in &cfg.headers {
+        if let Ok(val) = http::HeaderValue::from_str(v.expose()) {
+            let mut val = val;
+            val.set_sensitive(true);
+            headers.insert(k.clone(), val);
+        }
+    }
+    let id = ctx.journal.message_id(msg.seq);
+    let idem = msg.idempotency_key.clone().unwrap_or_else(|| id.clone());
+    headers.remove("idempotency-key");
+    put_header(&mut headers, "idempotency-key", &idem);
+    put_header(&mut headers, "x-tidegate-message-id", &id);
+    put_header(&mut headers, "x-tidegate-attempt", &attempt.to_string());
+    Some(delivery::Request {
+        method,
+        url,
+        headers,
+        body: msg.body.clone(),
+        timeout: cfg.timeout,
+    })
+}
+
+fn last_error_of(outcome: &Outcome) -> Option<LastError> {
+    match outcome {
+        Outcome::Delivered(_) => None,
+        Outcome::Transient { kind, response, detail } => Some(LastError {
+            kind: kind.label().to_string(),
+            status: response.as_ref().map(|r| r.status),
+            detail: response.as_ref().map(body_detail).unwrap_or_else(|| detail.clone()),
+        }),
+        Outcome::Permanent { kind, response } => Some(LastError {
+            kind: kind.label().to_string(),
+            status: Some(response.status),
+            detail: body_detail(response),
+        }),
+    }
+}
+
+fn body_detail(r: &delivery::Response) -> String {
+    let end = r.body.len().min(DETAIL_LIMIT);
+    let text = String::from_utf8_lossy(&r.body[..end]).into_owned();
+    if text.is_empty() {
+        format!("downstream answered {}", r.status)
+    } else {
+        text
+    }
+}
+
+/// One delivery attempt of a leased message, from request to committed
+/// outcome. Releases the lease at the end, whatever happens.
+async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
+    let cfg = d.config();
+    let n = msg.attempts + 1;
+    let id = ctx.journal.message_id(msg.seq);
+    let span = tracing::info_span!("delivery", id = %id, destination = %d.name, attempt = n);
+    async {
+        let m = &ctx.metrics;
+        m.in_flight.with_label_values(&[&d.name]).set(d.in_flight.load(Ordering::Relaxed) as i64);
+        let started = std::time::Instant::now();
+        let outcome = match request_for(ctx, &cfg, &msg, n) {
+            Some(req) => ctx.deliver.deliver(req).await,
+            None => Outcome::Permanent {
+                kind: delivery::FailureKind::Http4xx,
+                response: delivery::Response {
+                    status: 400,
+                    body: bytes::Bytes::from_static(b"stored request cannot be turned into a valid HTTP request"),
+                    ..Default::default()
+                },
+            },
+        };
+        m.delivery_duration.with_label_values(&[&d.name]).observe(started.elapsed().as_secs_f64());
+        m.attempts.with_label_values(&[&d.name, outcome.label()]).inc();
+
+        let response = outcome.response();
+        if let Some(r) = response {
+            if r.status == 429 || r.status == 503 {
+                d.limiter.slow_down(r.retry_after);
+            } else if let Some(p) = r.quota_pause {
+                d.limiter.pause_for(p);
+            }
+        }
+        let class = match &outcome {
+            Outcome::Delivered(_) => Class::Delivered,
+            Outcome::Transient { .. } => Class::Transient,
+            Outcome::Permanent { .. } => Class::Permanent,
+        };
+        let consecutive = match class {
+            Class::Transient => d.consecutive_transient.fetch_add(1, Ordering::Relaxed) + 1,
+            _ => {
+                d.consecutive_transient.store(0, Ordering::Relaxed);
+                0
+            }
+        };
+        let age = Duration::from_millis((now_ms() - msg.received_at).max(0) as u64);
+        let facts = Facts {
+            mode: cfg.on_failure,
+            class,
+            attempts: n,
+            age,
+            retry: &cfg.retry,
+            consecutive_transient: consecutive,
+            retry_after: response.and_then(|r| r.retry_after),
+            jitter_draw: rand::random::<f64>(),
+        };
+        let (step, change) = policy::decide(&facts);
+        let last_error = last_error_of(&outcome);
+        carry_out(ctx, d, &msg, &id, n, step, last_error, &outcome, age).await;
+        match change {
+            StateChange::Degrade if d.state().state == State::Running => {
+                let reason = format!("{consecutive} consecutive transient failures");
+                if let Err(e) = set_state(ctx, d, State::Degraded, &reason, None).await {
+                    tracing::error!(error = %e, "persisting the degraded state failed");
+                }
+            }
+            StateChange::Recover if d.state().state == State::Degraded => {
+                if let Err(e) = set_state(ctx, d, State::Running, "probe delivered", None).await {
+                    tracing::error!(error = %e, "persisting the running state failed");
+                }
+            }
+            _ => {}
+        }
+    }
+    .instrument(span)
+    .await;
+    release(ctx, d, msg.seq);
+    ctx.metrics.in_flight.with_label_values(&[&d.name]).set(d.in_flight.load(Ordering::Relaxed) as i64);
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn carry_out(
+    ctx: &Context,
+    d: &Destination,
+    msg: &Message,
+    id: &str,
+    attempts: u32,
+    step: Step,
+    last_error: Option<LastError>,
+    outcome: &Outcome,
+    age: Duration,
+) {
+    let m = &ctx.metrics;
+    let status = outcome.response().map(|r| r.status);
+    let (disposition, finished) = match &step {
+        Step::Ack => (Disposition::Delivered, Some("delivered")),
+        Step::Retry { delay } => {
+            tracing::debug!(status, delay_ms = delay.as_millis() as u64, "attempt failed; retry scheduled");
+            (Disposition::Reschedule { visible_at: now_ms() + delay.as_millis() as i64 }, None)
+        }
+        Step::DeadLetter { reason } => {
+            tracing::warn!(id, destination = %d.name, status, reason, "message dead-lettered");
+            (Disposition::DeadLetter { reason: reason.to_string() }, Some("dead_lettered"))
+        }
+        Step::Drop { reason } => {
+            let detail = last_error.as_ref().map(|e| e.kind.as_str()).unwrap_or("");
+            tracing::warn!(id, destination = %d.name, status, reason, kind = detail, "message dropped (on_failure = log)");
+            (Disposition::Dropped { reason: reason.to_string() }, Some("dropped"))
+        }
+        // The message stays at the head: due at once when resumed.
+        Step::Halt { .. } => (Disposition::Reschedule { visible_at: 0 }, None),
+    };
+    if let Err(e) = ctx.journal.settle(msg.seq, &d.name, attempts, last_error.clone(), disposition).await {
+        // Nothing changed on disk: the message is still pending and will be
+        // delivered again (at-least-once).
+        tracing::error!(id, error = %e, "recording the attempt's outcome failed; the message will be retried");
+        return;
+    }
+    match &step {
+        Step::Ack => {
+            m.delivered.with_label_values(&[&d.name]).inc();
+            m.end_to_end.with_label_values(&[&d.name]).observe(age.as_secs_f64());
+        }
+        Step::DeadLetter { reason } => m.dead_lettered.with_label_values(&[d.name.as_str(), reason]).inc(),
+        Step::Drop { reason } => m.dropped.with_label_values(&[d.name.as_str(), reason]).inc(),
+        Step::Halt { reason } => {
+            let why = format!("{reason} (message {id}, last status {})", status.map_or("none".to_string(), |s| s.to_string()));
+            if let Err(e) = set_state(ctx, d, State::Halted, &why, Some(msg.seq)).await {
+                tracing::error!(error = %e, "persisting the halted state failed");
+            }
+        }
+        Step::Retry { .. } => {}
+    }
+    if let (Some(state), true) = (finished, msg.wants_reply) {
+        let detail = last_error.map(|e| e.detail).unwrap_or_default();
+        ctx.completions.finish(
+            msg.seq,
+            Completion {
+                state,
+                response: outcome.response().cloned(),
+                detail,
+            },
+        );
+    }
+}
+
+/// Once a second, let adaptive destinations win back rate.
+pub(crate) async fn recover_rate(d: Arc<Destination>, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => d.limiter.tick(),
+            _ = shutdown.changed() => return,
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Ingress: the producer-facing listener. A request passes through small
+//! stages, each of which can refuse it with a problem+json answer and store
+//! nothing: shutdown → auth → destination → method → path → halted →
+//! body size → headers → journal (with backpressure). Only a committed
+//! journal append yields a 2xx; there is no third case.
+//!
+//! Later stages (transforms, validation, routing) slot in between "headers"
+//! and "journal".
+
+mod headers;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+
+use crate::config::{self, WhenFull};
+use crate::dispatch::{self, Dispatcher};
+use crate::journal::{self, Appended, Journal, JournalError, Limits, NewMessage};
+use crate::metrics::Metrics;
+use crate::problem::Problem;
+
+pub use headers::{forwardable, prefer_wait};
+
+/// Longest `Prefer: wait` honoured.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// What the ingress handler needs; cheap to clone.
+#[derive(Clone)]
+pub struct Ingress {
+    pub journal: Journal,
+    pub dispatcher: Arc<Dispatcher>,
+    pub metrics: Metrics,
+    pub max_body: u64,
+    pub auth_token: Option<config::Secret>,
+    pub history_retention: Duration,
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+pub fn router(state: Ingress) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+const ALLOW: &str = "POST, PUT, PATCH, DELETE";
+
+async fn handle(State(ing): State<Ingress>, req: Request) -> Response {
+    match accept(&ing, req).await {
+        Ok(r) => r,
+        Err(p) => p.into_response(),
+    }
+}
+
+/// Constant-time comparison of a presented bearer token with the expected one.
+pub fn bearer_matches(headers: &HeaderMap, expected: &config::Secret) -> bool {
+    let Some(presented) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let (a, b) = (presented.as_bytes(), expected.expose().as_bytes());
+    // Length is not secret; the bytes are compared without early exit.
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn reject(ing: &Ingress, dest: &str, reason: &str, p: Problem) -> Problem {
+    ing.metrics.rejected.with_label_values(&[dest, reason]).inc();
+    p
+}
+
+async fn accept(ing: &Ingress, req: Request) -> Result<Response, Problem> {
+    let started = Instant::now();
+    if ing.shutting_down.load(Ordering::Relaxed) {
+        return Err(Problem::shutting_down());
+    }
+    let (parts, body) = req.into_parts();
+    if let Some(token) = &ing.auth_token {
+        if !bearer_matches(&parts.headers, token) {
+            return Err(Problem::unauthorized());
+        }
+    }
+    let raw_path = parts.uri.path();
+    let (dest_name, rest) = split_destination(raw_path)?;
+    let Some(dest) = ing.dispatcher.destination(dest_name) else {
+        return Err(Problem::unknown_destination(dest_name));
+    };
+    let name = dest.name.as_str();
+    if !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+        return Err(Problem::method_not_allowed(ALLOW));
+    }
+    check_path(rest)?;
+    let cfg = dest.config();
+    let state = dest.state().state;
+    if state == dispatch::State::Halted && !cfg.accept_while_halted {
+        return Err(reject(ing, name, "destination_halted", Problem::destination_halted(name)));
+    }
+    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) {
+        if len.parse::<u64>().map_or(true, |n| n > ing.max_body) {
+            return Err(reject(ing, name, "payload_too_large", Problem::payload_too_large(ing.max_body)));
+        }
+    }
+    let body = axum::body::to_bytes(body, ing.max_body as usize)
+        .await
+        .map_err(|_| reject(ing, name, "payload_too_large", Problem::payload_too_large(ing.max_body)))?;
+
+    let idempotency_key = match parts.headers.get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.is_empty() && k.len() <= 256 => Some(k.to_string()),
+            _ => return Err(Problem::invalid_request("Idempotency-Key must be 1 to 256 visible ASCII characters")),
+        },
+    };
+    let wait = prefer_wait(&parts.headers);
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{rest}?{q}"),
+        None => rest.to_string(),
+    };
+    let msg = NewMessage {
+        dest: name.to_string(),
+        method: parts.method.as_str().to_string(),
+        path: path_and_query,
+        headers: forwardable(&parts.headers),
+        body,
+        idempotency_key,
+        wants_reply: wait.is_some(),
+        received_at: journal::now_ms(),
+    };
+    let appended = append_with_backpressure(ing, dest, &cfg, msg).await?;
+    ing.metrics.ingest_duration.observe(started.elapsed().as_secs_f64());
+    let (seq, duplicate) = match appended {
+        Appended::Stored { seq } => {
+            ing.metrics.received.with_label_values(&[name]).inc();
+            (seq, false)
+        }
+        Appended::Duplicate { seq } => (seq, true),
+        Appended::QueueFull => unreachable!("handled by append_with_backpressure"),
+    };
+    let id = ing.journal.message_id(seq);
+    if duplicate {
+        let status = match ing.journal.status(seq).await {
+            Ok(Some(s)) => crate::admin::state_name(&s, dest.is_in_flight(seq)),
+            _ => "queued",
+        };
+        let body = serde_json::json!({"id": id, "destination": name, "status": status, "duplicate": true});
+        return Ok(json_response(StatusCode::OK, &body, &id));
+    }
+    if let Some(wait) = wait {
+        if let Some(done) = ing.dispatcher.completions().wait(seq, wait).await {
+            return Ok(completed_response(done, wait));
+        }
+    }
+    let body = serde_json::json!({"id": id, "destination": name, "status": "queued"});
+    Ok(json_response(StatusCode::ACCEPTED, &body, &id))
+}
+
+/// `/{destination}/{rest}` → (destination, "/rest" or "").
+fn split_destination(path: &str) -> Result<(&str, &str), Problem> {
+    let trimmed = path.strip_prefix('/').unwrap_or(path);
+    let (name, rest) = match trimmed.find('/') {
+        Some(i) => (&trimmed[..i], &trimmed[i..]),
+        None => (trimmed, ""),
+    };
+    let valid = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+    if !valid {
+        return Err(Problem::invalid_request(
+            "the first path segment must be a destination name ([a-z0-9][a-z0-9_-]{0,62})",
+        ));
+    }
+    Ok((name, rest))
+}
+
+/// Refuses paths that could climb out of the destination's base path once
+/// decoded (`..`, `.`), or that do not decode to UTF-8.
+fn check_path(rest: &str) -> Result<(), Problem> {
+    for seg in rest.split('/') {
+        let decoded = percent_decode(seg).ok_or_else(|| Problem::invalid_request("the path is not valid UTF-8"))?;
+        if decoded == ".." || decoded == "." || decoded.contains('/') || decoded.contains('\\') {
+            return Err(Problem::invalid_request("the path must not contain dot segments or encoded slashes"));
+        }
+    }
+    Ok(())
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Appends, applying the destination's `when_full` policy.
+async fn append_with_backpressure(
+    ing: &Ingress,
+    dest: &dispatch::Destination,
+    cfg: &config::Destination,
+    msg: NewMessage,
+) -> Result<Appended, Problem> {
+    let name = dest.name.as_str();
+    let limits = Limits {
+        max_messages: cfg.queue.max_messages,
+        max_bytes: cfg.queue.max_bytes,
+        idempotency_window_ms: ing.history_retention.as_millis() as i64,
+    };
+    let deadline = tokio::time::Instant::now() + cfg.queue.block_timeout;
+    loop {
+        // Registered before the attempt so a freed slot between the attempt
+        // and the wait is not missed.
+        let room = dest.queue.room.notified();
+        tokio::pin!(room);
+        room.as_mut().enable();
+        match ing.journal.append(msg.clone(), limits).await {
+            Ok(Appended::QueueFull) => {
+                if cfg.queue.when_full == WhenFull::Block && tokio::time::Instant::now() < deadline {
+                    let _ = tokio::time::timeout_at(deadline, room).await;
+                    continue;
+                }
+                let retry_after = queue_retry_after(dest, cfg);
+                return Err(reject(ing, name, "queue_full", Problem::queue_full(name, retry_after)));
+            }
+            Ok(a) => return Ok(a),
+            Err(JournalError::StorageFull) => {
+                return Err(reject(ing, name, "storage_full", Problem::storage_full()));
+            }
+            Err(JournalError::Closed) => return Err(Problem::shutting_down()),
+            Err(e) => {
+                tracing::error!(destination = name, error = %e, "journal append failed");
+                return Err(reject(ing, name, "internal_error", Problem::internal()));
+            }
+        }
+    }
+}
+
+/// Seconds until the queue is likely to have room: the excess over the
+/// limit divided by the effective drain rate.
+fn queue_retry_after(dest: &dispatch::Destination, cfg: &config::Destination) -> u64 {
+    let depth = dest.queue.depth.load(Ordering::Relaxed);
+    let bytes = dest.queue.bytes.load(Ordering::Relaxed);
+    let excess_msgs = (depth + 1).saturating_sub(cfg.queue.max_messages) as f64;
+    let avg = if depth > 0 { bytes as f64 / depth as f64 } else { 1.0 };
+    let excess_bytes_msgs = (bytes.saturating_sub(cfg.queue.max_bytes) as f64 / avg.max(1.0)).ceil();
+    let excess = excess_msgs.max(excess_bytes_msgs).max(1.0);
+    let rate = dest.limiter.effective().unwrap_or(1000.0).max(0.001);
+    (excess / rate).ceil().clamp(1.0, 3600.0) as u64
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value, id: &str) -> Response {
+    let mut r = (status, body.to_string()).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if let Ok(loc) = HeaderValue::from_str(&format!("/v1/messages/{id}")) {
+        r.headers_mut().insert(header::LOCATION, loc);
+    }
+    r
+}
+
+/// The answer to a producer that waited and saw the message finish.
+fn completed_response(done: dispatch::Completion, wait: Duration) -> Response {
+    let mut r = match &done.response {
+        Some(resp) => {
+            let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
+            let mut r = Response::new(Body::from(resp.body.clone()));
+            *r.status_mut() = status;
+            if let Some(ct) = resp.content_type.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
+                r.headers_mut().insert(header::CONTENT_TYPE, ct);
+            }
+            r
+        }
+        None => Problem::downstream_unreachable(done.detail.clone()).into_response(),
+    };
+    let h = r.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("wait={}", wait.as_secs())) {
+        h.insert("preference-applied", v);
+    }
+    h.insert("x-tidegate-state", HeaderValue::from_static(done.state));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_and_rest_are_split() {
+        assert_eq!(split_destination("/crm/v1/x").unwrap(), ("crm", "/v1/x"));
+        assert_eq!(split_destination("/crm").unwrap(), ("crm", ""));
+        assert!(split_destination("/CRM/x").is_err());
+        assert!(split_destination("/").is_err());
+    }
+
+    #[test]
+    fn dot_segments_and_bad_encodings_are_refused() {
+        assert!(check_path("/a/b").is_ok());
+        assert!(check_path("/a/../b").is_err());
+        assert!(check_path("/a/%2e%2E/b").is_err());
+        assert!(check_path("/a%2fb").is_err());
+        assert!(check_path("/%ff").is_err());
+        assert!(check_path("/caf%C3%A9").is_ok());
+    }
+
+    #[test]
+    fn bearer_tokens_must_match_exactly() {
+        let t = config::Secret::new("abc".into());
+        let mut h = HeaderMap::new();
+        assert!(!bearer_matches(&h, &t));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abd"));
+        assert!(!bearer_matches(&h, &t));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        assert!(bearer_matches(&h, &t));
+    }
+}
