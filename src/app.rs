@@ -22,9 +22,10 @@ use crate::metrics::Metrics;
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let storage = config.storage.clone();
-    let journal = tokio::task::spawn_blocking(move || Journal::open(&storage.path, storage.max_disk))
-        .await?
-        .with_context(|| format!("opening the journal in {}", config.storage.path.display()))?;
+    let journal =
+        tokio::task::spawn_blocking(move || Journal::open(&storage.path, storage.max_disk))
+            .await?
+            .with_context(|| format!("opening the journal in {}", config.storage.path.display()))?;
     let metrics = Metrics::new();
     let deliver = Arc::new(HttpDeliverer::new().context("building the HTTP client")?);
     let dispatcher = Dispatcher::start(&config, journal.clone(), metrics.clone(), deliver).await?;
@@ -83,7 +84,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             })
             .await
     });
-    let sweeper = tokio::spawn(sweep_history(journal.clone(), config.storage.history_retention, stop_rx.clone()));
+    let sweeper = tokio::spawn(sweep_history(
+        journal.clone(),
+        config.storage.history_retention,
+        stop_rx.clone(),
+    ));
 
     tracing::info!(
         ingress = %ingress_addr,
@@ -95,7 +100,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // One machine-readable line for scripts and tests that bind port 0.
     println!("tidegate listening ingress={ingress_addr} admin={admin_addr}");
 
-    wait_for_signal().await;
+    let stats = journal.stats().clone();
+    let poisoned = tokio::select! {
+        _ = wait_for_signal() => false,
+        _ = async {
+            loop {
+                let n = stats.poison.notified();
+                if stats.poisoned.load(Ordering::SeqCst) { break }
+                n.await;
+            }
+        } => true,
+    };
     tracing::info!("shutdown requested: refusing new requests, draining deliveries in flight");
     shutting_down.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
@@ -110,6 +125,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tokio::task::spawn_blocking(move || j.close()).await?;
     let _ = admin_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_server).await;
+    if poisoned {
+        anyhow::bail!("the journal reported corruption while running; restart tidegate to check and salvage it");
+    }
     tracing::info!("tidegate stopped cleanly");
     Ok(())
 }
@@ -135,7 +153,11 @@ async fn wait_for_signal() {
 }
 
 /// Forgets finished messages past `history_retention` and returns the space.
-async fn sweep_history(journal: Journal, retention: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn sweep_history(
+    journal: Journal,
+    retention: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut tick = tokio::time::interval(every);
     loop {

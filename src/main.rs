@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use tidegate::config::{Config, LogFormat};
 
 #[derive(Parser)]
-#[command(name = "tidegate", version, about = "A durable, rate-matching HTTP proxy between AI producers and downstream APIs")]
+#[command(
+    name = "tidegate",
+    version,
+    about = "A durable, rate-matching HTTP proxy between AI producers and downstream APIs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -50,7 +54,10 @@ fn main() -> ExitCode {
                 }
             };
             init_tracing(config.log.format, &config.log.level);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the async runtime: {e}");
@@ -74,10 +81,16 @@ fn init_tracing(format: LogFormat, level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
         LogFormat::Text => builder.with_target(false).init(),
     }
 }

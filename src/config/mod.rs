@@ -382,7 +382,12 @@ impl Locator<'_> {
     }
 }
 
-fn positive<T>(v: &Option<Spanned<i64>>, default: T, loc: &Locator, what: &str) -> Result<T, ConfigError>
+fn positive<T>(
+    v: &Option<Spanned<i64>>,
+    default: T,
+    loc: &Locator,
+    what: &str,
+) -> Result<T, ConfigError>
 where
     T: TryFrom<i64> + Copy,
 {
@@ -398,24 +403,37 @@ where
     }
 }
 
-fn secret_from_env(name: &Option<Spanned<String>>, loc: &Locator) -> Result<Option<Secret>, ConfigError> {
+fn secret_from_env(
+    name: &Option<Spanned<String>>,
+    loc: &Locator,
+) -> Result<Option<Secret>, ConfigError> {
     let Some(name) = name else { return Ok(None) };
     match std::env::var(name.get_ref()) {
         Ok(v) if !v.is_empty() => Ok(Some(Secret(v))),
         _ => Err(loc.error(
             name.span(),
-            format!("environment variable `{}` is not set or empty", name.get_ref()),
+            format!(
+                "environment variable `{}` is not set or empty",
+                name.get_ref()
+            ),
         )),
     }
 }
 
-fn socket_addr(v: &Option<Spanned<EnvString>>, default: &str, loc: &Locator) -> Result<SocketAddr, ConfigError> {
+fn socket_addr(
+    v: &Option<Spanned<EnvString>>,
+    default: &str,
+    loc: &Locator,
+) -> Result<SocketAddr, ConfigError> {
     match v {
         None => Ok(default.parse().expect("default listen address is valid")),
         Some(s) => s.get_ref().0.parse().map_err(|_| {
             loc.error(
                 s.span(),
-                format!("{:?} is not an address like \"127.0.0.1:9090\"", s.get_ref().0),
+                format!(
+                    "{:?} is not an address like \"127.0.0.1:9090\"",
+                    s.get_ref().0
+                ),
             )
         }),
     }
@@ -462,7 +480,12 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         ));
     }
     let storage = StorageConfig {
-        path: PathBuf::from(raw.storage.path.map(|p| p.0).unwrap_or_else(|| "./data".into())),
+        path: PathBuf::from(
+            raw.storage
+                .path
+                .map(|p| p.0)
+                .unwrap_or_else(|| "./data".into()),
+        ),
         max_disk: raw.storage.max_disk.map(|b| b.0).unwrap_or(10 << 30),
         history_retention: raw
             .storage
@@ -477,7 +500,10 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
                 "text" => LogFormat::Text,
                 "json" => LogFormat::Json,
                 other => {
-                    return Err(loc.error(f.span(), format!("log.format must be \"text\" or \"json\", got {other:?}")))
+                    return Err(loc.error(
+                        f.span(),
+                        format!("log.format must be \"text\" or \"json\", got {other:?}"),
+                    ))
                 }
             },
         },
@@ -501,32 +527,61 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             ));
         }
         if destinations.iter().any(|x| x.name == name) {
-            return Err(loc.error(d.name.span(), format!("destination {name:?} is defined twice")));
+            return Err(loc.error(
+                d.name.span(),
+                format!("destination {name:?} is defined twice"),
+            ));
         }
         let url_text = &d.url.get_ref().0;
         let url = reqwest::Url::parse(url_text)
             .ok()
             .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
-            .ok_or_else(|| loc.error(d.url.span(), "url must be an absolute http:// or https:// URL".to_string()))?;
+            .ok_or_else(|| {
+                loc.error(
+                    d.url.span(),
+                    "url must be an absolute http:// or https:// URL".to_string(),
+                )
+            })?;
         let owner = d.owner.get_ref().0.trim().to_string();
         if owner.is_empty() {
             return Err(loc.error(d.owner.span(), "owner must not be empty".to_string()));
         }
         let mut headers = Vec::new();
         for (k, v) in d.headers {
-            let hname = http::HeaderName::from_bytes(k.get_ref().as_bytes())
-                .map_err(|_| loc.error(k.span(), format!("{:?} is not a valid header name", k.get_ref())))?;
+            let hname = http::HeaderName::from_bytes(k.get_ref().as_bytes()).map_err(|_| {
+                loc.error(
+                    k.span(),
+                    format!("{:?} is not a valid header name", k.get_ref()),
+                )
+            })?;
             if RESERVED_HEADERS.contains(&hname.as_str()) {
-                return Err(loc.error(k.span(), format!("header {:?} is set by tidegate and cannot be configured", k.get_ref())));
+                return Err(loc.error(
+                    k.span(),
+                    format!(
+                        "header {:?} is set by tidegate and cannot be configured",
+                        k.get_ref()
+                    ),
+                ));
             }
             if http::HeaderValue::from_str(&v.0).is_err() {
                 // The value is a secret: name the header, never the value.
-                return Err(loc.error(k.span(), format!("the value of header {:?} is not a valid header value", k.get_ref())));
+                return Err(loc.error(
+                    k.span(),
+                    format!(
+                        "the value of header {:?} is not a valid header value",
+                        k.get_ref()
+                    ),
+                ));
             }
             headers.push((hname, Secret(v.0)));
         }
         let rl = &d.rate_limit;
-        let rate = rl.rate.unwrap_or(Rate { per_second: Some(100.0) }).per_second;
+        let rate = rl
+            .rate
+            .unwrap_or(Rate {
+                per_second: Some(100.0),
+            })
+            .per_second;
         let rate_limit = RateLimit {
             rate,
             burst: positive(&rl.burst, 10u32, loc, "burst")?,
@@ -537,12 +592,20 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         let multiplier = match &r.multiplier {
             None => 2.0,
             Some(m) if *m.get_ref() >= 1.0 && m.get_ref().is_finite() => *m.get_ref(),
-            Some(m) => return Err(loc.error(m.span(), "multiplier must be a number >= 1.0".to_string())),
+            Some(m) => {
+                return Err(loc.error(m.span(), "multiplier must be a number >= 1.0".to_string()))
+            }
         };
         let retry = RetryPolicy {
             max_attempts: positive(&r.max_attempts, 8u32, loc, "max_attempts")?,
-            initial_backoff: r.initial_backoff.map(|x| x.0).unwrap_or(Duration::from_millis(500)),
-            max_backoff: r.max_backoff.map(|x| x.0).unwrap_or(Duration::from_secs(60)),
+            initial_backoff: r
+                .initial_backoff
+                .map(|x| x.0)
+                .unwrap_or(Duration::from_millis(500)),
+            max_backoff: r
+                .max_backoff
+                .map(|x| x.0)
+                .unwrap_or(Duration::from_secs(60)),
             multiplier,
             jitter: r.jitter.unwrap_or(true),
             max_age: r.max_age.map(|x| x.0).unwrap_or(Duration::from_secs(86400)),
@@ -552,7 +615,10 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             max_messages: positive(&q.max_messages, 1_000_000u64, loc, "max_messages")?,
             max_bytes: q.max_bytes.map(|b| b.0).unwrap_or(1 << 30),
             when_full: q.when_full.unwrap_or(WhenFull::Reject),
-            block_timeout: q.block_timeout.map(|x| x.0).unwrap_or(Duration::from_secs(5)),
+            block_timeout: q
+                .block_timeout
+                .map(|x| x.0)
+                .unwrap_or(Duration::from_secs(5)),
             ordering: q.ordering.unwrap_or(Ordering::Unordered),
         };
         destinations.push(Destination {
@@ -591,13 +657,21 @@ impl Config {
             "ingress  listen={} max_body={} auth={}",
             self.ingress.listen,
             ByteSize(self.ingress.max_body),
-            if self.ingress.auth_token.is_some() { "bearer token" } else { "none" }
+            if self.ingress.auth_token.is_some() {
+                "bearer token"
+            } else {
+                "none"
+            }
         );
         let _ = writeln!(
             s,
             "admin    listen={} auth={}",
             self.admin.listen,
-            if self.admin.token.is_some() { "bearer token" } else { "none (loopback)" }
+            if self.admin.token.is_some() {
+                "bearer token"
+            } else {
+                "none (loopback)"
+            }
         );
         let _ = writeln!(
             s,
@@ -609,24 +683,40 @@ impl Config {
         let _ = writeln!(
             s,
             "log      format={} level={}   server shutdown_timeout={}",
-            if self.log.format == LogFormat::Json { "json" } else { "text" },
+            if self.log.format == LogFormat::Json {
+                "json"
+            } else {
+                "text"
+            },
             self.log.level,
             HumanDuration(self.server.shutdown_timeout)
         );
         for d in &self.destinations {
-            let _ = writeln!(s, "destination {:?} -> {} (owner {})", d.name, d.redacted_url(), d.owner);
+            let _ = writeln!(
+                s,
+                "destination {:?} -> {} (owner {})",
+                d.name,
+                d.redacted_url(),
+                d.owner
+            );
             let _ = writeln!(
                 s,
                 "  on_failure={} timeout={} accept_while_halted={} headers=[{}]",
                 d.on_failure.as_str(),
                 HumanDuration(d.timeout),
                 d.accept_while_halted,
-                d.headers.iter().map(|(k, _)| format!("{k}=<redacted>")).collect::<Vec<_>>().join(", ")
+                d.headers
+                    .iter()
+                    .map(|(k, _)| format!("{k}=<redacted>"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             );
             let _ = writeln!(
                 s,
                 "  rate_limit rate={} burst={} max_in_flight={} adaptive={}",
-                Rate { per_second: d.rate_limit.rate },
+                Rate {
+                    per_second: d.rate_limit.rate
+                },
                 d.rate_limit.burst,
                 d.rate_limit.max_in_flight,
                 d.rate_limit.adaptive
@@ -641,7 +731,8 @@ impl Config {
                 d.retry.jitter,
                 HumanDuration(d.retry.max_age)
             );
-            let _ = writeln!(
+            let _ =
+                writeln!(
                 s,
                 "  queue max_messages={} max_bytes={} when_full={} block_timeout={} ordering={}",
                 d.queue.max_messages,
@@ -692,21 +783,31 @@ mod tests {
 
     #[test]
     fn missing_owner_is_an_error() {
-        let e = parse("[[destination]]\nname = \"a\"\nurl = \"http://x/\"\n").unwrap_err().to_string();
+        let e = parse("[[destination]]\nname = \"a\"\nurl = \"http://x/\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("owner"), "{e}");
     }
 
     #[test]
     fn non_loopback_admin_without_token_is_refused() {
-        let e = parse(&format!("[admin]\nlisten = \"0.0.0.0:9090\"\n{MIN}")).unwrap_err().to_string();
+        let e = parse(&format!("[admin]\nlisten = \"0.0.0.0:9090\"\n{MIN}"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("token_env"), "{e}");
     }
 
     #[test]
     fn header_values_never_appear_in_errors_or_debug() {
         std::env::set_var("TIDEGATE_CFG_TEST_SECRET", "s3cr3t-value");
-        let c = parse(&format!("{MIN}headers = {{ Authorization = \"Bearer ${{TIDEGATE_CFG_TEST_SECRET}}\" }}\n")).unwrap();
-        assert_eq!(c.destinations[0].headers[0].1.expose(), "Bearer s3cr3t-value");
+        let c = parse(&format!(
+            "{MIN}headers = {{ Authorization = \"Bearer ${{TIDEGATE_CFG_TEST_SECRET}}\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.destinations[0].headers[0].1.expose(),
+            "Bearer s3cr3t-value"
+        );
         assert!(!format!("{c:?}").contains("s3cr3t"));
         assert!(!c.summary().contains("s3cr3t"));
     }
@@ -721,7 +822,8 @@ mod tests {
 
     #[test]
     fn userinfo_is_redacted() {
-        let c = parse(&MIN.replace("http://127.0.0.1:9/api", "http://user:pw@127.0.0.1:9/api")).unwrap();
+        let c = parse(&MIN.replace("http://127.0.0.1:9/api", "http://user:pw@127.0.0.1:9/api"))
+            .unwrap();
         assert!(!c.destinations[0].redacted_url().contains("pw"));
     }
 }

@@ -79,7 +79,10 @@ pub enum Outcome {
         detail: String,
     },
     /// Retrying will not help: every other non-2xx status.
-    Permanent { kind: FailureKind, response: Response },
+    Permanent {
+        kind: FailureKind,
+        response: Response,
+    },
 }
 
 impl Outcome {
@@ -121,7 +124,10 @@ impl Outcome {
                     400..=499 => FailureKind::Http4xx,
                     _ => FailureKind::Http5xx,
                 };
-                Outcome::Permanent { kind, response: resp }
+                Outcome::Permanent {
+                    kind,
+                    response: resp,
+                }
             }
         }
     }
@@ -177,7 +183,11 @@ impl Deliver for HttpDeliverer {
                 },
                 Ok(Ok(resp)) => Outcome::from_response(resp),
                 Ok(Err(e)) => Outcome::Transient {
-                    kind: if e.is_timeout() { FailureKind::Timeout } else { FailureKind::ConnectError },
+                    kind: if e.is_timeout() {
+                        FailureKind::Timeout
+                    } else {
+                        FailureKind::ConnectError
+                    },
                     response: None,
                     detail: error_chain(&e),
                 },
@@ -246,13 +256,17 @@ pub fn join_url(base: &reqwest::Url, path_and_query: &str) -> Option<reqwest::Ur
         (None, None) => None,
     };
     url.set_query(q.as_deref());
-    (url.host() == base.host() && url.port_or_known_default() == base.port_or_known_default()).then_some(url)
+    (url.host() == base.host() && url.port_or_known_default() == base.port_or_known_default())
+        .then_some(url)
 }
 
 /// Adds a header, ignoring names or values that are not valid HTTP (they
 /// were validated at ingress and in config; this is belt and braces).
 pub fn put_header(map: &mut HeaderMap, name: &str, value: &str) {
-    if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+    if let (Ok(n), Ok(v)) = (
+        HeaderName::from_bytes(name.as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
         map.append(n, v);
     }
 }
@@ -268,19 +282,40 @@ mod tests {
     #[test]
     fn join_appends_path_and_query_to_the_base() {
         assert_eq!(
-            join_url(&url("http://h:1/api"), "/v1/x?a=1").unwrap().as_str(),
+            join_url(&url("http://h:1/api"), "/v1/x?a=1")
+                .unwrap()
+                .as_str(),
             "http://h:1/api/v1/x?a=1"
         );
-        assert_eq!(join_url(&url("http://h:1/api/"), "/x").unwrap().as_str(), "http://h:1/api/x");
-        assert_eq!(join_url(&url("http://h:1"), "").unwrap().as_str(), "http://h:1/");
-        assert_eq!(join_url(&url("http://h:1/a?k=v"), "/b?x=y").unwrap().as_str(), "http://h:1/a/b?k=v&x=y");
+        assert_eq!(
+            join_url(&url("http://h:1/api/"), "/x").unwrap().as_str(),
+            "http://h:1/api/x"
+        );
+        assert_eq!(
+            join_url(&url("http://h:1"), "").unwrap().as_str(),
+            "http://h:1/"
+        );
+        assert_eq!(
+            join_url(&url("http://h:1/a?k=v"), "/b?x=y")
+                .unwrap()
+                .as_str(),
+            "http://h:1/a/b?k=v&x=y"
+        );
         // A path that looks like an authority stays a path.
-        assert_eq!(join_url(&url("http://h:1"), "//evil:2/x").unwrap().host_str(), Some("h"));
+        assert_eq!(
+            join_url(&url("http://h:1"), "//evil:2/x")
+                .unwrap()
+                .host_str(),
+            Some("h")
+        );
     }
 
     #[test]
     fn statuses_are_classified_as_the_spec_says() {
-        let class = |s| match Outcome::from_response(Response { status: s, ..Default::default() }) {
+        let class = |s| match Outcome::from_response(Response {
+            status: s,
+            ..Default::default()
+        }) {
             Outcome::Delivered(_) => "ok",
             Outcome::Transient { .. } => "transient",
             Outcome::Permanent { .. } => "permanent",

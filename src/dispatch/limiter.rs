@@ -145,11 +145,15 @@ impl Limiter {
     /// rate by 5% of the configured rate, up to it.
     pub fn tick(&self) {
         let mut s = self.state();
-        let (Some(c), Some(e)) = (s.configured, s.effective) else { return };
+        let (Some(c), Some(e)) = (s.configured, s.effective) else {
+            return;
+        };
         if e >= c {
             return;
         }
-        if s.last_slowdown.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        if s.last_slowdown
+            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+        {
             return;
         }
         let raised = (e + c * RECOVERY_SHARE).min(c);
@@ -188,7 +192,9 @@ mod tests {
         let l = Limiter::new(Some(100.0), 10, false);
         l.slow_down(Some(Duration::from_secs(60)));
         assert_eq!(l.effective(), Some(100.0));
-        tokio::time::timeout(Duration::from_secs(1), l.acquire()).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), l.acquire())
+            .await
+            .unwrap();
     }
 
     #[tokio::test(start_paused = true)]

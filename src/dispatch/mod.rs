@@ -49,7 +49,12 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 4] = [State::Running, State::Paused, State::Degraded, State::Halted];
+    pub const ALL: [State; 4] = [
+        State::Running,
+        State::Paused,
+        State::Degraded,
+        State::Halted,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -91,7 +96,10 @@ pub struct Destination {
 
 impl Destination {
     pub fn config(&self) -> Arc<config::Destination> {
-        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.config
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub fn state(&self) -> StateInfo {
@@ -99,7 +107,10 @@ impl Destination {
     }
 
     pub fn is_in_flight(&self, seq: u64) -> bool {
-        self.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).contains(&seq)
+        self.in_flight_seqs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&seq)
     }
 
     fn kick(&self) {
@@ -200,7 +211,10 @@ impl Dispatcher {
                 d.clone(),
                 dispatcher.shutdown.subscribe(),
             )));
-            workers.push(tokio::spawn(worker::recover_rate(d.clone(), dispatcher.shutdown.subscribe())));
+            workers.push(tokio::spawn(worker::recover_rate(
+                d.clone(),
+                dispatcher.shutdown.subscribe(),
+            )));
         }
         *dispatcher.workers.lock().unwrap_or_else(|e| e.into_inner()) = workers;
         Ok(dispatcher)
@@ -241,13 +255,29 @@ impl Dispatcher {
         let info = d.state();
         if skip_head && info.state == State::Halted {
             if let Some(seq) = info.head_seq {
-                let attempts = self.ctx.journal.status(seq).await?.map(|s| s.attempts).unwrap_or(0);
+                let attempts = self
+                    .ctx
+                    .journal
+                    .status(seq)
+                    .await?
+                    .map(|s| s.attempts)
+                    .unwrap_or(0);
                 let reason = "skipped_by_operator".to_string();
                 self.ctx
                     .journal
-                    .settle(seq, name, attempts, None, Disposition::DeadLetter { reason })
+                    .settle(
+                        seq,
+                        name,
+                        attempts,
+                        None,
+                        Disposition::DeadLetter { reason },
+                    )
                     .await?;
-                self.ctx.metrics.dead_lettered.with_label_values(&[name, "skipped_by_operator"]).inc();
+                self.ctx
+                    .metrics
+                    .dead_lettered
+                    .with_label_values(&[name, "skipped_by_operator"])
+                    .inc();
                 tracing::warn!(id = %self.ctx.journal.message_id(seq), destination = name, "halted head message dead-lettered by operator");
             }
         }
@@ -262,7 +292,11 @@ impl Dispatcher {
         let _ = self.shutdown.send(true);
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let in_flight: u64 = self.destinations.values().map(|d| d.in_flight.load(Ordering::Relaxed)).sum();
+            let in_flight: u64 = self
+                .destinations
+                .values()
+                .map(|d| d.in_flight.load(Ordering::Relaxed))
+                .sum();
             if in_flight == 0 || tokio::time::Instant::now() >= deadline {
                 return in_flight;
             }
@@ -293,9 +327,15 @@ pub(crate) async fn set_state(
     d.kick();
     if previous != state {
         match state {
-            State::Halted => tracing::error!(destination = %d.name, from = previous.as_str(), %reason, "destination halted"),
-            State::Running => tracing::warn!(destination = %d.name, from = previous.as_str(), %reason, "destination running"),
-            _ => tracing::warn!(destination = %d.name, from = previous.as_str(), to = state.as_str(), %reason, "destination state changed"),
+            State::Halted => {
+                tracing::error!(destination = %d.name, from = previous.as_str(), %reason, "destination halted")
+            }
+            State::Running => {
+                tracing::warn!(destination = %d.name, from = previous.as_str(), %reason, "destination running")
+            }
+            _ => {
+                tracing::warn!(destination = %d.name, from = previous.as_str(), to = state.as_str(), %reason, "destination state changed")
+            }
         }
     }
     let record = DestinationRecord {

@@ -36,11 +36,19 @@ pub struct Facts<'a> {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Step {
     Ack,
-    Retry { delay: Duration },
-    DeadLetter { reason: &'static str },
-    Drop { reason: &'static str },
+    Retry {
+        delay: Duration,
+    },
+    DeadLetter {
+        reason: &'static str,
+    },
+    Drop {
+        reason: &'static str,
+    },
     /// Halt the destination; the message stays at the head.
-    Halt { reason: &'static str },
+    Halt {
+        reason: &'static str,
+    },
 }
 
 /// What happens to the destination.
@@ -59,11 +67,20 @@ pub const DEGRADE_AFTER: u32 = 3;
 /// The back-off before attempt `attempts + 1`:
 /// `min(max_backoff, initial * multiplier^(attempts-1))`, drawn uniformly in
 /// [0, that] with jitter, and never below the downstream's `Retry-After`.
-pub fn backoff(retry: &RetryPolicy, attempts: u32, jitter_draw: f64, retry_after: Option<Duration>) -> Duration {
+pub fn backoff(
+    retry: &RetryPolicy,
+    attempts: u32,
+    jitter_draw: f64,
+    retry_after: Option<Duration>,
+) -> Duration {
     let exp = attempts.saturating_sub(1).min(1000) as i32;
     let ceiling = retry.initial_backoff.as_secs_f64() * retry.multiplier.powi(exp);
     let ceiling = ceiling.min(retry.max_backoff.as_secs_f64());
-    let secs = if retry.jitter { ceiling * jitter_draw.clamp(0.0, 1.0) } else { ceiling };
+    let secs = if retry.jitter {
+        ceiling * jitter_draw.clamp(0.0, 1.0)
+    } else {
+        ceiling
+    };
     let d = Duration::from_secs_f64(secs.max(0.0));
     d.max(retry_after.unwrap_or(Duration::ZERO))
 }
@@ -75,21 +92,59 @@ pub fn decide(f: &Facts<'_>) -> (Step, StateChange) {
         return (Step::Ack, StateChange::Recover);
     }
     let exhausted = f.attempts >= f.retry.max_attempts || f.age >= f.retry.max_age;
-    let exhausted_reason = if f.attempts >= f.retry.max_attempts { "max_attempts" } else { "max_age" };
+    let exhausted_reason = if f.attempts >= f.retry.max_attempts {
+        "max_attempts"
+    } else {
+        "max_age"
+    };
     let delay = || backoff(f.retry, f.attempts, f.jitter_draw, f.retry_after);
     match (f.mode, f.class) {
         (_, Delivered) => unreachable!("handled above"),
-        (Retry, Permanent) | (Buffer, Permanent) => (Step::DeadLetter { reason: "permanent_failure" }, StateChange::None),
-        (Retry, Transient) if exhausted => (Step::DeadLetter { reason: exhausted_reason }, StateChange::None),
+        (Retry, Permanent) | (Buffer, Permanent) => (
+            Step::DeadLetter {
+                reason: "permanent_failure",
+            },
+            StateChange::None,
+        ),
+        (Retry, Transient) if exhausted => (
+            Step::DeadLetter {
+                reason: exhausted_reason,
+            },
+            StateChange::None,
+        ),
         (Retry, Transient) => (Step::Retry { delay: delay() }, StateChange::None),
         (Buffer, Transient) => {
-            let change = if f.consecutive_transient >= DEGRADE_AFTER { StateChange::Degrade } else { StateChange::None };
+            let change = if f.consecutive_transient >= DEGRADE_AFTER {
+                StateChange::Degrade
+            } else {
+                StateChange::None
+            };
             (Step::Retry { delay: delay() }, change)
         }
-        (Log, Transient) => (Step::Drop { reason: "transient_failure" }, StateChange::None),
-        (Log, Permanent) => (Step::Drop { reason: "permanent_failure" }, StateChange::None),
-        (Halt, Permanent) => (Step::Halt { reason: "permanent_failure" }, StateChange::None),
-        (Halt, Transient) if exhausted => (Step::Halt { reason: exhausted_reason }, StateChange::None),
+        (Log, Transient) => (
+            Step::Drop {
+                reason: "transient_failure",
+            },
+            StateChange::None,
+        ),
+        (Log, Permanent) => (
+            Step::Drop {
+                reason: "permanent_failure",
+            },
+            StateChange::None,
+        ),
+        (Halt, Permanent) => (
+            Step::Halt {
+                reason: "permanent_failure",
+            },
+            StateChange::None,
+        ),
+        (Halt, Transient) if exhausted => (
+            Step::Halt {
+                reason: exhausted_reason,
+            },
+            StateChange::None,
+        ),
         (Halt, Transient) => (Step::Retry { delay: delay() }, StateChange::None),
     }
 }
@@ -130,19 +185,89 @@ mod tests {
         let p = policy();
         let cases: &[(FailureMode, Class, u32, Step)] = &[
             (Retry, Delivered, 1, Step::Ack),
-            (Retry, Transient, 1, Step::Retry { delay: Duration::from_millis(100) }),
-            (Retry, Transient, 4, Step::DeadLetter { reason: "max_attempts" }),
-            (Retry, Permanent, 1, Step::DeadLetter { reason: "permanent_failure" }),
+            (
+                Retry,
+                Transient,
+                1,
+                Step::Retry {
+                    delay: Duration::from_millis(100),
+                },
+            ),
+            (
+                Retry,
+                Transient,
+                4,
+                Step::DeadLetter {
+                    reason: "max_attempts",
+                },
+            ),
+            (
+                Retry,
+                Permanent,
+                1,
+                Step::DeadLetter {
+                    reason: "permanent_failure",
+                },
+            ),
             (Buffer, Delivered, 9, Step::Ack),
-            (Buffer, Transient, 99, Step::Retry { delay: Duration::from_secs(2) }),
-            (Buffer, Permanent, 1, Step::DeadLetter { reason: "permanent_failure" }),
+            (
+                Buffer,
+                Transient,
+                99,
+                Step::Retry {
+                    delay: Duration::from_secs(2),
+                },
+            ),
+            (
+                Buffer,
+                Permanent,
+                1,
+                Step::DeadLetter {
+                    reason: "permanent_failure",
+                },
+            ),
             (Log, Delivered, 1, Step::Ack),
-            (Log, Transient, 1, Step::Drop { reason: "transient_failure" }),
-            (Log, Permanent, 1, Step::Drop { reason: "permanent_failure" }),
+            (
+                Log,
+                Transient,
+                1,
+                Step::Drop {
+                    reason: "transient_failure",
+                },
+            ),
+            (
+                Log,
+                Permanent,
+                1,
+                Step::Drop {
+                    reason: "permanent_failure",
+                },
+            ),
             (Halt, Delivered, 1, Step::Ack),
-            (Halt, Transient, 2, Step::Retry { delay: Duration::from_millis(200) }),
-            (Halt, Transient, 4, Step::Halt { reason: "max_attempts" }),
-            (Halt, Permanent, 1, Step::Halt { reason: "permanent_failure" }),
+            (
+                Halt,
+                Transient,
+                2,
+                Step::Retry {
+                    delay: Duration::from_millis(200),
+                },
+            ),
+            (
+                Halt,
+                Transient,
+                4,
+                Step::Halt {
+                    reason: "max_attempts",
+                },
+            ),
+            (
+                Halt,
+                Permanent,
+                1,
+                Step::Halt {
+                    reason: "permanent_failure",
+                },
+            ),
         ];
         for (mode, class, attempts, want) in cases {
             let (got, _) = decide(&facts(*mode, *class, *attempts, &p));
@@ -167,7 +292,11 @@ mod tests {
     fn buffer_degrades_on_the_third_consecutive_transient_failure() {
         let p = policy();
         let mut f = facts(FailureMode::Buffer, Class::Transient, 1, &p);
-        for (n, want) in [(1, StateChange::None), (2, StateChange::None), (3, StateChange::Degrade)] {
+        for (n, want) in [
+            (1, StateChange::None),
+            (2, StateChange::None),
+            (3, StateChange::Degrade),
+        ] {
             f.consecutive_transient = n;
             assert_eq!(decide(&f).1, want);
         }
@@ -180,7 +309,12 @@ mod tests {
         let p = policy();
         let mut f = facts(FailureMode::Retry, Class::Transient, 1, &p);
         f.retry_after = Some(Duration::from_secs(7));
-        assert_eq!(decide(&f).0, Step::Retry { delay: Duration::from_secs(7) });
+        assert_eq!(
+            decide(&f).0,
+            Step::Retry {
+                delay: Duration::from_secs(7)
+            }
+        );
     }
 
     proptest! {

@@ -20,7 +20,11 @@ const IDLE_RECHECK: Duration = Duration::from_secs(5);
 /// Most bytes of a downstream's error body kept as the failure detail.
 const DETAIL_LIMIT: usize = 512;
 
-pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn run(
+    ctx: Arc<Context>,
+    d: Arc<Destination>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut kick = d.kick.subscribe();
     let cfg = d.config();
     let sem = Arc::new(Semaphore::new(cfg.rate_limit.max_in_flight as usize));
@@ -50,7 +54,13 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
         }
 
         if buffer.is_empty() {
-            let exclude: Vec<u64> = d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).iter().copied().collect();
+            let exclude: Vec<u64> = d
+                .in_flight_seqs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .copied()
+                .collect();
             let ready = d.queue.ready.notified();
             match ctx.journal.fetch_ready(&d.name, prefetch, exclude).await {
                 Ok(batch) if !batch.is_empty() => buffer.extend(batch),
@@ -87,7 +97,9 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
         if d.state().state != State::Running || d.config().queue.ordering == QueueOrdering::Fifo {
             continue; // re-evaluate with the permit released
         }
-        let Some(msg) = buffer.pop_front() else { continue };
+        let Some(msg) = buffer.pop_front() else {
+            continue;
+        };
         lease(&d, msg.seq);
         let (ctx, d) = (ctx.clone(), d.clone());
         tokio::spawn(async move {
@@ -176,19 +188,30 @@ async fn serial_step(
 }
 
 fn lease(d: &Destination, seq: u64) {
-    d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).insert(seq);
+    d.in_flight_seqs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(seq);
     d.in_flight.fetch_add(1, Ordering::Relaxed);
 }
 
 fn release(ctx: &Context, d: &Destination, seq: u64) {
-    d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
+    d.in_flight_seqs
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&seq);
     d.in_flight.fetch_sub(1, Ordering::Relaxed);
     d.settled.notify_one();
     ctx.any_settled.notify_waiters();
 }
 
 /// Builds the downstream request for a message.
-fn request_for(ctx: &Context, cfg: &crate::config::Destination, msg: &Message, attempt: u32) -> Option<delivery::Request> {
+fn request_for(
+    ctx: &Context,
+    cfg: &crate::config::Destination,
+    msg: &Message,
+    attempt: u32,
+) -> Option<delivery::Request> {
     let url = join_url(&cfg.url, &msg.path)?;
     let method = http::Method::from_bytes(msg.method.as_bytes()).ok()?;
     let mut headers = http::HeaderMap::new();
@@ -220,10 +243,17 @@ fn request_for(ctx: &Context, cfg: &crate::config::Destination, msg: &Message, a
 fn last_error_of(outcome: &Outcome) -> Option<LastError> {
     match outcome {
         Outcome::Delivered(_) => None,
-        Outcome::Transient { kind, response, detail } => Some(LastError {
+        Outcome::Transient {
+            kind,
+            response,
+            detail,
+        } => Some(LastError {
             kind: kind.label().to_string(),
             status: response.as_ref().map(|r| r.status),
-            detail: response.as_ref().map(body_detail).unwrap_or_else(|| detail.clone()),
+            detail: response
+                .as_ref()
+                .map(body_detail)
+                .unwrap_or_else(|| detail.clone()),
         }),
         Outcome::Permanent { kind, response } => Some(LastError {
             kind: kind.label().to_string(),
@@ -252,7 +282,9 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
     let span = tracing::info_span!("delivery", id = %id, destination = %d.name, attempt = n);
     async {
         let m = &ctx.metrics;
-        m.in_flight.with_label_values(&[&d.name]).set(d.in_flight.load(Ordering::Relaxed) as i64);
+        m.in_flight
+            .with_label_values(&[&d.name])
+            .set(d.in_flight.load(Ordering::Relaxed) as i64);
         let started = std::time::Instant::now();
         let outcome = match request_for(ctx, &cfg, &msg, n) {
             Some(req) => ctx.deliver.deliver(req).await,
@@ -260,13 +292,19 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
                 kind: delivery::FailureKind::Http4xx,
                 response: delivery::Response {
                     status: 400,
-                    body: bytes::Bytes::from_static(b"stored request cannot be turned into a valid HTTP request"),
+                    body: bytes::Bytes::from_static(
+                        b"stored request cannot be turned into a valid HTTP request",
+                    ),
                     ..Default::default()
                 },
             },
         };
-        m.delivery_duration.with_label_values(&[&d.name]).observe(started.elapsed().as_secs_f64());
-        m.attempts.with_label_values(&[&d.name, outcome.label()]).inc();
+        m.delivery_duration
+            .with_label_values(&[&d.name])
+            .observe(started.elapsed().as_secs_f64());
+        m.attempts
+            .with_label_values(&[&d.name, outcome.label()])
+            .inc();
 
         let response = outcome.response();
         if let Some(r) = response {
@@ -320,7 +358,10 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
     .instrument(span)
     .await;
     release(ctx, d, msg.seq);
-    ctx.metrics.in_flight.with_label_values(&[&d.name]).set(d.in_flight.load(Ordering::Relaxed) as i64);
+    ctx.metrics
+        .in_flight
+        .with_label_values(&[&d.name])
+        .set(d.in_flight.load(Ordering::Relaxed) as i64);
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -340,22 +381,45 @@ async fn carry_out(
     let (disposition, finished) = match &step {
         Step::Ack => (Disposition::Delivered, Some("delivered")),
         Step::Retry { delay } => {
-            tracing::debug!(status, delay_ms = delay.as_millis() as u64, "attempt failed; retry scheduled");
-            (Disposition::Reschedule { visible_at: now_ms() + delay.as_millis() as i64 }, None)
+            tracing::debug!(
+                status,
+                delay_ms = delay.as_millis() as u64,
+                "attempt failed; retry scheduled"
+            );
+            (
+                Disposition::Reschedule {
+                    visible_at: now_ms() + delay.as_millis() as i64,
+                },
+                None,
+            )
         }
         Step::DeadLetter { reason } => {
             tracing::warn!(id, destination = %d.name, status, reason, "message dead-lettered");
-            (Disposition::DeadLetter { reason: reason.to_string() }, Some("dead_lettered"))
+            (
+                Disposition::DeadLetter {
+                    reason: reason.to_string(),
+                },
+                Some("dead_lettered"),
+            )
         }
         Step::Drop { reason } => {
             let detail = last_error.as_ref().map(|e| e.kind.as_str()).unwrap_or("");
             tracing::warn!(id, destination = %d.name, status, reason, kind = detail, "message dropped (on_failure = log)");
-            (Disposition::Dropped { reason: reason.to_string() }, Some("dropped"))
+            (
+                Disposition::Dropped {
+                    reason: reason.to_string(),
+                },
+                Some("dropped"),
+            )
         }
         // The message stays at the head: due at once when resumed.
         Step::Halt { .. } => (Disposition::Reschedule { visible_at: 0 }, None),
     };
-    if let Err(e) = ctx.journal.settle(msg.seq, &d.name, attempts, last_error.clone(), disposition).await {
+    if let Err(e) = ctx
+        .journal
+        .settle(msg.seq, &d.name, attempts, last_error.clone(), disposition)
+        .await
+    {
         // Nothing changed on disk: the message is still pending and will be
         // delivered again (at-least-once).
         tracing::error!(id, error = %e, "recording the attempt's outcome failed; the message will be retried");
@@ -364,12 +428,23 @@ async fn carry_out(
     match &step {
         Step::Ack => {
             m.delivered.with_label_values(&[&d.name]).inc();
-            m.end_to_end.with_label_values(&[&d.name]).observe(age.as_secs_f64());
+            m.end_to_end
+                .with_label_values(&[&d.name])
+                .observe(age.as_secs_f64());
         }
-        Step::DeadLetter { reason } => m.dead_lettered.with_label_values(&[d.name.as_str(), reason]).inc(),
-        Step::Drop { reason } => m.dropped.with_label_values(&[d.name.as_str(), reason]).inc(),
+        Step::DeadLetter { reason } => m
+            .dead_lettered
+            .with_label_values(&[d.name.as_str(), reason])
+            .inc(),
+        Step::Drop { reason } => m
+            .dropped
+            .with_label_values(&[d.name.as_str(), reason])
+            .inc(),
         Step::Halt { reason } => {
-            let why = format!("{reason} (message {id}, last status {})", status.map_or("none".to_string(), |s| s.to_string()));
+            let why = format!(
+                "{reason} (message {id}, last status {})",
+                status.map_or("none".to_string(), |s| s.to_string())
+            );
             if let Err(e) = set_state(ctx, d, State::Halted, &why, Some(msg.seq)).await {
                 tracing::error!(error = %e, "persisting the halted state failed");
             }

@@ -70,7 +70,10 @@ pub fn bearer_matches(headers: &HeaderMap, expected: &config::Secret) -> bool {
 }
 
 fn reject(ing: &Ingress, dest: &str, reason: &str, p: Problem) -> Problem {
-    ing.metrics.rejected.with_label_values(&[dest, reason]).inc();
+    ing.metrics
+        .rejected
+        .with_label_values(&[dest, reason])
+        .inc();
     p
 }
 
@@ -91,29 +94,57 @@ async fn accept(ing: &Ingress, req: Request) -> Result<Response, Problem> {
         return Err(Problem::unknown_destination(dest_name));
     };
     let name = dest.name.as_str();
-    if !matches!(parts.method, Method::POST | Method::PUT | Method::PATCH | Method::DELETE) {
+    if !matches!(
+        parts.method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
         return Err(Problem::method_not_allowed(ALLOW));
     }
     check_path(rest)?;
     let cfg = dest.config();
     let state = dest.state().state;
     if state == dispatch::State::Halted && !cfg.accept_while_halted {
-        return Err(reject(ing, name, "destination_halted", Problem::destination_halted(name)));
+        return Err(reject(
+            ing,
+            name,
+            "destination_halted",
+            Problem::destination_halted(name),
+        ));
     }
-    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) {
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+    {
         if len.parse::<u64>().map_or(true, |n| n > ing.max_body) {
-            return Err(reject(ing, name, "payload_too_large", Problem::payload_too_large(ing.max_body)));
+            return Err(reject(
+                ing,
+                name,
+                "payload_too_large",
+                Problem::payload_too_large(ing.max_body),
+            ));
         }
     }
     let body = axum::body::to_bytes(body, ing.max_body as usize)
         .await
-        .map_err(|_| reject(ing, name, "payload_too_large", Problem::payload_too_large(ing.max_body)))?;
+        .map_err(|_| {
+            reject(
+                ing,
+                name,
+                "payload_too_large",
+                Problem::payload_too_large(ing.max_body),
+            )
+        })?;
 
     let idempotency_key = match parts.headers.get("idempotency-key") {
         None => None,
         Some(v) => match v.to_str() {
             Ok(k) if !k.is_empty() && k.len() <= 256 => Some(k.to_string()),
-            _ => return Err(Problem::invalid_request("Idempotency-Key must be 1 to 256 visible ASCII characters")),
+            _ => {
+                return Err(Problem::invalid_request(
+                    "Idempotency-Key must be 1 to 256 visible ASCII characters",
+                ))
+            }
         },
     };
     let wait = prefer_wait(&parts.headers);
@@ -132,7 +163,9 @@ async fn accept(ing: &Ingress, req: Request) -> Result<Response, Problem> {
         received_at: journal::now_ms(),
     };
     let appended = append_with_backpressure(ing, dest, &cfg, msg).await?;
-    ing.metrics.ingest_duration.observe(started.elapsed().as_secs_f64());
+    ing.metrics
+        .ingest_duration
+        .observe(started.elapsed().as_secs_f64());
     let (seq, duplicate) = match appended {
         Appended::Stored { seq } => {
             ing.metrics.received.with_label_values(&[name]).inc();
@@ -147,7 +180,8 @@ async fn accept(ing: &Ingress, req: Request) -> Result<Response, Problem> {
             Ok(Some(s)) => crate::admin::state_name(&s, dest.is_in_flight(seq)),
             _ => "queued",
         };
-        let body = serde_json::json!({"id": id, "destination": name, "status": status, "duplicate": true});
+        let body =
+            serde_json::json!({"id": id, "destination": name, "status": status, "duplicate": true});
         return Ok(json_response(StatusCode::OK, &body, &id));
     }
     if let Some(wait) = wait {
@@ -168,7 +202,9 @@ fn split_destination(path: &str) -> Result<(&str, &str), Problem> {
     };
     let valid = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
     if !valid {
         return Err(Problem::invalid_request(
             "the first path segment must be a destination name ([a-z0-9][a-z0-9_-]{0,62})",
@@ -181,9 +217,12 @@ fn split_destination(path: &str) -> Result<(&str, &str), Problem> {
 /// decoded (`..`, `.`), or that do not decode to UTF-8.
 fn check_path(rest: &str) -> Result<(), Problem> {
     for seg in rest.split('/') {
-        let decoded = percent_decode(seg).ok_or_else(|| Problem::invalid_request("the path is not valid UTF-8"))?;
+        let decoded = percent_decode(seg)
+            .ok_or_else(|| Problem::invalid_request("the path is not valid UTF-8"))?;
         if decoded == ".." || decoded == "." || decoded.contains('/') || decoded.contains('\\') {
-            return Err(Problem::invalid_request("the path must not contain dot segments or encoded slashes"));
+            return Err(Problem::invalid_request(
+                "the path must not contain dot segments or encoded slashes",
+            ));
         }
     }
     Ok(())
@@ -229,12 +268,18 @@ async fn append_with_backpressure(
         room.as_mut().enable();
         match ing.journal.append(msg.clone(), limits).await {
             Ok(Appended::QueueFull) => {
-                if cfg.queue.when_full == WhenFull::Block && tokio::time::Instant::now() < deadline {
+                if cfg.queue.when_full == WhenFull::Block && tokio::time::Instant::now() < deadline
+                {
                     let _ = tokio::time::timeout_at(deadline, room).await;
                     continue;
                 }
                 let retry_after = queue_retry_after(dest, cfg);
-                return Err(reject(ing, name, "queue_full", Problem::queue_full(name, retry_after)));
+                return Err(reject(
+                    ing,
+                    name,
+                    "queue_full",
+                    Problem::queue_full(name, retry_after),
+                ));
             }
             Ok(a) => return Ok(a),
             Err(JournalError::StorageFull) => {
@@ -255,8 +300,13 @@ fn queue_retry_after(dest: &dispatch::Destination, cfg: &config::Destination) ->
     let depth = dest.queue.depth.load(Ordering::Relaxed);
     let bytes = dest.queue.bytes.load(Ordering::Relaxed);
     let excess_msgs = (depth + 1).saturating_sub(cfg.queue.max_messages) as f64;
-    let avg = if depth > 0 { bytes as f64 / depth as f64 } else { 1.0 };
-    let excess_bytes_msgs = (bytes.saturating_sub(cfg.queue.max_bytes) as f64 / avg.max(1.0)).ceil();
+    let avg = if depth > 0 {
+        bytes as f64 / depth as f64
+    } else {
+        1.0
+    };
+    let excess_bytes_msgs =
+        (bytes.saturating_sub(cfg.queue.max_bytes) as f64 / avg.max(1.0)).ceil();
     let excess = excess_msgs.max(excess_bytes_msgs).max(1.0);
     let rate = dest.limiter.effective().unwrap_or(1000.0).max(0.001);
     (excess / rate).ceil().clamp(1.0, 3600.0) as u64
@@ -264,7 +314,10 @@ fn queue_retry_after(dest: &dispatch::Destination, cfg: &config::Destination) ->
 
 fn json_response(status: StatusCode, body: &serde_json::Value, id: &str) -> Response {
     let mut r = (status, body.to_string()).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     if let Ok(loc) = HeaderValue::from_str(&format!("/v1/messages/{id}")) {
         r.headers_mut().insert(header::LOCATION, loc);
     }
@@ -278,7 +331,11 @@ fn completed_response(done: dispatch::Completion, wait: Duration) -> Response {
             let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
             let mut r = Response::new(Body::from(resp.body.clone()));
             *r.status_mut() = status;
-            if let Some(ct) = resp.content_type.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
+            if let Some(ct) = resp
+                .content_type
+                .as_deref()
+                .and_then(|c| HeaderValue::from_str(c).ok())
+            {
                 r.headers_mut().insert(header::CONTENT_TYPE, ct);
             }
             r
@@ -320,9 +377,15 @@ mod tests {
         let t = config::Secret::new("abc".into());
         let mut h = HeaderMap::new();
         assert!(!bearer_matches(&h, &t));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abd"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abd"),
+        );
         assert!(!bearer_matches(&h, &t));
-        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
         assert!(bearer_matches(&h, &t));
     }
 }

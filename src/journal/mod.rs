@@ -84,6 +84,10 @@ pub enum JournalError {
     /// The journal is closed (shutting down).
     #[error("journal is closed")]
     Closed,
+    /// The database is damaged. The journal stops (fail-stop) so that the
+    /// next start checks and salvages it.
+    #[error("journal is corrupt: {0}")]
+    Corrupt(String),
     /// SQLite failed; the operation did not happen.
     #[error("journal storage error: {0}")]
     Storage(#[from] rusqlite::Error),
@@ -95,6 +99,8 @@ impl JournalError {
     fn from_sqlite(e: rusqlite::Error) -> Self {
         match e.sqlite_error_code() {
             Some(rusqlite::ErrorCode::DiskFull) => JournalError::StorageFull,
+            Some(rusqlite::ErrorCode::DatabaseCorrupt)
+            | Some(rusqlite::ErrorCode::NotADatabase) => JournalError::Corrupt(e.to_string()),
             _ => JournalError::Storage(e),
         }
     }
@@ -137,8 +143,12 @@ pub struct Limits {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Appended {
-    Stored { seq: u64 },
-    Duplicate { seq: u64 },
+    Stored {
+        seq: u64,
+    },
+    Duplicate {
+        seq: u64,
+    },
     /// The destination's queue is at `max_messages` or `max_bytes`.
     QueueFull,
 }
@@ -207,6 +217,22 @@ pub struct JournalStats {
     pub max_disk: AtomicU64,
     pub last_commit_ms: AtomicI64,
     pub open: AtomicBool,
+    /// Set when SQLite reported corruption while running.
+    pub poisoned: AtomicBool,
+    /// Signalled when `poisoned` is set.
+    pub poison: Notify,
+}
+
+impl JournalStats {
+    pub(crate) fn note_error(&self, e: &JournalError) {
+        if let JournalError::Corrupt(detail) = e {
+            if !self.poisoned.swap(true, Ordering::SeqCst) {
+                tracing::error!(%detail, "journal corruption detected while running; stopping so the next start can salvage it");
+                self.corrupt_records.fetch_add(1, Ordering::Relaxed);
+            }
+            self.poison.notify_waiters();
+        }
+    }
 }
 
 /// A handle on the journal; cheap to clone.
@@ -238,7 +264,9 @@ impl Journal {
             Err(reason) => {
                 tracing::error!(path = %db.display(), %reason, "journal failed its checks; quarantining it and salvaging intact messages");
                 let report = salvage::salvage(dir, &reason)?;
-                stats.corrupt_records.fetch_add(report.lost, Ordering::Relaxed);
+                stats
+                    .corrupt_records
+                    .fetch_add(report.lost, Ordering::Relaxed);
                 tracing::error!(
                     salvaged = report.salvaged,
                     lost = report.lost,
@@ -246,7 +274,9 @@ impl Journal {
                     "journal salvaged"
                 );
                 schema::open_checked(&db).map_err(|r| {
-                    JournalError::Io(std::io::Error::other(format!("salvaged journal does not open: {r}")))
+                    JournalError::Io(std::io::Error::other(format!(
+                        "salvaged journal does not open: {r}"
+                    )))
                 })?
             }
         };
@@ -275,7 +305,11 @@ impl Journal {
         let handle = std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || w.run(rx))?;
-        *journal.inner.writer_thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
+        *journal
+            .inner
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(handle);
         stats.open.store(true, Ordering::Relaxed);
         Ok(journal)
     }
@@ -324,15 +358,26 @@ impl Journal {
         u64::from_str_radix(&id[8..], 16).ok()
     }
 
-    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> writer::Command) -> Result<T> {
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T>>) -> writer::Command,
+    ) -> Result<T> {
         let (reply, rx) = oneshot::channel();
-        self.inner.tx.send(make(reply)).map_err(|_| JournalError::Closed)?;
-        rx.await.map_err(|_| JournalError::Closed)?
+        self.inner
+            .tx
+            .send(make(reply))
+            .map_err(|_| JournalError::Closed)?;
+        let out = rx.await.map_err(|_| JournalError::Closed)?;
+        if let Err(e) = &out {
+            self.inner.stats.note_error(e);
+        }
+        out
     }
 
     /// Makes a message durable. Returns only after the commit.
     pub async fn append(&self, msg: NewMessage, limits: Limits) -> Result<Appended> {
-        self.call(|reply| writer::Command::Append { msg, limits, reply }).await
+        self.call(|reply| writer::Command::Append { msg, limits, reply })
+            .await
     }
 
     /// Records the outcome of an attempt: `attempts` is the new total.
@@ -359,31 +404,53 @@ impl Journal {
     /// Dead letters back into the queue as fresh attempts; `None` = all.
     pub async fn replay(&self, dest: &str, seqs: Option<Vec<u64>>) -> Result<u64> {
         let dest = dest.to_string();
-        self.call(|reply| writer::Command::Replay { dest, seqs, reply }).await
+        self.call(|reply| writer::Command::Replay { dest, seqs, reply })
+            .await
     }
 
     pub async fn purge_dead_letters(&self, dest: &str) -> Result<u64> {
         let dest = dest.to_string();
-        self.call(|reply| writer::Command::Purge { dest, reply }).await
+        self.call(|reply| writer::Command::Purge { dest, reply })
+            .await
     }
 
-    pub async fn set_destination_record(&self, dest: &str, record: DestinationRecord) -> Result<()> {
+    pub async fn set_destination_record(
+        &self,
+        dest: &str,
+        record: DestinationRecord,
+    ) -> Result<()> {
         let dest = dest.to_string();
-        self.call(|reply| writer::Command::SetDestination { dest, record, reply }).await
+        self.call(|reply| writer::Command::SetDestination {
+            dest,
+            record,
+            reply,
+        })
+        .await
     }
 
     /// Deletes history older than `retention_ms` and returns freed pages.
     pub async fn sweep(&self, retention_ms: i64) -> Result<u64> {
-        self.call(|reply| writer::Command::Sweep { retention_ms, reply }).await
+        self.call(|reply| writer::Command::Sweep {
+            retention_ms,
+            reply,
+        })
+        .await
     }
 
     /// Up to `limit` deliverable messages of `dest` (visible now), in
     /// (visible_at, seq) order, skipping `exclude` (already leased). Rows
     /// whose checksum fails are quarantined here and not returned.
-    pub async fn fetch_ready(&self, dest: &str, limit: usize, exclude: Vec<u64>) -> Result<Vec<Message>> {
+    pub async fn fetch_ready(
+        &self,
+        dest: &str,
+        limit: usize,
+        exclude: Vec<u64>,
+    ) -> Result<Vec<Message>> {
         let d = dest.to_string();
         let now = now_ms();
-        let fetched = self.read(move |r| r.fetch_ready(&d, now, limit, &exclude)).await?;
+        let fetched = self
+            .read(move |r| r.fetch_ready(&d, now, limit, &exclude))
+            .await?;
         let mut out = Vec::with_capacity(fetched.len());
         for f in fetched {
             match f {
@@ -408,10 +475,14 @@ impl Journal {
     }
 
     async fn quarantine(&self, dest: &str, seq: u64) -> Result<()> {
-        self.inner.stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .stats
+            .corrupt_records
+            .fetch_add(1, Ordering::Relaxed);
         tracing::error!(id = %self.message_id(seq), destination = dest, "message failed its checksum; quarantined");
         let reason = "checksum mismatch".to_string();
-        self.settle(seq, dest, 0, None, Disposition::Quarantined { reason }).await
+        self.settle(seq, dest, 0, None, Disposition::Quarantined { reason })
+            .await
     }
 
     /// When the next scheduled message of `dest` becomes visible.
@@ -424,9 +495,15 @@ impl Journal {
         self.read(move |r| r.status(seq)).await
     }
 
-    pub async fn dead_letters(&self, dest: &str, after: Option<u64>, limit: usize) -> Result<Vec<DeadLetter>> {
+    pub async fn dead_letters(
+        &self,
+        dest: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<DeadLetter>> {
         let dest = dest.to_string();
-        self.read(move |r| r.dead_letters(&dest, after, limit)).await
+        self.read(move |r| r.dead_letters(&dest, after, limit))
+            .await
     }
 
     /// `(received_at of the oldest pending message, scheduled count)`.
@@ -445,9 +522,13 @@ impl Journal {
         f: impl FnOnce(&reader::Reader) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {
         let pool = self.inner.readers.clone();
-        tokio::task::spawn_blocking(move || pool.with(f))
+        let out = tokio::task::spawn_blocking(move || pool.with(f))
             .await
-            .map_err(|e| JournalError::Io(std::io::Error::other(e.to_string())))?
+            .map_err(|e| JournalError::Io(std::io::Error::other(e.to_string())))?;
+        if let Err(e) = &out {
+            self.inner.stats.note_error(e);
+        }
+        out
     }
 
     /// Flushes and closes: pending commands are committed, the clean-shutdown
@@ -458,7 +539,13 @@ impl Journal {
         if self.inner.tx.send(writer::Command::Close { reply }).is_ok() {
             let _ = rx.recv();
         }
-        if let Some(h) = self.inner.writer_thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(h) = self
+            .inner
+            .writer_thread
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
             let _ = h.join();
         }
     }

@@ -49,7 +49,9 @@ pub fn salvage(dir: &Path, reason: &str) -> Result<Report> {
     let new = fresh.conn;
     match Connection::open_with_flags(scratch.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_WRITE) {
         Ok(old) => copy_rows(&old, &new, &mut report),
-        Err(e) => tracing::error!(error = %e, "the damaged journal cannot be opened at all; starting empty"),
+        Err(e) => {
+            tracing::error!(error = %e, "the damaged journal cannot be opened at all; starting empty")
+        }
     }
     if let Err(e) = schema::set_meta(&new, "clean_shutdown", "1") {
         tracing::warn!(error = %e, "could not mark the salvaged journal clean");
@@ -64,12 +66,18 @@ fn copy_rows(old: &Connection, new: &Connection, report: &mut Report) {
         let _ = schema::set_meta(new, "salt", &salt);
     }
     let max_seq: i64 = old
-        .query_row("SELECT max(seq) FROM messages", [], |r| r.get::<_, Option<i64>>(0))
+        .query_row("SELECT max(seq) FROM messages", [], |r| {
+            r.get::<_, Option<i64>>(0)
+        })
         .ok()
         .flatten()
         .or_else(|| {
-            old.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'messages'", [], |r| r.get(0))
-                .ok()
+            old.query_row(
+                "SELECT seq FROM sqlite_sequence WHERE name = 'messages'",
+                [],
+                |r| r.get(0),
+            )
+            .ok()
         })
         .unwrap_or(0);
     let _ = new.execute_batch("BEGIN");
@@ -92,7 +100,12 @@ fn copy_rows(old: &Connection, new: &Connection, report: &mut Report) {
     // Idempotency keys and destination states are best effort.
     if let Ok(mut stmt) = old.prepare("SELECT dest, key, seq, created_at FROM idempotency") {
         if let Ok(rows) = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, i64>(2)?, r.get::<_, i64>(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
         }) {
             for (d, k, s, c) in rows.flatten() {
                 let _ = new.execute(
@@ -104,7 +117,12 @@ fn copy_rows(old: &Connection, new: &Connection, report: &mut Report) {
     }
     if let Ok(mut stmt) = old.prepare("SELECT dest, state, reason, head_seq FROM destinations") {
         if let Ok(rows) = stmt.query_map([], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get::<_, Option<i64>>(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, Option<i64>>(3)?,
+            ))
         }) {
             for (d, s, why, h) in rows.flatten() {
                 let _ = new.execute(
@@ -121,13 +139,18 @@ fn copy_rows(old: &Connection, new: &Connection, report: &mut Report) {
 
 type RawRow = Vec<rusqlite::types::Value>;
 
-const COLUMNS: &str = "seq, dest, state, visible_at, received_at, attempts, method, path, headers, body, size, crc,
+const COLUMNS: &str =
+    "seq, dest, state, visible_at, received_at, attempts, method, path, headers, body, size, crc,
     version, idem_key, wants_reply, last_error, reason, finished_at";
 
 fn read_range(old: &Connection, lo: i64, hi: i64) -> rusqlite::Result<Vec<RawRow>> {
-    let mut stmt = old.prepare_cached(&format!("SELECT {COLUMNS} FROM messages WHERE seq BETWEEN ?1 AND ?2"))?;
+    let mut stmt = old.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM messages WHERE seq BETWEEN ?1 AND ?2"
+    ))?;
     let rows = stmt.query_map(params![lo, hi], |r: &Row<'_>| {
-        (0..18).map(|i| r.get::<_, rusqlite::types::Value>(i)).collect::<rusqlite::Result<RawRow>>()
+        (0..18)
+            .map(|i| r.get::<_, rusqlite::types::Value>(i))
+            .collect::<rusqlite::Result<RawRow>>()
     })?;
     rows.collect()
 }
@@ -150,7 +173,14 @@ fn insert_rows(new: &Connection, rows: Vec<RawRow>, report: &mut Report) {
                 Value::Integer(c) => c,
                 _ => -1,
             };
-            if checksum(&text(&row[6]), &text(&row[7]), &blob(&row[8]), &blob(&row[9])) as i64 != crc {
+            if checksum(
+                &text(&row[6]),
+                &text(&row[7]),
+                &blob(&row[8]),
+                &blob(&row[9]),
+            ) as i64
+                != crc
+            {
                 report.lost += 1;
                 continue;
             }

@@ -39,11 +39,16 @@ async fn appended_messages_come_back_in_order_and_leave_on_ack() {
     assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![a, b]);
     assert_eq!(&got[0].body[..], b"a");
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 2);
-    j.settle(a, "d", 1, None, Disposition::Delivered).await.unwrap();
+    j.settle(a, "d", 1, None, Disposition::Delivered)
+        .await
+        .unwrap();
     let got = j.fetch_ready("d", 10, vec![]).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 1);
-    assert_eq!(j.status(a).await.unwrap().unwrap().state, schema::STATE_DELIVERED);
+    assert_eq!(
+        j.status(a).await.unwrap().unwrap().state,
+        schema::STATE_DELIVERED
+    );
     // Excluding a leased seq hides it.
     assert!(j.fetch_ready("d", 10, vec![b]).await.unwrap().is_empty());
     j.close();
@@ -53,11 +58,16 @@ async fn appended_messages_come_back_in_order_and_leave_on_ack() {
 async fn queue_limits_are_exact_within_one_batch() {
     let dir = tempfile::tempdir().unwrap();
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
-    let l = Limits { max_messages: 5, ..limits() };
+    let l = Limits {
+        max_messages: 5,
+        ..limits()
+    };
     let mut tasks = Vec::new();
     for i in 0..20 {
         let j = j.clone();
-        tasks.push(tokio::spawn(async move { j.append(msg("d", &i.to_string()), l).await.unwrap() }));
+        tasks.push(tokio::spawn(async move {
+            j.append(msg("d", &i.to_string()), l).await.unwrap()
+        }));
     }
     let mut stored_n = 0;
     for t in tasks {
@@ -77,10 +87,16 @@ async fn a_repeated_idempotency_key_stores_nothing_new() {
     let mut m = msg("d", "a");
     m.idempotency_key = Some("k1".into());
     let first = stored(&j, m.clone()).await;
-    assert_eq!(j.append(m.clone(), limits()).await.unwrap(), Appended::Duplicate { seq: first });
+    assert_eq!(
+        j.append(m.clone(), limits()).await.unwrap(),
+        Appended::Duplicate { seq: first }
+    );
     // The same key on another destination is a different message.
     m.dest = "e".into();
-    assert!(matches!(j.append(m, limits()).await.unwrap(), Appended::Stored { .. }));
+    assert!(matches!(
+        j.append(m, limits()).await.unwrap(),
+        Appended::Stored { .. }
+    ));
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 1);
     j.close();
 }
@@ -91,7 +107,15 @@ async fn rescheduled_messages_stay_hidden_until_visible() {
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     let a = stored(&j, msg("d", "a")).await;
     let later = now_ms() + 60_000;
-    j.settle(a, "d", 1, None, Disposition::Reschedule { visible_at: later }).await.unwrap();
+    j.settle(
+        a,
+        "d",
+        1,
+        None,
+        Disposition::Reschedule { visible_at: later },
+    )
+    .await
+    .unwrap();
     assert!(j.fetch_ready("d", 10, vec![]).await.unwrap().is_empty());
     assert_eq!(j.next_visible_at("d").await.unwrap(), Some(later));
     let (head, vis) = j.head("d").await.unwrap().unwrap();
@@ -108,10 +132,18 @@ async fn dead_letters_replay_and_purge() {
     let b = stored(&j, msg("d", "b")).await;
     for s in [a, b] {
         let reason = "permanent_failure".to_string();
-        j.settle(s, "d", 3, None, Disposition::DeadLetter { reason }).await.unwrap();
+        j.settle(s, "d", 3, None, Disposition::DeadLetter { reason })
+            .await
+            .unwrap();
     }
     let q = j.queue("d");
-    assert_eq!((q.depth.load(Ordering::Relaxed), q.dead_letters.load(Ordering::Relaxed)), (0, 2));
+    assert_eq!(
+        (
+            q.depth.load(Ordering::Relaxed),
+            q.dead_letters.load(Ordering::Relaxed)
+        ),
+        (0, 2)
+    );
     let dl = j.dead_letters("d", None, 1).await.unwrap();
     assert_eq!(dl[0].seq, a);
     assert_eq!(j.dead_letters("d", Some(a), 10).await.unwrap()[0].seq, b);
@@ -119,7 +151,13 @@ async fn dead_letters_replay_and_purge() {
     let back = j.fetch_ready("d", 10, vec![]).await.unwrap();
     assert_eq!((back[0].seq, back[0].attempts), (a, 0));
     assert_eq!(j.purge_dead_letters("d").await.unwrap(), 1);
-    assert_eq!((q.depth.load(Ordering::Relaxed), q.dead_letters.load(Ordering::Relaxed)), (1, 0));
+    assert_eq!(
+        (
+            q.depth.load(Ordering::Relaxed),
+            q.dead_letters.load(Ordering::Relaxed)
+        ),
+        (1, 0)
+    );
     j.close();
 }
 
@@ -135,7 +173,10 @@ async fn reopening_keeps_pending_messages_and_counts() {
     assert_eq!(j.parse_id(&id), Some(a));
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 1);
     assert_eq!(j.queue("d").bytes.load(Ordering::Relaxed), 5);
-    assert_eq!(&j.fetch_ready("d", 1, vec![]).await.unwrap()[0].body[..], b"hello");
+    assert_eq!(
+        &j.fetch_ready("d", 1, vec![]).await.unwrap()[0].body[..],
+        b"hello"
+    );
     j.close();
 }
 
@@ -148,12 +189,19 @@ async fn a_row_with_a_bad_checksum_is_quarantined_and_others_still_flow() {
     j.close();
     drop(j);
     let c = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
-    c.execute("UPDATE messages SET body = x'7a7a' WHERE seq = ?1", [a as i64]).unwrap();
+    c.execute(
+        "UPDATE messages SET body = x'7a7a' WHERE seq = ?1",
+        [a as i64],
+    )
+    .unwrap();
     drop(c);
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     let got = j.fetch_ready("d", 10, vec![]).await.unwrap();
     assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![b]);
-    assert_eq!(j.status(a).await.unwrap().unwrap().state, schema::STATE_QUARANTINED);
+    assert_eq!(
+        j.status(a).await.unwrap().unwrap().state,
+        schema::STATE_QUARANTINED
+    );
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 1);
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 1);
     j.close();
@@ -164,8 +212,17 @@ async fn a_garbage_database_file_is_quarantined_and_start_up_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(schema::DB_FILE), vec![0xAB; 8192]).unwrap();
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
-    assert!(dir.path().join("quarantine").read_dir().unwrap().next().is_some());
-    assert!(matches!(j.append(msg("d", "a"), limits()).await.unwrap(), Appended::Stored { .. }));
+    assert!(dir
+        .path()
+        .join("quarantine")
+        .read_dir()
+        .unwrap()
+        .next()
+        .is_some());
+    assert!(matches!(
+        j.append(msg("d", "a"), limits()).await.unwrap(),
+        Appended::Stored { .. }
+    ));
     j.close();
 }
 
@@ -173,7 +230,10 @@ async fn a_garbage_database_file_is_quarantined_and_start_up_goes_on() {
 async fn disk_limit_refuses_appends() {
     let dir = tempfile::tempdir().unwrap();
     let j = Journal::open(dir.path(), 1).unwrap();
-    assert!(matches!(j.append(msg("d", "a"), limits()).await, Err(JournalError::StorageFull)));
+    assert!(matches!(
+        j.append(msg("d", "a"), limits()).await,
+        Err(JournalError::StorageFull)
+    ));
     j.close();
 }
 
@@ -182,7 +242,9 @@ async fn sweep_forgets_finished_history() {
     let dir = tempfile::tempdir().unwrap();
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     let a = stored(&j, msg("d", "a")).await;
-    j.settle(a, "d", 1, None, Disposition::Delivered).await.unwrap();
+    j.settle(a, "d", 1, None, Disposition::Delivered)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await; // history must be strictly older than the cutoff
     assert_eq!(j.sweep(0).await.unwrap(), 1);
     assert!(j.status(a).await.unwrap().is_none());

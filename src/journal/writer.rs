@@ -7,10 +7,12 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::schema::{self, STATE_DEAD, STATE_DELIVERED, STATE_DROPPED, STATE_PENDING, STATE_QUARANTINED};
+use super::schema::{
+    self, STATE_DEAD, STATE_DELIVERED, STATE_DROPPED, STATE_PENDING, STATE_QUARANTINED,
+};
 use super::{
-    checksum, encode_headers, now_ms, Appended, DestinationRecord, Disposition, JournalError, JournalStats, LastError,
-    Limits, NewMessage, QueuesHandle, Result,
+    checksum, encode_headers, now_ms, Appended, DestinationRecord, Disposition, JournalError,
+    JournalStats, LastError, Limits, NewMessage, QueuesHandle, Result,
 };
 
 /// Most commands folded into one transaction; bounds the latency one batch
@@ -123,7 +125,9 @@ impl Writer {
         let mut batch: Vec<Command> = Vec::with_capacity(MAX_BATCH);
         let mut close_reply = None;
         while close_reply.is_none() {
-            let Some(first) = rx.blocking_recv() else { break };
+            let Some(first) = rx.blocking_recv() else {
+                break;
+            };
             let mut bytes = 0usize;
             let mut next = Some(first);
             while let Some(cmd) = next.take() {
@@ -188,7 +192,10 @@ impl Writer {
     /// Applies and commits one batch; on failure hands the commands back
     /// (nothing was committed, nothing answered).
     #[allow(clippy::result_large_err)]
-    fn try_batch(&mut self, batch: Vec<Command>) -> std::result::Result<(), (rusqlite::Error, Vec<Command>)> {
+    fn try_batch(
+        &mut self,
+        batch: Vec<Command>,
+    ) -> std::result::Result<(), (rusqlite::Error, Vec<Command>)> {
         self.staged.clear();
         let tx = match self.conn.transaction() {
             Ok(tx) => tx,
@@ -232,7 +239,9 @@ impl Writer {
 
     fn apply_effect(&self, eff: Effect) {
         let Some(dest) = eff.dest else { return };
-        let Some(q) = self.shared.queues.get(&dest) else { return };
+        let Some(q) = self.shared.queues.get(&dest) else {
+            return;
+        };
         add(&q.depth, eff.depth);
         add(&q.bytes, eff.bytes);
         add(&q.dead_letters, eff.dead);
@@ -262,13 +271,18 @@ fn add(a: &std::sync::atomic::AtomicU64, delta: i64) {
         a.fetch_add(delta as u64, Ordering::Relaxed);
     } else {
         // Saturating: counts are rebuilt from disk at start-up anyway.
-        let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| Some(v.saturating_sub((-delta) as u64)));
+        let _ = a.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+            Some(v.saturating_sub((-delta) as u64))
+        });
     }
 }
 
 fn error_of(code: Option<rusqlite::ErrorCode>, e: &rusqlite::Error) -> JournalError {
     match code {
         Some(rusqlite::ErrorCode::DiskFull) => JournalError::StorageFull,
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) | Some(rusqlite::ErrorCode::NotADatabase) => {
+            JournalError::Corrupt(e.to_string())
+        }
         _ => JournalError::Io(std::io::Error::other(e.to_string())),
     }
 }
@@ -283,7 +297,9 @@ enum Answer {
 fn pending_of(cmd: Command, ans: Answer) -> Pending {
     match (cmd, ans) {
         (Command::Append { reply, .. }, Answer::Append(r)) => Pending::Append(reply, r),
-        (Command::Settle { reply, .. }, _) | (Command::SetDestination { reply, .. }, _) => Pending::Unit(reply, Ok(())),
+        (Command::Settle { reply, .. }, _) | (Command::SetDestination { reply, .. }, _) => {
+            Pending::Unit(reply, Ok(()))
+        }
         (Command::Replay { reply, .. }, Answer::Count(n))
         | (Command::Purge { reply, .. }, Answer::Count(n))
         | (Command::Sweep { reply, .. }, Answer::Count(n)) => Pending::Count(reply, Ok(n)),
@@ -301,10 +317,12 @@ fn reject(cmd: Command) {
 fn reject_with(cmd: Command, err: impl Fn() -> JournalError) {
     let p = match cmd {
         Command::Append { reply, .. } => Pending::Append(reply, Ok(Appended::QueueFull)),
-        Command::Settle { reply, .. } | Command::SetDestination { reply, .. } => Pending::Unit(reply, Ok(())),
-        Command::Replay { reply, .. } | Command::Purge { reply, .. } | Command::Sweep { reply, .. } => {
-            Pending::Count(reply, Ok(0))
+        Command::Settle { reply, .. } | Command::SetDestination { reply, .. } => {
+            Pending::Unit(reply, Ok(()))
         }
+        Command::Replay { reply, .. }
+        | Command::Purge { reply, .. }
+        | Command::Sweep { reply, .. } => Pending::Count(reply, Ok(0)),
         Command::Close { reply } => {
             let _ = reply.send(());
             return;
@@ -338,7 +356,9 @@ fn apply(
                     "UPDATE messages SET state = 0, attempts = 0, visible_at = ?2, last_error = NULL, reason = NULL,
                      finished_at = NULL WHERE dest = ?1 AND state = 1 AND (?3 IS NULL OR seq = ?3) RETURNING size",
                 )?;
-                let sizes = stmt.query_map(params![dest, now, seq.map(|s| s as i64)], |r| r.get::<_, i64>(0))?;
+                let sizes = stmt.query_map(params![dest, now, seq.map(|s| s as i64)], |r| {
+                    r.get::<_, i64>(0)
+                })?;
                 for s in sizes {
                     n += 1;
                     bytes += s?;
@@ -363,7 +383,8 @@ fn apply(
             Ok((Answer::Count(n), eff))
         }
         Command::Purge { dest, .. } => {
-            let n = tx.execute("DELETE FROM messages WHERE dest = ?1 AND state = 1", [dest])? as u64;
+            let n =
+                tx.execute("DELETE FROM messages WHERE dest = ?1 AND state = 1", [dest])? as u64;
             let eff = Effect {
                 dest: Some(dest.clone()),
                 dead: -(n as i64),
@@ -412,13 +433,19 @@ fn append(
             .optional()?;
         if let Some((seq, created_at)) = found {
             if msg.received_at - created_at <= limits.idempotency_window_ms {
-                return Ok((Answer::Append(Ok(Appended::Duplicate { seq: seq as u64 })), Effect::default()));
+                return Ok((
+                    Answer::Append(Ok(Appended::Duplicate { seq: seq as u64 })),
+                    Effect::default(),
+                ));
             }
         }
     }
     let stats = &shared.stats;
     if stats.disk_bytes.load(Ordering::Relaxed) >= stats.max_disk.load(Ordering::Relaxed) {
-        return Ok((Answer::Append(Err(JournalError::StorageFull)), Effect::default()));
+        return Ok((
+            Answer::Append(Err(JournalError::StorageFull)),
+            Effect::default(),
+        ));
     }
     let size = msg.body.len() as i64;
     let (staged_n, staged_b) = staged.entry(msg.dest.clone()).or_insert((0, 0));
@@ -468,7 +495,10 @@ fn append(
         dead: 0,
         ready: true,
     };
-    Ok((Answer::Append(Ok(Appended::Stored { seq: seq as u64 })), eff))
+    Ok((
+        Answer::Append(Ok(Appended::Stored { seq: seq as u64 })),
+        eff,
+    ))
 }
 
 fn settle(
@@ -533,7 +563,11 @@ fn settle(
         dest: Some(dest.to_string()),
         depth: -1,
         bytes: -size,
-        dead: if matches!(disposition, Disposition::DeadLetter { .. }) { 1 } else { 0 },
+        dead: if matches!(disposition, Disposition::DeadLetter { .. }) {
+            1
+        } else {
+            0
+        },
         ready: false,
     };
     Ok((Answer::Unit, eff))

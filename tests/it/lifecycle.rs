@@ -1,0 +1,177 @@
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::support::{destination, eventually, Downstream, Reply, Tidegate};
+
+#[tokio::test]
+async fn sigterm_exits_zero_and_queued_messages_are_delivered_after_restart() {
+    let ds = Downstream::start().await;
+    let mut tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
+    tg.admin_post("/v1/destinations/crm/pause", "").await;
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        ids.push(
+            tg.send(&format!("/crm/{i}"), &format!("{{\"n\":{i}}}"))
+                .await,
+        );
+    }
+    let status = tg.terminate().await;
+    assert_eq!(status.code(), Some(0), "log:\n{}", tg.log());
+    assert!(tg.log().contains("stopped cleanly"));
+
+    tg.spawn(&[]).await;
+    // The operator's pause survives the restart.
+    assert_eq!(tg.destination("crm").await["state"], "paused");
+    assert_eq!(tg.destination("crm").await["queue"]["depth"], 20);
+    tg.admin_post("/v1/destinations/crm/resume", "").await;
+    for id in &ids {
+        tg.wait_message_state(id, "delivered").await;
+    }
+    let delivered: HashSet<_> = ds.seen().iter().map(|s| s.message_id()).collect();
+    assert_eq!(delivered.len(), 20);
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_attempt_in_flight_finish() {
+    let ds = Downstream::start().await;
+    ds.respond(|_, _| Reply::status(200).delay(Duration::from_millis(1500)));
+    let mut tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
+    let id = tg.send("/crm/x", "{}").await;
+    eventually(Duration::from_secs(5), "the attempt to start", || async {
+        ds.count() == 1
+    })
+    .await;
+    let status = tg.terminate().await;
+    assert!(status.success());
+    // Restarted, the message is known as delivered: it was not cut off.
+    tg.spawn(&[]).await;
+    assert_eq!(tg.message(&id).await["state"], "delivered");
+    assert_eq!(ds.count(), 1);
+}
+
+#[tokio::test]
+async fn kill_9_under_concurrent_load_loses_no_acknowledged_message() {
+    let ds = Downstream::start().await;
+    // A slowish, sometimes failing downstream keeps messages in every state.
+    ds.respond(|s, n| {
+        if s.body.len() % 7 == 0 && n == 1 {
+            Reply::status(503)
+        } else {
+            Reply::status(200).delay(Duration::from_millis(5))
+        }
+    });
+    let mut tg = Tidegate::start(&destination(
+        "crm",
+        &ds.url(),
+        "[destination.rate_limit]\nrate = \"unlimited\"\nmax_in_flight = 16\n[destination.retry]\ninitial_backoff = \"20ms\"\njitter = false",
+    ))
+    .await;
+    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
+    let mut producers = Vec::new();
+    for p in 0..8 {
+        let client = tg.client.clone();
+        let url = tg.url("/crm/load");
+        let acked = acked.clone();
+        producers.push(tokio::spawn(async move {
+            for i in 0..10_000 {
+                let body = "x".repeat(10 + (p * 37 + i * 11) % 900);
+                match client.post(&url).body(body).send().await {
+                    Ok(r) if r.status() == 202 => {
+                        let v: serde_json::Value = match r.json().await {
+                            Ok(v) => v,
+                            Err(_) => return,
+                        };
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push(v["id"].as_str().unwrap().to_string());
+                    }
+                    _ => return, // the process died under us
+                }
+            }
+        }));
+    }
+    eventually(
+        Duration::from_secs(30),
+        "a few hundred acknowledged",
+        || async { acked.lock().unwrap().len() >= 400 },
+    )
+    .await;
+    tg.kill9();
+    for p in producers {
+        let _ = p.await;
+    }
+    let acked: Vec<String> = acked.lock().unwrap().clone();
+    tg.spawn(&[]).await;
+    eventually(
+        Duration::from_secs(60),
+        "every acknowledged message delivered",
+        || async {
+            let delivered: HashSet<String> = ds.seen().iter().map(|s| s.message_id()).collect();
+            acked.iter().all(|id| delivered.contains(id))
+        },
+    )
+    .await;
+    let d = tg.destination("crm").await;
+    eventually(Duration::from_secs(20), "the queue to drain", || async {
+        tg.destination("crm").await["queue"]["depth"] == 0
+    })
+    .await;
+    assert!(d["counters"]["received"].as_u64().is_some());
+}
+
+#[tokio::test]
+async fn a_corrupted_database_page_does_not_stop_start_up() {
+    let ds = Downstream::start().await;
+    let mut tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
+    tg.admin_post("/v1/destinations/crm/pause", "").await;
+    for i in 0..200 {
+        tg.send(&format!("/crm/{i}"), &"y".repeat(2000)).await;
+    }
+    // A clean stop checkpoints everything into the main database file.
+    assert!(tg.terminate().await.success());
+    // Scribble over a stretch of pages in the middle of it.
+    let path = tg.data_dir().join("journal.db");
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert!(
+        bytes.len() > 200 * 1024,
+        "database is {} bytes",
+        bytes.len()
+    );
+    let mid = bytes.len() / 2;
+    for b in &mut bytes[mid..mid + 16 * 1024] {
+        *b = 0x5A;
+    }
+    std::fs::write(&path, bytes).unwrap();
+    tg.spawn(&[]).await;
+    let r = tg.client.get(tg.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    // It still takes and delivers new work.
+    tg.admin_post("/v1/destinations/crm/resume", "").await;
+    let id = tg.send("/crm/after", "{}").await;
+    tg.wait_message_state(&id, "delivered").await;
+    // What survived is delivered; the damage was reported.
+    eventually(Duration::from_secs(30), "the queue to drain", || async {
+        tg.destination("crm").await["queue"]["depth"] == 0
+    })
+    .await;
+    let delivered = ds.count();
+    assert!(
+        delivered > 100,
+        "intact messages were delivered ({delivered})"
+    );
+    // The damaged file is kept for forensics, not deleted.
+    assert!(tg
+        .data_dir()
+        .join("quarantine")
+        .read_dir()
+        .unwrap()
+        .next()
+        .is_some());
+    let log = tg.log();
+    assert!(
+        log.contains("quarantin") || log.contains("checksum"),
+        "the corruption is reported in the log:\n{log}"
+    );
+}

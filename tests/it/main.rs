@@ -1,0 +1,11 @@
+//! End-to-end tests: the real `tidegate` binary, real downstream HTTP
+//! servers on 127.0.0.1 ephemeral ports, real signals and files.
+
+mod support;
+
+mod backpressure;
+mod failure_modes;
+mod forwarding;
+mod lifecycle;
+mod problems;
+mod rate;

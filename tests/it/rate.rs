@@ -1,0 +1,93 @@
+use std::time::{Duration, Instant};
+
+use crate::support::{destination, Downstream, Tidegate};
+
+/// Deliveries in the busiest window of `width` (sliding, at each arrival).
+fn busiest(times: &[Instant], width: Duration) -> usize {
+    let mut best = 0;
+    for (i, t) in times.iter().enumerate() {
+        let n = times[i..].iter().take_while(|u| **u < *t + width).count();
+        best = best.max(n);
+    }
+    best
+}
+
+#[tokio::test]
+async fn the_token_bucket_holds_the_configured_rate_and_burst() {
+    const N: usize = 60;
+    const RATE: usize = 20;
+    const BURST: usize = 5;
+    let ds = Downstream::start().await;
+    let tg = Tidegate::start(&destination(
+        "crm",
+        &ds.url(),
+        &format!("[destination.rate_limit]\nrate = \"{RATE}/s\"\nburst = {BURST}\nmax_in_flight = 16\nadaptive = false"),
+    ))
+    .await;
+    // Queue everything first so the limiter, not the producer, sets the pace.
+    tg.admin_post("/v1/destinations/crm/pause", "").await;
+    let mut ids = Vec::new();
+    for i in 0..N {
+        ids.push(tg.send(&format!("/crm/{i}"), "{}").await);
+    }
+    tg.admin_post("/v1/destinations/crm/resume", "").await;
+    crate::support::eventually(Duration::from_secs(30), "all delivered", || async {
+        tg.destination("crm").await["counters"]["delivered"] == N as u64
+    })
+    .await;
+    let times: Vec<Instant> = ds.seen().iter().map(|s| s.at).collect();
+    assert_eq!(times.len(), N);
+    let span = *times.last().unwrap() - times[0];
+    // A token bucket cannot release N messages faster than (N - burst) / rate.
+    let floor = Duration::from_secs_f64((N - BURST) as f64 / RATE as f64);
+    assert!(
+        span >= floor.mul_f64(0.95),
+        "{N} deliveries took {span:?}, under the floor {floor:?}"
+    );
+    // Never more than rate + burst in any one second ...
+    let per_second = busiest(&times, Duration::from_secs(1));
+    assert!(
+        per_second <= RATE + BURST,
+        "{per_second} deliveries in one second"
+    );
+    // ... and smooth within the second: after the initial burst, no 100 ms
+    // window holds more than its share plus one.
+    let after_burst = &times[BURST..];
+    let per_100ms = busiest(after_burst, Duration::from_millis(100));
+    assert!(
+        per_100ms <= RATE / 10 + 1,
+        "{per_100ms} deliveries in 100 ms after the burst"
+    );
+}
+
+#[tokio::test]
+async fn max_in_flight_caps_concurrent_attempts() {
+    let ds = Downstream::start().await;
+    ds.respond(|_, _| crate::support::Reply::status(200).delay(Duration::from_millis(300)));
+    let tg = Tidegate::start(&destination(
+        "crm",
+        &ds.url(),
+        "[destination.rate_limit]\nrate = \"unlimited\"\nmax_in_flight = 3",
+    ))
+    .await;
+    tg.admin_post("/v1/destinations/crm/pause", "").await;
+    for i in 0..9 {
+        tg.send(&format!("/crm/{i}"), "{}").await;
+    }
+    tg.admin_post("/v1/destinations/crm/resume", "").await;
+    let mut peak = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let d = tg.destination("crm").await;
+        peak = peak.max(d["queue"]["in_flight"].as_u64().unwrap());
+        if d["counters"]["delivered"] == 9 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not all delivered in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(peak <= 3, "in_flight reached {peak}");
+    // Arrival times: never more than 3 requests within one 300 ms service time.
+    let times: Vec<Instant> = ds.seen().iter().map(|s| s.at).collect();
+    assert!(busiest(&times, Duration::from_millis(250)) <= 3);
+}

@@ -1,0 +1,281 @@
+//! Helpers for end-to-end tests: a real `tidegate` process on ephemeral
+//! ports, a programmable downstream HTTP server, and polling with deadlines.
+
+#![allow(dead_code)]
+
+pub mod downstream;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use downstream::{Downstream, Reply};
+
+/// Polls `cond` until it holds or `timeout` passes; panics with `what`.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running tidegate binary with its own data directory.
+pub struct Tidegate {
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    child: Option<Child>,
+    pub ingress: SocketAddr,
+    pub admin: SocketAddr,
+    pub client: reqwest::Client,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+/// The head of every test config: ephemeral ports, a private data dir.
+fn base_config(data: &Path, extra: &Extra) -> String {
+    format!(
+        "[ingress]\nlisten = \"127.0.0.1:0\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[storage]\npath = \"{}\"\n{}\n[server]\nshutdown_timeout = \"5s\"\n\n",
+        extra.ingress,
+        data.display(),
+        extra.storage
+    )
+}
+
+/// Extra keys for the fixed sections of a test config.
+#[derive(Default, Clone, Copy)]
+pub struct Extra<'a> {
+    pub ingress: &'a str,
+    pub storage: &'a str,
+    pub env: &'a [(&'a str, &'a str)],
+}
+
+impl Tidegate {
+    /// Starts tidegate with `destinations` (TOML for `[[destination]]`
+    /// tables) and optional extra `[ingress]` keys.
+    pub async fn start(destinations: &str) -> Tidegate {
+        Self::start_with(destinations, Extra::default()).await
+    }
+
+    pub async fn start_with(destinations: &str, extra: Extra<'_>) -> Tidegate {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config_path = dir.path().join("tidegate.toml");
+        let cfg = format!(
+            "{}{destinations}",
+            base_config(&dir.path().join("data"), &extra)
+        );
+        std::fs::write(&config_path, cfg).expect("write config");
+        let mut t = Tidegate {
+            dir,
+            config_path,
+            child: None,
+            ingress: "127.0.0.1:1".parse().unwrap(),
+            admin: "127.0.0.1:1".parse().unwrap(),
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(64)
+                .build()
+                .unwrap(),
+            stderr: Arc::new(Mutex::new(Vec::new())),
+        };
+        t.spawn(extra.env).await;
+        t
+    }
+
+    /// Rewrites the config with other destinations (same ports: 0 again).
+    pub fn rewrite_destinations(&self, destinations: &str) {
+        let cfg = format!(
+            "{}{destinations}",
+            base_config(&self.dir.path().join("data"), &Extra::default())
+        );
+        std::fs::write(&self.config_path, cfg).expect("write config");
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts (or restarts) the process and waits for its listening line.
+    pub async fn spawn(&mut self, env: &[(&str, &str)]) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidegate"));
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&self.config_path)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn tidegate");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = self.stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+            .await
+            .unwrap();
+        let line = match line {
+            Ok(l) => l,
+            Err(_) => {
+                let status = child.try_wait();
+                panic!(
+                    "tidegate did not start ({status:?}); stderr:\n{}",
+                    self.stderr.lock().unwrap().join("\n")
+                );
+            }
+        };
+        let field = |name: &str| -> SocketAddr {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{name}=")))
+                .and_then(|a| a.parse().ok())
+                .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+        };
+        self.ingress = field("ingress");
+        self.admin = field("admin");
+        self.child = Some(child);
+    }
+
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.ingress)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    /// POSTs `body` to `/{path}` on ingress.
+    pub async fn post(&self, path: &str, body: &str) -> reqwest::Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("ingress request")
+    }
+
+    /// POSTs and returns the message id from a 202.
+    pub async fn send(&self, path: &str, body: &str) -> String {
+        let r = self.post(path, body).await;
+        assert_eq!(r.status(), 202, "POST {path}");
+        let v: serde_json::Value = r.json().await.unwrap();
+        v["id"].as_str().unwrap().to_string()
+    }
+
+    pub async fn admin_get(&self, path: &str) -> serde_json::Value {
+        let r = self
+            .client
+            .get(self.admin_url(path))
+            .send()
+            .await
+            .expect("admin request");
+        r.json().await.expect("admin json")
+    }
+
+    pub async fn admin_post(&self, path: &str, body: &str) -> reqwest::Response {
+        self.client
+            .post(self.admin_url(path))
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("admin request")
+    }
+
+    pub async fn destination(&self, name: &str) -> serde_json::Value {
+        self.admin_get(&format!("/v1/destinations/{name}")).await
+    }
+
+    pub async fn message(&self, id: &str) -> serde_json::Value {
+        self.admin_get(&format!("/v1/messages/{id}")).await
+    }
+
+    pub async fn wait_state(&self, dest: &str, state: &str) {
+        eventually(
+            Duration::from_secs(20),
+            &format!("{dest} to be {state}"),
+            || async { self.destination(dest).await["state"] == state },
+        )
+        .await
+    }
+
+    pub async fn wait_message_state(&self, id: &str, state: &str) {
+        eventually(
+            Duration::from_secs(20),
+            &format!("message {id} to be {state}"),
+            || async { self.message(id).await["state"] == state },
+        )
+        .await
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub async fn terminate(&mut self) -> std::process::ExitStatus {
+        signal(self.pid(), "TERM");
+        self.wait_exit().await
+    }
+
+    /// Waits for the process to exit by itself.
+    pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        tokio::task::spawn_blocking(move || c.wait().expect("wait"))
+            .await
+            .unwrap()
+    }
+}
+
+pub fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    assert!(ok, "kill -{sig} {pid}");
+}
+
+impl Drop for Tidegate {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A `[[destination]]` table pointing at `url`, with extra lines.
+pub fn destination(name: &str, url: &str, extra: &str) -> String {
+    format!("[[destination]]\nname = \"{name}\"\nurl = \"{url}\"\nowner = \"test@example.com\"\n{extra}\n")
+}
