@@ -43,13 +43,34 @@ pub struct Ingress {
 }
 
 pub fn router(state: Ingress) -> Router {
-    Router::new().fallback(handle).with_state(state)
+    // Counter handles resolved once: a label lookup per request is a hash
+    // and a lock on the hot path.
+    let received = state
+        .dispatcher
+        .destinations()
+        .iter()
+        .map(|d| {
+            (
+                d.name.clone(),
+                state.metrics.received.with_label_values(&[d.name.as_str()]),
+            )
+        })
+        .collect();
+    Router::new().fallback(handle).with_state(Arc::new(Shared {
+        ing: state,
+        received,
+    }))
+}
+
+struct Shared {
+    ing: Ingress,
+    received: std::collections::HashMap<String, prometheus::IntCounter>,
 }
 
 const ALLOW: &str = "POST, PUT, PATCH, DELETE";
 
-async fn handle(State(ing): State<Ingress>, req: Request) -> Response {
-    match accept(&ing, req).await {
+async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    match accept(&shared, req).await {
         Ok(r) => r,
         Err(p) => p.into_response(),
     }
@@ -77,7 +98,8 @@ fn reject(ing: &Ingress, dest: &str, reason: &str, p: Problem) -> Problem {
     p
 }
 
-async fn accept(ing: &Ingress, req: Request) -> Result<Response, Problem> {
+async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
+    let ing = &shared.ing;
     let started = Instant::now();
     if ing.shutting_down.load(Ordering::Relaxed) {
         return Err(Problem::shutting_down());
@@ -168,7 +190,9 @@ async fn accept(ing: &Ingress, req: Request) -> Result<Response, Problem> {
         .observe(started.elapsed().as_secs_f64());
     let (seq, duplicate) = match appended {
         Appended::Stored { seq } => {
-            ing.metrics.received.with_label_values(&[name]).inc();
+            if let Some(c) = shared.received.get(name) {
+                c.inc();
+            }
             (seq, false)
         }
         Appended::Duplicate { seq } => (seq, true),
@@ -182,15 +206,16 @@ async fn accept(ing: &Ingress, req: Request) -> Result<Response, Problem> {
         };
         let body =
             serde_json::json!({"id": id, "destination": name, "status": status, "duplicate": true});
-        return Ok(json_response(StatusCode::OK, &body, &id));
+        return Ok(json_response(StatusCode::OK, body.to_string(), &id));
     }
     if let Some(wait) = wait {
         if let Some(done) = ing.dispatcher.completions().wait(seq, wait).await {
             return Ok(completed_response(done, wait));
         }
     }
-    let body = serde_json::json!({"id": id, "destination": name, "status": "queued"});
-    Ok(json_response(StatusCode::ACCEPTED, &body, &id))
+    // Ids and destination names need no JSON escaping.
+    let body = format!(r#"{{"id":"{id}","destination":"{name}","status":"queued"}}"#);
+    Ok(json_response(StatusCode::ACCEPTED, body, &id))
 }
 
 /// `/{destination}/{rest}` → (destination, "/rest" or "").
@@ -312,8 +337,8 @@ fn queue_retry_after(dest: &dispatch::Destination, cfg: &config::Destination) ->
     (excess / rate).ceil().clamp(1.0, 3600.0) as u64
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value, id: &str) -> Response {
-    let mut r = (status, body.to_string()).into_response();
+fn json_response(status: StatusCode, body: String, id: &str) -> Response {
+    let mut r = (status, body).into_response();
     r.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),

@@ -248,7 +248,14 @@ struct Inner {
     queues: RwLock<HashMap<String, Arc<QueueCounts>>>,
     stats: Arc<JournalStats>,
     dir: PathBuf,
-    writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    #[allow(clippy::type_complexity)]
+    writer_thread: std::sync::Mutex<
+        Option<(
+            std::thread::JoinHandle<()>,
+            std::thread::JoinHandle<()>,
+            std::sync::mpsc::Sender<()>,
+        )>,
+    >,
 }
 
 impl Journal {
@@ -280,7 +287,12 @@ impl Journal {
                 })?
             }
         };
-        let schema::Opened { conn, salt, counts } = opened;
+        let schema::Opened {
+            conn,
+            salt,
+            counts,
+            next_seq,
+        } = opened;
         let mut queues = HashMap::new();
         for (dest, c) in counts {
             let q = Arc::new(QueueCounts::default());
@@ -301,24 +313,27 @@ impl Journal {
             writer_thread: std::sync::Mutex::new(None),
         });
         let journal = Journal { inner };
-        let w = writer::Writer::new(conn, db, journal.clone_weak_parts());
+        let wal_restart = Arc::new(AtomicBool::new(false));
+        let shared = writer::Shared {
+            queues: QueuesHandle(Arc::downgrade(&journal.inner)),
+            stats: journal.inner.stats.clone(),
+            wal_restart: wal_restart.clone(),
+        };
+        let w = writer::Writer::new(conn, db.clone(), shared, next_seq)?;
         let handle = std::thread::Builder::new()
             .name("journal-writer".into())
             .spawn(move || w.run(rx))?;
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel();
+        let ckpt = std::thread::Builder::new()
+            .name("journal-checkpoint".into())
+            .spawn(move || writer::checkpointer(db, stop_rx, wal_restart))?;
         *journal
             .inner
             .writer_thread
             .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(handle);
+            .unwrap_or_else(|e| e.into_inner()) = Some((handle, ckpt, stop_tx));
         stats.open.store(true, Ordering::Relaxed);
         Ok(journal)
-    }
-
-    fn clone_weak_parts(&self) -> writer::Shared {
-        writer::Shared {
-            queues: QueuesHandle(Arc::downgrade(&self.inner)),
-            stats: self.inner.stats.clone(),
-        }
     }
 
     pub fn stats(&self) -> &Arc<JournalStats> {
@@ -535,18 +550,25 @@ impl Journal {
     /// marker is set, and the writer thread exits.
     pub fn close(&self) {
         self.inner.stats.open.store(false, Ordering::Relaxed);
-        let (reply, rx) = std::sync::mpsc::channel();
-        if self.inner.tx.send(writer::Command::Close { reply }).is_ok() {
-            let _ = rx.recv();
-        }
-        if let Some(h) = self
+        // Stop checkpointing first: the writer's final TRUNCATE checkpoint
+        // needs the WAL to itself.
+        let threads = self
             .inner
             .writer_thread
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
-            let _ = h.join();
+            .take();
+        let writer = threads.map(|(writer, ckpt, stop)| {
+            drop(stop);
+            let _ = ckpt.join();
+            writer
+        });
+        let (reply, rx) = std::sync::mpsc::channel();
+        if self.inner.tx.send(writer::Command::Close { reply }).is_ok() {
+            let _ = rx.recv();
+        }
+        if let Some(w) = writer {
+            let _ = w.join();
         }
     }
 }

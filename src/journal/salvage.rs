@@ -80,6 +80,12 @@ fn copy_rows(old: &Connection, new: &Connection, report: &mut Report) {
             .ok()
         })
         .unwrap_or(0);
+    let floor = schema::meta(old, "seq_floor")
+        .ok()
+        .flatten()
+        .and_then(|s| s.parse::<i64>().ok())
+        .unwrap_or(0);
+    let _ = schema::set_meta(new, "seq_floor", &floor.max(max_seq).to_string());
     let _ = new.execute_batch("BEGIN");
     let mut lo = 1;
     while lo <= max_seq {

@@ -63,6 +63,8 @@ pub enum Command {
 pub(crate) struct Shared {
     pub queues: QueuesHandle,
     pub stats: Arc<JournalStats>,
+    /// Set by the checkpointer when the WAL should be rewound.
+    pub wal_restart: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What a command changed, applied to the in-memory counts only once the
@@ -107,18 +109,40 @@ pub(crate) struct Writer {
     /// Pending bytes per destination as seen inside the open transaction,
     /// so limits hold within a batch too.
     staged: std::collections::HashMap<String, (i64, i64)>,
+    /// The sequence number the next append gets.
+    next_seq: i64,
+    /// Hands committed batches to the syncer thread.
+    syncer: Option<std::sync::mpsc::Sender<Vec<Pending>>>,
+    syncer_thread: Option<std::thread::JoinHandle<()>>,
+    last_disk_check: std::time::Instant,
 }
 
 impl Writer {
-    pub fn new(conn: Connection, path: PathBuf, shared: Shared) -> Self {
-        let w = Writer {
+    pub fn new(
+        conn: Connection,
+        path: PathBuf,
+        shared: Shared,
+        next_seq: i64,
+    ) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        let stats = shared.stats.clone();
+        let syncer_thread = std::thread::Builder::new()
+            .name("journal-sync".into())
+            .spawn(move || syncer(PathBuf::from(wal), rx, stats))?;
+        let mut w = Writer {
             conn,
             path,
             shared,
             staged: Default::default(),
+            next_seq,
+            syncer: Some(tx),
+            syncer_thread: Some(syncer_thread),
+            last_disk_check: std::time::Instant::now(),
         };
         w.refresh_disk_bytes();
-        w
+        Ok(w)
     }
 
     pub fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
@@ -147,11 +171,24 @@ impl Writer {
             if !batch.is_empty() {
                 self.commit_batch(std::mem::take(&mut batch));
             }
+            if self.shared.wal_restart.swap(false, Ordering::Relaxed) {
+                if let Err(e) =
+                    self.conn
+                        .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
+                {
+                    tracing::warn!(error = %e, "WAL restart checkpoint failed; will retry");
+                }
+            }
         }
         // Anything still queued after Close is answered as closed.
         rx.close();
         while let Ok(cmd) = rx.try_recv() {
             reject(cmd);
+        }
+        // Let the syncer make the last batches durable and answer them.
+        self.syncer.take();
+        if let Some(t) = self.syncer_thread.take() {
+            let _ = t.join();
         }
         let _ = self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
         if let Err(e) = schema::set_meta(&self.conn, "clean_shutdown", "1") {
@@ -186,7 +223,10 @@ impl Writer {
                 }
             }
         }
-        self.refresh_disk_bytes();
+        // A few stat calls: cheap, but not for every batch under load.
+        if self.last_disk_check.elapsed() >= std::time::Duration::from_millis(50) {
+            self.refresh_disk_bytes();
+        }
     }
 
     /// Applies and commits one batch; on failure hands the commands back
@@ -197,6 +237,7 @@ impl Writer {
         batch: Vec<Command>,
     ) -> std::result::Result<(), (rusqlite::Error, Vec<Command>)> {
         self.staged.clear();
+        let first_seq = self.next_seq;
         let tx = match self.conn.transaction() {
             Ok(tx) => tx,
             Err(e) => return Err((e, batch)),
@@ -207,7 +248,7 @@ impl Writer {
         // Commands are consumed as applied; keep a way back on failure by
         // applying against references first.
         for cmd in batch.iter() {
-            match apply(&tx, cmd, &self.shared, &mut self.staged) {
+            match apply(&tx, cmd, &self.shared, &mut self.staged, &mut self.next_seq) {
                 Ok((ans, eff)) => {
                     answers.push(ans);
                     effects.push(eff);
@@ -220,19 +261,38 @@ impl Writer {
         }
         if let Some(e) = failed {
             drop(tx);
+            self.next_seq = first_seq;
             return Err((e, batch));
         }
         if let Err(e) = tx.commit() {
+            self.next_seq = first_seq;
             return Err((e, batch));
         }
-        let stats = &self.shared.stats;
-        stats.fsyncs.fetch_add(1, Ordering::Relaxed);
-        stats.last_commit_ms.store(now_ms(), Ordering::Relaxed);
+        self.shared
+            .stats
+            .last_commit_ms
+            .store(now_ms(), Ordering::Relaxed);
         for eff in effects {
             self.apply_effect(eff);
         }
-        for (cmd, ans) in batch.into_iter().zip(answers) {
-            pending_of(cmd, ans).answer();
+        // The batch is in the WAL but not yet on stable storage: the syncer
+        // answers once an fdatasync has covered it.
+        let pending: Vec<Pending> = batch
+            .into_iter()
+            .zip(answers)
+            .map(|(c, a)| pending_of(c, a))
+            .collect();
+        match &self.syncer {
+            Some(tx) => {
+                if let Err(std::sync::mpsc::SendError(pending)) = tx.send(pending) {
+                    for p in pending {
+                        p.fail(|| JournalError::Closed);
+                    }
+                }
+            }
+            None => pending
+                .into_iter()
+                .for_each(|p| p.fail(|| JournalError::Closed)),
         }
         Ok(())
     }
@@ -253,7 +313,8 @@ impl Writer {
         }
     }
 
-    fn refresh_disk_bytes(&self) {
+    fn refresh_disk_bytes(&mut self) {
+        self.last_disk_check = std::time::Instant::now();
         let mut total = 0;
         for suffix in ["", "-wal", "-shm"] {
             let mut p = self.path.clone().into_os_string();
@@ -336,9 +397,18 @@ fn apply(
     cmd: &Command,
     shared: &Shared,
     staged: &mut std::collections::HashMap<String, (i64, i64)>,
+    next_seq: &mut i64,
 ) -> rusqlite::Result<(Answer, Effect)> {
+    // Deleting rows must not let their sequence numbers be handed out again.
+    let keep_floor = |tx: &Transaction<'_>, next: i64| {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('seq_floor', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [(next - 1).to_string()],
+        )
+    };
     match cmd {
-        Command::Append { msg, limits, .. } => append(tx, msg, limits, shared, staged),
+        Command::Append { msg, limits, .. } => append(tx, msg, limits, shared, staged, next_seq),
         Command::Settle {
             seq,
             dest,
@@ -412,6 +482,7 @@ fn apply(
                  (SELECT dest, key FROM idempotency WHERE created_at < ?1 LIMIT ?2)",
                 params![cutoff, SWEEP_CHUNK],
             )?;
+            keep_floor(tx, *next_seq)?;
             tx.execute_batch("PRAGMA incremental_vacuum(2000)")?;
             Ok((Answer::Count(n), Effect::default()))
         }
@@ -425,6 +496,7 @@ fn append(
     limits: &Limits,
     shared: &Shared,
     staged: &mut std::collections::HashMap<String, (i64, i64)>,
+    next_seq: &mut i64,
 ) -> rusqlite::Result<(Answer, Effect)> {
     if let Some(key) = &msg.idempotency_key {
         let found: Option<(i64, i64)> = tx
@@ -452,33 +524,33 @@ fn append(
     if let Some(q) = shared.queues.get(&msg.dest) {
         let depth = q.depth.load(Ordering::Relaxed) as i64 + *staged_n;
         let bytes = q.bytes.load(Ordering::Relaxed) as i64 + *staged_b;
-        if depth + 1 > limits.max_messages as i64 || bytes + size > limits.max_bytes as i64 {
+        let cap = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        if depth + 1 > cap(limits.max_messages) || bytes + size > cap(limits.max_bytes) {
             return Ok((Answer::Append(Ok(Appended::QueueFull)), Effect::default()));
         }
     }
     let headers = encode_headers(&msg.headers);
     let crc = checksum(&msg.method, &msg.path, &headers, &msg.body);
-    let seq: i64 = tx
-        .prepare_cached(
-            "INSERT INTO messages (dest, state, visible_at, received_at, method, path, headers, body, size, crc, version,
-             idem_key, wants_reply) VALUES (?1, 0, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING seq",
-        )?
-        .query_row(
-            params![
-                msg.dest,
-                msg.received_at,
-                msg.method,
-                msg.path,
-                headers,
-                &msg.body[..],
-                size,
-                crc,
-                schema::FORMAT_VERSION,
-                msg.idempotency_key,
-                msg.wants_reply
-            ],
-            |r| r.get(0),
-        )?;
+    let seq = *next_seq;
+    tx.prepare_cached(
+        "INSERT INTO messages (seq, dest, state, visible_at, received_at, method, path, headers, body, size, crc,
+         version, idem_key, wants_reply) VALUES (?1, ?2, 0, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    )?
+    .execute(params![
+        seq,
+        msg.dest,
+        msg.received_at,
+        msg.method,
+        msg.path,
+        headers,
+        &msg.body[..],
+        size,
+        crc,
+        schema::FORMAT_VERSION,
+        msg.idempotency_key,
+        msg.wants_reply
+    ])?;
+    *next_seq += 1;
     if let Some(key) = &msg.idempotency_key {
         tx.prepare_cached(
             "INSERT INTO idempotency (dest, key, seq, created_at) VALUES (?1, ?2, ?3, ?4)
@@ -571,4 +643,87 @@ fn settle(
         ready: false,
     };
     Ok((Answer::Unit, eff))
+}
+
+/// WAL frames past which the writer restarts the WAL from its beginning.
+const WAL_RESTART_FRAMES: i64 = 8192;
+
+/// Copies the WAL back into the database on its own connection, so commits
+/// rarely wait for a checkpoint. PASSIVE mode never blocks the writer, but
+/// it cannot rewind the WAL while appends keep coming; so when the WAL is
+/// long, it asks the writer (through `wal_restart`) to run a RESTART
+/// checkpoint between two batches. By then almost every frame has been
+/// copied, so that pause is short, and the WAL stays small and cached.
+pub(crate) fn checkpointer(
+    path: PathBuf,
+    stop: std::sync::mpsc::Receiver<()>,
+    wal_restart: Arc<std::sync::atomic::AtomicBool>,
+) {
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+    let conn = match Connection::open(&path).and_then(|c| {
+        schema::configure(&c, false)?;
+        c.pragma_update(None, "query_only", false)?;
+        Ok(c)
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot open the checkpoint connection; the writer will checkpoint alone");
+            wal_restart.store(true, Ordering::Relaxed);
+            return;
+        }
+    };
+    while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(EVERY) {
+        match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
+            Ok(log_frames) if log_frames > WAL_RESTART_FRAMES => {
+                wal_restart.store(true, Ordering::Relaxed)
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
+        }
+    }
+}
+
+/// Makes committed batches durable and only then answers them: group commit
+/// of the fsync. The writer commits with `synchronous=NORMAL` (SQLite then
+/// writes WAL frames without syncing; it still syncs around checkpoints and
+/// WAL resets, so the file is never corrupted), and this thread calls
+/// `fdatasync` on the WAL for every group of batches that queued up while
+/// the previous sync ran. A batch's frames were written before it was
+/// queued here, so the sync covers them. The writer applies the next batch
+/// while this one syncs.
+///
+/// A failed fdatasync leaves the state of the file unknown (the kernel may
+/// have dropped the dirty pages): the batch is failed and the journal is
+/// poisoned, which stops the process (fail-stop, as PostgreSQL does).
+fn syncer(wal: PathBuf, rx: std::sync::mpsc::Receiver<Vec<Pending>>, stats: Arc<JournalStats>) {
+    let mut file: Option<std::fs::File> = None;
+    while let Ok(mut group) = rx.recv() {
+        while let Ok(more) = rx.try_recv() {
+            group.extend(more);
+        }
+        let synced = match &file {
+            Some(f) => f.sync_data(),
+            None => std::fs::OpenOptions::new()
+                .read(true)
+                .open(&wal)
+                .and_then(|f| {
+                    let r = f.sync_data();
+                    file = Some(f);
+                    r
+                }),
+        };
+        match synced {
+            Ok(()) => {
+                stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                group.into_iter().for_each(Pending::answer);
+            }
+            Err(e) => {
+                let detail = format!("fdatasync of the WAL failed: {e}");
+                stats.note_error(&JournalError::Corrupt(detail.clone()));
+                for p in group {
+                    p.fail(|| JournalError::Io(std::io::Error::other(detail.clone())));
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# Durable ingest throughput: tidegate (destination paused, so every request
+# is a durable append and nothing else) against nginx `return 202` on the
+# same machine in the same run: the HTTP ceiling of the box.
+#
+#   loadtests/ingest.sh [DURATION] [CONNECTIONS]
+#
+# Needs wrk and nginx (Debian packages; installed if missing). Targets
+# 127.0.0.1 only and stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-20s}
+CONNS=${2:-32}
+THREADS=${THREADS:-2}
+
+need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
+need wrk wrk
+need nginx nginx-light
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+cargo build --release --quiet
+NGINX_PORT=$(free_port)
+mkdir -p "$work/nginx/logs"
+cat > "$work/nginx/nginx.conf" <<CONF
+worker_processes auto;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/logs/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx;
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / { client_max_body_size 2m; return 202 '{"id":"0","destination":"x","status":"queued"}'; }
+  }
+}
+CONF
+nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+pids+=($!)
+
+cat > "$work/tidegate.toml" <<CONF
+[ingress]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[storage]
+path = "$work/data"
+[log]
+level = "${TIDEGATE_LOG_LEVEL:-info}"
+format = "${TIDEGATE_LOG_FORMAT:-text}"
+[[destination]]
+name = "bench"
+url = "http://127.0.0.1:9/"
+owner = "bench@example.com"
+CONF
+./target/release/tidegate serve --config "$work/tidegate.toml" > "$work/tg.out" 2> "$work/tg.err" &
+pids+=($!)
+for _ in $(seq 100); do grep -q listening "$work/tg.out" 2>/dev/null && break; sleep 0.1; done
+INGRESS=$(sed -n 's/.*ingress=\([^ ]*\).*/\1/p' "$work/tg.out")
+ADMIN=$(sed -n 's/.*admin=\([^ ]*\).*/\1/p' "$work/tg.out")
+curl -sf -X POST "http://$ADMIN/v1/destinations/bench/pause" >/dev/null
+
+run() { wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s loadtests/post-1k.lua "$1" 2>&1; }
+echo "== nginx return 202 =="; nginx_out=$(run "http://127.0.0.1:$NGINX_PORT/bench/x"); echo "$nginx_out"
+echo "== tidegate durable ingest =="; tg_out=$(run "http://$INGRESS/bench/x"); echo "$tg_out"
+
+rps() { echo "$1" | awk '/Requests\/sec/ {print $2}'; }
+p99() { echo "$1" | awk '/ 99%/ {print $2}'; }
+non2xx() { echo "$1" | awk '/Non-2xx/ {print $5}'; }
+depth=$(curl -s "http://$ADMIN/v1/destinations/bench" | python3 -c 'import json,sys; print(json.load(sys.stdin)["queue"]["depth"])')
+n=$(rps "$nginx_out"); t=$(rps "$tg_out")
+printf '\n%-28s %12s %10s\n' "target" "req/s" "p99"
+printf '%-28s %12s %10s\n' "nginx return 202" "$n" "$(p99 "$nginx_out")"
+printf '%-28s %12s %10s\n' "tidegate durable ingest" "$t" "$(p99 "$tg_out")"
+python3 -c "print(f'ratio tidegate/nginx: {$t/$n:.3f}')"
+echo "tidegate non-2xx: ${non2xx:-0}$(non2xx "$tg_out"); messages stored (queue depth): $depth"
