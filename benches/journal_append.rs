@@ -40,7 +40,7 @@ fn append(c: &mut Criterion) {
     let mut group = c.benchmark_group("journal_append_1KiB");
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(10));
-    for writers in [1usize, 256] {
+    for writers in [1usize, 32, 256] {
         let fsyncs_before = journal.stats().fsyncs.load(Ordering::Relaxed);
         let mut appended = 0u64;
         let mut busy = Duration::ZERO;

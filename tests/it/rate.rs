@@ -91,3 +91,62 @@ async fn max_in_flight_caps_concurrent_attempts() {
     let times: Vec<Instant> = ds.seen().iter().map(|s| s.at).collect();
     assert!(busiest(&times, Duration::from_millis(250)) <= 3);
 }
+
+#[tokio::test]
+async fn a_429_halves_the_effective_rate_and_pauses_until_retry_after() {
+    let ds = Downstream::start().await;
+    ds.respond(|_, n| {
+        if n == 1 {
+            crate::support::Reply::status(429).header("retry-after", "1")
+        } else {
+            crate::support::Reply::status(200)
+        }
+    });
+    let tg = Tidegate::start(&destination(
+        "crm",
+        &ds.url(),
+        "[destination.rate_limit]\nrate = \"40/s\"\nburst = 1\nmax_in_flight = 1\nadaptive = true",
+    ))
+    .await;
+    let first = tg.send("/crm/first", "{}").await;
+    crate::support::eventually(Duration::from_secs(5), "the 429 to be seen", || async { ds.count() >= 1 }).await;
+    let d = tg.destination("crm").await;
+    let effective = d["rate_limit"]["effective_per_second"].as_f64().unwrap();
+    assert!(effective <= 20.0, "effective rate {effective} after a 429");
+    assert_eq!(d["rate_limit"]["configured_per_second"], 40.0);
+    tg.wait_message_state(&first, "delivered").await;
+    let a = ds.attempts_for(&first);
+    assert!(a[1].at - a[0].at >= Duration::from_millis(950), "Retry-After paused the destination");
+    // Calm seconds win the rate back, 5% of the configured rate each.
+    crate::support::eventually(Duration::from_secs(20), "the rate to recover", || async {
+        tg.destination("crm").await["rate_limit"]["effective_per_second"] == 40.0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn spent_rate_limit_quota_pauses_the_destination_until_reset() {
+    let ds = Downstream::start().await;
+    ds.respond(|s, _| {
+        if s.path_and_query.ends_with("/a") {
+            crate::support::Reply::status(200)
+                .header("x-ratelimit-remaining", "0")
+                .header("x-ratelimit-reset", "2")
+        } else {
+            crate::support::Reply::status(200)
+        }
+    });
+    let tg = Tidegate::start(&destination(
+        "crm",
+        &ds.url(),
+        "[destination.rate_limit]\nrate = \"unlimited\"\nmax_in_flight = 1\nadaptive = true",
+    ))
+    .await;
+    let a = tg.send("/crm/a", "{}").await;
+    tg.wait_message_state(&a, "delivered").await;
+    let b = tg.send("/crm/b", "{}").await;
+    tg.wait_message_state(&b, "delivered").await;
+    let seen = ds.seen();
+    let gap = seen[1].at - seen[0].at;
+    assert!(gap >= Duration::from_millis(1900), "second delivery came {gap:?} after the quota ran out");
+}
