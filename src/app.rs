@@ -22,10 +22,9 @@ use crate::metrics::Metrics;
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let storage = config.storage.clone();
-    let journal =
-        tokio::task::spawn_blocking(move || Journal::open(&storage.path, storage.max_disk))
-            .await?
-            .with_context(|| format!("opening the journal in {}", config.storage.path.display()))?;
+    let journal = tokio::task::spawn_blocking(move || Journal::open(&storage.path, storage.max_disk))
+        .await?
+        .with_context(|| format!("opening the journal in {}", config.storage.path.display()))?;
     let metrics = Metrics::new();
     let deliver = Arc::new(HttpDeliverer::new().context("building the HTTP client")?);
     let dispatcher = Dispatcher::start(&config, journal.clone(), metrics.clone(), deliver).await?;
@@ -116,7 +115,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = stop_tx.send(true);
     let left = dispatcher.shutdown(config.server.shutdown_timeout).await;
     if left > 0 {
-        tracing::warn!(in_flight = left, "shutdown_timeout passed with attempts in flight; they will be delivered again after restart");
+        tracing::warn!(
+            in_flight = left,
+            "shutdown_timeout passed with attempts in flight; they will be delivered again after restart"
+        );
     }
     // Give the ingress server a moment to finish replies already committed.
     let _ = tokio::time::timeout(Duration::from_secs(5), ingress_server).await;
@@ -153,11 +155,7 @@ async fn wait_for_signal() {
 }
 
 /// Forgets finished messages past `history_retention` and returns the space.
-async fn sweep_history(
-    journal: Journal,
-    retention: Duration,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+async fn sweep_history(journal: Journal, retention: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
     let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     let mut tick = tokio::time::interval(every);
     loop {

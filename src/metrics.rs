@@ -4,8 +4,8 @@
 //! never stale.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 #[derive(Clone)]
@@ -42,36 +42,26 @@ impl Metrics {
         let registry = Registry::new_custom(Some("tidegate".into()), None).expect("valid prefix");
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
             c
         };
         let gauge = |name: &str, help: &str, labels: &[&str]| {
             let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
             g
         };
         let fgauge = |name: &str, help: &str, labels: &[&str]| {
             let g = prometheus::GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
             g
         };
         let hist = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-                .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
             h
         };
         let journal_fsyncs =
-            IntCounter::new("journal_fsyncs_total", "Journal commits (each one fsync).")
-                .expect("valid");
+            IntCounter::new("journal_fsyncs_total", "Journal commits (each one fsync).").expect("valid");
         registry
             .register(Box::new(journal_fsyncs.clone()))
             .expect("unique metric");
@@ -83,11 +73,8 @@ impl Metrics {
         registry
             .register(Box::new(journal_corrupt_records.clone()))
             .expect("unique metric");
-        let journal_disk_bytes = IntGauge::new(
-            "journal_disk_bytes",
-            "Bytes the journal files take on disk.",
-        )
-        .expect("valid");
+        let journal_disk_bytes =
+            IntGauge::new("journal_disk_bytes", "Bytes the journal files take on disk.").expect("valid");
         registry
             .register(Box::new(journal_disk_bytes.clone()))
             .expect("unique metric");
@@ -99,15 +86,9 @@ impl Metrics {
         registry
             .register(Box::new(ingest_duration.clone()))
             .expect("unique metric");
-        let build_info =
-            IntGaugeVec::new(Opts::new("build_info", "Build information."), &["version"])
-                .expect("valid");
-        registry
-            .register(Box::new(build_info.clone()))
-            .expect("unique metric");
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
+        let build_info = IntGaugeVec::new(Opts::new("build_info", "Build information."), &["version"]).expect("valid");
+        registry.register(Box::new(build_info.clone())).expect("unique metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
@@ -147,22 +128,10 @@ impl Metrics {
                 "Messages dropped (on_failure = log).",
                 &["destination", "reason"],
             ),
-            queue_depth: gauge(
-                "queue_depth",
-                "Messages held and not finished.",
-                &["destination"],
-            ),
-            queue_bytes: gauge(
-                "queue_bytes",
-                "Body bytes held and not finished.",
-                &["destination"],
-            ),
+            queue_depth: gauge("queue_depth", "Messages held and not finished.", &["destination"]),
+            queue_bytes: gauge("queue_bytes", "Body bytes held and not finished.", &["destination"]),
             dead_letter_depth: gauge("dead_letter_depth", "Dead letters held.", &["destination"]),
-            in_flight: gauge(
-                "in_flight",
-                "Delivery attempts under way.",
-                &["destination"],
-            ),
+            in_flight: gauge("in_flight", "Delivery attempts under way.", &["destination"]),
             oldest_age: fgauge(
                 "oldest_message_age_seconds",
                 "Age of the oldest unfinished message.",

@@ -18,12 +18,7 @@ pub struct Problem {
 }
 
 impl Problem {
-    fn new(
-        status: StatusCode,
-        code: &'static str,
-        title: &'static str,
-        detail: impl Into<String>,
-    ) -> Self {
+    fn new(status: StatusCode, code: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
         Problem {
             status,
             code,
@@ -34,12 +29,7 @@ impl Problem {
         }
     }
     pub fn invalid_request(detail: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request",
-            "Invalid request",
-            detail,
-        )
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", "Invalid request", detail)
     }
     pub fn unauthorized() -> Self {
         Self::new(

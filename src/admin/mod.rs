@@ -36,10 +36,7 @@ pub fn router(state: Admin) -> Router {
         .route("/v1/destinations/{name}", get(one_destination))
         .route("/v1/destinations/{name}/pause", post(pause))
         .route("/v1/destinations/{name}/resume", post(resume))
-        .route(
-            "/v1/destinations/{name}/dead-letters",
-            get(dead_letters).delete(purge),
-        )
+        .route("/v1/destinations/{name}/dead-letters", get(dead_letters).delete(purge))
         .route("/v1/destinations/{name}/dead-letters/replay", post(replay))
         .route("/v1/messages/{id}", get(message))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
@@ -77,8 +74,7 @@ async fn metrics(State(a): State<Admin>) -> Response {
     m.journal_disk_bytes
         .set(stats.disk_bytes.load(Ordering::Relaxed) as i64);
     let fsyncs = stats.fsyncs.load(Ordering::Relaxed);
-    m.journal_fsyncs
-        .inc_by(fsyncs.saturating_sub(m.journal_fsyncs.get()));
+    m.journal_fsyncs.inc_by(fsyncs.saturating_sub(m.journal_fsyncs.get()));
     let corrupt = stats.corrupt_records.load(Ordering::Relaxed);
     m.journal_corrupt_records
         .inc_by(corrupt.saturating_sub(m.journal_corrupt_records.get()));
@@ -142,8 +138,7 @@ async fn describe(a: &Admin, d: &dispatch::Destination) -> Result<Value, Problem
     let (oldest, scheduled) = a.journal.queue_detail(&d.name).await.map_err(internal)?;
     let m = &a.metrics;
     let n = d.name.as_str();
-    let failed_attempts: u64 =
-        counter_sum(&m.attempts, n) - m.attempts.with_label_values(&[n, "success"]).get();
+    let failed_attempts: u64 = counter_sum(&m.attempts, n) - m.attempts.with_label_values(&[n, "success"]).get();
     Ok(json!({
         "name": d.name,
         "url": cfg.redacted_url(),
@@ -203,10 +198,7 @@ async fn list_destinations(State(a): State<Admin>) -> Result<Json<Value>, Proble
     Ok(Json(json!({ "destinations": out })))
 }
 
-async fn one_destination(
-    State(a): State<Admin>,
-    Path(name): Path<String>,
-) -> Result<Json<Value>, Problem> {
+async fn one_destination(State(a): State<Admin>, Path(name): Path<String>) -> Result<Json<Value>, Problem> {
     let d = find(&a, &name)?;
     Ok(Json(describe(&a, &d).await?))
 }
@@ -227,10 +219,7 @@ async fn resume(
     Path(name): Path<String>,
     Query(q): Query<ResumeQuery>,
 ) -> Result<Json<Value>, Problem> {
-    a.dispatcher
-        .resume(&name, q.skip_head)
-        .await
-        .map_err(dispatch_error)?;
+    a.dispatcher.resume(&name, q.skip_head).await.map_err(dispatch_error)?;
     one_destination(State(a), Path(name)).await
 }
 
@@ -249,31 +238,16 @@ pub fn state_name(s: &MessageStatus, in_flight: bool) -> &'static str {
 
 fn rfc3339(ms: i64) -> Value {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok();
-    t.and_then(|t| {
-        t.format(&time::format_description::well_known::Rfc3339)
-            .ok()
-    })
-    .map(Value::String)
-    .unwrap_or(Value::Null)
+    t.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .map(Value::String)
+        .unwrap_or(Value::Null)
 }
 
 async fn message(State(a): State<Admin>, Path(id): Path<String>) -> Result<Json<Value>, Problem> {
-    let not_found = || {
-        Problem::not_found(format!(
-            "no message {id:?} (unknown, or past history_retention)"
-        ))
-    };
+    let not_found = || Problem::not_found(format!("no message {id:?} (unknown, or past history_retention)"));
     let seq = a.journal.parse_id(&id).ok_or_else(not_found)?;
-    let s = a
-        .journal
-        .status(seq)
-        .await
-        .map_err(internal)?
-        .ok_or_else(not_found)?;
-    let in_flight = a
-        .dispatcher
-        .destination(&s.dest)
-        .is_some_and(|d| d.is_in_flight(seq));
+    let s = a.journal.status(seq).await.map_err(internal)?.ok_or_else(not_found)?;
+    let in_flight = a.dispatcher.destination(&s.dest).is_some_and(|d| d.is_in_flight(seq));
     let state = state_name(&s, in_flight);
     Ok(Json(json!({
         "id": id,
@@ -303,9 +277,11 @@ async fn dead_letters(
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let after = match &q.after {
         None => None,
-        Some(id) => Some(a.journal.parse_id(id).ok_or_else(|| {
-            Problem::invalid_request(format!("after={id:?} is not a message id"))
-        })?),
+        Some(id) => Some(
+            a.journal
+                .parse_id(id)
+                .ok_or_else(|| Problem::invalid_request(format!("after={id:?} is not a message id")))?,
+        ),
     };
     let items = a
         .journal
@@ -351,18 +327,17 @@ async fn replay(
     let req: ReplayBody = if body.iter().all(|b| b.is_ascii_whitespace()) {
         ReplayBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            Problem::invalid_request(format!("body must be {{}} or {{\"ids\": [...]}}: {e}"))
-        })?
+        serde_json::from_slice(&body)
+            .map_err(|e| Problem::invalid_request(format!("body must be {{}} or {{\"ids\": [...]}}: {e}")))?
     };
     let seqs = match req.ids {
         None => None,
         Some(ids) => Some(
             ids.iter()
                 .map(|id| {
-                    a.journal.parse_id(id).ok_or_else(|| {
-                        Problem::invalid_request(format!("{id:?} is not a message id"))
-                    })
+                    a.journal
+                        .parse_id(id)
+                        .ok_or_else(|| Problem::invalid_request(format!("{id:?} is not a message id")))
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         ),
@@ -374,11 +349,7 @@ async fn replay(
 
 async fn purge(State(a): State<Admin>, Path(name): Path<String>) -> Result<Json<Value>, Problem> {
     find(&a, &name)?;
-    let n = a
-        .journal
-        .purge_dead_letters(&name)
-        .await
-        .map_err(internal)?;
+    let n = a.journal.purge_dead_letters(&name).await.map_err(internal)?;
     tracing::warn!(destination = %name, purged = n, "dead letters purged by an operator");
     Ok(Json(json!({ "purged": n })))
 }

@@ -23,10 +23,7 @@ pub use units::{expand_env, ByteSize, EnvString, HumanDuration, Rate};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{path}: cannot read: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("{path}:{line}:{col}: {key_part}{reason}", key_part = key.as_ref().map(|k| format!("key `{k}`: ")).unwrap_or_default())]
     Invalid {
         path: String,
@@ -382,12 +379,7 @@ impl Locator<'_> {
     }
 }
 
-fn positive<T>(
-    v: &Option<Spanned<i64>>,
-    default: T,
-    loc: &Locator,
-    what: &str,
-) -> Result<T, ConfigError>
+fn positive<T>(v: &Option<Spanned<i64>>, default: T, loc: &Locator, what: &str) -> Result<T, ConfigError>
 where
     T: TryFrom<i64> + Copy,
 {
@@ -403,37 +395,24 @@ where
     }
 }
 
-fn secret_from_env(
-    name: &Option<Spanned<String>>,
-    loc: &Locator,
-) -> Result<Option<Secret>, ConfigError> {
+fn secret_from_env(name: &Option<Spanned<String>>, loc: &Locator) -> Result<Option<Secret>, ConfigError> {
     let Some(name) = name else { return Ok(None) };
     match std::env::var(name.get_ref()) {
         Ok(v) if !v.is_empty() => Ok(Some(Secret(v))),
         _ => Err(loc.error(
             name.span(),
-            format!(
-                "environment variable `{}` is not set or empty",
-                name.get_ref()
-            ),
+            format!("environment variable `{}` is not set or empty", name.get_ref()),
         )),
     }
 }
 
-fn socket_addr(
-    v: &Option<Spanned<EnvString>>,
-    default: &str,
-    loc: &Locator,
-) -> Result<SocketAddr, ConfigError> {
+fn socket_addr(v: &Option<Spanned<EnvString>>, default: &str, loc: &Locator) -> Result<SocketAddr, ConfigError> {
     match v {
         None => Ok(default.parse().expect("default listen address is valid")),
         Some(s) => s.get_ref().0.parse().map_err(|_| {
             loc.error(
                 s.span(),
-                format!(
-                    "{:?} is not an address like \"127.0.0.1:9090\"",
-                    s.get_ref().0
-                ),
+                format!("{:?} is not an address like \"127.0.0.1:9090\"", s.get_ref().0),
             )
         }),
     }
@@ -480,12 +459,7 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         ));
     }
     let storage = StorageConfig {
-        path: PathBuf::from(
-            raw.storage
-                .path
-                .map(|p| p.0)
-                .unwrap_or_else(|| "./data".into()),
-        ),
+        path: PathBuf::from(raw.storage.path.map(|p| p.0).unwrap_or_else(|| "./data".into())),
         max_disk: raw.storage.max_disk.map(|b| b.0).unwrap_or(10 << 30),
         history_retention: raw
             .storage
@@ -527,10 +501,7 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             ));
         }
         if destinations.iter().any(|x| x.name == name) {
-            return Err(loc.error(
-                d.name.span(),
-                format!("destination {name:?} is defined twice"),
-            ));
+            return Err(loc.error(d.name.span(), format!("destination {name:?} is defined twice")));
         }
         let url_text = &d.url.get_ref().0;
         let url = reqwest::Url::parse(url_text)
@@ -548,29 +519,19 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         }
         let mut headers = Vec::new();
         for (k, v) in d.headers {
-            let hname = http::HeaderName::from_bytes(k.get_ref().as_bytes()).map_err(|_| {
-                loc.error(
-                    k.span(),
-                    format!("{:?} is not a valid header name", k.get_ref()),
-                )
-            })?;
+            let hname = http::HeaderName::from_bytes(k.get_ref().as_bytes())
+                .map_err(|_| loc.error(k.span(), format!("{:?} is not a valid header name", k.get_ref())))?;
             if RESERVED_HEADERS.contains(&hname.as_str()) {
                 return Err(loc.error(
                     k.span(),
-                    format!(
-                        "header {:?} is set by tidegate and cannot be configured",
-                        k.get_ref()
-                    ),
+                    format!("header {:?} is set by tidegate and cannot be configured", k.get_ref()),
                 ));
             }
             if http::HeaderValue::from_str(&v.0).is_err() {
                 // The value is a secret: name the header, never the value.
                 return Err(loc.error(
                     k.span(),
-                    format!(
-                        "the value of header {:?} is not a valid header value",
-                        k.get_ref()
-                    ),
+                    format!("the value of header {:?} is not a valid header value", k.get_ref()),
                 ));
             }
             headers.push((hname, Secret(v.0)));
@@ -592,20 +553,12 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         let multiplier = match &r.multiplier {
             None => 2.0,
             Some(m) if *m.get_ref() >= 1.0 && m.get_ref().is_finite() => *m.get_ref(),
-            Some(m) => {
-                return Err(loc.error(m.span(), "multiplier must be a number >= 1.0".to_string()))
-            }
+            Some(m) => return Err(loc.error(m.span(), "multiplier must be a number >= 1.0".to_string())),
         };
         let retry = RetryPolicy {
             max_attempts: positive(&r.max_attempts, 8u32, loc, "max_attempts")?,
-            initial_backoff: r
-                .initial_backoff
-                .map(|x| x.0)
-                .unwrap_or(Duration::from_millis(500)),
-            max_backoff: r
-                .max_backoff
-                .map(|x| x.0)
-                .unwrap_or(Duration::from_secs(60)),
+            initial_backoff: r.initial_backoff.map(|x| x.0).unwrap_or(Duration::from_millis(500)),
+            max_backoff: r.max_backoff.map(|x| x.0).unwrap_or(Duration::from_secs(60)),
             multiplier,
             jitter: r.jitter.unwrap_or(true),
             max_age: r.max_age.map(|x| x.0).unwrap_or(Duration::from_secs(86400)),
@@ -615,10 +568,7 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             max_messages: positive(&q.max_messages, 1_000_000u64, loc, "max_messages")?,
             max_bytes: q.max_bytes.map(|b| b.0).unwrap_or(1 << 30),
             when_full: q.when_full.unwrap_or(WhenFull::Reject),
-            block_timeout: q
-                .block_timeout
-                .map(|x| x.0)
-                .unwrap_or(Duration::from_secs(5)),
+            block_timeout: q.block_timeout.map(|x| x.0).unwrap_or(Duration::from_secs(5)),
             ordering: q.ordering.unwrap_or(Ordering::Unordered),
         };
         destinations.push(Destination {
@@ -731,15 +681,22 @@ impl Config {
                 d.retry.jitter,
                 HumanDuration(d.retry.max_age)
             );
-            let _ =
-                writeln!(
+            let _ = writeln!(
                 s,
                 "  queue max_messages={} max_bytes={} when_full={} block_timeout={} ordering={}",
                 d.queue.max_messages,
                 ByteSize(d.queue.max_bytes),
-                if d.queue.when_full == WhenFull::Block { "block" } else { "reject" },
+                if d.queue.when_full == WhenFull::Block {
+                    "block"
+                } else {
+                    "reject"
+                },
                 HumanDuration(d.queue.block_timeout),
-                if d.queue.ordering == Ordering::Fifo { "fifo" } else { "unordered" }
+                if d.queue.ordering == Ordering::Fifo {
+                    "fifo"
+                } else {
+                    "unordered"
+                }
             );
         }
         s
@@ -754,7 +711,8 @@ mod tests {
         Config::parse(Path::new("t.toml"), text)
     }
 
-    const MIN: &str = "[[destination]]\nname = \"crm\"\nurl = \"http://127.0.0.1:9/api\"\nowner = \"ops@example.com\"\n";
+    const MIN: &str =
+        "[[destination]]\nname = \"crm\"\nurl = \"http://127.0.0.1:9/api\"\nowner = \"ops@example.com\"\n";
 
     #[test]
     fn minimal_config_gets_defaults() {
@@ -804,10 +762,7 @@ mod tests {
             "{MIN}headers = {{ Authorization = \"Bearer ${{TIDEGATE_CFG_TEST_SECRET}}\" }}\n"
         ))
         .unwrap();
-        assert_eq!(
-            c.destinations[0].headers[0].1.expose(),
-            "Bearer s3cr3t-value"
-        );
+        assert_eq!(c.destinations[0].headers[0].1.expose(), "Bearer s3cr3t-value");
         assert!(!format!("{c:?}").contains("s3cr3t"));
         assert!(!c.summary().contains("s3cr3t"));
     }
@@ -822,8 +777,7 @@ mod tests {
 
     #[test]
     fn userinfo_is_redacted() {
-        let c = parse(&MIN.replace("http://127.0.0.1:9/api", "http://user:pw@127.0.0.1:9/api"))
-            .unwrap();
+        let c = parse(&MIN.replace("http://127.0.0.1:9/api", "http://user:pw@127.0.0.1:9/api")).unwrap();
         assert!(!c.destinations[0].redacted_url().contains("pw"));
     }
 }

@@ -30,8 +30,7 @@ pub fn expand_env(raw: &str) -> Result<String, String> {
         if name.is_empty() {
             return Err("empty variable name in `${}`".to_string());
         }
-        let value =
-            std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?;
+        let value = std::env::var(name).map_err(|_| format!("environment variable `{name}` is not set"))?;
         out.push_str(&value);
         rest = &after[end + 1..];
     }
@@ -46,9 +45,7 @@ pub struct EnvString(pub String);
 impl<'de> Deserialize<'de> for EnvString {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
-        expand_env(&raw)
-            .map(EnvString)
-            .map_err(serde::de::Error::custom)
+        expand_env(&raw).map(EnvString).map_err(serde::de::Error::custom)
     }
 }
 
@@ -85,11 +82,7 @@ impl FromStr for HumanDuration {
             "m" => n * 60.0,
             "h" => n * 3600.0,
             "d" => n * 86400.0,
-            other => {
-                return Err(format!(
-                    "unknown duration unit {other:?} in {s:?} (use ms, s, m, h, d)"
-                ))
-            }
+            other => return Err(format!("unknown duration unit {other:?} in {s:?} (use ms, s, m, h, d)")),
         };
         if !secs.is_finite() || secs > 10.0 * 365.0 * 86400.0 {
             return Err(format!("duration {s:?} is out of range"));
@@ -172,9 +165,9 @@ impl FromStr for Rate {
         if s == "unlimited" {
             return Ok(Rate { per_second: None });
         }
-        let (num, unit) = s.split_once('/').ok_or_else(|| {
-            format!("rate {s:?} must look like \"50/s\", \"300/m\" or \"unlimited\"")
-        })?;
+        let (num, unit) = s
+            .split_once('/')
+            .ok_or_else(|| format!("rate {s:?} must look like \"50/s\", \"300/m\" or \"unlimited\""))?;
         let n: f64 = num
             .trim()
             .parse()
@@ -183,11 +176,7 @@ impl FromStr for Rate {
             "s" => 1.0,
             "m" => 60.0,
             "h" => 3600.0,
-            other => {
-                return Err(format!(
-                    "unknown rate unit {other:?} in {s:?} (use s, m, h)"
-                ))
-            }
+            other => return Err(format!("unknown rate unit {other:?} in {s:?} (use s, m, h)")),
         };
         let per_second = n / per;
         if !per_second.is_finite() || per_second <= 0.0 {
@@ -218,22 +207,10 @@ mod tests {
 
     #[test]
     fn durations_parse_with_units() {
-        assert_eq!(
-            "250ms".parse::<HumanDuration>().unwrap().0,
-            Duration::from_millis(250)
-        );
-        assert_eq!(
-            "10s".parse::<HumanDuration>().unwrap().0,
-            Duration::from_secs(10)
-        );
-        assert_eq!(
-            "5m".parse::<HumanDuration>().unwrap().0,
-            Duration::from_secs(300)
-        );
-        assert_eq!(
-            "24h".parse::<HumanDuration>().unwrap().0,
-            Duration::from_secs(86400)
-        );
+        assert_eq!("250ms".parse::<HumanDuration>().unwrap().0, Duration::from_millis(250));
+        assert_eq!("10s".parse::<HumanDuration>().unwrap().0, Duration::from_secs(10));
+        assert_eq!("5m".parse::<HumanDuration>().unwrap().0, Duration::from_secs(300));
+        assert_eq!("24h".parse::<HumanDuration>().unwrap().0, Duration::from_secs(86400));
         assert!("10".parse::<HumanDuration>().is_err());
         assert!("10 parsecs".parse::<HumanDuration>().is_err());
     }

@@ -19,11 +19,7 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
         return Some(Duration::from_secs(secs).min(MAX_PAUSE));
     }
     let at = httpdate::parse_http_date(v).ok()?;
-    Some(
-        at.duration_since(now)
-            .unwrap_or(Duration::ZERO)
-            .min(MAX_PAUSE),
-    )
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO).min(MAX_PAUSE))
 }
 
 /// A reset value: delta seconds, or (as some APIs send) a Unix timestamp.
@@ -32,15 +28,8 @@ fn reset_delay(value: &str, now: SystemTime) -> Option<Duration> {
     if !n.is_finite() || n < 0.0 {
         return None;
     }
-    let now_s = now
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .ok()?
-        .as_secs_f64();
-    let delay = if n > 1_000_000_000.0 {
-        (n - now_s).max(0.0)
-    } else {
-        n
-    };
+    let now_s = now.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs_f64();
+    let delay = if n > 1_000_000_000.0 { (n - now_s).max(0.0) } else { n };
     Some(Duration::from_secs_f64(delay).min(MAX_PAUSE))
 }
 
@@ -94,10 +83,7 @@ mod tests {
     fn retry_after_takes_seconds_and_dates() {
         assert_eq!(parse_retry_after("7", now()), Some(Duration::from_secs(7)));
         let date = httpdate::fmt_http_date(now() + Duration::from_secs(30));
-        assert_eq!(
-            parse_retry_after(&date, now()),
-            Some(Duration::from_secs(30))
-        );
+        assert_eq!(parse_retry_after(&date, now()), Some(Duration::from_secs(30)));
         let past = httpdate::fmt_http_date(now() - Duration::from_secs(30));
         assert_eq!(parse_retry_after(&past, now()), Some(Duration::ZERO));
         assert_eq!(parse_retry_after("soon", now()), None);
@@ -115,41 +101,23 @@ mod tests {
     #[test]
     fn spent_quota_pauses_until_reset() {
         let m = map(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "4")]);
-        assert_eq!(
-            parse_rate_limit_pause(&m, now()),
-            Some(Duration::from_secs(4))
-        );
-        let m = map(&[
-            ("x-ratelimit-remaining", "0"),
-            ("x-ratelimit-reset", "1700000010"),
-        ]);
-        assert_eq!(
-            parse_rate_limit_pause(&m, now()),
-            Some(Duration::from_secs(10))
-        );
+        assert_eq!(parse_rate_limit_pause(&m, now()), Some(Duration::from_secs(4)));
+        let m = map(&[("x-ratelimit-remaining", "0"), ("x-ratelimit-reset", "1700000010")]);
+        assert_eq!(parse_rate_limit_pause(&m, now()), Some(Duration::from_secs(10)));
         let m = map(&[("ratelimit", "limit=10, remaining=0, reset=3")]);
-        assert_eq!(
-            parse_rate_limit_pause(&m, now()),
-            Some(Duration::from_secs(3))
-        );
+        assert_eq!(parse_rate_limit_pause(&m, now()), Some(Duration::from_secs(3)));
         let m = map(&[
             ("ratelimit", "\"default\";r=0;t=2"),
             ("ratelimit-policy", "\"default\";q=10;w=1"),
         ]);
-        assert_eq!(
-            parse_rate_limit_pause(&m, now()),
-            Some(Duration::from_secs(2))
-        );
+        assert_eq!(parse_rate_limit_pause(&m, now()), Some(Duration::from_secs(2)));
     }
 
     #[test]
     fn quota_left_means_no_pause() {
         let m = map(&[("x-ratelimit-remaining", "5"), ("x-ratelimit-reset", "4")]);
         assert_eq!(parse_rate_limit_pause(&m, now()), None);
-        assert_eq!(
-            parse_rate_limit_pause(&map(&[("ratelimit", "r=3;t=2")]), now()),
-            None
-        );
+        assert_eq!(parse_rate_limit_pause(&map(&[("ratelimit", "r=3;t=2")]), now()), None);
         assert_eq!(parse_rate_limit_pause(&HeaderMap::new(), now()), None);
     }
 }

@@ -124,10 +124,7 @@ impl Outcome {
                     400..=499 => FailureKind::Http4xx,
                     _ => FailureKind::Http5xx,
                 };
-                Outcome::Permanent {
-                    kind,
-                    response: resp,
-                }
+                Outcome::Permanent { kind, response: resp }
             }
         }
     }
@@ -256,24 +253,59 @@ pub fn join_url(base: &reqwest::Url, path_and_query: &str) -> Option<reqwest::Ur
         (None, None) => None,
     };
     url.set_query(q.as_deref());
-    (url.host() == base.host() && url.port_or_known_default() == base.port_or_known_default())
-        .then_some(url)
+    (url.host() == base.host() && url.port_or_known_default() == base.port_or_known_default()).then_some(url)
 }
 
 /// Adds a header, ignoring names or values that are not valid HTTP (they
 /// were validated at ingress and in config; this is belt and braces).
 pub fn put_header(map: &mut HeaderMap, name: &str, value: &str) {
-    if let (Ok(n), Ok(v)) = (
-        HeaderName::from_bytes(name.as_bytes()),
-        HeaderValue::from_str(value),
-    ) {
+    if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
         map.append(n, v);
+    }
+}
+
+/// A W3C `traceparent` for one attempt: the producer's trace id and flags,
+/// with a fresh span id, so every attempt is its own span in the trace.
+/// `None` if the producer's header is not a valid version-00 traceparent.
+pub fn attempt_traceparent(producer: &str, span_id: u64) -> Option<String> {
+    let parts: Vec<&str> = producer.trim().split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+    match parts.as_slice() {
+        [version, trace, parent, flags]
+            if hex(version, 2)
+                && *version != "ff"
+                && hex(trace, 32)
+                && hex(parent, 16)
+                && hex(flags, 2)
+                && trace.bytes().any(|b| b != b'0') =>
+        {
+            Some(format!("00-{trace}-{:016x}-{flags}", span_id.max(1)))
+        }
+        _ => None,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_attempt_gets_a_new_span_in_the_same_trace() {
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        assert_eq!(
+            attempt_traceparent(tp, 0xabc).unwrap(),
+            "00-0af7651916cd43dd8448eb211c80319c-0000000000000abc-01"
+        );
+        assert_eq!(attempt_traceparent("garbage", 1), None);
+        assert_eq!(
+            attempt_traceparent("00-00000000000000000000000000000000-b7ad6b7169203331-01", 1),
+            None
+        );
+        assert_eq!(
+            attempt_traceparent("00-0AF7651916CD43DD8448EB211C80319C-b7ad6b7169203331-01", 1),
+            None
+        );
+    }
 
     fn url(s: &str) -> reqwest::Url {
         reqwest::Url::parse(s).unwrap()
@@ -282,30 +314,21 @@ mod tests {
     #[test]
     fn join_appends_path_and_query_to_the_base() {
         assert_eq!(
-            join_url(&url("http://h:1/api"), "/v1/x?a=1")
-                .unwrap()
-                .as_str(),
+            join_url(&url("http://h:1/api"), "/v1/x?a=1").unwrap().as_str(),
             "http://h:1/api/v1/x?a=1"
         );
         assert_eq!(
             join_url(&url("http://h:1/api/"), "/x").unwrap().as_str(),
             "http://h:1/api/x"
         );
+        assert_eq!(join_url(&url("http://h:1"), "").unwrap().as_str(), "http://h:1/");
         assert_eq!(
-            join_url(&url("http://h:1"), "").unwrap().as_str(),
-            "http://h:1/"
-        );
-        assert_eq!(
-            join_url(&url("http://h:1/a?k=v"), "/b?x=y")
-                .unwrap()
-                .as_str(),
+            join_url(&url("http://h:1/a?k=v"), "/b?x=y").unwrap().as_str(),
             "http://h:1/a/b?k=v&x=y"
         );
         // A path that looks like an authority stays a path.
         assert_eq!(
-            join_url(&url("http://h:1"), "//evil:2/x")
-                .unwrap()
-                .host_str(),
+            join_url(&url("http://h:1"), "//evil:2/x").unwrap().host_str(),
             Some("h")
         );
     }

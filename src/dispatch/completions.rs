@@ -71,10 +71,7 @@ impl Completions {
                 }
             }
         };
-        let got = tokio::time::timeout(timeout, rx)
-            .await
-            .ok()
-            .and_then(Result::ok);
+        let got = tokio::time::timeout(timeout, rx).await.ok().and_then(Result::ok);
         if got.is_none() {
             let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(Slot::Waiting(w)) = slots.get_mut(&seq) {
@@ -104,10 +101,7 @@ mod tests {
     async fn a_waiter_gets_an_outcome_that_came_first_or_later() {
         let c = std::sync::Arc::new(Completions::default());
         c.finish(1, done());
-        assert_eq!(
-            c.wait(1, Duration::from_millis(1)).await.unwrap().state,
-            "delivered"
-        );
+        assert_eq!(c.wait(1, Duration::from_millis(1)).await.unwrap().state, "delivered");
         let c2 = c.clone();
         let w = tokio::spawn(async move { c2.wait(2, Duration::from_secs(5)).await });
         tokio::task::yield_now().await;

@@ -151,9 +151,7 @@ impl Limiter {
         if e >= c {
             return;
         }
-        if s.last_slowdown
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
+        if s.last_slowdown.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             return;
         }
         let raised = (e + c * RECOVERY_SHARE).min(c);
@@ -192,9 +190,7 @@ mod tests {
         let l = Limiter::new(Some(100.0), 10, false);
         l.slow_down(Some(Duration::from_secs(60)));
         assert_eq!(l.effective(), Some(100.0));
-        tokio::time::timeout(Duration::from_secs(1), l.acquire())
-            .await
-            .unwrap();
+        tokio::time::timeout(Duration::from_secs(1), l.acquire()).await.unwrap();
     }
 
     #[tokio::test(start_paused = true)]

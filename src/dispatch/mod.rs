@@ -49,12 +49,7 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 4] = [
-        State::Running,
-        State::Paused,
-        State::Degraded,
-        State::Halted,
-    ];
+    pub const ALL: [State; 4] = [State::Running, State::Paused, State::Degraded, State::Halted];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -96,10 +91,7 @@ pub struct Destination {
 
 impl Destination {
     pub fn config(&self) -> Arc<config::Destination> {
-        self.config
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.config.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn state(&self) -> StateInfo {
@@ -255,23 +247,11 @@ impl Dispatcher {
         let info = d.state();
         if skip_head && info.state == State::Halted {
             if let Some(seq) = info.head_seq {
-                let attempts = self
-                    .ctx
-                    .journal
-                    .status(seq)
-                    .await?
-                    .map(|s| s.attempts)
-                    .unwrap_or(0);
+                let attempts = self.ctx.journal.status(seq).await?.map(|s| s.attempts).unwrap_or(0);
                 let reason = "skipped_by_operator".to_string();
                 self.ctx
                     .journal
-                    .settle(
-                        seq,
-                        name,
-                        attempts,
-                        None,
-                        Disposition::DeadLetter { reason },
-                    )
+                    .settle(seq, name, attempts, None, Disposition::DeadLetter { reason })
                     .await?;
                 self.ctx
                     .metrics

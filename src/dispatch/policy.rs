@@ -67,12 +67,7 @@ pub const DEGRADE_AFTER: u32 = 3;
 /// The back-off before attempt `attempts + 1`:
 /// `min(max_backoff, initial * multiplier^(attempts-1))`, drawn uniformly in
 /// [0, that] with jitter, and never below the downstream's `Retry-After`.
-pub fn backoff(
-    retry: &RetryPolicy,
-    attempts: u32,
-    jitter_draw: f64,
-    retry_after: Option<Duration>,
-) -> Duration {
+pub fn backoff(retry: &RetryPolicy, attempts: u32, jitter_draw: f64, retry_after: Option<Duration>) -> Duration {
     let exp = attempts.saturating_sub(1).min(1000) as i32;
     let ceiling = retry.initial_backoff.as_secs_f64() * retry.multiplier.powi(exp);
     let ceiling = ceiling.min(retry.max_backoff.as_secs_f64());
@@ -193,14 +188,7 @@ mod tests {
                     delay: Duration::from_millis(100),
                 },
             ),
-            (
-                Retry,
-                Transient,
-                4,
-                Step::DeadLetter {
-                    reason: "max_attempts",
-                },
-            ),
+            (Retry, Transient, 4, Step::DeadLetter { reason: "max_attempts" }),
             (
                 Retry,
                 Permanent,
@@ -252,14 +240,7 @@ mod tests {
                     delay: Duration::from_millis(200),
                 },
             ),
-            (
-                Halt,
-                Transient,
-                4,
-                Step::Halt {
-                    reason: "max_attempts",
-                },
-            ),
+            (Halt, Transient, 4, Step::Halt { reason: "max_attempts" }),
             (
                 Halt,
                 Permanent,

@@ -20,11 +20,7 @@ const IDLE_RECHECK: Duration = Duration::from_secs(5);
 /// Most bytes of a downstream's error body kept as the failure detail.
 const DETAIL_LIMIT: usize = 512;
 
-pub(crate) async fn run(
-    ctx: Arc<Context>,
-    d: Arc<Destination>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: watch::Receiver<bool>) {
     let mut kick = d.kick.subscribe();
     let cfg = d.config();
     let sem = Arc::new(Semaphore::new(cfg.rate_limit.max_in_flight as usize));
@@ -188,18 +184,12 @@ async fn serial_step(
 }
 
 fn lease(d: &Destination, seq: u64) {
-    d.in_flight_seqs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(seq);
+    d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).insert(seq);
     d.in_flight.fetch_add(1, Ordering::Relaxed);
 }
 
 fn release(ctx: &Context, d: &Destination, seq: u64) {
-    d.in_flight_seqs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&seq);
+    d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
     d.in_flight.fetch_sub(1, Ordering::Relaxed);
     d.settled.notify_one();
     ctx.any_settled.notify_waiters();
@@ -216,6 +206,14 @@ fn request_for(
     let method = http::Method::from_bytes(msg.method.as_bytes()).ok()?;
     let mut headers = http::HeaderMap::new();
     for (k, v) in &msg.headers {
+        if k == "traceparent" {
+            // Same trace, a new span per attempt; an invalid one is dropped
+            // rather than forwarded (W3C trace context says to restart).
+            if let Some(tp) = delivery::attempt_traceparent(v, rand::random()) {
+                put_header(&mut headers, k, &tp);
+            }
+            continue;
+        }
         put_header(&mut headers, k, v);
     }
     for (k, v) in &cfg.headers {
@@ -243,17 +241,10 @@ fn request_for(
 fn last_error_of(outcome: &Outcome) -> Option<LastError> {
     match outcome {
         Outcome::Delivered(_) => None,
-        Outcome::Transient {
-            kind,
-            response,
-            detail,
-        } => Some(LastError {
+        Outcome::Transient { kind, response, detail } => Some(LastError {
             kind: kind.label().to_string(),
             status: response.as_ref().map(|r| r.status),
-            detail: response
-                .as_ref()
-                .map(body_detail)
-                .unwrap_or_else(|| detail.clone()),
+            detail: response.as_ref().map(body_detail).unwrap_or_else(|| detail.clone()),
         }),
         Outcome::Permanent { kind, response } => Some(LastError {
             kind: kind.label().to_string(),
@@ -292,9 +283,7 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
                 kind: delivery::FailureKind::Http4xx,
                 response: delivery::Response {
                     status: 400,
-                    body: bytes::Bytes::from_static(
-                        b"stored request cannot be turned into a valid HTTP request",
-                    ),
+                    body: bytes::Bytes::from_static(b"stored request cannot be turned into a valid HTTP request"),
                     ..Default::default()
                 },
             },
@@ -302,9 +291,7 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
         m.delivery_duration
             .with_label_values(&[&d.name])
             .observe(started.elapsed().as_secs_f64());
-        m.attempts
-            .with_label_values(&[&d.name, outcome.label()])
-            .inc();
+        m.attempts.with_label_values(&[&d.name, outcome.label()]).inc();
 
         let response = outcome.response();
         if let Some(r) = response {
@@ -428,18 +415,10 @@ async fn carry_out(
     match &step {
         Step::Ack => {
             m.delivered.with_label_values(&[&d.name]).inc();
-            m.end_to_end
-                .with_label_values(&[&d.name])
-                .observe(age.as_secs_f64());
+            m.end_to_end.with_label_values(&[&d.name]).observe(age.as_secs_f64());
         }
-        Step::DeadLetter { reason } => m
-            .dead_lettered
-            .with_label_values(&[d.name.as_str(), reason])
-            .inc(),
-        Step::Drop { reason } => m
-            .dropped
-            .with_label_values(&[d.name.as_str(), reason])
-            .inc(),
+        Step::DeadLetter { reason } => m.dead_lettered.with_label_values(&[d.name.as_str(), reason]).inc(),
+        Step::Drop { reason } => m.dropped.with_label_values(&[d.name.as_str(), reason]).inc(),
         Step::Halt { reason } => {
             let why = format!(
                 "{reason} (message {id}, last status {})",

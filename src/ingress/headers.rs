@@ -41,9 +41,7 @@ pub fn forwardable(headers: &HeaderMap) -> Vec<(String, String)> {
         .iter()
         .filter(|(k, _)| {
             let k = k.as_str();
-            !NOT_FORWARDED.contains(&k)
-                && !k.starts_with("x-tidegate-")
-                && !listed.iter().any(|l| l == k)
+            !NOT_FORWARDED.contains(&k) && !k.starts_with("x-tidegate-") && !listed.iter().any(|l| l == k)
         })
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect()
@@ -58,8 +56,7 @@ pub fn prefer_wait(headers: &HeaderMap) -> Option<Duration> {
         .flat_map(|v| v.split([',', ';']))
         .find_map(|p| {
             let (k, v) = p.split_once('=')?;
-            (k.trim().eq_ignore_ascii_case("wait"))
-                .then(|| v.trim().trim_matches('"').parse::<u64>().ok())?
+            (k.trim().eq_ignore_ascii_case("wait")).then(|| v.trim().trim_matches('"').parse::<u64>().ok())?
         })
         .map(|n| Duration::from_secs(n).min(MAX_WAIT))
 }
@@ -79,10 +76,7 @@ mod tests {
             ("connection", "x-private"),
             ("x-private", "1"),
             ("x-custom", "yes"),
-            (
-                "traceparent",
-                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-            ),
+            ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
             ("x-tidegate-attempt", "9"),
         ] {
             h.insert(k, HeaderValue::from_static(v));

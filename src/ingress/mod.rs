@@ -56,10 +56,9 @@ pub fn router(state: Ingress) -> Router {
             )
         })
         .collect();
-    Router::new().fallback(handle).with_state(Arc::new(Shared {
-        ing: state,
-        received,
-    }))
+    Router::new()
+        .fallback(handle)
+        .with_state(Arc::new(Shared { ing: state, received }))
 }
 
 struct Shared {
@@ -91,10 +90,7 @@ pub fn bearer_matches(headers: &HeaderMap, expected: &config::Secret) -> bool {
 }
 
 fn reject(ing: &Ingress, dest: &str, reason: &str, p: Problem) -> Problem {
-    ing.metrics
-        .rejected
-        .with_label_values(&[dest, reason])
-        .inc();
+    ing.metrics.rejected.with_label_values(&[dest, reason]).inc();
     p
 }
 
@@ -133,11 +129,7 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
             Problem::destination_halted(name),
         ));
     }
-    if let Some(len) = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) {
         if len.parse::<u64>().map_or(true, |n| n > ing.max_body) {
             return Err(reject(
                 ing,
@@ -149,14 +141,7 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
     }
     let body = axum::body::to_bytes(body, ing.max_body as usize)
         .await
-        .map_err(|_| {
-            reject(
-                ing,
-                name,
-                "payload_too_large",
-                Problem::payload_too_large(ing.max_body),
-            )
-        })?;
+        .map_err(|_| reject(ing, name, "payload_too_large", Problem::payload_too_large(ing.max_body)))?;
 
     let idempotency_key = match parts.headers.get("idempotency-key") {
         None => None,
@@ -185,9 +170,7 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
         received_at: journal::now_ms(),
     };
     let appended = append_with_backpressure(ing, dest, &cfg, msg).await?;
-    ing.metrics
-        .ingest_duration
-        .observe(started.elapsed().as_secs_f64());
+    ing.metrics.ingest_duration.observe(started.elapsed().as_secs_f64());
     let (seq, duplicate) = match appended {
         Appended::Stored { seq } => {
             if let Some(c) = shared.received.get(name) {
@@ -204,8 +187,7 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
             Ok(Some(s)) => crate::admin::state_name(&s, dest.is_in_flight(seq)),
             _ => "queued",
         };
-        let body =
-            serde_json::json!({"id": id, "destination": name, "status": status, "duplicate": true});
+        let body = serde_json::json!({"id": id, "destination": name, "status": status, "duplicate": true});
         return Ok(json_response(StatusCode::OK, body.to_string(), &id));
     }
     if let Some(wait) = wait {
@@ -242,8 +224,7 @@ fn split_destination(path: &str) -> Result<(&str, &str), Problem> {
 /// decoded (`..`, `.`), or that do not decode to UTF-8.
 fn check_path(rest: &str) -> Result<(), Problem> {
     for seg in rest.split('/') {
-        let decoded = percent_decode(seg)
-            .ok_or_else(|| Problem::invalid_request("the path is not valid UTF-8"))?;
+        let decoded = percent_decode(seg).ok_or_else(|| Problem::invalid_request("the path is not valid UTF-8"))?;
         if decoded == ".." || decoded == "." || decoded.contains('/') || decoded.contains('\\') {
             return Err(Problem::invalid_request(
                 "the path must not contain dot segments or encoded slashes",
@@ -293,18 +274,12 @@ async fn append_with_backpressure(
         room.as_mut().enable();
         match ing.journal.append(msg.clone(), limits).await {
             Ok(Appended::QueueFull) => {
-                if cfg.queue.when_full == WhenFull::Block && tokio::time::Instant::now() < deadline
-                {
+                if cfg.queue.when_full == WhenFull::Block && tokio::time::Instant::now() < deadline {
                     let _ = tokio::time::timeout_at(deadline, room).await;
                     continue;
                 }
                 let retry_after = queue_retry_after(dest, cfg);
-                return Err(reject(
-                    ing,
-                    name,
-                    "queue_full",
-                    Problem::queue_full(name, retry_after),
-                ));
+                return Err(reject(ing, name, "queue_full", Problem::queue_full(name, retry_after)));
             }
             Ok(a) => return Ok(a),
             Err(JournalError::StorageFull) => {
@@ -325,13 +300,8 @@ fn queue_retry_after(dest: &dispatch::Destination, cfg: &config::Destination) ->
     let depth = dest.queue.depth.load(Ordering::Relaxed);
     let bytes = dest.queue.bytes.load(Ordering::Relaxed);
     let excess_msgs = (depth + 1).saturating_sub(cfg.queue.max_messages) as f64;
-    let avg = if depth > 0 {
-        bytes as f64 / depth as f64
-    } else {
-        1.0
-    };
-    let excess_bytes_msgs =
-        (bytes.saturating_sub(cfg.queue.max_bytes) as f64 / avg.max(1.0)).ceil();
+    let avg = if depth > 0 { bytes as f64 / depth as f64 } else { 1.0 };
+    let excess_bytes_msgs = (bytes.saturating_sub(cfg.queue.max_bytes) as f64 / avg.max(1.0)).ceil();
     let excess = excess_msgs.max(excess_bytes_msgs).max(1.0);
     let rate = dest.limiter.effective().unwrap_or(1000.0).max(0.001);
     (excess / rate).ceil().clamp(1.0, 3600.0) as u64
@@ -339,10 +309,8 @@ fn queue_retry_after(dest: &dispatch::Destination, cfg: &config::Destination) ->
 
 fn json_response(status: StatusCode, body: String, id: &str) -> Response {
     let mut r = (status, body).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Ok(loc) = HeaderValue::from_str(&format!("/v1/messages/{id}")) {
         r.headers_mut().insert(header::LOCATION, loc);
     }
@@ -356,11 +324,7 @@ fn completed_response(done: dispatch::Completion, wait: Duration) -> Response {
             let status = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
             let mut r = Response::new(Body::from(resp.body.clone()));
             *r.status_mut() = status;
-            if let Some(ct) = resp
-                .content_type
-                .as_deref()
-                .and_then(|c| HeaderValue::from_str(c).ok())
-            {
+            if let Some(ct) = resp.content_type.as_deref().and_then(|c| HeaderValue::from_str(c).ok()) {
                 r.headers_mut().insert(header::CONTENT_TYPE, ct);
             }
             r
@@ -402,15 +366,9 @@ mod tests {
         let t = config::Secret::new("abc".into());
         let mut h = HeaderMap::new();
         assert!(!bearer_matches(&h, &t));
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer abd"),
-        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abd"));
         assert!(!bearer_matches(&h, &t));
-        h.insert(
-            header::AUTHORIZATION,
-            HeaderValue::from_static("Bearer abc"),
-        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer abc"));
         assert!(bearer_matches(&h, &t));
     }
 }

@@ -99,8 +99,9 @@ impl JournalError {
     fn from_sqlite(e: rusqlite::Error) -> Self {
         match e.sqlite_error_code() {
             Some(rusqlite::ErrorCode::DiskFull) => JournalError::StorageFull,
-            Some(rusqlite::ErrorCode::DatabaseCorrupt)
-            | Some(rusqlite::ErrorCode::NotADatabase) => JournalError::Corrupt(e.to_string()),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt) | Some(rusqlite::ErrorCode::NotADatabase) => {
+                JournalError::Corrupt(e.to_string())
+            }
             _ => JournalError::Storage(e),
         }
     }
@@ -271,9 +272,7 @@ impl Journal {
             Err(reason) => {
                 tracing::error!(path = %db.display(), %reason, "journal failed its checks; quarantining it and salvaging intact messages");
                 let report = salvage::salvage(dir, &reason)?;
-                stats
-                    .corrupt_records
-                    .fetch_add(report.lost, Ordering::Relaxed);
+                stats.corrupt_records.fetch_add(report.lost, Ordering::Relaxed);
                 tracing::error!(
                     salvaged = report.salvaged,
                     lost = report.lost,
@@ -281,9 +280,7 @@ impl Journal {
                     "journal salvaged"
                 );
                 schema::open_checked(&db).map_err(|r| {
-                    JournalError::Io(std::io::Error::other(format!(
-                        "salvaged journal does not open: {r}"
-                    )))
+                    JournalError::Io(std::io::Error::other(format!("salvaged journal does not open: {r}")))
                 })?
             }
         };
@@ -327,11 +324,7 @@ impl Journal {
         let ckpt = std::thread::Builder::new()
             .name("journal-checkpoint".into())
             .spawn(move || writer::checkpointer(db, stop_rx, wal_restart))?;
-        *journal
-            .inner
-            .writer_thread
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some((handle, ckpt, stop_tx));
+        *journal.inner.writer_thread.lock().unwrap_or_else(|e| e.into_inner()) = Some((handle, ckpt, stop_tx));
         stats.open.store(true, Ordering::Relaxed);
         Ok(journal)
     }
@@ -373,15 +366,9 @@ impl Journal {
         u64::from_str_radix(&id[8..], 16).ok()
     }
 
-    async fn call<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T>>) -> writer::Command,
-    ) -> Result<T> {
+    async fn call<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> writer::Command) -> Result<T> {
         let (reply, rx) = oneshot::channel();
-        self.inner
-            .tx
-            .send(make(reply))
-            .map_err(|_| JournalError::Closed)?;
+        self.inner.tx.send(make(reply)).map_err(|_| JournalError::Closed)?;
         let out = rx.await.map_err(|_| JournalError::Closed)?;
         if let Err(e) = &out {
             self.inner.stats.note_error(e);
@@ -391,8 +378,7 @@ impl Journal {
 
     /// Makes a message durable. Returns only after the commit.
     pub async fn append(&self, msg: NewMessage, limits: Limits) -> Result<Appended> {
-        self.call(|reply| writer::Command::Append { msg, limits, reply })
-            .await
+        self.call(|reply| writer::Command::Append { msg, limits, reply }).await
     }
 
     /// Records the outcome of an attempt: `attempts` is the new total.
@@ -419,53 +405,32 @@ impl Journal {
     /// Dead letters back into the queue as fresh attempts; `None` = all.
     pub async fn replay(&self, dest: &str, seqs: Option<Vec<u64>>) -> Result<u64> {
         let dest = dest.to_string();
-        self.call(|reply| writer::Command::Replay { dest, seqs, reply })
-            .await
+        self.call(|reply| writer::Command::Replay { dest, seqs, reply }).await
     }
 
     pub async fn purge_dead_letters(&self, dest: &str) -> Result<u64> {
         let dest = dest.to_string();
-        self.call(|reply| writer::Command::Purge { dest, reply })
-            .await
+        self.call(|reply| writer::Command::Purge { dest, reply }).await
     }
 
-    pub async fn set_destination_record(
-        &self,
-        dest: &str,
-        record: DestinationRecord,
-    ) -> Result<()> {
+    pub async fn set_destination_record(&self, dest: &str, record: DestinationRecord) -> Result<()> {
         let dest = dest.to_string();
-        self.call(|reply| writer::Command::SetDestination {
-            dest,
-            record,
-            reply,
-        })
-        .await
+        self.call(|reply| writer::Command::SetDestination { dest, record, reply })
+            .await
     }
 
     /// Deletes history older than `retention_ms` and returns freed pages.
     pub async fn sweep(&self, retention_ms: i64) -> Result<u64> {
-        self.call(|reply| writer::Command::Sweep {
-            retention_ms,
-            reply,
-        })
-        .await
+        self.call(|reply| writer::Command::Sweep { retention_ms, reply }).await
     }
 
     /// Up to `limit` deliverable messages of `dest` (visible now), in
     /// (visible_at, seq) order, skipping `exclude` (already leased). Rows
     /// whose checksum fails are quarantined here and not returned.
-    pub async fn fetch_ready(
-        &self,
-        dest: &str,
-        limit: usize,
-        exclude: Vec<u64>,
-    ) -> Result<Vec<Message>> {
+    pub async fn fetch_ready(&self, dest: &str, limit: usize, exclude: Vec<u64>) -> Result<Vec<Message>> {
         let d = dest.to_string();
         let now = now_ms();
-        let fetched = self
-            .read(move |r| r.fetch_ready(&d, now, limit, &exclude))
-            .await?;
+        let fetched = self.read(move |r| r.fetch_ready(&d, now, limit, &exclude)).await?;
         let mut out = Vec::with_capacity(fetched.len());
         for f in fetched {
             match f {
@@ -490,10 +455,7 @@ impl Journal {
     }
 
     async fn quarantine(&self, dest: &str, seq: u64) -> Result<()> {
-        self.inner
-            .stats
-            .corrupt_records
-            .fetch_add(1, Ordering::Relaxed);
+        self.inner.stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
         tracing::error!(id = %self.message_id(seq), destination = dest, "message failed its checksum; quarantined");
         let reason = "checksum mismatch".to_string();
         self.settle(seq, dest, 0, None, Disposition::Quarantined { reason })
@@ -510,15 +472,9 @@ impl Journal {
         self.read(move |r| r.status(seq)).await
     }
 
-    pub async fn dead_letters(
-        &self,
-        dest: &str,
-        after: Option<u64>,
-        limit: usize,
-    ) -> Result<Vec<DeadLetter>> {
+    pub async fn dead_letters(&self, dest: &str, after: Option<u64>, limit: usize) -> Result<Vec<DeadLetter>> {
         let dest = dest.to_string();
-        self.read(move |r| r.dead_letters(&dest, after, limit))
-            .await
+        self.read(move |r| r.dead_letters(&dest, after, limit)).await
     }
 
     /// `(received_at of the oldest pending message, scheduled count)`.

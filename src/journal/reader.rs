@@ -9,9 +9,7 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use super::schema;
-use super::{
-    checksum, decode_headers, DestinationRecord, JournalError, LastError, Message, Result,
-};
+use super::{checksum, decode_headers, DestinationRecord, JournalError, LastError, Message, Result};
 
 #[derive(Clone)]
 pub(crate) struct Pool {
@@ -123,13 +121,7 @@ fn last_error(raw: Option<String>) -> Option<LastError> {
 pub type Fetched = std::result::Result<Message, u64>;
 
 impl Reader {
-    pub fn fetch_ready(
-        &self,
-        dest: &str,
-        now: i64,
-        limit: usize,
-        exclude: &[u64],
-    ) -> rusqlite::Result<Vec<Fetched>> {
+    pub fn fetch_ready(&self, dest: &str, now: i64, limit: usize, exclude: &[u64]) -> rusqlite::Result<Vec<Fetched>> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS} FROM messages INDEXED BY messages_ready
              WHERE dest = ?1 AND state = 0 AND visible_at <= ?2 ORDER BY visible_at, seq LIMIT ?3"
@@ -195,30 +187,22 @@ impl Reader {
             .optional()
     }
 
-    pub fn dead_letters(
-        &self,
-        dest: &str,
-        after: Option<u64>,
-        limit: usize,
-    ) -> rusqlite::Result<Vec<DeadLetter>> {
+    pub fn dead_letters(&self, dest: &str, after: Option<u64>, limit: usize) -> rusqlite::Result<Vec<DeadLetter>> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, reason, attempts, last_error, received_at, finished_at, size FROM messages
              INDEXED BY messages_dead WHERE dest = ?1 AND state = 1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
-        let rows = stmt.query_map(
-            params![dest, after.unwrap_or(0) as i64, limit as i64],
-            |r| {
-                Ok(DeadLetter {
-                    seq: r.get::<_, i64>(0)? as u64,
-                    reason: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-                    attempts: r.get::<_, i64>(2)? as u32,
-                    last_error: last_error(r.get(3)?),
-                    received_at: r.get(4)?,
-                    dead_lettered_at: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
-                    size_bytes: r.get::<_, i64>(6)? as u64,
-                })
-            },
-        )?;
+        let rows = stmt.query_map(params![dest, after.unwrap_or(0) as i64, limit as i64], |r| {
+            Ok(DeadLetter {
+                seq: r.get::<_, i64>(0)? as u64,
+                reason: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                attempts: r.get::<_, i64>(2)? as u32,
+                last_error: last_error(r.get(3)?),
+                received_at: r.get(4)?,
+                dead_lettered_at: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
+                size_bytes: r.get::<_, i64>(6)? as u64,
+            })
+        })?;
         rows.collect()
     }
 

@@ -66,17 +66,13 @@ fn copy_rows(old: &Connection, new: &Connection, report: &mut Report) {
         let _ = schema::set_meta(new, "salt", &salt);
     }
     let max_seq: i64 = old
-        .query_row("SELECT max(seq) FROM messages", [], |r| {
-            r.get::<_, Option<i64>>(0)
-        })
+        .query_row("SELECT max(seq) FROM messages", [], |r| r.get::<_, Option<i64>>(0))
         .ok()
         .flatten()
         .or_else(|| {
-            old.query_row(
-                "SELECT seq FROM sqlite_sequence WHERE name = 'messages'",
-                [],
-                |r| r.get(0),
-            )
+            old.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'messages'", [], |r| {
+                r.get(0)
+            })
             .ok()
         })
         .unwrap_or(0);
@@ -145,14 +141,11 @@ fn copy_rows(old: &Connection, new: &Connection, report: &mut Report) {
 
 type RawRow = Vec<rusqlite::types::Value>;
 
-const COLUMNS: &str =
-    "seq, dest, state, visible_at, received_at, attempts, method, path, headers, body, size, crc,
+const COLUMNS: &str = "seq, dest, state, visible_at, received_at, attempts, method, path, headers, body, size, crc,
     version, idem_key, wants_reply, last_error, reason, finished_at";
 
 fn read_range(old: &Connection, lo: i64, hi: i64) -> rusqlite::Result<Vec<RawRow>> {
-    let mut stmt = old.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM messages WHERE seq BETWEEN ?1 AND ?2"
-    ))?;
+    let mut stmt = old.prepare_cached(&format!("SELECT {COLUMNS} FROM messages WHERE seq BETWEEN ?1 AND ?2"))?;
     let rows = stmt.query_map(params![lo, hi], |r: &Row<'_>| {
         (0..18)
             .map(|i| r.get::<_, rusqlite::types::Value>(i))
@@ -179,14 +172,7 @@ fn insert_rows(new: &Connection, rows: Vec<RawRow>, report: &mut Report) {
                 Value::Integer(c) => c,
                 _ => -1,
             };
-            if checksum(
-                &text(&row[6]),
-                &text(&row[7]),
-                &blob(&row[8]),
-                &blob(&row[9]),
-            ) as i64
-                != crc
-            {
+            if checksum(&text(&row[6]), &text(&row[7]), &blob(&row[8]), &blob(&row[9])) as i64 != crc {
                 report.lost += 1;
                 continue;
             }

@@ -105,14 +105,11 @@ pub struct Opened {
 pub fn open_checked(path: &Path) -> Result<Opened, String> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_WRITE
-            | OpenFlags::SQLITE_OPEN_CREATE
-            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(|e| format!("open: {e}"))?;
     configure(&conn, true).map_err(|e| format!("pragmas: {e}"))?;
-    conn.execute_batch(CREATE)
-        .map_err(|e| format!("schema: {e}"))?;
+    conn.execute_batch(CREATE).map_err(|e| format!("schema: {e}"))?;
 
     let version: Option<String> = meta(&conn, "format_version")?;
     match version {
@@ -147,13 +144,9 @@ pub fn open_checked(path: &Path) -> Result<Opened, String> {
     }
     let counts = count_queues(&conn).map_err(|e| format!("counting the queue: {e}"))?;
     let max_seq: i64 = conn
-        .query_row("SELECT coalesce(max(seq), 0) FROM messages", [], |r| {
-            r.get(0)
-        })
+        .query_row("SELECT coalesce(max(seq), 0) FROM messages", [], |r| r.get(0))
         .map_err(|e| format!("reading the last sequence number: {e}"))?;
-    let floor: i64 = meta(&conn, "seq_floor")?
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let floor: i64 = meta(&conn, "seq_floor")?.and_then(|s| s.parse().ok()).unwrap_or(0);
     set_meta(&conn, "clean_shutdown", "0")?;
     Ok(Opened {
         conn,
@@ -170,11 +163,7 @@ fn count_queues(conn: &Connection) -> rusqlite::Result<HashMap<String, QueueCoun
          WHERE state = 0 GROUP BY dest",
     )?;
     let rows = stmt.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, i64>(2)?,
-        ))
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
     })?;
     for row in rows {
         let (dest, n, bytes) = row?;
@@ -187,8 +176,7 @@ fn count_queues(conn: &Connection) -> rusqlite::Result<HashMap<String, QueueCoun
             },
         );
     }
-    let mut stmt =
-        conn.prepare("SELECT dest, count(*) FROM messages WHERE state = 1 GROUP BY dest")?;
+    let mut stmt = conn.prepare("SELECT dest, count(*) FROM messages WHERE state = 1 GROUP BY dest")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
     for row in rows {
         let (dest, n) = row?;

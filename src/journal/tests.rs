@@ -39,16 +39,11 @@ async fn appended_messages_come_back_in_order_and_leave_on_ack() {
     assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![a, b]);
     assert_eq!(&got[0].body[..], b"a");
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 2);
-    j.settle(a, "d", 1, None, Disposition::Delivered)
-        .await
-        .unwrap();
+    j.settle(a, "d", 1, None, Disposition::Delivered).await.unwrap();
     let got = j.fetch_ready("d", 10, vec![]).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 1);
-    assert_eq!(
-        j.status(a).await.unwrap().unwrap().state,
-        schema::STATE_DELIVERED
-    );
+    assert_eq!(j.status(a).await.unwrap().unwrap().state, schema::STATE_DELIVERED);
     // Excluding a leased seq hides it.
     assert!(j.fetch_ready("d", 10, vec![b]).await.unwrap().is_empty());
     j.close();
@@ -93,10 +88,7 @@ async fn a_repeated_idempotency_key_stores_nothing_new() {
     );
     // The same key on another destination is a different message.
     m.dest = "e".into();
-    assert!(matches!(
-        j.append(m, limits()).await.unwrap(),
-        Appended::Stored { .. }
-    ));
+    assert!(matches!(j.append(m, limits()).await.unwrap(), Appended::Stored { .. }));
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 1);
     j.close();
 }
@@ -107,15 +99,9 @@ async fn rescheduled_messages_stay_hidden_until_visible() {
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     let a = stored(&j, msg("d", "a")).await;
     let later = now_ms() + 60_000;
-    j.settle(
-        a,
-        "d",
-        1,
-        None,
-        Disposition::Reschedule { visible_at: later },
-    )
-    .await
-    .unwrap();
+    j.settle(a, "d", 1, None, Disposition::Reschedule { visible_at: later })
+        .await
+        .unwrap();
     assert!(j.fetch_ready("d", 10, vec![]).await.unwrap().is_empty());
     assert_eq!(j.next_visible_at("d").await.unwrap(), Some(later));
     let (head, vis) = j.head("d").await.unwrap().unwrap();
@@ -138,10 +124,7 @@ async fn dead_letters_replay_and_purge() {
     }
     let q = j.queue("d");
     assert_eq!(
-        (
-            q.depth.load(Ordering::Relaxed),
-            q.dead_letters.load(Ordering::Relaxed)
-        ),
+        (q.depth.load(Ordering::Relaxed), q.dead_letters.load(Ordering::Relaxed)),
         (0, 2)
     );
     let dl = j.dead_letters("d", None, 1).await.unwrap();
@@ -152,10 +135,7 @@ async fn dead_letters_replay_and_purge() {
     assert_eq!((back[0].seq, back[0].attempts), (a, 0));
     assert_eq!(j.purge_dead_letters("d").await.unwrap(), 1);
     assert_eq!(
-        (
-            q.depth.load(Ordering::Relaxed),
-            q.dead_letters.load(Ordering::Relaxed)
-        ),
+        (q.depth.load(Ordering::Relaxed), q.dead_letters.load(Ordering::Relaxed)),
         (1, 0)
     );
     j.close();
@@ -173,10 +153,7 @@ async fn reopening_keeps_pending_messages_and_counts() {
     assert_eq!(j.parse_id(&id), Some(a));
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 1);
     assert_eq!(j.queue("d").bytes.load(Ordering::Relaxed), 5);
-    assert_eq!(
-        &j.fetch_ready("d", 1, vec![]).await.unwrap()[0].body[..],
-        b"hello"
-    );
+    assert_eq!(&j.fetch_ready("d", 1, vec![]).await.unwrap()[0].body[..], b"hello");
     j.close();
 }
 
@@ -189,19 +166,13 @@ async fn a_row_with_a_bad_checksum_is_quarantined_and_others_still_flow() {
     j.close();
     drop(j);
     let c = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
-    c.execute(
-        "UPDATE messages SET body = x'7a7a' WHERE seq = ?1",
-        [a as i64],
-    )
-    .unwrap();
+    c.execute("UPDATE messages SET body = x'7a7a' WHERE seq = ?1", [a as i64])
+        .unwrap();
     drop(c);
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     let got = j.fetch_ready("d", 10, vec![]).await.unwrap();
     assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![b]);
-    assert_eq!(
-        j.status(a).await.unwrap().unwrap().state,
-        schema::STATE_QUARANTINED
-    );
+    assert_eq!(j.status(a).await.unwrap().unwrap().state, schema::STATE_QUARANTINED);
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 1);
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 1);
     j.close();
@@ -212,13 +183,7 @@ async fn a_garbage_database_file_is_quarantined_and_start_up_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(schema::DB_FILE), vec![0xAB; 8192]).unwrap();
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
-    assert!(dir
-        .path()
-        .join("quarantine")
-        .read_dir()
-        .unwrap()
-        .next()
-        .is_some());
+    assert!(dir.path().join("quarantine").read_dir().unwrap().next().is_some());
     assert!(matches!(
         j.append(msg("d", "a"), limits()).await.unwrap(),
         Appended::Stored { .. }
@@ -242,9 +207,7 @@ async fn sweep_forgets_finished_history() {
     let dir = tempfile::tempdir().unwrap();
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     let a = stored(&j, msg("d", "a")).await;
-    j.settle(a, "d", 1, None, Disposition::Delivered)
-        .await
-        .unwrap();
+    j.settle(a, "d", 1, None, Disposition::Delivered).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await; // history must be strictly older than the cutoff
     assert_eq!(j.sweep(0).await.unwrap(), 1);
     assert!(j.status(a).await.unwrap().is_none());

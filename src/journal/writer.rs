@@ -7,12 +7,10 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::schema::{
-    self, STATE_DEAD, STATE_DELIVERED, STATE_DROPPED, STATE_PENDING, STATE_QUARANTINED,
-};
+use super::schema::{self, STATE_DEAD, STATE_DELIVERED, STATE_DROPPED, STATE_PENDING, STATE_QUARANTINED};
 use super::{
-    checksum, encode_headers, now_ms, Appended, DestinationRecord, Disposition, JournalError,
-    JournalStats, LastError, Limits, NewMessage, QueuesHandle, Result,
+    checksum, encode_headers, now_ms, Appended, DestinationRecord, Disposition, JournalError, JournalStats, LastError,
+    Limits, NewMessage, QueuesHandle, Result,
 };
 
 /// Most commands folded into one transaction; bounds the latency one batch
@@ -118,12 +116,7 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub fn new(
-        conn: Connection,
-        path: PathBuf,
-        shared: Shared,
-        next_seq: i64,
-    ) -> std::io::Result<Self> {
+    pub fn new(conn: Connection, path: PathBuf, shared: Shared, next_seq: i64) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel();
         let mut wal = path.clone().into_os_string();
         wal.push("-wal");
@@ -172,10 +165,7 @@ impl Writer {
                 self.commit_batch(std::mem::take(&mut batch));
             }
             if self.shared.wal_restart.swap(false, Ordering::Relaxed) {
-                if let Err(e) =
-                    self.conn
-                        .query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
-                {
+                if let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
                     tracing::warn!(error = %e, "WAL restart checkpoint failed; will retry");
                 }
             }
@@ -232,10 +222,7 @@ impl Writer {
     /// Applies and commits one batch; on failure hands the commands back
     /// (nothing was committed, nothing answered).
     #[allow(clippy::result_large_err)]
-    fn try_batch(
-        &mut self,
-        batch: Vec<Command>,
-    ) -> std::result::Result<(), (rusqlite::Error, Vec<Command>)> {
+    fn try_batch(&mut self, batch: Vec<Command>) -> std::result::Result<(), (rusqlite::Error, Vec<Command>)> {
         self.staged.clear();
         let first_seq = self.next_seq;
         let tx = match self.conn.transaction() {
@@ -268,20 +255,13 @@ impl Writer {
             self.next_seq = first_seq;
             return Err((e, batch));
         }
-        self.shared
-            .stats
-            .last_commit_ms
-            .store(now_ms(), Ordering::Relaxed);
+        self.shared.stats.last_commit_ms.store(now_ms(), Ordering::Relaxed);
         for eff in effects {
             self.apply_effect(eff);
         }
         // The batch is in the WAL but not yet on stable storage: the syncer
         // answers once an fdatasync has covered it.
-        let pending: Vec<Pending> = batch
-            .into_iter()
-            .zip(answers)
-            .map(|(c, a)| pending_of(c, a))
-            .collect();
+        let pending: Vec<Pending> = batch.into_iter().zip(answers).map(|(c, a)| pending_of(c, a)).collect();
         match &self.syncer {
             Some(tx) => {
                 if let Err(std::sync::mpsc::SendError(pending)) = tx.send(pending) {
@@ -290,9 +270,7 @@ impl Writer {
                     }
                 }
             }
-            None => pending
-                .into_iter()
-                .for_each(|p| p.fail(|| JournalError::Closed)),
+            None => pending.into_iter().for_each(|p| p.fail(|| JournalError::Closed)),
         }
         Ok(())
     }
@@ -358,9 +336,7 @@ enum Answer {
 fn pending_of(cmd: Command, ans: Answer) -> Pending {
     match (cmd, ans) {
         (Command::Append { reply, .. }, Answer::Append(r)) => Pending::Append(reply, r),
-        (Command::Settle { reply, .. }, _) | (Command::SetDestination { reply, .. }, _) => {
-            Pending::Unit(reply, Ok(()))
-        }
+        (Command::Settle { reply, .. }, _) | (Command::SetDestination { reply, .. }, _) => Pending::Unit(reply, Ok(())),
         (Command::Replay { reply, .. }, Answer::Count(n))
         | (Command::Purge { reply, .. }, Answer::Count(n))
         | (Command::Sweep { reply, .. }, Answer::Count(n)) => Pending::Count(reply, Ok(n)),
@@ -378,12 +354,10 @@ fn reject(cmd: Command) {
 fn reject_with(cmd: Command, err: impl Fn() -> JournalError) {
     let p = match cmd {
         Command::Append { reply, .. } => Pending::Append(reply, Ok(Appended::QueueFull)),
-        Command::Settle { reply, .. } | Command::SetDestination { reply, .. } => {
-            Pending::Unit(reply, Ok(()))
+        Command::Settle { reply, .. } | Command::SetDestination { reply, .. } => Pending::Unit(reply, Ok(())),
+        Command::Replay { reply, .. } | Command::Purge { reply, .. } | Command::Sweep { reply, .. } => {
+            Pending::Count(reply, Ok(0))
         }
-        Command::Replay { reply, .. }
-        | Command::Purge { reply, .. }
-        | Command::Sweep { reply, .. } => Pending::Count(reply, Ok(0)),
         Command::Close { reply } => {
             let _ = reply.send(());
             return;
@@ -426,9 +400,7 @@ fn apply(
                     "UPDATE messages SET state = 0, attempts = 0, visible_at = ?2, last_error = NULL, reason = NULL,
                      finished_at = NULL WHERE dest = ?1 AND state = 1 AND (?3 IS NULL OR seq = ?3) RETURNING size",
                 )?;
-                let sizes = stmt.query_map(params![dest, now, seq.map(|s| s as i64)], |r| {
-                    r.get::<_, i64>(0)
-                })?;
+                let sizes = stmt.query_map(params![dest, now, seq.map(|s| s as i64)], |r| r.get::<_, i64>(0))?;
                 for s in sizes {
                     n += 1;
                     bytes += s?;
@@ -453,8 +425,7 @@ fn apply(
             Ok((Answer::Count(n), eff))
         }
         Command::Purge { dest, .. } => {
-            let n =
-                tx.execute("DELETE FROM messages WHERE dest = ?1 AND state = 1", [dest])? as u64;
+            let n = tx.execute("DELETE FROM messages WHERE dest = ?1 AND state = 1", [dest])? as u64;
             let eff = Effect {
                 dest: Some(dest.clone()),
                 dead: -(n as i64),
@@ -514,10 +485,7 @@ fn append(
     }
     let stats = &shared.stats;
     if stats.disk_bytes.load(Ordering::Relaxed) >= stats.max_disk.load(Ordering::Relaxed) {
-        return Ok((
-            Answer::Append(Err(JournalError::StorageFull)),
-            Effect::default(),
-        ));
+        return Ok((Answer::Append(Err(JournalError::StorageFull)), Effect::default()));
     }
     let size = msg.body.len() as i64;
     let (staged_n, staged_b) = staged.entry(msg.dest.clone()).or_insert((0, 0));
@@ -567,10 +535,7 @@ fn append(
         dead: 0,
         ready: true,
     };
-    Ok((
-        Answer::Append(Ok(Appended::Stored { seq: seq as u64 })),
-        eff,
-    ))
+    Ok((Answer::Append(Ok(Appended::Stored { seq: seq as u64 })), eff))
 }
 
 fn settle(
@@ -599,7 +564,9 @@ fn settle(
                 "UPDATE messages SET state = ?2, attempts = ?3, last_error = ?4, finished_at = ?5, reason = ?6,
                  body = NULL, headers = NULL WHERE seq = ?1 AND state = 0 RETURNING size",
             )?
-            .query_row(params![seq, STATE_DROPPED, attempts, last_error, now, reason], |r| r.get(0))
+            .query_row(params![seq, STATE_DROPPED, attempts, last_error, now, reason], |r| {
+                r.get(0)
+            })
             .optional()?,
         Disposition::DeadLetter { reason } | Disposition::Quarantined { reason } => {
             let state = if matches!(disposition, Disposition::DeadLetter { .. }) {
@@ -674,9 +641,7 @@ pub(crate) fn checkpointer(
     };
     while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(EVERY) {
         match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1)) {
-            Ok(log_frames) if log_frames > WAL_RESTART_FRAMES => {
-                wal_restart.store(true, Ordering::Relaxed)
-            }
+            Ok(log_frames) if log_frames > WAL_RESTART_FRAMES => wal_restart.store(true, Ordering::Relaxed),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; will retry"),
         }
@@ -703,14 +668,11 @@ fn syncer(wal: PathBuf, rx: std::sync::mpsc::Receiver<Vec<Pending>>, stats: Arc<
         }
         let synced = match &file {
             Some(f) => f.sync_data(),
-            None => std::fs::OpenOptions::new()
-                .read(true)
-                .open(&wal)
-                .and_then(|f| {
-                    let r = f.sync_data();
-                    file = Some(f);
-                    r
-                }),
+            None => std::fs::OpenOptions::new().read(true).open(&wal).and_then(|f| {
+                let r = f.sync_data();
+                file = Some(f);
+                r
+            }),
         };
         match synced {
             Ok(()) => {

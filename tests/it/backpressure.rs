@@ -18,11 +18,7 @@ async fn a_full_queue_rejects_with_429_and_retry_after() {
     let r = tg.post("/crm/overflow", "{}").await;
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["content-type"], "application/problem+json");
-    let retry_after: u64 = r.headers()["retry-after"]
-        .to_str()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!(retry_after >= 1);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["code"], "queue_full");
@@ -93,10 +89,7 @@ async fn block_mode_gives_up_with_429_after_block_timeout() {
         started.elapsed() >= Duration::from_millis(300),
         "it waited for block_timeout first"
     );
-    assert_eq!(
-        r.json::<serde_json::Value>().await.unwrap()["code"],
-        "queue_full"
-    );
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["code"], "queue_full");
     eventually(Duration::from_secs(5), "depth stays 1", || async {
         tg.destination("crm").await["queue"]["depth"] == 1
     })

@@ -2,19 +2,12 @@ use std::time::Duration;
 
 use crate::support::{destination, eventually, Downstream, Reply, Tidegate};
 
-const FAST_RETRY: &str =
-    "[destination.retry]\ninitial_backoff = \"20ms\"\nmax_backoff = \"100ms\"\njitter = false";
+const FAST_RETRY: &str = "[destination.retry]\ninitial_backoff = \"20ms\"\nmax_backoff = \"100ms\"\njitter = false";
 
 #[tokio::test]
 async fn transient_failures_are_retried_until_delivered() {
     let ds = Downstream::start().await;
-    ds.respond(|_, n| {
-        if n < 3 {
-            Reply::status(503)
-        } else {
-            Reply::status(200)
-        }
-    });
+    ds.respond(|_, n| if n < 3 { Reply::status(503) } else { Reply::status(200) });
     let tg = Tidegate::start(&destination("crm", &ds.url(), FAST_RETRY)).await;
     let id = tg.send("/crm/x", "{}").await;
     tg.wait_message_state(&id, "delivered").await;
@@ -89,15 +82,11 @@ async fn a_permanent_failure_dead_letters_at_once_and_replay_delivers_it() {
     assert_eq!(m["last_error"]["detail"], "bad field");
 
     // Paging: one at a time.
-    let page = tg
-        .admin_get("/v1/destinations/crm/dead-letters?limit=1")
-        .await;
+    let page = tg.admin_get("/v1/destinations/crm/dead-letters?limit=1").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
     let next = page["next"].as_str().unwrap().to_string();
     let page2 = tg
-        .admin_get(&format!(
-            "/v1/destinations/crm/dead-letters?limit=1&after={next}"
-        ))
+        .admin_get(&format!("/v1/destinations/crm/dead-letters?limit=1&after={next}"))
         .await;
     assert_eq!(page2["items"][0]["id"], other.as_str());
 
@@ -222,10 +211,7 @@ async fn halt_mode_stops_on_a_permanent_failure_until_an_operator_resumes() {
     let poison = tg.send("/erp/poison", "{}").await;
     tg.wait_state("erp", "halted").await;
     let d = tg.destination("erp").await;
-    assert!(d["state_reason"]
-        .as_str()
-        .unwrap()
-        .contains("permanent_failure"));
+    assert!(d["state_reason"].as_str().unwrap().contains("permanent_failure"));
     // New messages are refused while halted.
     let r = tg.post("/erp/next", "{}").await;
     assert_eq!(r.status(), 503);
@@ -242,22 +228,15 @@ async fn halt_mode_stops_on_a_permanent_failure_until_an_operator_resumes() {
     // Resume without skipping: the head fails again and halts again.
     let r = tg.admin_post("/v1/destinations/erp/resume", "").await;
     assert_eq!(r.status(), 200);
-    eventually(
-        Duration::from_secs(10),
-        "a second attempt at the head",
-        || async { ds.attempts_for(&poison).len() >= 2 },
-    )
+    eventually(Duration::from_secs(10), "a second attempt at the head", || async {
+        ds.attempts_for(&poison).len() >= 2
+    })
     .await;
     tg.wait_state("erp", "halted").await;
 
     // Skip the head: it is dead-lettered, and delivery flows again.
-    let r = tg
-        .admin_post("/v1/destinations/erp/resume?skip_head=true", "")
-        .await;
-    assert_eq!(
-        r.json::<serde_json::Value>().await.unwrap()["state"],
-        "running"
-    );
+    let r = tg.admin_post("/v1/destinations/erp/resume?skip_head=true", "").await;
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["state"], "running");
     tg.wait_message_state(&poison, "dead_lettered").await;
     let next = tg.send("/erp/next", "{}").await;
     tg.wait_message_state(&next, "delivered").await;
@@ -270,9 +249,7 @@ async fn halt_mode_with_accept_while_halted_queues_behind_the_failed_head() {
     let tg = Tidegate::start(&destination(
         "erp",
         &ds.url(),
-        &format!(
-            "on_failure = \"halt\"\naccept_while_halted = true\n{FAST_RETRY}\nmax_attempts = 2"
-        ),
+        &format!("on_failure = \"halt\"\naccept_while_halted = true\n{FAST_RETRY}\nmax_attempts = 2"),
     ))
     .await;
     let head = tg.send("/erp/a", "{}").await;
@@ -310,10 +287,7 @@ async fn fifo_ordering_holds_later_messages_behind_a_failing_head() {
     let third = tg.send("/crm/third", "{}").await;
     tg.wait_message_state(&third, "delivered").await;
     let order: Vec<_> = ds.seen().iter().map(|s| s.message_id()).collect();
-    assert_eq!(
-        order,
-        vec![first.clone(), first.clone(), first, second, third]
-    );
+    assert_eq!(order, vec![first.clone(), first.clone(), first, second, third]);
 }
 
 #[tokio::test]
@@ -321,10 +295,7 @@ async fn pause_stops_deliveries_and_resume_restarts_them() {
     let ds = Downstream::start().await;
     let tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
     let r = tg.admin_post("/v1/destinations/crm/pause", "").await;
-    assert_eq!(
-        r.json::<serde_json::Value>().await.unwrap()["state"],
-        "paused"
-    );
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["state"], "paused");
     let id = tg.send("/crm/x", "{}").await;
     // Ingress still accepts; nothing goes out while paused.
     assert_eq!(tg.message(&id).await["state"], "queued");

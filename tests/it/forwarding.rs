@@ -18,10 +18,8 @@ async fn a_message_is_forwarded_with_method_path_query_body_and_headers() {
         .header("authorization", "Bearer producer-secret")
         .header("cookie", "session=1")
         .header("x-custom", "kept")
-        .header(
-            "traceparent",
-            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-        )
+        .header("tracestate", "vendor=opaque")
+        .header("traceparent", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
         .body("{\"name\":\"Ada\"}")
         .send()
         .await
@@ -41,10 +39,7 @@ async fn a_message_is_forwarded_with_method_path_query_body_and_headers() {
     assert_eq!(s.method, "PUT");
     assert_eq!(s.path_and_query, "/api/v1/contacts/42?expand=true&x=1");
     assert_eq!(&s.body[..], b"{\"name\":\"Ada\"}");
-    assert_eq!(
-        s.header("content-type").as_deref(),
-        Some("application/vnd.test+json")
-    );
+    assert_eq!(s.header("content-type").as_deref(), Some("application/vnd.test+json"));
     assert_eq!(s.header("x-custom").as_deref(), Some("kept"));
     assert_eq!(s.header("x-api-key").as_deref(), Some("configured-key"));
     assert_eq!(
@@ -54,15 +49,13 @@ async fn a_message_is_forwarded_with_method_path_query_body_and_headers() {
     );
     assert_eq!(s.header("cookie"), None);
     assert_eq!(s.header("idempotency-key").as_deref(), Some(id.as_str()));
-    assert_eq!(
-        s.header("x-tidegate-message-id").as_deref(),
-        Some(id.as_str())
-    );
+    assert_eq!(s.header("x-tidegate-message-id").as_deref(), Some(id.as_str()));
     assert_eq!(s.header("x-tidegate-attempt").as_deref(), Some("1"));
-    assert_eq!(
-        s.header("traceparent").as_deref(),
-        Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")
-    );
+    // The same trace, a new span for the attempt; tracestate as sent.
+    let tp = s.header("traceparent").unwrap();
+    assert!(tp.starts_with("00-0af7651916cd43dd8448eb211c80319c-"), "{tp}");
+    assert!(!tp.contains("b7ad6b7169203331"), "{tp}");
+    assert_eq!(s.header("tracestate").as_deref(), Some("vendor=opaque"));
     let m = tg.message(&id).await;
     assert_eq!(m["attempts"], 1);
     assert!(m["delivered_at"].is_string());
@@ -91,10 +84,7 @@ async fn a_repeated_idempotency_key_answers_200_with_the_first_id_and_stores_not
     tg.wait_message_state(id, "delivered").await;
     assert_eq!(ds.count(), 1);
     // The producer's key is the one the downstream sees.
-    assert_eq!(
-        ds.seen()[0].header("idempotency-key").as_deref(),
-        Some("order-7")
-    );
+    assert_eq!(ds.seen()[0].header("idempotency-key").as_deref(), Some("order-7"));
     assert_eq!(tg.destination("crm").await["counters"]["received"], 1);
 }
 

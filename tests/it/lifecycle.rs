@@ -11,10 +11,7 @@ async fn sigterm_exits_zero_and_queued_messages_are_delivered_after_restart() {
     tg.admin_post("/v1/destinations/crm/pause", "").await;
     let mut ids = Vec::new();
     for i in 0..20 {
-        ids.push(
-            tg.send(&format!("/crm/{i}"), &format!("{{\"n\":{i}}}"))
-                .await,
-        );
+        ids.push(tg.send(&format!("/crm/{i}"), &format!("{{\"n\":{i}}}")).await);
     }
     let status = tg.terminate().await;
     assert_eq!(status.code(), Some(0), "log:\n{}", tg.log());
@@ -82,21 +79,16 @@ async fn kill_9_under_concurrent_load_loses_no_acknowledged_message() {
                             Ok(v) => v,
                             Err(_) => return,
                         };
-                        acked
-                            .lock()
-                            .unwrap()
-                            .push(v["id"].as_str().unwrap().to_string());
+                        acked.lock().unwrap().push(v["id"].as_str().unwrap().to_string());
                     }
                     _ => return, // the process died under us
                 }
             }
         }));
     }
-    eventually(
-        Duration::from_secs(30),
-        "a few hundred acknowledged",
-        || async { acked.lock().unwrap().len() >= 400 },
-    )
+    eventually(Duration::from_secs(30), "a few hundred acknowledged", || async {
+        acked.lock().unwrap().len() >= 400
+    })
     .await;
     tg.kill9();
     for p in producers {
@@ -134,11 +126,7 @@ async fn a_corrupted_database_page_does_not_stop_start_up() {
     // Scribble over a stretch of pages in the middle of it.
     let path = tg.data_dir().join("journal.db");
     let mut bytes = std::fs::read(&path).unwrap();
-    assert!(
-        bytes.len() > 200 * 1024,
-        "database is {} bytes",
-        bytes.len()
-    );
+    assert!(bytes.len() > 200 * 1024, "database is {} bytes", bytes.len());
     let mid = bytes.len() / 2;
     for b in &mut bytes[mid..mid + 16 * 1024] {
         *b = 0x5A;
@@ -157,18 +145,9 @@ async fn a_corrupted_database_page_does_not_stop_start_up() {
     })
     .await;
     let delivered = ds.count();
-    assert!(
-        delivered > 100,
-        "intact messages were delivered ({delivered})"
-    );
+    assert!(delivered > 100, "intact messages were delivered ({delivered})");
     // The damaged file is kept for forensics, not deleted.
-    assert!(tg
-        .data_dir()
-        .join("quarantine")
-        .read_dir()
-        .unwrap()
-        .next()
-        .is_some());
+    assert!(tg.data_dir().join("quarantine").read_dir().unwrap().next().is_some());
     let log = tg.log();
     assert!(
         log.contains("quarantin") || log.contains("checksum"),

@@ -159,23 +159,17 @@ async fn shutting_down_refuses_new_requests() {
     ds.respond(|_, _| crate::support::Reply::status(200).delay(std::time::Duration::from_secs(3)));
     let mut tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
     tg.send("/crm/slow", "{}").await;
-    crate::support::eventually(
-        std::time::Duration::from_secs(5),
-        "an attempt in flight",
-        || async { ds.count() == 1 },
-    )
+    crate::support::eventually(std::time::Duration::from_secs(5), "an attempt in flight", || async {
+        ds.count() == 1
+    })
     .await;
     crate::support::signal(tg.pid(), "TERM");
-    crate::support::eventually(
-        std::time::Duration::from_secs(5),
-        "readyz to fail",
-        || async {
-            match tg.client.get(tg.admin_url("/readyz")).send().await {
-                Ok(r) => r.status() == 503,
-                Err(_) => true,
-            }
-        },
-    )
+    crate::support::eventually(std::time::Duration::from_secs(5), "readyz to fail", || async {
+        match tg.client.get(tg.admin_url("/readyz")).send().await {
+            Ok(r) => r.status() == 503,
+            Err(_) => true,
+        }
+    })
     .await;
     // A closed listener or a 503 shutting_down: never a 2xx.
     match tg.client.post(tg.url("/crm/late")).body("{}").send().await {

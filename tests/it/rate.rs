@@ -21,7 +21,9 @@ async fn the_token_bucket_holds_the_configured_rate_and_burst() {
     let tg = Tidegate::start(&destination(
         "crm",
         &ds.url(),
-        &format!("[destination.rate_limit]\nrate = \"{RATE}/s\"\nburst = {BURST}\nmax_in_flight = 16\nadaptive = false"),
+        &format!(
+            "[destination.rate_limit]\nrate = \"{RATE}/s\"\nburst = {BURST}\nmax_in_flight = 16\nadaptive = false"
+        ),
     ))
     .await;
     // Queue everything first so the limiter, not the producer, sets the pace.
@@ -46,10 +48,7 @@ async fn the_token_bucket_holds_the_configured_rate_and_burst() {
     );
     // Never more than rate + burst in any one second ...
     let per_second = busiest(&times, Duration::from_secs(1));
-    assert!(
-        per_second <= RATE + BURST,
-        "{per_second} deliveries in one second"
-    );
+    assert!(per_second <= RATE + BURST, "{per_second} deliveries in one second");
     // ... and smooth within the second: after the initial burst, no 100 ms
     // window holds more than its share plus one.
     let after_burst = &times[BURST..];
@@ -109,14 +108,20 @@ async fn a_429_halves_the_effective_rate_and_pauses_until_retry_after() {
     ))
     .await;
     let first = tg.send("/crm/first", "{}").await;
-    crate::support::eventually(Duration::from_secs(5), "the 429 to be seen", || async { ds.count() >= 1 }).await;
+    crate::support::eventually(Duration::from_secs(5), "the 429 to be seen", || async {
+        ds.count() >= 1
+    })
+    .await;
     let d = tg.destination("crm").await;
     let effective = d["rate_limit"]["effective_per_second"].as_f64().unwrap();
     assert!(effective <= 20.0, "effective rate {effective} after a 429");
     assert_eq!(d["rate_limit"]["configured_per_second"], 40.0);
     tg.wait_message_state(&first, "delivered").await;
     let a = ds.attempts_for(&first);
-    assert!(a[1].at - a[0].at >= Duration::from_millis(950), "Retry-After paused the destination");
+    assert!(
+        a[1].at - a[0].at >= Duration::from_millis(950),
+        "Retry-After paused the destination"
+    );
     // Calm seconds win the rate back, 5% of the configured rate each.
     crate::support::eventually(Duration::from_secs(20), "the rate to recover", || async {
         tg.destination("crm").await["rate_limit"]["effective_per_second"] == 40.0
@@ -148,5 +153,8 @@ async fn spent_rate_limit_quota_pauses_the_destination_until_reset() {
     tg.wait_message_state(&b, "delivered").await;
     let seen = ds.seen();
     let gap = seen[1].at - seen[0].at;
-    assert!(gap >= Duration::from_millis(1900), "second delivery came {gap:?} after the quota ran out");
+    assert!(
+        gap >= Duration::from_millis(1900),
+        "second delivery came {gap:?} after the quota ran out"
+    );
 }

@@ -21,10 +21,7 @@ pub struct Seen {
 
 impl Seen {
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
     }
     pub fn message_id(&self) -> String {
         self.header("x-tidegate-message-id").unwrap_or_default()
@@ -79,9 +76,7 @@ impl Downstream {
         let ds = Downstream {
             addr,
             seen: Arc::new(Mutex::new(Vec::new())),
-            respond: Arc::new(Mutex::new(Arc::new(|_: &Seen, _: usize| {
-                Reply::status(200)
-            }))),
+            respond: Arc::new(Mutex::new(Arc::new(|_: &Seen, _: usize| Reply::status(200)))),
         };
         let app = axum::Router::new().fallback(handle).with_state(ds.clone());
         tokio::spawn(async move {
@@ -110,25 +105,16 @@ impl Downstream {
 
     /// Requests that got a 2xx answer, by message id.
     pub fn attempts_for(&self, id: &str) -> Vec<Seen> {
-        self.seen()
-            .into_iter()
-            .filter(|s| s.message_id() == id)
-            .collect()
+        self.seen().into_iter().filter(|s| s.message_id() == id).collect()
     }
 }
 
 async fn handle(State(ds): State<Downstream>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 64 << 20)
-        .await
-        .unwrap_or_default();
+    let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
     let seen = Seen {
         method: parts.method.to_string(),
-        path_and_query: parts
-            .uri
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
+        path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
         headers: parts.headers,
         body,
         at: Instant::now(),

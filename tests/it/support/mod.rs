@@ -71,10 +71,7 @@ impl Tidegate {
     pub async fn start_with(destinations: &str, extra: Extra<'_>) -> Tidegate {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("tidegate.toml");
-        let cfg = format!(
-            "{}{destinations}",
-            base_config(&dir.path().join("data"), &extra)
-        );
+        let cfg = format!("{}{destinations}", base_config(&dir.path().join("data"), &extra));
         std::fs::write(&config_path, cfg).expect("write config");
         let mut t = Tidegate {
             dir,
@@ -82,10 +79,7 @@ impl Tidegate {
             child: None,
             ingress: "127.0.0.1:1".parse().unwrap(),
             admin: "127.0.0.1:1".parse().unwrap(),
-            client: reqwest::Client::builder()
-                .pool_max_idle_per_host(64)
-                .build()
-                .unwrap(),
+            client: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
             stderr: Arc::new(Mutex::new(Vec::new())),
         };
         t.spawn(extra.env).await;
@@ -215,11 +209,9 @@ impl Tidegate {
     }
 
     pub async fn wait_state(&self, dest: &str, state: &str) {
-        eventually(
-            Duration::from_secs(20),
-            &format!("{dest} to be {state}"),
-            || async { self.destination(dest).await["state"] == state },
-        )
+        eventually(Duration::from_secs(20), &format!("{dest} to be {state}"), || async {
+            self.destination(dest).await["state"] == state
+        })
         .await
     }
 
