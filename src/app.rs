@@ -17,9 +17,11 @@ use crate::dispatch::Dispatcher;
 use crate::ingress::{self, Ingress};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
+use crate::reload::{current, Live, Reloader};
 
 /// Runs tidegate until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    let config_path = config.source.clone();
     let started = std::time::Instant::now();
     let storage = config.storage.clone();
     let journal = tokio::task::spawn_blocking(move || Journal::open(&storage.path, storage.max_disk))
@@ -45,20 +47,25 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let ingress_addr = ingress_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
 
+    let live: Live = Arc::new(std::sync::RwLock::new(Arc::new(config.clone())));
+    let reloader = Arc::new(Reloader::new(
+        config_path,
+        live.clone(),
+        dispatcher.clone(),
+        journal.clone(),
+    ));
     let ingress_app = ingress::router(Ingress {
         journal: journal.clone(),
         dispatcher: dispatcher.clone(),
         metrics: metrics.clone(),
-        max_body: config.ingress.max_body,
-        auth_token: config.ingress.auth_token.clone(),
-        history_retention: config.storage.history_retention,
+        live: live.clone(),
         shutting_down: shutting_down.clone(),
     });
     let admin_app = admin::router(Admin {
         journal: journal.clone(),
         dispatcher: dispatcher.clone(),
         metrics: metrics.clone(),
-        token: config.admin.token.clone(),
+        reloader: reloader.clone(),
         shutting_down: shutting_down.clone(),
     });
 
@@ -83,11 +90,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             })
             .await
     });
-    let sweeper = tokio::spawn(sweep_history(
-        journal.clone(),
-        config.storage.history_retention,
-        stop_rx.clone(),
-    ));
+    let sweeper = tokio::spawn(sweep_history(journal.clone(), live.clone(), stop_rx.clone()));
 
     tracing::info!(
         ingress = %ingress_addr,
@@ -101,7 +104,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let stats = journal.stats().clone();
     let poisoned = tokio::select! {
-        _ = wait_for_signal() => false,
+        _ = wait_for_signal(&reloader) => false,
         _ = async {
             loop {
                 let n = stats.poison.notified();
@@ -113,7 +116,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutdown requested: refusing new requests, draining deliveries in flight");
     shutting_down.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    let left = dispatcher.shutdown(config.server.shutdown_timeout).await;
+    let left = dispatcher.shutdown(current(&live).server.shutdown_timeout).await;
     if left > 0 {
         tracing::warn!(
             in_flight = left,
@@ -134,7 +137,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+async fn wait_for_signal(reloader: &Reloader) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -149,18 +152,23 @@ async fn wait_for_signal() {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => tracing::warn!("SIGHUP received: configuration reload is not supported by this build; ignoring"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                if let Err(e) = reloader.reload().await {
+                    tracing::error!(reason = %e, "reload refused; nothing changed");
+                }
+            }
         }
     }
 }
 
 /// Forgets finished messages past `history_retention` and returns the space.
-async fn sweep_history(journal: Journal, retention: Duration, mut stop: tokio::sync::watch::Receiver<bool>) {
-    let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
-    let mut tick = tokio::time::interval(every);
+async fn sweep_history(journal: Journal, live: Live, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
+        let retention = current(&live).storage.history_retention;
+        let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
         loop {

@@ -14,8 +14,9 @@
 //! - [`delivery`] performs one HTTP attempt and classifies its outcome.
 //!
 //! To the side: [`admin`] (health, operations, metrics endpoint), [`metrics`],
-//! [`config`] (parsing and validation), and [`app`], which wires it all and
-//! owns graceful shutdown.
+//! [`config`] (parsing and validation), [`reload`] (applying a new config to
+//! a running instance), and [`app`], which wires it all and owns graceful
+//! shutdown.
 
 pub mod admin;
 pub mod app;
@@ -26,3 +27,4 @@ pub mod ingress;
 pub mod journal;
 pub mod metrics;
 pub mod problem;
+pub mod reload;

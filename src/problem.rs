@@ -110,8 +110,16 @@ impl Problem {
             detail,
         )
     }
-    pub fn conflict(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, "conflict", "Conflict", detail)
+    pub fn invalid_config(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_config",
+            "Invalid configuration",
+            detail,
+        )
+    }
+    pub fn reload_refused(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "reload_refused", "Reload refused", detail)
     }
     /// Something failed inside tidegate; details go to the log, not the
     /// client.

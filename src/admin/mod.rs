@@ -15,7 +15,6 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::config::Secret;
 use crate::dispatch::{self, DispatchError, Dispatcher};
 use crate::journal::{self, Journal, MessageStatus};
 use crate::metrics::Metrics;
@@ -26,7 +25,7 @@ pub struct Admin {
     pub journal: Journal,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Metrics,
-    pub token: Option<Secret>,
+    pub reloader: Arc<crate::reload::Reloader>,
     pub shutting_down: Arc<AtomicBool>,
 }
 
@@ -39,6 +38,7 @@ pub fn router(state: Admin) -> Router {
         .route("/v1/destinations/{name}/dead-letters", get(dead_letters).delete(purge))
         .route("/v1/destinations/{name}/dead-letters/replay", post(replay))
         .route("/v1/messages/{id}", get(message))
+        .route("/v1/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -50,7 +50,8 @@ pub fn router(state: Admin) -> Router {
 }
 
 async fn require_token(State(a): State<Admin>, req: Request, next: Next) -> Response {
-    if let Some(token) = &a.token {
+    let live = crate::reload::current(&a.reloader.live);
+    if let Some(token) = &live.admin.token {
         if !crate::ingress::bearer_matches(req.headers(), token) {
             return Problem::unauthorized().into_response();
         }
@@ -186,7 +187,6 @@ fn dispatch_error(e: DispatchError) -> Problem {
 fn find(a: &Admin, name: &str) -> Result<Arc<dispatch::Destination>, Problem> {
     a.dispatcher
         .destination(name)
-        .cloned()
         .ok_or_else(|| Problem::unknown_destination(name))
 }
 
@@ -352,4 +352,18 @@ async fn purge(State(a): State<Admin>, Path(name): Path<String>) -> Result<Json<
     let n = a.journal.purge_dead_letters(&name).await.map_err(internal)?;
     tracing::warn!(destination = %name, purged = n, "dead letters purged by an operator");
     Ok(Json(json!({ "purged": n })))
+}
+
+async fn reload(State(a): State<Admin>) -> Result<Json<Value>, Problem> {
+    match a.reloader.reload().await {
+        Ok(v) => Ok(Json(v)),
+        Err(crate::reload::ReloadError::Invalid(reason)) => {
+            tracing::error!(%reason, "reload refused: invalid configuration; nothing changed");
+            Err(Problem::invalid_config(reason))
+        }
+        Err(crate::reload::ReloadError::Refused(reason)) => {
+            tracing::error!(%reason, "reload refused; nothing changed");
+            Err(Problem::reload_refused(reason))
+        }
+    }
 }

@@ -78,8 +78,10 @@ pub struct Destination {
     pub name: String,
     config: RwLock<Arc<config::Destination>>,
     state: Mutex<StateInfo>,
-    /// Bumped on every state change so the worker re-evaluates.
+    /// Bumped on every state or config change so the worker re-evaluates.
     kick: watch::Sender<u64>,
+    /// Set to stop the worker (shutdown, or removed by a reload).
+    stop: watch::Sender<bool>,
     /// Signalled when an attempt finishes.
     settled: Notify,
     pub in_flight: AtomicU64,
@@ -131,9 +133,17 @@ pub(crate) struct Context {
 
 pub struct Dispatcher {
     ctx: Arc<Context>,
-    destinations: HashMap<String, Arc<Destination>>,
-    shutdown: watch::Sender<bool>,
-    workers: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    destinations: RwLock<HashMap<String, Arc<Destination>>>,
+    /// Persisted states, for destinations added by a reload.
+    restored: HashMap<String, StateInfo>,
+}
+
+/// What a reload changed.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Changes {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    pub changed: Vec<String>,
 }
 
 impl Dispatcher {
@@ -145,80 +155,139 @@ impl Dispatcher {
         metrics: Metrics,
         deliver: Arc<dyn Deliver>,
     ) -> Result<Arc<Dispatcher>, JournalError> {
-        let records = journal.destination_records().await?;
-        let ctx = Arc::new(Context {
-            journal: journal.clone(),
-            metrics,
-            deliver,
-            completions: Arc::new(Completions::default()),
-            any_settled: Notify::new(),
-        });
-        let (shutdown, _) = watch::channel(false);
-        let mut destinations = HashMap::new();
-        for d in &cfg.destinations {
-            let info = records
-                .get(&d.name)
-                .and_then(|r| {
-                    Some(StateInfo {
-                        state: State::parse(&r.state)?,
-                        reason: r.reason.clone(),
+        let restored = journal
+            .destination_records()
+            .await?
+            .into_iter()
+            .filter_map(|(name, r)| {
+                let state = State::parse(&r.state)?;
+                Some((
+                    name,
+                    StateInfo {
+                        state,
+                        reason: r.reason,
                         head_seq: r.head_seq,
-                    })
-                })
-                .unwrap_or(StateInfo {
-                    state: State::Running,
-                    reason: String::new(),
-                    head_seq: None,
-                });
-            if info.state != State::Running {
-                tracing::warn!(destination = %d.name, state = info.state.as_str(), reason = %info.reason, "destination restored in a stopped state");
-            }
-            let rl = &d.rate_limit;
-            destinations.insert(
-                d.name.clone(),
-                Arc::new(Destination {
-                    name: d.name.clone(),
-                    config: RwLock::new(Arc::new(d.clone())),
-                    state: Mutex::new(info),
-                    kick: watch::channel(0).0,
-                    settled: Notify::new(),
-                    in_flight: AtomicU64::new(0),
-                    in_flight_seqs: Mutex::new(HashSet::new()),
-                    limiter: limiter::Limiter::new(rl.rate, rl.burst, rl.adaptive),
-                    consecutive_transient: AtomicU32::new(0),
-                    queue: journal.queue(&d.name),
-                }),
-            );
-        }
+                    },
+                ))
+            })
+            .collect();
         let dispatcher = Arc::new(Dispatcher {
-            ctx,
-            destinations,
-            shutdown,
-            workers: Mutex::new(Vec::new()),
+            ctx: Arc::new(Context {
+                journal,
+                metrics,
+                deliver,
+                completions: Arc::new(Completions::default()),
+                any_settled: Notify::new(),
+            }),
+            destinations: RwLock::new(HashMap::new()),
+            restored,
         });
-        let mut workers = Vec::new();
-        for d in dispatcher.destinations.values() {
-            workers.push(tokio::spawn(worker::run(
-                dispatcher.ctx.clone(),
-                d.clone(),
-                dispatcher.shutdown.subscribe(),
-            )));
-            workers.push(tokio::spawn(worker::recover_rate(
-                d.clone(),
-                dispatcher.shutdown.subscribe(),
-            )));
+        for d in &cfg.destinations {
+            dispatcher.add(d);
         }
-        *dispatcher.workers.lock().unwrap_or_else(|e| e.into_inner()) = workers;
         Ok(dispatcher)
     }
 
-    pub fn destination(&self, name: &str) -> Option<&Arc<Destination>> {
-        self.destinations.get(name)
+    /// Starts a worker for a destination.
+    fn add(&self, d: &config::Destination) {
+        let info = self.restored.get(&d.name).cloned().unwrap_or(StateInfo {
+            state: State::Running,
+            reason: String::new(),
+            head_seq: None,
+        });
+        if info.state != State::Running {
+            tracing::warn!(destination = %d.name, state = info.state.as_str(), reason = %info.reason, "destination restored in a stopped state");
+        }
+        let rl = &d.rate_limit;
+        let dest = Arc::new(Destination {
+            name: d.name.clone(),
+            config: RwLock::new(Arc::new(d.clone())),
+            state: Mutex::new(info),
+            kick: watch::channel(0).0,
+            stop: watch::channel(false).0,
+            settled: Notify::new(),
+            in_flight: AtomicU64::new(0),
+            in_flight_seqs: Mutex::new(HashSet::new()),
+            limiter: limiter::Limiter::new(rl.rate, rl.burst, rl.adaptive),
+            consecutive_transient: AtomicU32::new(0),
+            queue: self.ctx.journal.queue(&d.name),
+        });
+        tokio::spawn(worker::run(self.ctx.clone(), dest.clone(), dest.stop.subscribe()));
+        tokio::spawn(worker::recover_rate(dest.clone(), dest.stop.subscribe()));
+        self.destinations
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(d.name.clone(), dest);
+    }
+
+    /// Applies a new configuration's destinations: new ones start, removed
+    /// ones stop (refused if they still hold messages), changed ones take
+    /// their new rate, retry, failure, header and queue settings, which
+    /// apply to messages already queued.
+    pub fn apply(&self, cfg: &config::Config) -> Result<Changes, String> {
+        let current = self.destinations();
+        for d in &current {
+            if cfg.destination(&d.name).is_none() {
+                let depth = d.queue.depth.load(Ordering::Relaxed);
+                let dead = d.queue.dead_letters.load(Ordering::Relaxed);
+                let in_flight = d.in_flight.load(Ordering::Relaxed);
+                if depth + dead + in_flight > 0 {
+                    return Err(format!(
+                        "destination {:?} cannot be removed: it still holds {depth} queued and {dead} dead-lettered messages; drain or purge it first",
+                        d.name
+                    ));
+                }
+            }
+        }
+        let mut changes = Changes::default();
+        for d in &current {
+            match cfg.destination(&d.name) {
+                None => {
+                    let _ = d.stop.send(true);
+                    self.destinations
+                        .write()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .remove(&d.name);
+                    changes.removed.push(d.name.clone());
+                }
+                Some(new) => {
+                    let old = d.config();
+                    if format!("{:?}", *old) != format!("{new:?}") || old.headers != new.headers {
+                        let rl = &new.rate_limit;
+                        d.limiter.reconfigure(rl.rate, rl.burst, rl.adaptive);
+                        *d.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new.clone());
+                        d.kick();
+                        changes.changed.push(d.name.clone());
+                    }
+                }
+            }
+        }
+        for new in &cfg.destinations {
+            if !current.iter().any(|d| d.name == new.name) {
+                self.add(new);
+                changes.added.push(new.name.clone());
+            }
+        }
+        Ok(changes)
+    }
+
+    pub fn destination(&self, name: &str) -> Option<Arc<Destination>> {
+        self.destinations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
     }
 
     /// Destinations sorted by name.
     pub fn destinations(&self) -> Vec<Arc<Destination>> {
-        let mut v: Vec<_> = self.destinations.values().cloned().collect();
+        let mut v: Vec<_> = self
+            .destinations
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
     }
@@ -227,16 +296,15 @@ impl Dispatcher {
         &self.ctx.completions
     }
 
-    fn get(&self, name: &str) -> Result<&Arc<Destination>, DispatchError> {
-        self.destinations
-            .get(name)
+    fn get(&self, name: &str) -> Result<Arc<Destination>, DispatchError> {
+        self.destination(name)
             .ok_or_else(|| DispatchError::UnknownDestination(name.to_string()))
     }
 
     /// Operator pause: deliveries stop, ingress keeps accepting.
     pub async fn pause(&self, name: &str) -> Result<StateInfo, DispatchError> {
         let d = self.get(name)?;
-        set_state(&self.ctx, d, State::Paused, "paused by an operator", None).await?;
+        set_state(&self.ctx, &d, State::Paused, "paused by an operator", None).await?;
         Ok(d.state())
     }
 
@@ -262,21 +330,20 @@ impl Dispatcher {
             }
         }
         d.consecutive_transient.store(0, Ordering::Relaxed);
-        set_state(&self.ctx, d, State::Running, "resumed by an operator", None).await?;
+        set_state(&self.ctx, &d, State::Running, "resumed by an operator", None).await?;
         Ok(d.state())
     }
 
     /// Stops workers from starting attempts, then waits up to `timeout` for
     /// attempts in flight to finish. Returns how many were still running.
     pub async fn shutdown(&self, timeout: Duration) -> u64 {
-        let _ = self.shutdown.send(true);
+        let all = self.destinations();
+        for d in &all {
+            let _ = d.stop.send(true);
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let in_flight: u64 = self
-                .destinations
-                .values()
-                .map(|d| d.in_flight.load(Ordering::Relaxed))
-                .sum();
+            let in_flight: u64 = all.iter().map(|d| d.in_flight.load(Ordering::Relaxed)).sum();
             if in_flight == 0 || tokio::time::Instant::now() >= deadline {
                 return in_flight;
             }

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tracing::Instrument;
 
 use super::policy::{self, Class, Facts, StateChange, Step};
@@ -22,9 +22,6 @@ const DETAIL_LIMIT: usize = 512;
 
 pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: watch::Receiver<bool>) {
     let mut kick = d.kick.subscribe();
-    let cfg = d.config();
-    let sem = Arc::new(Semaphore::new(cfg.rate_limit.max_in_flight as usize));
-    let prefetch = (cfg.rate_limit.max_in_flight as usize * 2).clamp(4, 128);
     let mut buffer: VecDeque<Message> = VecDeque::new();
     loop {
         if *shutdown.borrow() {
@@ -49,7 +46,9 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
             continue;
         }
 
+        let max_in_flight = u64::from(cfg.rate_limit.max_in_flight);
         if buffer.is_empty() {
+            let prefetch = (max_in_flight as usize * 2).clamp(4, 128);
             let exclude: Vec<u64> = d
                 .in_flight_seqs
                 .lock()
@@ -82,26 +81,36 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
             }
         }
 
-        let permit = tokio::select! {
-            p = sem.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-            _ = shutdown.changed() => continue,
-        };
+        // The in-flight cap is read from the live config, so a reload
+        // changes it at once.
+        if d.in_flight.load(Ordering::Relaxed) >= max_in_flight {
+            // Registered before the re-check, so a release in between is
+            // not missed.
+            let settled = d.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
+            if d.in_flight.load(Ordering::Relaxed) >= max_in_flight {
+                tokio::select! {
+                    _ = settled => {}
+                    _ = kick.changed() => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            continue;
+        }
         tokio::select! {
             _ = d.limiter.acquire() => {}
             _ = shutdown.changed() => continue,
         }
         if d.state().state != State::Running || d.config().queue.ordering == QueueOrdering::Fifo {
-            continue; // re-evaluate with the permit released
+            continue; // re-evaluate
         }
         let Some(msg) = buffer.pop_front() else {
             continue;
         };
         lease(&d, msg.seq);
         let (ctx, d) = (ctx.clone(), d.clone());
-        tokio::spawn(async move {
-            attempt(&ctx, &d, msg).await;
-            drop(permit);
-        });
+        tokio::spawn(async move { attempt(&ctx, &d, msg).await });
     }
 }
 
@@ -191,7 +200,7 @@ fn lease(d: &Destination, seq: u64) {
 fn release(ctx: &Context, d: &Destination, seq: u64) {
     d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
     d.in_flight.fetch_sub(1, Ordering::Relaxed);
-    d.settled.notify_one();
+    d.settled.notify_waiters();
     ctx.any_settled.notify_waiters();
 }
 

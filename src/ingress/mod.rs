@@ -36,9 +36,8 @@ pub struct Ingress {
     pub journal: Journal,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Metrics,
-    pub max_body: u64,
-    pub auth_token: Option<config::Secret>,
-    pub history_retention: Duration,
+    /// `max_body`, the producer token and `history_retention` come from here.
+    pub live: crate::reload::Live,
     pub shutting_down: Arc<AtomicBool>,
 }
 
@@ -101,7 +100,9 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
         return Err(Problem::shutting_down());
     }
     let (parts, body) = req.into_parts();
-    if let Some(token) = &ing.auth_token {
+    let live = crate::reload::current(&ing.live);
+    let max_body = live.ingress.max_body;
+    if let Some(token) = &live.ingress.auth_token {
         if !bearer_matches(&parts.headers, token) {
             return Err(Problem::unauthorized());
         }
@@ -130,18 +131,18 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
         ));
     }
     if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) {
-        if len.parse::<u64>().map_or(true, |n| n > ing.max_body) {
+        if len.parse::<u64>().map_or(true, |n| n > max_body) {
             return Err(reject(
                 ing,
                 name,
                 "payload_too_large",
-                Problem::payload_too_large(ing.max_body),
+                Problem::payload_too_large(max_body),
             ));
         }
     }
-    let body = axum::body::to_bytes(body, ing.max_body as usize)
+    let body = axum::body::to_bytes(body, max_body as usize)
         .await
-        .map_err(|_| reject(ing, name, "payload_too_large", Problem::payload_too_large(ing.max_body)))?;
+        .map_err(|_| reject(ing, name, "payload_too_large", Problem::payload_too_large(max_body)))?;
 
     let idempotency_key = match parts.headers.get("idempotency-key") {
         None => None,
@@ -169,12 +170,15 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
         wants_reply: wait.is_some(),
         received_at: journal::now_ms(),
     };
-    let appended = append_with_backpressure(ing, dest, &cfg, msg).await?;
+    let window = live.storage.history_retention;
+    let appended = append_with_backpressure(ing, &dest, &cfg, msg, window).await?;
     ing.metrics.ingest_duration.observe(started.elapsed().as_secs_f64());
     let (seq, duplicate) = match appended {
         Appended::Stored { seq } => {
-            if let Some(c) = shared.received.get(name) {
-                c.inc();
+            match shared.received.get(name) {
+                Some(c) => c.inc(),
+                // A destination added by a reload.
+                None => ing.metrics.received.with_label_values(&[name]).inc(),
             }
             (seq, false)
         }
@@ -258,12 +262,13 @@ async fn append_with_backpressure(
     dest: &dispatch::Destination,
     cfg: &config::Destination,
     msg: NewMessage,
+    idempotency_window: Duration,
 ) -> Result<Appended, Problem> {
     let name = dest.name.as_str();
     let limits = Limits {
         max_messages: cfg.queue.max_messages,
         max_bytes: cfg.queue.max_bytes,
-        idempotency_window_ms: ing.history_retention.as_millis() as i64,
+        idempotency_window_ms: idempotency_window.as_millis() as i64,
     };
     let deadline = tokio::time::Instant::now() + cfg.queue.block_timeout;
     loop {

@@ -1,0 +1,101 @@
+//! Configuration reload (SIGHUP or `POST /v1/reload`): re-read the file,
+//! validate it whole, and only then apply it. An invalid file, or one that
+//! would remove a destination still holding messages, changes nothing.
+//!
+//! Applied live: destinations (added, removed when empty, and changed rate,
+//! retry, timeout, header, failure-mode, queue and ordering settings, which
+//! take effect for messages already queued), ingress `max_body` and token,
+//! admin token, `storage.max_disk` and `history_retention`,
+//! `server.shutdown_timeout`. Listen addresses, `storage.path` and `log.*`
+//! need a restart; the answer lists them when they changed.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+
+use serde_json::{json, Value};
+
+use crate::config::Config;
+use crate::dispatch::Dispatcher;
+use crate::journal::Journal;
+
+/// The configuration in force; swapped whole by a reload.
+pub type Live = Arc<RwLock<Arc<Config>>>;
+
+pub fn current(live: &Live) -> Arc<Config> {
+    live.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file does not load or validate; nothing changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The file is valid but cannot be applied; nothing changed.
+    #[error("{0}")]
+    Refused(String),
+}
+
+pub struct Reloader {
+    pub path: PathBuf,
+    pub live: Live,
+    pub dispatcher: Arc<Dispatcher>,
+    pub journal: Journal,
+    /// One reload at a time.
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, live: Live, dispatcher: Arc<Dispatcher>, journal: Journal) -> Self {
+        Reloader {
+            path,
+            live,
+            dispatcher,
+            journal,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub async fn reload(&self) -> Result<Value, ReloadError> {
+        let _one = self.lock.lock().await;
+        let path = self.path.clone();
+        let new = tokio::task::spawn_blocking(move || Config::load(&path))
+            .await
+            .map_err(|e| ReloadError::Invalid(e.to_string()))?
+            .map_err(|e| ReloadError::Invalid(e.to_string()))?;
+        let old = current(&self.live);
+        let mut restart_required = Vec::new();
+        if new.ingress.listen != old.ingress.listen {
+            restart_required.push("ingress.listen");
+        }
+        if new.admin.listen != old.admin.listen {
+            restart_required.push("admin.listen");
+        }
+        if new.storage.path != old.storage.path {
+            restart_required.push("storage.path");
+        }
+        if new.log.format != old.log.format || new.log.level != old.log.level {
+            restart_required.push("log");
+        }
+        let changes = self.dispatcher.apply(&new).map_err(ReloadError::Refused)?;
+        self.journal
+            .stats()
+            .max_disk
+            .store(new.storage.max_disk, Ordering::Relaxed);
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
+        tracing::warn!(
+            added = ?changes.added,
+            removed = ?changes.removed,
+            changed = ?changes.changed,
+            restart_required = ?restart_required,
+            "configuration reloaded"
+        );
+        Ok(json!({
+            "reloaded": true,
+            "added": changes.added,
+            "removed": changes.removed,
+            "changed": changes.changed,
+            "restart_required": restart_required,
+        }))
+    }
+}
