@@ -14,12 +14,14 @@
 //! - [`delivery`] performs one HTTP attempt and classifies its outcome.
 //!
 //! To the side: [`admin`] (health, operations, metrics endpoint), [`metrics`],
-//! [`config`] (parsing and validation), [`reload`] (applying a new config to
+//! [`config`] (parsing and validation), [`cli`] (the operator commands,
+//! which talk to the admin API), [`reload`] (applying a new config to
 //! a running instance), and [`app`], which wires it all and owns graceful
 //! shutdown.
 
 pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dispatch;

@@ -1,10 +1,14 @@
-//! The `tidegate` binary: parse the command line, load the config, set up
-//! logging, run. All the work is in the library.
+//! The `tidegate` binary: parse the command line, then either run the proxy
+//! (`serve`), validate a config (`check`), or act as an operator client of a
+//! running instance's admin API. All the work is in the library.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+use tidegate::cli::{self, Client};
 use tidegate::config::{Config, LogFormat};
 
 #[derive(Parser)]
@@ -16,6 +20,16 @@ use tidegate::config::{Config, LogFormat};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Args)]
+struct Admin {
+    /// The admin API of the running instance.
+    #[arg(long, env = "TIDEGATE_ADMIN", default_value = "http://127.0.0.1:9090", global = true)]
+    admin: String,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -30,6 +44,75 @@ enum Command {
         #[arg(long, env = "TIDEGATE_CONFIG", default_value = "config/tidegate.toml")]
         config: PathBuf,
     },
+    /// Show every destination of a running instance.
+    Status {
+        #[command(flatten)]
+        admin: Admin,
+        /// Sampling interval for delivered/s.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        interval: Duration,
+    },
+    /// Stop deliveries to a destination (ingress keeps accepting).
+    Pause {
+        destination: String,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Resume a paused, halted or degraded destination.
+    Resume {
+        destination: String,
+        /// On a halted destination, dead-letter the failed head first.
+        #[arg(long)]
+        skip_head: bool,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Inspect, replay or purge a destination's dead letters.
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLetterAction,
+    },
+    /// Show one message's state.
+    Message {
+        id: String,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Ask a running instance to re-read its config file.
+    Reload {
+        #[command(flatten)]
+        admin: Admin,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadLetterAction {
+    List {
+        destination: String,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        after: Option<String>,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Back into the queue: all of them, or the given ids.
+    Replay {
+        destination: String,
+        #[arg(long = "id")]
+        ids: Vec<String>,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    Purge {
+        destination: String,
+        #[command(flatten)]
+        admin: Admin,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    s.parse::<tidegate::config::HumanDuration>().map(|d| d.0)
 }
 
 fn main() -> ExitCode {
@@ -45,30 +128,144 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve { config } => {
-            let config = match Config::load(&config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            init_tracing(config.log.format, &config.log.level);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(tidegate::app::run(config)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "tidegate failed");
-                    eprintln!("tidegate: {e:#}");
-                    ExitCode::FAILURE
-                }
+        Command::Serve { config } => serve(config),
+        other => operator(other),
+    }
+}
+
+fn serve(config: PathBuf) -> ExitCode {
+    let config = match Config::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(config.log.format, &config.log.level);
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(tidegate::app::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = format!("{e:#}"), "tidegate failed");
+            eprintln!("tidegate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs an operator subcommand against the admin API.
+fn operator(cmd: Command) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let token = std::env::var("TIDEGATE_ADMIN_TOKEN").ok();
+    let client = |a: &Admin| Client::new(&a.admin, token.clone());
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let result = rt.block_on(async {
+        match cmd {
+            Command::Status { admin, interval } => cli::status(&client(&admin), interval, admin.json).await,
+            Command::Pause { destination, admin } => {
+                let v = client(&admin)
+                    .post(&format!("/v1/destinations/{destination}/pause"), None)
+                    .await?;
+                Ok(if admin.json {
+                    pretty(&v)
+                } else {
+                    cli::render_destination(&v)
+                })
             }
+            Command::Resume {
+                destination,
+                skip_head,
+                admin,
+            } => {
+                let path = format!("/v1/destinations/{destination}/resume?skip_head={skip_head}");
+                let v = client(&admin).post(&path, None).await?;
+                Ok(if admin.json {
+                    pretty(&v)
+                } else {
+                    cli::render_destination(&v)
+                })
+            }
+            Command::Message { id, admin } => {
+                let v = client(&admin).get(&format!("/v1/messages/{id}")).await?;
+                Ok(if admin.json {
+                    pretty(&v)
+                } else {
+                    cli::render_message(&v)
+                })
+            }
+            Command::Reload { admin } => {
+                let v = client(&admin).post("/v1/reload", None).await?;
+                Ok(pretty(&v))
+            }
+            Command::DeadLetters { action } => match action {
+                DeadLetterAction::List {
+                    destination,
+                    limit,
+                    after,
+                    admin,
+                } => {
+                    let mut path = format!("/v1/destinations/{destination}/dead-letters?limit={limit}");
+                    if let Some(a) = after {
+                        path.push_str(&format!("&after={a}"));
+                    }
+                    let v = client(&admin).get(&path).await?;
+                    Ok(if admin.json {
+                        pretty(&v)
+                    } else {
+                        cli::render_dead_letters(&v)
+                    })
+                }
+                DeadLetterAction::Replay {
+                    destination,
+                    ids,
+                    admin,
+                } => {
+                    let body = if ids.is_empty() {
+                        json!({})
+                    } else {
+                        json!({ "ids": ids })
+                    };
+                    let path = format!("/v1/destinations/{destination}/dead-letters/replay");
+                    let v = client(&admin).post(&path, Some(body)).await?;
+                    Ok(if admin.json {
+                        pretty(&v)
+                    } else {
+                        format!("replayed {}", v["replayed"])
+                    })
+                }
+                DeadLetterAction::Purge { destination, admin } => {
+                    let path = format!("/v1/destinations/{destination}/dead-letters");
+                    let v = client(&admin).call(reqwest::Method::DELETE, &path, None).await?;
+                    Ok(if admin.json {
+                        pretty(&v)
+                    } else {
+                        format!("purged {}", v["purged"])
+                    })
+                }
+            },
+            Command::Serve { .. } | Command::Check { .. } => unreachable!("handled in main"),
+        }
+    });
+    match result {
+        Ok(out) => {
+            println!("{}", out.trim_end());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("tidegate: {e}");
+            ExitCode::FAILURE
         }
     }
 }

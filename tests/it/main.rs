@@ -7,5 +7,6 @@ mod backpressure;
 mod failure_modes;
 mod forwarding;
 mod lifecycle;
+mod operations;
 mod problems;
 mod rate;

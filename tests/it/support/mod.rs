@@ -46,10 +46,12 @@ pub struct Tidegate {
 /// The head of every test config: ephemeral ports, a private data dir.
 fn base_config(data: &Path, extra: &Extra) -> String {
     format!(
-        "[ingress]\nlisten = \"127.0.0.1:0\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n\n[storage]\npath = \"{}\"\n{}\n[server]\nshutdown_timeout = \"5s\"\n\n",
+        "[ingress]\nlisten = \"127.0.0.1:0\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[storage]\npath = \"{}\"\n{}\n[log]\nformat = \"{}\"\n[server]\nshutdown_timeout = \"5s\"\n\n",
         extra.ingress,
+        extra.admin,
         data.display(),
-        extra.storage
+        extra.storage,
+        if extra.log_json { "json" } else { "text" }
     )
 }
 
@@ -57,6 +59,8 @@ fn base_config(data: &Path, extra: &Extra) -> String {
 #[derive(Default, Clone, Copy)]
 pub struct Extra<'a> {
     pub ingress: &'a str,
+    pub admin: &'a str,
+    pub log_json: bool,
     pub storage: &'a str,
     pub env: &'a [(&'a str, &'a str)],
 }

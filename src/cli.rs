@@ -1,0 +1,236 @@
+//! The operator CLI: subcommands that talk to a running instance's admin
+//! API (`--admin URL`, token from `TIDEGATE_ADMIN_TOKEN`). Human-readable
+//! output by default, the API's JSON with `--json`; a failed call exits
+//! non-zero and prints the server's problem detail.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// Why a CLI call failed; printed as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("cannot reach the admin API at {url}: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("{status} {code}: {detail}")]
+    Problem { status: u16, code: String, detail: String },
+    #[error("unexpected answer from the admin API: {0}")]
+    BadAnswer(String),
+}
+
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(base: &str, token: Option<String>) -> Client {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Client {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.filter(|t| !t.is_empty()),
+            http,
+        }
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value, CliError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| CliError::Unreachable { url, source })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| CliError::BadAnswer(e.to_string()))?;
+        let v: Value = serde_json::from_str(&text).map_err(|_| CliError::BadAnswer(text.clone()))?;
+        if status >= 400 {
+            return Err(CliError::Problem {
+                status,
+                code: v["code"].as_str().unwrap_or("error").to_string(),
+                detail: v["detail"].as_str().unwrap_or(&text).to_string(),
+            });
+        }
+        Ok(v)
+    }
+
+    pub async fn get(&self, path: &str) -> Result<Value, CliError> {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Option<Value>) -> Result<Value, CliError> {
+        self.call(reqwest::Method::POST, path, body).await
+    }
+}
+
+fn num(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(0.0)
+}
+
+fn rate(v: &Value) -> String {
+    match v.as_f64() {
+        None => "unlimited".into(),
+        Some(r) if r >= 10.0 => format!("{r:.0}"),
+        Some(r) => format!("{r:.2}"),
+    }
+}
+
+fn age(secs: f64) -> String {
+    let s = secs as u64;
+    match s {
+        0..=59 => format!("{secs:.1}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// `tidegate status`: samples the destinations twice, `interval` apart, to
+/// show delivered/s, and renders a table.
+pub async fn status(client: &Client, interval: Duration, json: bool) -> Result<String, CliError> {
+    let first = client.get("/v1/destinations").await?;
+    tokio::time::sleep(interval).await;
+    let second = client.get("/v1/destinations").await?;
+    let empty = vec![];
+    let before = first["destinations"].as_array().unwrap_or(&empty);
+    let after = second["destinations"].as_array().unwrap_or(&empty);
+    let rate_of = |d: &Value| {
+        let prev = before
+            .iter()
+            .find(|p| p["name"] == d["name"])
+            .map(|p| num(&p["counters"]["delivered"]))
+            .unwrap_or(0.0);
+        (num(&d["counters"]["delivered"]) - prev).max(0.0) / interval.as_secs_f64()
+    };
+    if json {
+        let rows: Vec<Value> = after
+            .iter()
+            .map(|d| {
+                let mut d = d.clone();
+                d["delivered_per_second"] = serde_json::json!(rate_of(&d));
+                d
+            })
+            .collect();
+        return Ok(serde_json::to_string_pretty(&serde_json::json!({ "destinations": rows })).unwrap_or_default());
+    }
+    let mut out = format!(
+        "{:<20} {:<9} {:>9} {:>10} {:>9} {:>21} {:>12} {:>12}\n",
+        "DESTINATION", "STATE", "DEPTH", "OLDEST", "IN FLIGHT", "RATE EFF/CONF (/s)", "DEAD LETTERS", "DELIVERED/S"
+    );
+    for d in after {
+        let q = &d["queue"];
+        let rl = &d["rate_limit"];
+        out.push_str(&format!(
+            "{:<20} {:<9} {:>9} {:>10} {:>9} {:>21} {:>12} {:>12.1}\n",
+            d["name"].as_str().unwrap_or("?"),
+            d["state"].as_str().unwrap_or("?"),
+            q["depth"],
+            age(num(&q["oldest_age_seconds"])),
+            q["in_flight"],
+            format!(
+                "{}/{}",
+                rate(&rl["effective_per_second"]),
+                rate(&rl["configured_per_second"])
+            ),
+            q["dead_letters"],
+            rate_of(d),
+        ));
+        if let Some(reason) = d["state_reason"]
+            .as_str()
+            .filter(|r| !r.is_empty() && d["state"] != "running")
+        {
+            out.push_str(&format!("  └ {reason}\n"));
+        }
+    }
+    Ok(out)
+}
+
+pub fn render_destination(d: &Value) -> String {
+    let q = &d["queue"];
+    format!(
+        "{}: {} (depth {}, in flight {}, dead letters {}){}",
+        d["name"].as_str().unwrap_or("?"),
+        d["state"].as_str().unwrap_or("?"),
+        q["depth"],
+        q["in_flight"],
+        q["dead_letters"],
+        d["state_reason"]
+            .as_str()
+            .filter(|r| !r.is_empty())
+            .map(|r| format!(" — {r}"))
+            .unwrap_or_default()
+    )
+}
+
+pub fn render_dead_letters(v: &Value) -> String {
+    let mut out = format!(
+        "{:<26} {:<22} {:>8} {:<28} {}\n",
+        "ID", "REASON", "ATTEMPTS", "DEAD-LETTERED AT", "LAST ERROR"
+    );
+    for i in v["items"].as_array().into_iter().flatten() {
+        let e = &i["last_error"];
+        let err = if e.is_null() {
+            String::new()
+        } else {
+            format!(
+                "{} {} {}",
+                e["kind"].as_str().unwrap_or(""),
+                e["status"],
+                e["detail"].as_str().unwrap_or("").chars().take(60).collect::<String>()
+            )
+        };
+        out.push_str(&format!(
+            "{:<26} {:<22} {:>8} {:<28} {}\n",
+            i["id"].as_str().unwrap_or("?"),
+            i["reason"].as_str().unwrap_or(""),
+            i["attempts"],
+            i["dead_lettered_at"].as_str().unwrap_or(""),
+            err
+        ));
+    }
+    if let Some(next) = v["next"].as_str() {
+        out.push_str(&format!("more: --after {next}\n"));
+    }
+    out
+}
+
+pub fn render_message(m: &Value) -> String {
+    let mut out = String::new();
+    for key in [
+        "id",
+        "destination",
+        "state",
+        "attempts",
+        "received_at",
+        "delivered_at",
+        "next_attempt_at",
+        "reason",
+    ] {
+        let v = &m[key];
+        if !v.is_null() {
+            out.push_str(&format!(
+                "{key:<16} {}\n",
+                v.as_str().map(str::to_string).unwrap_or(v.to_string())
+            ));
+        }
+    }
+    let e = &m["last_error"];
+    if !e.is_null() {
+        out.push_str(&format!(
+            "{:<16} {} {} {}\n",
+            "last_error",
+            e["kind"].as_str().unwrap_or(""),
+            e["status"],
+            e["detail"].as_str().unwrap_or("")
+        ));
+    }
+    out
+}
