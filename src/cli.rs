@@ -132,15 +132,15 @@ pub async fn status(client: &Client, interval: Duration, json: bool) -> Result<S
             "{:<20} {:<9} {:>9} {:>10} {:>9} {:>21} {:>12} {:>12.1}\n",
             d["name"].as_str().unwrap_or("?"),
             d["state"].as_str().unwrap_or("?"),
-            q["depth"],
+            q["depth"].to_string(),
             age(num(&q["oldest_age_seconds"])),
-            q["in_flight"],
+            q["in_flight"].to_string(),
             format!(
                 "{}/{}",
                 rate(&rl["effective_per_second"]),
                 rate(&rl["configured_per_second"])
             ),
-            q["dead_letters"],
+            q["dead_letters"].to_string(),
             rate_of(d),
         ));
         if let Some(reason) = d["state_reason"]
@@ -191,7 +191,7 @@ pub fn render_dead_letters(v: &Value) -> String {
             "{:<26} {:<22} {:>8} {:<28} {}\n",
             i["id"].as_str().unwrap_or("?"),
             i["reason"].as_str().unwrap_or(""),
-            i["attempts"],
+            i["attempts"].to_string(),
             i["dead_lettered_at"].as_str().unwrap_or(""),
             err
         ));
