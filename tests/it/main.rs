@@ -4,6 +4,7 @@
 mod support;
 
 mod backpressure;
+mod crash_loop;
 mod failure_modes;
 mod forwarding;
 mod lifecycle;

@@ -17,6 +17,8 @@ pub struct Seen {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
+    /// The status it was answered with.
+    pub status: u16,
 }
 
 impl Seen {
@@ -118,16 +120,20 @@ async fn handle(State(ds): State<Downstream>, req: Request) -> Response {
         headers: parts.headers,
         body,
         at: Instant::now(),
+        status: 0,
     };
-    let (reply, respond) = {
+    let reply = {
         let respond = ds.respond.lock().unwrap().clone();
         let mut seen_all = ds.seen.lock().unwrap();
-        seen_all.push(seen.clone());
         let id = seen.message_id();
-        let n = seen_all.iter().filter(|s| s.message_id() == id).count();
-        (respond(&seen, n), respond)
+        let n = 1 + seen_all.iter().filter(|s| s.message_id() == id).count();
+        let reply = respond(&seen, n);
+        let mut seen = seen;
+        // A reply slower than tidegate's timeout never reaches it.
+        seen.status = reply.status;
+        seen_all.push(seen);
+        reply
     };
-    drop(respond);
     if !reply.delay.is_zero() {
         tokio::time::sleep(reply.delay).await;
     }
