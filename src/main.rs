@@ -83,6 +83,20 @@ enum Command {
         #[command(flatten)]
         admin: Admin,
     },
+    /// Offline operations on the journal of a stopped instance.
+    Journal {
+        #[command(subcommand)]
+        action: JournalAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum JournalAction {
+    /// Check the queue files: integrity, checksums, counts. Exit 1 if damaged.
+    Verify {
+        #[arg(long, env = "TIDEGATE_CONFIG", default_value = "config/tidegate.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -129,6 +143,9 @@ fn main() -> ExitCode {
             }
         },
         Command::Serve { config } => serve(config),
+        Command::Journal {
+            action: JournalAction::Verify { config },
+        } => verify(config),
         other => operator(other),
     }
 }
@@ -154,6 +171,30 @@ fn serve(config: PathBuf) -> ExitCode {
         Err(e) => {
             tracing::error!(error = format!("{e:#}"), "tidegate failed");
             eprintln!("tidegate: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify(config: PathBuf) -> ExitCode {
+    let config = match Config::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match tidegate::journal::verify(&config.storage.path) {
+        Ok(report) => {
+            print!("{}", report.render(&config.storage.path));
+            if report.healthy() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("tidegate: {e}");
             ExitCode::FAILURE
         }
     }
@@ -255,7 +296,9 @@ fn operator(cmd: Command) -> ExitCode {
                     })
                 }
             },
-            Command::Serve { .. } | Command::Check { .. } => unreachable!("handled in main"),
+            Command::Serve { .. } | Command::Check { .. } | Command::Journal { .. } => {
+                unreachable!("handled in main")
+            }
         }
     });
     match result {

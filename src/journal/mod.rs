@@ -63,6 +63,7 @@
 mod reader;
 mod salvage;
 mod schema;
+mod verify;
 mod writer;
 
 use std::collections::HashMap;
@@ -74,6 +75,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 pub use reader::{DeadLetter, MessageStatus};
+pub use verify::{verify, Report as VerifyReport};
 
 /// Why a journal call failed, and so what the caller does next.
 #[derive(Debug, thiserror::Error)]

@@ -154,3 +154,38 @@ async fn a_corrupted_database_page_does_not_stop_start_up() {
         "the corruption is reported in the log:\n{log}"
     );
 }
+
+#[tokio::test]
+async fn journal_verify_reports_counts_and_finds_a_damaged_row() {
+    let ds = Downstream::start().await;
+    let mut tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
+    tg.admin_post("/v1/destinations/crm/pause", "").await;
+    for i in 0..5 {
+        tg.send(&format!("/crm/{i}"), "{\"v\":1}").await;
+    }
+    assert!(tg.terminate().await.success());
+    let verify = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .args(["journal", "verify", "--config"])
+            .arg(&tg.config_path)
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("integrity_check: ok"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("crm") && l.contains("pending") && l.contains(" 5 ")), "{text}");
+    assert!(text.contains("verdict: healthy"), "{text}");
+
+    // Change one body behind tidegate's back.
+    let db = rusqlite::Connection::open(tg.data_dir().join("journal.db")).unwrap();
+    db.execute("UPDATE messages SET body = x'00' WHERE seq = (SELECT min(seq) FROM messages)", [])
+        .unwrap();
+    drop(db);
+    let out = verify();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("rows failing their checksum: 1"), "{text}");
+    assert!(text.contains("verdict: DAMAGED"), "{text}");
+}
