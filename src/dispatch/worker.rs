@@ -419,6 +419,9 @@ async fn carry_out(
         // Nothing changed on disk: the message is still pending and will be
         // delivered again (at-least-once).
         tracing::error!(id, error = %e, "recording the attempt's outcome failed; the message will be retried");
+        // Keep the lease a while: retrying at once would hammer the
+        // downstream with a message we cannot record anyway.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         return;
     }
     match &step {

@@ -220,6 +220,8 @@ pub struct JournalStats {
     pub max_disk: AtomicU64,
     pub last_commit_ms: AtomicI64,
     pub open: AtomicBool,
+    /// The filesystem is below its free-space reserve: appends are refused.
+    pub low_space: AtomicBool,
     /// Set when SQLite reported corruption while running.
     pub poisoned: AtomicBool,
     /// Signalled when `poisoned` is set.

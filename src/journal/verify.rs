@@ -36,7 +36,11 @@ impl Report {
         let _ = writeln!(s, "journal {}", dir.join(DB_FILE).display());
         let _ = writeln!(s, "integrity_check: {}", self.integrity);
         let _ = writeln!(s, "wal: {} bytes not yet checkpointed", self.wal_bytes);
-        let _ = writeln!(s, "{:<24} {:<13} {:>10} {:>14}", "DESTINATION", "STATE", "MESSAGES", "BODY BYTES");
+        let _ = writeln!(
+            s,
+            "{:<24} {:<13} {:>10} {:>14}",
+            "DESTINATION", "STATE", "MESSAGES", "BODY BYTES"
+        );
         for ((dest, state), (n, bytes)) in &self.counts {
             let _ = writeln!(s, "{dest:<24} {state:<13} {n:>10} {bytes:>14}");
         }
@@ -71,12 +75,16 @@ pub fn verify(dir: &Path) -> Result<Report, String> {
     if !path.exists() {
         return Err(format!("no journal at {}", path.display()));
     }
-    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let conn = Connection::open_with_flags(
+        &path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     // Read only, and leave the files as they are when done.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
         .map_err(|e| e.to_string())?;
-    conn.pragma_update(None, "query_only", true).map_err(|e| e.to_string())?;
+    conn.pragma_update(None, "query_only", true)
+        .map_err(|e| e.to_string())?;
     let mut report = Report {
         wal_bytes: std::fs::metadata(dir.join(format!("{DB_FILE}-wal")))
             .map(|m| m.len())
@@ -90,8 +98,9 @@ pub fn verify(dir: &Path) -> Result<Report, String> {
         Ok(lines) => lines.join("; "),
         Err(e) => format!("failed: {e}"),
     };
-    let rows = conn.prepare("SELECT seq, dest, state, method, path, headers, body, size, crc FROM messages").and_then(
-        |mut st| {
+    let rows = conn
+        .prepare("SELECT seq, dest, state, method, path, headers, body, size, crc FROM messages")
+        .and_then(|mut st| {
             let mut rows = st.query([])?;
             while let Some(r) = rows.next()? {
                 let seq: i64 = r.get(0)?;
@@ -112,8 +121,7 @@ pub fn verify(dir: &Path) -> Result<Report, String> {
                 }
             }
             Ok(())
-        },
-    );
+        });
     if rows.is_err() {
         report.unreadable = true;
     }

@@ -113,6 +113,8 @@ pub(crate) struct Writer {
     syncer: Option<std::sync::mpsc::Sender<Vec<Pending>>>,
     syncer_thread: Option<std::thread::JoinHandle<()>>,
     last_disk_check: std::time::Instant,
+    /// Free space is within a few reserves of the limit: check every batch.
+    near_full: bool,
 }
 
 impl Writer {
@@ -133,6 +135,7 @@ impl Writer {
             syncer: Some(tx),
             syncer_thread: Some(syncer_thread),
             last_disk_check: std::time::Instant::now(),
+            near_full: true,
         };
         w.refresh_disk_bytes();
         Ok(w)
@@ -164,7 +167,13 @@ impl Writer {
             if !batch.is_empty() {
                 self.commit_batch(std::mem::take(&mut batch));
             }
-            if self.shared.wal_restart.swap(false, Ordering::Relaxed) {
+            if self.shared.stats.low_space.load(Ordering::Relaxed) {
+                // Short of space: after every batch, hand freed pages back to
+                // the filesystem and truncate the WAL.
+                let _ = self.conn.execute_batch("PRAGMA incremental_vacuum");
+                let _ = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()));
+                self.refresh_disk_bytes();
+            } else if self.shared.wal_restart.swap(false, Ordering::Relaxed) {
                 if let Err(e) = self.conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(())) {
                     tracing::warn!(error = %e, "WAL restart checkpoint failed; will retry");
                 }
@@ -213,8 +222,9 @@ impl Writer {
                 }
             }
         }
-        // A few stat calls: cheap, but not for every batch under load.
-        if self.last_disk_check.elapsed() >= std::time::Duration::from_millis(50) {
+        // A few stat calls: cheap, but not for every batch under load,
+        // unless free space is close to the reserve.
+        if self.near_full || self.last_disk_check.elapsed() >= std::time::Duration::from_millis(50) {
             self.refresh_disk_bytes();
         }
     }
@@ -294,14 +304,44 @@ impl Writer {
     fn refresh_disk_bytes(&mut self) {
         self.last_disk_check = std::time::Instant::now();
         let mut total = 0;
+        let mut wal = 0;
         for suffix in ["", "-wal", "-shm"] {
             let mut p = self.path.clone().into_os_string();
             p.push(suffix);
             if let Ok(m) = std::fs::metadata(&p) {
                 total += m.len();
+                if suffix == "-wal" {
+                    wal = m.len();
+                }
             }
         }
-        self.shared.stats.disk_bytes.store(total, Ordering::Relaxed);
+        let stats = &self.shared.stats;
+        stats.disk_bytes.store(total, Ordering::Relaxed);
+        // Keep a reserve of free space: acks, dead-lettering and checkpoints
+        // need room in the WAL too, and a disk filled by appends would leave
+        // no way to drain it.
+        let dir = self.path.parent().unwrap_or(std::path::Path::new("."));
+        let (low, near) = match (fs4::available_space(dir), fs4::total_space(dir)) {
+            (Ok(free), Ok(size)) => {
+                // Checkpointing may grow the database by up to the WAL's
+                // size: that space is spoken for.
+                let free = free.saturating_sub(wal);
+                let reserve = (size / 8).clamp(1 << 20, 256 << 20);
+                (
+                    free < reserve,
+                    free < reserve.saturating_mul(4).max(MAX_BATCH_BYTES as u64 * 2),
+                )
+            }
+            _ => (false, false),
+        };
+        self.near_full = near;
+        if low != stats.low_space.swap(low, Ordering::Relaxed) {
+            if low {
+                tracing::error!(path = %dir.display(), "the disk is nearly full: refusing new messages (507) until deliveries free space");
+            } else {
+                tracing::warn!(path = %dir.display(), "disk space recovered: accepting messages again");
+            }
+        }
     }
 }
 
@@ -484,7 +524,9 @@ fn append(
         }
     }
     let stats = &shared.stats;
-    if stats.disk_bytes.load(Ordering::Relaxed) >= stats.max_disk.load(Ordering::Relaxed) {
+    if stats.low_space.load(Ordering::Relaxed)
+        || stats.disk_bytes.load(Ordering::Relaxed) >= stats.max_disk.load(Ordering::Relaxed)
+    {
         return Ok((Answer::Append(Err(JournalError::StorageFull)), Effect::default()));
     }
     let size = msg.body.len() as i64;

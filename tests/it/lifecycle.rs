@@ -175,13 +175,20 @@ async fn journal_verify_reports_counts_and_finds_a_damaged_row() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}");
     assert!(text.contains("integrity_check: ok"), "{text}");
-    assert!(text.lines().any(|l| l.starts_with("crm") && l.contains("pending") && l.contains(" 5 ")), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("crm") && l.contains("pending") && l.contains(" 5 ")),
+        "{text}"
+    );
     assert!(text.contains("verdict: healthy"), "{text}");
 
     // Change one body behind tidegate's back.
     let db = rusqlite::Connection::open(tg.data_dir().join("journal.db")).unwrap();
-    db.execute("UPDATE messages SET body = x'00' WHERE seq = (SELECT min(seq) FROM messages)", [])
-        .unwrap();
+    db.execute(
+        "UPDATE messages SET body = x'00' WHERE seq = (SELECT min(seq) FROM messages)",
+        [],
+    )
+    .unwrap();
     drop(db);
     let out = verify();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();

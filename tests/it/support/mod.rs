@@ -36,6 +36,7 @@ where
 pub struct Tidegate {
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
+    data: PathBuf,
     child: Option<Child>,
     pub ingress: SocketAddr,
     pub admin: SocketAddr,
@@ -58,6 +59,8 @@ fn base_config(data: &Path, extra: &Extra) -> String {
 /// Extra keys for the fixed sections of a test config.
 #[derive(Default, Clone, Copy)]
 pub struct Extra<'a> {
+    /// Where the journal lives, instead of the test's temporary directory.
+    pub data: Option<&'a Path>,
     pub ingress: &'a str,
     pub admin: &'a str,
     pub log_json: bool,
@@ -75,11 +78,16 @@ impl Tidegate {
     pub async fn start_with(destinations: &str, extra: Extra<'_>) -> Tidegate {
         let dir = tempfile::tempdir().expect("tempdir");
         let config_path = dir.path().join("tidegate.toml");
-        let cfg = format!("{}{destinations}", base_config(&dir.path().join("data"), &extra));
+        let data = extra
+            .data
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| dir.path().join("data"));
+        let cfg = format!("{}{destinations}", base_config(&data, &extra));
         std::fs::write(&config_path, cfg).expect("write config");
         let mut t = Tidegate {
             dir,
             config_path,
+            data,
             child: None,
             ingress: "127.0.0.1:1".parse().unwrap(),
             admin: "127.0.0.1:1".parse().unwrap(),
@@ -100,7 +108,7 @@ impl Tidegate {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
     }
 
     /// Starts (or restarts) the process and waits for its listening line.
