@@ -186,7 +186,7 @@ impl Deliver for HttpDeliverer {
                         FailureKind::ConnectError
                     },
                     response: None,
-                    detail: error_chain(&e),
+                    detail: error_chain(&e.without_url()),
                 },
             }
         })

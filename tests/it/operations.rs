@@ -281,6 +281,22 @@ async fn json_logs_parse_carry_message_ids_and_never_secrets() {
 }
 
 #[tokio::test]
+async fn a_connect_error_shows_no_url_credentials() {
+    let tg = Tidegate::start(&destination(
+        "crm",
+        "http://user:url-secret-0a1b@127.0.0.1:1/api",
+        "[destination.retry]\nmax_attempts = 1",
+    ))
+    .await;
+    let id = tg.send("/crm/x", "{}").await;
+    tg.wait_message_state(&id, "dead_lettered").await;
+    let m = tg.message(&id).await;
+    assert_eq!(m["last_error"]["kind"], "connect_error");
+    let shown = format!("{m} {} {}", tg.destination("crm").await, tg.log());
+    assert!(!shown.contains("url-secret"), "{shown}");
+}
+
+#[tokio::test]
 async fn admin_calls_need_the_token_when_one_is_configured_but_probes_do_not() {
     let tg = Tidegate::start_with(
         &destination("crm", "http://127.0.0.1:1", ""),
