@@ -194,13 +194,19 @@ impl Tidegate {
     }
 
     pub async fn admin_get(&self, path: &str) -> serde_json::Value {
-        let r = self
-            .client
-            .get(self.admin_url(path))
-            .send()
-            .await
-            .expect("admin request");
-        r.json().await.expect("admin json")
+        // GET is idempotent: a pooled connection closed under the client
+        // while idle is retried, as any HTTP client would.
+        let mut tries = 0;
+        loop {
+            match self.client.get(self.admin_url(path)).send().await {
+                Ok(r) => return r.json().await.expect("admin json"),
+                Err(e) if tries < 3 && !e.is_timeout() => {
+                    tries += 1;
+                    eprintln!("retrying GET {path}: {e}");
+                }
+                Err(e) => panic!("admin request GET {path}: {e}"),
+            }
+        }
     }
 
     pub async fn admin_post(&self, path: &str, body: &str) -> reqwest::Response {
