@@ -233,13 +233,26 @@ impl Tidegate {
         .await
     }
 
+    /// Waits for a message to reach `state`, then for its destination to
+    /// have no attempt in flight: an attempt's counters and log lines come
+    /// after its outcome is visible, and are done once it is released.
     pub async fn wait_message_state(&self, id: &str, state: &str) {
         eventually(
             Duration::from_secs(20),
             &format!("message {id} to be {state}"),
             || async { self.message(id).await["state"] == state },
         )
-        .await
+        .await;
+        let dest = self.message(id).await["destination"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        eventually(
+            Duration::from_secs(20),
+            &format!("{dest} to have nothing in flight"),
+            || async { self.destination(&dest).await["queue"]["in_flight"] == 0 },
+        )
+        .await;
     }
 
     pub fn pid(&self) -> u32 {
