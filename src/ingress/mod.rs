@@ -271,16 +271,25 @@ async fn append_with_backpressure(
         idempotency_window_ms: idempotency_window.as_millis() as i64,
     };
     let deadline = tokio::time::Instant::now() + cfg.queue.block_timeout;
+    let msg = Arc::new(msg);
+    // Only a producer that found the queue full waits for room; it registers
+    // for the wake-up before its next attempt, so room freed in between is
+    // not missed.
+    let mut room = None;
     loop {
-        // Registered before the attempt so a freed slot between the attempt
-        // and the wait is not missed.
-        let room = dest.queue.room.notified();
-        tokio::pin!(room);
-        room.as_mut().enable();
         match ing.journal.append(msg.clone(), limits).await {
             Ok(Appended::QueueFull) => {
                 if cfg.queue.when_full == WhenFull::Block && tokio::time::Instant::now() < deadline {
-                    let _ = tokio::time::timeout_at(deadline, room).await;
+                    match room.take() {
+                        None => {
+                            let mut n = Box::pin(dest.queue.room.notified());
+                            n.as_mut().enable();
+                            room = Some(n);
+                        }
+                        Some(n) => {
+                            let _ = tokio::time::timeout_at(deadline, n).await;
+                        }
+                    }
                     continue;
                 }
                 let retry_after = queue_retry_after(dest, cfg);

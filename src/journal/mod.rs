@@ -381,7 +381,8 @@ impl Journal {
     }
 
     /// Makes a message durable. Returns only after the commit.
-    pub async fn append(&self, msg: NewMessage, limits: Limits) -> Result<Appended> {
+    pub async fn append(&self, msg: impl Into<Arc<NewMessage>>, limits: Limits) -> Result<Appended> {
+        let msg = msg.into();
         self.call(|reply| writer::Command::Append { msg, limits, reply }).await
     }
 

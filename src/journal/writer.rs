@@ -23,7 +23,7 @@ const SWEEP_CHUNK: i64 = 5000;
 
 pub enum Command {
     Append {
-        msg: NewMessage,
+        msg: Arc<NewMessage>,
         limits: Limits,
         reply: oneshot::Sender<Result<Appended>>,
     },
