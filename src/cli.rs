@@ -63,6 +63,19 @@ impl Client {
         Ok(v)
     }
 
+    /// The status of a plain GET (probes answer text, not JSON).
+    pub async fn probe(&self, path: &str) -> Result<u16, CliError> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|source| CliError::Unreachable { url, source })?;
+        Ok(resp.status().as_u16())
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value, CliError> {
         self.call(reqwest::Method::GET, path, None).await
     }

@@ -83,6 +83,15 @@ enum Command {
         #[command(flatten)]
         admin: Admin,
     },
+    /// Exit 0 if the instance answers /healthz (or /readyz with --ready); for
+    /// container health checks, where there is no curl.
+    Healthcheck {
+        /// Check readiness instead of liveness.
+        #[arg(long)]
+        ready: bool,
+        #[command(flatten)]
+        admin: Admin,
+    },
     /// Offline operations on the journal of a stopped instance.
     Journal {
         #[command(subcommand)]
@@ -245,6 +254,19 @@ fn operator(cmd: Command) -> ExitCode {
                 } else {
                     cli::render_message(&v)
                 })
+            }
+            Command::Healthcheck { ready, admin } => {
+                let path = if ready { "/readyz" } else { "/healthz" };
+                let status = client(&admin).probe(path).await?;
+                if status == 200 {
+                    Ok(format!("{path}: ok"))
+                } else {
+                    Err(cli::CliError::Problem {
+                        status,
+                        code: "unhealthy".into(),
+                        detail: format!("{path} answered {status}"),
+                    })
+                }
             }
             Command::Reload { admin } => {
                 let v = client(&admin).post("/v1/reload", None).await?;

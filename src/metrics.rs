@@ -27,6 +27,7 @@ pub struct Metrics {
     pub rate_limit: prometheus::GaugeVec,
     pub destination_state: IntGaugeVec,
     pub journal_disk_bytes: IntGauge,
+    pub journal_max_disk_bytes: IntGauge,
     pub delivery_duration: HistogramVec,
     pub end_to_end: HistogramVec,
     pub ingest_duration: Histogram,
@@ -72,6 +73,11 @@ impl Metrics {
         .expect("valid");
         registry
             .register(Box::new(journal_corrupt_records.clone()))
+            .expect("unique metric");
+        let journal_max_disk_bytes =
+            IntGauge::new("journal_max_disk_bytes", "storage.max_disk: the journal's size limit.").expect("valid");
+        registry
+            .register(Box::new(journal_max_disk_bytes.clone()))
             .expect("unique metric");
         let journal_disk_bytes =
             IntGauge::new("journal_disk_bytes", "Bytes the journal files take on disk.").expect("valid");
@@ -162,8 +168,36 @@ impl Metrics {
             journal_fsyncs,
             journal_corrupt_records,
             journal_disk_bytes,
+            journal_max_disk_bytes,
             ingest_duration,
             registry,
+        }
+    }
+
+    /// Creates a destination's series at zero, so rates and alerts see a
+    /// destination from its start rather than from its first event.
+    pub fn register_destination(&self, dest: &str) {
+        self.received.with_label_values(&[dest]);
+        self.delivered.with_label_values(&[dest]);
+        for outcome in [
+            "success",
+            "http_3xx",
+            "http_4xx",
+            "http_429",
+            "http_5xx",
+            "timeout",
+            "connect_error",
+        ] {
+            self.attempts.with_label_values(&[dest, outcome]);
+        }
+        for reason in ["permanent_failure", "max_attempts", "max_age", "skipped_by_operator"] {
+            self.dead_lettered.with_label_values(&[dest, reason]);
+        }
+        for reason in ["transient_failure", "permanent_failure"] {
+            self.dropped.with_label_values(&[dest, reason]);
+        }
+        for reason in ["queue_full", "storage_full", "destination_halted", "payload_too_large"] {
+            self.rejected.with_label_values(&[dest, reason]);
         }
     }
 

@@ -198,6 +198,7 @@ impl Dispatcher {
         if info.state != State::Running {
             tracing::warn!(destination = %d.name, state = info.state.as_str(), reason = %info.reason, "destination restored in a stopped state");
         }
+        self.ctx.metrics.register_destination(&d.name);
         let rl = &d.rate_limit;
         let dest = Arc::new(Destination {
             name: d.name.clone(),

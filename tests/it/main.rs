@@ -5,6 +5,7 @@ mod support;
 
 mod backpressure;
 mod crash_loop;
+mod dashboards;
 mod disk;
 mod failure_modes;
 mod forwarding;
