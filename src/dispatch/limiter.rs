@@ -16,6 +16,10 @@ use tokio::time::Instant;
 const FLOOR_SHARE: f64 = 0.01;
 /// Each calm second raises the effective rate by this share of the configured.
 const RECOVERY_SHARE: f64 = 0.05;
+/// At most one halving per this interval: the 429s of attempts already in
+/// flight arrive together and are one signal, not eight (TCP's AIMD halves
+/// once per round trip for the same reason).
+const HALVE_AT_MOST_EVERY: Duration = Duration::from_millis(250);
 
 pub struct Limiter {
     inner: Mutex<State>,
@@ -29,6 +33,7 @@ struct State {
     bucket: Option<Arc<DefaultDirectRateLimiter>>,
     paused_until: Option<Instant>,
     last_slowdown: Option<Instant>,
+    last_halved: Option<Instant>,
 }
 
 fn bucket(rate: f64, burst: u32, drained: bool) -> Arc<DefaultDirectRateLimiter> {
@@ -55,6 +60,7 @@ impl Limiter {
                 bucket: rate.map(|r| bucket(r, burst, false)),
                 paused_until: None,
                 last_slowdown: None,
+                last_halved: None,
             }),
         }
     }
@@ -122,11 +128,17 @@ impl Limiter {
         if let Some(ra) = retry_after {
             s.paused_until = Some(s.paused_until.map_or(now + ra, |p| p.max(now + ra)));
         }
+        if s.last_halved
+            .is_some_and(|t| now.duration_since(t) < HALVE_AT_MOST_EVERY)
+        {
+            return;
+        }
         if let (Some(c), Some(e)) = (s.configured, s.effective) {
             let halved = (e / 2.0).max(c * FLOOR_SHARE);
             if halved < e {
                 s.effective = Some(halved);
                 s.bucket = Some(bucket(halved, s.burst, true));
+                s.last_halved = Some(now);
             }
         }
     }
@@ -164,12 +176,17 @@ impl Limiter {
 mod tests {
     use super::*;
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn slowdowns_halve_down_to_one_percent_and_ticks_recover_by_five_percent() {
         let l = Limiter::new(Some(100.0), 10, true);
         l.slow_down(None);
         assert_eq!(l.effective(), Some(50.0));
+        // A burst of 429s from attempts already in flight halves once.
+        l.slow_down(None);
+        l.slow_down(None);
+        assert_eq!(l.effective(), Some(50.0));
         for _ in 0..20 {
+            tokio::time::advance(HALVE_AT_MOST_EVERY).await;
             l.slow_down(None);
         }
         assert_eq!(l.effective(), Some(1.0));
