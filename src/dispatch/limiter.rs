@@ -36,6 +36,16 @@ struct State {
     last_halved: Option<Instant>,
 }
 
+/// The bucket size to use: the configured burst at full rate, but 1 while
+/// adapting, because a downstream that pushed back is often one that counts
+/// requests in short windows, and a burst is what trips it.
+fn burst_for(configured: Option<f64>, effective: f64, burst: u32) -> u32 {
+    match configured {
+        Some(c) if effective < c => 1,
+        _ => burst,
+    }
+}
+
 fn bucket(rate: f64, burst: u32, drained: bool) -> Arc<DefaultDirectRateLimiter> {
     let period = Duration::from_secs_f64(1.0 / rate.max(1e-6));
     let burst = NonZeroU32::new(burst.max(1)).unwrap_or(NonZeroU32::MIN);
@@ -82,7 +92,7 @@ impl Limiter {
             (Some(r), Some(e)) if adaptive => Some(e.min(r)),
             _ => rate,
         };
-        s.bucket = s.effective.map(|r| bucket(r, burst, true));
+        s.bucket = s.effective.map(|r| bucket(r, burst_for(rate, r, burst), true));
     }
 
     pub fn configured(&self) -> Option<f64> {
@@ -137,7 +147,7 @@ impl Limiter {
             let halved = (e / 2.0).max(c * FLOOR_SHARE);
             if halved < e {
                 s.effective = Some(halved);
-                s.bucket = Some(bucket(halved, s.burst, true));
+                s.bucket = Some(bucket(halved, burst_for(s.configured, halved, s.burst), true));
                 s.last_halved = Some(now);
             }
         }
@@ -168,7 +178,7 @@ impl Limiter {
         }
         let raised = (e + c * RECOVERY_SHARE).min(c);
         s.effective = Some(raised);
-        s.bucket = Some(bucket(raised, s.burst, true));
+        s.bucket = Some(bucket(raised, burst_for(s.configured, raised, s.burst), true));
     }
 }
 
