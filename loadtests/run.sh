@@ -40,7 +40,7 @@ http {
   client_body_temp_path $work/nginx;
   log_format t '\$msec \$status \$http_x_tidegate_message_id \$uri';
   limit_req_zone \$binary_remote_addr zone=api:1m rate=200r/s;
-  # `return` runs before limit_req would, so the limited server proxies to
+  # a return would run before limit_req, so the limited server proxies to
   # the 200 server instead of answering itself.
   upstream ok { server 127.0.0.1:$P_OK; keepalive 64; }
   server { listen 127.0.0.1:$P_ACCEPT; location / { client_max_body_size 2m; return 202 '{"id":"0","status":"queued"}'; } }
