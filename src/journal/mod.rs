@@ -293,7 +293,9 @@ impl Journal {
             salt,
             counts,
             next_seq,
+            lost,
         } = opened;
+        stats.corrupt_records.fetch_add(lost, Ordering::Relaxed);
         let mut queues = HashMap::new();
         for (dest, c) in counts {
             let q = Arc::new(QueueCounts::default());

@@ -6,6 +6,8 @@ use std::path::Path;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 pub const DB_FILE: &str = "journal.db";
+/// The highest sequence number known durable, kept outside the database.
+pub const HWM_FILE: &str = "journal.hwm";
 
 /// Bumped whenever the row format changes; a journal of another version is
 /// refused rather than misread.
@@ -97,6 +99,8 @@ pub struct Opened {
     /// The next sequence number: above every row ever stored, including
     /// rows since deleted (ids must never repeat).
     pub next_seq: i64,
+    /// Acknowledged messages missing from the database (see `HWM_FILE`).
+    pub lost: u64,
     pub counts: HashMap<String, QueueCount>,
 }
 
@@ -147,12 +151,28 @@ pub fn open_checked(path: &Path) -> Result<Opened, String> {
         .query_row("SELECT coalesce(max(seq), 0) FROM messages", [], |r| r.get(0))
         .map_err(|e| format!("reading the last sequence number: {e}"))?;
     let floor: i64 = meta(&conn, "seq_floor")?.and_then(|s| s.parse().ok()).unwrap_or(0);
+    let hwm: i64 = std::fs::read_to_string(path.with_file_name(HWM_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0);
+    let known = max_seq.max(floor);
+    let lost = (hwm - known).max(0) as u64;
+    if lost > 0 {
+        tracing::error!(
+            lost,
+            last_known = known,
+            high_water_mark = hwm,
+            "the journal lost acknowledged messages: the WAL was truncated or deleted while tidegate was stopped"
+        );
+    }
     set_meta(&conn, "clean_shutdown", "0")?;
     Ok(Opened {
         conn,
         salt,
         counts,
-        next_seq: max_seq.max(floor) + 1,
+        lost,
+        // Never reuse the ids of lost messages.
+        next_seq: known.max(hwm) + 1,
     })
 }
 

@@ -213,3 +213,22 @@ async fn sweep_forgets_finished_history() {
     assert!(j.status(a).await.unwrap().is_none());
     j.close();
 }
+
+#[tokio::test]
+async fn messages_missing_below_the_high_water_mark_are_counted_as_lost() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    for i in 0..3 {
+        stored(&j, msg("d", &i.to_string())).await;
+    }
+    j.close();
+    drop(j);
+    assert_eq!(std::fs::read_to_string(dir.path().join(schema::HWM_FILE)).unwrap(), "3");
+    // As if the WAL holding seqs 4..=10 had been deleted while stopped.
+    std::fs::write(dir.path().join(schema::HWM_FILE), "10").unwrap();
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 7);
+    // Ids of lost messages are never handed out again.
+    assert_eq!(stored(&j, msg("d", "new")).await, 11);
+    j.close();
+}

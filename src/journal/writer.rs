@@ -110,7 +110,7 @@ pub(crate) struct Writer {
     /// The sequence number the next append gets.
     next_seq: i64,
     /// Hands committed batches to the syncer thread.
-    syncer: Option<std::sync::mpsc::Sender<Vec<Pending>>>,
+    syncer: Option<std::sync::mpsc::Sender<Synced>>,
     syncer_thread: Option<std::thread::JoinHandle<()>>,
     last_disk_check: std::time::Instant,
     /// Free space is within a few reserves of the limit: check every batch.
@@ -123,9 +123,10 @@ impl Writer {
         let mut wal = path.clone().into_os_string();
         wal.push("-wal");
         let stats = shared.stats.clone();
+        let hwm = path.with_file_name(schema::HWM_FILE);
         let syncer_thread = std::thread::Builder::new()
             .name("journal-sync".into())
-            .spawn(move || syncer(PathBuf::from(wal), rx, stats))?;
+            .spawn(move || syncer(PathBuf::from(wal), hwm, rx, stats))?;
         let mut w = Writer {
             conn,
             path,
@@ -272,9 +273,10 @@ impl Writer {
         // The batch is in the WAL but not yet on stable storage: the syncer
         // answers once an fdatasync has covered it.
         let pending: Vec<Pending> = batch.into_iter().zip(answers).map(|(c, a)| pending_of(c, a)).collect();
+        let last_seq = self.next_seq - 1;
         match &self.syncer {
             Some(tx) => {
-                if let Err(std::sync::mpsc::SendError(pending)) = tx.send(pending) {
+                if let Err(std::sync::mpsc::SendError(Synced { pending, .. })) = tx.send(Synced { pending, last_seq }) {
                     for p in pending {
                         p.fail(|| JournalError::Closed);
                     }
@@ -702,11 +704,21 @@ pub(crate) fn checkpointer(
 /// A failed fdatasync leaves the state of the file unknown (the kernel may
 /// have dropped the dirty pages): the batch is failed and the journal is
 /// poisoned, which stops the process (fail-stop, as PostgreSQL does).
-fn syncer(wal: PathBuf, rx: std::sync::mpsc::Receiver<Vec<Pending>>, stats: Arc<JournalStats>) {
+/// A committed batch waiting for its fdatasync.
+pub(crate) struct Synced {
+    pending: Vec<Pending>,
+    /// The highest sequence number handed out so far.
+    last_seq: i64,
+}
+
+fn syncer(wal: PathBuf, hwm: PathBuf, rx: std::sync::mpsc::Receiver<Synced>, stats: Arc<JournalStats>) {
     let mut file: Option<std::fs::File> = None;
-    while let Ok(mut group) = rx.recv() {
+    while let Ok(first) = rx.recv() {
+        let mut group = first.pending;
+        let mut last_seq = first.last_seq;
         while let Ok(more) = rx.try_recv() {
-            group.extend(more);
+            group.extend(more.pending);
+            last_seq = last_seq.max(more.last_seq);
         }
         let synced = match &file {
             Some(f) => f.sync_data(),
@@ -719,6 +731,10 @@ fn syncer(wal: PathBuf, rx: std::sync::mpsc::Receiver<Vec<Pending>>, stats: Arc<
         match synced {
             Ok(()) => {
                 stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                // Outside SQLite, so a WAL lost or cut short while tidegate
+                // was stopped shows at the next start as a gap below this
+                // mark. Not synced: a stale mark only under-reports.
+                let _ = std::fs::write(&hwm, last_seq.to_string());
                 group.into_iter().for_each(Pending::answer);
             }
             Err(e) => {

@@ -196,3 +196,54 @@ async fn journal_verify_reports_counts_and_finds_a_damaged_row() {
     assert!(text.contains("rows failing their checksum: 1"), "{text}");
     assert!(text.contains("verdict: DAMAGED"), "{text}");
 }
+
+#[tokio::test]
+async fn a_deleted_wal_is_survived_and_every_acknowledged_message_is_delivered_or_counted_lost() {
+    let ds = Downstream::start().await;
+    let mut tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
+    tg.admin_post("/v1/destinations/crm/pause", "").await;
+    let mut acked = Vec::new();
+    for i in 0..300 {
+        acked.push(tg.send(&format!("/crm/{i}"), &"w".repeat(500)).await);
+    }
+    tg.kill9();
+    for f in ["journal.db-wal", "journal.db-shm"] {
+        let _ = std::fs::remove_file(tg.data_dir().join(f));
+    }
+    tg.spawn(&[]).await;
+    let r = tg.client.get(tg.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let metrics = tg
+        .client
+        .get(tg.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let lost: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tidegate_journal_corrupt_records_total "))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap();
+    tg.admin_post("/v1/destinations/crm/resume", "").await;
+    eventually(Duration::from_secs(30), "the queue to drain", || async {
+        tg.destination("crm").await["queue"]["depth"] == 0
+    })
+    .await;
+    let delivered: HashSet<String> = ds.seen().iter().map(|s| s.message_id()).collect();
+    let missing = acked.iter().filter(|id| !delivered.contains(*id)).count() as u64;
+    eprintln!(
+        "deleted WAL: {lost} of {} acknowledged messages lost and reported",
+        acked.len()
+    );
+    // Whatever the WAL held is gone; tidegate must say how much.
+    assert_eq!(
+        missing, lost,
+        "{missing} acknowledged messages missing, {lost} reported lost"
+    );
+    if lost > 0 {
+        assert!(tg.log().contains("lost acknowledged messages"), "{}", tg.log());
+    }
+}

@@ -159,6 +159,9 @@ impl Tidegate {
         };
         self.ingress = field("ingress");
         self.admin = field("admin");
+        // A restarted process may get the port numbers of the old one; the
+        // old process's pooled connections must not be reused for it.
+        self.client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
         self.child = Some(child);
     }
 
@@ -195,7 +198,7 @@ impl Tidegate {
 
     pub async fn admin_get(&self, path: &str) -> serde_json::Value {
         // GET is idempotent: a pooled connection closed under the client
-        // while idle is retried, as any HTTP client would.
+        // is retried, as any HTTP client would.
         let mut tries = 0;
         loop {
             match self.client.get(self.admin_url(path)).send().await {
