@@ -226,6 +226,9 @@ pub struct JournalStats {
     pub poisoned: AtomicBool,
     /// Signalled when `poisoned` is set.
     pub poison: Notify,
+    /// Test hook: the writer exits without checkpointing or marking the
+    /// journal clean, as a killed process would.
+    pub(crate) abandon: AtomicBool,
 }
 
 impl JournalStats {
@@ -507,6 +510,14 @@ impl Journal {
             self.inner.stats.note_error(e);
         }
         out
+    }
+
+    /// Stops like a killed process: committed work stays (it is durable),
+    /// but nothing is checkpointed and the journal is not marked clean.
+    #[cfg(test)]
+    pub(crate) fn crash(&self) {
+        self.inner.stats.abandon.store(true, Ordering::SeqCst);
+        self.close();
     }
 
     /// Flushes and closes: pending commands are committed, the clean-shutdown

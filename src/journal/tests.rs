@@ -232,3 +232,172 @@ async fn messages_missing_below_the_high_water_mark_are_counted_as_lost() {
     assert_eq!(stored(&j, msg("d", "new")).await, 11);
     j.close();
 }
+
+/// A model-based test of the journal API: random sequences of operations,
+/// including crashes (the writer stops without checkpointing or marking the
+/// journal clean) and clean restarts, checked after every step against an
+/// in-memory model of what must be there.
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Append { dest: u8, size: usize },
+        Ack { pick: usize },
+        Reschedule { pick: usize, later: bool },
+        DeadLetter { pick: usize },
+        Drop { pick: usize },
+        Replay { dest: u8 },
+        Purge { dest: u8 },
+        Restart { crash: bool },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..2, 0usize..3000).prop_map(|(dest, size)| Op::Append { dest, size }),
+            2 => any::<usize>().prop_map(|pick| Op::Ack { pick }),
+            2 => (any::<usize>(), any::<bool>()).prop_map(|(pick, later)| Op::Reschedule { pick, later }),
+            1 => any::<usize>().prop_map(|pick| Op::DeadLetter { pick }),
+            1 => any::<usize>().prop_map(|pick| Op::Drop { pick }),
+            1 => (0u8..2).prop_map(|dest| Op::Replay { dest }),
+            1 => (0u8..2).prop_map(|dest| Op::Purge { dest }),
+            1 => any::<bool>().prop_map(|crash| Op::Restart { crash }),
+        ]
+    }
+
+    #[derive(Clone, Debug, PartialEq)]
+    enum St {
+        Ready,
+        Later,
+        Dead,
+        Done,
+    }
+
+    #[derive(Clone, Debug)]
+    struct M {
+        dest: String,
+        size: u64,
+        body: Vec<u8>,
+        st: St,
+    }
+
+    fn dest_name(d: u8) -> String {
+        format!("d{d}")
+    }
+
+    async fn check(j: &Journal, model: &BTreeMap<u64, M>) {
+        for d in ["d0", "d1"] {
+            let pending: Vec<&M> = model
+                .values()
+                .filter(|m| m.dest == d && matches!(m.st, St::Ready | St::Later))
+                .collect();
+            let q = j.queue(d);
+            assert_eq!(q.depth.load(Ordering::Relaxed), pending.len() as u64, "depth of {d}");
+            assert_eq!(
+                q.bytes.load(Ordering::Relaxed),
+                pending.iter().map(|m| m.size).sum::<u64>(),
+                "bytes of {d}"
+            );
+            let dead = model.values().filter(|m| m.dest == d && m.st == St::Dead).count() as u64;
+            assert_eq!(q.dead_letters.load(Ordering::Relaxed), dead, "dead letters of {d}");
+            let mut want: Vec<u64> = model
+                .iter()
+                .filter(|(_, m)| m.dest == d && m.st == St::Ready)
+                .map(|(s, _)| *s)
+                .collect();
+            want.sort();
+            let got = j.fetch_ready(d, 10_000, vec![]).await.unwrap();
+            let mut got_seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+            got_seqs.sort();
+            assert_eq!(got_seqs, want, "deliverable messages of {d}");
+            for m in got {
+                assert_eq!(&m.body[..], &model[&m.seq].body[..], "body of {}", m.seq);
+            }
+        }
+    }
+
+    fn pick(model: &BTreeMap<u64, M>, pick: usize, want: impl Fn(&M) -> bool) -> Option<(u64, String)> {
+        let c: Vec<(u64, String)> = model
+            .iter()
+            .filter(|(_, m)| want(m))
+            .map(|(s, m)| (*s, m.dest.clone()))
+            .collect();
+        (!c.is_empty()).then(|| c[pick % c.len()].clone())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn the_journal_matches_its_model_across_crashes(ops in proptest::collection::vec(op(), 1..40)) {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async {
+                let dir = tempfile::tempdir().unwrap();
+                let mut j = Journal::open(dir.path(), u64::MAX).unwrap();
+                let mut model: BTreeMap<u64, M> = BTreeMap::new();
+                for op in ops {
+                    match op {
+                        Op::Append { dest, size } => {
+                            let mut m = msg(&dest_name(dest), "");
+                            let body: Vec<u8> = (0..size).map(|i| (i * 7 + size) as u8).collect();
+                            m.body = Bytes::from(body.clone());
+                            let seq = stored(&j, m).await;
+                            model.insert(seq, M { dest: dest_name(dest), size: size as u64, body, st: St::Ready });
+                        }
+                        Op::Ack { pick: p } => {
+                            if let Some((seq, d)) = pick(&model, p, |m| matches!(m.st, St::Ready | St::Later)) {
+                                j.settle(seq, &d, 1, None, Disposition::Delivered).await.unwrap();
+                                model.get_mut(&seq).unwrap().st = St::Done;
+                            }
+                        }
+                        Op::Reschedule { pick: p, later } => {
+                            if let Some((seq, d)) = pick(&model, p, |m| matches!(m.st, St::Ready | St::Later)) {
+                                let visible_at = if later { now_ms() + 3_600_000 } else { 0 };
+                                j.settle(seq, &d, 1, None, Disposition::Reschedule { visible_at }).await.unwrap();
+                                model.get_mut(&seq).unwrap().st = if later { St::Later } else { St::Ready };
+                            }
+                        }
+                        Op::DeadLetter { pick: p } => {
+                            if let Some((seq, d)) = pick(&model, p, |m| matches!(m.st, St::Ready | St::Later)) {
+                                let reason = "test".to_string();
+                                j.settle(seq, &d, 1, None, Disposition::DeadLetter { reason }).await.unwrap();
+                                model.get_mut(&seq).unwrap().st = St::Dead;
+                            }
+                        }
+                        Op::Drop { pick: p } => {
+                            if let Some((seq, d)) = pick(&model, p, |m| matches!(m.st, St::Ready | St::Later)) {
+                                let reason = "test".to_string();
+                                j.settle(seq, &d, 1, None, Disposition::Dropped { reason }).await.unwrap();
+                                model.get_mut(&seq).unwrap().st = St::Done;
+                            }
+                        }
+                        Op::Replay { dest } => {
+                            let n = j.replay(&dest_name(dest), None).await.unwrap();
+                            let mut expect = 0;
+                            for m in model.values_mut().filter(|m| m.dest == dest_name(dest) && m.st == St::Dead) {
+                                m.st = St::Ready;
+                                expect += 1;
+                            }
+                            assert_eq!(n, expect);
+                        }
+                        Op::Purge { dest } => {
+                            let n = j.purge_dead_letters(&dest_name(dest)).await.unwrap();
+                            let before = model.len();
+                            model.retain(|_, m| !(m.dest == dest_name(dest) && m.st == St::Dead));
+                            assert_eq!(n as usize, before - model.len());
+                        }
+                        Op::Restart { crash } => {
+                            if crash { j.crash() } else { j.close() }
+                            drop(j);
+                            j = Journal::open(dir.path(), u64::MAX).unwrap();
+                            assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 0, "nothing lost");
+                        }
+                    }
+                    check(&j, &model).await;
+                }
+                j.close();
+            });
+        }
+    }
+}

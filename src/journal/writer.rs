@@ -190,6 +190,12 @@ impl Writer {
         if let Some(t) = self.syncer_thread.take() {
             let _ = t.join();
         }
+        if self.shared.stats.abandon.load(Ordering::SeqCst) {
+            if let Some(reply) = close_reply {
+                let _ = reply.send(());
+            }
+            return;
+        }
         let _ = self.conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
         if let Err(e) = schema::set_meta(&self.conn, "clean_shutdown", "1") {
             tracing::warn!(error = %e, "could not mark the journal as cleanly closed");
@@ -468,6 +474,7 @@ fn apply(
         }
         Command::Purge { dest, .. } => {
             let n = tx.execute("DELETE FROM messages WHERE dest = ?1 AND state = 1", [dest])? as u64;
+            keep_floor(tx, *next_seq)?;
             let eff = Effect {
                 dest: Some(dest.clone()),
                 dead: -(n as i64),
