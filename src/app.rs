@@ -71,13 +71,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ingress_server = {
-        let mut rx = stop_rx.clone();
+        let rx = stop_rx.clone();
+        let config = config.clone();
         tokio::spawn(async move {
-            axum::serve(ingress_listener, ingress_app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                })
-                .await
+            let limits = ingress::listener::Limits {
+                max_connections: config.ingress.max_connections,
+                header_read_timeout: config.ingress.header_read_timeout,
+            };
+            ingress::listener::serve(ingress_listener, ingress_app, limits, rx).await
         })
     };
     // The admin listener stays up until the very end so probes and metrics

@@ -111,6 +111,10 @@ pub struct Config {
 pub struct IngressConfig {
     pub listen: SocketAddr,
     pub max_body: u64,
+    /// Open producer connections beyond this get a 503 and are closed.
+    pub max_connections: usize,
+    /// How long a producer may take to send a request's headers.
+    pub header_read_timeout: Duration,
     pub auth_token: Option<Secret>,
 }
 
@@ -221,6 +225,8 @@ struct RawConfig {
 struct RawIngress {
     listen: Option<Spanned<EnvString>>,
     max_body: Option<ByteSize>,
+    max_connections: Option<Spanned<i64>>,
+    header_read_timeout: Option<HumanDuration>,
     auth_token_env: Option<Spanned<String>>,
 }
 
@@ -442,6 +448,12 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
     let ingress = IngressConfig {
         listen: socket_addr(&raw.ingress.listen, "0.0.0.0:8080", loc)?,
         max_body: raw.ingress.max_body.map(|b| b.0).unwrap_or(1 << 20),
+        max_connections: positive(&raw.ingress.max_connections, 4096usize, loc, "max_connections")?,
+        header_read_timeout: raw
+            .ingress
+            .header_read_timeout
+            .map(|d| d.0)
+            .unwrap_or(Duration::from_secs(10)),
         auth_token: secret_from_env(&raw.ingress.auth_token_env, loc)?,
     };
     let admin = AdminConfig {
@@ -604,9 +616,11 @@ impl Config {
         let _ = writeln!(s, "config {} is valid", self.source.display());
         let _ = writeln!(
             s,
-            "ingress  listen={} max_body={} auth={}",
+            "ingress  listen={} max_body={} max_connections={} header_read_timeout={} auth={}",
             self.ingress.listen,
             ByteSize(self.ingress.max_body),
+            self.ingress.max_connections,
+            HumanDuration(self.ingress.header_read_timeout),
             if self.ingress.auth_token.is_some() {
                 "bearer token"
             } else {

@@ -8,6 +8,7 @@
 //! and "journal".
 
 mod headers;
+pub mod listener;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

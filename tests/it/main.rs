@@ -9,6 +9,7 @@ mod dashboards;
 mod disk;
 mod failure_modes;
 mod forwarding;
+mod hostile;
 mod lifecycle;
 mod operations;
 mod problems;
