@@ -223,7 +223,12 @@ async fn messages_missing_below_the_high_water_mark_are_counted_as_lost() {
     }
     j.close();
     drop(j);
-    assert_eq!(std::fs::read_to_string(dir.path().join(schema::HWM_FILE)).unwrap(), "3");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join(schema::HWM_FILE))
+            .unwrap()
+            .trim(),
+        "00000000000000000003"
+    );
     // As if the WAL holding seqs 4..=10 had been deleted while stopped.
     std::fs::write(dir.path().join(schema::HWM_FILE), "10").unwrap();
     let j = Journal::open(dir.path(), u64::MAX).unwrap();

@@ -719,7 +719,16 @@ pub(crate) struct Synced {
 }
 
 fn syncer(wal: PathBuf, hwm: PathBuf, rx: std::sync::mpsc::Receiver<Synced>, stats: Arc<JournalStats>) {
+    use std::os::unix::fs::FileExt;
     let mut file: Option<std::fs::File> = None;
+    // Kept open and overwritten in place: a fixed-width number, one pwrite.
+    let mark = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&hwm)
+        .map_err(|e| tracing::warn!(error = %e, "cannot open the journal's high-water mark; losses of a deleted WAL will not be counted"))
+        .ok();
     while let Ok(first) = rx.recv() {
         let mut group = first.pending;
         let mut last_seq = first.last_seq;
@@ -741,7 +750,9 @@ fn syncer(wal: PathBuf, hwm: PathBuf, rx: std::sync::mpsc::Receiver<Synced>, sta
                 // Outside SQLite, so a WAL lost or cut short while tidegate
                 // was stopped shows at the next start as a gap below this
                 // mark. Not synced: a stale mark only under-reports.
-                let _ = std::fs::write(&hwm, last_seq.to_string());
+                if let Some(m) = &mark {
+                    let _ = m.write_all_at(format!("{last_seq:020}\n").as_bytes(), 0);
+                }
                 group.into_iter().for_each(Pending::answer);
             }
             Err(e) => {
