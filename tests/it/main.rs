@@ -7,6 +7,7 @@ mod backpressure;
 mod crash_loop;
 mod dashboards;
 mod disk;
+mod downstream_faults;
 mod failure_modes;
 mod forwarding;
 mod hostile;
