@@ -40,7 +40,7 @@ async fn evil_server(mode: Evil) -> SocketAddr {
                 }
                 match mode {
                     Evil::ResetBeforeHeaders => {
-                        let _ = s.set_linger(Some(Duration::ZERO));
+                        let _ = s.set_zero_linger(); // RST, not FIN
                         drop(s);
                     }
                     Evil::HeadersNeverSent => tokio::time::sleep(Duration::from_secs(30)).await,
