@@ -30,7 +30,9 @@ fn reset_delay(value: &str, now: SystemTime) -> Option<Duration> {
     }
     let now_s = now.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_secs_f64();
     let delay = if n > 1_000_000_000.0 { (n - now_s).max(0.0) } else { n };
-    Some(Duration::from_secs_f64(delay).min(MAX_PAUSE))
+    // Clamped before converting: a huge value would make the conversion
+    // panic (found by fuzzing: `X-RateLimit-Reset: 5555…5`).
+    Some(Duration::from_secs_f64(delay.min(MAX_PAUSE.as_secs_f64())))
 }
 
 /// When the rate-limit headers say the quota is spent (remaining = 0), how
@@ -111,6 +113,21 @@ mod tests {
             ("ratelimit-policy", "\"default\";q=10;w=1"),
         ]);
         assert_eq!(parse_rate_limit_pause(&m, now()), Some(Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn absurd_reset_values_are_capped_not_a_crash() {
+        // Regression: fuzz/artifacts crash-27381b8f (a reset of 58 digits).
+        let m = map(&[
+            ("x-ratelimit-remaining", "0"),
+            (
+                "x-ratelimit-reset",
+                "5555555555555555555555555555555555555555555555555555555555",
+            ),
+        ]);
+        assert_eq!(parse_rate_limit_pause(&m, now()), Some(MAX_PAUSE));
+        let m = map(&[("ratelimit", "r=0;t=1e308")]);
+        assert_eq!(parse_rate_limit_pause(&m, now()), Some(MAX_PAUSE));
     }
 
     #[test]

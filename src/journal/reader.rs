@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use super::schema;
-use super::{checksum, decode_headers, DestinationRecord, JournalError, LastError, Message, Result};
+use super::{decode_record, DestinationRecord, JournalError, LastError, Message, Result};
 
 #[derive(Clone)]
 pub(crate) struct Pool {
@@ -92,10 +92,10 @@ pub(crate) fn message_from_row(r: &Row<'_>) -> rusqlite::Result<std::result::Res
     let headers_raw: Vec<u8> = r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default();
     let body: Vec<u8> = r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default();
     let crc: i64 = r.get(10)?;
-    if checksum(&method, &path, &headers_raw, &body) as i64 != crc {
-        return Ok(Err(seq as u64));
-    }
-    let Some(headers) = decode_headers(&headers_raw) else {
+    let Some(headers) = u32::try_from(crc)
+        .ok()
+        .and_then(|crc| decode_record(&method, &path, &headers_raw, &body, crc))
+    else {
         return Ok(Err(seq as u64));
     };
     Ok(Ok(Message {
