@@ -10,11 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-1000000}
 command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-work=$(mktemp -d)
-tg_pid=
-cleanup() { [ -n "$tg_pid" ] && kill -9 "$tg_pid" 2>/dev/null; rm -rf "$work"; }
-trap cleanup EXIT
 cargo build --release --quiet
+. loadtests/lib.sh
 
 cat > "$work/tidegate.toml" <<CONF
 [ingress]
@@ -34,18 +31,13 @@ max_bytes = "100GiB"
 CONF
 
 start() {
-  : > "$work/tg.out"
   local t0; t0=$(date +%s.%N)
-  ./target/release/tidegate serve --config "$work/tidegate.toml" > "$work/tg.out" 2>> "$work/tg.err" &
-  tg_pid=$!
-  for _ in $(seq 600); do grep -q listening "$work/tg.out" 2>/dev/null && break; sleep 0.01; done
-  ADMIN=$(sed -n 's/.*admin=\([^ ]*\).*/\1/p' "$work/tg.out")
-  INGRESS=$(sed -n 's/.*ingress=\([^ ]*\).*/\1/p' "$work/tg.out")
+  start_tidegate "$work/tidegate.toml"
   until curl -sf "http://$ADMIN/readyz" >/dev/null; do sleep 0.01; done
   START_SECS=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.3f}')")
 }
-rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/"$tg_pid"/status; }
-hwm() { awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' /proc/"$tg_pid"/status; }
+rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/"$TG_PID"/status; }
+hwm() { awk '/VmHWM/ {printf "%.1f MiB", $2/1024}' /proc/"$TG_PID"/status; }
 depth() { curl -s "http://$ADMIN/v1/destinations/bench" | python3 -c 'import json,sys; print(json.load(sys.stdin)["queue"]["depth"])'; }
 
 start
@@ -57,7 +49,7 @@ done
 echo "queue depth: $(depth); disk: $(du -sh "$work/data" | cut -f1)"
 echo "RSS with the queue full: $(rss) (peak while filling: $(hwm))"
 
-kill -TERM "$tg_pid"; wait "$tg_pid" || true
+kill -TERM "$TG_PID"; wait "$TG_PID" || true
 start; echo "clean restart to /readyz 200: ${START_SECS}s; RSS after start: $(rss); depth $(depth)"
-kill -9 "$tg_pid"; wait "$tg_pid" 2>/dev/null || true
+kill -9 "$TG_PID"; wait "$TG_PID" 2>/dev/null || true
 start; echo "restart after kill -9 to /readyz 200: ${START_SECS}s; RSS after start: $(rss); depth $(depth)"

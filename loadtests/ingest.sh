@@ -17,13 +17,9 @@ need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -
 need wrk wrk
 need nginx nginx-light
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
 
 cargo build --release --quiet
+. loadtests/lib.sh
 NGINX_PORT=$(free_port)
 mkdir -p "$work/nginx/logs"
 cat > "$work/nginx/nginx.conf" <<CONF
@@ -59,11 +55,7 @@ name = "bench"
 url = "http://127.0.0.1:9/"
 owner = "bench@example.com"
 CONF
-./target/release/tidegate serve --config "$work/tidegate.toml" > "$work/tg.out" 2> "$work/tg.err" &
-pids+=($!)
-for _ in $(seq 100); do grep -q listening "$work/tg.out" 2>/dev/null && break; sleep 0.1; done
-INGRESS=$(sed -n 's/.*ingress=\([^ ]*\).*/\1/p' "$work/tg.out")
-ADMIN=$(sed -n 's/.*admin=\([^ ]*\).*/\1/p' "$work/tg.out")
+start_tidegate "$work/tidegate.toml"
 curl -sf -X POST "http://$ADMIN/v1/destinations/bench/pause" >/dev/null
 
 run() { wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s loadtests/post-1k.lua "$1" 2>&1; }

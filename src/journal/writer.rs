@@ -272,7 +272,6 @@ impl Writer {
             self.next_seq = first_seq;
             return Err((e, batch));
         }
-        self.shared.stats.last_commit_ms.store(now_ms(), Ordering::Relaxed);
         for eff in effects {
             self.apply_effect(eff);
         }

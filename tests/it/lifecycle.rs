@@ -213,15 +213,7 @@ async fn a_deleted_wal_is_survived_and_every_acknowledged_message_is_delivered_o
     tg.spawn(&[]).await;
     let r = tg.client.get(tg.admin_url("/readyz")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let metrics = tg
-        .client
-        .get(tg.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = tg.metrics_text().await;
     let lost: u64 = metrics
         .lines()
         .find_map(|l| l.strip_prefix("tidegate_journal_corrupt_records_total "))

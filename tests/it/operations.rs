@@ -32,15 +32,7 @@ fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
 }
 
 async fn metrics(tg: &Tidegate) -> (String, BTreeMap<String, f64>) {
-    let text = tg
-        .client
-        .get(tg.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = tg.metrics_text().await;
     let parsed = parse_metrics(&text);
     (text, parsed)
 }

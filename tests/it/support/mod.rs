@@ -221,6 +221,17 @@ impl Tidegate {
             .expect("admin request")
     }
 
+    /// The Prometheus exposition of `/metrics`.
+    pub async fn metrics_text(&self) -> String {
+        let r = self
+            .client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics request");
+        r.text().await.expect("metrics text")
+    }
+
     pub async fn destination(&self, name: &str) -> serde_json::Value {
         self.admin_get(&format!("/v1/destinations/{name}")).await
     }
