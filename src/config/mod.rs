@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -155,6 +156,37 @@ pub struct Destination {
     pub rate_limit: RateLimit,
     pub retry: RetryPolicy,
     pub queue: QueuePolicy,
+    /// Extra certificate authorities trusted for this destination's HTTPS,
+    /// on top of the bundled web roots.
+    pub ca_file: Option<Arc<TrustedCa>>,
+}
+
+/// A PEM bundle of certificate authorities, read and checked when the config
+/// is loaded (so a bad file is a config error, not a delivery failure).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrustedCa {
+    pub path: PathBuf,
+    pub pem: Arc<[u8]>,
+    /// A digest of `pem`: delivery keeps one HTTP client per distinct bundle.
+    pub fingerprint: u64,
+}
+
+impl TrustedCa {
+    fn load(path: PathBuf) -> Result<TrustedCa, String> {
+        let pem = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        match reqwest::Certificate::from_pem_bundle(&pem) {
+            Ok(certs) if !certs.is_empty() => {}
+            _ => return Err(format!("{} holds no PEM certificate", path.display())),
+        }
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        pem.hash(&mut h);
+        Ok(TrustedCa {
+            path,
+            pem: pem.into(),
+            fingerprint: h.finish(),
+        })
+    }
 }
 
 impl Destination {
@@ -275,6 +307,7 @@ struct RawDestination {
     retry: RawRetry,
     #[serde(default)]
     queue: RawQueue,
+    ca_file: Option<Spanned<EnvString>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -583,6 +616,18 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             block_timeout: q.block_timeout.map(|x| x.0).unwrap_or(Duration::from_secs(5)),
             ordering: q.ordering.unwrap_or(Ordering::Unordered),
         };
+        let ca_file = match &d.ca_file {
+            None => None,
+            Some(f) => {
+                // Relative paths are relative to the config file, like the
+                // file that names them.
+                let base = loc.path.parent().unwrap_or(Path::new("."));
+                let path = base.join(&f.get_ref().0);
+                Some(Arc::new(
+                    TrustedCa::load(path).map_err(|reason| loc.error(f.span(), reason))?,
+                ))
+            }
+        };
         destinations.push(Destination {
             name,
             url,
@@ -594,6 +639,7 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             rate_limit,
             retry,
             queue,
+            ca_file,
         });
     }
     Ok(Config {

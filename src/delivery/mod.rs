@@ -7,14 +7,18 @@
 
 mod headers;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
 pub use headers::{parse_rate_limit_pause, parse_retry_after};
+
+use crate::config::TrustedCa;
 
 /// At most this much of a downstream's response body is read; the rest is
 /// discarded. Enough for an error detail or a `Prefer: wait` reply.
@@ -28,6 +32,8 @@ pub struct Request {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub timeout: Duration,
+    /// Extra CAs this destination trusts; `None` for the bundled web roots.
+    pub trust: Option<Arc<TrustedCa>>,
 }
 
 /// What the downstream answered.
@@ -135,30 +141,70 @@ pub trait Deliver: Send + Sync + 'static {
     fn deliver(&self, req: Request) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'static>>;
 }
 
-/// The real thing: a pooled reqwest client (rustls), redirects not followed.
-#[derive(Clone)]
+/// The real thing: pooled reqwest clients (rustls), redirects not followed.
+///
+/// Destinations that trust the bundled web roots share one client (one
+/// connection pool); each distinct `ca_file` bundle gets a client of its own,
+/// built on first use and kept for the life of the process (a reload that
+/// changes the file's contents yields a new fingerprint, hence a new client).
 pub struct HttpDeliverer {
-    client: reqwest::Client,
+    default: reqwest::Client,
+    with_ca: Mutex<HashMap<u64, reqwest::Client>>,
 }
 
 impl HttpDeliverer {
     pub fn new() -> Result<Self, reqwest::Error> {
-        let client = reqwest::Client::builder()
+        Ok(HttpDeliverer {
+            default: Self::builder().build()?,
+            with_ca: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn builder() -> reqwest::ClientBuilder {
+        reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_max_idle_per_host(256)
             .connect_timeout(Duration::from_secs(10))
             .tcp_nodelay(true)
             .user_agent(concat!("tidegate/", env!("CARGO_PKG_VERSION")))
-            .build()?;
-        Ok(HttpDeliverer { client })
+    }
+
+    fn client_for(&self, trust: Option<&TrustedCa>) -> Result<reqwest::Client, reqwest::Error> {
+        let Some(ca) = trust else {
+            return Ok(self.default.clone());
+        };
+        let mut clients = self.with_ca.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = clients.get(&ca.fingerprint) {
+            return Ok(c.clone());
+        }
+        let mut b = Self::builder();
+        for cert in reqwest::Certificate::from_pem_bundle(&ca.pem)? {
+            b = b.add_root_certificate(cert);
+        }
+        let client = b.build()?;
+        clients.insert(ca.fingerprint, client.clone());
+        Ok(client)
     }
 }
 
 impl Deliver for HttpDeliverer {
     fn deliver(&self, req: Request) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'static>> {
-        let client = self.client.clone();
+        let client = self.client_for(req.trust.as_deref());
         Box::pin(async move {
+            let client = match client {
+                Ok(c) => c,
+                // The bundle parsed when the config loaded, so this is rare;
+                // it is the operator's to fix, and transient like a refused
+                // connection.
+                Err(e) => {
+                    return Outcome::Transient {
+                        kind: FailureKind::ConnectError,
+                        response: None,
+                        detail: format!("building a client for ca_file: {}", error_chain(&e)),
+                    }
+                }
+            };
             let timeout = req.timeout;
             let attempt = async {
                 let resp = client

@@ -244,6 +244,7 @@ fn request_for(
         headers,
         body: msg.body.clone(),
         timeout: cfg.timeout,
+        trust: cfg.ca_file.clone(),
     })
 }
 

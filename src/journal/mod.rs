@@ -3,7 +3,7 @@
 //! # Storage
 //!
 //! One SQLite database (`<storage.path>/journal.db`) in WAL mode with
-//! `synchronous=FULL`, `auto_vacuum=INCREMENTAL` (set before the tables exist
+//! `auto_vacuum=INCREMENTAL` (set before the tables exist
 //! so freed pages can be handed back while running). One table, `messages`,
 //! holds every message from acceptance until its history expires:
 //!
@@ -27,8 +27,10 @@
 //! A single writer thread owns the write connection. Every change (append,
 //! ack, reschedule, dead-letter, drop, replay, purge, sweep) is a command on
 //! its channel; the thread takes whatever is pending (up to a bound), applies
-//! it in one transaction, commits (one WAL append + one fsync) and only then
-//! answers each command. So a producer's 202 is sent only after the batch
+//! it in one transaction and commits (one WAL append); a syncer thread then
+//! fdatasyncs the WAL and only then answers each command. That is
+//! `synchronous=FULL`'s guarantee with the fsync taken off the writer's path
+//! (SQLite runs with `NORMAL`; see `writer::syncer`). So a producer's 202 is sent only after the batch
 //! holding its message is on disk, and throughput grows with concurrency
 //! instead of being capped by the fsync rate (group commit). The writer also
 //! enforces queue limits and `max_disk` itself: it is the only place that

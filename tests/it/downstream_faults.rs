@@ -3,10 +3,13 @@
 //! delivery to a healthy destination.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 use crate::support::{destination, eventually, Downstream, Tidegate};
 
@@ -177,4 +180,106 @@ async fn a_dead_downstream_does_not_slow_a_healthy_one() {
         ratio > 0.5,
         "healthy delivery fell to {ratio:.2} of its rate beside a dead destination"
     );
+}
+
+/// An HTTPS server with a freshly minted self-signed certificate for
+/// 127.0.0.1, answering 200 to everything; returns its address, the
+/// certificate's PEM and a counter of requests served.
+async fn self_signed_https() -> (SocketAddr, String, Arc<AtomicUsize>) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(signing_key.serialize_der()));
+    let tls = tokio_rustls::rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                // A client that rejects the certificate fails the handshake
+                // here; that is the point of the test.
+                let Ok(stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |_req| {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    async { Ok::<_, std::convert::Infallible>(hyper::Response::new(String::from("ok"))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, cert.pem(), served)
+}
+
+#[tokio::test]
+async fn a_self_signed_https_downstream_fails_clearly_until_its_ca_file_is_trusted() {
+    let (addr, pem, served) = self_signed_https().await;
+    let ca = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ca.path(), &pem).unwrap();
+    let url = format!("https://{addr}");
+    let dests = destination("untrusted", &url, "[destination.retry]\nmax_attempts = 1")
+        + &destination(
+            "trusted",
+            &url,
+            &format!("ca_file = {:?}", ca.path().display().to_string()),
+        );
+    let tg = Tidegate::start(&dests).await;
+
+    let id = tg.send("/untrusted/x", "{}").await;
+    tg.wait_message_state(&id, "dead_lettered").await;
+    let m = tg.message(&id).await;
+    assert_eq!(m["last_error"]["kind"], "connect_error", "{m}");
+    let detail = m["last_error"]["detail"].as_str().unwrap().to_lowercase();
+    assert!(
+        detail.contains("certificate"),
+        "the error should name the certificate: {detail}"
+    );
+    assert_eq!(served.load(Ordering::SeqCst), 0);
+
+    let id = tg.send("/trusted/x", "{}").await;
+    tg.wait_message_state(&id, "delivered").await;
+    assert_eq!(served.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_ca_file_that_holds_no_certificate_is_a_config_error() {
+    let bogus = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bogus.path(), "not a certificate\n").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tidegate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[storage]\npath = \"{}\"\n{}",
+            dir.path().join("data").display(),
+            destination(
+                "d",
+                "https://127.0.0.1:9",
+                &format!("ca_file = {:?}", bogus.path().display().to_string())
+            )
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["check", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("key `destination.ca_file`") || err.contains("ca_file"),
+        "{err}"
+    );
+    assert!(err.contains("holds no PEM certificate"), "{err}");
 }
