@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_rustls::rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
-use crate::support::{destination, eventually, Downstream, Tidegate};
+use crate::support::{destination, eventually, Downstream, Reply, Tidegate};
 
 #[derive(Clone, Copy)]
 enum Evil {
@@ -282,4 +282,142 @@ async fn a_ca_file_that_holds_no_certificate_is_a_config_error() {
         "{err}"
     );
     assert!(err.contains("holds no PEM certificate"), "{err}");
+}
+
+/// Ids that got a 2xx, with how many 2xx each got.
+fn delivered_ids(ds: &Downstream) -> std::collections::HashMap<String, usize> {
+    let mut m = std::collections::HashMap::new();
+    for s in ds.seen().into_iter().filter(|s| (200..300).contains(&s.status)) {
+        *m.entry(s.message_id()).or_insert(0) += 1;
+    }
+    m
+}
+
+#[tokio::test]
+async fn a_429_storm_is_backed_off_from_and_every_message_is_delivered_once() {
+    const STORM: Duration = Duration::from_secs(3);
+    const RATE: f64 = 200.0;
+    let ds = Downstream::start().await;
+    let storm_start = Arc::new(std::sync::OnceLock::<Instant>::new());
+    let start = storm_start.clone();
+    // Every request is refused with a bare 429 (no Retry-After, no quota
+    // headers) for STORM after the first one, then the downstream is fine.
+    ds.respond(move |_, _| {
+        if start.get_or_init(Instant::now).elapsed() < STORM {
+            Reply::status(429)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let tg = Tidegate::start(&destination(
+        "crm",
+        &ds.url(),
+        &format!(
+            "[destination.rate_limit]\nrate = \"{RATE}/s\"\nburst = 10\nmax_in_flight = 4\nadaptive = true\n\
+             [destination.retry]\nmax_attempts = 100\ninitial_backoff = \"50ms\"\nmax_backoff = \"1s\""
+        ),
+    ))
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..200 {
+        ids.push(tg.send(&format!("/crm/{i}"), "{}").await);
+    }
+    let lowest = std::cell::Cell::new(RATE);
+    eventually(Duration::from_secs(60), "every message to be delivered", || async {
+        let d = tg.destination("crm").await;
+        if let Some(e) = d["rate_limit"]["effective_per_second"].as_f64() {
+            lowest.set(lowest.get().min(e));
+        }
+        let got = delivered_ids(&ds);
+        ids.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+    let lowest = lowest.get();
+    let got = delivered_ids(&ds);
+    assert!(got.values().all(|&n| n == 1), "a message was delivered twice");
+    let storms = ds.seen().iter().filter(|s| s.status == 429).count();
+    // Sending blindly at the configured rate would have drawn RATE × STORM
+    // 429s; adapting must cut that at least in half.
+    let blind = RATE * STORM.as_secs_f64();
+    eprintln!("429 storm: {storms} refused attempts (blind: {blind}), lowest effective rate {lowest}/s");
+    assert!(
+        (storms as f64) < blind / 2.0,
+        "{storms} 429s during a {STORM:?} storm (blind sending: {blind})"
+    );
+    assert!(lowest <= RATE / 8.0, "effective rate only fell to {lowest}/s");
+    assert_eq!(tg.destination("crm").await["state"], "running");
+}
+
+#[tokio::test]
+async fn a_flapping_downstream_with_buffer_loses_nothing_and_keeps_draining() {
+    // Down for 400 ms of every 800 ms, alternating between 503s and
+    // answers slower than the timeout, for 4 s; up for good after that.
+    const PERIOD: Duration = Duration::from_millis(800);
+    const FLAPPING: Duration = Duration::from_secs(4);
+    let ds = Downstream::start().await;
+    let t0 = Instant::now();
+    ds.respond(move |_, _| {
+        let t = t0.elapsed();
+        let phase = (t.as_millis() / PERIOD.as_millis()) as u64;
+        let down = t < FLAPPING && (t.as_millis() % PERIOD.as_millis()) < PERIOD.as_millis() / 2;
+        match (down, phase % 2) {
+            (false, _) => Reply::status(200),
+            (true, 0) => Reply::status(503),
+            // Never reaches tidegate (it gives up at 300 ms); 504 keeps it
+            // out of the 2xx count.
+            (true, _) => Reply::status(504).delay(Duration::from_secs(2)),
+        }
+    });
+    let tg = Tidegate::start(&destination(
+        "crm",
+        &ds.url(),
+        "on_failure = \"buffer\"\ntimeout = \"300ms\"\n\
+         [destination.rate_limit]\nrate = \"200/s\"\nmax_in_flight = 4\nadaptive = false\n\
+         [destination.retry]\ninitial_backoff = \"50ms\"\nmax_backoff = \"400ms\"",
+    ))
+    .await;
+    // Producers keep sending through the flapping: 60 messages every 200 ms.
+    let mut ids = Vec::new();
+    while t0.elapsed() < FLAPPING {
+        for i in 0..60 {
+            ids.push(tg.send(&format!("/crm/{i}"), "{}").await);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await; // pacing the producer, not synchronising
+    }
+    eventually(Duration::from_secs(60), "every message to be delivered", || async {
+        let got = delivered_ids(&ds);
+        ids.iter().all(|id| got.contains_key(id))
+    })
+    .await;
+    let seen = ds.seen();
+    let count = |st: u16| seen.iter().filter(|s| s.status == st).count();
+    eprintln!(
+        "flapping: {} messages, {} 200s, {} 503s, {} timeouts",
+        ids.len(),
+        count(200),
+        count(503),
+        count(504)
+    );
+    assert!(count(503) > 0 && count(504) > 0, "the downstream never flapped");
+    // buffer mode was exercised: degraded on the failures, back on a probe.
+    let log = tg.log();
+    assert!(
+        log.contains("to=degraded") || log.contains("to=\"degraded\""),
+        "never degraded:\n{log}"
+    );
+    assert!(log.contains("probe delivered"), "never recovered:\n{log}");
+    assert!(
+        delivered_ids(&ds).values().all(|&n| n == 1),
+        "a message was delivered twice"
+    );
+    let m = tg.metrics_text().await;
+    assert!(
+        m.lines().any(|l| l.starts_with("tidegate_delivery_attempts_total")
+            && l.contains("outcome=\"timeout\"")
+            && !l.ends_with(" 0")),
+        "slow answers counted as timeouts"
+    );
+    let d = tg.destination("crm").await;
+    assert_eq!(d["state"], "running", "{d}");
+    assert_eq!(d["queue"]["depth"], 0, "{d}");
 }
