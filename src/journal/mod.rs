@@ -227,6 +227,8 @@ pub struct JournalStats {
     pub poisoned: AtomicBool,
     /// Signalled when `poisoned` is set.
     pub poison: Notify,
+    /// Where a corruption seen while running is recorded for the next start.
+    pub(crate) suspect_marker: std::sync::OnceLock<std::path::PathBuf>,
     /// Test hook: the writer exits without checkpointing or marking the
     /// journal clean, as a killed process would.
     pub(crate) abandon: AtomicBool,
@@ -237,6 +239,11 @@ impl JournalStats {
         if let JournalError::Corrupt(detail) = e {
             if !self.poisoned.swap(true, Ordering::SeqCst) {
                 tracing::error!(%detail, "journal corruption detected while running; stopping so the next start can salvage it");
+                if let Some(marker) = self.suspect_marker.get() {
+                    if let Err(e) = std::fs::write(marker, detail) {
+                        tracing::error!(error = %e, path = %marker.display(), "could not record the corruption for the next start");
+                    }
+                }
                 self.corrupt_records.fetch_add(1, Ordering::Relaxed);
             }
             self.poison.notify_waiters();
@@ -274,9 +281,27 @@ impl Journal {
         let stats = Arc::new(JournalStats::default());
         stats.max_disk.store(max_disk, Ordering::Relaxed);
         let db = dir.join(schema::DB_FILE);
-        let opened = match schema::open_checked(&db) {
+        let suspect = dir.join(schema::SUSPECT_FILE);
+        stats.suspect_marker.get_or_init(|| suspect.clone());
+        // Corruption seen while running may be of a kind the start-up check
+        // does not find (an index that disagrees with its table): the marker
+        // left then sends the journal straight to salvage.
+        let checked = match std::fs::read_to_string(&suspect) {
+            Ok(why) => Err(schema::OpenError::Damaged(format!(
+                "corruption seen while running: {}",
+                why.trim()
+            ))),
+            Err(_) => schema::open_checked(&db),
+        };
+        let opened = match checked {
             Ok(o) => o,
-            Err(reason) => {
+            Err(schema::OpenError::Refused(reason)) => {
+                return Err(JournalError::Io(std::io::Error::other(format!(
+                    "{}: {reason}",
+                    db.display()
+                ))))
+            }
+            Err(schema::OpenError::Damaged(reason)) => {
                 tracing::error!(path = %db.display(), %reason, "journal failed its checks; quarantining it and salvaging intact messages");
                 let report = salvage::salvage(dir, &reason)?;
                 stats.corrupt_records.fetch_add(report.lost, Ordering::Relaxed);
@@ -286,6 +311,7 @@ impl Journal {
                     quarantine = %report.quarantine_dir.display(),
                     "journal salvaged"
                 );
+                let _ = std::fs::remove_file(&suspect);
                 schema::open_checked(&db).map_err(|r| {
                     JournalError::Io(std::io::Error::other(format!("salvaged journal does not open: {r}")))
                 })?
@@ -295,10 +321,24 @@ impl Journal {
             conn,
             salt,
             counts,
-            next_seq,
-            lost,
+            known_seq,
         } = opened;
+        // Acknowledged sequence numbers above everything the database knows
+        // of were lost with the end of the WAL (truncated or deleted while
+        // stopped); a salvage has already counted what it lost below.
+        let hwm = schema::high_water_mark(&db);
+        let lost = (hwm - known_seq).max(0) as u64;
+        if lost > 0 {
+            tracing::error!(
+                lost,
+                last_known = known_seq,
+                high_water_mark = hwm,
+                "the journal lost acknowledged messages: the end of its WAL is missing"
+            );
+        }
         stats.corrupt_records.fetch_add(lost, Ordering::Relaxed);
+        // Never reuse the ids of lost messages.
+        let next_seq = known_seq.max(hwm) + 1;
         let mut queues = HashMap::new();
         for (dest, c) in counts {
             let q = Arc::new(QueueCounts::default());

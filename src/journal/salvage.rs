@@ -48,7 +48,7 @@ pub fn salvage(dir: &Path, reason: &str) -> Result<Report> {
         .map_err(|e| std::io::Error::other(format!("cannot create a fresh journal: {e}")))?;
     let new = fresh.conn;
     match Connection::open_with_flags(scratch.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_WRITE) {
-        Ok(old) => copy_rows(&old, &new, &mut report),
+        Ok(old) => copy_rows(&old, &new, schema::high_water_mark(&dir.join(DB_FILE)), &mut report),
         Err(e) => {
             tracing::error!(error = %e, "the damaged journal cannot be opened at all; starting empty")
         }
@@ -61,44 +61,70 @@ pub fn salvage(dir: &Path, reason: &str) -> Result<Report> {
     Ok(report)
 }
 
-fn copy_rows(old: &Connection, new: &Connection, report: &mut Report) {
+/// How far past the last row the salvage reads looking for rows that the
+/// damaged b-tree no longer leads to; beyond it, sequence numbers up to the
+/// high-water mark are counted lost without being read.
+const PROBE_PAST_END: i64 = 1 << 22;
+
+fn copy_rows(old: &Connection, new: &Connection, hwm: i64, report: &mut Report) {
+    use std::collections::HashSet;
     if let Ok(Some(salt)) = schema::meta(old, "salt") {
         let _ = schema::set_meta(new, "salt", &salt);
     }
+    // The pending and dead-letter indexes list every message still owed a
+    // delivery, independently of the table's b-tree: they say what a damaged
+    // table lost.
+    let (expected, index_complete) = indexed_live_seqs(old);
     let max_seq: i64 = old
         .query_row("SELECT max(seq) FROM messages", [], |r| r.get::<_, Option<i64>>(0))
         .ok()
         .flatten()
-        .or_else(|| {
-            old.query_row("SELECT seq FROM sqlite_sequence WHERE name = 'messages'", [], |r| {
-                r.get(0)
-            })
-            .ok()
-        })
         .unwrap_or(0);
     let floor = schema::meta(old, "seq_floor")
         .ok()
         .flatten()
         .and_then(|s| s.parse::<i64>().ok())
         .unwrap_or(0);
-    let _ = schema::set_meta(new, "seq_floor", &floor.max(max_seq).to_string());
+    let last = max_seq.max(expected.iter().copied().max().unwrap_or(0));
+    let top = last.max(hwm.min(last.saturating_add(PROBE_PAST_END)));
+
+    let mut recovered: HashSet<i64> = HashSet::new();
+    let mut lost: HashSet<i64> = HashSet::new();
+    let mut unreadable: Vec<i64> = Vec::new();
+    let mut highest_seen = 0;
     let _ = new.execute_batch("BEGIN");
     let mut lo = 1;
-    while lo <= max_seq {
-        let hi = lo + CHUNK - 1;
+    while lo <= top {
+        let hi = (lo + CHUNK - 1).min(top);
         match read_range(old, lo, hi) {
-            Ok(rows) => insert_rows(new, rows, report),
+            Ok(rows) => insert_rows(new, rows, &mut recovered, &mut lost, &mut highest_seen),
             Err(_) => {
                 for seq in lo..=hi {
                     match read_range(old, seq, seq) {
-                        Ok(rows) => insert_rows(new, rows, report),
-                        Err(_) => report.lost += 1,
+                        Ok(rows) => insert_rows(new, rows, &mut recovered, &mut lost, &mut highest_seen),
+                        Err(_) => unreadable.push(seq),
                     }
                 }
             }
         }
         lo = hi + 1;
     }
+    // Owed messages the table no longer gives back.
+    lost.extend(expected.iter().filter(|s| !recovered.contains(s)));
+    // Unreadable rows might have been owed messages; only a complete index
+    // can say they were not, so without one they count as lost.
+    if !index_complete {
+        lost.extend(unreadable.iter().filter(|s| !recovered.contains(s)));
+    }
+    // Acknowledged (the high-water mark says so) but above anything the
+    // database knows of: lost with the end of the WAL.
+    let known = highest_seen.max(last).max(floor);
+    let probed_tail = (known + 1)..=top.min(hwm);
+    lost.extend(probed_tail.filter(|s| !recovered.contains(s)));
+    report.lost = lost.len() as u64 + (hwm - top).max(0) as u64;
+    report.salvaged = recovered.len() as u64;
+    // Ids are never reused, lost or not.
+    let _ = schema::set_meta(new, "seq_floor", &floor.max(top).max(hwm).to_string());
     // Idempotency keys and destination states are best effort.
     if let Ok(mut stmt) = old.prepare("SELECT dest, key, seq, created_at FROM idempotency") {
         if let Ok(rows) = stmt.query_map([], |r| {
@@ -154,7 +180,36 @@ fn read_range(old: &Connection, lo: i64, hi: i64) -> rusqlite::Result<Vec<RawRow
     rows.collect()
 }
 
-fn insert_rows(new: &Connection, rows: Vec<RawRow>, report: &mut Report) {
+/// Reads the sequence numbers the pending and dead-letter indexes hold
+/// (covering-index scans, which do not touch the table); `false` if an
+/// index could not be read to its end.
+fn indexed_live_seqs(old: &Connection) -> (std::collections::HashSet<i64>, bool) {
+    let mut seqs = std::collections::HashSet::new();
+    let mut complete = true;
+    for (index, state) in [
+        ("messages_pending", schema::STATE_PENDING),
+        ("messages_dead", schema::STATE_DEAD),
+    ] {
+        let sql = format!("SELECT seq FROM messages INDEXED BY {index} WHERE state = {state}");
+        let read = old.prepare(&sql).and_then(|mut stmt| {
+            let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+            for seq in rows {
+                seqs.insert(seq?);
+            }
+            Ok(())
+        });
+        complete &= read.is_ok();
+    }
+    (seqs, complete)
+}
+
+fn insert_rows(
+    new: &Connection,
+    rows: Vec<RawRow>,
+    recovered: &mut std::collections::HashSet<i64>,
+    lost: &mut std::collections::HashSet<i64>,
+    highest_seen: &mut i64,
+) {
     use rusqlite::types::Value;
     for row in rows {
         let text = |v: &Value| match v {
@@ -165,6 +220,10 @@ fn insert_rows(new: &Connection, rows: Vec<RawRow>, report: &mut Report) {
             Value::Blob(b) => b.clone(),
             _ => Vec::new(),
         };
+        let Value::Integer(seq) = row[0] else {
+            continue;
+        };
+        *highest_seen = (*highest_seen).max(seq);
         let state = matches!(row[2], Value::Integer(s) if s == schema::STATE_PENDING || s == schema::STATE_DEAD);
         // Rows that still carry a body must match their checksum.
         if state {
@@ -173,7 +232,7 @@ fn insert_rows(new: &Connection, rows: Vec<RawRow>, report: &mut Report) {
                 _ => -1,
             };
             if checksum(&text(&row[6]), &text(&row[7]), &blob(&row[8]), &blob(&row[9])) as i64 != crc {
-                report.lost += 1;
+                lost.insert(seq);
                 continue;
             }
         }
@@ -184,8 +243,41 @@ fn insert_rows(new: &Connection, rows: Vec<RawRow>, report: &mut Report) {
             ))
             .and_then(|mut s| s.execute(rusqlite::params_from_iter(row.iter())));
         match ok {
-            Ok(_) => report.salvaged += 1,
-            Err(_) => report.lost += 1,
+            Ok(_) => {
+                recovered.insert(seq);
+            }
+            Err(_) => {
+                if state {
+                    lost.insert(seq);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The live-seq read must not touch the table: that is what makes it a
+    /// second witness when the table's b-tree is damaged.
+    #[test]
+    fn live_seqs_are_read_from_the_indexes_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let opened = schema::open_checked(&dir.path().join(DB_FILE)).unwrap();
+        for (index, state) in [
+            ("messages_pending", schema::STATE_PENDING),
+            ("messages_dead", schema::STATE_DEAD),
+        ] {
+            let plan: String = opened
+                .conn
+                .query_row(
+                    &format!("EXPLAIN QUERY PLAN SELECT seq FROM messages INDEXED BY {index} WHERE state = {state}"),
+                    [],
+                    |r| r.get(3),
+                )
+                .unwrap();
+            assert!(plan.contains("COVERING INDEX"), "{plan}");
         }
     }
 }

@@ -8,6 +8,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 pub const DB_FILE: &str = "journal.db";
 /// The highest sequence number known durable, kept outside the database.
 pub const HWM_FILE: &str = "journal.hwm";
+/// Left when corruption is seen while running; its presence at start-up
+/// sends the journal to salvage even if the quick check passes.
+pub const SUSPECT_FILE: &str = "journal.suspect";
 
 /// Bumped whenever the row format changes; a journal of another version is
 /// refused rather than misread.
@@ -96,84 +99,113 @@ pub struct QueueCount {
 pub struct Opened {
     pub conn: Connection,
     pub salt: u32,
-    /// The next sequence number: above every row ever stored, including
-    /// rows since deleted (ids must never repeat).
-    pub next_seq: i64,
-    /// Acknowledged messages missing from the database (see `HWM_FILE`).
-    pub lost: u64,
+    /// The highest sequence number the database knows of, including rows
+    /// since deleted (ids must never repeat).
+    pub known_seq: i64,
     pub counts: HashMap<String, QueueCount>,
 }
 
-/// Opens the database, creating it if needed, and checks it. An `Err` means
-/// the file cannot be trusted as it is and should be salvaged.
-pub fn open_checked(path: &Path) -> Result<Opened, String> {
+/// Why a journal did not open.
+#[derive(Debug)]
+pub enum OpenError {
+    /// The file is damaged: quarantine it and salvage what can be read.
+    Damaged(String),
+    /// The file may be fine but cannot be used now (permissions, I/O, a full
+    /// disk, a newer format): refuse to start and touch nothing, so that
+    /// fixing the cause brings every message back.
+    Refused(String),
+}
+
+impl OpenError {
+    fn of(context: &str, e: rusqlite::Error) -> OpenError {
+        let damaged = matches!(
+            e.sqlite_error_code(),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt) | Some(rusqlite::ErrorCode::NotADatabase)
+        );
+        let text = format!("{context}: {e}");
+        if damaged {
+            OpenError::Damaged(text)
+        } else {
+            OpenError::Refused(text)
+        }
+    }
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Damaged(s) | OpenError::Refused(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Opens the database, creating it if needed, and checks it.
+pub fn open_checked(path: &Path) -> Result<Opened, OpenError> {
+    let e = |context: &'static str| move |e: rusqlite::Error| OpenError::of(context, e);
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
-    .map_err(|e| format!("open: {e}"))?;
-    configure(&conn, true).map_err(|e| format!("pragmas: {e}"))?;
-    conn.execute_batch(CREATE).map_err(|e| format!("schema: {e}"))?;
+    .map_err(e("open"))?;
+    configure(&conn, true).map_err(e("pragmas"))?;
+    conn.execute_batch(CREATE).map_err(e("schema"))?;
 
-    let version: Option<String> = meta(&conn, "format_version")?;
+    let version: Option<String> = meta(&conn, "format_version").map_err(e("meta"))?;
     match version {
-        None => set_meta(&conn, "format_version", &FORMAT_VERSION.to_string())?,
+        None => set_meta(&conn, "format_version", &FORMAT_VERSION.to_string()).map_err(e("meta"))?,
         Some(v) if v == FORMAT_VERSION.to_string() => {}
         Some(v) => {
-            return Err(format!(
-                "journal format version {v} is not supported (this build reads {FORMAT_VERSION})"
-            ))
+            return Err(OpenError::Refused(format!(
+                "journal format version {v} is not supported (this build reads {FORMAT_VERSION}); \
+                 run the tidegate that wrote it"
+            )))
         }
     }
-    let salt = match meta(&conn, "salt")? {
-        Some(s) => u32::from_str_radix(&s, 16).map_err(|_| format!("bad salt {s:?}"))?,
+    let salt = match meta(&conn, "salt").map_err(e("meta"))? {
+        Some(s) => u32::from_str_radix(&s, 16).map_err(|_| OpenError::Damaged(format!("bad salt {s:?}")))?,
         None => {
             let s: u32 = rand::random();
-            set_meta(&conn, "salt", &format!("{s:08x}"))?;
+            set_meta(&conn, "salt", &format!("{s:08x}")).map_err(e("meta"))?;
             s
         }
     };
     // Always checked, not only after a crash: a page damaged while the
     // process was stopped must be found here, where salvage is cheap, not in
     // the middle of a delivery.
-    let clean = meta(&conn, "clean_shutdown")?.as_deref() != Some("0");
+    let clean = meta(&conn, "clean_shutdown").map_err(e("meta"))?.as_deref() != Some("0");
     let result: String = conn
         .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
-        .map_err(|e| format!("quick_check: {e}"))?;
+        .map_err(e("quick_check"))?;
     if result != "ok" {
-        return Err(format!("quick_check: {result}"));
+        return Err(OpenError::Damaged(format!("quick_check: {result}")));
     }
     if !clean {
         tracing::warn!("the journal was not closed cleanly; messages in flight at the crash will be delivered again");
     }
-    let counts = count_queues(&conn).map_err(|e| format!("counting the queue: {e}"))?;
+    let counts = count_queues(&conn).map_err(e("counting the queue"))?;
     let max_seq: i64 = conn
         .query_row("SELECT coalesce(max(seq), 0) FROM messages", [], |r| r.get(0))
-        .map_err(|e| format!("reading the last sequence number: {e}"))?;
-    let floor: i64 = meta(&conn, "seq_floor")?.and_then(|s| s.parse().ok()).unwrap_or(0);
-    let hwm: i64 = std::fs::read_to_string(path.with_file_name(HWM_FILE))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
+        .map_err(e("reading the last sequence number"))?;
+    let floor: i64 = meta(&conn, "seq_floor")
+        .map_err(e("meta"))?
+        .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let known = max_seq.max(floor);
-    let lost = (hwm - known).max(0) as u64;
-    if lost > 0 {
-        tracing::error!(
-            lost,
-            last_known = known,
-            high_water_mark = hwm,
-            "the journal lost acknowledged messages: the WAL was truncated or deleted while tidegate was stopped"
-        );
-    }
-    set_meta(&conn, "clean_shutdown", "0")?;
+    set_meta(&conn, "clean_shutdown", "0").map_err(e("meta"))?;
     Ok(Opened {
         conn,
         salt,
         counts,
-        lost,
-        // Never reuse the ids of lost messages.
-        next_seq: known.max(hwm) + 1,
+        known_seq: max_seq.max(floor),
     })
+}
+
+/// The high-water mark: the highest sequence number ever acknowledged, kept
+/// outside SQLite (see `HWM_FILE`); 0 if there is none.
+pub fn high_water_mark(db: &Path) -> i64 {
+    std::fs::read_to_string(db.with_file_name(HWM_FILE))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn count_queues(conn: &Connection) -> rusqlite::Result<HashMap<String, QueueCount>> {
@@ -212,17 +244,15 @@ fn count_queues(conn: &Connection) -> rusqlite::Result<HashMap<String, QueueCoun
     Ok(counts)
 }
 
-pub fn meta(conn: &Connection, key: &str) -> Result<Option<String>, String> {
+pub fn meta(conn: &Connection, key: &str) -> rusqlite::Result<Option<String>> {
     conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()
-        .map_err(|e| format!("reading meta {key}: {e}"))
 }
 
-pub fn set_meta(conn: &Connection, key: &str, value: &str) -> Result<(), String> {
+pub fn set_meta(conn: &Connection, key: &str, value: &str) -> rusqlite::Result<()> {
     conn.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
         params![key, value],
     )
     .map(|_| ())
-    .map_err(|e| format!("writing meta {key}: {e}"))
 }

@@ -192,6 +192,47 @@ async fn a_garbage_database_file_is_quarantined_and_start_up_goes_on() {
 }
 
 #[tokio::test]
+async fn corruption_seen_while_running_sends_the_next_start_to_salvage() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let a = stored(&j, msg("d", "a")).await;
+    let b = stored(&j, msg("d", "b")).await;
+    // What a poisoned journal leaves behind: damage the quick check may not
+    // see (an index that disagrees with its table) must still be salvaged.
+    j.stats()
+        .note_error(&JournalError::Corrupt("index disagrees with table".into()));
+    j.close();
+    drop(j);
+    assert!(dir.path().join(schema::SUSPECT_FILE).exists());
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    assert!(dir.path().join("quarantine").read_dir().unwrap().next().is_some());
+    assert!(!dir.path().join(schema::SUSPECT_FILE).exists());
+    let got = j.fetch_ready("d", 10, vec![]).await.unwrap();
+    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![a, b]);
+    assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 0);
+    j.close();
+}
+
+#[tokio::test]
+async fn a_journal_from_a_newer_format_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    stored(&j, msg("d", "a")).await;
+    j.close();
+    drop(j);
+    let c = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
+    c.execute("UPDATE meta SET value = '999' WHERE key = 'format_version'", [])
+        .unwrap();
+    drop(c);
+    let err = Journal::open(dir.path(), u64::MAX).err().expect("refused");
+    assert!(err.to_string().contains("format version 999"), "{err}");
+    assert!(!dir.path().join("quarantine").exists(), "nothing was quarantined");
+    let c = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
+    let n: i64 = c.query_row("SELECT count(*) FROM messages", [], |r| r.get(0)).unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
 async fn disk_limit_refuses_appends() {
     let dir = tempfile::tempdir().unwrap();
     let j = Journal::open(dir.path(), 1).unwrap();
