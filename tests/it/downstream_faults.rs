@@ -16,6 +16,7 @@ use crate::support::{destination, eventually, Downstream, Reply, Tidegate};
 #[derive(Clone, Copy)]
 enum Evil {
     ResetBeforeHeaders,
+    ResetAfterHeaders,
     HeadersNeverSent,
     TrickledBody,
     HugeErrorBody,
@@ -44,6 +45,14 @@ async fn evil_server(mode: Evil) -> SocketAddr {
                 match mode {
                     Evil::ResetBeforeHeaders => {
                         let _ = s.set_zero_linger(); // RST, not FIN
+                        drop(s);
+                    }
+                    Evil::ResetAfterHeaders => {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\npartial")
+                            .await;
+                        let _ = s.flush().await;
+                        let _ = s.set_zero_linger();
                         drop(s);
                     }
                     Evil::HeadersNeverSent => tokio::time::sleep(Duration::from_secs(30)).await,
@@ -88,6 +97,7 @@ async fn evil_server(mode: Evil) -> SocketAddr {
 async fn each_downstream_fault_maps_to_its_outcome_class() {
     let cases = [
         ("reset", Evil::ResetBeforeHeaders, "connect_error"),
+        ("reset-mid-body", Evil::ResetAfterHeaders, "connect_error"),
         ("silent", Evil::HeadersNeverSent, "timeout"),
         ("trickle", Evil::TrickledBody, "timeout"),
         ("huge-error", Evil::HugeErrorBody, "http_5xx"),
@@ -102,6 +112,16 @@ async fn each_downstream_fault_maps_to_its_outcome_class() {
             "timeout = \"800ms\"\n[destination.retry]\nmax_attempts = 1",
         ));
     }
+    // Connection refused: a port that was just free.
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    dests.push_str(&destination(
+        "refused",
+        &format!("http://{refused}"),
+        "[destination.retry]\nmax_attempts = 1",
+    ));
     let huge_ok = evil_server(Evil::HugeSuccessBody).await;
     dests.push_str(&destination(
         "huge-ok",
@@ -109,7 +129,11 @@ async fn each_downstream_fault_maps_to_its_outcome_class() {
         "timeout = \"10s\"",
     ));
     let tg = Tidegate::start(&dests).await;
-    for (name, _, kind) in cases {
+    let names = cases
+        .iter()
+        .map(|(n, _, k)| (*n, *k))
+        .chain([("refused", "connect_error")]);
+    for (name, kind) in names {
         let id = tg.send(&format!("/{name}/x"), "{}").await;
         tg.wait_message_state(&id, "dead_lettered").await;
         let m = tg.message(&id).await;
