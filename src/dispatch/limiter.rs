@@ -20,6 +20,13 @@ const RECOVERY_SHARE: f64 = 0.05;
 /// flight arrive together and are one signal, not eight (TCP's AIMD halves
 /// once per round trip for the same reason).
 const HALVE_AT_MOST_EVERY: Duration = Duration::from_millis(250);
+/// A slowdown never goes below this share of what the downstream accepted
+/// over the last second...
+const ACCEPTED_SHARE: f64 = 0.95;
+/// ...but always cuts at least this much, so a 429 is never ignored.
+const LEAST_CUT: f64 = 0.9;
+/// Successes are counted in four slots of this width: the last second.
+const SLOT: Duration = Duration::from_millis(250);
 
 pub struct Limiter {
     inner: Mutex<State>,
@@ -34,6 +41,34 @@ struct State {
     paused_until: Option<Instant>,
     last_slowdown: Option<Instant>,
     last_halved: Option<Instant>,
+    /// Successes per `SLOT`, as (slot number since `epoch`, count).
+    accepted: [(u64, u32); 4],
+    epoch: Instant,
+}
+
+impl State {
+    fn slot(&self, now: Instant) -> u64 {
+        (now.duration_since(self.epoch).as_millis() / SLOT.as_millis()) as u64
+    }
+
+    /// Successes per second over the last second (three whole slots and
+    /// the current one).
+    fn accepted_per_second(&self, now: Instant) -> f64 {
+        let cur = self.slot(now);
+        let n: u32 = self
+            .accepted
+            .iter()
+            .filter(|(slot, _)| slot.saturating_add(3) >= cur && *slot <= cur)
+            .map(|(_, n)| n)
+            .sum();
+        let into_current = now.duration_since(self.epoch).as_secs_f64() - cur as f64 * SLOT.as_secs_f64();
+        let window = (3.0 * SLOT.as_secs_f64() + into_current).min(now.duration_since(self.epoch).as_secs_f64());
+        if window <= 0.0 {
+            0.0
+        } else {
+            f64::from(n) / window
+        }
+    }
 }
 
 /// The bucket size to use: the configured burst at full rate, but 1 while
@@ -71,6 +106,8 @@ impl Limiter {
                 paused_until: None,
                 last_slowdown: None,
                 last_halved: None,
+                accepted: [(u64::MAX, 0); 4],
+                epoch: Instant::now(),
             }),
         }
     }
@@ -127,7 +164,30 @@ impl Limiter {
         }
     }
 
+    /// A 2xx: counted, so a slowdown knows what the downstream accepts.
+    pub fn note_success(&self) {
+        let mut s = self.state();
+        if !s.adaptive {
+            return;
+        }
+        let slot = s.slot(Instant::now());
+        let i = (slot % 4) as usize;
+        if s.accepted[i].0 == slot {
+            s.accepted[i].1 += 1;
+        } else {
+            s.accepted[i] = (slot, 1);
+        }
+    }
+
     /// A 429 or 503: halve the effective rate and pause until `retry_after`.
+    ///
+    /// Halving (SPEC §4) is tempered by evidence: it never goes below 95% of
+    /// the successes of the last second, because the downstream has just
+    /// shown it takes that many. A downstream that refuses everything
+    /// accepted nothing, so it is halved all the way down; one that pushes
+    /// back at its limit is held just under the limit instead of
+    /// saw-toothing between half of it and all of it. Every slowdown still
+    /// cuts at least 10%.
     pub fn slow_down(&self, retry_after: Option<Duration>) {
         let mut s = self.state();
         if !s.adaptive {
@@ -144,7 +204,10 @@ impl Limiter {
             return;
         }
         if let (Some(c), Some(e)) = (s.configured, s.effective) {
-            let halved = (e / 2.0).max(c * FLOOR_SHARE);
+            let accepted = s.accepted_per_second(now);
+            let halved = (e / 2.0)
+                .max((accepted * ACCEPTED_SHARE).min(e * LEAST_CUT))
+                .max(c * FLOOR_SHARE);
             if halved < e {
                 s.effective = Some(halved);
                 s.bucket = Some(bucket(halved, burst_for(s.configured, halved, s.burst), true));
@@ -227,5 +290,41 @@ mod tests {
         let start = Instant::now();
         l.acquire().await;
         assert!(start.elapsed() >= Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slowdown_holds_just_under_what_the_downstream_accepted() {
+        async fn accept(l: &Limiter, per_second: u32, for_ms: u64) {
+            for _ in 0..for_ms / 50 {
+                for _ in 0..per_second / 20 {
+                    l.note_success();
+                }
+                tokio::time::advance(Duration::from_millis(50)).await;
+            }
+        }
+        let l = Limiter::new(Some(1000.0), 10, true);
+        // The downstream takes 200/s and refuses the rest: halvings bring
+        // the rate down, but not below 95% of what it accepted.
+        accept(&l, 200, 1000).await;
+        l.slow_down(None);
+        assert_eq!(l.effective(), Some(500.0));
+        accept(&l, 200, 250).await;
+        l.slow_down(None);
+        assert_eq!(l.effective(), Some(250.0));
+        accept(&l, 200, 250).await;
+        l.slow_down(None);
+        let e = l.effective().unwrap();
+        assert!((185.0..=195.0).contains(&e), "effective {e}");
+        // Refused attempts are not successes: with none in the last second,
+        // slowdowns halve as the SPEC says.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        l.slow_down(None);
+        assert!((e / 2.0 - 0.01..=e / 2.0 + 0.01).contains(&l.effective().unwrap()));
+        // Even when every attempt in the last second succeeded, a 429 cuts
+        // at least 10%.
+        let l = Limiter::new(Some(100.0), 10, true);
+        accept(&l, 100, 1000).await;
+        l.slow_down(None);
+        assert_eq!(l.effective(), Some(90.0));
     }
 }

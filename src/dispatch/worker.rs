@@ -312,7 +312,10 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
             }
         }
         let class = match &outcome {
-            Outcome::Delivered(_) => Class::Delivered,
+            Outcome::Delivered(_) => {
+                d.limiter.note_success();
+                Class::Delivered
+            }
             Outcome::Transient { .. } => Class::Transient,
             Outcome::Permanent { .. } => Class::Permanent,
         };
