@@ -55,6 +55,13 @@ pub(crate) struct Reader {
     conn: Connection,
 }
 
+fn fetch_ready_sql() -> String {
+    format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages INDEXED BY messages_ready
+         WHERE dest = ?1 AND state = 0 AND visible_at <= ?2 ORDER BY visible_at, seq"
+    )
+}
+
 /// What `GET /v1/messages/{id}` shows.
 #[derive(Clone, Debug)]
 pub struct MessageStatus {
@@ -122,12 +129,12 @@ pub type Fetched = std::result::Result<Message, u64>;
 
 impl Reader {
     pub fn fetch_ready(&self, dest: &str, now: i64, limit: usize, exclude: &[u64]) -> rusqlite::Result<Vec<Fetched>> {
-        let mut stmt = self.conn.prepare_cached(&format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages INDEXED BY messages_ready
-             WHERE dest = ?1 AND state = 0 AND visible_at <= ?2 ORDER BY visible_at, seq LIMIT ?3"
-        ))?;
-        let want = (limit + exclude.len()) as i64;
-        let rows = stmt.query_map(params![dest, now, want], message_from_row)?;
+        // No LIMIT: rows stream in index order and stepping stops once
+        // `limit` are taken. A bound LIMIT would make SQLite re-prepare the
+        // statement on every call (the plan depends on its value), which
+        // cost more than the query itself.
+        let mut stmt = self.conn.prepare_cached(&fetch_ready_sql())?;
+        let rows = stmt.query_map(params![dest, now], message_from_row)?;
         let mut out = Vec::with_capacity(limit);
         for row in rows {
             let m = row?;
@@ -241,5 +248,28 @@ impl Reader {
             ))
         })?;
         rows.collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hot read is prepared once per connection, not once per call.
+    #[test]
+    fn fetching_ready_messages_does_not_re_prepare() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(schema::DB_FILE);
+        drop(schema::open_checked(&path).unwrap());
+        let pool = Pool::new(path);
+        pool.with(|r| {
+            for (now, limit, exclude) in [(1, 4, vec![]), (2, 8, vec![1, 2]), (3, 128, vec![5])] {
+                r.fetch_ready("d", now, limit, &exclude)?;
+            }
+            let stmt = r.conn.prepare_cached(&fetch_ready_sql())?;
+            assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+            Ok(())
+        })
+        .unwrap();
     }
 }
