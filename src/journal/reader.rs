@@ -91,31 +91,40 @@ pub struct DeadLetter {
 const MESSAGE_COLUMNS: &str =
     "seq, dest, method, path, headers, body, attempts, received_at, idem_key, wants_reply, crc";
 
-/// A row read for delivery, or the seq of one whose checksum failed.
+/// A row read for delivery, or the seq of one that is damaged: its checksum
+/// fails, or a column no longer holds what was written (bad UTF-8, a wrong
+/// type). Damage quarantines the row; it must never fail the whole read, or
+/// one bad row would stall its destination.
 pub(crate) fn message_from_row(r: &Row<'_>) -> rusqlite::Result<std::result::Result<Message, u64>> {
+    // The rowid: always an integer, whatever the record holds.
     let seq: i64 = r.get(0)?;
-    let method: String = r.get(2)?;
-    let path: String = r.get(3)?;
-    let headers_raw: Vec<u8> = r.get::<_, Option<Vec<u8>>>(4)?.unwrap_or_default();
-    let body: Vec<u8> = r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default();
-    let crc: i64 = r.get(10)?;
+    Ok(decode_message(r, seq).unwrap_or(Err(seq as u64)))
+}
+
+/// `None` if a column cannot be read as its type.
+fn decode_message(r: &Row<'_>, seq: i64) -> Option<std::result::Result<Message, u64>> {
+    let method: String = r.get(2).ok()?;
+    let path: String = r.get(3).ok()?;
+    let headers_raw: Vec<u8> = r.get::<_, Option<Vec<u8>>>(4).ok()?.unwrap_or_default();
+    let body: Vec<u8> = r.get::<_, Option<Vec<u8>>>(5).ok()?.unwrap_or_default();
+    let crc: i64 = r.get(10).ok()?;
     let Some(headers) = u32::try_from(crc)
         .ok()
         .and_then(|crc| decode_record(&method, &path, &headers_raw, &body, crc))
     else {
-        return Ok(Err(seq as u64));
+        return Some(Err(seq as u64));
     };
-    Ok(Ok(Message {
+    Some(Ok(Message {
         seq: seq as u64,
-        dest: r.get(1)?,
+        dest: r.get(1).ok()?,
         method,
         path,
         headers,
         body: Bytes::from(body),
-        attempts: r.get::<_, i64>(6)? as u32,
-        received_at: r.get(7)?,
-        idempotency_key: r.get(8)?,
-        wants_reply: r.get::<_, i64>(9)? != 0,
+        attempts: r.get::<_, i64>(6).ok()? as u32,
+        received_at: r.get(7).ok()?,
+        idempotency_key: r.get(8).ok()?,
+        wants_reply: r.get::<_, i64>(9).ok()? != 0,
     }))
 }
 
@@ -156,7 +165,8 @@ impl Reader {
             "SELECT {MESSAGE_COLUMNS}, visible_at FROM messages INDEXED BY messages_pending
              WHERE dest = ?1 AND state = 0 ORDER BY seq LIMIT 1"
         ))?;
-        stmt.query_row([dest], |r| Ok((message_from_row(r)?, r.get::<_, i64>(11)?)))
+        // A damaged `visible_at` (outside the checksum) means "due now".
+        stmt.query_row([dest], |r| Ok((message_from_row(r)?, r.get::<_, i64>(11).unwrap_or(0))))
             .optional()
     }
 
@@ -184,9 +194,9 @@ impl Reader {
                     visible_at: r.get(3)?,
                     attempts: r.get::<_, i64>(4)? as u32,
                     received_at: r.get(5)?,
-                    finished_at: r.get(6)?,
-                    last_error: last_error(r.get(7)?),
-                    reason: r.get(8)?,
+                    finished_at: r.get(6).ok().flatten(),
+                    last_error: last_error(r.get(7).ok().flatten()),
+                    reason: r.get(8).ok().flatten(),
                 })
             })
             .optional()
@@ -198,14 +208,16 @@ impl Reader {
              INDEXED BY messages_dead WHERE dest = ?1 AND state = 1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
         let rows = stmt.query_map(params![dest, after.unwrap_or(0) as i64, limit as i64], |r| {
+            // Only the seq is required: a damaged column must not hide the
+            // rest of the dead letters from the operator.
             Ok(DeadLetter {
                 seq: r.get::<_, i64>(0)? as u64,
-                reason: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
-                attempts: r.get::<_, i64>(2)? as u32,
-                last_error: last_error(r.get(3)?),
-                received_at: r.get(4)?,
-                dead_lettered_at: r.get::<_, Option<i64>>(5)?.unwrap_or(0),
-                size_bytes: r.get::<_, i64>(6)? as u64,
+                reason: r.get::<_, Option<String>>(1).ok().flatten().unwrap_or_default(),
+                attempts: r.get::<_, i64>(2).unwrap_or(0) as u32,
+                last_error: last_error(r.get(3).ok().flatten()),
+                received_at: r.get(4).unwrap_or(0),
+                dead_lettered_at: r.get::<_, Option<i64>>(5).ok().flatten().unwrap_or(0),
+                size_bytes: r.get::<_, i64>(6).unwrap_or(0) as u64,
             })
         })?;
         rows.collect()
@@ -220,8 +232,9 @@ impl Reader {
                 "SELECT received_at FROM messages INDEXED BY messages_pending WHERE dest = ?1 AND state = 0
                  ORDER BY seq LIMIT 1",
             )?
-            .query_row([dest], |r| r.get(0))
-            .optional()?;
+            .query_row([dest], |r| Ok(r.get::<_, i64>(0).ok()))
+            .optional()?
+            .flatten();
         let scheduled: i64 = self
             .conn
             .prepare_cached(

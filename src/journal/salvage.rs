@@ -117,11 +117,12 @@ fn copy_rows(old: &Connection, new: &Connection, hwm: i64, report: &mut Report) 
         lost.extend(unreadable.iter().filter(|s| !recovered.contains(s)));
     }
     // Acknowledged (the high-water mark says so) but above anything the
-    // database knows of: lost with the end of the WAL.
+    // database knows of: lost with the end of the WAL. Counted, not listed:
+    // a mark far ahead (a restored backup) must not cost memory.
     let known = highest_seen.max(last).max(floor);
-    let probed_tail = (known + 1)..=top.min(hwm);
-    lost.extend(probed_tail.filter(|s| !recovered.contains(s)));
-    report.lost = lost.len() as u64 + (hwm - top).max(0) as u64;
+    let tail = (hwm - known).max(0) as u64;
+    let already = lost.iter().filter(|&&s| s > known && s <= hwm).count() as u64;
+    report.lost = lost.len() as u64 + tail - already;
     report.salvaged = recovered.len() as u64;
     // Ids are never reused, lost or not.
     let _ = schema::set_meta(new, "seq_floor", &floor.max(top).max(hwm).to_string());

@@ -179,6 +179,36 @@ async fn a_row_with_a_bad_checksum_is_quarantined_and_others_still_flow() {
 }
 
 #[tokio::test]
+async fn a_row_whose_columns_no_longer_decode_is_quarantined_and_others_still_flow() {
+    // Found by `lifecycle::random_bytes_...`: random bytes turned a method
+    // into invalid UTF-8, and the failed decode stalled the whole queue.
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let a = stored(&j, msg("d", "a")).await;
+    let b = stored(&j, msg("d", "b")).await;
+    let c = stored(&j, msg("d", "c")).await;
+    j.close();
+    drop(j);
+    let conn = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
+    conn.execute(
+        "UPDATE messages SET method = CAST(x'ff80' AS TEXT) WHERE seq = ?1",
+        [a as i64],
+    )
+    .unwrap();
+    conn.execute("UPDATE messages SET attempts = 'many' WHERE seq = ?1", [b as i64])
+        .unwrap();
+    drop(conn);
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let got = j.fetch_ready("d", 10, vec![]).await.unwrap();
+    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![c]);
+    for seq in [a, b] {
+        assert_eq!(j.status(seq).await.unwrap().unwrap().state, schema::STATE_QUARANTINED);
+    }
+    assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 2);
+    j.close();
+}
+
+#[tokio::test]
 async fn a_garbage_database_file_is_quarantined_and_start_up_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(schema::DB_FILE), vec![0xAB; 8192]).unwrap();
@@ -276,6 +306,30 @@ async fn messages_missing_below_the_high_water_mark_are_counted_as_lost() {
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 7);
     // Ids of lost messages are never handed out again.
     assert_eq!(stored(&j, msg("d", "new")).await, 11);
+    j.close();
+}
+
+#[tokio::test]
+async fn a_salvage_counts_only_what_is_missing_above_everything_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let a = stored(&j, msg("d", "a")).await;
+    j.close();
+    drop(j);
+    // Far ahead, as after purging millions of dead letters: the floor and
+    // the mark agree, so nothing is missing; then two more acknowledged
+    // messages whose rows are gone.
+    let far: i64 = 5_000_000;
+    let c = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
+    schema::set_meta(&c, "seq_floor", &far.to_string()).unwrap();
+    drop(c);
+    std::fs::write(dir.path().join(schema::HWM_FILE), (far + 2).to_string()).unwrap();
+    std::fs::write(dir.path().join(schema::SUSPECT_FILE), "test").unwrap();
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 2);
+    let got = j.fetch_ready("d", 10, vec![]).await.unwrap();
+    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![a]);
+    assert_eq!(stored(&j, msg("d", "new")).await, far as u64 + 3);
     j.close();
 }
 
