@@ -175,7 +175,22 @@ fn read_range(old: &Connection, lo: i64, hi: i64) -> rusqlite::Result<Vec<RawRow
     let mut stmt = old.prepare_cached(&format!("SELECT {COLUMNS} FROM messages WHERE seq BETWEEN ?1 AND ?2"))?;
     let rows = stmt.query_map(params![lo, hi], |r: &Row<'_>| {
         (0..18)
-            .map(|i| r.get::<_, rusqlite::types::Value>(i))
+            .map(|i| {
+                use rusqlite::types::{Value, ValueRef};
+                // Not `Value::from`: it panics on text that is not UTF-8,
+                // which is exactly what damage produces. Such text comes
+                // back as a blob, and `insert_rows` treats it as damage.
+                Ok(match r.get_ref(i)? {
+                    ValueRef::Null => Value::Null,
+                    ValueRef::Integer(n) => Value::Integer(n),
+                    ValueRef::Real(x) => Value::Real(x),
+                    ValueRef::Text(t) => match std::str::from_utf8(t) {
+                        Ok(t) => Value::Text(t.to_string()),
+                        Err(_) => Value::Blob(t.to_vec()),
+                    },
+                    ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+                })
+            })
             .collect::<rusqlite::Result<RawRow>>()
     })?;
     rows.collect()
@@ -226,6 +241,14 @@ fn insert_rows(
         };
         *highest_seen = (*highest_seen).max(seq);
         let state = matches!(row[2], Value::Integer(s) if s == schema::STATE_PENDING || s == schema::STATE_DEAD);
+        // Text columns holding bytes that are not text: damaged.
+        const TEXT_COLUMNS: [usize; 6] = [1, 6, 7, 13, 15, 16];
+        if TEXT_COLUMNS.iter().any(|&i| matches!(row[i], Value::Blob(_))) {
+            if state {
+                lost.insert(seq);
+            }
+            continue;
+        }
         // Rows that still carry a body must match their checksum.
         if state {
             let crc = match row[11] {

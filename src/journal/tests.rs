@@ -333,6 +333,31 @@ async fn a_salvage_counts_only_what_is_missing_above_everything_known() {
     j.close();
 }
 
+#[tokio::test]
+async fn salvage_survives_text_that_is_not_utf8() {
+    // Found by `lifecycle::random_bytes_...`: the salvage itself panicked on
+    // such a row, so tidegate could not start at all.
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let a = stored(&j, msg("d", "a")).await;
+    let b = stored(&j, msg("d", "b")).await;
+    j.close();
+    drop(j);
+    let conn = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
+    conn.execute(
+        "UPDATE messages SET path = CAST(x'ff80' AS TEXT) WHERE seq = ?1",
+        [a as i64],
+    )
+    .unwrap();
+    drop(conn);
+    std::fs::write(dir.path().join(schema::SUSPECT_FILE), "test").unwrap();
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 1);
+    let got = j.fetch_ready("d", 10, vec![]).await.unwrap();
+    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![b]);
+    j.close();
+}
+
 /// A model-based test of the journal API: random sequences of operations,
 /// including crashes (the writer stops without checkpointing or marking the
 /// journal clean) and clean restarts, checked after every step against an

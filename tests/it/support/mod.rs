@@ -213,12 +213,16 @@ impl Tidegate {
     }
 
     pub async fn admin_post(&self, path: &str, body: &str) -> reqwest::Response {
-        self.client
+        match self
+            .client
             .post(self.admin_url(path))
             .body(body.to_string())
             .send()
             .await
-            .expect("admin request")
+        {
+            Ok(r) => r,
+            Err(e) => panic!("admin POST {path}: {e:?}\ntidegate log:\n{}", self.log()),
+        }
     }
 
     /// The Prometheus exposition of `/metrics`.
@@ -285,6 +289,13 @@ impl Tidegate {
     pub async fn terminate(&mut self) -> std::process::ExitStatus {
         signal(self.pid(), "TERM");
         self.wait_exit().await
+    }
+
+    /// The exit status if the process has exited by itself.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
     }
 
     /// Waits for the process to exit by itself.
