@@ -70,12 +70,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let max_connections = ingress::listener::connection_budget(config.ingress.max_connections);
     let ingress_server = {
         let rx = stop_rx.clone();
         let config = config.clone();
         tokio::spawn(async move {
             let limits = ingress::listener::Limits {
-                max_connections: config.ingress.max_connections,
+                max_connections,
                 header_read_timeout: config.ingress.header_read_timeout,
             };
             ingress::listener::serve(ingress_listener, ingress_app, limits, rx).await

@@ -24,6 +24,44 @@ pub struct Limits {
 
 const OVER_LIMIT: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/problem+json\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: 178\r\n\r\n{\"type\":\"https://tidegate.dev/problems/too_many_connections\",\"title\":\"Too many connections\",\"status\":503,\"detail\":\"ingress.max_connections reached\",\"code\":\"too_many_connections\"}";
 
+/// File descriptors kept for everything but producer connections: the
+/// journal's files and readers, the admin listener and its clients,
+/// downstream connections, the refusal written to one connection over the
+/// limit.
+const FD_RESERVE: u64 = 256;
+
+/// The producer connections tidegate can hold without running out of file
+/// descriptors: raises the soft open-files limit to the hard one, then caps
+/// `configured` so that the connection limit, with its clear 503, is always
+/// reached before the process limit (where `accept` would fail silently for
+/// producers and `open` for the journal).
+pub fn connection_budget(configured: usize) -> usize {
+    let nofile = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-files limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .map(|(soft, _)| soft)
+                .unwrap_or(1024)
+        }
+    };
+    let budget = budget_within(configured, nofile);
+    if budget < configured {
+        tracing::warn!(
+            configured,
+            effective = budget,
+            open_files_limit = nofile,
+            "ingress.max_connections lowered to fit the open-files limit; raise the limit (ulimit -n, LimitNOFILE) to allow more"
+        );
+    }
+    budget
+}
+
+fn budget_within(configured: usize, nofile: u64) -> usize {
+    let room = nofile.saturating_sub(FD_RESERVE).max(1);
+    configured.min(usize::try_from(room).unwrap_or(usize::MAX))
+}
+
 /// Serves `app` on `listener` until `stop` turns true, then waits for open
 /// connections to finish their current request.
 pub async fn serve(listener: TcpListener, app: Router, limits: Limits, mut stop: watch::Receiver<bool>) {
@@ -64,4 +102,14 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits, mut stop:
     drop(listener);
     // Connections finish the request they are in, then close.
     let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_connection_limit_fits_inside_the_open_files_limit() {
+        assert_eq!(super::budget_within(4096, 1024), 768);
+        assert_eq!(super::budget_within(4096, 1 << 20), 4096);
+        assert_eq!(super::budget_within(4096, 100), 1);
+    }
 }
