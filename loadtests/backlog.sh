@@ -13,13 +13,7 @@ command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk 
 cargo build --release --quiet
 . loadtests/lib.sh
 
-cat > "$work/tidegate.toml" <<CONF
-[ingress]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[storage]
-path = "$work/data"
+{ tidegate_config_head; cat <<CONF
 max_disk = "50GiB"
 [[destination]]
 name = "bench"
@@ -29,6 +23,7 @@ owner = "bench@example.com"
 max_messages = $N
 max_bytes = "100GiB"
 CONF
+} > "$work/tidegate.toml"
 
 start() {
   local t0; t0=$(date +%s.%N)

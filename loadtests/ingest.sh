@@ -21,32 +21,14 @@ need nginx nginx-light
 cargo build --release --quiet
 . loadtests/lib.sh
 NGINX_PORT=$(free_port)
-mkdir -p "$work/nginx/logs"
-cat > "$work/nginx/nginx.conf" <<CONF
-worker_processes auto;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/logs/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx;
+start_nginx auto <<CONF
   server {
     listen 127.0.0.1:$NGINX_PORT;
     location / { client_max_body_size 2m; return 202 '{"id":"0","destination":"x","status":"queued"}'; }
   }
-}
 CONF
-nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
-pids+=($!)
 
-cat > "$work/tidegate.toml" <<CONF
-[ingress]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[storage]
-path = "$work/data"
+{ tidegate_config_head; cat <<CONF
 [log]
 level = "${TIDEGATE_LOG_LEVEL:-info}"
 format = "${TIDEGATE_LOG_FORMAT:-text}"
@@ -55,6 +37,7 @@ name = "bench"
 url = "http://127.0.0.1:9/"
 owner = "bench@example.com"
 CONF
+} > "$work/tidegate.toml"
 start_tidegate "$work/tidegate.toml"
 curl -sf -X POST "http://$ADMIN/v1/destinations/bench/pause" >/dev/null
 

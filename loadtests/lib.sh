@@ -25,3 +25,40 @@ start_tidegate() {
   INGRESS=$(sed -n 's/.*ingress=\([^ ]*\).*/\1/p' "$work/tg.out")
   ADMIN=$(sed -n 's/.*admin=\([^ ]*\).*/\1/p' "$work/tg.out")
 }
+
+# start_nginx WORKERS: nginx in the background, with $work/nginx/nginx.conf
+# made of the common head and, inside `http { }`, the servers and upstreams
+# given on stdin.
+start_nginx() {
+  mkdir -p "$work/nginx"
+  {
+    cat <<CONF
+worker_processes $1;
+daemon off;
+pid $work/nginx/nginx.pid;
+error_log $work/nginx/error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $work/nginx;
+CONF
+    cat
+    echo "}"
+  } > "$work/nginx/nginx.conf"
+  nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
+  pids+=($!)
+}
+
+# tidegate_config_head: the lines every load-test config starts with
+# (ephemeral ports, data in $work); what the caller appends is still inside
+# [storage] until its next table.
+tidegate_config_head() {
+  cat <<CONF
+[ingress]
+listen = "127.0.0.1:0"
+[admin]
+listen = "127.0.0.1:0"
+[storage]
+path = "$work/data"
+CONF
+}

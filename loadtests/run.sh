@@ -23,16 +23,7 @@ cargo build --release --quiet
 
 P_ACCEPT=$(free_port); P_OK=$(free_port); P_LIMIT=$(free_port); P_PROXY=$(free_port); P_FLAKY=$(free_port)
 
-mkdir -p "$work/nginx"
-cat > "$work/nginx/nginx.conf" <<CONF
-worker_processes auto;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  client_body_temp_path $work/nginx;
+start_nginx auto <<CONF
   log_format t '\$msec \$status \$http_x_tidegate_message_id \$uri';
   limit_req_zone \$binary_remote_addr zone=api:1m rate=200r/s;
   # a return would run before limit_req, so the limited server proxies to
@@ -43,18 +34,9 @@ http {
   server { listen 127.0.0.1:$P_LIMIT; location / { access_log $work/limit.log t; limit_req zone=api burst=10 nodelay; limit_req_status 429; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://ok; } }
   server { listen 127.0.0.1:$P_FLAKY; location / { access_log $work/flaky.log t; if (-f $work/down) { return 503; } return 200 '{"ok":true}'; } }
   server { listen 127.0.0.1:$P_PROXY; location / { proxy_http_version 1.1; proxy_set_header Connection ""; proxy_pass http://ok; } }
-}
 CONF
-nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" &
-pids+=($!)
 
-cat > "$work/tidegate.toml" <<CONF
-[ingress]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[storage]
-path = "$work/data"
+{ tidegate_config_head; cat <<CONF
 [log]
 level = "warn"
 
@@ -103,6 +85,7 @@ on_failure = "buffer"
 initial_backoff = "100ms"
 max_backoff = "1s"
 CONF
+} > "$work/tidegate.toml"
 start_tidegate "$work/tidegate.toml"
 curl -sf -X POST "http://$ADMIN/v1/destinations/ingest/pause" >/dev/null
 

@@ -14,26 +14,11 @@ command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq ng
 cargo build --release --quiet
 . loadtests/lib.sh
 P=$(free_port)
-mkdir -p "$work/nginx"
-cat > "$work/nginx/nginx.conf" <<CONF
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 1024; }
-http {
+start_nginx 1 <<CONF
   log_format t '\$status \$http_x_tidegate_message_id';
   server { listen 127.0.0.1:$P; location / { access_log $work/ds.log t; if (-f $work/down) { return 503; } return 200 'ok'; } }
-}
 CONF
-nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" & pids+=($!)
-cat > "$work/tidegate.toml" <<CONF
-[ingress]
-listen = "127.0.0.1:0"
-[admin]
-listen = "127.0.0.1:0"
-[storage]
-path = "$work/data"
+{ tidegate_config_head; cat <<CONF
 history_retention = "1m"
 [log]
 level = "warn"
@@ -51,6 +36,7 @@ adaptive = false
 initial_backoff = "100ms"
 max_backoff = "1s"
 CONF
+} > "$work/tidegate.toml"
 start_tidegate "$work/tidegate.toml"
 ( end=$((SECONDS + SECS)); while [ $SECONDS -lt $end ]; do touch "$work/down"; sleep 5; rm -f "$work/down"; sleep 5; done ) & pids+=($!)
 k6 run --quiet --no-color --summary-export "$work/k6.json" -e TARGET="http://$INGRESS/soak/x" -e RATE="$RATE" -e DURATION="${SECS}s" loadtests/k6/steady.js >/dev/null 2>&1 & K6=$!; pids+=($K6)

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OpenFlags, Row};
 
 use super::schema::{self, DB_FILE};
-use super::{checksum, now_ms, Result};
+use super::{decode_record, now_ms, Result};
 
 pub struct Report {
     pub salvaged: u64,
@@ -249,13 +249,15 @@ fn insert_rows(
             }
             continue;
         }
-        // Rows that still carry a body must match their checksum.
+        // Rows that still carry a body must pass the check delivery makes.
         if state {
             let crc = match row[11] {
-                Value::Integer(c) => c,
-                _ => -1,
+                Value::Integer(c) => u32::try_from(c).ok(),
+                _ => None,
             };
-            if checksum(&text(&row[6]), &text(&row[7]), &blob(&row[8]), &blob(&row[9])) as i64 != crc {
+            let intact =
+                crc.and_then(|crc| decode_record(&text(&row[6]), &text(&row[7]), &blob(&row[8]), &blob(&row[9]), crc));
+            if intact.is_none() {
                 lost.insert(seq);
                 continue;
             }

@@ -29,6 +29,25 @@ async fn stored(j: &Journal, m: NewMessage) -> u64 {
     }
 }
 
+/// A stopped journal in a fresh directory holding one message per body,
+/// all for destination "d"; returns the directory and their seqs.
+async fn stopped_journal(bodies: &[&str]) -> (tempfile::TempDir, Vec<u64>) {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let mut seqs = Vec::new();
+    for b in bodies {
+        seqs.push(stored(&j, msg("d", b)).await);
+    }
+    j.close();
+    (dir, seqs)
+}
+
+/// Changes a stopped journal behind tidegate's back.
+fn tamper(dir: &tempfile::TempDir, sql: &str, params: impl rusqlite::Params) {
+    let c = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
+    c.execute(sql, params).unwrap();
+}
+
 #[tokio::test]
 async fn appended_messages_come_back_in_order_and_leave_on_ack() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,16 +178,9 @@ async fn reopening_keeps_pending_messages_and_counts() {
 
 #[tokio::test]
 async fn a_row_with_a_bad_checksum_is_quarantined_and_others_still_flow() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
-    let a = stored(&j, msg("d", "a")).await;
-    let b = stored(&j, msg("d", "b")).await;
-    j.close();
-    drop(j);
-    let c = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
-    c.execute("UPDATE messages SET body = x'7a7a' WHERE seq = ?1", [a as i64])
-        .unwrap();
-    drop(c);
+    let (dir, seqs) = stopped_journal(&["a", "b"]).await;
+    let (a, b) = (seqs[0], seqs[1]);
+    tamper(&dir, "UPDATE messages SET body = x'7a7a' WHERE seq = ?1", [a as i64]);
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     let got = j.fetch_ready("d", 10, vec![]).await.unwrap();
     assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![b]);
@@ -182,22 +194,14 @@ async fn a_row_with_a_bad_checksum_is_quarantined_and_others_still_flow() {
 async fn a_row_whose_columns_no_longer_decode_is_quarantined_and_others_still_flow() {
     // Found by `lifecycle::random_bytes_...`: random bytes turned a method
     // into invalid UTF-8, and the failed decode stalled the whole queue.
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
-    let a = stored(&j, msg("d", "a")).await;
-    let b = stored(&j, msg("d", "b")).await;
-    let c = stored(&j, msg("d", "c")).await;
-    j.close();
-    drop(j);
-    let conn = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
-    conn.execute(
+    let (dir, seqs) = stopped_journal(&["a", "b", "c"]).await;
+    let (a, b, c) = (seqs[0], seqs[1], seqs[2]);
+    tamper(
+        &dir,
         "UPDATE messages SET method = CAST(x'ff80' AS TEXT) WHERE seq = ?1",
         [a as i64],
-    )
-    .unwrap();
-    conn.execute("UPDATE messages SET attempts = 'many' WHERE seq = ?1", [b as i64])
-        .unwrap();
-    drop(conn);
+    );
+    tamper(&dir, "UPDATE messages SET attempts = 'many' WHERE seq = ?1", [b as i64]);
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     let got = j.fetch_ready("d", 10, vec![]).await.unwrap();
     assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![c]);
@@ -245,15 +249,8 @@ async fn corruption_seen_while_running_sends_the_next_start_to_salvage() {
 
 #[tokio::test]
 async fn a_journal_from_a_newer_format_is_refused_and_left_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
-    stored(&j, msg("d", "a")).await;
-    j.close();
-    drop(j);
-    let c = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
-    c.execute("UPDATE meta SET value = '999' WHERE key = 'format_version'", [])
-        .unwrap();
-    drop(c);
+    let (dir, _) = stopped_journal(&["a"]).await;
+    tamper(&dir, "UPDATE meta SET value = '999' WHERE key = 'format_version'", []);
     let err = Journal::open(dir.path(), u64::MAX).err().expect("refused");
     assert!(err.to_string().contains("format version 999"), "{err}");
     assert!(!dir.path().join("quarantine").exists(), "nothing was quarantined");
@@ -337,19 +334,13 @@ async fn a_salvage_counts_only_what_is_missing_above_everything_known() {
 async fn salvage_survives_text_that_is_not_utf8() {
     // Found by `lifecycle::random_bytes_...`: the salvage itself panicked on
     // such a row, so tidegate could not start at all.
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
-    let a = stored(&j, msg("d", "a")).await;
-    let b = stored(&j, msg("d", "b")).await;
-    j.close();
-    drop(j);
-    let conn = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
-    conn.execute(
+    let (dir, seqs) = stopped_journal(&["a", "b"]).await;
+    let (a, b) = (seqs[0], seqs[1]);
+    tamper(
+        &dir,
         "UPDATE messages SET path = CAST(x'ff80' AS TEXT) WHERE seq = ?1",
         [a as i64],
-    )
-    .unwrap();
-    drop(conn);
+    );
     std::fs::write(dir.path().join(schema::SUSPECT_FILE), "test").unwrap();
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 1);

@@ -12,7 +12,7 @@ use std::path::Path;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
-use super::checksum;
+use super::decode_record;
 use super::schema::{self, DB_FILE};
 
 #[derive(Debug, Default)]
@@ -104,18 +104,31 @@ pub fn verify(dir: &Path) -> Result<Report, String> {
             let mut rows = st.query([])?;
             while let Some(r) = rows.next()? {
                 let seq: i64 = r.get(0)?;
-                let dest: String = r.get(1)?;
-                let state: i64 = r.get(2)?;
-                let size: i64 = r.get(7)?;
+                // A damaged row must not end the scan: what cannot be read
+                // as written is counted as failing its checksum.
+                let dest = match r.get_ref(1)? {
+                    rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                    _ => "?".to_string(),
+                };
+                let (Ok(state), Ok(size)) = (r.get::<_, i64>(2), r.get::<_, i64>(7)) else {
+                    report.bad_checksums.push(seq as u64);
+                    continue;
+                };
                 let e = report.counts.entry((dest, state_name(state))).or_default();
                 e.0 += 1;
                 if matches!(state, schema::STATE_PENDING | schema::STATE_DEAD) {
                     e.1 += size as u64;
-                    let method: String = r.get(3)?;
-                    let p: String = r.get(4)?;
-                    let headers: Vec<u8> = r.get::<_, Option<Vec<u8>>>(5)?.unwrap_or_default();
-                    let body: Vec<u8> = r.get::<_, Option<Vec<u8>>>(6)?.unwrap_or_default();
-                    if checksum(&method, &p, &headers, &body) as i64 != r.get::<_, i64>(8)? {
+                    // The same check the delivery path makes.
+                    let intact = (|| {
+                        let method: String = r.get(3).ok()?;
+                        let p: String = r.get(4).ok()?;
+                        let headers: Vec<u8> = r.get::<_, Option<Vec<u8>>>(5).ok()?.unwrap_or_default();
+                        let body: Vec<u8> = r.get::<_, Option<Vec<u8>>>(6).ok()?.unwrap_or_default();
+                        let crc = u32::try_from(r.get::<_, i64>(8).ok()?).ok()?;
+                        decode_record(&method, &p, &headers, &body, crc)
+                    })()
+                    .is_some();
+                    if !intact {
                         report.bad_checksums.push(seq as u64);
                     }
                 }

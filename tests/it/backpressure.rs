@@ -64,10 +64,7 @@ async fn block_mode_holds_the_producer_until_there_is_room() {
     let r = blocked.await.unwrap();
     assert_eq!(r.status(), 202);
     tg.wait_message_state(&first, "delivered").await;
-    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = crate::support::accepted_id(r).await;
     tg.wait_message_state(&id, "delivered").await;
 }
 

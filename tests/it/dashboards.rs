@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{destination, eventually, Downstream, Reply, Tidegate};
+use crate::support::{destination, eventually, Downstream, Tidegate};
 
 struct Prometheus {
     child: Child,
@@ -123,13 +123,7 @@ fn rule_exprs() -> Vec<String> {
 #[tokio::test]
 async fn dashboard_and_alert_expressions_work_against_a_live_tidegate() {
     let ds = Downstream::start().await;
-    ds.respond(|s, _| {
-        if s.path_and_query.starts_with("/bad") {
-            Reply::status(400)
-        } else {
-            Reply::status(200)
-        }
-    });
+    ds.refuse_under("/bad", 400);
     let u = ds.url();
     let tg = Tidegate::start(&format!(
         "{}{}",

@@ -58,12 +58,7 @@ async fn a_full_disk_answers_507_keeps_what_it_stored_and_recovers_by_itself() {
     for _ in 0..400 {
         let r = tg.post("/crm/fill", &body).await;
         match r.status().as_u16() {
-            202 => acked.push(
-                r.json::<serde_json::Value>().await.unwrap()["id"]
-                    .as_str()
-                    .unwrap()
-                    .to_string(),
-            ),
+            202 => acked.push(crate::support::accepted_id(r).await),
             507 => {
                 full = Some(r.json::<serde_json::Value>().await.unwrap());
                 break;

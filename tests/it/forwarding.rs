@@ -142,10 +142,7 @@ async fn prefer_wait_answers_with_the_downstream_response() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = crate::support::accepted_id(r).await;
     tg.wait_message_state(&id, "delivered").await;
 }
 

@@ -222,10 +222,7 @@ async fn json_logs_parse_carry_message_ids_and_never_secrets() {
         .await
         .unwrap();
     assert_eq!(r.status(), 202);
-    let id = r.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let id = crate::support::accepted_id(r).await;
     eventually(Duration::from_secs(10), "the dead letter", || async {
         tg.client
             .get(tg.admin_url(&format!("/v1/messages/{id}")))
@@ -508,13 +505,7 @@ fn cli(tg: &Tidegate, args: &[&str]) -> (bool, String, String) {
 #[tokio::test]
 async fn the_operator_cli_drives_a_live_instance() {
     let ds = Downstream::start().await;
-    ds.respond(|s, _| {
-        if s.path_and_query.starts_with("/bad") {
-            Reply::status(400)
-        } else {
-            Reply::status(200)
-        }
-    });
+    ds.refuse_under("/bad", 400);
     let u = ds.url();
     let tg = Tidegate::start(&format!(
         "{}{}{}",

@@ -97,6 +97,17 @@ impl Downstream {
         *self.respond.lock().unwrap() = Arc::new(f);
     }
 
+    /// Answers `status` to paths under `prefix`, 200 to the rest.
+    pub fn refuse_under(&self, prefix: &'static str, status: u16) {
+        self.respond(move |s, _| {
+            if s.path_and_query.starts_with(prefix) {
+                Reply::status(status)
+            } else {
+                Reply::status(200)
+            }
+        });
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }

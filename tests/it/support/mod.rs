@@ -192,8 +192,7 @@ impl Tidegate {
     pub async fn send(&self, path: &str, body: &str) -> String {
         let r = self.post(path, body).await;
         assert_eq!(r.status(), 202, "POST {path}");
-        let v: serde_json::Value = r.json().await.unwrap();
-        v["id"].as_str().unwrap().to_string()
+        accepted_id(r).await
     }
 
     pub async fn admin_get(&self, path: &str) -> serde_json::Value {
@@ -321,6 +320,12 @@ impl Drop for Tidegate {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// The message id in an ingress 202 answer.
+pub async fn accepted_id(r: reqwest::Response) -> String {
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["id"].as_str().expect("an id in the answer").to_string()
 }
 
 /// A `[[destination]]` table pointing at `url`, with extra lines.
