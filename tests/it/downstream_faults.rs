@@ -279,21 +279,14 @@ async fn a_self_signed_https_downstream_fails_clearly_until_its_ca_file_is_trust
 async fn a_ca_file_that_holds_no_certificate_is_a_config_error() {
     let bogus = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(bogus.path(), "not a certificate\n").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("tidegate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[storage]\npath = \"{}\"\n{}",
-            dir.path().join("data").display(),
-            destination(
-                "d",
-                "https://127.0.0.1:9",
-                &format!("ca_file = {:?}", bogus.path().display().to_string())
-            )
+    let (_dir, cfg) = crate::support::config_file(
+        "",
+        &destination(
+            "d",
+            "https://127.0.0.1:9",
+            &format!("ca_file = {:?}", bogus.path().display().to_string()),
         ),
-    )
-    .unwrap();
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
         .args(["check", "--config"])
         .arg(&cfg)

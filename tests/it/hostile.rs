@@ -137,17 +137,10 @@ async fn under_a_low_open_files_limit_idle_connections_are_refused_before_fds_ru
     // tidegate under `ulimit -n 320` with the default max_connections
     // (4096): it must lower the limit to fit (320 - 256 reserved = 64) and
     // refuse the rest with its 503, never run out of descriptors.
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("tidegate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[ingress]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n{}",
-            dir.path().join("data").display(),
-            destination("crm", "http://127.0.0.1:9", "")
-        ),
-    )
-    .unwrap();
+    let (_dir, cfg) = crate::support::config_file(
+        "[ingress]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &destination("crm", "http://127.0.0.1:9", ""),
+    );
     let mut child = std::process::Command::new("sh")
         .args(["-c", "ulimit -n 320 && exec \"$0\" serve --config \"$1\""])
         .arg(env!("CARGO_BIN_EXE_tidegate"))

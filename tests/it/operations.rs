@@ -339,17 +339,10 @@ async fn admin_calls_need_the_token_when_one_is_configured_but_probes_do_not() {
 
 #[test]
 fn a_non_loopback_admin_listener_without_a_token_refuses_to_start() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("t.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[admin]\nlisten = \"0.0.0.0:0\"\n[storage]\npath = \"{}\"\n{}",
-            dir.path().join("data").display(),
-            destination("crm", "http://127.0.0.1:1", "")
-        ),
-    )
-    .unwrap();
+    let (dir, cfg) = crate::support::config_file(
+        "[admin]\nlisten = \"0.0.0.0:0\"\n",
+        &destination("crm", "http://127.0.0.1:1", ""),
+    );
     let out = Command::new(env!("CARGO_BIN_EXE_tidegate"))
         .args(["serve", "--config"])
         .arg(&cfg)
@@ -357,7 +350,7 @@ fn a_non_loopback_admin_listener_without_a_token_refuses_to_start() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("t.toml:2:10") && err.contains("token_env"), "{err}");
+    assert!(err.contains("tidegate.toml:2:10") && err.contains("token_env"), "{err}");
     assert!(!dir.path().join("data").exists(), "nothing was started");
 }
 

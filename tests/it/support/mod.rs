@@ -322,6 +322,21 @@ impl Drop for Tidegate {
     }
 }
 
+/// A config file for a tidegate the test runs itself: `sections` (any
+/// `[ingress]`/`[admin]` lines), a private data directory, then
+/// `destinations`. The directory lives as long as the returned guard.
+pub fn config_file(sections: &str, destinations: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tidegate.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &path,
+        format!("{sections}[storage]\npath = \"{}\"\n{destinations}", data.display()),
+    )
+    .unwrap();
+    (dir, path)
+}
+
 /// The message id in an ingress 202 answer.
 pub async fn accepted_id(r: reqwest::Response) -> String {
     let v: serde_json::Value = r.json().await.unwrap();
