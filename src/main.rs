@@ -226,6 +226,14 @@ fn operator(cmd: Command) -> ExitCode {
     let token = std::env::var("TIDEGATE_ADMIN_TOKEN").ok();
     let client = |a: &Admin| Client::new(&a.admin, token.clone());
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    // An admin answer as the operator asked for it: the JSON, or the table.
+    let shown = |json: bool, v: &serde_json::Value, human: fn(&serde_json::Value) -> String| {
+        if json {
+            pretty(v)
+        } else {
+            human(v)
+        }
+    };
     let result = rt.block_on(async {
         match cmd {
             Command::Status { admin, interval } => cli::status(&client(&admin), interval, admin.json).await,
@@ -233,11 +241,7 @@ fn operator(cmd: Command) -> ExitCode {
                 let v = client(&admin)
                     .post(&format!("/v1/destinations/{destination}/pause"), None)
                     .await?;
-                Ok(if admin.json {
-                    pretty(&v)
-                } else {
-                    cli::render_destination(&v)
-                })
+                Ok(shown(admin.json, &v, cli::render_destination))
             }
             Command::Resume {
                 destination,
@@ -246,19 +250,11 @@ fn operator(cmd: Command) -> ExitCode {
             } => {
                 let path = format!("/v1/destinations/{destination}/resume?skip_head={skip_head}");
                 let v = client(&admin).post(&path, None).await?;
-                Ok(if admin.json {
-                    pretty(&v)
-                } else {
-                    cli::render_destination(&v)
-                })
+                Ok(shown(admin.json, &v, cli::render_destination))
             }
             Command::Message { id, admin } => {
                 let v = client(&admin).get(&format!("/v1/messages/{id}")).await?;
-                Ok(if admin.json {
-                    pretty(&v)
-                } else {
-                    cli::render_message(&v)
-                })
+                Ok(shown(admin.json, &v, cli::render_message))
             }
             Command::Healthcheck { ready, admin } => {
                 let path = if ready { "/readyz" } else { "/healthz" };
@@ -289,11 +285,7 @@ fn operator(cmd: Command) -> ExitCode {
                         path.push_str(&format!("&after={a}"));
                     }
                     let v = client(&admin).get(&path).await?;
-                    Ok(if admin.json {
-                        pretty(&v)
-                    } else {
-                        cli::render_dead_letters(&v)
-                    })
+                    Ok(shown(admin.json, &v, cli::render_dead_letters))
                 }
                 DeadLetterAction::Replay {
                     destination,
