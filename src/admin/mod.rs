@@ -104,7 +104,7 @@ async fn metrics(State(a): State<Admin>) -> Response {
         m.rate_limit
             .with_label_values(&[n, "effective"])
             .set(d.limiter.effective().unwrap_or(0.0));
-        let state = d.state().state;
+        let state = d.current_state();
         for s in dispatch::State::ALL {
             m.destination_state
                 .with_label_values(&[n, s.as_str()])

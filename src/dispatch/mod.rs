@@ -100,6 +100,12 @@ impl Destination {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The state alone, without copying the reason (ingress and the worker
+    /// ask on every message).
+    pub fn current_state(&self) -> State {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).state
+    }
+
     pub fn is_in_flight(&self, seq: u64) -> bool {
         self.in_flight_seqs
             .lock()

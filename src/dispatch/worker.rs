@@ -28,7 +28,7 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
             break;
         }
         kick.borrow_and_update();
-        let state = d.state().state;
+        let state = d.current_state();
         let cfg = d.config();
         if matches!(state, State::Paused | State::Halted) {
             buffer.clear();
@@ -102,7 +102,7 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
             _ = d.limiter.acquire() => {}
             _ = shutdown.changed() => continue,
         }
-        if d.state().state != State::Running || d.config().queue.ordering == QueueOrdering::Fifo {
+        if d.current_state() != State::Running || d.config().queue.ordering == QueueOrdering::Fifo {
             continue; // re-evaluate
         }
         let Some(msg) = buffer.pop_front() else {
@@ -184,7 +184,7 @@ async fn serial_step(
         _ = kick.changed() => return true,
         _ = shutdown.changed() => return false,
     }
-    if d.state().state == State::Paused || d.state().state == State::Halted {
+    if d.current_state() == State::Paused || d.current_state() == State::Halted {
         return true;
     }
     lease(d, msg.seq);
@@ -341,13 +341,13 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
         let last_error = last_error_of(&outcome);
         carry_out(ctx, d, &msg, &id, n, step, last_error, &outcome, age).await;
         match change {
-            StateChange::Degrade if d.state().state == State::Running => {
+            StateChange::Degrade if d.current_state() == State::Running => {
                 let reason = format!("{consecutive} consecutive transient failures");
                 if let Err(e) = set_state(ctx, d, State::Degraded, &reason, None).await {
                     tracing::error!(error = %e, "persisting the degraded state failed");
                 }
             }
-            StateChange::Recover if d.state().state == State::Degraded => {
+            StateChange::Recover if d.current_state() == State::Degraded => {
                 if let Err(e) = set_state(ctx, d, State::Running, "probe delivered", None).await {
                     tracing::error!(error = %e, "persisting the running state failed");
                 }

@@ -122,7 +122,7 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
     }
     check_path(rest)?;
     let cfg = dest.config();
-    let state = dest.state().state;
+    let state = dest.current_state();
     if state == dispatch::State::Halted && !cfg.accept_while_halted {
         return Err(reject(
             ing,
