@@ -240,7 +240,7 @@ impl Dispatcher {
                 let in_flight = d.in_flight.load(Ordering::Relaxed);
                 if depth + dead + in_flight > 0 {
                     return Err(format!(
-                        "destination {:?} cannot be removed: it still holds {depth} queued and {dead} dead-lettered messages; drain or purge it first",
+                        "destination {:?} cannot be removed: it still holds {depth} queued ({in_flight} in flight) and {dead} dead-lettered messages; drain or purge it first",
                         d.name
                     ));
                 }

@@ -463,8 +463,11 @@ async fn reload_adds_destinations_and_refuses_to_remove_one_holding_messages() {
     .await;
     // Once drained, "busy" can go.
     tg.admin_post("/v1/destinations/busy/resume", "").await;
+    // Drained means nothing queued and nothing in flight: the depth drops
+    // when the acknowledgement commits, a moment before the worker lets go.
     eventually(Duration::from_secs(10), "busy to drain", || async {
-        tg.destination("busy").await["queue"]["depth"] == 0
+        let busy = tg.destination("busy").await;
+        busy["queue"]["depth"] == 0 && busy["queue"]["in_flight"] == 0
     })
     .await;
     tg.rewrite_destinations(&format!(
