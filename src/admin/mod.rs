@@ -120,14 +120,24 @@ async fn metrics(State(a): State<Admin>) -> Response {
 }
 
 fn counter_sum(vec: &prometheus::IntCounterVec, dest: &str) -> u64 {
+    counter_sum_where(vec, dest, |_| true)
+}
+
+/// The sum of one destination's series whose labels pass `keep`. One pass
+/// over one snapshot: subtracting two separate reads of counters that
+/// deliveries keep raising could go below zero.
+fn counter_sum_where(
+    vec: &prometheus::IntCounterVec,
+    dest: &str,
+    keep: impl Fn(&[prometheus::proto::LabelPair]) -> bool,
+) -> u64 {
     use prometheus::core::Collector;
     vec.collect()
         .iter()
         .flat_map(|mf| mf.get_metric().iter())
         .filter(|m| {
-            m.get_label()
-                .iter()
-                .any(|l| l.name() == "destination" && l.value() == dest)
+            let labels = m.get_label();
+            labels.iter().any(|l| l.name() == "destination" && l.value() == dest) && keep(labels)
         })
         .map(|m| m.get_counter().value() as u64)
         .sum()
@@ -139,7 +149,9 @@ async fn describe(a: &Admin, d: &dispatch::Destination) -> Result<Value, Problem
     let (oldest, scheduled) = a.journal.queue_detail(&d.name).await.map_err(internal)?;
     let m = &a.metrics;
     let n = d.name.as_str();
-    let failed_attempts: u64 = counter_sum(&m.attempts, n) - m.attempts.with_label_values(&[n, "success"]).get();
+    let failed_attempts = counter_sum_where(&m.attempts, n, |labels| {
+        !labels.iter().any(|l| l.name() == "outcome" && l.value() == "success")
+    });
     Ok(json!({
         "name": d.name,
         "url": cfg.redacted_url(),
