@@ -14,11 +14,11 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# start_tidegate CONFIG: runs the release binary, waits for its listening
+# start_tidegate CONFIG: runs the release binary ($TIDEGATE_BIN for an A/B), waits for its listening
 # line, sets TG_PID, INGRESS and ADMIN.
 start_tidegate() {
   : > "$work/tg.out"
-  ./target/release/tidegate serve --config "$1" > "$work/tg.out" 2>> "$work/tg.err" &
+  "${TIDEGATE_BIN:-./target/release/tidegate}" serve --config "$1" > "$work/tg.out" 2>> "$work/tg.err" &
   TG_PID=$!
   pids+=("$TG_PID")
   for _ in $(seq 1000); do grep -q listening "$work/tg.out" 2>/dev/null && break; sleep 0.01; done

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Relay under wrk with `perf record` on tidegate: where the CPU goes when
+# tidegate ingests and delivers at once (no rate limit) to nginx `return 200`.
+#
+#   loadtests/relay-profile.sh [DURATION] [CONNECTIONS]
+#
+# Load from wrk, or k6 with K6=1; NO_PERF=1 skips the profile. Prints the
+# load generator's figures, tidegate's deliveries over the run, and writes
+# perf.data to $PERF_OUT (default target/relay.perf.data). 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DURATION=${1:-15s}
+CONNS=${2:-32}
+PERF_OUT=${PERF_OUT:-target/relay.perf.data}
+cargo build --release --quiet
+. loadtests/lib.sh
+P_OK=$(free_port)
+start_nginx 1 <<CONF
+  server { listen 127.0.0.1:$P_OK; location / { client_max_body_size 2m; return 200 '{"ok":true}'; } }
+CONF
+{ tidegate_config_head; cat <<CONF
+[log]
+level = "warn"
+[[destination]]
+name = "relay"
+url = "http://127.0.0.1:$P_OK/relay"
+owner = "bench@example.com"
+[destination.rate_limit]
+rate = "unlimited"
+max_in_flight = 64
+CONF
+} > "$work/tidegate.toml"
+start_tidegate "$work/tidegate.toml"
+delivered() { curl -s "http://$ADMIN/v1/destinations/relay" | python3 -c 'import json,sys; print(json.load(sys.stdin)["counters"]["delivered"])'; }
+before=$(delivered)
+load() {
+  if [ -n "${K6:-}" ]; then
+    k6 run --quiet --no-color --summary-export "$work/k6.json" -e TARGET="http://$INGRESS/relay/x" -e VUS="$CONNS" -e DURATION="$DURATION" loadtests/k6/ingest.js >/dev/null 2>&1 || true
+    python3 -c "import json; m=json.load(open('$work/k6.json'))['metrics']; print('Requests/sec:', round(m['http_reqs']['rate'])); print('     99%', round(m['http_req_duration']['p(99)'],2))"
+  else
+    wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s loadtests/post-1k.lua "http://$INGRESS/relay/x"
+  fi
+}
+if [ -n "${NO_PERF:-}" ]; then
+  load
+else
+  perf record -F 999 -g -o "$PERF_OUT" -p "$TG_PID" -- sleep "${DURATION%s}" 2>/dev/null &
+  perfpid=$!
+  load
+  wait $perfpid || true
+fi
+after=$(delivered)
+echo "delivered during the run: $((after - before)); backlog: $(curl -s "http://$ADMIN/v1/destinations/relay" | python3 -c 'import json,sys; print(json.load(sys.stdin)["queue"]["depth"])')"
