@@ -40,7 +40,7 @@ async fn sigterm_lets_an_attempt_in_flight_finish() {
     })
     .await;
     let status = tg.terminate().await;
-    assert!(status.success());
+    assert!(status.success(), "{status:?}; log:\n{}", tg.log());
     // Restarted, the message is known as delivered: it was not cut off.
     tg.spawn(&[]).await;
     assert_eq!(tg.message(&id).await["state"], "delivered");
