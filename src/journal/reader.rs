@@ -55,12 +55,13 @@ pub(crate) struct Reader {
     conn: Connection,
 }
 
-fn fetch_ready_sql() -> String {
+/// The hot read of the delivery path, built once.
+static FETCH_READY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     format!(
         "SELECT {MESSAGE_COLUMNS} FROM messages INDEXED BY messages_ready
          WHERE dest = ?1 AND state = 0 AND visible_at <= ?2 ORDER BY visible_at, seq"
     )
-}
+});
 
 /// What `GET /v1/messages/{id}` shows.
 #[derive(Clone, Debug)]
@@ -98,23 +99,17 @@ const MESSAGE_COLUMNS: &str =
 pub(crate) fn message_from_row(r: &Row<'_>) -> rusqlite::Result<std::result::Result<Message, u64>> {
     // The rowid: always an integer, whatever the record holds.
     let seq: i64 = r.get(0)?;
-    Ok(decode_message(r, seq).unwrap_or(Err(seq as u64)))
+    Ok(decode_message(r, seq).ok_or(seq as u64))
 }
 
-/// `None` if a column cannot be read as its type.
-fn decode_message(r: &Row<'_>, seq: i64) -> Option<std::result::Result<Message, u64>> {
-    let method: String = r.get(2).ok()?;
-    let path: String = r.get(3).ok()?;
-    let headers_raw: Vec<u8> = r.get::<_, Option<Vec<u8>>>(4).ok()?.unwrap_or_default();
-    let body: Vec<u8> = r.get::<_, Option<Vec<u8>>>(5).ok()?.unwrap_or_default();
-    let crc: i64 = r.get(10).ok()?;
-    let Some(headers) = u32::try_from(crc)
-        .ok()
-        .and_then(|crc| decode_record(&method, &path, &headers_raw, &body, crc))
-    else {
-        return Some(Err(seq as u64));
-    };
-    Some(Ok(Message {
+fn decode_message(r: &Row<'_>, seq: i64) -> Option<Message> {
+    let Record {
+        method,
+        path,
+        headers,
+        body,
+    } = read_record(r, [2, 3, 4, 5, 10])?;
+    Some(Message {
         seq: seq as u64,
         dest: r.get(1).ok()?,
         method,
@@ -125,7 +120,33 @@ fn decode_message(r: &Row<'_>, seq: i64) -> Option<std::result::Result<Message, 
         received_at: r.get(7).ok()?,
         idempotency_key: r.get(8).ok()?,
         wants_reply: r.get::<_, i64>(9).ok()? != 0,
-    }))
+    })
+}
+
+/// The checksummed part of a stored message.
+pub(crate) struct Record {
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+/// Reads a record from the columns at `[method, path, headers, body, crc]`
+/// and checks it as the delivery path does. `None`: damaged, because a
+/// column no longer holds what was written or the checksum fails.
+pub(crate) fn read_record(r: &Row<'_>, [m, p, h, b, c]: [usize; 5]) -> Option<Record> {
+    let method: String = r.get(m).ok()?;
+    let path: String = r.get(p).ok()?;
+    let headers_raw: Vec<u8> = r.get::<_, Option<Vec<u8>>>(h).ok()?.unwrap_or_default();
+    let body: Vec<u8> = r.get::<_, Option<Vec<u8>>>(b).ok()?.unwrap_or_default();
+    let crc = u32::try_from(r.get::<_, i64>(c).ok()?).ok()?;
+    let headers = decode_record(&method, &path, &headers_raw, &body, crc)?;
+    Some(Record {
+        method,
+        path,
+        headers,
+        body,
+    })
 }
 
 fn last_error(raw: Option<String>) -> Option<LastError> {
@@ -142,7 +163,7 @@ impl Reader {
         // `limit` are taken. A bound LIMIT would make SQLite re-prepare the
         // statement on every call (the plan depends on its value), which
         // cost more than the query itself.
-        let mut stmt = self.conn.prepare_cached(&fetch_ready_sql())?;
+        let mut stmt = self.conn.prepare_cached(&FETCH_READY_SQL)?;
         let mut rows = stmt.query(params![dest, now])?;
         let mut out = Vec::with_capacity(limit);
         while let Some(row) = rows.next()? {
@@ -277,7 +298,7 @@ mod tests {
             for (now, limit, exclude) in [(1, 4, vec![]), (2, 8, vec![1, 2]), (3, 128, vec![5])] {
                 r.fetch_ready("d", now, limit, &exclude)?;
             }
-            let stmt = r.conn.prepare_cached(&fetch_ready_sql())?;
+            let stmt = r.conn.prepare_cached(&FETCH_READY_SQL)?;
             assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
             Ok(())
         })

@@ -12,7 +12,7 @@ use std::path::Path;
 use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
-use super::decode_record;
+use super::reader::read_record;
 use super::schema::{self, DB_FILE};
 
 #[derive(Debug, Default)]
@@ -119,16 +119,7 @@ pub fn verify(dir: &Path) -> Result<Report, String> {
                 if matches!(state, schema::STATE_PENDING | schema::STATE_DEAD) {
                     e.1 += size as u64;
                     // The same check the delivery path makes.
-                    let intact = (|| {
-                        let method: String = r.get(3).ok()?;
-                        let p: String = r.get(4).ok()?;
-                        let headers: Vec<u8> = r.get::<_, Option<Vec<u8>>>(5).ok()?.unwrap_or_default();
-                        let body: Vec<u8> = r.get::<_, Option<Vec<u8>>>(6).ok()?.unwrap_or_default();
-                        let crc = u32::try_from(r.get::<_, i64>(8).ok()?).ok()?;
-                        decode_record(&method, &p, &headers, &body, crc)
-                    })()
-                    .is_some();
-                    if !intact {
+                    if read_record(r, [3, 4, 5, 6, 8]).is_none() {
                         report.bad_checksums.push(seq as u64);
                     }
                 }
