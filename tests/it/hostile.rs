@@ -137,60 +137,31 @@ async fn under_a_low_open_files_limit_idle_connections_are_refused_before_fds_ru
     // tidegate under `ulimit -n 320` with the default max_connections
     // (4096): it must lower the limit to fit (320 - 256 reserved = 64) and
     // refuse the rest with its 503, never run out of descriptors.
-    let (_dir, cfg) = crate::support::config_file(
-        "[ingress]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-        &destination("crm", "http://127.0.0.1:9", ""),
-    );
-    let mut child = std::process::Command::new("sh")
-        .args(["-c", "ulimit -n 320 && exec \"$0\" serve --config \"$1\""])
-        .arg(env!("CARGO_BIN_EXE_tidegate"))
-        .arg(&cfg)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let line = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-            .find(|l| l.contains("listening"))
-    })
-    .await
-    .unwrap()
-    .expect("tidegate started");
-    let addr = |name: &str| -> std::net::SocketAddr {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .and_then(|a| a.parse().ok())
-            .unwrap()
+    let ds = Downstream::start().await;
+    let extra = Extra {
+        open_files_limit: Some(320),
+        ..Extra::default()
     };
-    let (ingress, admin) = (addr("ingress"), addr("admin"));
+    let tg = Tidegate::start_with(&destination("crm", &ds.url(), ""), extra).await;
 
     let mut idle = Vec::new();
     for _ in 0..64 {
-        idle.push(TcpStream::connect(ingress).await.unwrap());
+        idle.push(TcpStream::connect(tg.ingress).await.unwrap());
     }
     // Past the lowered limit: refused with the 503, many times over.
     for _ in 0..100 {
-        let mut over = TcpStream::connect(ingress).await.unwrap();
+        let mut over = TcpStream::connect(tg.ingress).await.unwrap();
         let (answer, _) = read_until_closed(&mut over, Duration::from_secs(10)).await;
         assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
         assert!(answer.contains("too_many_connections"), "{answer}");
     }
-    let client = reqwest::Client::new();
-    let health = client.get(format!("http://{admin}/healthz")).send().await.unwrap();
+    let health = tg.client.get(tg.admin_url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     drop(idle);
     crate::support::eventually(Duration::from_secs(10), "a slot to free up", || async {
-        matches!(client.post(format!("http://{ingress}/crm/x")).body("{}").send().await, Ok(r) if r.status() == 202)
+        matches!(tg.client.post(tg.url("/crm/x")).body("{}").send().await, Ok(r) if r.status() == 202)
     })
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
-    let mut err = String::new();
-    use std::io::Read;
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(err.contains("ingress.max_connections lowered"), "{err}");
+    let log = tg.log();
+    assert!(log.contains("ingress.max_connections lowered"), "{log}");
 }

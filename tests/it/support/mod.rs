@@ -38,6 +38,7 @@ pub struct Tidegate {
     pub config_path: PathBuf,
     data: PathBuf,
     child: Option<Child>,
+    open_files_limit: Option<u32>,
     pub ingress: SocketAddr,
     pub admin: SocketAddr,
     pub client: reqwest::Client,
@@ -66,6 +67,8 @@ pub struct Extra<'a> {
     pub log_json: bool,
     pub storage: &'a str,
     pub env: &'a [(&'a str, &'a str)],
+    /// Runs tidegate under `ulimit -n` this low.
+    pub open_files_limit: Option<u32>,
 }
 
 impl Tidegate {
@@ -89,6 +92,7 @@ impl Tidegate {
             config_path,
             data,
             child: None,
+            open_files_limit: extra.open_files_limit,
             ingress: "127.0.0.1:1".parse().unwrap(),
             admin: "127.0.0.1:1".parse().unwrap(),
             client: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
@@ -113,7 +117,18 @@ impl Tidegate {
 
     /// Starts (or restarts) the process and waits for its listening line.
     pub async fn spawn(&mut self, env: &[(&str, &str)]) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidegate"));
+        let bin = env!("CARGO_BIN_EXE_tidegate");
+        let mut cmd = match self.open_files_limit {
+            None => Command::new(bin),
+            // `exec`: the process the test signals is tidegate itself.
+            Some(n) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                    .arg(bin);
+                sh
+            }
+        };
         cmd.arg("serve")
             .arg("--config")
             .arg(&self.config_path)
