@@ -43,6 +43,9 @@ pub struct Tidegate {
     pub admin: SocketAddr,
     pub client: reqwest::Client,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// Copies the process's stderr into `stderr`; joined after the process
+    /// exits, so `log()` then holds every line it wrote.
+    stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The head of every test config: ephemeral ports, a private data dir.
@@ -97,6 +100,7 @@ impl Tidegate {
             admin: "127.0.0.1:1".parse().unwrap(),
             client: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
             stderr: Arc::new(Mutex::new(Vec::new())),
+            stderr_reader: None,
         };
         t.spawn(extra.env).await;
         t
@@ -142,11 +146,11 @@ impl Tidegate {
         let stdout = child.stdout.take().unwrap();
         let stderr = child.stderr.take().unwrap();
         let lines = self.stderr.clone();
-        std::thread::spawn(move || {
+        self.stderr_reader = Some(std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 lines.lock().unwrap().push(line);
             }
-        });
+        }));
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -297,6 +301,15 @@ impl Tidegate {
             let _ = c.kill();
             let _ = c.wait();
         }
+        self.drain_log();
+    }
+
+    /// After an exit: waits until the log holds everything the process
+    /// wrote (its reader sees end of file once the process is gone).
+    fn drain_log(&mut self) {
+        if let Some(reader) = self.stderr_reader.take() {
+            let _ = reader.join();
+        }
     }
 
     /// SIGTERM and wait for the exit status.
@@ -309,15 +322,23 @@ impl Tidegate {
     pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
         let status = self.child.as_mut()?.try_wait().ok().flatten()?;
         self.child = None;
+        self.drain_log();
         Some(status)
     }
 
     /// Waits for the process to exit by itself.
     pub async fn wait_exit(&mut self) -> std::process::ExitStatus {
         let mut c = self.child.take().expect("running");
-        tokio::task::spawn_blocking(move || c.wait().expect("wait"))
-            .await
-            .unwrap()
+        let reader = self.stderr_reader.take();
+        tokio::task::spawn_blocking(move || {
+            let status = c.wait().expect("wait");
+            if let Some(reader) = reader {
+                let _ = reader.join();
+            }
+            status
+        })
+        .await
+        .unwrap()
     }
 }
 
