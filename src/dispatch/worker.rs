@@ -58,13 +58,12 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
                 .collect();
             let ready = d.queue.ready.notified();
             match ctx.journal.fetch_ready(&d.name, prefetch, exclude).await {
-                Ok(batch) if !batch.is_empty() => buffer.extend(batch),
-                Ok(_) => {
-                    let wait = next_wait(&ctx, &d).await;
+                Ok(due) if !due.messages.is_empty() => buffer.extend(due.messages),
+                Ok(due) => {
                     tokio::select! {
                         _ = ready => {}
                         _ = d.settled.notified() => {}
-                        _ = tokio::time::sleep(wait) => {}
+                        _ = tokio::time::sleep(idle_wait(due.next_due)) => {}
                         _ = kick.changed() => {}
                         _ = shutdown.changed() => {}
                     }
@@ -115,19 +114,12 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
 }
 
 /// How long to sleep when nothing is deliverable: until the next scheduled
-/// retry, or the idle re-check.
-async fn next_wait(ctx: &Context, d: &Destination) -> Duration {
-    match ctx.journal.next_visible_at(&d.name).await {
-        Ok(Some(at)) => {
-            let ms = at - now_ms();
-            if ms > 0 {
-                Duration::from_millis(ms as u64).min(IDLE_RECHECK)
-            } else {
-                // The earliest is in flight; its settlement wakes us.
-                IDLE_RECHECK
-            }
-        }
-        _ => IDLE_RECHECK,
+/// retry, or the idle re-check. Messages in flight need no timer: their
+/// settlement wakes the worker.
+fn idle_wait(next_due: Option<i64>) -> Duration {
+    match next_due {
+        Some(at) => Duration::from_millis((at - now_ms()).max(1) as u64).min(IDLE_RECHECK),
+        None => IDLE_RECHECK,
     }
 }
 

@@ -174,6 +174,15 @@ pub struct Message {
     pub wants_reply: bool,
 }
 
+/// What a worker's read of its queue found.
+#[derive(Debug, Default)]
+pub struct Due {
+    /// Messages due now, in delivery order.
+    pub messages: Vec<Message>,
+    /// When the first message not yet due becomes visible.
+    pub next_due: Option<i64>,
+}
+
 /// The last failure of a message, as stored and shown to operators.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LastError {
@@ -471,19 +480,24 @@ impl Journal {
 
     /// Up to `limit` deliverable messages of `dest` (visible now), in
     /// (visible_at, seq) order, skipping `exclude` (already leased). Rows
-    /// whose checksum fails are quarantined here and not returned.
-    pub async fn fetch_ready(&self, dest: &str, limit: usize, exclude: Vec<u64>) -> Result<Vec<Message>> {
+    /// whose checksum fails are quarantined here and not returned. Also
+    /// says when the next message not yet due becomes visible, so a worker
+    /// with nothing to do knows how long to sleep without a second read.
+    pub async fn fetch_ready(&self, dest: &str, limit: usize, exclude: Vec<u64>) -> Result<Due> {
         let d = dest.to_string();
         let now = now_ms();
-        let fetched = self.read(move |r| r.fetch_ready(&d, now, limit, &exclude)).await?;
-        let mut out = Vec::with_capacity(fetched.len());
-        for f in fetched {
+        let ready = self.read(move |r| r.fetch_ready(&d, now, limit, &exclude)).await?;
+        let mut messages = Vec::with_capacity(ready.messages.len());
+        for f in ready.messages {
             match f {
-                Ok(m) => out.push(m),
+                Ok(m) => messages.push(m),
                 Err(seq) => self.quarantine(dest, seq).await?,
             }
         }
-        Ok(out)
+        Ok(Due {
+            messages,
+            next_due: ready.next_due,
+        })
     }
 
     /// The lowest-seq pending message of `dest`, visible or not, with its
@@ -505,12 +519,6 @@ impl Journal {
         let reason = "checksum mismatch".to_string();
         self.settle(seq, dest, 0, None, Disposition::Quarantined { reason })
             .await
-    }
-
-    /// When the next scheduled message of `dest` becomes visible.
-    pub async fn next_visible_at(&self, dest: &str) -> Result<Option<i64>> {
-        let dest = dest.to_string();
-        self.read(move |r| r.next_visible_at(&dest)).await
     }
 
     pub async fn status(&self, seq: u64) -> Result<Option<MessageStatus>> {

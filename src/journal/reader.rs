@@ -55,13 +55,17 @@ pub(crate) struct Reader {
     conn: Connection,
 }
 
-/// The hot read of the delivery path, built once.
-static FETCH_READY_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-    format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages INDEXED BY messages_ready
-         WHERE dest = ?1 AND state = 0 AND visible_at <= ?2 ORDER BY visible_at, seq"
-    )
-});
+/// The delivery path's scan of a queue: what is due, in order. It selects
+/// only columns the `messages_ready` index holds, so SQLite answers it from
+/// the index alone: messages in flight are skipped without reading their
+/// rows (a scan that selected bodies read every in-flight body again on
+/// every fetch, then threw it away).
+const READY_SCAN_SQL: &str = "SELECT seq, visible_at FROM messages INDEXED BY messages_ready
+     WHERE dest = ?1 AND state = 0 ORDER BY visible_at, seq";
+
+/// One message by its seq, if it is still pending.
+static FETCH_ONE_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE seq = ?1 AND state = 0"));
 
 /// What `GET /v1/messages/{id}` shows.
 #[derive(Clone, Debug)]
@@ -157,28 +161,53 @@ fn last_error(raw: Option<String>) -> Option<LastError> {
 /// quarantined by the caller.
 pub type Fetched = std::result::Result<Message, u64>;
 
+/// What a fetch found due, and when the next message not yet due becomes
+/// visible (`None`: nothing is scheduled for later).
+pub(crate) struct Ready {
+    pub messages: Vec<Fetched>,
+    pub next_due: Option<i64>,
+}
+
 impl Reader {
-    pub fn fetch_ready(&self, dest: &str, now: i64, limit: usize, exclude: &[u64]) -> rusqlite::Result<Vec<Fetched>> {
-        // No LIMIT: rows stream in index order and stepping stops once
-        // `limit` are taken. A bound LIMIT would make SQLite re-prepare the
-        // statement on every call (the plan depends on its value), which
-        // cost more than the query itself.
-        let mut stmt = self.conn.prepare_cached(&FETCH_READY_SQL)?;
-        let mut rows = stmt.query(params![dest, now])?;
-        let mut out = Vec::with_capacity(limit);
-        while let Some(row) = rows.next()? {
-            // Leased messages are skipped on their seq alone, which the
-            // index holds: SQLite then never reads their rows or bodies.
-            let seq: i64 = row.get(0)?;
-            if exclude.contains(&(seq as u64)) {
-                continue;
-            }
-            out.push(message_from_row(row)?);
-            if out.len() >= limit {
-                break;
+    /// Up to `limit` messages of `dest` due at `now`, skipping `exclude`
+    /// (those in flight), and when the first message not yet due becomes
+    /// visible. The scan stops at that message: behind it, in index order,
+    /// nothing is due.
+    pub fn fetch_ready(&self, dest: &str, now: i64, limit: usize, exclude: &[u64]) -> rusqlite::Result<Ready> {
+        let mut due = Vec::with_capacity(limit);
+        let mut next_due = None;
+        {
+            // No LIMIT: rows stream in index order and stepping stops once
+            // enough are taken. A bound LIMIT would make SQLite re-prepare
+            // the statement on every call (the plan depends on its value).
+            let mut scan = self.conn.prepare_cached(READY_SCAN_SQL)?;
+            let mut rows = scan.query([dest])?;
+            while let Some(row) = rows.next()? {
+                let seq: i64 = row.get(0)?;
+                // A damaged `visible_at` (outside the checksum) means "due now".
+                let visible_at: i64 = row.get(1).unwrap_or(0);
+                if visible_at > now {
+                    next_due = Some(visible_at);
+                    break;
+                }
+                if !exclude.contains(&(seq as u64)) {
+                    due.push(seq);
+                    if due.len() >= limit {
+                        break;
+                    }
+                }
             }
         }
-        Ok(out)
+        let mut one = self.conn.prepare_cached(&FETCH_ONE_SQL)?;
+        let mut messages = Vec::with_capacity(due.len());
+        for seq in due {
+            // Settled since the scan (purged, dead-lettered by an operator):
+            // no longer ours to deliver.
+            if let Some(m) = one.query_row([seq], message_from_row).optional()? {
+                messages.push(m);
+            }
+        }
+        Ok(Ready { messages, next_due })
     }
 
     pub fn head(&self, dest: &str) -> rusqlite::Result<Option<(Fetched, i64)>> {
@@ -188,16 +217,6 @@ impl Reader {
         ))?;
         // A damaged `visible_at` (outside the checksum) means "due now".
         stmt.query_row([dest], |r| Ok((message_from_row(r)?, r.get::<_, i64>(11).unwrap_or(0))))
-            .optional()
-    }
-
-    pub fn next_visible_at(&self, dest: &str) -> rusqlite::Result<Option<i64>> {
-        self.conn
-            .prepare_cached(
-                "SELECT visible_at FROM messages INDEXED BY messages_ready WHERE dest = ?1 AND state = 0
-                 ORDER BY visible_at, seq LIMIT 1",
-            )?
-            .query_row([dest], |r| r.get(0))
             .optional()
     }
 
@@ -298,10 +317,25 @@ mod tests {
             for (now, limit, exclude) in [(1, 4, vec![]), (2, 8, vec![1, 2]), (3, 128, vec![5])] {
                 r.fetch_ready("d", now, limit, &exclude)?;
             }
-            let stmt = r.conn.prepare_cached(&FETCH_READY_SQL)?;
-            assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+            for sql in [READY_SCAN_SQL, FETCH_ONE_SQL.as_str()] {
+                let stmt = r.conn.prepare_cached(sql)?;
+                assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0, "{sql}");
+            }
             Ok(())
         })
         .unwrap();
+    }
+
+    /// Messages in flight are skipped on every fetch; the scan must find
+    /// them in the index without reading their rows and bodies.
+    #[test]
+    fn the_ready_scan_is_answered_from_the_index_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(schema::DB_FILE);
+        let conn = schema::open_checked(&path).unwrap().conn;
+        let plan: String = conn
+            .query_row(&format!("EXPLAIN QUERY PLAN {READY_SCAN_SQL}"), ["d"], |r| r.get(3))
+            .unwrap();
+        assert!(plan.contains("COVERING INDEX messages_ready"), "{plan}");
     }
 }

@@ -54,17 +54,45 @@ async fn appended_messages_come_back_in_order_and_leave_on_ack() {
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     let a = stored(&j, msg("d", "a")).await;
     let b = stored(&j, msg("d", "b")).await;
-    let got = j.fetch_ready("d", 10, vec![]).await.unwrap();
+    let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
     assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![a, b]);
     assert_eq!(&got[0].body[..], b"a");
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 2);
     j.settle(a, "d", 1, None, Disposition::Delivered).await.unwrap();
-    let got = j.fetch_ready("d", 10, vec![]).await.unwrap();
+    let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
     assert_eq!(got.len(), 1);
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 1);
     assert_eq!(j.status(a).await.unwrap().unwrap().state, schema::STATE_DELIVERED);
     // Excluding a leased seq hides it.
-    assert!(j.fetch_ready("d", 10, vec![b]).await.unwrap().is_empty());
+    assert!(j.fetch_ready("d", 10, vec![b]).await.unwrap().messages.is_empty());
+    j.close();
+}
+
+#[tokio::test]
+async fn a_fetch_skips_leased_messages_and_says_when_the_next_is_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let a = stored(&j, msg("d", "a")).await;
+    let b = stored(&j, msg("d", "b")).await;
+    let c = stored(&j, msg("d", "c")).await;
+    let later = now_ms() + 60_000;
+    j.settle(c, "d", 1, None, Disposition::Reschedule { visible_at: later })
+        .await
+        .unwrap();
+    // `a` leased: `b` is due; `c` waits for its retry and bounds the sleep.
+    let due = j.fetch_ready("d", 10, vec![a]).await.unwrap();
+    assert_eq!(due.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![b]);
+    assert_eq!(&due.messages[0].body[..], b"b");
+    assert_eq!(due.next_due, Some(later));
+    // The limit counts messages returned, not leased ones skipped.
+    let due = j.fetch_ready("d", 1, vec![a]).await.unwrap();
+    assert_eq!(due.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![b]);
+    // Everything due is leased: nothing to return, and nothing due before `c`.
+    let due = j.fetch_ready("d", 10, vec![a, b]).await.unwrap();
+    assert!(due.messages.is_empty());
+    assert_eq!(due.next_due, Some(later));
+    j.settle(c, "d", 2, None, Disposition::Delivered).await.unwrap();
+    assert_eq!(j.fetch_ready("d", 10, vec![a, b]).await.unwrap().next_due, None);
     j.close();
 }
 
@@ -121,8 +149,9 @@ async fn rescheduled_messages_stay_hidden_until_visible() {
     j.settle(a, "d", 1, None, Disposition::Reschedule { visible_at: later })
         .await
         .unwrap();
-    assert!(j.fetch_ready("d", 10, vec![]).await.unwrap().is_empty());
-    assert_eq!(j.next_visible_at("d").await.unwrap(), Some(later));
+    let due = j.fetch_ready("d", 10, vec![]).await.unwrap();
+    assert!(due.messages.is_empty());
+    assert_eq!(due.next_due, Some(later));
     let (head, vis) = j.head("d").await.unwrap().unwrap();
     assert_eq!((head.seq, head.attempts, vis), (a, 1, later));
     assert_eq!(j.queue_detail("d").await.unwrap().1, 1);
@@ -150,7 +179,7 @@ async fn dead_letters_replay_and_purge() {
     assert_eq!(dl[0].seq, a);
     assert_eq!(j.dead_letters("d", Some(a), 10).await.unwrap()[0].seq, b);
     assert_eq!(j.replay("d", Some(vec![a])).await.unwrap(), 1);
-    let back = j.fetch_ready("d", 10, vec![]).await.unwrap();
+    let back = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
     assert_eq!((back[0].seq, back[0].attempts), (a, 0));
     assert_eq!(j.purge_dead_letters("d").await.unwrap(), 1);
     assert_eq!(
@@ -172,7 +201,10 @@ async fn reopening_keeps_pending_messages_and_counts() {
     assert_eq!(j.parse_id(&id), Some(a));
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 1);
     assert_eq!(j.queue("d").bytes.load(Ordering::Relaxed), 5);
-    assert_eq!(&j.fetch_ready("d", 1, vec![]).await.unwrap()[0].body[..], b"hello");
+    assert_eq!(
+        &j.fetch_ready("d", 1, vec![]).await.unwrap().messages[0].body[..],
+        b"hello"
+    );
     j.close();
 }
 
@@ -182,7 +214,7 @@ async fn a_row_with_a_bad_checksum_is_quarantined_and_others_still_flow() {
     let (a, b) = (seqs[0], seqs[1]);
     tamper(&dir, "UPDATE messages SET body = x'7a7a' WHERE seq = ?1", [a as i64]);
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
-    let got = j.fetch_ready("d", 10, vec![]).await.unwrap();
+    let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
     assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![b]);
     assert_eq!(j.status(a).await.unwrap().unwrap().state, schema::STATE_QUARANTINED);
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 1);
@@ -203,7 +235,7 @@ async fn a_row_whose_columns_no_longer_decode_is_quarantined_and_others_still_fl
     );
     tamper(&dir, "UPDATE messages SET attempts = 'many' WHERE seq = ?1", [b as i64]);
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
-    let got = j.fetch_ready("d", 10, vec![]).await.unwrap();
+    let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
     assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![c]);
     for seq in [a, b] {
         assert_eq!(j.status(seq).await.unwrap().unwrap().state, schema::STATE_QUARANTINED);
@@ -241,7 +273,7 @@ async fn corruption_seen_while_running_sends_the_next_start_to_salvage() {
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     assert!(dir.path().join("quarantine").read_dir().unwrap().next().is_some());
     assert!(!dir.path().join(schema::SUSPECT_FILE).exists());
-    let got = j.fetch_ready("d", 10, vec![]).await.unwrap();
+    let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
     assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![a, b]);
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 0);
     j.close();
@@ -324,7 +356,7 @@ async fn a_salvage_counts_only_what_is_missing_above_everything_known() {
     std::fs::write(dir.path().join(schema::SUSPECT_FILE), "test").unwrap();
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 2);
-    let got = j.fetch_ready("d", 10, vec![]).await.unwrap();
+    let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
     assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![a]);
     assert_eq!(stored(&j, msg("d", "new")).await, far as u64 + 3);
     j.close();
@@ -344,7 +376,7 @@ async fn salvage_survives_text_that_is_not_utf8() {
     std::fs::write(dir.path().join(schema::SUSPECT_FILE), "test").unwrap();
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 1);
-    let got = j.fetch_ready("d", 10, vec![]).await.unwrap();
+    let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
     assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![b]);
     j.close();
 }
@@ -424,7 +456,7 @@ mod model {
                 .map(|(s, _)| *s)
                 .collect();
             want.sort();
-            let got = j.fetch_ready(d, 10_000, vec![]).await.unwrap();
+            let got = j.fetch_ready(d, 10_000, vec![]).await.unwrap().messages;
             let mut got_seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
             got_seqs.sort();
             assert_eq!(got_seqs, want, "deliverable messages of {d}");
