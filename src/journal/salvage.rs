@@ -68,8 +68,12 @@ const PROBE_PAST_END: i64 = 1 << 22;
 
 fn copy_rows(old: &Connection, new: &Connection, hwm: i64, report: &mut Report) {
     use std::collections::HashSet;
+    // The fresh journal took the salt kept beside the database; the old
+    // meta table, where readable, is the authority on it.
     if let Ok(Some(salt)) = schema::meta(old, "salt") {
-        let _ = schema::set_meta(new, "salt", &salt);
+        if schema::parse_salt(&salt).is_some() {
+            let _ = schema::set_meta(new, "salt", &salt);
+        }
     }
     // The pending and dead-letter indexes list every message still owed a
     // delivery, independently of the table's b-tree: they say what a damaged

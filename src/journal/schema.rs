@@ -8,6 +8,10 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 pub const DB_FILE: &str = "journal.db";
 /// The highest sequence number known durable, kept outside the database.
 pub const HWM_FILE: &str = "journal.hwm";
+/// The journal's id salt, kept beside the database too: a salvage whose
+/// meta table is unreadable must not change every message id (producers
+/// hold them, and downstreams see them as the default idempotency key).
+pub const SALT_FILE: &str = "journal.salt";
 /// Left when corruption is seen while running; its presence at start-up
 /// sends the journal to salvage even if the quick check passes.
 pub const SUSPECT_FILE: &str = "journal.suspect";
@@ -151,24 +155,34 @@ pub fn open_checked(path: &Path) -> Result<Opened, OpenError> {
     conn.execute_batch(CREATE).map_err(e("schema"))?;
 
     let version: Option<String> = meta(&conn, "format_version").map_err(e("meta"))?;
-    match version {
+    match version.as_deref().map(str::parse::<i64>) {
         None => set_meta(&conn, "format_version", &FORMAT_VERSION.to_string()).map_err(e("meta"))?,
-        Some(v) if v == FORMAT_VERSION.to_string() => {}
-        Some(v) => {
+        Some(Ok(v)) if v == FORMAT_VERSION => {}
+        Some(Ok(v)) => {
             return Err(OpenError::Refused(format!(
                 "journal format version {v} is not supported (this build reads {FORMAT_VERSION}); \
                  run the tidegate that wrote it"
             )))
         }
+        // Not a number: no tidegate wrote that.
+        Some(Err(_)) => return Err(OpenError::Damaged(format!("unreadable format version {version:?}"))),
     }
     let salt = match meta(&conn, "salt").map_err(e("meta"))? {
-        Some(s) => u32::from_str_radix(&s, 16).map_err(|_| OpenError::Damaged(format!("bad salt {s:?}")))?,
+        Some(s) => parse_salt(&s).ok_or_else(|| OpenError::Damaged(format!("bad salt {s:?}")))?,
         None => {
-            let s: u32 = rand::random();
+            // A new journal, or a salvage's fresh one: the salt beside it,
+            // if any, keeps the ids of the journal it replaces.
+            let s = salt_beside(path).unwrap_or_else(rand::random);
             set_meta(&conn, "salt", &format!("{s:08x}")).map_err(e("meta"))?;
             s
         }
     };
+    if salt_beside(path) != Some(salt) {
+        // Not fatal: only a later salvage of an unreadable meta table needs it.
+        if let Err(err) = keep_salt_beside(path, salt) {
+            tracing::warn!(error = %err, file = SALT_FILE, "cannot keep the id salt beside the journal; a salvage that cannot read it would change message ids");
+        }
+    }
     // Always checked, not only after a crash: a page damaged while the
     // process was stopped must be found here, where salvage is cheap, not in
     // the middle of a delivery.
@@ -201,6 +215,32 @@ pub fn open_checked(path: &Path) -> Result<Opened, OpenError> {
 
 /// The high-water mark: the highest sequence number ever acknowledged, kept
 /// outside SQLite (see `HWM_FILE`); 0 if there is none.
+/// A salt as stored: eight hex digits.
+pub fn parse_salt(s: &str) -> Option<u32> {
+    (s.len() == 8).then(|| u32::from_str_radix(s, 16).ok()).flatten()
+}
+
+/// The salt kept beside the database at `db`, if it is there and readable.
+pub fn salt_beside(db: &Path) -> Option<u32> {
+    parse_salt(std::fs::read_to_string(db.with_file_name(SALT_FILE)).ok()?.trim())
+}
+
+/// Writes the salt beside the database, durably: ids made with it may be
+/// handed out as soon as the journal opens.
+fn keep_salt_beside(db: &Path, salt: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    let path = db.with_file_name(SALT_FILE);
+    let tmp = db.with_file_name(format!("{SALT_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(format!("{salt:08x}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
 pub fn high_water_mark(db: &Path) -> i64 {
     std::fs::read_to_string(db.with_file_name(HWM_FILE))
         .ok()

@@ -279,6 +279,53 @@ async fn corruption_seen_while_running_sends_the_next_start_to_salvage() {
     j.close();
 }
 
+/// The ids a journal in `dir` gives its messages, and its bodies.
+async fn ids_and_bodies(dir: &tempfile::TempDir, seqs: &[u64]) -> (Vec<String>, Vec<Vec<u8>>) {
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let ids = seqs.iter().map(|&s| j.message_id(s)).collect();
+    let bodies = j
+        .fetch_ready("d", 10, vec![])
+        .await
+        .unwrap()
+        .messages
+        .iter()
+        .map(|m| m.body.to_vec())
+        .collect();
+    j.close();
+    (ids, bodies)
+}
+
+#[tokio::test]
+async fn message_ids_survive_a_salvage_that_cannot_read_the_salt() {
+    // Found by `lifecycle::random_bytes_...`: random bytes in the meta
+    // table gave the salvaged journal a new salt, so every message id
+    // changed (and with it the default Idempotency-Key downstream).
+    let (dir, seqs) = stopped_journal(&["a", "b"]).await;
+    let (before, _) = ids_and_bodies(&dir, &seqs).await;
+    tamper(&dir, "UPDATE meta SET value = 'zz' WHERE key = 'salt'", []);
+    let (after, bodies) = ids_and_bodies(&dir, &seqs).await;
+    assert!(dir.path().join("quarantine").exists(), "salvaged");
+    assert_eq!(after, before);
+    assert_eq!(bodies, vec![b"a".to_vec(), b"b".to_vec()]);
+
+    // A salt row gone altogether: no salvage needed, same ids.
+    tamper(&dir, "DELETE FROM meta WHERE key = 'salt'", []);
+    assert_eq!(ids_and_bodies(&dir, &seqs).await.0, before);
+}
+
+#[tokio::test]
+async fn an_unreadable_format_version_is_damage_not_a_newer_format() {
+    let (dir, seqs) = stopped_journal(&["a"]).await;
+    tamper(
+        &dir,
+        "UPDATE meta SET value = 'q\u{1}' WHERE key = 'format_version'",
+        [],
+    );
+    let (_, bodies) = ids_and_bodies(&dir, &seqs).await;
+    assert!(dir.path().join("quarantine").exists(), "salvaged");
+    assert_eq!(bodies, vec![b"a".to_vec()]);
+}
+
 #[tokio::test]
 async fn a_journal_from_a_newer_format_is_refused_and_left_untouched() {
     let (dir, _) = stopped_journal(&["a"]).await;
