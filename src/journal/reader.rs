@@ -284,21 +284,34 @@ impl Reader {
         Ok((oldest, scheduled as u64))
     }
 
+    /// Destination states kept across restarts. A row whose columns no
+    /// longer decode (damage the quick check cannot see) is left out with a
+    /// warning: its destination starts running, and start-up goes on.
     pub fn destination_records(&self) -> rusqlite::Result<HashMap<String, DestinationRecord>> {
         let mut stmt = self
             .conn
             .prepare("SELECT dest, state, reason, head_seq FROM destinations")?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                DestinationRecord {
-                    state: r.get(1)?,
-                    reason: r.get(2)?,
-                    head_seq: r.get::<_, Option<i64>>(3)?.map(|s| s as u64),
-                },
-            ))
-        })?;
-        rows.collect()
+        let mut rows = stmt.query([])?;
+        let mut out = HashMap::new();
+        while let Some(r) = rows.next()? {
+            let decoded = (|| {
+                Some((
+                    r.get::<_, String>(0).ok()?,
+                    DestinationRecord {
+                        state: r.get(1).ok()?,
+                        reason: r.get(2).ok()?,
+                        head_seq: r.get::<_, Option<i64>>(3).ok()?.map(|s| s as u64),
+                    },
+                ))
+            })();
+            match decoded {
+                Some((name, record)) => {
+                    out.insert(name, record);
+                }
+                None => tracing::warn!("a destination's saved state is unreadable; that destination starts running"),
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -122,10 +122,20 @@ pub enum OpenError {
 
 impl OpenError {
     fn of(context: &str, e: rusqlite::Error) -> OpenError {
-        let damaged = matches!(
-            e.sqlite_error_code(),
-            Some(rusqlite::ErrorCode::DatabaseCorrupt) | Some(rusqlite::ErrorCode::NotADatabase)
+        // A value of the wrong type or text that is not UTF-8 was not
+        // written by tidegate: damage the quick check cannot see.
+        let undecodable = matches!(
+            e,
+            rusqlite::Error::Utf8Error(_)
+                | rusqlite::Error::FromSqlConversionFailure(..)
+                | rusqlite::Error::InvalidColumnType(..)
+                | rusqlite::Error::IntegralValueOutOfRange(..)
         );
+        let damaged = undecodable
+            || matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt) | Some(rusqlite::ErrorCode::NotADatabase)
+            );
         let text = format!("{context}: {e}");
         if damaged {
             OpenError::Damaged(text)

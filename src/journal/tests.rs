@@ -245,6 +245,46 @@ async fn a_row_whose_columns_no_longer_decode_is_quarantined_and_others_still_fl
 }
 
 #[tokio::test]
+async fn an_unreadable_destination_state_is_left_out_not_fatal() {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    for name in ["crm", "erp"] {
+        let record = DestinationRecord {
+            state: "paused".into(),
+            reason: "paused by an operator".into(),
+            head_seq: None,
+        };
+        j.set_destination_record(name, record).await.unwrap();
+    }
+    j.close();
+    tamper(
+        &dir,
+        "UPDATE destinations SET reason = CAST(x'ff80' AS TEXT) WHERE dest = 'crm'",
+        [],
+    );
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let records = j.destination_records().await.unwrap();
+    assert_eq!(records.keys().collect::<Vec<_>>(), vec!["erp"]);
+    assert_eq!(records["erp"].state, "paused");
+    j.close();
+}
+
+#[tokio::test]
+async fn a_queue_count_that_cannot_be_read_sends_the_journal_to_salvage() {
+    // Text that is not UTF-8 in a pending row's destination fails the count
+    // at open: damage, so salvaged, where it used to refuse to start.
+    let (dir, seqs) = stopped_journal(&["a", "b"]).await;
+    tamper(
+        &dir,
+        "UPDATE messages SET dest = CAST(x'ff80' AS TEXT) WHERE seq = ?1",
+        [seqs[0] as i64],
+    );
+    let (_, bodies) = ids_and_bodies(&dir, &seqs).await;
+    assert!(dir.path().join("quarantine").exists(), "salvaged");
+    assert_eq!(bodies, vec![b"b".to_vec()]);
+}
+
+#[tokio::test]
 async fn a_garbage_database_file_is_quarantined_and_start_up_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join(schema::DB_FILE), vec![0xAB; 8192]).unwrap();
