@@ -513,12 +513,16 @@ impl Journal {
         }
     }
 
+    /// Moves a damaged row out of the queue. Counted and logged only once
+    /// that is committed: a row whose move fails stays pending, and the
+    /// salvage that follows counts it, once.
     async fn quarantine(&self, dest: &str, seq: u64) -> Result<()> {
-        self.inner.stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
-        tracing::error!(id = %self.message_id(seq), destination = dest, "message failed its checksum; quarantined");
         let reason = "checksum mismatch".to_string();
         self.settle(seq, dest, 0, None, Disposition::Quarantined { reason })
-            .await
+            .await?;
+        self.inner.stats.corrupt_records.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(id = %self.message_id(seq), destination = dest, "message failed its checksum; quarantined");
+        Ok(())
     }
 
     pub async fn status(&self, seq: u64) -> Result<Option<MessageStatus>> {
