@@ -174,11 +174,13 @@ pub struct Message {
     pub wants_reply: bool,
 }
 
-/// What a worker's read of its queue found.
-#[derive(Debug, Default)]
-pub struct Due {
+/// What a worker's read of its queue found. The reader hands back
+/// `Due<Fetched>` (damaged rows by seq); the journal quarantines those and
+/// returns `Due<Message>`.
+#[derive(Debug)]
+pub struct Due<M = Message> {
     /// Messages due now, in delivery order.
-    pub messages: Vec<Message>,
+    pub messages: Vec<M>,
     /// When the first message not yet due becomes visible.
     pub next_due: Option<i64>,
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use super::schema;
-use super::{decode_record, DestinationRecord, JournalError, LastError, Message, Result};
+use super::{decode_record, DestinationRecord, Due, JournalError, LastError, Message, Result};
 
 #[derive(Clone)]
 pub(crate) struct Pool {
@@ -127,6 +127,19 @@ fn decode_message(r: &Row<'_>, seq: i64) -> Option<Message> {
     })
 }
 
+/// A saved destination state from `(dest, state, reason, head_seq)`;
+/// `None` if a column no longer holds what was written.
+fn destination_record(r: &Row<'_>) -> Option<(String, DestinationRecord)> {
+    Some((
+        r.get::<_, String>(0).ok()?,
+        DestinationRecord {
+            state: r.get(1).ok()?,
+            reason: r.get(2).ok()?,
+            head_seq: r.get::<_, Option<i64>>(3).ok()?.map(|s| s as u64),
+        },
+    ))
+}
+
 /// The checksummed part of a stored message.
 pub(crate) struct Record {
     pub method: String,
@@ -161,19 +174,12 @@ fn last_error(raw: Option<String>) -> Option<LastError> {
 /// quarantined by the caller.
 pub type Fetched = std::result::Result<Message, u64>;
 
-/// What a fetch found due, and when the next message not yet due becomes
-/// visible (`None`: nothing is scheduled for later).
-pub(crate) struct Ready {
-    pub messages: Vec<Fetched>,
-    pub next_due: Option<i64>,
-}
-
 impl Reader {
     /// Up to `limit` messages of `dest` due at `now`, skipping `exclude`
     /// (those in flight), and when the first message not yet due becomes
     /// visible. The scan stops at that message: behind it, in index order,
     /// nothing is due.
-    pub fn fetch_ready(&self, dest: &str, now: i64, limit: usize, exclude: &[u64]) -> rusqlite::Result<Ready> {
+    pub fn fetch_ready(&self, dest: &str, now: i64, limit: usize, exclude: &[u64]) -> rusqlite::Result<Due<Fetched>> {
         let mut due = Vec::with_capacity(limit);
         let mut next_due = None;
         {
@@ -207,7 +213,7 @@ impl Reader {
                 messages.push(m);
             }
         }
-        Ok(Ready { messages, next_due })
+        Ok(Due { messages, next_due })
     }
 
     pub fn head(&self, dest: &str) -> rusqlite::Result<Option<(Fetched, i64)>> {
@@ -294,17 +300,7 @@ impl Reader {
         let mut rows = stmt.query([])?;
         let mut out = HashMap::new();
         while let Some(r) = rows.next()? {
-            let decoded = (|| {
-                Some((
-                    r.get::<_, String>(0).ok()?,
-                    DestinationRecord {
-                        state: r.get(1).ok()?,
-                        reason: r.get(2).ok()?,
-                        head_seq: r.get::<_, Option<i64>>(3).ok()?.map(|s| s as u64),
-                    },
-                ))
-            })();
-            match decoded {
+            match destination_record(r) {
                 Some((name, record)) => {
                     out.insert(name, record);
                 }

@@ -177,17 +177,18 @@ pub fn open_checked(path: &Path) -> Result<Opened, OpenError> {
         // Not a number: no tidegate wrote that.
         Some(Err(_)) => return Err(OpenError::Damaged(format!("unreadable format version {version:?}"))),
     }
+    let beside = salt_beside(path);
     let salt = match meta(&conn, "salt").map_err(e("meta"))? {
         Some(s) => parse_salt(&s).ok_or_else(|| OpenError::Damaged(format!("bad salt {s:?}")))?,
         None => {
             // A new journal, or a salvage's fresh one: the salt beside it,
             // if any, keeps the ids of the journal it replaces.
-            let s = salt_beside(path).unwrap_or_else(rand::random);
+            let s = beside.unwrap_or_else(rand::random);
             set_meta(&conn, "salt", &format!("{s:08x}")).map_err(e("meta"))?;
             s
         }
     };
-    if salt_beside(path) != Some(salt) {
+    if beside != Some(salt) {
         // Not fatal: only a later salvage of an unreadable meta table needs it.
         if let Err(err) = keep_salt_beside(path, salt) {
             tracing::warn!(error = %err, file = SALT_FILE, "cannot keep the id salt beside the journal; a salvage that cannot read it would change message ids");
@@ -223,8 +224,6 @@ pub fn open_checked(path: &Path) -> Result<Opened, OpenError> {
     })
 }
 
-/// The high-water mark: the highest sequence number ever acknowledged, kept
-/// outside SQLite (see `HWM_FILE`); 0 if there is none.
 /// A salt as stored: eight hex digits.
 pub fn parse_salt(s: &str) -> Option<u32> {
     (s.len() == 8).then(|| u32::from_str_radix(s, 16).ok()).flatten()
@@ -251,6 +250,8 @@ fn keep_salt_beside(db: &Path, salt: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The high-water mark: the highest sequence number ever acknowledged, kept
+/// outside SQLite (see `HWM_FILE`); 0 if there is none.
 pub fn high_water_mark(db: &Path) -> i64 {
     std::fs::read_to_string(db.with_file_name(HWM_FILE))
         .ok()

@@ -32,14 +32,25 @@ async fn stored(j: &Journal, m: NewMessage) -> u64 {
 /// A stopped journal in a fresh directory holding one message per body,
 /// all for destination "d"; returns the directory and their seqs.
 async fn stopped_journal(bodies: &[&str]) -> (tempfile::TempDir, Vec<u64>) {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let (dir, j) = fresh();
     let mut seqs = Vec::new();
     for b in bodies {
         seqs.push(stored(&j, msg("d", b)).await);
     }
     j.close();
     (dir, seqs)
+}
+
+/// An empty journal in a directory of its own.
+fn fresh() -> (tempfile::TempDir, Journal) {
+    let dir = tempfile::tempdir().unwrap();
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    (dir, j)
+}
+
+/// The seqs of fetched messages, in order.
+fn seqs_of(messages: &[Message]) -> Vec<u64> {
+    messages.iter().map(|m| m.seq).collect()
 }
 
 /// Changes a stopped journal behind tidegate's back.
@@ -50,12 +61,11 @@ fn tamper(dir: &tempfile::TempDir, sql: &str, params: impl rusqlite::Params) {
 
 #[tokio::test]
 async fn appended_messages_come_back_in_order_and_leave_on_ack() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let (_dir, j) = fresh();
     let a = stored(&j, msg("d", "a")).await;
     let b = stored(&j, msg("d", "b")).await;
     let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
-    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![a, b]);
+    assert_eq!(seqs_of(&got), vec![a, b]);
     assert_eq!(&got[0].body[..], b"a");
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 2);
     j.settle(a, "d", 1, None, Disposition::Delivered).await.unwrap();
@@ -70,8 +80,7 @@ async fn appended_messages_come_back_in_order_and_leave_on_ack() {
 
 #[tokio::test]
 async fn a_fetch_skips_leased_messages_and_says_when_the_next_is_due() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let (_dir, j) = fresh();
     let a = stored(&j, msg("d", "a")).await;
     let b = stored(&j, msg("d", "b")).await;
     let c = stored(&j, msg("d", "c")).await;
@@ -81,12 +90,12 @@ async fn a_fetch_skips_leased_messages_and_says_when_the_next_is_due() {
         .unwrap();
     // `a` leased: `b` is due; `c` waits for its retry and bounds the sleep.
     let due = j.fetch_ready("d", 10, vec![a]).await.unwrap();
-    assert_eq!(due.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![b]);
+    assert_eq!(seqs_of(&due.messages), vec![b]);
     assert_eq!(&due.messages[0].body[..], b"b");
     assert_eq!(due.next_due, Some(later));
     // The limit counts messages returned, not leased ones skipped.
     let due = j.fetch_ready("d", 1, vec![a]).await.unwrap();
-    assert_eq!(due.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![b]);
+    assert_eq!(seqs_of(&due.messages), vec![b]);
     // Everything due is leased: nothing to return, and nothing due before `c`.
     let due = j.fetch_ready("d", 10, vec![a, b]).await.unwrap();
     assert!(due.messages.is_empty());
@@ -98,8 +107,7 @@ async fn a_fetch_skips_leased_messages_and_says_when_the_next_is_due() {
 
 #[tokio::test]
 async fn queue_limits_are_exact_within_one_batch() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let (_dir, j) = fresh();
     let l = Limits {
         max_messages: 5,
         ..limits()
@@ -124,8 +132,7 @@ async fn queue_limits_are_exact_within_one_batch() {
 
 #[tokio::test]
 async fn a_repeated_idempotency_key_stores_nothing_new() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let (_dir, j) = fresh();
     let mut m = msg("d", "a");
     m.idempotency_key = Some("k1".into());
     let first = stored(&j, m.clone()).await;
@@ -142,8 +149,7 @@ async fn a_repeated_idempotency_key_stores_nothing_new() {
 
 #[tokio::test]
 async fn rescheduled_messages_stay_hidden_until_visible() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let (_dir, j) = fresh();
     let a = stored(&j, msg("d", "a")).await;
     let later = now_ms() + 60_000;
     j.settle(a, "d", 1, None, Disposition::Reschedule { visible_at: later })
@@ -160,8 +166,7 @@ async fn rescheduled_messages_stay_hidden_until_visible() {
 
 #[tokio::test]
 async fn dead_letters_replay_and_purge() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let (_dir, j) = fresh();
     let a = stored(&j, msg("d", "a")).await;
     let b = stored(&j, msg("d", "b")).await;
     for s in [a, b] {
@@ -191,8 +196,7 @@ async fn dead_letters_replay_and_purge() {
 
 #[tokio::test]
 async fn reopening_keeps_pending_messages_and_counts() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let (dir, j) = fresh();
     let a = stored(&j, msg("d", "hello")).await;
     let id = j.message_id(a);
     j.close();
@@ -215,7 +219,7 @@ async fn a_row_with_a_bad_checksum_is_quarantined_and_others_still_flow() {
     tamper(&dir, "UPDATE messages SET body = x'7a7a' WHERE seq = ?1", [a as i64]);
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
-    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![b]);
+    assert_eq!(seqs_of(&got), vec![b]);
     assert_eq!(j.status(a).await.unwrap().unwrap().state, schema::STATE_QUARANTINED);
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 1);
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 1);
@@ -236,7 +240,7 @@ async fn a_row_whose_columns_no_longer_decode_is_quarantined_and_others_still_fl
     tamper(&dir, "UPDATE messages SET attempts = 'many' WHERE seq = ?1", [b as i64]);
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
-    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![c]);
+    assert_eq!(seqs_of(&got), vec![c]);
     for seq in [a, b] {
         assert_eq!(j.status(seq).await.unwrap().unwrap().state, schema::STATE_QUARANTINED);
     }
@@ -246,8 +250,7 @@ async fn a_row_whose_columns_no_longer_decode_is_quarantined_and_others_still_fl
 
 #[tokio::test]
 async fn an_unreadable_destination_state_is_left_out_not_fatal() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let (dir, j) = fresh();
     for name in ["crm", "erp"] {
         let record = DestinationRecord {
             state: "paused".into(),
@@ -299,8 +302,7 @@ async fn a_garbage_database_file_is_quarantined_and_start_up_goes_on() {
 
 #[tokio::test]
 async fn corruption_seen_while_running_sends_the_next_start_to_salvage() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let (dir, j) = fresh();
     let a = stored(&j, msg("d", "a")).await;
     let b = stored(&j, msg("d", "b")).await;
     // What a poisoned journal leaves behind: damage the quick check may not
@@ -314,7 +316,7 @@ async fn corruption_seen_while_running_sends_the_next_start_to_salvage() {
     assert!(dir.path().join("quarantine").read_dir().unwrap().next().is_some());
     assert!(!dir.path().join(schema::SUSPECT_FILE).exists());
     let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
-    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![a, b]);
+    assert_eq!(seqs_of(&got), vec![a, b]);
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 0);
     j.close();
 }
@@ -391,8 +393,7 @@ async fn disk_limit_refuses_appends() {
 
 #[tokio::test]
 async fn sweep_forgets_finished_history() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let (_dir, j) = fresh();
     let a = stored(&j, msg("d", "a")).await;
     j.settle(a, "d", 1, None, Disposition::Delivered).await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await; // history must be strictly older than the cutoff
@@ -403,8 +404,7 @@ async fn sweep_forgets_finished_history() {
 
 #[tokio::test]
 async fn messages_missing_below_the_high_water_mark_are_counted_as_lost() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let (dir, j) = fresh();
     for i in 0..3 {
         stored(&j, msg("d", &i.to_string())).await;
     }
@@ -427,8 +427,7 @@ async fn messages_missing_below_the_high_water_mark_are_counted_as_lost() {
 
 #[tokio::test]
 async fn a_salvage_counts_only_what_is_missing_above_everything_known() {
-    let dir = tempfile::tempdir().unwrap();
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let (dir, j) = fresh();
     let a = stored(&j, msg("d", "a")).await;
     j.close();
     drop(j);
@@ -444,7 +443,7 @@ async fn a_salvage_counts_only_what_is_missing_above_everything_known() {
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 2);
     let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
-    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![a]);
+    assert_eq!(seqs_of(&got), vec![a]);
     assert_eq!(stored(&j, msg("d", "new")).await, far as u64 + 3);
     j.close();
 }
@@ -464,7 +463,7 @@ async fn salvage_survives_text_that_is_not_utf8() {
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 1);
     let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
-    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![b]);
+    assert_eq!(seqs_of(&got), vec![b]);
     j.close();
 }
 
