@@ -21,6 +21,10 @@ use crate::reload::{current, Live, Reloader};
 
 /// Runs tidegate until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // First of all: until a signal is caught its default action applies, and
+    // a SIGTERM during start-up (opening a large journal takes a second or
+    // two) would kill the process instead of stopping it cleanly once up.
+    let mut signals = Signals::catch();
     let config_path = config.source.clone();
     let started = std::time::Instant::now();
     let storage = config.storage.clone();
@@ -106,7 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let stats = journal.stats().clone();
     let poisoned = tokio::select! {
-        _ = wait_for_signal(&reloader) => false,
+        _ = signals.stop_requested(&reloader) => false,
         _ = async {
             loop {
                 let n = stats.poison.notified();
@@ -139,25 +143,44 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal(reloader: &Reloader) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) else {
-        tracing::error!("cannot install signal handlers; stopping on Ctrl-C only");
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the configuration");
-                if let Err(e) = reloader.reload().await {
-                    tracing::error!(reason = %e, "reload refused; nothing changed");
+/// SIGTERM and SIGINT (stop) and SIGHUP (reload), caught from the start of
+/// `run`; one that arrives before tidegate is up is kept until it is.
+struct Signals {
+    caught: Option<[tokio::signal::unix::Signal; 3]>,
+}
+
+impl Signals {
+    fn catch() -> Signals {
+        use tokio::signal::unix::{signal, SignalKind};
+        let caught = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => Some([term, int, hup]),
+            _ => {
+                tracing::error!("cannot install signal handlers; stopping on Ctrl-C only");
+                None
+            }
+        };
+        Signals { caught }
+    }
+
+    /// Returns once a stop is asked for, reloading on every SIGHUP meanwhile.
+    async fn stop_requested(&mut self, reloader: &Reloader) {
+        let Some([term, int, hup]) = &mut self.caught else {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => return,
+                _ = int.recv() => return,
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the configuration");
+                    if let Err(e) = reloader.reload().await {
+                        tracing::error!(reason = %e, "reload refused; nothing changed");
+                    }
                 }
             }
         }

@@ -2,6 +2,9 @@
 //!
 //! # Storage
 //!
+//! One process per directory: `journal.lock` is held (`flock`) from before
+//! the database is opened until `close`, and a second opener is refused.
+//!
 //! One SQLite database (`<storage.path>/journal.db`) in WAL mode with
 //! `auto_vacuum=INCREMENTAL` (set before the tables exist
 //! so freed pages can be handed back while running). One table, `messages`,
@@ -97,6 +100,9 @@ pub enum JournalError {
     Storage(#[from] rusqlite::Error),
     #[error("journal i/o error: {0}")]
     Io(#[from] std::io::Error),
+    /// Another process holds the storage directory.
+    #[error("{0}")]
+    InUse(String),
 }
 
 impl JournalError {
@@ -274,6 +280,8 @@ struct Inner {
     salt: u32,
     queues: RwLock<HashMap<String, Arc<QueueCounts>>>,
     stats: Arc<JournalStats>,
+    /// The storage directory's lock (see `lock_storage`), let go by `close`.
+    lock: std::sync::Mutex<Option<std::fs::File>>,
     #[allow(clippy::type_complexity)]
     writer_thread: std::sync::Mutex<
         Option<(
@@ -289,6 +297,9 @@ impl Journal {
     /// `dir`. Blocking: call from start-up or `spawn_blocking`.
     pub fn open(dir: &Path, max_disk: u64) -> Result<Journal> {
         std::fs::create_dir_all(dir)?;
+        // Before anything is read or moved: a salvage must never run under
+        // a journal another process is using.
+        let lock = lock_storage(dir)?;
         let stats = Arc::new(JournalStats::default());
         stats.max_disk.store(max_disk, Ordering::Relaxed);
         let db = dir.join(schema::DB_FILE);
@@ -366,6 +377,7 @@ impl Journal {
             salt,
             queues: RwLock::new(queues),
             stats: stats.clone(),
+            lock: std::sync::Mutex::new(Some(lock)),
             writer_thread: std::sync::Mutex::new(None),
         });
         let journal = Journal { inner };
@@ -593,6 +605,49 @@ impl Journal {
         if let Some(w) = writer {
             let _ = w.join();
         }
+        // Nothing writes the files any more: another journal may take them.
+        self.inner.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// Takes the storage directory for this process. Two tidegates on one
+/// journal would hand out the same sequence numbers, deliver every message
+/// twice, and a salvage by one would pull the files from under the other;
+/// so the second is refused, naming the first. An advisory `flock` on
+/// `journal.lock`: the kernel lets it go when the holder exits, however it
+/// exits, so a restart after kill -9 is never locked out.
+fn lock_storage(dir: &Path) -> Result<std::fs::File> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join(schema::LOCK_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)?;
+    // fs4's, not std's `File::try_lock` (Rust 1.89, above this crate's MSRV).
+    match fs4::FileExt::try_lock(&file) {
+        Ok(()) => {
+            // Only for the message the next one prints; not relied on.
+            let _ = file
+                .set_len(0)
+                .and_then(|()| file.rewind())
+                .and_then(|()| writeln!(file, "{}", std::process::id()));
+            Ok(file)
+        }
+        Err(fs4::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            let holder = match holder.trim() {
+                "" => String::new(),
+                pid => format!(" (pid {pid})"),
+            };
+            Err(JournalError::InUse(format!(
+                "{} is in use by another tidegate{holder}: one storage.path serves one process",
+                dir.display()
+            )))
+        }
+        Err(fs4::TryLockError::Error(e)) => Err(JournalError::Io(e)),
     }
 }
 

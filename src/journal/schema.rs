@@ -12,6 +12,8 @@ pub const HWM_FILE: &str = "journal.hwm";
 /// meta table is unreadable must not change every message id (producers
 /// hold them, and downstreams see them as the default idempotency key).
 pub const SALT_FILE: &str = "journal.salt";
+/// Held (`flock`) by the process using the journal; holds its pid.
+pub const LOCK_FILE: &str = "journal.lock";
 /// Left when corruption is seen while running; its presence at start-up
 /// sends the journal to salvage even if the quick check passes.
 pub const SUSPECT_FILE: &str = "journal.suspect";

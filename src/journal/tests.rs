@@ -635,3 +635,17 @@ mod model {
         }
     }
 }
+
+#[tokio::test]
+async fn a_journal_in_use_is_refused_to_a_second_opener_until_it_closes() {
+    let (dir, j) = fresh();
+    let err = Journal::open(dir.path(), u64::MAX).err().expect("refused");
+    assert!(matches!(err, JournalError::InUse(_)), "{err}");
+    assert!(
+        err.to_string().contains(&format!("(pid {})", std::process::id())),
+        "{err}"
+    );
+    j.close();
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    j.close();
+}

@@ -155,6 +155,118 @@ async fn a_corrupted_database_page_does_not_stop_start_up() {
     );
 }
 
+/// A tidegate started outside the harness (which waits for it to come
+/// up): for starts that are meant to fail or stall. Killed when dropped, so
+/// a failing test leaves no process behind.
+struct RawTidegate(std::process::Child);
+
+impl RawTidegate {
+    fn spawn(config: &std::path::Path) -> RawTidegate {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        RawTidegate(child)
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status and stderr.
+    async fn exit_within(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        use std::io::Read;
+        let mut status = None;
+        eventually(timeout, "the process to exit", || {
+            status = self.0.try_wait().unwrap();
+            std::future::ready(status.is_some())
+        })
+        .await;
+        let mut err = String::new();
+        self.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        (status.unwrap(), err)
+    }
+}
+
+impl Drop for RawTidegate {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn a_second_tidegate_on_the_same_storage_is_refused_and_a_crash_frees_it() {
+    let ds = Downstream::start().await;
+    let mut tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
+    tg.admin_post("/v1/destinations/crm/pause", "").await;
+    let id = tg.send("/crm/a", "{}").await;
+
+    // The same config: the same storage.path (ports are 0).
+    let (status, err) = RawTidegate::spawn(&tg.config_path)
+        .exit_within(Duration::from_secs(30))
+        .await;
+    assert!(!status.success(), "{err}");
+    let expected = format!("is in use by another tidegate (pid {})", tg.pid());
+    assert!(err.contains(&expected), "{err}");
+
+    // The first one was not disturbed: its message is queued and goes out.
+    assert_eq!(tg.destination("crm").await["queue"]["depth"], 1);
+    tg.admin_post("/v1/destinations/crm/resume", "").await;
+    tg.wait_message_state(&id, "delivered").await;
+
+    // kill -9 lets go of the lock: the restart comes up on the same files.
+    tg.kill9();
+    tg.spawn(&[]).await;
+    assert_eq!(tg.message(&id).await["state"], "delivered");
+    assert_eq!(ds.count(), 1);
+}
+
+/// Whether `pid` has a handler installed for SIGTERM (`SigCgt` in
+/// /proc/PID/status, one bit per signal, SIGTERM = 15).
+fn catches_sigterm(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            let mask = s.lines().find_map(|l| l.strip_prefix("SigCgt:"))?.trim().to_string();
+            u64::from_str_radix(&mask, 16).ok()
+        })
+        .is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
+}
+
+#[tokio::test]
+async fn sigterm_during_start_up_stops_cleanly_once_up() {
+    let ds = Downstream::start().await;
+    let mut tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
+    tg.admin_post("/v1/destinations/crm/pause", "").await;
+    for i in 0..3 {
+        tg.send(&format!("/crm/{i}"), "{}").await;
+    }
+    assert!(tg.terminate().await.success(), "{}", tg.log());
+
+    // Another connection holds the journal's write lock, so the next
+    // start-up stalls while opening it (SQLite waits for the lock).
+    let db = rusqlite::Connection::open(tg.data_dir().join("journal.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut child = RawTidegate::spawn(&tg.config_path);
+    let pid = child.0.id();
+    eventually(
+        Duration::from_secs(20),
+        "tidegate to catch SIGTERM while starting",
+        || std::future::ready(catches_sigterm(pid)),
+    )
+    .await;
+    crate::support::signal(pid, "TERM");
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+
+    let (status, err) = child.exit_within(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("stopped cleanly"), "{err}");
+    tg.spawn(&[]).await;
+    assert_eq!(tg.destination("crm").await["queue"]["depth"], 3);
+}
+
 #[tokio::test]
 async fn journal_verify_reports_counts_and_finds_a_damaged_row() {
     let ds = Downstream::start().await;
