@@ -110,7 +110,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 
     let stats = journal.stats().clone();
     let poisoned = tokio::select! {
-        _ = signals.stop_requested(&reloader) => false,
+        _ = signals.stop_requested(Some(&reloader)) => false,
         _ = async {
             loop {
                 let n = stats.poison.notified();
@@ -122,7 +122,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutdown requested: refusing new requests, draining deliveries in flight");
     shutting_down.store(true, Ordering::Relaxed);
     let _ = stop_tx.send(true);
-    let left = dispatcher.shutdown(current(&live).server.shutdown_timeout).await;
+    // A second stop signal cuts the wait short, as if `shutdown_timeout` had
+    // run out: the journal still closes cleanly, and what was in flight is
+    // still pending in it, to be delivered again after the restart.
+    let left = tokio::select! {
+        left = dispatcher.shutdown(current(&live).server.shutdown_timeout) => left,
+        _ = signals.stop_requested(None) => {
+            tracing::warn!("second stop signal: not waiting for attempts in flight");
+            dispatcher.shutdown(Duration::ZERO).await
+        }
+    };
     if left > 0 {
         tracing::warn!(
             in_flight = left,
@@ -166,8 +175,9 @@ impl Signals {
         Signals { caught }
     }
 
-    /// Returns once a stop is asked for, reloading on every SIGHUP meanwhile.
-    async fn stop_requested(&mut self, reloader: &Reloader) {
+    /// Returns once a stop is asked for, reloading on every SIGHUP meanwhile
+    /// (ignoring it once shutting down, when there is no `reloader`).
+    async fn stop_requested(&mut self, reloader: Option<&Reloader>) {
         let Some([term, int, hup]) = &mut self.caught else {
             let _ = tokio::signal::ctrl_c().await;
             return;
@@ -176,12 +186,15 @@ impl Signals {
             tokio::select! {
                 _ = term.recv() => return,
                 _ = int.recv() => return,
-                _ = hup.recv() => {
-                    tracing::info!("SIGHUP: reloading the configuration");
-                    if let Err(e) = reloader.reload().await {
-                        tracing::error!(reason = %e, "reload refused; nothing changed");
+                _ = hup.recv() => match reloader {
+                    Some(reloader) => {
+                        tracing::info!("SIGHUP: reloading the configuration");
+                        if let Err(e) = reloader.reload().await {
+                            tracing::error!(reason = %e, "reload refused; nothing changed");
+                        }
                     }
-                }
+                    None => tracing::info!("SIGHUP while shutting down: not reloading"),
+                },
             }
         }
     }

@@ -2,7 +2,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{destination, eventually, Downstream, Reply, Tidegate};
+use crate::support::{destination, eventually, Downstream, Extra, Reply, Tidegate};
 
 #[tokio::test]
 async fn sigterm_exits_zero_and_queued_messages_are_delivered_after_restart() {
@@ -45,6 +45,44 @@ async fn sigterm_lets_an_attempt_in_flight_finish() {
     tg.spawn(&[]).await;
     assert_eq!(tg.message(&id).await["state"], "delivered");
     assert_eq!(ds.count(), 1);
+}
+
+#[tokio::test]
+async fn a_second_sigterm_stops_without_waiting_for_attempts_in_flight() {
+    let ds = Downstream::start().await;
+    // The first attempt hangs far past any deadline of this test.
+    ds.respond(|_, n| match n {
+        1 => Reply::status(200).delay(Duration::from_secs(600)),
+        _ => Reply::status(200),
+    });
+    let extra = Extra {
+        shutdown_timeout: Some("10m"),
+        ..Extra::default()
+    };
+    let mut tg = Tidegate::start_with(&destination("crm", &ds.url(), "timeout = \"10m\""), extra).await;
+    let id = tg.send("/crm/x", "{}").await;
+    eventually(Duration::from_secs(5), "the attempt to start", || async {
+        ds.count() == 1
+    })
+    .await;
+    crate::support::signal(tg.pid(), "TERM");
+    eventually(Duration::from_secs(10), "the drain to start", || {
+        std::future::ready(tg.log().contains("shutdown requested"))
+    })
+    .await;
+    crate::support::signal(tg.pid(), "TERM");
+    // Without the second signal it would wait the full 10 minutes.
+    let status = tokio::time::timeout(Duration::from_secs(30), tg.wait_exit())
+        .await
+        .expect("exited after the second SIGTERM");
+    assert_eq!(status.code(), Some(0), "log:\n{}", tg.log());
+    assert!(tg.log().contains("second stop signal"), "{}", tg.log());
+    assert!(tg.log().contains("stopped cleanly"), "{}", tg.log());
+
+    // The cut-off attempt was not lost: it is made again after the restart.
+    tg.spawn(&[]).await;
+    tg.wait_message_state(&id, "delivered").await;
+    assert_eq!(ds.attempts_for(&id).len(), 2);
 }
 
 #[tokio::test]

@@ -51,12 +51,13 @@ pub struct Tidegate {
 /// The head of every test config: ephemeral ports, a private data dir.
 fn base_config(data: &Path, extra: &Extra) -> String {
     format!(
-        "[ingress]\nlisten = \"127.0.0.1:0\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[storage]\npath = \"{}\"\n{}\n[log]\nformat = \"{}\"\n[server]\nshutdown_timeout = \"5s\"\n\n",
+        "[ingress]\nlisten = \"127.0.0.1:0\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[storage]\npath = \"{}\"\n{}\n[log]\nformat = \"{}\"\n[server]\nshutdown_timeout = \"{}\"\n\n",
         extra.ingress,
         extra.admin,
         data.display(),
         extra.storage,
-        if extra.log_json { "json" } else { "text" }
+        if extra.log_json { "json" } else { "text" },
+        extra.shutdown_timeout.unwrap_or("5s")
     )
 }
 
@@ -72,6 +73,8 @@ pub struct Extra<'a> {
     pub env: &'a [(&'a str, &'a str)],
     /// Runs tidegate under `ulimit -n` this low.
     pub open_files_limit: Option<u32>,
+    /// `server.shutdown_timeout`, if not 5 s.
+    pub shutdown_timeout: Option<&'a str>,
 }
 
 impl Tidegate {
