@@ -624,7 +624,8 @@ fn lock_storage(dir: &Path) -> Result<std::fs::File> {
         .write(true)
         .create(true)
         .truncate(false)
-        .open(&path)?;
+        .open(&path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     // fs4's, not std's `File::try_lock` (Rust 1.89, above this crate's MSRV).
     match fs4::FileExt::try_lock(&file) {
         Ok(()) => {
@@ -647,7 +648,10 @@ fn lock_storage(dir: &Path) -> Result<std::fs::File> {
                 dir.display()
             )))
         }
-        Err(fs4::TryLockError::Error(e)) => Err(JournalError::Io(e)),
+        Err(fs4::TryLockError::Error(e)) => Err(JournalError::Io(std::io::Error::new(
+            e.kind(),
+            format!("cannot lock {}: {e}", path.display()),
+        ))),
     }
 }
 

@@ -1,9 +1,10 @@
-//! Disk faults: the journal on a filesystem that fills up.
+//! Disk faults: the journal on a filesystem that fills up, or that it cannot
+//! write at all.
 
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{destination, eventually, Downstream, Extra, Tidegate};
+use crate::support::{destination, eventually, Downstream, Extra, RawTidegate, Tidegate};
 
 /// A size-limited tmpfs, unmounted on drop.
 struct SmallDisk {
@@ -11,10 +12,10 @@ struct SmallDisk {
 }
 
 impl SmallDisk {
-    fn mount(size: &str) -> Result<SmallDisk, String> {
+    fn mount(options: &str) -> Result<SmallDisk, String> {
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .args(["-t", "tmpfs", "-o", options, "tmpfs"])
             .arg(dir.path())
             .output()
             .map_err(|e| e.to_string())?;
@@ -33,7 +34,7 @@ impl Drop for SmallDisk {
 
 #[tokio::test]
 async fn a_full_disk_answers_507_keeps_what_it_stored_and_recovers_by_itself() {
-    let disk = match SmallDisk::mount("4m") {
+    let disk = match SmallDisk::mount("size=4m") {
         Ok(d) => d,
         Err(why) => {
             // Only where mounting is not permitted (not root, no tmpfs).
@@ -90,4 +91,32 @@ async fn a_full_disk_answers_507_keeps_what_it_stored_and_recovers_by_itself() {
         tg.post("/crm/after", &body).await.status() == 202
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_read_only_storage_path_is_refused_at_start_up_naming_the_file() {
+    let disk = match SmallDisk::mount("size=1m,ro") {
+        Ok(d) => d,
+        Err(why) => {
+            // As for the full disk: only where mounting is not permitted.
+            eprintln!("SKIPPED a_read_only_storage_path_is_refused...: cannot mount a tmpfs: {why}");
+            return;
+        }
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tidegate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ingress]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n{}",
+            disk.dir.path().display(),
+            destination("crm", "http://127.0.0.1:9/", "")
+        ),
+    )
+    .unwrap();
+    let (status, err) = RawTidegate::spawn(&config).exit_within(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(1), "{err}");
+    let lock = disk.dir.path().join("journal.lock");
+    assert!(err.contains(&lock.display().to_string()), "{err}");
+    assert!(err.contains("Read-only file system"), "{err}");
 }

@@ -2,7 +2,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{destination, eventually, Downstream, Extra, Reply, Tidegate};
+use crate::support::{destination, eventually, Downstream, Extra, RawTidegate, Reply, Tidegate};
 
 #[tokio::test]
 async fn sigterm_exits_zero_and_queued_messages_are_delivered_after_restart() {
@@ -191,46 +191,6 @@ async fn a_corrupted_database_page_does_not_stop_start_up() {
         log.contains("quarantin") || log.contains("checksum"),
         "the corruption is reported in the log:\n{log}"
     );
-}
-
-/// A tidegate started outside the harness (which waits for it to come
-/// up): for starts that are meant to fail or stall. Killed when dropped, so
-/// a failing test leaves no process behind.
-struct RawTidegate(std::process::Child);
-
-impl RawTidegate {
-    fn spawn(config: &std::path::Path) -> RawTidegate {
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
-            .arg("serve")
-            .arg("--config")
-            .arg(config)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        RawTidegate(child)
-    }
-
-    /// Waits up to `timeout` for the process to exit; its status and stderr.
-    async fn exit_within(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
-        use std::io::Read;
-        let mut status = None;
-        eventually(timeout, "the process to exit", || {
-            status = self.0.try_wait().unwrap();
-            std::future::ready(status.is_some())
-        })
-        .await;
-        let mut err = String::new();
-        self.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-        (status.unwrap(), err)
-    }
-}
-
-impl Drop for RawTidegate {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[tokio::test]

@@ -361,6 +361,46 @@ impl Drop for Tidegate {
     }
 }
 
+/// A tidegate started outside the harness (which waits for it to come
+/// up): for starts that are meant to fail or stall. Killed when dropped, so
+/// a failing test leaves no process behind.
+pub struct RawTidegate(pub std::process::Child);
+
+impl RawTidegate {
+    pub fn spawn(config: &std::path::Path) -> RawTidegate {
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        RawTidegate(child)
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status and stderr.
+    pub async fn exit_within(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        use std::io::Read;
+        let mut status = None;
+        eventually(timeout, "the process to exit", || {
+            status = self.0.try_wait().unwrap();
+            std::future::ready(status.is_some())
+        })
+        .await;
+        let mut err = String::new();
+        self.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        (status.unwrap(), err)
+    }
+}
+
+impl Drop for RawTidegate {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A config file for a tidegate the test runs itself: `sections` (any
 /// `[ingress]`/`[admin]` lines), a private data directory, then
 /// `destinations`. The directory lives as long as the returned guard.
