@@ -616,7 +616,7 @@ impl Journal {
 /// so the second is refused, naming the first. An advisory `flock` on
 /// `journal.lock`: the kernel lets it go when the holder exits, however it
 /// exits, so a restart after kill -9 is never locked out.
-fn lock_storage(dir: &Path) -> Result<std::fs::File> {
+pub(crate) fn lock_storage(dir: &Path) -> Result<std::fs::File> {
     use std::io::{Read, Seek, Write};
     let path = dir.join(schema::LOCK_FILE);
     let mut file = std::fs::OpenOptions::new()

@@ -1,6 +1,7 @@
 //! `tidegate journal verify`: an offline check of a journal, for operators
 //! who want to know what is in a queue and whether it is sound before they
-//! start on it. It reads only: it opens the database without checkpointing
+//! start on it. It holds the storage lock while it reads, so it refuses a
+//! journal in use and no tidegate starts on it meanwhile. It reads only: it opens the database without checkpointing
 //! on close, runs SQLite's full `integrity_check`, re-computes the checksum
 //! of every row that still carries a body, and counts rows by destination
 //! and state.
@@ -75,6 +76,10 @@ pub fn verify(dir: &Path) -> Result<Report, String> {
     if !path.exists() {
         return Err(format!("no journal at {}", path.display()));
     }
+    // Offline only: a long read beside a running tidegate would hold back
+    // its checkpoints (the writer waits for readers to rewind the WAL), and
+    // a tidegate must not start on the journal while it is being read.
+    let _lock = super::lock_storage(dir).map_err(|e| format!("{e}; journal verify reads a stopped journal"))?;
     let conn = Connection::open_with_flags(
         &path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -273,14 +273,25 @@ async fn journal_verify_reports_counts_and_finds_a_damaged_row() {
     for i in 0..5 {
         tg.send(&format!("/crm/{i}"), "{\"v\":1}").await;
     }
-    assert!(tg.terminate().await.success());
+    let config = tg.config_path.clone();
     let verify = || {
         std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
             .args(["journal", "verify", "--config"])
-            .arg(&tg.config_path)
+            .arg(&config)
             .output()
             .unwrap()
     };
+    // Offline only: refused while the instance runs, which goes on serving.
+    let out = verify();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("in use by another tidegate (pid {})", tg.pid())),
+        "{err}"
+    );
+    assert_eq!(tg.destination("crm").await["queue"]["depth"], 5);
+
+    assert!(tg.terminate().await.success());
     let out = verify();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}");
