@@ -106,7 +106,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         "tidegate ready"
     );
     // One machine-readable line for scripts and tests that bind port 0.
-    println!("tidegate listening ingress={ingress_addr} admin={admin_addr}");
+    // Not println!: a reader of stdout that has gone away must not panic a
+    // running tidegate.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ =
+            writeln!(out, "tidegate listening ingress={ingress_addr} admin={admin_addr}").and_then(|()| out.flush());
+    }
 
     let stats = journal.stats().clone();
     let poisoned = tokio::select! {

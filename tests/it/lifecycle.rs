@@ -266,6 +266,74 @@ async fn sigterm_during_start_up_stops_cleanly_once_up() {
 }
 
 #[tokio::test]
+async fn a_stdout_reader_that_goes_away_does_not_stop_it() {
+    let ds = Downstream::start().await;
+    let mut tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
+    tg.admin_post("/v1/destinations/crm/pause", "").await;
+    assert!(tg.terminate().await.success());
+
+    // stdout is a pipe whose reader is gone before the listening line is
+    // written (start-up takes milliseconds; the read end closes at once).
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&tg.config_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let stderr = child.stderr.take().unwrap();
+    let mut raw = RawTidegate(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut log = Vec::new();
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("tidegate ready") {
+                let _ = tx.send(line.clone());
+            }
+            log.push(line);
+        }
+        log.join("\n")
+    });
+    let ready = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .expect("a ready line on stderr");
+    let addr = |name: &str| -> String {
+        ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= in {ready:?}"))
+            .to_string()
+    };
+    let client = reqwest::Client::new();
+    let readyz = client
+        .get(format!("http://{}/readyz", addr("admin")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(readyz.status(), 200);
+    let sent = client
+        .post(format!("http://{}/crm/x", addr("ingress")))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+
+    crate::support::signal(raw.0.id(), "TERM");
+    let (status, _) = raw.exit_within(Duration::from_secs(30)).await;
+    let log = reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(log.contains("stopped cleanly"), "{log}");
+    tg.spawn(&[]).await;
+    assert_eq!(tg.destination("crm").await["queue"]["depth"], 1);
+}
+
+#[tokio::test]
 async fn journal_verify_reports_counts_and_finds_a_damaged_row() {
     let ds = Downstream::start().await;
     let mut tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
