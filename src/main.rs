@@ -340,6 +340,11 @@ fn init_tracing(format: LogFormat, level: &str) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (the reader of stderr has gone
+        // away) is dropped. By default the subscriber reports it with
+        // eprintln!, which panics on the same broken pipe, in whichever
+        // thread logged: the journal writer's, say.
+        .log_internal_errors(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),

@@ -334,6 +334,66 @@ async fn a_stdout_reader_that_goes_away_does_not_stop_it() {
 }
 
 #[tokio::test]
+async fn a_log_reader_that_goes_away_does_not_stop_it() {
+    let ds = Downstream::start().await;
+    let mut tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
+    tg.admin_post("/v1/destinations/crm/pause", "").await;
+    assert!(tg.terminate().await.success());
+
+    // stderr (the log) is a pipe whose reader is gone before the first line.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&tg.config_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let stdout = child.stdout.take().unwrap();
+    let mut raw = RawTidegate(child);
+    let line = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        line
+    })
+    .await
+    .unwrap();
+    let addr = |name: &str| -> String {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+            .to_string()
+    };
+    let (admin, ingress) = (addr("admin"), addr("ingress"));
+    let client = reqwest::Client::new();
+    // Every one of these logs a line that cannot be written.
+    for action in ["resume", "pause"] {
+        let r = client
+            .post(format!("http://{admin}/v1/destinations/crm/{action}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{action}");
+    }
+    let sent = client
+        .post(format!("http://{ingress}/crm/x"))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), 202);
+
+    crate::support::signal(raw.0.id(), "TERM");
+    let (status, _) = raw.exit_within(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(0));
+    tg.spawn(&[]).await;
+    assert_eq!(tg.destination("crm").await["queue"]["depth"], 1);
+}
+
+#[tokio::test]
 async fn journal_verify_reports_counts_and_finds_a_damaged_row() {
     let ds = Downstream::start().await;
     let mut tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
