@@ -319,8 +319,9 @@ impl Journal {
             Ok(o) => o,
             Err(schema::OpenError::Refused(reason)) => {
                 return Err(JournalError::Io(std::io::Error::other(format!(
-                    "{}: {reason}",
-                    db.display()
+                    "{}: {reason}{}",
+                    db.display(),
+                    full_disk_hint(dir)
                 ))))
             }
             Err(schema::OpenError::Damaged(reason)) => {
@@ -607,6 +608,20 @@ impl Journal {
         }
         // Nothing writes the files any more: another journal may take them.
         self.inner.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
+    }
+}
+
+/// When the disk is (nearly) full, says so: SQLite reports a WAL or
+/// shared-memory file it cannot create as a bare "disk I/O error".
+fn full_disk_hint(dir: &Path) -> String {
+    // The WAL index alone needs 32 KiB; a first commit a few pages more.
+    const ROOM_TO_START: u64 = 1 << 20;
+    match fs4::available_space(dir) {
+        Ok(free) if free < ROOM_TO_START => format!(
+            "; the disk holding it has {free} bytes free, and the journal needs room for its \
+             WAL to start (and then to drain): free some space, then start again"
+        ),
+        _ => String::new(),
     }
 }
 

@@ -120,3 +120,46 @@ async fn a_read_only_storage_path_is_refused_at_start_up_naming_the_file() {
     assert!(err.contains(&lock.display().to_string()), "{err}");
     assert!(err.contains("Read-only file system"), "{err}");
 }
+
+#[tokio::test]
+async fn a_start_on_a_full_disk_is_refused_saying_so_and_the_queue_survives_it() {
+    let disk = match SmallDisk::mount("size=4m") {
+        Ok(d) => d,
+        Err(why) => {
+            // As for the full disk: only where mounting is not permitted.
+            eprintln!("SKIPPED a_start_on_a_full_disk...: cannot mount a tmpfs: {why}");
+            return;
+        }
+    };
+    let data = disk.dir.path().join("data");
+    let extra = Extra {
+        data: Some(&data),
+        ..Extra::default()
+    };
+    let mut tg = Tidegate::start_with(&destination("crm", "http://127.0.0.1:9/", ""), extra).await;
+    tg.admin_post("/v1/destinations/crm/pause", "").await;
+    for i in 0..10 {
+        tg.send(&format!("/crm/{i}"), "{}").await;
+    }
+    assert!(tg.terminate().await.success());
+
+    // Something else fills the disk while tidegate is stopped.
+    let filler = disk.dir.path().join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+    }
+    let (status, err) = RawTidegate::spawn(&tg.config_path)
+        .exit_within(Duration::from_secs(30))
+        .await;
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("bytes free"), "{err}");
+    assert!(err.contains("free some space"), "{err}");
+
+    // Room again: it starts with every message.
+    std::fs::remove_file(&filler).unwrap();
+    tg.spawn(&[]).await;
+    assert_eq!(tg.destination("crm").await["queue"]["depth"], 10);
+}
