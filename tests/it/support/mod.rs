@@ -85,14 +85,7 @@ impl Tidegate {
     }
 
     pub async fn start_with(destinations: &str, extra: Extra<'_>) -> Tidegate {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let config_path = dir.path().join("tidegate.toml");
-        let data = extra
-            .data
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| dir.path().join("data"));
-        let cfg = format!("{}{destinations}", base_config(&data, &extra));
-        std::fs::write(&config_path, cfg).expect("write config");
+        let (dir, config_path, data) = test_config(destinations, &extra);
         let mut t = Tidegate {
             dir,
             config_path,
@@ -173,14 +166,8 @@ impl Tidegate {
                 );
             }
         };
-        let field = |name: &str| -> SocketAddr {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(&format!("{name}=")))
-                .and_then(|a| a.parse().ok())
-                .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
-        };
-        self.ingress = field("ingress");
-        self.admin = field("admin");
+        self.ingress = addr_in(&line, "ingress");
+        self.admin = addr_in(&line, "admin");
         // A restarted process may get the port numbers of the old one; the
         // old process's pooled connections must not be reused for it.
         self.client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
@@ -402,6 +389,28 @@ impl Drop for RawTidegate {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The `name=` address in tidegate's listening (or ready) line.
+pub fn addr_in(line: &str, name: &str) -> SocketAddr {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{name}=")))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+}
+
+/// The config `Tidegate::start_with` runs, written to a new temporary
+/// directory: that directory, the config's path and the data directory.
+pub fn test_config(destinations: &str, extra: &Extra) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config_path = dir.path().join("tidegate.toml");
+    let data = extra
+        .data
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| dir.path().join("data"));
+    let cfg = format!("{}{destinations}", base_config(&data, extra));
+    std::fs::write(&config_path, cfg).expect("write config");
+    (dir, config_path, data)
 }
 
 /// A config file for a tidegate the test runs itself: `sections` (any
