@@ -53,7 +53,8 @@
 //! `PRAGMA quick_check`. If opening, counting or the check fails, the
 //! database files are moved to `quarantine/<time>/` (never deleted) and every
 //! row that can still be read and whose checksum matches is salvaged into a
-//! fresh database; what was lost is logged and counted. A row whose checksum
+//! fresh database, through the b-tree and then, for what it no longer leads
+//! to, from the leaf pages directly; what was lost is logged and counted. A row whose checksum
 //! fails at delivery time is moved to state 4 and counted; it never takes
 //! other rows with it.
 //!
@@ -65,6 +66,7 @@
 //! file shrinks back as the queue drains. Bodies never live in memory beyond
 //! the few messages being delivered, so RSS stays flat as the queue grows.
 
+mod leaves;
 mod reader;
 mod salvage;
 mod schema;

@@ -3,16 +3,26 @@
 //! The damaged files are moved (never deleted) to `quarantine/<time>/`; a
 //! scratch copy of them is opened and every row that can still be read, and
 //! whose checksum matches, is copied into a fresh journal with its original
-//! sequence number, so message ids stay valid. Rows that cannot be read are
-//! counted as lost. Nothing here can stop start-up except an I/O error on the
-//! data directory itself.
+//! sequence number, so message ids stay valid. Rows are read through the
+//! table's b-tree first; what it no longer leads to (a damaged interior page
+//! cuts off every leaf below it) is then looked for on the leaf pages
+//! themselves (`leaves`). What neither finds intact is counted as lost.
+//! Nothing here can stop start-up except an I/O error on the data directory
+//! itself.
+//!
+//! Two witnesses say what was owed: the pending and dead-letter indexes
+//! (read without the table) and the high-water mark. A row the indexes list
+//! is restored in the state they give; without a complete index, every row
+//! found speaks for itself, and a finished copy wins over a live one (a
+//! finished message never goes back to pending).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, Row};
 
 use super::schema::{self, DB_FILE};
-use super::{decode_record, now_ms, Result};
+use super::{decode_record, leaves, now_ms, Result};
 
 pub struct Report {
     pub salvaged: u64,
@@ -48,7 +58,13 @@ pub fn salvage(dir: &Path, reason: &str) -> Result<Report> {
         .map_err(|e| std::io::Error::other(format!("cannot create a fresh journal: {e}")))?;
     let new = fresh.conn;
     match Connection::open_with_flags(scratch.join(DB_FILE), OpenFlags::SQLITE_OPEN_READ_WRITE) {
-        Ok(old) => copy_rows(&old, &new, schema::high_water_mark(&dir.join(DB_FILE)), &mut report),
+        Ok(old) => copy_rows(
+            &old,
+            &scratch.join(DB_FILE),
+            &new,
+            schema::high_water_mark(&dir.join(DB_FILE)),
+            &mut report,
+        ),
         Err(e) => {
             tracing::error!(error = %e, "the damaged journal cannot be opened at all; starting empty")
         }
@@ -66,7 +82,7 @@ pub fn salvage(dir: &Path, reason: &str) -> Result<Report> {
 /// high-water mark are counted lost without being read.
 const PROBE_PAST_END: i64 = 1 << 22;
 
-fn copy_rows(old: &Connection, new: &Connection, hwm: i64, report: &mut Report) {
+fn copy_rows(old: &Connection, old_path: &Path, new: &Connection, hwm: i64, report: &mut Report) {
     use std::collections::HashSet;
     // The fresh journal took the salt kept beside the database; the old
     // meta table, where readable, is the authority on it.
@@ -89,7 +105,7 @@ fn copy_rows(old: &Connection, new: &Connection, hwm: i64, report: &mut Report) 
         .flatten()
         .and_then(|s| s.parse::<i64>().ok())
         .unwrap_or(0);
-    let last = max_seq.max(expected.iter().copied().max().unwrap_or(0));
+    let last = max_seq.max(expected.keys().copied().max().unwrap_or(0));
     let top = last.max(hwm.min(last.saturating_add(PROBE_PAST_END)));
 
     let mut recovered: HashSet<i64> = HashSet::new();
@@ -113,13 +129,25 @@ fn copy_rows(old: &Connection, new: &Connection, hwm: i64, report: &mut Report) 
         }
         lo = hi + 1;
     }
-    // Owed messages the table no longer gives back.
-    lost.extend(expected.iter().filter(|s| !recovered.contains(s)));
-    // Unreadable rows might have been owed messages; only a complete index
-    // can say they were not, so without one they count as lost.
-    if !index_complete {
-        lost.extend(unreadable.iter().filter(|s| !recovered.contains(s)));
+    // Owed messages the b-tree no longer leads to, and (without a complete
+    // index to say they were not owed) rows it could not read: look for
+    // them on the leaf pages themselves.
+    let owed: HashMap<i64, i64> = expected
+        .iter()
+        .filter(|(s, _)| !recovered.contains(s))
+        .map(|(&s, &state)| (s, state))
+        .collect();
+    let unwitnessed: HashSet<i64> = if index_complete {
+        HashSet::new()
+    } else {
+        unreadable.iter().copied().filter(|s| !recovered.contains(s)).collect()
+    };
+    if !owed.is_empty() || !unwitnessed.is_empty() {
+        let rows = rows_from_leaves(old, old_path, &owed, &unwitnessed);
+        insert_rows(new, rows, &mut recovered, &mut lost, &mut highest_seen);
     }
+    lost.extend(owed.keys().chain(unwitnessed.iter()));
+    lost.retain(|s| !recovered.contains(s));
     // Acknowledged (the high-water mark says so) but above anything the
     // database knows of: lost with the end of the WAL. Counted, not listed:
     // a mark far ahead (a restored backup) must not cost memory.
@@ -200,11 +228,60 @@ fn read_range(old: &Connection, lo: i64, hi: i64) -> rusqlite::Result<Vec<RawRow
     rows.collect()
 }
 
+/// Rows the b-tree walk did not reach, read from the scratch copy's leaf
+/// pages (see `leaves`): those the indexes say are owed, taking the state
+/// the index gives (a stale copy may carry an older one), and `unwitnessed`
+/// rows in any state. Where copies disagree, a finished one comes first: a
+/// finished message never goes back to pending, so it is the later copy.
+fn rows_from_leaves(
+    old: &Connection,
+    old_path: &Path,
+    owed: &HashMap<i64, i64>,
+    unwitnessed: &std::collections::HashSet<i64>,
+) -> Vec<RawRow> {
+    use rusqlite::types::Value;
+    // The leaves are read from the file: bring the WAL's pages into it.
+    if let Err(e) = old.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "salvage: the damaged journal's WAL could not be checkpointed; reading its database file alone");
+    }
+    let found = match leaves::rows(old_path, &|seq| owed.contains_key(&seq) || unwitnessed.contains(&seq)) {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "salvage: the damaged journal's pages cannot be read");
+            return Vec::new();
+        }
+    };
+    let mut rows: Vec<RawRow> = found
+        .into_iter()
+        .filter_map(|r| {
+            let mut row = r.values;
+            // A message row: 18 columns, the first (seq, the rowid) stored
+            // as NULL, a state SQLite's own checks would accept.
+            if row.len() != 18 || row[0] != Value::Null {
+                return None;
+            }
+            if !matches!(row[2], Value::Integer(s) if (schema::STATE_PENDING..=schema::STATE_QUARANTINED).contains(&s))
+            {
+                return None;
+            }
+            row[0] = Value::Integer(r.rowid);
+            if let Some(&state) = owed.get(&r.rowid) {
+                row[2] = Value::Integer(state);
+            }
+            Some(row)
+        })
+        .collect();
+    let live =
+        |row: &RawRow| matches!(row[2], Value::Integer(s) if s == schema::STATE_PENDING || s == schema::STATE_DEAD);
+    rows.sort_by_key(|row| live(row));
+    rows
+}
+
 /// Reads the sequence numbers the pending and dead-letter indexes hold
 /// (covering-index scans, which do not touch the table); `false` if an
 /// index could not be read to its end.
-fn indexed_live_seqs(old: &Connection) -> (std::collections::HashSet<i64>, bool) {
-    let mut seqs = std::collections::HashSet::new();
+fn indexed_live_seqs(old: &Connection) -> (HashMap<i64, i64>, bool) {
+    let mut seqs = HashMap::new();
     let mut complete = true;
     for (index, state) in [
         ("messages_pending", schema::STATE_PENDING),
@@ -214,7 +291,7 @@ fn indexed_live_seqs(old: &Connection) -> (std::collections::HashSet<i64>, bool)
         let read = old.prepare(&sql).and_then(|mut stmt| {
             let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
             for seq in rows {
-                seqs.insert(seq?);
+                seqs.insert(seq?, state);
             }
             Ok(())
         });

@@ -467,6 +467,86 @@ async fn salvage_survives_text_that_is_not_utf8() {
     j.close();
 }
 
+/// Overwrites the root page of `name` (a table or an index) in a stopped
+/// journal with bytes no b-tree page starts with, and marks the journal
+/// suspect so the next open salvages it. Returns the page's type byte.
+fn wreck_root_page(dir: &tempfile::TempDir, name: &str) -> u8 {
+    let path = dir.path().join(schema::DB_FILE);
+    let c = rusqlite::Connection::open(&path).unwrap();
+    let root: u64 = c
+        .query_row("SELECT rootpage FROM sqlite_master WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let page: u64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    drop(c);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = ((root - 1) * page) as usize;
+    let kind = bytes[at];
+    bytes[at..at + page as usize].fill(0xa5);
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::write(dir.path().join(schema::SUSPECT_FILE), "test").unwrap();
+    kind
+}
+
+/// A table's interior page: below it are leaves a b-tree walk can no longer
+/// reach once it is damaged.
+const TABLE_INTERIOR: u8 = 0x05;
+
+fn bodies(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{i:04}{}", "w".repeat(500))).collect()
+}
+
+#[tokio::test]
+async fn a_damaged_interior_page_costs_none_of_the_messages_on_the_leaves_below_it() {
+    let bodies = bodies(300);
+    let (dir, seqs) = stopped_journal(&bodies.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(wreck_root_page(&dir, "messages"), TABLE_INTERIOR);
+
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    assert!(dir.path().join("quarantine").exists(), "salvaged");
+    assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 0, "nothing lost");
+    let got = j.fetch_ready("d", 1000, vec![]).await.unwrap().messages;
+    assert_eq!(seqs_of(&got), seqs);
+    assert!(got.iter().zip(&bodies).all(|(m, b)| m.body == b.as_bytes()));
+    // Ids go on from where they were.
+    assert_eq!(stored(&j, msg("d", "next")).await, seqs[299] + 1);
+    j.close();
+}
+
+#[tokio::test]
+async fn with_the_queue_index_damaged_too_finished_messages_stay_finished() {
+    let bodies = bodies(300);
+    let (dir, j) = fresh();
+    let mut seqs = Vec::new();
+    for b in &bodies {
+        seqs.push(stored(&j, msg("d", b)).await);
+    }
+    for &seq in &seqs[..100] {
+        j.settle(seq, "d", 1, None, Disposition::Delivered).await.unwrap();
+    }
+    j.close();
+    drop(j);
+    // No index left to say which rows are owed: every row found on a leaf
+    // speaks for itself.
+    assert_eq!(wreck_root_page(&dir, "messages"), TABLE_INTERIOR);
+    wreck_root_page(&dir, "messages_pending");
+
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 0, "nothing lost");
+    let got = j.fetch_ready("d", 1000, vec![]).await.unwrap().messages;
+    assert_eq!(
+        seqs_of(&got),
+        seqs[100..].to_vec(),
+        "the delivered ones are not sent again"
+    );
+    assert_eq!(
+        j.status(seqs[0]).await.unwrap().map(|m| m.state),
+        Some(schema::STATE_DELIVERED)
+    );
+    j.close();
+}
+
 /// A model-based test of the journal API: random sequences of operations,
 /// including crashes (the writer stops without checkpointing or marking the
 /// journal clean) and clean restarts, checked after every step against an
