@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
 SECS=${1:-60}
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
-for target in config_parse record_decode rate_headers; do
+for target in config_parse record_decode rate_headers leaf_pages; do
   echo "== $target for ${SECS}s"
   RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- -max_total_time="$SECS" -rss_limit_mb=2048 2>&1 | tail -4
 done
