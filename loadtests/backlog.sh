@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # A large queue: fill a paused destination with N 1 KiB messages (default
 # 1,000,000), then report tidegate's RSS, and the time from process start to
-# /readyz 200 after a clean restart and after kill -9.
+# /readyz 200 after a clean restart and after kill -9; then, after another
+# kill -9, the root page of the messages table overwritten (one damaged
+# interior page above every row): the time to salvage the whole queue from
+# the leaf pages, and the depth after it.
 #
 #   loadtests/backlog.sh [N]
 #
@@ -28,7 +31,7 @@ CONF
 start() {
   local t0; t0=$(date +%s.%N)
   start_tidegate "$work/tidegate.toml"
-  until curl -sf "http://$ADMIN/readyz" >/dev/null; do sleep 0.01; done
+  for _ in $(seq 30000); do curl -sf "http://$ADMIN/readyz" >/dev/null && break; sleep 0.01; done
   START_SECS=$(python3 -c "print(f'{$(date +%s.%N) - $t0:.3f}')")
 }
 rss() { awk '/VmRSS/ {printf "%.1f MiB", $2/1024}' /proc/"$TG_PID"/status; }
@@ -48,3 +51,18 @@ kill -TERM "$TG_PID"; wait "$TG_PID" || true
 start; echo "clean restart to /readyz 200: ${START_SECS}s; RSS after start: $(rss); depth $(depth)"
 kill -9 "$TG_PID"; wait "$TG_PID" 2>/dev/null || true
 start; echo "restart after kill -9 to /readyz 200: ${START_SECS}s; RSS after start: $(rss); depth $(depth)"
+kill -9 "$TG_PID"; wait "$TG_PID" 2>/dev/null || true
+python3 - "$work/data/journal.db" <<'PY'
+import sqlite3, sys
+db = sys.argv[1]
+c = sqlite3.connect(db)  # closing it folds the WAL into the file
+root, = c.execute("SELECT rootpage FROM sqlite_master WHERE name = 'messages'").fetchone()
+size, = c.execute("PRAGMA page_size").fetchone()
+c.close()
+with open(db, "r+b") as f:
+    f.seek((root - 1) * size)
+    assert f.read(1) == b"\x05", "the root is an interior page"
+    f.seek((root - 1) * size)
+    f.write(b"\xa5" * size)
+PY
+START_TRIES=60000 start; echo "restart with the table's root page destroyed, to /readyz 200: ${START_SECS}s; depth $(depth); $(grep -o 'salvaged=[0-9]* lost=[0-9]*' "$work/tg.err" | tail -1); peak RSS $(hwm)"

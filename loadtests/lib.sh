@@ -21,7 +21,8 @@ start_tidegate() {
   "${TIDEGATE_BIN:-./target/release/tidegate}" serve --config "$1" > "$work/tg.out" 2>> "$work/tg.err" &
   TG_PID=$!
   pids+=("$TG_PID")
-  for _ in $(seq 1000); do grep -q listening "$work/tg.out" 2>/dev/null && break; sleep 0.01; done
+  # START_TRIES × 10 ms for the listening line (a salvage can take longer).
+  for _ in $(seq "${START_TRIES:-1000}"); do grep -q listening "$work/tg.out" 2>/dev/null && break; sleep 0.01; done
   INGRESS=$(sed -n 's/.*ingress=\([^ ]*\).*/\1/p' "$work/tg.out")
   ADMIN=$(sed -n 's/.*admin=\([^ ]*\).*/\1/p' "$work/tg.out")
 }

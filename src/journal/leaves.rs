@@ -38,9 +38,9 @@ pub(super) struct LeafRow {
     pub values: Vec<Value>,
 }
 
-/// Every row on a table-leaf page of `db` whose rowid `want` accepts, in
-/// page order. The same rowid may come back more than once.
-pub(super) fn rows(db: &Path, want: &dyn Fn(i64) -> bool) -> std::io::Result<Vec<LeafRow>> {
+/// Hands `found` every row on a table-leaf page of `db` whose rowid `want`
+/// accepts, in page order. The same rowid may come more than once.
+pub(super) fn rows(db: &Path, want: &dyn Fn(i64) -> bool, found: &mut dyn FnMut(LeafRow)) -> std::io::Result<()> {
     let file = File::open(db)?;
     let len = file.metadata()?.len();
     let mut header = [0u8; HEADER];
@@ -53,7 +53,7 @@ pub(super) fn rows(db: &Path, want: &dyn Fn(i64) -> bool) -> std::io::Result<Vec
     };
     let usable = page_size - usize::from(header[20]);
     if usable < 480 {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let file = Pages {
         file,
@@ -62,7 +62,6 @@ pub(super) fn rows(db: &Path, want: &dyn Fn(i64) -> bool) -> std::io::Result<Vec
         count: (len / page_size as u64) as u32,
     };
     let free = file.freelist(&header);
-    let mut out = Vec::new();
     let mut page = vec![0u8; page_size];
     for number in 1..=file.count {
         if free.contains(&number) || file.read(number, &mut page).is_err() {
@@ -70,10 +69,10 @@ pub(super) fn rows(db: &Path, want: &dyn Fn(i64) -> bool) -> std::io::Result<Vec
         }
         let base = if number == 1 { HEADER } else { 0 };
         if page[base] == TABLE_LEAF {
-            file.leaf_rows(&page, base, want, &mut out);
+            file.leaf_rows(&page, base, want, found);
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 struct Pages {
@@ -112,15 +111,15 @@ impl Pages {
         free
     }
 
-    /// Decodes the wanted cells of one table-leaf page into `out`.
-    fn leaf_rows(&self, page: &[u8], base: usize, want: &dyn Fn(i64) -> bool, out: &mut Vec<LeafRow>) {
+    /// Decodes the wanted cells of one table-leaf page into `found`.
+    fn leaf_rows(&self, page: &[u8], base: usize, want: &dyn Fn(i64) -> bool, found: &mut dyn FnMut(LeafRow)) {
         let cells = usize::from(u16::from_be_bytes([page[base + 3], page[base + 4]]));
         for i in 0..cells {
             let at = base + 8 + 2 * i;
             let Some(ptr) = page.get(at..at + 2) else { break };
             let cell = usize::from(u16::from_be_bytes([ptr[0], ptr[1]]));
             if let Some(row) = self.cell(page, cell, want) {
-                out.push(row);
+                found(row);
             }
         }
     }
@@ -309,16 +308,16 @@ mod tests {
         assert!(free > 20, "{free}");
         drop(c);
 
-        let got = rows(&path, &|_| true).unwrap();
-        let mut got: Vec<(i64, Vec<Value>)> = got.into_iter().map(|r| (r.rowid, r.values)).collect();
+        let mut got: Vec<(i64, Vec<Value>)> = Vec::new();
+        rows(&path, &|_| true, &mut |r| got.push((r.rowid, r.values))).unwrap();
         // sqlite_master's row for `t` sits on page 1, a table leaf too.
         got.retain(|(_, v)| v.len() == 5 && v[0] == Value::Null);
         got.sort_by_key(|(id, _)| *id);
         assert_eq!(got.len(), expected.len());
         assert!(got == expected, "rows differ");
 
-        let some = rows(&path, &|id| id % 100 == 7).unwrap();
-        let ids: Vec<i64> = some.iter().map(|r| r.rowid).collect();
+        let mut ids = Vec::new();
+        rows(&path, &|id| id % 100 == 7, &mut |r| ids.push(r.rowid)).unwrap();
         assert_eq!(ids.len(), 4, "{ids:?}");
     }
 
@@ -330,9 +329,9 @@ mod tests {
             .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
             .collect();
         std::fs::write(&path, &junk).unwrap();
-        let _ = rows(&path, &|_| true).unwrap();
+        rows(&path, &|_| true, &mut |_| {}).unwrap();
         std::fs::write(&path, b"short").unwrap();
-        assert!(rows(&path, &|_| true).is_err());
+        assert!(rows(&path, &|_| true, &mut |_| {}).is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! found speaks for itself, and a finished copy wins over a live one (a
 //! finished message never goes back to pending).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, Row};
@@ -83,7 +83,6 @@ pub fn salvage(dir: &Path, reason: &str) -> Result<Report> {
 const PROBE_PAST_END: i64 = 1 << 22;
 
 fn copy_rows(old: &Connection, old_path: &Path, new: &Connection, hwm: i64, report: &mut Report) {
-    use std::collections::HashSet;
     // The fresh journal took the salt kept beside the database; the old
     // meta table, where readable, is the authority on it.
     if let Ok(Some(salt)) = schema::meta(old, "salt") {
@@ -94,7 +93,7 @@ fn copy_rows(old: &Connection, old_path: &Path, new: &Connection, hwm: i64, repo
     // The pending and dead-letter indexes list every message still owed a
     // delivery, independently of the table's b-tree: they say what a damaged
     // table lost.
-    let (expected, index_complete) = indexed_live_seqs(old);
+    let (mut owed, index_complete) = indexed_live_seqs(old);
     let max_seq: i64 = old
         .query_row("SELECT max(seq) FROM messages", [], |r| r.get::<_, Option<i64>>(0))
         .ok()
@@ -105,12 +104,12 @@ fn copy_rows(old: &Connection, old_path: &Path, new: &Connection, hwm: i64, repo
         .flatten()
         .and_then(|s| s.parse::<i64>().ok())
         .unwrap_or(0);
-    let last = max_seq.max(expected.keys().copied().max().unwrap_or(0));
+    let last = max_seq.max(owed.pending.max().max(owed.dead.max()).unwrap_or(0));
     let top = last.max(hwm.min(last.saturating_add(PROBE_PAST_END)));
 
-    let mut recovered: HashSet<i64> = HashSet::new();
+    let mut recovered = SeqSet::default();
     let mut lost: HashSet<i64> = HashSet::new();
-    let mut unreadable: Vec<i64> = Vec::new();
+    let mut unreadable = SeqSet::default();
     let mut highest_seen = 0;
     let _ = new.execute_batch("BEGIN");
     let mut lo = 1;
@@ -122,7 +121,7 @@ fn copy_rows(old: &Connection, old_path: &Path, new: &Connection, hwm: i64, repo
                 for seq in lo..=hi {
                     match read_range(old, seq, seq) {
                         Ok(rows) => insert_rows(new, rows, &mut recovered, &mut lost, &mut highest_seen),
-                        Err(_) => unreadable.push(seq),
+                        Err(_) => unreadable.insert(seq),
                     }
                 }
             }
@@ -132,22 +131,28 @@ fn copy_rows(old: &Connection, old_path: &Path, new: &Connection, hwm: i64, repo
     // Owed messages the b-tree no longer leads to, and (without a complete
     // index to say they were not owed) rows it could not read: look for
     // them on the leaf pages themselves.
-    let owed: HashMap<i64, i64> = expected
-        .iter()
-        .filter(|(s, _)| !recovered.contains(s))
-        .map(|(&s, &state)| (s, state))
-        .collect();
-    let unwitnessed: HashSet<i64> = if index_complete {
-        HashSet::new()
+    owed.pending.retain(|s| !recovered.contains(s));
+    owed.dead.retain(|s| !recovered.contains(s));
+    let mut unwitnessed = unreadable;
+    if index_complete {
+        unwitnessed = SeqSet::default();
     } else {
-        unreadable.iter().copied().filter(|s| !recovered.contains(s)).collect()
-    };
-    if !owed.is_empty() || !unwitnessed.is_empty() {
-        let rows = rows_from_leaves(old, old_path, &owed, &unwitnessed);
-        insert_rows(new, rows, &mut recovered, &mut lost, &mut highest_seen);
+        unwitnessed.retain(|s| !recovered.contains(s));
     }
-    lost.extend(owed.keys().chain(unwitnessed.iter()));
-    lost.retain(|s| !recovered.contains(s));
+    if !owed.is_empty() || !unwitnessed.is_empty() {
+        rows_from_leaves(old, old_path, &owed, &unwitnessed, &mut |row| {
+            use rusqlite::types::Value;
+            if let (Value::Integer(seq), Value::Integer(state)) = (&row[0], &row[2]) {
+                if *state >= schema::STATE_DELIVERED && owed.state_of(*seq).is_none() {
+                    // A finished copy replaces a live one kept before it.
+                    let _ = new.execute("DELETE FROM messages WHERE seq = ?1 AND state IN (0, 1)", [seq]);
+                }
+            }
+            insert_rows(new, vec![row], &mut recovered, &mut lost, &mut highest_seen)
+        });
+    }
+    lost.extend(owed.pending.iter().chain(owed.dead.iter()).chain(unwitnessed.iter()));
+    lost.retain(|&s| !recovered.contains(s));
     // Acknowledged (the high-water mark says so) but above anything the
     // database knows of: lost with the end of the WAL. Counted, not listed:
     // a mark far ahead (a restored backup) must not cost memory.
@@ -229,82 +234,153 @@ fn read_range(old: &Connection, lo: i64, hi: i64) -> rusqlite::Result<Vec<RawRow
 }
 
 /// Rows the b-tree walk did not reach, read from the scratch copy's leaf
-/// pages (see `leaves`): those the indexes say are owed, taking the state
-/// the index gives (a stale copy may carry an older one), and `unwitnessed`
-/// rows in any state. Where copies disagree, a finished one comes first: a
-/// finished message never goes back to pending, so it is the later copy.
+/// pages (see `leaves`) and handed to `keep` one by one (a whole queue may
+/// be down there: never all in memory). Rows the indexes say are owed get
+/// the state the index gives (a stale copy may carry an older one);
+/// `unwitnessed` rows come in the state they carry, and a finished copy
+/// replaces a live one kept before it: a finished message never goes back
+/// to pending, so the finished copy is the later one.
 fn rows_from_leaves(
     old: &Connection,
     old_path: &Path,
-    owed: &HashMap<i64, i64>,
-    unwitnessed: &std::collections::HashSet<i64>,
-) -> Vec<RawRow> {
+    owed: &Owed,
+    unwitnessed: &SeqSet,
+    keep: &mut dyn FnMut(RawRow),
+) {
     use rusqlite::types::Value;
     // The leaves are read from the file: bring the WAL's pages into it.
     if let Err(e) = old.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
         tracing::warn!(error = %e, "salvage: the damaged journal's WAL could not be checkpointed; reading its database file alone");
     }
-    let found = match leaves::rows(old_path, &|seq| owed.contains_key(&seq) || unwitnessed.contains(&seq)) {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::warn!(error = %e, "salvage: the damaged journal's pages cannot be read");
-            return Vec::new();
+    let want = |seq| owed.state_of(seq).is_some() || unwitnessed.contains(seq);
+    let mut found = |r: leaves::LeafRow| {
+        let mut row = r.values;
+        // A message row: 18 columns, the first (seq, the rowid) stored as
+        // NULL, a state tidegate writes.
+        if row.len() != 18 || row[0] != Value::Null {
+            return;
         }
+        let Value::Integer(state) = row[2] else { return };
+        if !(schema::STATE_PENDING..=schema::STATE_QUARANTINED).contains(&state) {
+            return;
+        }
+        row[0] = Value::Integer(r.rowid);
+        if let Some(witnessed) = owed.state_of(r.rowid) {
+            row[2] = Value::Integer(witnessed);
+        }
+        keep(row);
     };
-    let mut rows: Vec<RawRow> = found
-        .into_iter()
-        .filter_map(|r| {
-            let mut row = r.values;
-            // A message row: 18 columns, the first (seq, the rowid) stored
-            // as NULL, a state SQLite's own checks would accept.
-            if row.len() != 18 || row[0] != Value::Null {
-                return None;
-            }
-            if !matches!(row[2], Value::Integer(s) if (schema::STATE_PENDING..=schema::STATE_QUARANTINED).contains(&s))
-            {
-                return None;
-            }
-            row[0] = Value::Integer(r.rowid);
-            if let Some(&state) = owed.get(&r.rowid) {
-                row[2] = Value::Integer(state);
-            }
-            Some(row)
-        })
-        .collect();
-    let live =
-        |row: &RawRow| matches!(row[2], Value::Integer(s) if s == schema::STATE_PENDING || s == schema::STATE_DEAD);
-    rows.sort_by_key(|row| live(row));
-    rows
+    if let Err(e) = leaves::rows(old_path, &want, &mut found) {
+        tracing::warn!(error = %e, "salvage: the damaged journal's pages cannot be read");
+    }
+}
+
+/// Sequence numbers, held compactly for a salvage of millions of rows: a
+/// sorted vector (8 bytes a number, searched by bisection) for numbers that
+/// come in increasing order, as the b-tree walk gives them, and a hash set
+/// for the rest.
+#[derive(Default)]
+struct SeqSet {
+    sorted: Vec<i64>,
+    rest: HashSet<i64>,
+}
+
+impl SeqSet {
+    fn from_unsorted(mut seqs: Vec<i64>) -> SeqSet {
+        seqs.sort_unstable();
+        seqs.dedup();
+        SeqSet {
+            sorted: seqs,
+            rest: HashSet::new(),
+        }
+    }
+
+    fn insert(&mut self, seq: i64) {
+        if self.sorted.last().is_none_or(|&last| last < seq) {
+            self.sorted.push(seq);
+        } else if self.sorted.binary_search(&seq).is_err() {
+            self.rest.insert(seq);
+        }
+    }
+
+    fn contains(&self, seq: i64) -> bool {
+        self.sorted.binary_search(&seq).is_ok() || self.rest.contains(&seq)
+    }
+
+    fn retain(&mut self, keep: impl Fn(i64) -> bool) {
+        self.sorted.retain(|&s| keep(s));
+        self.rest.retain(|&s| keep(s));
+    }
+
+    fn iter(&self) -> impl Iterator<Item = i64> + '_ {
+        self.sorted.iter().chain(&self.rest).copied()
+    }
+
+    fn max(&self) -> Option<i64> {
+        self.sorted.last().copied().max(self.rest.iter().copied().max())
+    }
+
+    fn len(&self) -> usize {
+        self.sorted.len() + self.rest.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The messages the queue indexes say are still owed, by state.
+struct Owed {
+    pending: SeqSet,
+    dead: SeqSet,
+}
+
+impl Owed {
+    fn state_of(&self, seq: i64) -> Option<i64> {
+        if self.pending.contains(seq) {
+            Some(schema::STATE_PENDING)
+        } else if self.dead.contains(seq) {
+            Some(schema::STATE_DEAD)
+        } else {
+            None
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty() && self.dead.is_empty()
+    }
 }
 
 /// Reads the sequence numbers the pending and dead-letter indexes hold
 /// (covering-index scans, which do not touch the table); `false` if an
 /// index could not be read to its end.
-fn indexed_live_seqs(old: &Connection) -> (HashMap<i64, i64>, bool) {
-    let mut seqs = HashMap::new();
+fn indexed_live_seqs(old: &Connection) -> (Owed, bool) {
     let mut complete = true;
-    for (index, state) in [
-        ("messages_pending", schema::STATE_PENDING),
-        ("messages_dead", schema::STATE_DEAD),
-    ] {
+    let mut read = |index: &str, state: i64| {
+        // What was read before an error still counts.
+        let mut seqs = Vec::new();
         let sql = format!("SELECT seq FROM messages INDEXED BY {index} WHERE state = {state}");
-        let read = old.prepare(&sql).and_then(|mut stmt| {
-            let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-            for seq in rows {
-                seqs.insert(seq?, state);
+        let whole = old.prepare(&sql).and_then(|mut stmt| {
+            for seq in stmt.query_map([], |r| r.get::<_, i64>(0))? {
+                seqs.push(seq?);
             }
             Ok(())
         });
-        complete &= read.is_ok();
-    }
-    (seqs, complete)
+        complete &= whole.is_ok();
+        SeqSet::from_unsorted(seqs)
+    };
+    let owed = Owed {
+        pending: read("messages_pending", schema::STATE_PENDING),
+        dead: read("messages_dead", schema::STATE_DEAD),
+    };
+    (owed, complete)
 }
 
 fn insert_rows(
     new: &Connection,
     rows: Vec<RawRow>,
-    recovered: &mut std::collections::HashSet<i64>,
-    lost: &mut std::collections::HashSet<i64>,
+    recovered: &mut SeqSet,
+    lost: &mut HashSet<i64>,
     highest_seen: &mut i64,
 ) {
     use rusqlite::types::Value;
