@@ -325,12 +325,18 @@ impl Journal {
         // Corruption seen while running may be of a kind the start-up check
         // does not find (an index that disagrees with its table): the marker
         // left then sends the journal straight to salvage.
-        let checked = match std::fs::read_to_string(&suspect) {
-            Ok(why) => Err(schema::OpenError::Damaged(format!(
-                "corruption seen while running: {}",
-                why.trim()
-            ))),
-            Err(_) => schema::open_checked(&db),
+        let checked = if dir.join(schema::SALVAGE_FILE).exists() {
+            // A salvage was cut short: the journal beside the marker is its
+            // partial output, never to be opened as the queue.
+            Err(schema::OpenError::Damaged("a salvage was cut short".into()))
+        } else {
+            match std::fs::read_to_string(&suspect) {
+                Ok(why) => Err(schema::OpenError::Damaged(format!(
+                    "corruption seen while running: {}",
+                    why.trim()
+                ))),
+                Err(_) => schema::open_checked(&db),
+            }
         };
         let opened = match checked {
             Ok(o) => o,

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, Row};
 
-use super::schema::{self, DB_FILE};
+use super::schema::{self, DB_FILE, SALVAGE_FILE};
 use super::{decode_record, leaves, now_ms, Result};
 
 pub struct Report {
@@ -30,24 +30,53 @@ pub struct Report {
     pub quarantine_dir: PathBuf,
 }
 
-const SUFFIXES: [&str; 3] = ["", "-wal", "-shm"];
+/// The database's files, in the order they are moved to quarantine: the
+/// database itself last, so that once it is there, whatever is left beside
+/// the marker is a fresh journal's and not the damaged one's.
+const SUFFIXES: [&str; 3] = ["-shm", "-wal", ""];
 const CHUNK: i64 = 512;
 
+/// Quarantines the damaged journal in `dir` and salvages it into a fresh one;
+/// or, if a salvage was cut short (`SALVAGE_FILE` is there), carries that one
+/// out again from the files it had quarantined.
 pub fn salvage(dir: &Path, reason: &str) -> Result<Report> {
-    let qdir = dir.join("quarantine").join(now_ms().to_string());
-    std::fs::create_dir_all(&qdir)?;
+    let marker = dir.join(SALVAGE_FILE);
+    let qdir = match std::fs::read_to_string(&marker) {
+        Ok(q) if !q.trim().is_empty() => {
+            let qdir = PathBuf::from(q.trim());
+            tracing::warn!(quarantine = %qdir.display(), "a salvage was cut short; carrying it out again");
+            // Gone only if someone removed it: start it again with what is here.
+            std::fs::create_dir_all(&qdir)?;
+            if qdir.join(DB_FILE).exists() {
+                // All moved: what is beside the marker is the fresh journal
+                // the cut-short salvage was filling.
+                for s in SUFFIXES {
+                    remove_if_there(&dir.join(format!("{DB_FILE}{s}")))?;
+                }
+            }
+            qdir
+        }
+        _ => {
+            let qdir = dir.join("quarantine").join(now_ms().to_string());
+            std::fs::create_dir_all(&qdir)?;
+            std::fs::write(qdir.join("REASON"), format!("{reason}\n"))?;
+            // Durable before anything moves: a start after a crash from here
+            // on must find the damaged files, not start on an empty journal.
+            write_durably(&marker, &format!("{}\n", qdir.display()))?;
+            qdir
+        }
+    };
+    quarantine(dir, &qdir)?;
+    tracing::info!(quarantine = %qdir.display(), "damaged journal moved to quarantine; copying what is intact into a fresh journal");
     let scratch = dir.join("salvage-scratch");
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch)?;
     for s in SUFFIXES {
-        let from = dir.join(format!("{DB_FILE}{s}"));
+        let from = qdir.join(format!("{DB_FILE}{s}"));
         if from.exists() {
-            let to = qdir.join(format!("{DB_FILE}{s}"));
-            std::fs::rename(&from, &to)?;
-            std::fs::copy(&to, scratch.join(format!("{DB_FILE}{s}")))?;
+            std::fs::copy(&from, scratch.join(format!("{DB_FILE}{s}")))?;
         }
     }
-    std::fs::write(qdir.join("REASON"), format!("{reason}\n"))?;
 
     let mut report = Report {
         salvaged: 0,
@@ -72,9 +101,49 @@ pub fn salvage(dir: &Path, reason: &str) -> Result<Report> {
     if let Err(e) = schema::set_meta(&new, "clean_shutdown", "1") {
         tracing::warn!(error = %e, "could not mark the salvaged journal clean");
     }
+    // The salvaged rows on stable storage (a checkpoint syncs the WAL, then
+    // the database) before the marker goes: until then a crash means
+    // salvaging again.
+    new.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .map_err(|e| std::io::Error::other(format!("cannot make the salvaged journal durable: {e}")))?;
     drop(new);
     let _ = std::fs::remove_dir_all(&scratch);
+    std::fs::remove_file(&marker)?;
+    sync_dir(dir)?;
     Ok(report)
+}
+
+/// Moves whatever of the damaged journal's files is still in `dir` into
+/// `qdir` (all of them on a first salvage; the rest, if one was cut short
+/// while moving them), then makes the moves durable.
+fn quarantine(dir: &Path, qdir: &Path) -> std::io::Result<()> {
+    for s in SUFFIXES {
+        let from = dir.join(format!("{DB_FILE}{s}"));
+        if from.exists() {
+            std::fs::rename(&from, qdir.join(format!("{DB_FILE}{s}")))?;
+        }
+    }
+    sync_dir(qdir)?;
+    sync_dir(dir)
+}
+
+fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn remove_if_there(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// How far past the last row the salvage reads looking for rows that the

@@ -14,6 +14,10 @@ pub const HWM_FILE: &str = "journal.hwm";
 pub const SALT_FILE: &str = "journal.salt";
 /// Held (`flock`) by the process using the journal; holds its pid.
 pub const LOCK_FILE: &str = "journal.lock";
+/// Present while a salvage runs, naming the quarantine directory it moved
+/// the damaged files to: a start that finds it carries the salvage out
+/// again instead of opening the partial journal beside it.
+pub const SALVAGE_FILE: &str = "journal.salvage";
 /// Left when corruption is seen while running; its presence at start-up
 /// sends the journal to salvage even if the quick check passes.
 pub const SUSPECT_FILE: &str = "journal.suspect";

@@ -554,6 +554,55 @@ async fn with_the_queue_index_damaged_too_finished_messages_stay_finished() {
     j.close();
 }
 
+/// Leaves `dir` as a crash partway through a salvage would: the marker
+/// naming a quarantine directory, and `moved` of the database's files in it.
+fn cut_short_salvage(dir: &tempfile::TempDir, moved: &[&str]) -> std::path::PathBuf {
+    let qdir = dir.path().join("quarantine").join("1");
+    std::fs::create_dir_all(&qdir).unwrap();
+    std::fs::write(dir.path().join(schema::SALVAGE_FILE), format!("{}\n", qdir.display())).unwrap();
+    for name in moved {
+        std::fs::rename(dir.path().join(name), qdir.join(name)).unwrap();
+    }
+    qdir
+}
+
+#[tokio::test]
+async fn a_salvage_cut_short_after_the_move_is_carried_out_again_at_the_next_start() {
+    let bodies = bodies(300);
+    let (dir, seqs) = stopped_journal(&bodies.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(wreck_root_page(&dir, "messages"), TABLE_INTERIOR);
+    // Cut short while filling the fresh journal: it exists beside the
+    // marker, with nothing committed in it yet.
+    cut_short_salvage(&dir, &["journal.db"]);
+    drop(schema::open_checked(&dir.path().join(schema::DB_FILE)).unwrap());
+
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 0, "nothing lost");
+    let got = j.fetch_ready("d", 1000, vec![]).await.unwrap().messages;
+    assert_eq!(seqs_of(&got), seqs);
+    assert!(!dir.path().join(schema::SALVAGE_FILE).exists(), "done");
+    j.close();
+}
+
+#[tokio::test]
+async fn a_salvage_cut_short_before_the_files_moved_moves_them_and_loses_nothing() {
+    let bodies = bodies(300);
+    let (dir, seqs) = stopped_journal(&bodies.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_eq!(wreck_root_page(&dir, "messages"), TABLE_INTERIOR);
+    // The marker written, the damaged database still where it was.
+    let qdir = cut_short_salvage(&dir, &[]);
+
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    assert!(
+        qdir.join("journal.db").exists(),
+        "moved to the quarantine the marker names"
+    );
+    assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 0, "nothing lost");
+    let got = j.fetch_ready("d", 1000, vec![]).await.unwrap().messages;
+    assert_eq!(seqs_of(&got), seqs);
+    j.close();
+}
+
 /// A model-based test of the journal API: random sequences of operations,
 /// including crashes (the writer stops without checkpointing or marking the
 /// journal clean) and clean restarts, checked after every step against an

@@ -2,7 +2,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{addr_in, destination, eventually, Downstream, Extra, RawTidegate, Reply, Tidegate};
+use crate::support::{accepted_id, addr_in, destination, eventually, Downstream, Extra, RawTidegate, Reply, Tidegate};
 
 #[tokio::test]
 async fn sigterm_exits_zero_and_queued_messages_are_delivered_after_restart() {
@@ -460,6 +460,26 @@ fn losses_in_log(log: &str) -> u64 {
     quarantined.len() as u64 + counted
 }
 
+/// Overwrites the root page of the messages table, an interior page above
+/// every row, in a stopped instance's database.
+fn wreck_the_messages_root_page(db: &std::path::Path) {
+    // Opening and closing the database checkpoints the WAL into it, so the
+    // damage is not hidden by a newer copy of the page.
+    let c = rusqlite::Connection::open(db).unwrap();
+    let root: u64 = c
+        .query_row("SELECT rootpage FROM sqlite_master WHERE name = 'messages'", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    let page: u64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    drop(c);
+    let mut bytes = std::fs::read(db).unwrap();
+    let at = ((root - 1) * page) as usize;
+    assert_eq!(bytes[at], 0x05, "the table's root is an interior page");
+    bytes[at..at + page as usize].fill(0xa5);
+    std::fs::write(db, bytes).unwrap();
+}
+
 /// Acknowledges 300 messages to a paused destination, kills tidegate with
 /// SIGKILL, damages its files, starts it again and drains the queue; counts
 /// acknowledged messages never delivered and what tidegate reported lost.
@@ -495,23 +515,7 @@ async fn survive(damage: Damage) -> DamageReport {
             }
             std::fs::write(&db, bytes).unwrap();
         }
-        Damage::InteriorPage => {
-            // Opening and closing the database checkpoints the WAL into it,
-            // so the damage is not hidden by a newer copy of the page.
-            let c = rusqlite::Connection::open(&db).unwrap();
-            let root: u64 = c
-                .query_row("SELECT rootpage FROM sqlite_master WHERE name = 'messages'", [], |r| {
-                    r.get(0)
-                })
-                .unwrap();
-            let page: u64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
-            drop(c);
-            let mut bytes = std::fs::read(&db).unwrap();
-            let at = ((root - 1) * page) as usize;
-            assert_eq!(bytes[at], 0x05, "the table's root is an interior page");
-            bytes[at..at + page as usize].fill(0xa5);
-            std::fs::write(&db, bytes).unwrap();
-        }
+        Damage::InteriorPage => wreck_the_messages_root_page(&db),
     }
     // Damage the start-up check cannot see (a page half-checkpointed when
     // the WAL went) may surface while running: tidegate then stops with an
@@ -608,6 +612,89 @@ async fn a_damaged_interior_page_loses_no_message_and_reports_none_lost() {
     // The leaves below the page are intact; salvage reads them directly.
     let r = survive(Damage::InteriorPage).await;
     assert_eq!((r.missing, r.reported_lost), (0, 0), "of {} acknowledged", r.acked);
+}
+
+#[tokio::test]
+async fn a_kill_9_during_a_salvage_loses_nothing_the_next_start_salvages_again() {
+    let ds = Downstream::start().await;
+    let mut tg = Tidegate::start(&destination(
+        "crm",
+        &ds.url(),
+        "[destination.rate_limit]\nrate = \"unlimited\"\nmax_in_flight = 32",
+    ))
+    .await;
+    tg.admin_post("/v1/destinations/crm/pause", "").await;
+    // Enough messages that the salvage takes a moment (tens of
+    // milliseconds), so that a kill can land inside it.
+    let mut producers = Vec::new();
+    for p in 0..16 {
+        let client = tg.client.clone();
+        let url = tg.url("/crm/x");
+        producers.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..200 {
+                let r = client
+                    .post(&url)
+                    .body(format!("{p}-{i}-{}", "w".repeat(500)))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+                ids.push(accepted_id(r).await);
+            }
+            ids
+        }));
+    }
+    let mut acked = Vec::new();
+    for p in producers {
+        acked.extend(p.await.unwrap());
+    }
+    tg.kill9();
+
+    // Killed once the damaged files are in quarantine and the salvage is
+    // copying rows. A kill that comes too late (the salvage done) is tried
+    // again on the salvaged journal, damaged the same way.
+    let db = tg.data_dir().join("journal.db");
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        assert!(tries <= 5, "no kill landed inside a salvage");
+        wreck_the_messages_root_page(&db);
+        let mut raw = RawTidegate::spawn(&tg.config_path);
+        let stderr = raw.0.stderr.take().unwrap();
+        let (said, heard) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if line.contains("copying what is intact into a fresh journal") {
+                    let _ = said.send(());
+                }
+            }
+        });
+        tokio::task::spawn_blocking(move || heard.recv_timeout(Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .expect("a salvage starts");
+        raw.0.kill().unwrap();
+        raw.0.wait().unwrap();
+        if tg.data_dir().join("journal.salvage").exists() {
+            break;
+        }
+    }
+
+    tg.spawn(&[]).await;
+    assert!(tg.log().contains("a salvage was cut short"), "{}", tg.log());
+    tg.admin_post("/v1/destinations/crm/resume", "").await;
+    eventually(
+        Duration::from_secs(60),
+        "every acknowledged message delivered",
+        || async {
+            let delivered: HashSet<String> = ds.seen().iter().map(|s| s.message_id()).collect();
+            acked.iter().all(|id| delivered.contains(id))
+        },
+    )
+    .await;
+    assert_eq!(losses_in_log(&tg.log()), 0, "{}", tg.log());
 }
 
 #[tokio::test]
