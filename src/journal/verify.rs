@@ -25,16 +25,24 @@ pub struct Report {
     pub unreadable: bool,
     pub quarantined_files: Vec<String>,
     pub wal_bytes: u64,
+    /// A salvage was cut short: the quarantine directory it works from.
+    pub salvage_pending: Option<String>,
 }
 
 impl Report {
     pub fn healthy(&self) -> bool {
-        self.integrity == "ok" && self.bad_checksums.is_empty() && !self.unreadable
+        self.integrity == "ok" && self.bad_checksums.is_empty() && !self.unreadable && self.salvage_pending.is_none()
     }
 
     pub fn render(&self, dir: &Path) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "journal {}", dir.join(DB_FILE).display());
+        if let Some(q) = &self.salvage_pending {
+            let _ = writeln!(
+                s,
+                "a salvage was cut short: the next start salvages {q} again; what follows is its partial output"
+            );
+        }
         let _ = writeln!(s, "integrity_check: {}", self.integrity);
         let _ = writeln!(s, "wal: {} bytes not yet checkpointed", self.wal_bytes);
         let _ = writeln!(
@@ -91,6 +99,9 @@ pub fn verify(dir: &Path) -> Result<Report, String> {
     conn.pragma_update(None, "query_only", true)
         .map_err(|e| e.to_string())?;
     let mut report = Report {
+        salvage_pending: std::fs::read_to_string(dir.join(schema::SALVAGE_FILE))
+            .ok()
+            .map(|q| q.trim().to_string()),
         wal_bytes: std::fs::metadata(dir.join(format!("{DB_FILE}-wal")))
             .map(|m| m.len())
             .unwrap_or(0),

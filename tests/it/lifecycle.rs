@@ -681,6 +681,16 @@ async fn a_kill_9_during_a_salvage_loses_nothing_the_next_start_salvages_again()
             break;
         }
     }
+    // The journal file beside the marker is the salvage's partial output:
+    // verify must not call it healthy.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["journal", "verify", "--config"])
+        .arg(&tg.config_path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("a salvage was cut short"), "{text}");
 
     tg.spawn(&[]).await;
     assert!(tg.log().contains("a salvage was cut short"), "{}", tg.log());
