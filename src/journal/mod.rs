@@ -349,7 +349,12 @@ impl Journal {
             }
             Err(schema::OpenError::Damaged(reason)) => {
                 tracing::error!(path = %db.display(), %reason, "journal failed its checks; quarantining it and salvaging intact messages");
-                let report = salvage::salvage(dir, &reason)?;
+                let report = salvage::salvage(dir, &reason).map_err(|e| {
+                    JournalError::Io(std::io::Error::other(format!(
+                        "salvage of {} failed, to be carried out again at the next start: {e}",
+                        dir.display()
+                    )))
+                })?;
                 stats.corrupt_records.fetch_add(report.lost, Ordering::Relaxed);
                 tracing::error!(
                     salvaged = report.salvaged,

@@ -69,19 +69,52 @@ pub fn salvage(dir: &Path, reason: &str) -> Result<Report> {
     quarantine(dir, &qdir)?;
     tracing::info!(quarantine = %qdir.display(), "damaged journal moved to quarantine; copying what is intact into a fresh journal");
     let scratch = dir.join("salvage-scratch");
+    let rebuilt = rebuild(dir, &qdir, &scratch);
+    // The scratch copy is as large as the damaged journal: never left behind.
     let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::create_dir_all(&scratch)?;
+    let report = rebuilt.map_err(|e| {
+        // A failed write (a full disk) fails the salvage, marker kept: the
+        // next start carries it out again, rather than this one counting
+        // intact messages lost. Its partial journal goes now, for the room.
+        if qdir.join(DB_FILE).exists() {
+            for s in SUFFIXES {
+                let _ = remove_if_there(&dir.join(format!("{DB_FILE}{s}")));
+            }
+        }
+        let need: u64 = SUFFIXES
+            .iter()
+            .filter_map(|s| std::fs::metadata(qdir.join(format!("{DB_FILE}{s}"))).ok())
+            .map(|m| 2 * m.len())
+            .sum();
+        let free = fs4::available_space(dir)
+            .map(|f| f.to_string())
+            .unwrap_or_else(|_| "?".into());
+        std::io::Error::other(format!(
+            "{e} (a salvage needs room for a copy of the damaged journal and for the fresh one: \
+             about {need} bytes; the disk has {free} bytes free)"
+        ))
+    })?;
+    std::fs::remove_file(&marker)?;
+    sync_dir(dir)?;
+    Ok(report)
+}
+
+/// Copies what is intact in the quarantined journal into a fresh one in
+/// `dir`, through a scratch copy (opening the damaged files would change
+/// them), and makes it durable.
+fn rebuild(dir: &Path, qdir: &Path, scratch: &Path) -> std::io::Result<Report> {
+    let _ = std::fs::remove_dir_all(scratch);
+    std::fs::create_dir_all(scratch)?;
     for s in SUFFIXES {
         let from = qdir.join(format!("{DB_FILE}{s}"));
         if from.exists() {
             std::fs::copy(&from, scratch.join(format!("{DB_FILE}{s}")))?;
         }
     }
-
     let mut report = Report {
         salvaged: 0,
         lost: 0,
-        quarantine_dir: qdir,
+        quarantine_dir: qdir.to_path_buf(),
     };
     let fresh = schema::open_checked(&dir.join(DB_FILE))
         .map_err(|e| std::io::Error::other(format!("cannot create a fresh journal: {e}")))?;
@@ -93,7 +126,8 @@ pub fn salvage(dir: &Path, reason: &str) -> Result<Report> {
             &new,
             schema::high_water_mark(&dir.join(DB_FILE)),
             &mut report,
-        ),
+        )
+        .map_err(|e| std::io::Error::other(format!("cannot write the salvaged journal: {e}")))?,
         Err(e) => {
             tracing::error!(error = %e, "the damaged journal cannot be opened at all; starting empty")
         }
@@ -106,10 +140,6 @@ pub fn salvage(dir: &Path, reason: &str) -> Result<Report> {
     // salvaging again.
     new.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .map_err(|e| std::io::Error::other(format!("cannot make the salvaged journal durable: {e}")))?;
-    drop(new);
-    let _ = std::fs::remove_dir_all(&scratch);
-    std::fs::remove_file(&marker)?;
-    sync_dir(dir)?;
     Ok(report)
 }
 
@@ -151,12 +181,18 @@ fn remove_if_there(path: &Path) -> std::io::Result<()> {
 /// high-water mark are counted lost without being read.
 const PROBE_PAST_END: i64 = 1 << 22;
 
-fn copy_rows(old: &Connection, old_path: &Path, new: &Connection, hwm: i64, report: &mut Report) {
+fn copy_rows(
+    old: &Connection,
+    old_path: &Path,
+    new: &Connection,
+    hwm: i64,
+    report: &mut Report,
+) -> rusqlite::Result<()> {
     // The fresh journal took the salt kept beside the database; the old
     // meta table, where readable, is the authority on it.
     if let Ok(Some(salt)) = schema::meta(old, "salt") {
         if schema::parse_salt(&salt).is_some() {
-            let _ = schema::set_meta(new, "salt", &salt);
+            schema::set_meta(new, "salt", &salt)?;
         }
     }
     // The pending and dead-letter indexes list every message still owed a
@@ -180,16 +216,16 @@ fn copy_rows(old: &Connection, old_path: &Path, new: &Connection, hwm: i64, repo
     let mut lost: HashSet<i64> = HashSet::new();
     let mut unreadable = SeqSet::default();
     let mut highest_seen = 0;
-    let _ = new.execute_batch("BEGIN");
+    new.execute_batch("BEGIN")?;
     let mut lo = 1;
     while lo <= top {
         let hi = (lo + CHUNK - 1).min(top);
         match read_range(old, lo, hi) {
-            Ok(rows) => insert_rows(new, rows, &mut recovered, &mut lost, &mut highest_seen),
+            Ok(rows) => insert_rows(new, rows, &mut recovered, &mut lost, &mut highest_seen)?,
             Err(_) => {
                 for seq in lo..=hi {
                     match read_range(old, seq, seq) {
-                        Ok(rows) => insert_rows(new, rows, &mut recovered, &mut lost, &mut highest_seen),
+                        Ok(rows) => insert_rows(new, rows, &mut recovered, &mut lost, &mut highest_seen)?,
                         Err(_) => unreadable.insert(seq),
                     }
                 }
@@ -209,16 +245,28 @@ fn copy_rows(old: &Connection, old_path: &Path, new: &Connection, hwm: i64, repo
         unwitnessed.retain(|s| !recovered.contains(s));
     }
     if !owed.is_empty() || !unwitnessed.is_empty() {
+        let mut failed = None;
         rows_from_leaves(old, old_path, &owed, &unwitnessed, &mut |row| {
             use rusqlite::types::Value;
+            if failed.is_some() {
+                return;
+            }
             if let (Value::Integer(seq), Value::Integer(state)) = (&row[0], &row[2]) {
                 if *state >= schema::STATE_DELIVERED && owed.state_of(*seq).is_none() {
                     // A finished copy replaces a live one kept before it.
-                    let _ = new.execute("DELETE FROM messages WHERE seq = ?1 AND state IN (0, 1)", [seq]);
+                    if let Err(e) = new.execute("DELETE FROM messages WHERE seq = ?1 AND state IN (0, 1)", [seq]) {
+                        failed = Some(e);
+                        return;
+                    }
                 }
             }
-            insert_rows(new, vec![row], &mut recovered, &mut lost, &mut highest_seen)
+            if let Err(e) = insert_rows(new, vec![row], &mut recovered, &mut lost, &mut highest_seen) {
+                failed = Some(e);
+            }
         });
+        if let Some(e) = failed {
+            return Err(e);
+        }
     }
     lost.extend(owed.pending.iter().chain(owed.dead.iter()).chain(unwitnessed.iter()));
     lost.retain(|&s| !recovered.contains(s));
@@ -231,7 +279,7 @@ fn copy_rows(old: &Connection, old_path: &Path, new: &Connection, hwm: i64, repo
     report.lost = lost.len() as u64 + tail - already;
     report.salvaged = recovered.len() as u64;
     // Ids are never reused, lost or not.
-    let _ = schema::set_meta(new, "seq_floor", &floor.max(top).max(hwm).to_string());
+    schema::set_meta(new, "seq_floor", &floor.max(top).max(hwm).to_string())?;
     // Idempotency keys and destination states are best effort.
     if let Ok(mut stmt) = old.prepare("SELECT dest, key, seq, created_at FROM idempotency") {
         if let Ok(rows) = stmt.query_map([], |r| {
@@ -267,9 +315,7 @@ fn copy_rows(old: &Connection, old_path: &Path, new: &Connection, hwm: i64, repo
             }
         }
     }
-    if let Err(e) = new.execute_batch("COMMIT") {
-        tracing::error!(error = %e, "committing the salvaged journal failed");
-    }
+    new.execute_batch("COMMIT")
 }
 
 type RawRow = Vec<rusqlite::types::Value>;
@@ -451,7 +497,7 @@ fn insert_rows(
     recovered: &mut SeqSet,
     lost: &mut HashSet<i64>,
     highest_seen: &mut i64,
-) {
+) -> rusqlite::Result<()> {
     use rusqlite::types::Value;
     for row in rows {
         let text = |v: &Value| match v {
@@ -498,13 +544,24 @@ fn insert_rows(
             Ok(_) => {
                 recovered.insert(seq);
             }
-            Err(_) => {
+            // Refused for what the row holds (a value of the wrong type, too
+            // large): that row is lost.
+            Err(e) if row_is_at_fault(&e) => {
                 if state {
                     lost.insert(seq);
                 }
             }
+            // Anything else (a full disk, an I/O error) is the fresh
+            // journal's, not the row's.
+            Err(e) => return Err(e),
         }
     }
+    Ok(())
+}
+
+fn row_is_at_fault(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::{ConstraintViolation, TooBig, TypeMismatch};
+    matches!(e.sqlite_error_code(), Some(ConstraintViolation | TooBig | TypeMismatch))
 }
 
 #[cfg(test)]

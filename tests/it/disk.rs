@@ -154,3 +154,48 @@ async fn a_start_on_a_full_disk_is_refused_saying_so_and_the_queue_survives_it()
     tg.spawn(&[]).await;
     assert_eq!(tg.destination("crm").await["queue"]["depth"], 10);
 }
+
+#[tokio::test]
+async fn a_salvage_without_room_is_refused_and_carried_out_once_there_is_room() {
+    let Some(disk) = SmallDisk::mount_or_skip("size=12m", "a_salvage_without_room...") else {
+        return;
+    };
+    let data = disk.dir.path().join("data");
+    let extra = Extra {
+        data: Some(&data),
+        ..Extra::default()
+    };
+    let mut tg = Tidegate::start_with(&destination("crm", "http://127.0.0.1:9/", ""), extra).await;
+    tg.admin_post("/v1/destinations/crm/pause", "").await;
+    let body = "s".repeat(48 * 1024);
+    for i in 0..60 {
+        tg.send(&format!("/crm/{i}"), &body).await;
+    }
+    assert!(tg.terminate().await.success());
+    // Damage seen while running: the next start salvages.
+    std::fs::write(data.join("journal.suspect"), "test").unwrap();
+    // Room for the scratch copy of the journal, not for the fresh one too.
+    let db = std::fs::metadata(data.join("journal.db")).unwrap().len();
+    let free = fs4::available_space(&data).unwrap();
+    let filler = disk.dir.path().join("filler");
+    std::fs::write(&filler, vec![0u8; (free - db - db / 2) as usize]).unwrap();
+
+    let (status, err) = RawTidegate::spawn(&tg.config_path)
+        .exit_within(Duration::from_secs(30))
+        .await;
+    assert_eq!(status.code(), Some(1), "{err}");
+    assert!(err.contains("to be carried out again at the next start"), "{err}");
+    assert!(err.contains("a salvage needs room"), "{err}");
+    assert!(data.join("journal.salvage").exists());
+    assert!(
+        !data.join("salvage-scratch").exists(),
+        "the scratch copy is not left taking room"
+    );
+
+    // Room again: the salvage is carried out, and nothing was lost.
+    std::fs::remove_file(&filler).unwrap();
+    tg.spawn(&[]).await;
+    assert!(tg.log().contains("a salvage was cut short"), "{}", tg.log());
+    assert!(tg.log().contains("salvaged=60 lost=0"), "{}", tg.log());
+    assert_eq!(tg.destination("crm").await["queue"]["depth"], 60);
+}
