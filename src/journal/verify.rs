@@ -81,13 +81,24 @@ fn state_name(state: i64) -> &'static str {
 
 pub fn verify(dir: &Path) -> Result<Report, String> {
     let path = dir.join(DB_FILE);
-    if !path.exists() {
+    let salvage = dir.join(schema::SALVAGE_FILE);
+    if !path.exists() && !salvage.exists() {
         return Err(format!("no journal at {}", path.display()));
     }
     // Offline only: a long read beside a running tidegate would hold back
     // its checkpoints (the writer waits for readers to rewind the WAL), and
     // a tidegate must not start on the journal while it is being read.
     let _lock = super::lock_storage(dir).map_err(|e| format!("{e}; journal verify reads a stopped journal"))?;
+    let salvage_pending = std::fs::read_to_string(&salvage).ok().map(|q| q.trim().to_string());
+    if !path.exists() {
+        // A salvage cut short before it made the fresh journal: the files
+        // are all in quarantine, and the next start salvages them.
+        return Ok(Report {
+            integrity: "not run: the journal is in quarantine".into(),
+            salvage_pending,
+            ..Report::default()
+        });
+    }
     let conn = Connection::open_with_flags(
         &path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -99,9 +110,7 @@ pub fn verify(dir: &Path) -> Result<Report, String> {
     conn.pragma_update(None, "query_only", true)
         .map_err(|e| e.to_string())?;
     let mut report = Report {
-        salvage_pending: std::fs::read_to_string(dir.join(schema::SALVAGE_FILE))
-            .ok()
-            .map(|q| q.trim().to_string()),
+        salvage_pending,
         wal_bytes: std::fs::metadata(dir.join(format!("{DB_FILE}-wal")))
             .map(|m| m.len())
             .unwrap_or(0),

@@ -689,8 +689,9 @@ async fn a_kill_9_during_a_salvage_loses_nothing_the_next_start_salvages_again()
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("a salvage was cut short"), "{text}");
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}{err}");
+    assert!(text.contains("a salvage was cut short"), "{text}{err}");
 
     tg.spawn(&[]).await;
     assert!(tg.log().contains("a salvage was cut short"), "{}", tg.log());
