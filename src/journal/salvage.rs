@@ -8,7 +8,15 @@
 //! cuts off every leaf below it) is then looked for on the leaf pages
 //! themselves (`leaves`). What neither finds intact is counted as lost.
 //! Nothing here can stop start-up except an I/O error on the data directory
-//! itself.
+//! or too little room for the fresh journal; the salvage is then carried out
+//! at the next start, and never counts what it could not write as lost.
+//!
+//! A salvage survives a crash at any instant. `journal.salvage`, written and
+//! synced before any file moves, names the quarantine directory; the
+//! database file moves last, so once it is in quarantine, anything beside
+//! the marker is the fresh journal's; the fresh journal is checkpointed to
+//! disk before the marker is removed. A start that finds the marker
+//! discards that partial journal and salvages the quarantined files again.
 //!
 //! Two witnesses say what was owed: the pending and dead-letter indexes
 //! (read without the table) and the high-water mark. A row the indexes list
