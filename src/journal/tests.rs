@@ -493,8 +493,12 @@ fn wreck_root_page(dir: &tempfile::TempDir, name: &str) -> u8 {
 /// reach once it is damaged.
 const TABLE_INTERIOR: u8 = 0x05;
 
+/// Mostly 500-byte bodies; every tenth is 9,000 bytes, more than a page
+/// holds, so its row continues on overflow pages.
 fn bodies(n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{i:04}{}", "w".repeat(500))).collect()
+    (0..n)
+        .map(|i| format!("{i:04}{}", "w".repeat(if i % 10 == 3 { 9000 } else { 500 })))
+        .collect()
 }
 
 #[tokio::test]
