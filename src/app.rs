@@ -1,5 +1,6 @@
-//! Wiring and lifecycle: open the journal, start dispatch, bind both
-//! listeners, then wait for a signal and shut down in order: stop taking
+//! Wiring and lifecycle: bind the admin listener (it answers probes while
+//! the rest starts), open the journal, start dispatch, bind the ingress
+//! listener, then wait for a signal and shut down in order: stop taking
 //! requests, let attempts in flight finish (up to `shutdown_timeout`), flush
 //! and close the journal.
 
@@ -27,6 +28,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::catch();
     let config_path = config.source.clone();
     let started = std::time::Instant::now();
+    // The admin listener first: probes must see a live process while the
+    // journal opens (minutes, when a large journal is salvaged). It serves
+    // the full admin API once everything below is up.
+    let admin_listener = TcpListener::bind(config.admin.listen)
+        .await
+        .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+    let admin_up: Arc<std::sync::OnceLock<axum::Router>> = Arc::default();
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let admin_server = {
+        let app = admin::during_start_up(admin_up.clone());
+        tokio::spawn(async move {
+            axum::serve(admin_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = admin_stop_rx.await;
+                })
+                .await
+        })
+    };
+    tracing::info!(admin = %admin_addr, "starting: admin listener up, opening the journal");
     let storage = config.storage.clone();
     let journal = tokio::task::spawn_blocking(move || Journal::open(&storage.path, storage.max_disk))
         .await?
@@ -45,11 +66,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let ingress_listener = TcpListener::bind(config.ingress.listen)
         .await
         .with_context(|| format!("binding ingress.listen {}", config.ingress.listen))?;
-    let admin_listener = TcpListener::bind(config.admin.listen)
-        .await
-        .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
     let ingress_addr = ingress_listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
 
     let live: Live = Arc::new(std::sync::RwLock::new(Arc::new(config.clone())));
     let reloader = Arc::new(Reloader::new(
@@ -88,14 +105,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     };
     // The admin listener stays up until the very end so probes and metrics
     // see the drain.
-    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let admin_server = tokio::spawn(async move {
-        axum::serve(admin_listener, admin_app)
-            .with_graceful_shutdown(async move {
-                let _ = admin_stop_rx.await;
-            })
-            .await
-    });
+    let _ = admin_up.set(admin_app);
     let sweeper = tokio::spawn(sweep_history(journal.clone(), live.clone(), stop_rx.clone()));
 
     tracing::info!(

@@ -94,6 +94,14 @@ impl Problem {
             "tidegate is shutting down",
         )
     }
+    pub fn starting() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting",
+            "Starting",
+            "tidegate is starting: its journal is not open yet",
+        )
+    }
     pub fn storage_full() -> Self {
         Self::new(
             StatusCode::INSUFFICIENT_STORAGE,

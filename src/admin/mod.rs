@@ -2,9 +2,13 @@
 //! operations API. It reads dispatch and journal state and asks dispatch to
 //! change it; it never touches the queue's rows itself except through the
 //! journal's operations (replay, purge).
+//!
+//! It listens from the first moment of start-up (`during_start_up`), so
+//! that probes see a live process while the journal opens, which takes
+//! minutes when a large journal is salvaged.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -47,6 +51,29 @@ pub fn router(state: Admin) -> Router {
         .merge(v1)
         .fallback(|| async { Problem::not_found("no such admin endpoint") })
         .with_state(state)
+}
+
+/// The admin router before tidegate is up: `/healthz` answers 200 (the
+/// process serves), `/readyz` 503 (the queue is not open), anything else
+/// 503 `starting`. Once `up` holds the full router, every request goes to it.
+pub fn during_start_up(up: Arc<OnceLock<Router>>) -> Router {
+    use tower::ServiceExt as _;
+    Router::new().fallback(move |req: Request| {
+        let up = up.clone();
+        async move {
+            match up.get() {
+                Some(full) => match full.clone().oneshot(req).await {
+                    Ok(response) => response,
+                    Err(never) => match never {},
+                },
+                None => match req.uri().path() {
+                    "/healthz" => "ok\n".into_response(),
+                    "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response(),
+                    _ => Problem::starting().into_response(),
+                },
+            }
+        }
+    })
 }
 
 async fn require_token(State(a): State<Admin>, req: Request, next: Next) -> Response {

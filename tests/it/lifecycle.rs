@@ -265,6 +265,51 @@ async fn sigterm_during_start_up_stops_cleanly_once_up() {
     assert_eq!(tg.destination("crm").await["queue"]["depth"], 3);
 }
 
+#[tokio::test]
+async fn while_the_journal_opens_the_admin_port_says_alive_but_not_ready() {
+    let ds = Downstream::start().await;
+    let mut tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
+    tg.admin_post("/v1/destinations/crm/pause", "").await;
+    tg.send("/crm/1", "{}").await;
+    assert!(tg.terminate().await.success(), "{}", tg.log());
+
+    // The journal's write lock held elsewhere: the start stalls opening it,
+    // as it would salvaging a large journal.
+    let db = rusqlite::Connection::open(tg.data_dir().join("journal.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut child = RawTidegate::spawn(&tg.config_path);
+    let stderr = child.0.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let next_line_with = |rx: &std::sync::mpsc::Receiver<String>, what: &str| loop {
+        let line = rx.recv_timeout(Duration::from_secs(20)).expect(what);
+        if line.contains(what) {
+            return line;
+        }
+    };
+    let admin = addr_in(&next_line_with(&rx, "admin listener up"), "admin");
+    let get = |path: &str| tg.client.get(format!("http://{admin}{path}")).send();
+    assert_eq!(get("/healthz").await.unwrap().status(), 200);
+    assert_eq!(get("/readyz").await.unwrap().status(), 503);
+    let r = get("/v1/destinations").await.unwrap();
+    assert_eq!(r.status(), 503);
+    let problem: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(problem["code"], "starting");
+
+    // Up: the same port serves everything.
+    db.execute_batch("ROLLBACK").unwrap();
+    drop(db);
+    next_line_with(&rx, "tidegate ready");
+    assert_eq!(get("/readyz").await.unwrap().status(), 200);
+    let d: serde_json::Value = get("/v1/destinations/crm").await.unwrap().json().await.unwrap();
+    assert_eq!(d["queue"]["depth"], 1);
+}
+
 /// Which of tidegate's output streams loses its reader.
 #[derive(Clone, Copy, PartialEq)]
 enum Gone {
@@ -308,7 +353,7 @@ async fn serves_with_a_reader_gone(gone: Gone) {
         use std::io::BufRead;
         let mut lines = Vec::new();
         for line in std::io::BufReader::new(kept).lines().map_while(Result::ok) {
-            if line.contains("admin=") {
+            if line.contains("ingress=") {
                 let _ = tx.send(line.clone());
             }
             lines.push(line);
