@@ -28,6 +28,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::catch();
     let config_path = config.source.clone();
     let started = std::time::Instant::now();
+    // A second tidegate on the same storage is told so, not that the port
+    // the first one holds is taken.
+    Journal::refuse_if_in_use(&config.storage.path)
+        .with_context(|| format!("opening the journal in {}", config.storage.path.display()))?;
     // The admin listener first: probes must see a live process while the
     // journal opens (minutes, when a large journal is salvaged). It serves
     // the full admin API once everything below is up.

@@ -310,6 +310,17 @@ struct Inner {
 }
 
 impl Journal {
+    /// Refuses, as `open` would, a storage directory another process
+    /// holds: for start-up to say so before it binds ports that the other
+    /// process may hold too. Takes the lock and lets it go; `open` takes it
+    /// for good.
+    pub fn refuse_if_in_use(dir: &Path) -> Result<()> {
+        if !dir.exists() {
+            return Ok(());
+        }
+        lock_storage(dir).map(drop)
+    }
+
     /// Opens (creating, recovering or salvaging as needed) the journal in
     /// `dir`. Blocking: call from start-up or `spawn_blocking`.
     pub fn open(dir: &Path, max_disk: u64) -> Result<Journal> {

@@ -207,6 +207,19 @@ async fn a_second_tidegate_on_the_same_storage_is_refused_and_a_crash_frees_it()
     assert!(!status.success(), "{err}");
     let expected = format!("is in use by another tidegate (pid {})", tg.pid());
     assert!(err.contains(&expected), "{err}");
+    // The same config with fixed ports, as a service's would be: it is the
+    // journal that is named, not the ports the first one holds.
+    let fixed = std::fs::read_to_string(&tg.config_path)
+        .unwrap()
+        .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"{}\"", tg.ingress), 1)
+        .replacen("listen = \"127.0.0.1:0\"", &format!("listen = \"{}\"", tg.admin), 1);
+    let fixed_path = tg.dir.path().join("fixed-ports.toml");
+    std::fs::write(&fixed_path, fixed).unwrap();
+    let (status, err) = RawTidegate::spawn(&fixed_path)
+        .exit_within(Duration::from_secs(30))
+        .await;
+    assert!(!status.success(), "{err}");
+    assert!(err.contains(&expected), "{err}");
 
     // The first one was not disturbed: its message is queued and goes out.
     assert_eq!(tg.destination("crm").await["queue"]["depth"], 1);
