@@ -28,10 +28,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let mut signals = Signals::catch();
     let config_path = config.source.clone();
     let started = std::time::Instant::now();
-    // A second tidegate on the same storage is told so, not that the port
-    // the first one holds is taken.
-    Journal::refuse_if_in_use(&config.storage.path)
-        .with_context(|| format!("opening the journal in {}", config.storage.path.display()))?;
+    let opening = || format!("opening the journal in {}", config.storage.path.display());
+    // Before any port: a second tidegate on the same storage is told so,
+    // not that a port the first one holds is taken.
+    let storage_lock = Journal::lock(&config.storage.path).with_context(opening)?;
     // The admin listener first: probes must see a live process while the
     // journal opens (minutes, when a large journal is salvaged). It serves
     // the full admin API once everything below is up.
@@ -52,10 +52,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         })
     };
     tracing::info!(admin = %admin_addr, "starting: admin listener up, opening the journal");
-    let storage = config.storage.clone();
-    let journal = tokio::task::spawn_blocking(move || Journal::open(&storage.path, storage.max_disk))
+    let max_disk = config.storage.max_disk;
+    let journal = tokio::task::spawn_blocking(move || Journal::open_locked(storage_lock, max_disk))
         .await?
-        .with_context(|| format!("opening the journal in {}", config.storage.path.display()))?;
+        .with_context(opening)?;
     let metrics = Metrics::new();
     let deliver = Arc::new(HttpDeliverer::new().context("building the HTTP client")?);
     let dispatcher = Dispatcher::start(&config, journal.clone(), metrics.clone(), deliver).await?;

@@ -45,7 +45,7 @@ pub fn router(state: Admin) -> Router {
         .route("/v1/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(|| async { ALIVE }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(v1)
@@ -67,8 +67,8 @@ pub fn during_start_up(up: Arc<OnceLock<Router>>) -> Router {
                     Err(never) => match never {},
                 },
                 None => match req.uri().path() {
-                    "/healthz" => "ok\n".into_response(),
-                    "/readyz" => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response(),
+                    "/healthz" => ALIVE.into_response(),
+                    "/readyz" => not_ready(),
                     _ => Problem::starting().into_response(),
                 },
             }
@@ -91,8 +91,16 @@ async fn readyz(State(a): State<Admin>) -> Response {
     if open && !a.shutting_down.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+        not_ready()
     }
+}
+
+/// `/healthz`'s answer, from the first moment of start-up to the last of
+/// the drain.
+const ALIVE: &str = "ok\n";
+
+fn not_ready() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
 }
 
 /// Refreshes the gauges that mirror journal and dispatch state, then renders.

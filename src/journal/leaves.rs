@@ -55,21 +55,21 @@ pub(super) fn rows(db: &Path, want: &dyn Fn(i64) -> bool, found: &mut dyn FnMut(
     if usable < 480 {
         return Ok(());
     }
-    let file = Pages {
+    let pages = Pages {
         file,
         page_size,
         usable,
         count: (len / page_size as u64) as u32,
     };
-    let free = file.freelist(&header);
+    let free = pages.freelist(&header);
     let mut page = vec![0u8; page_size];
-    for number in 1..=file.count {
-        if free.contains(&number) || file.read(number, &mut page).is_err() {
+    for number in 1..=pages.count {
+        if free.contains(&number) || pages.read(number, &mut page).is_err() {
             continue;
         }
         let base = if number == 1 { HEADER } else { 0 };
         if page[base] == TABLE_LEAF {
-            file.leaf_rows(&page, base, want, found);
+            pages.leaf_rows(&page, base, want, found);
         }
     }
     Ok(())

@@ -54,9 +54,9 @@
 //! database files are moved to `quarantine/<time>/` (never deleted) and every
 //! row that can still be read and whose checksum matches is salvaged into a
 //! fresh database, through the b-tree and then, for what it no longer leads
-//! to, from the leaf pages directly; what was lost is logged and counted. A row whose checksum
-//! fails at delivery time is moved to state 4 and counted; it never takes
-//! other rows with it.
+//! to, from the leaf pages directly; what was lost is logged and counted.
+//! A row whose checksum fails at delivery time is moved to state 4 and
+//! counted; it never takes other rows with it.
 //!
 //! # Space
 //!
@@ -74,7 +74,7 @@ mod verify;
 mod writer;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -310,24 +310,29 @@ struct Inner {
 }
 
 impl Journal {
-    /// Refuses, as `open` would, a storage directory another process
-    /// holds: for start-up to say so before it binds ports that the other
-    /// process may hold too. Takes the lock and lets it go; `open` takes it
-    /// for good.
-    pub fn refuse_if_in_use(dir: &Path) -> Result<()> {
-        if !dir.exists() {
-            return Ok(());
-        }
-        lock_storage(dir).map(drop)
+    /// Takes the storage directory `dir` (creating it) for this process,
+    /// or refuses it, naming the process that holds it. Start-up takes it
+    /// before it binds any port, so that a second tidegate on the same
+    /// directory is told so, not that a port the first one holds is taken.
+    pub fn lock(dir: &Path) -> Result<StorageLock> {
+        std::fs::create_dir_all(dir)?;
+        Ok(StorageLock {
+            dir: dir.to_path_buf(),
+            file: lock_storage(dir)?,
+        })
     }
 
     /// Opens (creating, recovering or salvaging as needed) the journal in
     /// `dir`. Blocking: call from start-up or `spawn_blocking`.
     pub fn open(dir: &Path, max_disk: u64) -> Result<Journal> {
-        std::fs::create_dir_all(dir)?;
-        // Before anything is read or moved: a salvage must never run under
-        // a journal another process is using.
-        let lock = lock_storage(dir)?;
+        Self::open_locked(Self::lock(dir)?, max_disk)
+    }
+
+    /// `open`, on a directory already taken with `lock`. Nothing is read or
+    /// moved before that: a salvage must never run under a journal another
+    /// process is using.
+    pub fn open_locked(lock: StorageLock, max_disk: u64) -> Result<Journal> {
+        let dir = lock.dir.as_path();
         let stats = Arc::new(JournalStats::default());
         stats.max_disk.store(max_disk, Ordering::Relaxed);
         let db = dir.join(schema::DB_FILE);
@@ -417,7 +422,7 @@ impl Journal {
             salt,
             queues: RwLock::new(queues),
             stats: stats.clone(),
-            lock: std::sync::Mutex::new(Some(lock)),
+            lock: std::sync::Mutex::new(Some(lock.file)),
             writer_thread: std::sync::Mutex::new(None),
         });
         let journal = Journal { inner };
@@ -648,6 +653,13 @@ impl Journal {
         // Nothing writes the files any more: another journal may take them.
         self.inner.lock.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
+}
+
+/// A storage directory taken for this process (`Journal::lock`); let go
+/// when dropped, or by the journal opened on it when that closes.
+pub struct StorageLock {
+    dir: PathBuf,
+    file: std::fs::File,
 }
 
 /// When the disk is (nearly) full, says so: SQLite reports a WAL or

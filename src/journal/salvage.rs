@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OpenFlags, Row};
 
-use super::schema::{self, DB_FILE, SALVAGE_FILE};
+use super::schema::{self, sync_dir, write_durably, DB_FILE, SALVAGE_FILE};
 use super::{decode_record, leaves, now_ms, Result};
 
 pub struct Report {
@@ -44,6 +44,23 @@ pub struct Report {
 const SUFFIXES: [&str; 3] = ["-shm", "-wal", ""];
 const CHUNK: i64 = 512;
 
+/// The journal's database file in `dir` with `suffix` (one of `SUFFIXES`).
+fn db_file(dir: &Path, suffix: &str) -> PathBuf {
+    dir.join(format!("{DB_FILE}{suffix}"))
+}
+
+/// Removes the fresh journal a salvage was filling, once the damaged one is
+/// wholly in `qdir`: the files beside the marker are then that partial
+/// journal's, never the damaged one's.
+fn discard_partial_journal(dir: &Path, qdir: &Path) -> std::io::Result<()> {
+    if db_file(qdir, "").exists() {
+        for s in SUFFIXES {
+            remove_if_there(&db_file(dir, s))?;
+        }
+    }
+    Ok(())
+}
+
 /// Quarantines the damaged journal in `dir` and salvages it into a fresh one;
 /// or, if a salvage was cut short (`SALVAGE_FILE` is there), carries that one
 /// out again from the files it had quarantined.
@@ -55,13 +72,7 @@ pub fn salvage(dir: &Path, reason: &str) -> Result<Report> {
             tracing::warn!(quarantine = %qdir.display(), "a salvage was cut short; carrying it out again");
             // Gone only if someone removed it: start it again with what is here.
             std::fs::create_dir_all(&qdir)?;
-            if qdir.join(DB_FILE).exists() {
-                // All moved: what is beside the marker is the fresh journal
-                // the cut-short salvage was filling.
-                for s in SUFFIXES {
-                    remove_if_there(&dir.join(format!("{DB_FILE}{s}")))?;
-                }
-            }
+            discard_partial_journal(dir, &qdir)?;
             qdir
         }
         _ => {
@@ -84,14 +95,10 @@ pub fn salvage(dir: &Path, reason: &str) -> Result<Report> {
         // A failed write (a full disk) fails the salvage, marker kept: the
         // next start carries it out again, rather than this one counting
         // intact messages lost. Its partial journal goes now, for the room.
-        if qdir.join(DB_FILE).exists() {
-            for s in SUFFIXES {
-                let _ = remove_if_there(&dir.join(format!("{DB_FILE}{s}")));
-            }
-        }
+        let _ = discard_partial_journal(dir, &qdir);
         let need: u64 = SUFFIXES
             .iter()
-            .filter_map(|s| std::fs::metadata(qdir.join(format!("{DB_FILE}{s}"))).ok())
+            .filter_map(|s| std::fs::metadata(db_file(&qdir, s)).ok())
             .map(|m| 2 * m.len())
             .sum();
         let free = fs4::available_space(dir)
@@ -114,9 +121,9 @@ fn rebuild(dir: &Path, qdir: &Path, scratch: &Path) -> std::io::Result<Report> {
     let _ = std::fs::remove_dir_all(scratch);
     std::fs::create_dir_all(scratch)?;
     for s in SUFFIXES {
-        let from = qdir.join(format!("{DB_FILE}{s}"));
+        let from = db_file(qdir, s);
         if from.exists() {
-            std::fs::copy(&from, scratch.join(format!("{DB_FILE}{s}")))?;
+            std::fs::copy(&from, db_file(scratch, s))?;
         }
     }
     let mut report = Report {
@@ -156,25 +163,13 @@ fn rebuild(dir: &Path, qdir: &Path, scratch: &Path) -> std::io::Result<Report> {
 /// while moving them), then makes the moves durable.
 fn quarantine(dir: &Path, qdir: &Path) -> std::io::Result<()> {
     for s in SUFFIXES {
-        let from = dir.join(format!("{DB_FILE}{s}"));
+        let from = db_file(dir, s);
         if from.exists() {
-            std::fs::rename(&from, qdir.join(format!("{DB_FILE}{s}")))?;
+            std::fs::rename(&from, db_file(qdir, s))?;
         }
     }
     sync_dir(qdir)?;
     sync_dir(dir)
-}
-
-fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")))
-}
-
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::File::open(dir)?.sync_all()
 }
 
 fn remove_if_there(path: &Path) -> std::io::Result<()> {

@@ -243,17 +243,27 @@ pub fn salt_beside(db: &Path) -> Option<u32> {
 /// Writes the salt beside the database, durably: ids made with it may be
 /// handed out as soon as the journal opens.
 fn keep_salt_beside(db: &Path, salt: u32) -> std::io::Result<()> {
+    write_durably(&db.with_file_name(SALT_FILE), &format!("{salt:08x}\n"))
+}
+
+/// Replaces the file at `path` with `text`, atomically and durably: a
+/// crash leaves the old file or the new one, never a part of either, and
+/// once this returns the new one survives a power loss.
+pub(super) fn write_durably(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let path = db.with_file_name(SALT_FILE);
-    let tmp = db.with_file_name(format!("{SALT_FILE}.tmp"));
+    let mut tmp_name = path.as_os_str().to_owned();
+    tmp_name.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp_name);
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(format!("{salt:08x}\n").as_bytes())?;
+    f.write_all(text.as_bytes())?;
     f.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
+    std::fs::rename(&tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+/// Makes the creations, renames and removals in `dir` durable.
+pub(super) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The high-water mark: the highest sequence number ever acknowledged, kept

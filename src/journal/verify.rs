@@ -1,10 +1,11 @@
 //! `tidegate journal verify`: an offline check of a journal, for operators
 //! who want to know what is in a queue and whether it is sound before they
 //! start on it. It holds the storage lock while it reads, so it refuses a
-//! journal in use and no tidegate starts on it meanwhile. It reads only: it opens the database without checkpointing
-//! on close, runs SQLite's full `integrity_check`, re-computes the checksum
-//! of every row that still carries a body, and counts rows by destination
-//! and state.
+//! journal in use and no tidegate starts on it meanwhile. It reads only: it
+//! opens the database without checkpointing on close, runs SQLite's full
+//! `integrity_check`, re-computes the checksum of every row that still
+//! carries a body, and counts rows by destination and state. A salvage cut
+//! short is reported as such, whatever the files beside its marker hold.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
