@@ -117,11 +117,9 @@ async fn a_read_only_storage_path_is_refused_at_start_up_naming_the_file() {
     assert!(err.contains("Read-only file system"), "{err}");
 }
 
-#[tokio::test]
-async fn a_start_on_a_full_disk_is_refused_saying_so_and_the_queue_survives_it() {
-    let Some(disk) = SmallDisk::mount_or_skip("size=4m", "a_start_on_a_full_disk...") else {
-        return;
-    };
+/// A tidegate on `disk` that stored `n` messages of `body` for a paused
+/// destination, then stopped cleanly.
+async fn stopped_holding(disk: &SmallDisk, n: usize, body: &str) -> Tidegate {
     let data = disk.dir.path().join("data");
     let extra = Extra {
         data: Some(&data),
@@ -129,10 +127,29 @@ async fn a_start_on_a_full_disk_is_refused_saying_so_and_the_queue_survives_it()
     };
     let mut tg = Tidegate::start_with(&destination("crm", "http://127.0.0.1:9/", ""), extra).await;
     tg.admin_post("/v1/destinations/crm/pause", "").await;
-    for i in 0..10 {
-        tg.send(&format!("/crm/{i}"), "{}").await;
+    for i in 0..n {
+        tg.send(&format!("/crm/{i}"), body).await;
     }
     assert!(tg.terminate().await.success());
+    tg
+}
+
+/// Starts `tg`'s config in a process of its own, which must exit 1; its
+/// stderr.
+async fn refused_start(tg: &Tidegate) -> String {
+    let (status, err) = RawTidegate::spawn(&tg.config_path)
+        .exit_within(Duration::from_secs(30))
+        .await;
+    assert_eq!(status.code(), Some(1), "{err}");
+    err
+}
+
+#[tokio::test]
+async fn a_start_on_a_full_disk_is_refused_saying_so_and_the_queue_survives_it() {
+    let Some(disk) = SmallDisk::mount_or_skip("size=4m", "a_start_on_a_full_disk...") else {
+        return;
+    };
+    let mut tg = stopped_holding(&disk, 10, "{}").await;
 
     // Something else fills the disk while tidegate is stopped.
     let filler = disk.dir.path().join("filler");
@@ -142,10 +159,7 @@ async fn a_start_on_a_full_disk_is_refused_saying_so_and_the_queue_survives_it()
         let block = vec![0u8; 4096];
         while f.write_all(&block).is_ok() {}
     }
-    let (status, err) = RawTidegate::spawn(&tg.config_path)
-        .exit_within(Duration::from_secs(30))
-        .await;
-    assert_eq!(status.code(), Some(1), "{err}");
+    let err = refused_start(&tg).await;
     assert!(err.contains("bytes free"), "{err}");
     assert!(err.contains("free some space"), "{err}");
 
@@ -160,18 +174,8 @@ async fn a_salvage_without_room_is_refused_and_carried_out_once_there_is_room() 
     let Some(disk) = SmallDisk::mount_or_skip("size=12m", "a_salvage_without_room...") else {
         return;
     };
-    let data = disk.dir.path().join("data");
-    let extra = Extra {
-        data: Some(&data),
-        ..Extra::default()
-    };
-    let mut tg = Tidegate::start_with(&destination("crm", "http://127.0.0.1:9/", ""), extra).await;
-    tg.admin_post("/v1/destinations/crm/pause", "").await;
-    let body = "s".repeat(48 * 1024);
-    for i in 0..60 {
-        tg.send(&format!("/crm/{i}"), &body).await;
-    }
-    assert!(tg.terminate().await.success());
+    let mut tg = stopped_holding(&disk, 60, &"s".repeat(48 * 1024)).await;
+    let data = tg.data_dir();
     // Damage seen while running: the next start salvages.
     std::fs::write(data.join("journal.suspect"), "test").unwrap();
     // Room for the scratch copy of the journal, not for the fresh one too.
@@ -180,10 +184,7 @@ async fn a_salvage_without_room_is_refused_and_carried_out_once_there_is_room() 
     let filler = disk.dir.path().join("filler");
     std::fs::write(&filler, vec![0u8; (free - db - db / 2) as usize]).unwrap();
 
-    let (status, err) = RawTidegate::spawn(&tg.config_path)
-        .exit_within(Duration::from_secs(30))
-        .await;
-    assert_eq!(status.code(), Some(1), "{err}");
+    let err = refused_start(&tg).await;
     assert!(err.contains("to be carried out again at the next start"), "{err}");
     assert!(err.contains("a salvage needs room"), "{err}");
     assert!(data.join("journal.salvage").exists());

@@ -2,7 +2,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{accepted_id, addr_in, destination, eventually, Downstream, Extra, RawTidegate, Reply, Tidegate};
+use crate::support::{
+    accepted_id, addr_in, all_delivered, destination, eventually, journal_verify, Downstream, Extra, RawTidegate,
+    Reply, Tidegate,
+};
 
 #[tokio::test]
 async fn sigterm_exits_zero_and_queued_messages_are_delivered_after_restart() {
@@ -134,15 +137,7 @@ async fn kill_9_under_concurrent_load_loses_no_acknowledged_message() {
     }
     let acked: Vec<String> = acked.lock().unwrap().clone();
     tg.spawn(&[]).await;
-    eventually(
-        Duration::from_secs(60),
-        "every acknowledged message delivered",
-        || async {
-            let delivered: HashSet<String> = ds.seen().iter().map(|s| s.message_id()).collect();
-            acked.iter().all(|id| delivered.contains(id))
-        },
-    )
-    .await;
+    all_delivered(&ds, &acked, Duration::from_secs(60)).await;
     let d = tg.destination("crm").await;
     eventually(Duration::from_secs(20), "the queue to drain", || async {
         tg.destination("crm").await["queue"]["depth"] == 0
@@ -245,6 +240,15 @@ fn catches_sigterm(pid: u32) -> bool {
         .is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
 }
 
+/// Holds a stopped instance's journal write lock until the connection is
+/// rolled back or dropped: the next start stalls opening the journal
+/// (SQLite waits for the lock).
+fn stall_the_next_start(tg: &Tidegate) -> rusqlite::Connection {
+    let db = rusqlite::Connection::open(tg.data_dir().join("journal.db")).unwrap();
+    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    db
+}
+
 #[tokio::test]
 async fn sigterm_during_start_up_stops_cleanly_once_up() {
     let ds = Downstream::start().await;
@@ -255,10 +259,7 @@ async fn sigterm_during_start_up_stops_cleanly_once_up() {
     }
     assert!(tg.terminate().await.success(), "{}", tg.log());
 
-    // Another connection holds the journal's write lock, so the next
-    // start-up stalls while opening it (SQLite waits for the lock).
-    let db = rusqlite::Connection::open(tg.data_dir().join("journal.db")).unwrap();
-    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let db = stall_the_next_start(&tg);
     let mut child = RawTidegate::spawn(&tg.config_path);
     let pid = child.0.id();
     eventually(
@@ -286,26 +287,11 @@ async fn while_the_journal_opens_the_admin_port_says_alive_but_not_ready() {
     tg.send("/crm/1", "{}").await;
     assert!(tg.terminate().await.success(), "{}", tg.log());
 
-    // The journal's write lock held elsewhere: the start stalls opening it,
-    // as it would salvaging a large journal.
-    let db = rusqlite::Connection::open(tg.data_dir().join("journal.db")).unwrap();
-    db.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // The start stalls opening the journal, as it would salvaging a large one.
+    let db = stall_the_next_start(&tg);
     let mut child = RawTidegate::spawn(&tg.config_path);
-    let stderr = child.0.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let next_line_with = |rx: &std::sync::mpsc::Receiver<String>, what: &str| loop {
-        let line = rx.recv_timeout(Duration::from_secs(20)).expect(what);
-        if line.contains(what) {
-            return line;
-        }
-    };
-    let admin = addr_in(&next_line_with(&rx, "admin listener up"), "admin");
+    let mut stderr = child.stderr_lines();
+    let admin = addr_in(&stderr.until("admin listener up").await, "admin");
     let get = |path: &str| tg.client.get(format!("http://{admin}{path}")).send();
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
     assert_eq!(get("/readyz").await.unwrap().status(), 503);
@@ -317,7 +303,7 @@ async fn while_the_journal_opens_the_admin_port_says_alive_but_not_ready() {
     // Up: the same port serves everything.
     db.execute_batch("ROLLBACK").unwrap();
     drop(db);
-    next_line_with(&rx, "tidegate ready");
+    stderr.until("tidegate ready").await;
     assert_eq!(get("/readyz").await.unwrap().status(), 200);
     let d: serde_json::Value = get("/v1/destinations/crm").await.unwrap().json().await.unwrap();
     assert_eq!(d["queue"]["depth"], 1);
@@ -430,15 +416,8 @@ async fn journal_verify_reports_counts_and_finds_a_damaged_row() {
         tg.send(&format!("/crm/{i}"), "{\"v\":1}").await;
     }
     let config = tg.config_path.clone();
-    let verify = || {
-        std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
-            .args(["journal", "verify", "--config"])
-            .arg(&config)
-            .output()
-            .unwrap()
-    };
     // Offline only: refused while the instance runs, which goes on serving.
-    let out = verify();
+    let out = journal_verify(&config);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -448,7 +427,7 @@ async fn journal_verify_reports_counts_and_finds_a_damaged_row() {
     assert_eq!(tg.destination("crm").await["queue"]["depth"], 5);
 
     assert!(tg.terminate().await.success());
-    let out = verify();
+    let out = journal_verify(&config);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}");
     assert!(text.contains("integrity_check: ok"), "{text}");
@@ -467,7 +446,7 @@ async fn journal_verify_reports_counts_and_finds_a_damaged_row() {
     )
     .unwrap();
     drop(db);
-    let out = verify();
+    let out = journal_verify(&config);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("rows failing their checksum: 1"), "{text}");
@@ -719,20 +698,9 @@ async fn a_kill_9_during_a_salvage_loses_nothing_the_next_start_salvages_again()
         assert!(tries <= 5, "no kill landed inside a salvage");
         wreck_the_messages_root_page(&db);
         let mut raw = RawTidegate::spawn(&tg.config_path);
-        let stderr = raw.0.stderr.take().unwrap();
-        let (said, heard) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            use std::io::BufRead;
-            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("copying what is intact into a fresh journal") {
-                    let _ = said.send(());
-                }
-            }
-        });
-        tokio::task::spawn_blocking(move || heard.recv_timeout(Duration::from_secs(30)))
-            .await
-            .unwrap()
-            .expect("a salvage starts");
+        raw.stderr_lines()
+            .until("copying what is intact into a fresh journal")
+            .await;
         raw.0.kill().unwrap();
         raw.0.wait().unwrap();
         if tg.data_dir().join("journal.salvage").exists() {
@@ -741,11 +709,7 @@ async fn a_kill_9_during_a_salvage_loses_nothing_the_next_start_salvages_again()
     }
     // The journal file beside the marker is the salvage's partial output:
     // verify must not call it healthy.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args(["journal", "verify", "--config"])
-        .arg(&tg.config_path)
-        .output()
-        .unwrap();
+    let out = journal_verify(&tg.config_path);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(out.status.code(), Some(1), "{text}{err}");
@@ -754,15 +718,7 @@ async fn a_kill_9_during_a_salvage_loses_nothing_the_next_start_salvages_again()
     tg.spawn(&[]).await;
     assert!(tg.log().contains("a salvage was cut short"), "{}", tg.log());
     tg.admin_post("/v1/destinations/crm/resume", "").await;
-    eventually(
-        Duration::from_secs(60),
-        "every acknowledged message delivered",
-        || async {
-            let delivered: HashSet<String> = ds.seen().iter().map(|s| s.message_id()).collect();
-            acked.iter().all(|id| delivered.contains(id))
-        },
-    )
-    .await;
+    all_delivered(&ds, &acked, Duration::from_secs(60)).await;
     assert_eq!(losses_in_log(&tg.log()), 0, "{}", tg.log());
 }
 

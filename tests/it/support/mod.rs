@@ -348,6 +348,44 @@ impl Drop for Tidegate {
     }
 }
 
+/// Waits until `ds` has seen an attempt for every id in `acked`.
+pub async fn all_delivered(ds: &Downstream, acked: &[String], within: Duration) {
+    eventually(within, "every acknowledged message delivered", || async {
+        let delivered: std::collections::HashSet<String> = ds.seen().iter().map(|s| s.message_id()).collect();
+        acked.iter().all(|id| delivered.contains(id))
+    })
+    .await;
+}
+
+/// `tidegate journal verify --config CONFIG`, run to its end.
+pub fn journal_verify(config: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["journal", "verify", "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
+/// A process's stderr, line by line as it is written.
+pub struct StderrLines(tokio::sync::mpsc::UnboundedReceiver<String>);
+
+impl StderrLines {
+    /// The next line containing `what`; panics if none comes within 30 s.
+    pub async fn until(&mut self, what: &str) -> String {
+        let next = async {
+            while let Some(line) = self.0.recv().await {
+                if line.contains(what) {
+                    return line;
+                }
+            }
+            panic!("stderr ended before a line with {what:?}")
+        };
+        tokio::time::timeout(Duration::from_secs(30), next)
+            .await
+            .unwrap_or_else(|_| panic!("no line with {what:?} within 30 s"))
+    }
+}
+
 /// A tidegate started outside the harness (which waits for it to come
 /// up): for starts that are meant to fail or stall. Killed when dropped, so
 /// a failing test leaves no process behind.
@@ -364,6 +402,18 @@ impl RawTidegate {
             .spawn()
             .unwrap();
         RawTidegate(child)
+    }
+
+    /// Its stderr, read as it comes (`exit_within` then returns none).
+    pub fn stderr_lines(&mut self) -> StderrLines {
+        let stderr = self.0.stderr.take().expect("stderr not taken yet");
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        StderrLines(rx)
     }
 
     /// Waits up to `timeout` for the process to exit; its status and stderr.
