@@ -31,7 +31,7 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
         let state = d.current_state();
         let cfg = d.config();
         if matches!(state, State::Paused | State::Halted) {
-            buffer.clear();
+            give_back(&ctx, &d, &mut buffer);
             tokio::select! {
                 _ = kick.changed() => {}
                 _ = shutdown.changed() => {}
@@ -39,7 +39,7 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
             continue;
         }
         if state == State::Degraded || cfg.queue.ordering == QueueOrdering::Fifo {
-            buffer.clear();
+            give_back(&ctx, &d, &mut buffer);
             if !serial_step(&ctx, &d, &mut kick, &mut shutdown).await {
                 break;
             }
@@ -49,15 +49,16 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
         let max_in_flight = u64::from(cfg.rate_limit.max_in_flight);
         if buffer.is_empty() {
             let prefetch = (max_in_flight as usize * 2).clamp(4, 128);
-            let exclude: Vec<u64> = d
-                .in_flight_seqs
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .iter()
-                .copied()
-                .collect();
+            let leased = || {
+                d.in_flight_seqs
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .iter()
+                    .copied()
+                    .collect()
+            };
             let ready = d.queue.ready.notified();
-            match ctx.journal.fetch_ready(&d.name, prefetch, exclude).await {
+            match ctx.journal.fetch_ready(&d.name, prefetch, leased).await {
                 Ok(due) if !due.messages.is_empty() => buffer.extend(due.messages),
                 Ok(due) => {
                     tokio::select! {
@@ -111,6 +112,8 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
         let (ctx, d) = (ctx.clone(), d.clone());
         tokio::spawn(async move { attempt(&ctx, &d, msg).await });
     }
+    // Stopped by a reload that removed the destination, or by shutdown.
+    give_back(&ctx, &d, &mut buffer);
 }
 
 /// How long to sleep when nothing is deliverable: until the next scheduled
@@ -184,14 +187,31 @@ async fn serial_step(
     true
 }
 
+/// Drops fetched messages not yet attempted; they stay pending in the
+/// journal, which must be told so that it offers them again.
+fn give_back(ctx: &Context, d: &Destination, buffer: &mut VecDeque<Message>) {
+    if !buffer.is_empty() {
+        buffer.clear();
+        ctx.journal.give_back(&d.name);
+    }
+}
+
 fn lease(d: &Destination, seq: u64) {
     d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).insert(seq);
     d.in_flight.fetch_add(1, Ordering::Relaxed);
 }
 
-fn release(ctx: &Context, d: &Destination, seq: u64) {
+/// Ends a lease. A message not `finished` is pending still (a retry, a
+/// halt, an outcome not recorded) and is given back to be read again: after
+/// the lease is gone, so that read does not skip it as in flight, and
+/// before the worker is woken, so it does not find the journal's tail
+/// still claiming to hold everything.
+fn release(ctx: &Context, d: &Destination, seq: u64, finished: bool) {
     d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
     d.in_flight.fetch_sub(1, Ordering::Relaxed);
+    if !finished {
+        ctx.journal.give_back(&d.name);
+    }
     d.settled.notify_waiters();
     ctx.any_settled.notify_waiters();
 }
@@ -273,7 +293,7 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
     let n = msg.attempts + 1;
     let id = ctx.journal.message_id(msg.seq);
     let span = tracing::info_span!("delivery", id = %id, destination = %d.name, attempt = n);
-    async {
+    let finished = async {
         let m = &ctx.metrics;
         m.in_flight
             .with_label_values(&[&d.name])
@@ -331,7 +351,7 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
         };
         let (step, change) = policy::decide(&facts);
         let last_error = last_error_of(&outcome);
-        carry_out(ctx, d, &msg, &id, n, step, last_error, &outcome, age).await;
+        let finished = carry_out(ctx, d, &msg, &id, n, step, last_error, &outcome, age).await;
         match change {
             StateChange::Degrade if d.current_state() == State::Running => {
                 let reason = format!("{consecutive} consecutive transient failures");
@@ -346,10 +366,11 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
             }
             _ => {}
         }
+        finished
     }
     .instrument(span)
     .await;
-    release(ctx, d, msg.seq);
+    release(ctx, d, msg.seq, finished);
     ctx.metrics
         .in_flight
         .with_label_values(&[&d.name])
@@ -367,7 +388,7 @@ async fn carry_out(
     last_error: Option<LastError>,
     outcome: &Outcome,
     age: Duration,
-) {
+) -> bool {
     let m = &ctx.metrics;
     let status = outcome.response().map(|r| r.status);
     let (disposition, finished) = match &step {
@@ -418,7 +439,7 @@ async fn carry_out(
         // Keep the lease a while: retrying at once would hammer the
         // downstream with a message we cannot record anyway.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        return;
+        return false;
     }
     match &step {
         Step::Ack => {
@@ -449,6 +470,7 @@ async fn carry_out(
             },
         );
     }
+    finished.is_some()
 }
 
 /// Once a second, let adaptive destinations win back rate.

@@ -64,12 +64,25 @@
 //! row change; a periodic sweep deletes history past retention and expired
 //! idempotency keys in bounded chunks, then runs `incremental_vacuum`, so the
 //! file shrinks back as the queue drains. Bodies never live in memory beyond
-//! the few messages being delivered, so RSS stays flat as the queue grows.
+//! the few messages being delivered and a destination's tail (below: at
+//! most 1,024 messages or 4 MiB, and only while its worker keeps up), so
+//! RSS stays flat as the queue grows.
+//!
+//! # Reading back
+//!
+//! A worker reads its queue through `fetch_ready`: an index-only scan for
+//! what is due, then each due row by seq, in one read transaction on a
+//! pooled connection. Once a read finds nothing due that is not already in
+//! flight and nothing scheduled, the worker has caught up, and the writer
+//! hands each new message of that destination to its `tail` as it commits
+//! it: a worker that keeps up reads nothing back. `tail` says what stops
+//! that and why the journal stays the truth.
 
 mod leaves;
 mod reader;
 mod salvage;
 mod schema;
+mod tail;
 mod verify;
 mod writer;
 
@@ -245,6 +258,8 @@ pub struct QueueCounts {
     pub ready: Notify,
     /// Signalled after a commit that freed room in the queue.
     pub room: Notify,
+    /// New messages handed to the worker from memory once it keeps up.
+    pub(crate) tail: tail::Tail,
 }
 
 /// Journal-wide counters for metrics.
@@ -542,10 +557,33 @@ impl Journal {
     /// whose checksum fails are quarantined here and not returned. Also
     /// says when the next message not yet due becomes visible, so a worker
     /// with nothing to do knows how long to sleep without a second read.
-    pub async fn fetch_ready(&self, dest: &str, limit: usize, exclude: Vec<u64>) -> Result<Due> {
+    ///
+    /// `exclude` is asked for the leased seqs once the read has begun: a
+    /// lease let go before then must not be skipped (see `give_back`).
+    pub async fn fetch_ready(&self, dest: &str, limit: usize, exclude: impl FnOnce() -> Vec<u64>) -> Result<Due> {
+        let queue = self.queue(dest);
+        if let Some(messages) = queue.tail.take(limit) {
+            return Ok(Due {
+                messages,
+                next_due: None,
+            });
+        }
+        queue.tail.begin_read();
+        let exclude = exclude();
         let d = dest.to_string();
         let now = now_ms();
-        let ready = self.read(move |r| r.fetch_ready(&d, now, limit, &exclude)).await?;
+        let ready = self.read(move |r| r.fetch_ready(&d, now, limit, &exclude)).await;
+        let ready = match ready {
+            Ok(r) => r,
+            Err(e) => {
+                queue.tail.stop();
+                return Err(e);
+            }
+        };
+        let (ready, last_seq) = ready;
+        queue
+            .tail
+            .end_read(last_seq, ready.messages.is_empty() && ready.next_due.is_none());
         let mut messages = Vec::with_capacity(ready.messages.len());
         for f in ready.messages {
             match f {
@@ -559,9 +597,20 @@ impl Journal {
         })
     }
 
+    /// The worker let go of messages `fetch_ready` gave it while they are
+    /// still pending: unattempted, or released after an attempt that did
+    /// not finish them (a retry, a halt, an outcome it could not record).
+    /// Called after the lease is gone, so that the next read sees them.
+    pub fn give_back(&self, dest: &str) {
+        self.queue(dest).tail.stop();
+    }
+
     /// The lowest-seq pending message of `dest`, visible or not, with its
     /// `visible_at`.
     pub async fn head(&self, dest: &str) -> Result<Option<(Message, i64)>> {
+        // The head may be a message the tail holds too: delivered from
+        // here, the tail must not hand it out again.
+        self.queue(dest).tail.stop();
         loop {
             let d = dest.to_string();
             match self.read(move |r| r.head(&d)).await? {

@@ -178,8 +178,19 @@ impl Reader {
     /// Up to `limit` messages of `dest` due at `now`, skipping `exclude`
     /// (those in flight), and when the first message not yet due becomes
     /// visible. The scan stops at that message: behind it, in index order,
-    /// nothing is due.
-    pub fn fetch_ready(&self, dest: &str, now: i64, limit: usize, exclude: &[u64]) -> rusqlite::Result<Due<Fetched>> {
+    /// nothing is due. Also the highest seq in the snapshot read (one read
+    /// transaction), which the destination's tail starts above.
+    pub fn fetch_ready(
+        &self,
+        dest: &str,
+        now: i64,
+        limit: usize,
+        exclude: &[u64],
+    ) -> rusqlite::Result<(Due<Fetched>, u64)> {
+        let snapshot = self.conn.unchecked_transaction()?;
+        let last_seq: i64 = snapshot
+            .prepare_cached("SELECT coalesce(max(seq), 0) FROM messages")?
+            .query_row([], |r| r.get(0))?;
         let mut due = Vec::with_capacity(limit);
         let mut next_due = None;
         {
@@ -213,7 +224,9 @@ impl Reader {
                 messages.push(m);
             }
         }
-        Ok(Due { messages, next_due })
+        drop(one);
+        snapshot.commit()?;
+        Ok((Due { messages, next_due }, last_seq as u64))
     }
 
     pub fn head(&self, dest: &str) -> rusqlite::Result<Option<(Fetched, i64)>> {

@@ -64,17 +64,17 @@ async fn appended_messages_come_back_in_order_and_leave_on_ack() {
     let (_dir, j) = fresh();
     let a = stored(&j, msg("d", "a")).await;
     let b = stored(&j, msg("d", "b")).await;
-    let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
+    let got = j.fetch_ready("d", 10, Vec::new).await.unwrap().messages;
     assert_eq!(seqs_of(&got), vec![a, b]);
     assert_eq!(&got[0].body[..], b"a");
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 2);
     j.settle(a, "d", 1, None, Disposition::Delivered).await.unwrap();
-    let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
+    let got = j.fetch_ready("d", 10, Vec::new).await.unwrap().messages;
     assert_eq!(got.len(), 1);
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 1);
     assert_eq!(j.status(a).await.unwrap().unwrap().state, schema::STATE_DELIVERED);
     // Excluding a leased seq hides it.
-    assert!(j.fetch_ready("d", 10, vec![b]).await.unwrap().messages.is_empty());
+    assert!(j.fetch_ready("d", 10, || vec![b]).await.unwrap().messages.is_empty());
     j.close();
 }
 
@@ -89,19 +89,19 @@ async fn a_fetch_skips_leased_messages_and_says_when_the_next_is_due() {
         .await
         .unwrap();
     // `a` leased: `b` is due; `c` waits for its retry and bounds the sleep.
-    let due = j.fetch_ready("d", 10, vec![a]).await.unwrap();
+    let due = j.fetch_ready("d", 10, || vec![a]).await.unwrap();
     assert_eq!(seqs_of(&due.messages), vec![b]);
     assert_eq!(&due.messages[0].body[..], b"b");
     assert_eq!(due.next_due, Some(later));
     // The limit counts messages returned, not leased ones skipped.
-    let due = j.fetch_ready("d", 1, vec![a]).await.unwrap();
+    let due = j.fetch_ready("d", 1, || vec![a]).await.unwrap();
     assert_eq!(seqs_of(&due.messages), vec![b]);
     // Everything due is leased: nothing to return, and nothing due before `c`.
-    let due = j.fetch_ready("d", 10, vec![a, b]).await.unwrap();
+    let due = j.fetch_ready("d", 10, || vec![a, b]).await.unwrap();
     assert!(due.messages.is_empty());
     assert_eq!(due.next_due, Some(later));
     j.settle(c, "d", 2, None, Disposition::Delivered).await.unwrap();
-    assert_eq!(j.fetch_ready("d", 10, vec![a, b]).await.unwrap().next_due, None);
+    assert_eq!(j.fetch_ready("d", 10, || vec![a, b]).await.unwrap().next_due, None);
     j.close();
 }
 
@@ -155,7 +155,7 @@ async fn rescheduled_messages_stay_hidden_until_visible() {
     j.settle(a, "d", 1, None, Disposition::Reschedule { visible_at: later })
         .await
         .unwrap();
-    let due = j.fetch_ready("d", 10, vec![]).await.unwrap();
+    let due = j.fetch_ready("d", 10, Vec::new).await.unwrap();
     assert!(due.messages.is_empty());
     assert_eq!(due.next_due, Some(later));
     let (head, vis) = j.head("d").await.unwrap().unwrap();
@@ -184,7 +184,7 @@ async fn dead_letters_replay_and_purge() {
     assert_eq!(dl[0].seq, a);
     assert_eq!(j.dead_letters("d", Some(a), 10).await.unwrap()[0].seq, b);
     assert_eq!(j.replay("d", Some(vec![a])).await.unwrap(), 1);
-    let back = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
+    let back = j.fetch_ready("d", 10, Vec::new).await.unwrap().messages;
     assert_eq!((back[0].seq, back[0].attempts), (a, 0));
     assert_eq!(j.purge_dead_letters("d").await.unwrap(), 1);
     assert_eq!(
@@ -206,7 +206,7 @@ async fn reopening_keeps_pending_messages_and_counts() {
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 1);
     assert_eq!(j.queue("d").bytes.load(Ordering::Relaxed), 5);
     assert_eq!(
-        &j.fetch_ready("d", 1, vec![]).await.unwrap().messages[0].body[..],
+        &j.fetch_ready("d", 1, Vec::new).await.unwrap().messages[0].body[..],
         b"hello"
     );
     j.close();
@@ -218,7 +218,7 @@ async fn a_row_with_a_bad_checksum_is_quarantined_and_others_still_flow() {
     let (a, b) = (seqs[0], seqs[1]);
     tamper(&dir, "UPDATE messages SET body = x'7a7a' WHERE seq = ?1", [a as i64]);
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
-    let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
+    let got = j.fetch_ready("d", 10, Vec::new).await.unwrap().messages;
     assert_eq!(seqs_of(&got), vec![b]);
     assert_eq!(j.status(a).await.unwrap().unwrap().state, schema::STATE_QUARANTINED);
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 1);
@@ -239,7 +239,7 @@ async fn a_row_whose_columns_no_longer_decode_is_quarantined_and_others_still_fl
     );
     tamper(&dir, "UPDATE messages SET attempts = 'many' WHERE seq = ?1", [b as i64]);
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
-    let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
+    let got = j.fetch_ready("d", 10, Vec::new).await.unwrap().messages;
     assert_eq!(seqs_of(&got), vec![c]);
     for seq in [a, b] {
         assert_eq!(j.status(seq).await.unwrap().unwrap().state, schema::STATE_QUARANTINED);
@@ -315,7 +315,7 @@ async fn corruption_seen_while_running_sends_the_next_start_to_salvage() {
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     assert!(dir.path().join("quarantine").read_dir().unwrap().next().is_some());
     assert!(!dir.path().join(schema::SUSPECT_FILE).exists());
-    let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
+    let got = j.fetch_ready("d", 10, Vec::new).await.unwrap().messages;
     assert_eq!(seqs_of(&got), vec![a, b]);
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 0);
     j.close();
@@ -326,7 +326,7 @@ async fn ids_and_bodies(dir: &tempfile::TempDir, seqs: &[u64]) -> (Vec<String>, 
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     let ids = seqs.iter().map(|&s| j.message_id(s)).collect();
     let bodies = j
-        .fetch_ready("d", 10, vec![])
+        .fetch_ready("d", 10, Vec::new)
         .await
         .unwrap()
         .messages
@@ -442,7 +442,7 @@ async fn a_salvage_counts_only_what_is_missing_above_everything_known() {
     std::fs::write(dir.path().join(schema::SUSPECT_FILE), "test").unwrap();
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 2);
-    let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
+    let got = j.fetch_ready("d", 10, Vec::new).await.unwrap().messages;
     assert_eq!(seqs_of(&got), vec![a]);
     assert_eq!(stored(&j, msg("d", "new")).await, far as u64 + 3);
     j.close();
@@ -462,7 +462,7 @@ async fn salvage_survives_text_that_is_not_utf8() {
     std::fs::write(dir.path().join(schema::SUSPECT_FILE), "test").unwrap();
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 1);
-    let got = j.fetch_ready("d", 10, vec![]).await.unwrap().messages;
+    let got = j.fetch_ready("d", 10, Vec::new).await.unwrap().messages;
     assert_eq!(seqs_of(&got), vec![b]);
     j.close();
 }
@@ -510,7 +510,7 @@ async fn a_damaged_interior_page_costs_none_of_the_messages_on_the_leaves_below_
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     assert!(dir.path().join("quarantine").exists(), "salvaged");
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 0, "nothing lost");
-    let got = j.fetch_ready("d", 1000, vec![]).await.unwrap().messages;
+    let got = j.fetch_ready("d", 1000, Vec::new).await.unwrap().messages;
     assert_eq!(seqs_of(&got), seqs);
     assert!(got.iter().zip(&bodies).all(|(m, b)| m.body == b.as_bytes()));
     // Ids go on from where they were.
@@ -545,7 +545,7 @@ async fn with_the_queue_index_damaged_too_finished_messages_stay_finished() {
 
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 0, "nothing lost");
-    let got = j.fetch_ready("d", 1000, vec![]).await.unwrap().messages;
+    let got = j.fetch_ready("d", 1000, Vec::new).await.unwrap().messages;
     assert_eq!(
         seqs_of(&got),
         seqs[100..].to_vec(),
@@ -582,7 +582,7 @@ async fn a_salvage_cut_short_after_the_move_is_carried_out_again_at_the_next_sta
 
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 0, "nothing lost");
-    let got = j.fetch_ready("d", 1000, vec![]).await.unwrap().messages;
+    let got = j.fetch_ready("d", 1000, Vec::new).await.unwrap().messages;
     assert_eq!(seqs_of(&got), seqs);
     assert!(!dir.path().join(schema::SALVAGE_FILE).exists(), "done");
     j.close();
@@ -602,7 +602,7 @@ async fn a_salvage_cut_short_before_the_files_moved_moves_them_and_loses_nothing
         "moved to the quarantine the marker names"
     );
     assert_eq!(j.stats().corrupt_records.load(Ordering::Relaxed), 0, "nothing lost");
-    let got = j.fetch_ready("d", 1000, vec![]).await.unwrap().messages;
+    let got = j.fetch_ready("d", 1000, Vec::new).await.unwrap().messages;
     assert_eq!(seqs_of(&got), seqs);
     j.close();
 }
@@ -682,7 +682,11 @@ mod model {
                 .map(|(s, _)| *s)
                 .collect();
             want.sort();
-            let got = j.fetch_ready(d, 10_000, vec![]).await.unwrap().messages;
+            let got = j.fetch_ready(d, 10_000, Vec::new).await.unwrap().messages;
+            if !got.is_empty() {
+                // Looked at, not attempted: the worker's protocol.
+                j.give_back(d);
+            }
             let mut got_seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
             got_seqs.sort();
             assert_eq!(got_seqs, want, "deliverable messages of {d}");
@@ -788,4 +792,134 @@ async fn a_journal_in_use_is_refused_to_a_second_opener_until_it_closes() {
     j.close();
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     j.close();
+}
+
+/// A worker's hand-outs from a caught-up queue come from the tail; a
+/// settle of a message the tail still holds (an operator's, say) must not
+/// leave its stale copy to be handed out.
+#[tokio::test]
+async fn once_caught_up_new_messages_are_handed_out_once_and_settled_ones_never() {
+    let (_dir, j) = fresh();
+    assert!(j.fetch_ready("d", 10, Vec::new).await.unwrap().messages.is_empty());
+    let a = stored(&j, msg("d", "a")).await;
+    let got = j.fetch_ready("d", 10, Vec::new).await.unwrap().messages;
+    assert_eq!(seqs_of(&got), vec![a]);
+    assert_eq!(&got[0].body[..], b"a");
+    assert!(
+        j.fetch_ready("d", 10, || vec![a]).await.unwrap().messages.is_empty(),
+        "handed out once"
+    );
+    j.settle(a, "d", 1, None, Disposition::Delivered).await.unwrap();
+
+    let b = stored(&j, msg("d", "b")).await;
+    let c = stored(&j, msg("d", "c")).await;
+    let reason = "by hand".to_string();
+    j.settle(b, "d", 0, None, Disposition::DeadLetter { reason })
+        .await
+        .unwrap();
+    let got = j.fetch_ready("d", 10, Vec::new).await.unwrap().messages;
+    assert_eq!(seqs_of(&got), vec![c], "b was dead-lettered while the tail held it");
+}
+
+/// The worker's protocol under concurrency: producers append while a
+/// consumer fetches, leases, and settles from other tasks, some attempts
+/// retried (released, then given back). Every message must be handed out
+/// while not already out, and delivered exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_concurrent_appends_and_settles_every_message_is_delivered_exactly_once() {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    const PRODUCERS: u64 = 8;
+    const EACH: u64 = 400;
+    let (_dir, j) = fresh();
+    let roomy = Limits {
+        max_messages: 1 << 20,
+        ..limits()
+    };
+    for p in 0..PRODUCERS {
+        let j = j.clone();
+        tokio::spawn(async move {
+            for i in 0..EACH {
+                let body = format!("{p}-{i}");
+                j.append(msg("d", &body), roomy).await.unwrap();
+            }
+        });
+    }
+    let leased: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let delivered: Arc<Mutex<HashSet<u64>>> = Arc::default();
+    let mut handed_out = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let queue = j.queue("d");
+    while delivered.lock().unwrap().len() < (PRODUCERS * EACH) as usize {
+        assert!(tokio::time::Instant::now() < deadline, "not all delivered in time");
+        let ready = queue.ready.notified();
+        let due = j
+            .fetch_ready("d", 64, || leased.lock().unwrap().iter().copied().collect())
+            .await
+            .unwrap();
+        if due.messages.is_empty() {
+            // Settles wake no `ready`: re-check now and then.
+            let _ = tokio::time::timeout(Duration::from_millis(20), ready).await;
+            continue;
+        }
+        for m in due.messages {
+            handed_out += 1;
+            assert!(leased.lock().unwrap().insert(m.seq), "{} handed out while out", m.seq);
+            assert!(
+                !delivered.lock().unwrap().contains(&m.seq),
+                "{} handed out after delivery",
+                m.seq
+            );
+            let (j, leased, delivered) = (j.clone(), leased.clone(), delivered.clone());
+            tokio::spawn(async move {
+                let retry = m.seq % 7 == 0 && m.attempts == 0;
+                let disposition = if retry {
+                    Disposition::Reschedule { visible_at: now_ms() }
+                } else {
+                    Disposition::Delivered
+                };
+                j.settle(m.seq, "d", m.attempts + 1, None, disposition).await.unwrap();
+                leased.lock().unwrap().remove(&m.seq);
+                if retry {
+                    j.give_back("d");
+                } else {
+                    assert!(delivered.lock().unwrap().insert(m.seq), "{} delivered twice", m.seq);
+                }
+            });
+        }
+    }
+    let retried = (1..=PRODUCERS * EACH).filter(|s| s % 7 == 0).count() as u64;
+    assert_eq!(handed_out, PRODUCERS * EACH + retried);
+    assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 0);
+    j.close();
+}
+
+/// A lease let go just as a read begins: the read must not skip the
+/// message as leased and then call the queue caught up, or the message
+/// waits for the next unrelated read.
+#[tokio::test]
+async fn a_lease_let_go_as_a_read_begins_is_not_skipped() {
+    let (_dir, j) = fresh();
+    assert!(j.fetch_ready("d", 10, Vec::new).await.unwrap().messages.is_empty());
+    let m = stored(&j, msg("d", "m")).await;
+    assert_eq!(
+        seqs_of(&j.fetch_ready("d", 10, Vec::new).await.unwrap().messages),
+        vec![m]
+    );
+    j.settle(m, "d", 1, None, Disposition::Reschedule { visible_at: 0 })
+        .await
+        .unwrap();
+    // Another message went back meanwhile: the next fetch reads the journal.
+    j.give_back("d");
+    // m's release lands while that read asks for the leases.
+    let due = j
+        .fetch_ready("d", 10, || {
+            j.give_back("d");
+            vec![m]
+        })
+        .await
+        .unwrap();
+    assert!(due.messages.is_empty());
+    let due = j.fetch_ready("d", 10, Vec::new).await.unwrap();
+    assert_eq!(seqs_of(&due.messages), vec![m], "given back, due, and not leased");
 }

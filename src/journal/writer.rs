@@ -74,6 +74,12 @@ struct Effect {
     bytes: i64,
     dead: i64,
     ready: bool,
+    /// A new message, for the destination's tail.
+    appended: Option<(u64, Arc<NewMessage>)>,
+    /// Messages became pending again other than by an append.
+    requeued: bool,
+    /// The message a settle changed, if any.
+    settled: Option<u64>,
 }
 
 /// A command's answer, held until the commit decides whether it stands.
@@ -300,6 +306,16 @@ impl Writer {
         add(&q.depth, eff.depth);
         add(&q.bytes, eff.bytes);
         add(&q.dead_letters, eff.dead);
+        // Before `ready` wakes the worker, so it finds them there.
+        if let Some((seq, msg)) = &eff.appended {
+            q.tail.offer(*seq, msg);
+        }
+        if eff.requeued {
+            q.tail.stop();
+        }
+        if let Some(seq) = eff.settled {
+            q.tail.settled(seq);
+        }
         if eff.ready {
             q.ready.notify_one();
         }
@@ -468,6 +484,8 @@ fn apply(
                 bytes,
                 dead: -(n as i64),
                 ready: n > 0,
+                requeued: n > 0,
+                ..Effect::default()
             };
             Ok((Answer::Count(n), eff))
         }
@@ -511,7 +529,7 @@ fn apply(
 
 fn append(
     tx: &Transaction<'_>,
-    msg: &NewMessage,
+    msg: &Arc<NewMessage>,
     limits: &Limits,
     shared: &Shared,
     staged: &mut std::collections::HashMap<String, (i64, i64)>,
@@ -584,6 +602,8 @@ fn append(
         bytes: size,
         dead: 0,
         ready: true,
+        appended: Some((seq as u64, msg.clone())),
+        ..Effect::default()
     };
     Ok((Answer::Append(Ok(Appended::Stored { seq: seq as u64 })), eff))
 }
@@ -640,6 +660,7 @@ fn settle(
             let eff = Effect {
                 dest: Some(dest.to_string()),
                 ready: n > 0,
+                settled: (n > 0).then_some(seq as u64),
                 ..Effect::default()
             };
             return Ok((Answer::Unit, eff));
@@ -657,7 +678,8 @@ fn settle(
         } else {
             0
         },
-        ready: false,
+        settled: Some(seq as u64),
+        ..Effect::default()
     };
     Ok((Answer::Unit, eff))
 }

@@ -18,6 +18,12 @@ async fn transient_failures_are_retried_until_delivered() {
         .collect();
     assert_eq!(numbers, ["1", "2", "3"]);
     assert_eq!(tg.message(&id).await["attempts"], 3);
+    // Each retry is due 20 ms after its failure; the worker must wake for
+    // it, not wait for its idle re-check (5 s) to find it.
+    for pair in attempts.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap < Duration::from_secs(2), "a retry came {gap:?} after the failure");
+    }
 }
 
 #[tokio::test]
