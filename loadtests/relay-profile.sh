@@ -21,7 +21,9 @@ CONF
 { tidegate_config_head; printf '[log]\nlevel = "warn"\n'; relay_destination "http://127.0.0.1:$P_OK/relay"; } > "$work/tidegate.toml"
 start_tidegate "$work/tidegate.toml"
 delivered() { curl -s "http://$ADMIN/v1/destinations/relay" | python3 -c 'import json,sys; print(json.load(sys.stdin)["counters"]["delivered"])'; }
+fsyncs() { curl -s "http://$ADMIN/metrics" | awk '/^tidegate_journal_fsyncs_total|^journal_fsyncs_total/ {print $2}'; }
 before=$(delivered)
+fsyncs_before=$(fsyncs)
 load() {
   if [ -n "${K6:-}" ]; then
     k6 run --quiet --no-color --summary-export "$work/k6.json" -e TARGET="http://$INGRESS/relay/x" -e VUS="$CONNS" -e DURATION="$DURATION" loadtests/k6/ingest.js >/dev/null 2>&1 || true
@@ -39,4 +41,5 @@ else
   wait $perfpid || true
 fi
 after=$(delivered)
+echo "fsyncs during the run: $(( $(fsyncs) - fsyncs_before ))"
 echo "delivered during the run: $((after - before)); backlog: $(curl -s "http://$ADMIN/v1/destinations/relay" | python3 -c 'import json,sys; print(json.load(sys.stdin)["queue"]["depth"])')"
