@@ -217,12 +217,7 @@ fn release(ctx: &Context, d: &Destination, seq: u64, finished: bool) {
 }
 
 /// Builds the downstream request for a message.
-fn request_for(
-    ctx: &Context,
-    cfg: &crate::config::Destination,
-    msg: &Message,
-    attempt: u32,
-) -> Option<delivery::Request> {
+fn request_for(cfg: &crate::config::Destination, msg: &Message, id: &str, attempt: u32) -> Option<delivery::Request> {
     let url = join_url(&cfg.url, &msg.path)?;
     let method = http::Method::from_bytes(msg.method.as_bytes()).ok()?;
     let mut headers = http::HeaderMap::new();
@@ -244,11 +239,10 @@ fn request_for(
             headers.insert(k.clone(), val);
         }
     }
-    let id = ctx.journal.message_id(msg.seq);
-    let idem = msg.idempotency_key.clone().unwrap_or_else(|| id.clone());
+    let idem = msg.idempotency_key.as_deref().unwrap_or(id);
     headers.remove("idempotency-key");
-    put_header(&mut headers, "idempotency-key", &idem);
-    put_header(&mut headers, "x-tidegate-message-id", &id);
+    put_header(&mut headers, "idempotency-key", idem);
+    put_header(&mut headers, "x-tidegate-message-id", id);
     put_header(&mut headers, "x-tidegate-attempt", &attempt.to_string());
     Some(delivery::Request {
         method,
@@ -299,7 +293,7 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
             .with_label_values(&[&d.name])
             .set(d.in_flight.load(Ordering::Relaxed) as i64);
         let started = std::time::Instant::now();
-        let outcome = match request_for(ctx, &cfg, &msg, n) {
+        let outcome = match request_for(&cfg, &msg, &id, n) {
             Some(req) => ctx.deliver.deliver(req).await,
             None => Outcome::Permanent {
                 kind: delivery::FailureKind::Http4xx,
