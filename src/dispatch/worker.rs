@@ -188,12 +188,12 @@ async fn serial_step(
 }
 
 /// Drops fetched messages not yet attempted; they stay pending in the
-/// journal, which must be told so that it offers them again.
+/// journal, which must be told so that it offers them again. Told even
+/// with none fetched: a destination that is not delivering from its queue
+/// (paused, halted, serial) keeps no new messages in memory.
 fn give_back(ctx: &Context, d: &Destination, buffer: &mut VecDeque<Message>) {
-    if !buffer.is_empty() {
-        buffer.clear();
-        ctx.journal.give_back(&d.name);
-    }
+    buffer.clear();
+    ctx.journal.give_back(&d.name);
 }
 
 fn lease(d: &Destination, seq: u64) {
