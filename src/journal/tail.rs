@@ -22,7 +22,9 @@
 //! serial head, which may be a message the tail holds too.
 //!
 //! The tail is bounded: a worker that falls behind overflows it, which
-//! stops it; bodies stay on disk while a backlog builds, as before.
+//! stops it; bodies stay on disk while a backlog builds, as before. A
+//! worker that is not delivering from its queue (paused, halted, serial)
+//! stops it too, so it holds nothing then.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
