@@ -558,8 +558,11 @@ impl Journal {
     /// says when the next message not yet due becomes visible, so a worker
     /// with nothing to do knows how long to sleep without a second read.
     ///
-    /// `exclude` is asked for the leased seqs once the read has begun: a
-    /// lease let go before then must not be skipped (see `give_back`).
+    /// A hand-out, not a look: once the worker has caught up, new messages
+    /// come from the destination's tail (the committed copies, in memory),
+    /// each once. So every message returned must be settled or given back
+    /// (`give_back`). `exclude` is asked for the leased seqs once the read
+    /// has begun: a lease let go before then must not be skipped.
     pub async fn fetch_ready(&self, dest: &str, limit: usize, exclude: impl FnOnce() -> Vec<u64>) -> Result<Due> {
         let queue = self.queue(dest);
         if let Some(messages) = queue.tail.take(limit) {
