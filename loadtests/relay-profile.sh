@@ -21,7 +21,7 @@ CONF
 { tidegate_config_head; printf '[log]\nlevel = "warn"\n'; relay_destination "http://127.0.0.1:$P_OK/relay"; } > "$work/tidegate.toml"
 start_tidegate "$work/tidegate.toml"
 delivered() { curl -s "http://$ADMIN/v1/destinations/relay" | python3 -c 'import json,sys; print(json.load(sys.stdin)["counters"]["delivered"])'; }
-fsyncs() { curl -s "http://$ADMIN/metrics" | awk '/^tidegate_journal_fsyncs_total|^journal_fsyncs_total/ {print $2}'; }
+fsyncs() { curl -s "http://$ADMIN/metrics" | awk '/^tidegate_journal_fsyncs_total / {print $2}'; }
 before=$(delivered)
 fsyncs_before=$(fsyncs)
 load() {

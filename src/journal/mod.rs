@@ -575,15 +575,13 @@ impl Journal {
         let exclude = exclude();
         let d = dest.to_string();
         let now = now_ms();
-        let ready = self.read(move |r| r.fetch_ready(&d, now, limit, &exclude)).await;
-        let ready = match ready {
-            Ok(r) => r,
+        let (ready, last_seq) = match self.read(move |r| r.fetch_ready(&d, now, limit, &exclude)).await {
+            Ok(read) => read,
             Err(e) => {
                 queue.tail.stop();
                 return Err(e);
             }
         };
-        let (ready, last_seq) = ready;
         queue
             .tail
             .end_read(last_seq, ready.messages.is_empty() && ready.next_due.is_none());

@@ -241,12 +241,13 @@ fn copy_rows(
     // them on the leaf pages themselves.
     owed.pending.retain(|s| !recovered.contains(s));
     owed.dead.retain(|s| !recovered.contains(s));
-    let mut unwitnessed = unreadable;
-    if index_complete {
-        unwitnessed = SeqSet::default();
+    let unwitnessed = if index_complete {
+        SeqSet::default()
     } else {
-        unwitnessed.retain(|s| !recovered.contains(s));
-    }
+        let mut u = unreadable;
+        u.retain(|s| !recovered.contains(s));
+        u
+    };
     if !owed.is_empty() || !unwitnessed.is_empty() {
         let mut failed = None;
         rows_from_leaves(old, old_path, &owed, &unwitnessed, &mut |row| {

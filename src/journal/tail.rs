@@ -180,6 +180,14 @@ mod tests {
         })
     }
 
+    /// A tail whose catching-up read saw seqs up to 0.
+    fn caught_up() -> Tail {
+        let t = Tail::default();
+        t.begin_read();
+        t.end_read(0, true);
+        t
+    }
+
     fn seqs(t: &Tail) -> Option<Vec<u64>> {
         t.take(usize::MAX).map(|v| v.into_iter().map(|m| m.seq).collect())
     }
@@ -237,9 +245,7 @@ mod tests {
 
     #[test]
     fn a_stop_once_caught_up_empties_it_until_the_next_read() {
-        let t = Tail::default();
-        t.begin_read();
-        t.end_read(0, true);
+        let t = caught_up();
         t.offer(1, &msg(10));
         t.stop();
         assert_eq!(seqs(&t), None);
@@ -249,9 +255,7 @@ mod tests {
 
     #[test]
     fn settling_a_message_it_still_holds_stops_it_settling_one_taken_does_not() {
-        let t = Tail::default();
-        t.begin_read();
-        t.end_read(0, true);
+        let t = caught_up();
         for seq in 1..=3 {
             t.offer(seq, &msg(10));
         }
@@ -265,9 +269,7 @@ mod tests {
 
     #[test]
     fn overflowing_it_stops_it() {
-        let t = Tail::default();
-        t.begin_read();
-        t.end_read(0, true);
+        let t = caught_up();
         for seq in 1..=MAX_MESSAGES as u64 {
             t.offer(seq, &msg(1));
         }
@@ -287,9 +289,7 @@ mod tests {
 
     #[test]
     fn messages_come_out_as_they_went_in_before_any_attempt() {
-        let t = Tail::default();
-        t.begin_read();
-        t.end_read(0, true);
+        let t = caught_up();
         let m = msg(3);
         t.offer(9, &m);
         let out = t.take(1).unwrap_or_default();

@@ -794,17 +794,24 @@ async fn a_journal_in_use_is_refused_to_a_second_opener_until_it_closes() {
     j.close();
 }
 
+/// Fetches destination "d" of an empty journal (so it is caught up), then
+/// appends `body` and fetches again: that message, from the tail.
+async fn caught_up_then_one_handed_out(j: &Journal, body: &str) -> (u64, Message) {
+    assert!(j.fetch_ready("d", 10, Vec::new).await.unwrap().messages.is_empty());
+    let seq = stored(j, msg("d", body)).await;
+    let mut got = j.fetch_ready("d", 10, Vec::new).await.unwrap().messages;
+    assert_eq!(seqs_of(&got), vec![seq]);
+    (seq, got.remove(0))
+}
+
 /// A worker's hand-outs from a caught-up queue come from the tail; a
 /// settle of a message the tail still holds (an operator's, say) must not
 /// leave its stale copy to be handed out.
 #[tokio::test]
 async fn once_caught_up_new_messages_are_handed_out_once_and_settled_ones_never() {
     let (_dir, j) = fresh();
-    assert!(j.fetch_ready("d", 10, Vec::new).await.unwrap().messages.is_empty());
-    let a = stored(&j, msg("d", "a")).await;
-    let got = j.fetch_ready("d", 10, Vec::new).await.unwrap().messages;
-    assert_eq!(seqs_of(&got), vec![a]);
-    assert_eq!(&got[0].body[..], b"a");
+    let (a, got) = caught_up_then_one_handed_out(&j, "a").await;
+    assert_eq!(&got.body[..], b"a");
     assert!(
         j.fetch_ready("d", 10, || vec![a]).await.unwrap().messages.is_empty(),
         "handed out once"
@@ -900,12 +907,7 @@ async fn under_concurrent_appends_and_settles_every_message_is_delivered_exactly
 #[tokio::test]
 async fn a_lease_let_go_as_a_read_begins_is_not_skipped() {
     let (_dir, j) = fresh();
-    assert!(j.fetch_ready("d", 10, Vec::new).await.unwrap().messages.is_empty());
-    let m = stored(&j, msg("d", "m")).await;
-    assert_eq!(
-        seqs_of(&j.fetch_ready("d", 10, Vec::new).await.unwrap().messages),
-        vec![m]
-    );
+    let (m, _) = caught_up_then_one_handed_out(&j, "m").await;
     j.settle(m, "d", 1, None, Disposition::Reschedule { visible_at: 0 })
         .await
         .unwrap();
