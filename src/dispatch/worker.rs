@@ -390,6 +390,7 @@ async fn carry_out(
         Step::Retry { delay } => {
             tracing::debug!(
                 status,
+                kind = last_error.as_ref().map_or("", |e| e.kind.as_str()),
                 delay_ms = delay.as_millis() as u64,
                 "attempt failed; retry scheduled"
             );

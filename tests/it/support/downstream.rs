@@ -17,7 +17,8 @@ pub struct Seen {
     pub headers: HeaderMap,
     pub body: Bytes,
     pub at: Instant,
-    /// The status it was answered with.
+    /// The status it was answered with; 0 if its body never fully arrived
+    /// (and it was not answered).
     pub status: u16,
 }
 
@@ -124,7 +125,13 @@ impl Downstream {
 
 async fn handle(State(ds): State<Downstream>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
-    let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+    // A request whose body never fully arrived (the sender gave up: a
+    // timeout, a kill) was not delivered: recorded with status 0, never
+    // answered, so no count of 2xx answers takes it for a delivery.
+    let (body, aborted) = match axum::body::to_bytes(body, 64 << 20).await {
+        Ok(b) => (b, false),
+        Err(_) => (Bytes::new(), true),
+    };
     let seen = Seen {
         method: parts.method.to_string(),
         path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
@@ -133,6 +140,10 @@ async fn handle(State(ds): State<Downstream>, req: Request) -> Response {
         at: Instant::now(),
         status: 0,
     };
+    if aborted {
+        ds.seen.lock().unwrap().push(seen);
+        return StatusCode::BAD_REQUEST.into_response();
+    }
     let reply = {
         let respond = ds.respond.lock().unwrap().clone();
         let mut seen_all = ds.seen.lock().unwrap();
