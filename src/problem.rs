@@ -78,6 +78,19 @@ impl Problem {
         p.retry_after = Some(retry_after.max(1));
         p
     }
+    /// An `Idempotency-Key` reused for a different request within
+    /// `history_retention`: storing it would drop the new body silently.
+    pub fn idempotency_key_reused(first_id: &str) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency_key_reused",
+            "Idempotency key reused",
+            format!(
+                "this Idempotency-Key was first used for message {first_id} with a different method, \
+                 path or body; nothing was stored (use a new key for a new request)"
+            ),
+        )
+    }
     pub fn destination_halted(dest: &str) -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -147,14 +147,7 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
 
     let idempotency_key = match parts.headers.get("idempotency-key") {
         None => None,
-        Some(v) => match v.to_str() {
-            Ok(k) if !k.is_empty() && k.len() <= 256 => Some(k.to_string()),
-            _ => {
-                return Err(Problem::invalid_request(
-                    "Idempotency-Key must be 1 to 256 visible ASCII characters",
-                ))
-            }
-        },
+        Some(v) => Some(idempotency_key(v.as_bytes())?),
     };
     let wait = prefer_wait(&parts.headers);
     let path_and_query = match parts.uri.query() {
@@ -184,6 +177,15 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
             (seq, false)
         }
         Appended::Duplicate { seq } => (seq, true),
+        Appended::KeyReused { seq } => {
+            let first = ing.journal.message_id(seq);
+            return Err(reject(
+                ing,
+                name,
+                "idempotency_key_reused",
+                Problem::idempotency_key_reused(&first),
+            ));
+        }
         Appended::QueueFull => unreachable!("handled by append_with_backpressure"),
     };
     let id = ing.journal.message_id(seq);
@@ -203,6 +205,39 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
     // Ids and destination names need no JSON escaping.
     let body = format!(r#"{{"id":"{id}","destination":"{name}","status":"queued"}}"#);
     Ok(json_response(StatusCode::ACCEPTED, body, &id))
+}
+
+/// The `Idempotency-Key` value. The IETF draft makes it a structured-field
+/// string; producers mostly send the bare characters, so both are taken:
+/// `"abc"` and `abc` are the same key. Either way the key is 1 to 256
+/// printable ASCII characters, space included (0x20 to 0x7E); in the quoted
+/// form `\"` and `\\` stand for `"` and `\`.
+fn idempotency_key(raw: &[u8]) -> Result<String, Problem> {
+    const RULE: &str = "Idempotency-Key must be 1 to 256 printable ASCII characters (0x20 to 0x7E), \
+                        bare or as a quoted structured-field string";
+    let bad = || Problem::invalid_request(RULE);
+    let key: Vec<u8> = match raw {
+        [b'"', inner @ .., b'"'] => {
+            let mut out = Vec::with_capacity(inner.len());
+            let mut it = inner.iter();
+            while let Some(&c) = it.next() {
+                match c {
+                    b'\\' => match it.next() {
+                        Some(&e @ (b'"' | b'\\')) => out.push(e),
+                        _ => return Err(bad()),
+                    },
+                    b'"' => return Err(bad()),
+                    c => out.push(c),
+                }
+            }
+            out
+        }
+        _ => raw.to_vec(),
+    };
+    if key.is_empty() || key.len() > 256 || !key.iter().all(|c| (0x20..=0x7e).contains(c)) {
+        return Err(bad());
+    }
+    String::from_utf8(key).map_err(|_| bad())
 }
 
 /// `/{destination}/{rest}` → (destination, "/rest" or "").
@@ -364,6 +399,26 @@ mod tests {
         assert_eq!(split_destination("/crm").unwrap(), ("crm", ""));
         assert!(split_destination("/CRM/x").is_err());
         assert!(split_destination("/").is_err());
+    }
+
+    #[test]
+    fn idempotency_keys_follow_the_rule_their_error_states() {
+        assert_eq!(idempotency_key(b"order 42").unwrap(), "order 42");
+        assert_eq!(idempotency_key(b"\"order-42\"").unwrap(), "order-42");
+        assert_eq!(idempotency_key(b"\"a\\\"b\"").unwrap(), "a\"b");
+        assert_eq!(idempotency_key(&[b'k'; 256]).unwrap().len(), 256);
+        for bad in [
+            &b""[..],
+            b"\"\"",
+            &[b'k'; 257],
+            b"caf\xc3\xa9",
+            b"tab\there",
+            b"\"a\"b\"",
+            b"\"a\\b\"",
+        ] {
+            let e = idempotency_key(bad).unwrap_err();
+            assert!(e.detail.contains("0x20 to 0x7E"), "{bad:?}: {}", e.detail);
+        }
     }
 
     #[test]

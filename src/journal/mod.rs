@@ -173,6 +173,23 @@ pub struct NewMessage {
     pub received_at: i64,
 }
 
+impl NewMessage {
+    /// What an `Idempotency-Key` covers, digested: the method, the path with
+    /// its query, and the body. A repeat of the key must match it to count
+    /// as a repeat (the IETF Idempotency-Key draft's fingerprint).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        // Lengths first, so that no two different triples hash alike.
+        for part in [self.method.as_bytes(), self.path.as_bytes()] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.update(&self.body[..]);
+        h.finalize().into()
+    }
+}
+
 /// Limits the writer enforces when appending.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -188,6 +205,11 @@ pub enum Appended {
         seq: u64,
     },
     Duplicate {
+        seq: u64,
+    },
+    /// The `Idempotency-Key` was seen within the window for a different
+    /// request (method, path or body): nothing stored.
+    KeyReused {
         seq: u64,
     },
     /// The destination's queue is at `max_messages` or `max_bytes`.
@@ -351,6 +373,7 @@ impl Journal {
         let stats = Arc::new(JournalStats::default());
         stats.max_disk.store(max_disk, Ordering::Relaxed);
         let db = dir.join(schema::DB_FILE);
+        let new_journal = !db.exists();
         let suspect = dir.join(schema::SUSPECT_FILE);
         stats.suspect_marker.get_or_init(|| suspect.clone());
         // Corruption seen while running may be of a kind the start-up check
@@ -370,7 +393,15 @@ impl Journal {
             }
         };
         let opened = match checked {
-            Ok(o) => o,
+            Ok(o) => {
+                if new_journal {
+                    // Said loudly: a storage.path that points somewhere new
+                    // (a typo, another working directory) looks like a queue
+                    // that emptied itself.
+                    tracing::warn!(path = %db.display(), "no journal here: created a new, empty one");
+                }
+                o
+            }
             Err(schema::OpenError::Refused(reason)) => {
                 return Err(JournalError::Io(std::io::Error::other(format!(
                     "{}: {reason}{}",
@@ -506,7 +537,15 @@ impl Journal {
     /// Makes a message durable. Returns only after the commit.
     pub async fn append(&self, msg: impl Into<Arc<NewMessage>>, limits: Limits) -> Result<Appended> {
         let msg = msg.into();
-        self.call(|reply| writer::Command::Append { msg, limits, reply }).await
+        // Digested here, on the caller's task, not on the single writer.
+        let fingerprint = msg.idempotency_key.as_ref().map(|_| msg.fingerprint());
+        self.call(|reply| writer::Command::Append {
+            msg,
+            fingerprint,
+            limits,
+            reply,
+        })
+        .await
     }
 
     /// Records the outcome of an attempt: `attempts` is the new total.

@@ -285,19 +285,26 @@ fn copy_rows(
     // Ids are never reused, lost or not.
     schema::set_meta(new, "seq_floor", &floor.max(top).max(hwm).to_string())?;
     // Idempotency keys and destination states are best effort.
-    if let Ok(mut stmt) = old.prepare("SELECT dest, key, seq, created_at FROM idempotency") {
+    // A file from before fingerprints has no such column: its keys come
+    // over without one.
+    let keys = old
+        .prepare("SELECT dest, key, seq, created_at, fingerprint FROM idempotency")
+        .or_else(|_| old.prepare("SELECT dest, key, seq, created_at, NULL FROM idempotency"));
+    if let Ok(mut stmt) = keys {
         if let Ok(rows) = stmt.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, i64>(2)?,
                 r.get::<_, i64>(3)?,
+                r.get::<_, Option<Vec<u8>>>(4)?,
             ))
         }) {
-            for (d, k, s, c) in rows.flatten() {
+            for (d, k, s, c, f) in rows.flatten() {
                 let _ = new.execute(
-                    "INSERT OR IGNORE INTO idempotency (dest, key, seq, created_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![d, k, s, c],
+                    "INSERT OR IGNORE INTO idempotency (dest, key, seq, created_at, fingerprint)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![d, k, s, c, f],
                 );
             }
         }

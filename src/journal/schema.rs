@@ -63,6 +63,7 @@ CREATE TABLE IF NOT EXISTS idempotency (
     key        TEXT    NOT NULL,
     seq        INTEGER NOT NULL,
     created_at INTEGER NOT NULL,
+    fingerprint BLOB,
     PRIMARY KEY (dest, key)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS idempotency_age ON idempotency(created_at);
@@ -169,6 +170,7 @@ pub fn open_checked(path: &Path) -> Result<Opened, OpenError> {
     .map_err(e("open"))?;
     configure(&conn, true).map_err(e("pragmas"))?;
     conn.execute_batch(CREATE).map_err(e("schema"))?;
+    add_fingerprint_column(&conn).map_err(e("schema"))?;
 
     let version: Option<String> = meta(&conn, "format_version").map_err(e("meta"))?;
     match version.as_deref().map(str::parse::<i64>) {
@@ -228,6 +230,21 @@ pub fn open_checked(path: &Path) -> Result<Opened, OpenError> {
         counts,
         known_seq: max_seq.max(floor),
     })
+}
+
+/// Journals written before idempotency keys carried a fingerprint of what
+/// they cover get the column (NULL for their keys: a reuse of one of those
+/// cannot be told from a repeat, and is taken as a repeat).
+fn add_fingerprint_column(conn: &Connection) -> rusqlite::Result<()> {
+    let has: bool = conn.query_row(
+        "SELECT count(*) FROM pragma_table_info('idempotency') WHERE name = 'fingerprint'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if !has {
+        conn.execute_batch("ALTER TABLE idempotency ADD COLUMN fingerprint BLOB")?;
+    }
+    Ok(())
 }
 
 /// A salt as stored: eight hex digits.

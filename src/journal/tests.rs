@@ -148,6 +148,50 @@ async fn a_repeated_idempotency_key_stores_nothing_new() {
 }
 
 #[tokio::test]
+async fn a_key_reused_for_another_method_path_or_body_is_refused_and_stores_nothing() {
+    let (_dir, j) = fresh();
+    let mut m = msg("d", "a");
+    m.idempotency_key = Some("k1".into());
+    let first = stored(&j, m.clone()).await;
+    let mut other_body = m.clone();
+    other_body.body = Bytes::from_static(b"b");
+    let mut other_path = m.clone();
+    other_path.path = "/x?y=2".into();
+    let mut other_method = m.clone();
+    other_method.method = "PUT".into();
+    for reused in [other_body, other_path, other_method] {
+        assert_eq!(
+            j.append(reused, limits()).await.unwrap(),
+            Appended::KeyReused { seq: first }
+        );
+    }
+    // Other headers are not covered: the same request again is a repeat.
+    m.headers.push(("x-trace".into(), "2".into()));
+    assert_eq!(j.append(m, limits()).await.unwrap(), Appended::Duplicate { seq: first });
+    assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 1);
+    j.close();
+}
+
+#[tokio::test]
+async fn a_journal_from_before_fingerprints_opens_and_its_keys_answer_as_repeats() {
+    let (dir, j) = fresh();
+    let mut m = msg("d", "a");
+    m.idempotency_key = Some("k1".into());
+    let first = stored(&j, m.clone()).await;
+    j.close();
+    {
+        let c = rusqlite::Connection::open(dir.path().join(schema::DB_FILE)).unwrap();
+        // The table as builds before fingerprints made it.
+        c.execute_batch("ALTER TABLE idempotency DROP COLUMN fingerprint")
+            .unwrap();
+    }
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    m.body = Bytes::from_static(b"changed");
+    assert_eq!(j.append(m, limits()).await.unwrap(), Appended::Duplicate { seq: first });
+    j.close();
+}
+
+#[tokio::test]
 async fn rescheduled_messages_stay_hidden_until_visible() {
     let (_dir, j) = fresh();
     let a = stored(&j, msg("d", "a")).await;

@@ -24,6 +24,8 @@ const SWEEP_CHUNK: i64 = 5000;
 pub enum Command {
     Append {
         msg: Arc<NewMessage>,
+        /// `msg.fingerprint()`, when it has an idempotency key.
+        fingerprint: Option<[u8; 32]>,
         limits: Limits,
         reply: oneshot::Sender<Result<Appended>>,
     },
@@ -445,7 +447,12 @@ fn apply(
         )
     };
     match cmd {
-        Command::Append { msg, limits, .. } => append(tx, msg, limits, shared, staged, next_seq),
+        Command::Append {
+            msg,
+            fingerprint,
+            limits,
+            ..
+        } => append(tx, msg, fingerprint.as_ref(), limits, shared, staged, next_seq),
         Command::Settle {
             seq,
             dest,
@@ -530,22 +537,32 @@ fn apply(
 fn append(
     tx: &Transaction<'_>,
     msg: &Arc<NewMessage>,
+    fingerprint: Option<&[u8; 32]>,
     limits: &Limits,
     shared: &Shared,
     staged: &mut std::collections::HashMap<String, (i64, i64)>,
     next_seq: &mut i64,
 ) -> rusqlite::Result<(Answer, Effect)> {
     if let Some(key) = &msg.idempotency_key {
-        let found: Option<(i64, i64)> = tx
-            .prepare_cached("SELECT seq, created_at FROM idempotency WHERE dest = ?1 AND key = ?2")?
-            .query_row(params![msg.dest, key], |r| Ok((r.get(0)?, r.get(1)?)))
+        let found: Option<(i64, i64, Option<Vec<u8>>)> = tx
+            .prepare_cached("SELECT seq, created_at, fingerprint FROM idempotency WHERE dest = ?1 AND key = ?2")?
+            .query_row(params![msg.dest, key], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
-        if let Some((seq, created_at)) = found {
+        if let Some((seq, created_at, stored)) = found {
             if msg.received_at - created_at <= limits.idempotency_window_ms {
-                return Ok((
-                    Answer::Append(Ok(Appended::Duplicate { seq: seq as u64 })),
-                    Effect::default(),
-                ));
+                let seq = seq as u64;
+                // A key stored without a fingerprint (by an older build)
+                // cannot be told apart from a repeat: taken as one.
+                let same = match (stored, fingerprint) {
+                    (Some(s), Some(f)) => s[..] == f[..],
+                    _ => true,
+                };
+                let answer = if same {
+                    Appended::Duplicate { seq }
+                } else {
+                    Appended::KeyReused { seq }
+                };
+                return Ok((Answer::Append(Ok(answer)), Effect::default()));
             }
         }
     }
@@ -589,10 +606,17 @@ fn append(
     *next_seq += 1;
     if let Some(key) = &msg.idempotency_key {
         tx.prepare_cached(
-            "INSERT INTO idempotency (dest, key, seq, created_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT(dest, key) DO UPDATE SET seq = excluded.seq, created_at = excluded.created_at",
+            "INSERT INTO idempotency (dest, key, seq, created_at, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(dest, key) DO UPDATE SET seq = excluded.seq, created_at = excluded.created_at,
+             fingerprint = excluded.fingerprint",
         )?
-        .execute(params![msg.dest, key, seq, msg.received_at])?;
+        .execute(params![
+            msg.dest,
+            key,
+            seq,
+            msg.received_at,
+            fingerprint.map(|f| &f[..])
+        ])?;
     }
     *staged_n += 1;
     *staged_b += size;
