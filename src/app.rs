@@ -51,7 +51,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 .await
         })
     };
-    tracing::info!(admin = %admin_addr, "starting: admin listener up, opening the journal");
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    tracing::info!(
+        admin = %admin_addr,
+        storage = %config.storage.path.display(),
+        config = %config_path.display(),
+        "starting: admin listener up, opening the journal"
+    );
     let max_disk = config.storage.max_disk;
     let journal = tokio::task::spawn_blocking(move || Journal::open_locked(storage_lock, max_disk))
         .await?

@@ -106,6 +106,9 @@ pub struct Config {
     pub log: LogConfig,
     pub server: ServerConfig,
     pub destinations: Vec<Destination>,
+    /// Valid but probably not meant (no destination at all): printed by
+    /// `check` and logged at start.
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -323,8 +326,8 @@ struct RawRateLimit {
 #[serde(deny_unknown_fields)]
 struct RawRetry {
     max_attempts: Option<Spanned<i64>>,
-    initial_backoff: Option<HumanDuration>,
-    max_backoff: Option<HumanDuration>,
+    initial_backoff: Option<Spanned<HumanDuration>>,
+    max_backoff: Option<Spanned<HumanDuration>>,
     multiplier: Option<Spanned<f64>>,
     jitter: Option<bool>,
     max_age: Option<HumanDuration>,
@@ -352,13 +355,29 @@ impl Config {
         Self::parse(path, &text)
     }
 
-    /// Validates config text; `path` is only used to locate errors and
-    /// resolve nothing else.
+    /// Validates config text; `path` locates errors, and relative paths in
+    /// the config (`storage.path`, `ca_file`) are resolved against its
+    /// directory, never the working directory: the same file opens the same
+    /// queue wherever tidegate is started from.
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let located = Locator { path, text };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| {
-            let span = e.span().unwrap_or(0..0);
-            located.error(span, e.message().to_string())
+        let located = Locator {
+            path,
+            text,
+            base: config_dir(path),
+        };
+        let de = toml::Deserializer::parse(text)
+            .map_err(|e| located.error(e.span().unwrap_or(0..0), e.message().to_string()))?;
+        // serde_path_to_error follows the deserializer down the tables, so
+        // an error names the key it is about (a missing `owner`, an unknown
+        // `[alerts]` table), not whatever line its span happens to start on.
+        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = key_path(&e.path().to_string(), e.inner().message());
+            let inner = e.into_inner();
+            let mut err = located.error(inner.span().unwrap_or(0..0), inner.message().to_string());
+            if let ConfigError::Invalid { key: k, .. } = &mut err {
+                *k = Some(key);
+            }
+            err
         })?;
         build(raw, &located)
     }
@@ -368,12 +387,78 @@ impl Config {
     }
 }
 
+/// The directory relative paths in the config file at `path` are resolved
+/// against: its own, made absolute (and free of symbolic links where it
+/// exists) so that the resolved paths can be printed and compared.
+fn config_dir(path: &Path) -> PathBuf {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    dir.canonicalize()
+        .or_else(|_| std::path::absolute(dir))
+        .unwrap_or_else(|_| dir.to_path_buf())
+}
+
+/// `base.join(p)`, with the `..` of `p` that climb out of `base` taken off
+/// `base` (whose components are real directories: see `config_dir`), so
+/// that `../data` beside `/srv/app/config/` reads `/srv/app/data`.
+fn resolve_against(base: &Path, p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    let mut out = base.to_path_buf();
+    let mut climbing = true;
+    for c in p.components() {
+        match c {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir if climbing && out.parent().is_some() => {
+                out.pop();
+            }
+            other => {
+                climbing = false;
+                out.push(other);
+            }
+        }
+    }
+    out
+}
+
+/// The dotted key an error from deserializing is about. `path` is where
+/// serde was (`destination[0].retry`); a missing or unknown field named in
+/// the message is the key itself. Array indexes are dropped: the line
+/// number says which `[[destination]]` it is.
+fn key_path(path: &str, message: &str) -> String {
+    let mut parts: Vec<String> = path
+        .split('.')
+        .map(|p| p.split('[').next().unwrap_or(p).to_string())
+        // Spanned values are a private inner map to serde: not a key.
+        .filter(|p| !p.is_empty() && p != "?" && !p.starts_with("$__serde"))
+        .collect();
+    let named = ["missing field `", "unknown field `"]
+        .iter()
+        .find_map(|prefix| message.strip_prefix(prefix))
+        .and_then(|rest| rest.split('`').next());
+    if let Some(field) = named {
+        if parts.last().map(String::as_str) != Some(field) {
+            parts.push(field.to_string());
+        }
+    }
+    parts.join(".")
+}
+
 struct Locator<'a> {
     path: &'a Path,
     text: &'a str,
+    /// Where relative paths in the file are resolved (`config_dir`).
+    base: PathBuf,
 }
 
 impl Locator<'_> {
+    fn resolve(&self, p: &str) -> PathBuf {
+        resolve_against(&self.base, Path::new(p))
+    }
+
     fn error(&self, span: std::ops::Range<usize>, reason: String) -> ConfigError {
         let start = span.start.min(self.text.len());
         let before = &self.text[..start];
@@ -504,7 +589,7 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         ));
     }
     let storage = StorageConfig {
-        path: PathBuf::from(raw.storage.path.map(|p| p.0).unwrap_or_else(|| "./data".into())),
+        path: loc.resolve(&raw.storage.path.map(|p| p.0).unwrap_or_else(|| "./data".into())),
         max_disk: raw.storage.max_disk.map(|b| b.0).unwrap_or(10 << 30),
         history_retention: raw
             .storage
@@ -602,12 +687,38 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         };
         let retry = RetryPolicy {
             max_attempts: positive(&r.max_attempts, 8u32, loc, "max_attempts")?,
-            initial_backoff: r.initial_backoff.map(|x| x.0).unwrap_or(Duration::from_millis(500)),
-            max_backoff: r.max_backoff.map(|x| x.0).unwrap_or(Duration::from_secs(60)),
+            initial_backoff: r
+                .initial_backoff
+                .as_ref()
+                .map(|x| x.get_ref().0)
+                .unwrap_or(Duration::from_millis(500)),
+            max_backoff: r
+                .max_backoff
+                .as_ref()
+                .map(|x| x.get_ref().0)
+                .unwrap_or(Duration::from_secs(60)),
             multiplier,
             jitter: r.jitter.unwrap_or(true),
             max_age: r.max_age.map(|x| x.0).unwrap_or(Duration::from_secs(86400)),
         };
+        if retry.max_backoff < retry.initial_backoff {
+            // Point at whichever of the two the file sets (the other is
+            // its default).
+            let span = r
+                .max_backoff
+                .as_ref()
+                .or(r.initial_backoff.as_ref())
+                .map(|s| s.span())
+                .unwrap_or(0..0);
+            return Err(loc.error(
+                span,
+                format!(
+                    "max_backoff ({}) is below initial_backoff ({}): every back-off would be max_backoff",
+                    HumanDuration(retry.max_backoff),
+                    HumanDuration(retry.initial_backoff)
+                ),
+            ));
+        }
         let q = &d.queue;
         let queue = QueuePolicy {
             max_messages: positive(&q.max_messages, 1_000_000u64, loc, "max_messages")?,
@@ -619,10 +730,7 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         let ca_file = match &d.ca_file {
             None => None,
             Some(f) => {
-                // Relative paths are relative to the config file, like the
-                // file that names them.
-                let base = loc.path.parent().unwrap_or(Path::new("."));
-                let path = base.join(&f.get_ref().0);
+                let path = loc.resolve(&f.get_ref().0);
                 Some(Arc::new(
                     TrustedCa::load(path).map_err(|reason| loc.error(f.span(), reason))?,
                 ))
@@ -642,6 +750,13 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             ca_file,
         });
     }
+    let mut warnings = Vec::new();
+    if destinations.is_empty() {
+        warnings.push(format!(
+            "{}: no [[destination]] is configured: every producer request will get 404 unknown_destination",
+            loc.path.display()
+        ));
+    }
     Ok(Config {
         source: loc.path.to_path_buf(),
         ingress,
@@ -650,6 +765,7 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         log,
         server,
         destinations,
+        warnings,
     })
 }
 
@@ -701,6 +817,9 @@ impl Config {
             self.log.level,
             HumanDuration(self.server.shutdown_timeout)
         );
+        for w in &self.warnings {
+            let _ = writeln!(s, "warning: {w}");
+        }
         for d in &self.destinations {
             let _ = writeln!(
                 s,
@@ -832,6 +951,164 @@ mod tests {
         for bad in ["Crm", "-x", "", "a/b"] {
             let text = MIN.replace("\"crm\"", &format!("{bad:?}"));
             assert!(parse(&text).is_err(), "{bad}");
+        }
+    }
+
+    fn key_of(e: ConfigError) -> String {
+        match e {
+            ConfigError::Invalid { key, .. } => key.unwrap_or_default(),
+            other => panic!("not an Invalid error: {other}"),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key_they_are_about() {
+        // A missing owner, not the table the parser was in.
+        let e = parse("[server]\nshutdown_timeout = \"5s\"\n[[destination]]\nname = \"a\"\nurl = \"http://x/\"\n")
+            .unwrap_err();
+        assert_eq!(key_of(e), "destination.owner");
+        // An unknown sub-table of a destination.
+        let e = parse(&format!("{MIN}[destination.retries]\nmax_attempts = 3\n")).unwrap_err();
+        assert_eq!(key_of(e), "destination.retries");
+        // An unknown top-level table after a destination's sub-table.
+        let e = parse(&format!(
+            "{MIN}[destination.queue]\nmax_messages = 5\n[alerts]\nwebhook_url = \"x\"\n"
+        ))
+        .unwrap_err();
+        assert_eq!(key_of(e), "alerts");
+        // A wrong type.
+        let e = parse(&format!("{MIN}[destination.rate_limit]\nburst = \"ten\"\n")).unwrap_err();
+        assert_eq!(key_of(e), "destination.rate_limit.burst");
+    }
+
+    #[test]
+    fn max_backoff_below_initial_backoff_is_an_error() {
+        let e = parse(&format!(
+            "{MIN}[destination.retry]\ninitial_backoff = \"10s\"\nmax_backoff = \"1s\"\n"
+        ))
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("t.toml:7:15:"), "{text}");
+        assert_eq!(key_of(e), "destination.retry.max_backoff");
+        // Only initial_backoff set, above the default max_backoff of 1m.
+        let e = parse(&format!("{MIN}[destination.retry]\ninitial_backoff = \"2m\"\n")).unwrap_err();
+        assert_eq!(key_of(e), "destination.retry.initial_backoff");
+        assert!(parse(&format!(
+            "{MIN}[destination.retry]\ninitial_backoff = \"1s\"\nmax_backoff = \"1s\"\n"
+        ))
+        .is_ok());
+    }
+
+    #[test]
+    fn a_config_without_destinations_loads_with_a_warning() {
+        let c = parse("[log]\nlevel = \"info\"\n").unwrap();
+        assert_eq!(c.warnings.len(), 1);
+        assert!(
+            c.summary().contains("warning: t.toml: no [[destination]]"),
+            "{}",
+            c.summary()
+        );
+        assert!(parse(MIN).unwrap().warnings.is_empty());
+    }
+
+    #[test]
+    fn relative_paths_are_resolved_against_the_config_files_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("etc");
+        std::fs::create_dir(&conf).unwrap();
+        let base = conf.canonicalize().unwrap();
+        let at = |p: &str| {
+            Config::parse(&conf.join("t.toml"), &format!("[storage]\npath = {p:?}\n{MIN}"))
+                .unwrap()
+                .storage
+                .path
+        };
+        assert_eq!(at("./data"), base.join("data"));
+        assert_eq!(at("q/data"), base.join("q/data"));
+        assert_eq!(at("../data"), base.parent().unwrap().join("data"));
+        assert_eq!(at("/var/lib/tidegate"), PathBuf::from("/var/lib/tidegate"));
+        // The summary `check` prints shows where the queue really is.
+        let c = Config::parse(&conf.join("t.toml"), MIN).unwrap();
+        assert!(
+            c.summary().contains(&format!("path={}", base.join("data").display())),
+            "{}",
+            c.summary()
+        );
+    }
+
+    /// The shipped config, one key at a time: renamed to an unknown key,
+    /// given a value of the wrong type, or (name, url, owner) removed.
+    /// Each error must name the key path it is about.
+    mod single_key_mutations {
+        use super::*;
+        use proptest::prelude::*;
+
+        const SHIPPED: &str = include_str!("../../config/tidegate.toml");
+
+        /// (line index, table path, key) for every `key = value` line.
+        fn keys() -> Vec<(usize, String, String)> {
+            let mut table = String::new();
+            let mut out = Vec::new();
+            for (i, line) in SHIPPED.lines().enumerate() {
+                let t = line.trim();
+                if t.starts_with('#') || t.is_empty() {
+                    continue;
+                }
+                if t.starts_with('[') {
+                    table = t.trim_matches(|c| c == '[' || c == ']').to_string();
+                    continue;
+                }
+                if let Some((k, _)) = t.split_once('=') {
+                    out.push((i, table.clone(), k.trim().to_string()));
+                }
+            }
+            out
+        }
+
+        fn with_line(i: usize, new: Option<String>) -> String {
+            SHIPPED
+                .lines()
+                .enumerate()
+                .filter_map(|(j, l)| if j == i { new.clone() } else { Some(l.to_string()) })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+
+        fn dotted(table: &str, key: &str) -> String {
+            if table.is_empty() {
+                key.to_string()
+            } else {
+                format!("{table}.{key}")
+            }
+        }
+
+        #[test]
+        fn the_shipped_config_loads() {
+            parse(SHIPPED).unwrap();
+            assert!(keys().len() > 25);
+        }
+
+        proptest! {
+            #[test]
+            fn each_mutation_names_its_own_key(pick in any::<prop::sample::Index>(), how in 0..3u8) {
+                let keys = keys();
+                let (i, table, key) = &keys[pick.index(keys.len())];
+                let line = SHIPPED.lines().nth(*i).unwrap();
+                let value = line.split_once('=').unwrap().1.split('#').next().unwrap().trim();
+                let (text, expect) = match how {
+                    0 => (with_line(*i, Some(format!("{key}_typo = {value}"))), dotted(table, &format!("{key}_typo"))),
+                    1 => {
+                        let wrong = if value.starts_with('"') { "12345".to_string() } else { "\"wrong\"".to_string() };
+                        (with_line(*i, Some(format!("{key} = {wrong}"))), dotted(table, key))
+                    }
+                    _ if table == "destination" && ["name", "url", "owner"].contains(&key.as_str()) => {
+                        (with_line(*i, None), dotted(table, key))
+                    }
+                    _ => return Ok(()),
+                };
+                let e = parse(&text).expect_err(&text);
+                prop_assert_eq!(key_of(e), expect);
+            }
         }
     }
 
