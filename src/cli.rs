@@ -10,12 +10,37 @@ use serde_json::Value;
 /// Why a CLI call failed; printed as one line.
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {
-    #[error("cannot reach the admin API at {url}: {source}")]
+    #[error("cannot reach the admin API at {url}: {}", reach_error(.source))]
     Unreachable { url: String, source: reqwest::Error },
-    #[error("{status} {code}: {detail}")]
+    #[error("{status} {code}: {detail}{}", hint(*.status))]
     Problem { status: u16, code: String, detail: String },
     #[error("unexpected answer from the admin API: {0}")]
     BadAnswer(String),
+    /// The operator did not confirm a destructive command.
+    #[error("{0}")]
+    NotConfirmed(String),
+}
+
+/// What an operator does about a refusal the server gave.
+fn hint(status: u16) -> &'static str {
+    match status {
+        401 => " (set TIDEGATE_ADMIN_TOKEN to the token named by admin.token_env)",
+        _ => "",
+    }
+}
+
+/// reqwest's own text ("error sending request for url") does not say why;
+/// the innermost cause does ("Connection refused (os error 111)").
+fn reach_error(e: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    if e.is_timeout() {
+        "timed out".to_string()
+    } else {
+        cause.to_string()
+    }
 }
 
 pub struct Client {
@@ -211,6 +236,33 @@ pub fn render_dead_letters(v: &Value) -> String {
     }
     if let Some(next) = v["next"].as_str() {
         out.push_str(&format!("more: --after {next}\n"));
+    }
+    out
+}
+
+/// The answer to `POST /v1/reload`, for a person.
+pub fn render_reload(v: &Value) -> String {
+    let list = |k: &str| {
+        let items: Vec<&str> = v[k]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        if items.is_empty() {
+            "none".to_string()
+        } else {
+            items.join(", ")
+        }
+    };
+    let mut out = format!(
+        "reloaded: added {}; removed {}; changed {}",
+        list("added"),
+        list("removed"),
+        list("changed")
+    );
+    if v["restart_required"].as_array().is_some_and(|a| !a.is_empty()) {
+        out.push_str(&format!("\nnot applied until a restart: {}", list("restart_required")));
     }
     out
 }

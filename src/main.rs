@@ -115,10 +115,15 @@ enum JournalAction {
 
 #[derive(Subcommand)]
 enum DeadLetterAction {
+    /// List a destination's dead letters, oldest first: id, reason,
+    /// attempts, when, and the last error.
     List {
         destination: String,
+        /// At most this many (the API caps it at 1000).
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Start after this message id (the `more: --after ID` line of the
+        /// previous page).
         #[arg(long)]
         after: Option<String>,
         #[command(flatten)]
@@ -132,8 +137,13 @@ enum DeadLetterAction {
         #[command(flatten)]
         admin: Admin,
     },
+    /// Delete a destination's dead letters for good. Asks first on a
+    /// terminal, saying how many will go; elsewhere it needs --yes.
     Purge {
         destination: String,
+        /// Do not ask (for scripts).
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         admin: Admin,
     },
@@ -271,7 +281,7 @@ fn operator(cmd: Command) -> ExitCode {
             }
             Command::Reload { admin } => {
                 let v = client(&admin).post("/v1/reload", None).await?;
-                Ok(pretty(&v))
+                Ok(shown(admin.json, &v, cli::render_reload))
             }
             Command::DeadLetters { action } => match action {
                 DeadLetterAction::List {
@@ -305,9 +315,22 @@ fn operator(cmd: Command) -> ExitCode {
                         format!("replayed {}", v["replayed"])
                     })
                 }
-                DeadLetterAction::Purge { destination, admin } => {
+                DeadLetterAction::Purge {
+                    destination,
+                    yes,
+                    admin,
+                } => {
+                    let c = client(&admin);
+                    if !yes {
+                        let d = c.get(&format!("/v1/destinations/{destination}")).await?;
+                        let n = d["queue"]["dead_letters"].as_u64().unwrap_or(0);
+                        confirm(&format!(
+                            "purge {n} dead letter{} of destination {destination} for good",
+                            if n == 1 { "" } else { "s" }
+                        ))?;
+                    }
                     let path = format!("/v1/destinations/{destination}/dead-letters");
-                    let v = client(&admin).call(reqwest::Method::DELETE, &path, None).await?;
+                    let v = c.call(reqwest::Method::DELETE, &path, None).await?;
                     Ok(if admin.json {
                         pretty(&v)
                     } else {
@@ -322,13 +345,41 @@ fn operator(cmd: Command) -> ExitCode {
     });
     match result {
         Ok(out) => {
-            println!("{}", out.trim_end());
-            ExitCode::SUCCESS
+            use std::io::Write;
+            // A reader that went away (`tidegate status | head`) is not an
+            // error, and must not be a panic, as println! would make it.
+            match writeln!(std::io::stdout().lock(), "{}", out.trim_end()) {
+                Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                    eprintln!("tidegate: cannot write the answer: {e}");
+                    ExitCode::FAILURE
+                }
+                _ => ExitCode::SUCCESS,
+            }
         }
         Err(e) => {
             eprintln!("tidegate: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Asks the operator to confirm `what` on the terminal; refuses when
+/// standard input is not one (a script must say --yes).
+fn confirm(what: &str) -> Result<(), cli::CliError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(cli::CliError::NotConfirmed(format!(
+            "refusing to {what} without confirmation: run it on a terminal, or pass --yes"
+        )));
+    }
+    eprint!("{what}? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut answer);
+    if matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+        Ok(())
+    } else {
+        Err(cli::CliError::NotConfirmed("nothing purged".to_string()))
     }
 }
 

@@ -292,7 +292,12 @@ fn rfc3339(ms: i64) -> Value {
 
 async fn message(State(a): State<Admin>, Path(id): Path<String>) -> Result<Json<Value>, Problem> {
     let not_found = || Problem::not_found(format!("no message {id:?} (unknown, or past history_retention)"));
-    let seq = a.journal.parse_id(&id).ok_or_else(not_found)?;
+    // As everywhere an id is taken: one that is not an id is a bad request,
+    // one that is but names nothing is not found.
+    let seq = a
+        .journal
+        .parse_id(&id)
+        .ok_or_else(|| Problem::invalid_request(format!("{id:?} is not a message id")))?;
     let s = a.journal.status(seq).await.map_err(internal)?.ok_or_else(not_found)?;
     let in_flight = a.dispatcher.destination(&s.dest).is_some_and(|d| d.is_in_flight(seq));
     let state = state_name(&s, in_flight);

@@ -335,6 +335,12 @@ async fn admin_calls_need_the_token_when_one_is_configured_but_probes_do_not() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    // The CLI's refusal says what to set.
+    let (ok, _, err) = cli(&tg, &["status"]);
+    assert!(
+        !ok && err.contains("401 unauthorized") && err.contains("TIDEGATE_ADMIN_TOKEN"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -545,7 +551,14 @@ async fn the_operator_cli_drives_a_live_instance() {
     let (ok, out, _) = cli(&tg, &["dead-letters", "replay", "wh", "--id", &dead]);
     assert!(ok && out.contains("replayed 1"), "{out}");
     tg.wait_message_state(&dead, "dead_lettered").await;
-    let (ok, out, _) = cli(&tg, &["dead-letters", "purge", "wh"]);
+    // Purge asks first; with no terminal to ask on, it needs --yes.
+    let (ok, _, err) = cli(&tg, &["dead-letters", "purge", "wh"]);
+    assert!(
+        !ok && err.contains("purge 1 dead letter of destination wh") && err.contains("--yes"),
+        "{err}"
+    );
+    assert_eq!(tg.destination("wh").await["queue"]["dead_letters"], 1);
+    let (ok, out, _) = cli(&tg, &["dead-letters", "purge", "wh", "--yes"]);
     assert!(ok && out.contains("purged 1"), "{out}");
     let (ok, out, _) = cli(&tg, &["resume", "erp", "--skip-head"]);
     assert!(ok && out.contains("erp: running"), "{out}");
@@ -554,6 +567,68 @@ async fn the_operator_cli_drives_a_live_instance() {
     let (ok, _, err) = cli(&tg, &["pause", "nope"]);
     assert!(!ok);
     assert!(err.contains("404 unknown_destination") && err.contains("nope"), "{err}");
+    // A malformed id is a bad request wherever it is given.
     let (ok, _, err) = cli(&tg, &["message", "not-an-id"]);
-    assert!(!ok && err.contains("404"), "{err}");
+    assert!(!ok && err.contains("400 invalid_request"), "{err}");
+    let (ok, _, err) = cli(&tg, &["dead-letters", "replay", "wh", "--id", "not-an-id"]);
+    assert!(!ok && err.contains("400 invalid_request"), "{err}");
+    // A well-formed id that names nothing is not found.
+    let unknown = format!("{}ffffff", &dead[..dead.len() - 6]);
+    let (ok, _, err) = cli(&tg, &["message", &unknown]);
+    assert!(!ok && err.contains("404 not_found"), "{err}");
+    // Reload speaks to a person unless asked for JSON.
+    let (ok, out, _) = cli(&tg, &["reload"]);
+    assert!(
+        ok && out.starts_with("reloaded: added none; removed none; changed none"),
+        "{out}"
+    );
+    let (ok, out, _) = cli(&tg, &["reload", "--json"]);
+    assert!(
+        ok && serde_json::from_str::<serde_json::Value>(&out).unwrap()["reloaded"] == true,
+        "{out}"
+    );
+    // A reader that stops early is no panic.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["status", "--json", "--interval", "10ms", "--admin", &tg.admin_url("")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take()); // the reader is gone before anything is written
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn operator_commands_say_what_went_wrong_and_what_to_do() {
+    // Nothing listens on a port just let go of.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dead = format!("http://127.0.0.1:{port}");
+    let out = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["healthcheck", "--admin", &dead])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.to_lowercase().contains("connection refused"),
+        "{err}"
+    );
+    // Help text for every dead-letter command.
+    for sub in ["list", "replay", "purge"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .args(["dead-letters", "--help"])
+            .output()
+            .unwrap();
+        let help = String::from_utf8_lossy(&out.stdout);
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(sub))
+            .unwrap_or_default();
+        assert!(line.trim().len() > sub.len() + 5, "no help for {sub}: {help}");
+    }
 }
