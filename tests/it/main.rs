@@ -6,6 +6,7 @@ mod support;
 mod backpressure;
 mod crash_loop;
 mod dashboards;
+mod data_traps;
 mod disk;
 mod downstream_faults;
 mod failure_modes;

@@ -39,6 +39,8 @@ pub struct Tidegate {
     data: PathBuf,
     child: Option<Child>,
     open_files_limit: Option<u32>,
+    /// The working directory the process starts in (the test's own if None).
+    pub cwd: Option<PathBuf>,
     pub ingress: SocketAddr,
     pub admin: SocketAddr,
     pub client: reqwest::Client,
@@ -64,8 +66,11 @@ fn base_config(data: &Path, extra: &Extra) -> String {
 /// Extra keys for the fixed sections of a test config.
 #[derive(Default, Clone, Copy)]
 pub struct Extra<'a> {
-    /// Where the journal lives, instead of the test's temporary directory.
+    /// Where the journal lives, instead of the test's temporary directory
+    /// (a relative path is relative to the config file).
     pub data: Option<&'a Path>,
+    /// The working directory tidegate starts in.
+    pub cwd: Option<&'a Path>,
     pub ingress: &'a str,
     pub admin: &'a str,
     pub log_json: bool,
@@ -92,6 +97,7 @@ impl Tidegate {
             data,
             child: None,
             open_files_limit: extra.open_files_limit,
+            cwd: extra.cwd.map(Path::to_path_buf),
             ingress: "127.0.0.1:1".parse().unwrap(),
             admin: "127.0.0.1:1".parse().unwrap(),
             client: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
@@ -129,6 +135,9 @@ impl Tidegate {
                 sh
             }
         };
+        if let Some(dir) = &self.cwd {
+            cmd.current_dir(dir);
+        }
         cmd.arg("serve")
             .arg("--config")
             .arg(&self.config_path)
