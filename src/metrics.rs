@@ -201,6 +201,26 @@ impl Metrics {
         }
     }
 
+    /// Drops every series of a destination a reload removed: a series that
+    /// stays exported reads as a destination still there, stuck.
+    pub fn forget_destination(&self, dest: &str) {
+        forget(&self.received, dest);
+        forget(&self.rejected, dest);
+        forget(&self.delivered, dest);
+        forget(&self.attempts, dest);
+        forget(&self.dead_lettered, dest);
+        forget(&self.dropped, dest);
+        forget(&self.queue_depth, dest);
+        forget(&self.queue_bytes, dest);
+        forget(&self.dead_letter_depth, dest);
+        forget(&self.in_flight, dest);
+        forget(&self.oldest_age, dest);
+        forget(&self.rate_limit, dest);
+        forget(&self.destination_state, dest);
+        forget(&self.delivery_duration, dest);
+        forget(&self.end_to_end, dest);
+    }
+
     /// The Prometheus text exposition of tidegate's metrics and the standard
     /// `process_*` ones.
     pub fn render(&self) -> String {
@@ -211,6 +231,21 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Removes the series of `vec` whose `destination` label is `dest`,
+/// whatever its other labels.
+fn forget<T: prometheus::core::MetricVecBuilder>(vec: &prometheus::core::MetricVec<T>, dest: &str) {
+    use prometheus::core::Collector;
+    for family in vec.collect() {
+        for m in family.get_metric() {
+            let labels: std::collections::HashMap<&str, &str> =
+                m.get_label().iter().map(|l| (l.name(), l.value())).collect();
+            if labels.get("destination") == Some(&dest) {
+                let _ = vec.remove(&labels);
+            }
+        }
     }
 }
 

@@ -41,6 +41,10 @@ pub struct Reloader {
     pub live: Live,
     pub dispatcher: Arc<Dispatcher>,
     pub journal: Journal,
+    /// The config the process started with: what its listeners, storage
+    /// and logging really use. A setting that needs a restart is reported
+    /// while it differs from this, not from the last reload.
+    started: Arc<Config>,
     /// One reload at a time.
     lock: tokio::sync::Mutex<()>,
 }
@@ -49,6 +53,7 @@ impl Reloader {
     pub fn new(path: PathBuf, live: Live, dispatcher: Arc<Dispatcher>, journal: Journal) -> Self {
         Reloader {
             path,
+            started: current(&live),
             live,
             dispatcher,
             journal,
@@ -63,7 +68,7 @@ impl Reloader {
             .await
             .map_err(|e| ReloadError::Invalid(e.to_string()))?
             .map_err(|e| ReloadError::Invalid(e.to_string()))?;
-        let old = current(&self.live);
+        let old = &self.started;
         let mut restart_required = Vec::new();
         if new.ingress.listen != old.ingress.listen {
             restart_required.push("ingress.listen");

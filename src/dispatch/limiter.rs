@@ -116,17 +116,22 @@ impl Limiter {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Applies new settings (reload), keeping the adaptive slowdown if any.
+    /// Applies new settings (reload). A slowdown still in force (the
+    /// effective rate below the configured one: the downstream pushed back
+    /// and the rate is still winning its way back) is kept, capped by the
+    /// new rate; without one, the new rate applies at once, a raise
+    /// included: nothing says the downstream cannot take it.
     pub fn reconfigure(&self, rate: Option<f64>, burst: u32, adaptive: bool) {
         let mut s = self.state();
         if s.configured == rate && s.burst == burst && s.adaptive == adaptive {
             return;
         }
+        let slowed = matches!((s.configured, s.effective), (Some(c), Some(e)) if e < c);
         s.configured = rate;
         s.burst = burst;
         s.adaptive = adaptive;
         s.effective = match (rate, s.effective) {
-            (Some(r), Some(e)) if adaptive => Some(e.min(r)),
+            (Some(r), Some(e)) if adaptive && slowed => Some(e.min(r)),
             _ => rate,
         };
         s.bucket = s.effective.map(|r| bucket(r, burst_for(rate, r, burst), true));
@@ -273,6 +278,21 @@ mod tests {
             l.tick();
         }
         assert_eq!(l.effective(), Some(100.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reload_applies_a_raise_at_once_unless_a_slowdown_is_in_force() {
+        let l = Limiter::new(Some(2.0), 1, true);
+        l.reconfigure(Some(200.0), 1, true);
+        assert_eq!(l.effective(), Some(200.0));
+        // Pushed back: the slowdown holds through a raise...
+        l.slow_down(None);
+        assert_eq!(l.effective(), Some(100.0));
+        l.reconfigure(Some(400.0), 1, true);
+        assert_eq!(l.effective(), Some(100.0));
+        // ...and a cut below it applies at once.
+        l.reconfigure(Some(50.0), 1, true);
+        assert_eq!(l.effective(), Some(50.0));
     }
 
     #[tokio::test]

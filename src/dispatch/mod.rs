@@ -255,6 +255,7 @@ impl Dispatcher {
                         .write()
                         .unwrap_or_else(|e| e.into_inner())
                         .remove(&d.name);
+                    self.ctx.metrics.forget_destination(&d.name);
                     changes.removed.push(d.name.clone());
                 }
                 Some(new) => {
@@ -322,11 +323,16 @@ impl Dispatcher {
         let info = d.state();
         if skip_head && info.state == State::Halted {
             if let Some(seq) = info.head_seq {
-                let attempts = self.ctx.journal.status(seq).await?.map(|s| s.attempts).unwrap_or(0);
+                // The dead letter keeps the failure that halted the
+                // destination: it is what the operator replays it after fixing.
+                let (attempts, last_error) = match self.ctx.journal.status(seq).await? {
+                    Some(s) => (s.attempts, s.last_error),
+                    None => (0, None),
+                };
                 let reason = "skipped_by_operator".to_string();
                 self.ctx
                     .journal
-                    .settle(seq, name, attempts, None, Disposition::DeadLetter { reason })
+                    .settle(seq, name, attempts, last_error, Disposition::DeadLetter { reason })
                     .await?;
                 self.ctx
                     .metrics

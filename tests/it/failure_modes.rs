@@ -244,6 +244,12 @@ async fn halt_mode_stops_on_a_permanent_failure_until_an_operator_resumes() {
     let r = tg.admin_post("/v1/destinations/erp/resume?skip_head=true", "").await;
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["state"], "running");
     tg.wait_message_state(&poison, "dead_lettered").await;
+    // It keeps the failure that halted the destination.
+    let m = tg.message(&poison).await;
+    assert_eq!(m["reason"], "skipped_by_operator", "{m}");
+    assert_eq!(m["last_error"]["status"], 400, "{m}");
+    let dl = tg.admin_get("/v1/destinations/erp/dead-letters").await;
+    assert_eq!(dl["items"][0]["last_error"]["status"], 400, "{dl}");
     let next = tg.send("/erp/next", "{}").await;
     tg.wait_message_state(&next, "delivered").await;
 }

@@ -363,7 +363,8 @@ fn a_non_loopback_admin_listener_without_a_token_refuses_to_start() {
 #[tokio::test]
 async fn reload_changes_the_rate_of_a_queue_already_holding_messages() {
     let ds = Downstream::start().await;
-    let slow = "[destination.rate_limit]\nrate = \"2/s\"\nburst = 1\nadaptive = false";
+    // Adaptive (the default): with no 429 seen, a raise applies at once.
+    let slow = "[destination.rate_limit]\nrate = \"2/s\"\nburst = 1";
     let tg = Tidegate::start(&destination("crm", &ds.url(), slow)).await;
     tg.admin_post("/v1/destinations/crm/pause", "").await;
     let mut ids = Vec::new();
@@ -373,16 +374,15 @@ async fn reload_changes_the_rate_of_a_queue_already_holding_messages() {
     tg.rewrite_destinations(&destination(
         "crm",
         &ds.url(),
-        "[destination.rate_limit]\nrate = \"200/s\"\nburst = 1\nadaptive = false",
+        "[destination.rate_limit]\nrate = \"200/s\"\nburst = 1",
     ));
     let r = tg.admin_post("/v1/reload", "").await;
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["changed"], serde_json::json!(["crm"]));
-    assert_eq!(
-        tg.destination("crm").await["rate_limit"]["configured_per_second"],
-        200.0
-    );
+    let rl = &tg.destination("crm").await["rate_limit"];
+    assert_eq!(rl["configured_per_second"], 200.0);
+    assert_eq!(rl["effective_per_second"], 200.0, "{rl}");
     tg.admin_post("/v1/destinations/crm/resume", "").await;
     for id in &ids {
         tg.wait_message_state(id, "delivered").await;
@@ -488,6 +488,26 @@ async fn reload_adds_destinations_and_refuses_to_remove_one_holding_messages() {
         serde_json::json!(["busy"])
     );
     assert_eq!(tg.post("/busy/x", "{}").await.status(), 404);
+    // Its series are gone from /metrics; the others stay.
+    let m = tg.metrics_text().await;
+    assert!(!m.contains("destination=\"busy\""), "{m}");
+    assert!(m.contains("tidegate_queue_depth{destination=\"keep\"}"), "{m}");
+}
+
+#[tokio::test]
+async fn restart_required_is_reported_only_while_a_setting_differs_from_the_one_in_use() {
+    let ds = Downstream::start().await;
+    let tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
+    let original = std::fs::read_to_string(&tg.config_path).unwrap();
+    let moved = original.replacen("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:1\"", 1);
+    assert_ne!(moved, original);
+    std::fs::write(&tg.config_path, &moved).unwrap();
+    let v: serde_json::Value = tg.admin_post("/v1/reload", "").await.json().await.unwrap();
+    assert_eq!(v["restart_required"], serde_json::json!(["ingress.listen"]), "{v}");
+    // Set back to what the listener really uses: nothing to restart for.
+    std::fs::write(&tg.config_path, &original).unwrap();
+    let v: serde_json::Value = tg.admin_post("/v1/reload", "").await.json().await.unwrap();
+    assert_eq!(v["restart_required"], serde_json::json!([]), "{v}");
 }
 
 fn cli(tg: &Tidegate, args: &[&str]) -> (bool, String, String) {
