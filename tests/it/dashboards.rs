@@ -106,6 +106,7 @@ fn dashboard_exprs() -> Vec<String> {
                 .as_str()
                 .unwrap()
                 .replace("$destination", "crm|erp")
+                .replace("$job", "tidegate")
                 .replace("$__rate_interval", "20s")
         })
         .collect()
@@ -145,7 +146,7 @@ async fn dashboard_and_alert_expressions_work_against_a_live_tidegate() {
         tokio::time::sleep(Duration::from_millis(100)).await; // pacing the load, not synchronising
     }
     let rules = rule_exprs();
-    assert_eq!(rules.len(), 8, "every rule in alerts.yml has a one-line expr");
+    assert_eq!(rules.len(), 9, "every rule in alerts.yml has a one-line expr");
     for expr in &rules {
         let v = query(&prom, expr).await;
         assert_eq!(
@@ -153,6 +154,11 @@ async fn dashboard_and_alert_expressions_work_against_a_live_tidegate() {
             "alert expression does not evaluate: {expr}\n{v}"
         );
     }
+    let raw = std::fs::read_to_string(repo("deploy/grafana/tidegate.json")).unwrap();
+    assert!(
+        !raw.contains(r#"job=\"tidegate\""#),
+        "the dashboard takes the scrape job from its $job variable"
+    );
     let exprs = dashboard_exprs();
     assert!(exprs.len() >= 20);
     for expr in &exprs {
