@@ -196,8 +196,29 @@ impl Metrics {
         for reason in ["transient_failure", "permanent_failure"] {
             self.dropped.with_label_values(&[dest, reason]);
         }
-        for reason in ["queue_full", "storage_full", "destination_halted", "payload_too_large"] {
+        for reason in [
+            "queue_full",
+            "storage_full",
+            "destination_halted",
+            "payload_too_large",
+            "idempotency_key_reused",
+        ] {
             self.rejected.with_label_values(&[dest, reason]);
+        }
+        // Gauges are set at scrape time; histograms start empty. Created
+        // here so that every series a destination has exists from its start.
+        for g in [&self.queue_depth, &self.queue_bytes, &self.dead_letter_depth, &self.in_flight] {
+            g.with_label_values(&[dest]);
+        }
+        self.oldest_age.with_label_values(&[dest]);
+        for kind in ["configured", "effective"] {
+            self.rate_limit.with_label_values(&[dest, kind]);
+        }
+        for state in ["running", "paused", "degraded", "halted"] {
+            self.destination_state.with_label_values(&[dest, state]);
+        }
+        for h in [&self.delivery_duration, &self.end_to_end] {
+            h.with_label_values(&[dest]);
         }
     }
 

@@ -16,3 +16,4 @@ mod lifecycle;
 mod operations;
 mod problems;
 mod rate;
+mod reference;

@@ -1,0 +1,174 @@
+//! `docs/reference.md` against the code: every config key the parser
+//! accepts, every problem code tidegate can answer, every metric it exports
+//! and every subcommand it has must be named there.
+
+use std::path::Path;
+
+use tidegate::config::{Config, ConfigError};
+
+fn repo(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap()
+}
+
+/// The keys the parser accepts in a table, read from its own refusal of an
+/// unknown one ("unknown field `zz`, expected one of `a`, `b`"): the list
+/// comes from the code, not from a copy of it.
+fn accepted_keys(table_header: &str) -> Vec<String> {
+    let text = format!("{table_header}\nzz_not_a_key = 1\n");
+    let reason = match Config::parse(Path::new("t.toml"), &text) {
+        Err(ConfigError::Invalid { reason, .. }) => reason,
+        other => panic!("{table_header}: expected an unknown-field error, got {other:?}"),
+    };
+    let list = reason
+        .split_once("expected one of ")
+        .or_else(|| reason.split_once("expected "))
+        .unwrap_or_else(|| panic!("{table_header}: {reason}"))
+        .1;
+    list.split('`').skip(1).step_by(2).map(str::to_string).collect()
+}
+
+/// The part of the reference under `### `[table]`...`, up to the next heading.
+fn section<'a>(doc: &'a str, table: &str) -> &'a str {
+    let start = doc
+        .find(&format!("### `[{table}]"))
+        .or_else(|| doc.find(&format!("### `[[{table}]]")))
+        .unwrap_or_else(|| panic!("docs/reference.md has no section for [{table}]"));
+    let rest = &doc[start + 4..];
+    &rest[..rest.find("\n#").unwrap_or(rest.len())]
+}
+
+#[test]
+fn every_config_key_is_in_the_reference() {
+    let doc = repo("docs/reference.md");
+    let tables = [
+        ("[ingress]", "ingress"),
+        ("[admin]", "admin"),
+        ("[storage]", "storage"),
+        ("[log]", "log"),
+        ("[server]", "server"),
+        ("[[destination]]", "destination"),
+        ("[[destination]]\n[destination.rate_limit]", "destination.rate_limit"),
+        ("[[destination]]\n[destination.retry]", "destination.retry"),
+        ("[[destination]]\n[destination.queue]", "destination.queue"),
+    ];
+    let mut checked = 0;
+    for (header, table) in tables {
+        let keys = accepted_keys(header);
+        assert!(!keys.is_empty(), "{table}");
+        let part = section(&doc, table);
+        for key in keys {
+            // Sub-tables have their own sections.
+            if tables.iter().any(|(_, t)| *t == format!("{table}.{key}")) {
+                continue;
+            }
+            assert!(part.contains(&format!("| `{key}` |")), "[{table}] {key} is not in docs/reference.md");
+            checked += 1;
+        }
+    }
+    // And the top level holds nothing but these tables.
+    for key in accepted_keys("") {
+        assert!(tables.iter().any(|(_, t)| *t == key), "top-level table {key} has no section");
+    }
+    assert!(checked > 30, "{checked}");
+}
+
+#[test]
+fn every_problem_code_is_in_the_reference() {
+    let doc = repo("docs/reference.md");
+    // Every code the source can answer with: Problem's constructors and the
+    // listener's pre-built answer, both of which name the code in a
+    // `problems/<code>` type or right after a status.
+    let mut codes = std::collections::BTreeSet::new();
+    for file in walk(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for (i, _) in text.match_indices("problems/") {
+            let code: String = text[i + 9..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            if !code.is_empty() {
+                codes.insert(code);
+            }
+        }
+        for (i, _) in text.match_indices("StatusCode::") {
+            let after = &text[i..];
+            let Some(comma) = after.find(',') else { continue };
+            let next = after[comma + 1..].trim_start();
+            if let Some(rest) = next.strip_prefix('"') {
+                let code: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                if rest[code.len()..].starts_with('"') && code.contains('_') || code == "starting" {
+                    codes.insert(code);
+                }
+            }
+        }
+    }
+    assert!(codes.len() >= 15, "{codes:?}");
+    for code in codes {
+        assert!(doc.contains(&format!("| `{code}` |")), "problem code {code} is not in docs/reference.md");
+    }
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn every_metric_is_in_the_reference() {
+    let doc = repo("docs/reference.md");
+    let m = tidegate::metrics::Metrics::new();
+    m.register_destination("d");
+    let text = m.render();
+    let names: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE tidegate_"))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(names.len() >= 20, "{names:?}");
+    for name in names {
+        assert!(doc.contains(&format!("| `{name}` |")), "metric tidegate_{name} is not in docs/reference.md");
+    }
+}
+
+#[test]
+fn every_subcommand_is_in_the_reference() {
+    let doc = repo("docs/reference.md");
+    let help = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // clap lists subcommands under "Commands:", two spaces in.
+    let commands = |text: &str| -> Vec<String> {
+        text.split("Commands:")
+            .nth(1)
+            .unwrap_or("")
+            .split("\n\n")
+            .next()
+            .unwrap_or("")
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| *c != "help")
+            .map(str::to_string)
+            .collect()
+    };
+    let top = commands(&help(&[]));
+    assert!(top.len() >= 10, "{top:?}");
+    for c in top {
+        let subs = commands(&help(&[c.as_str()]));
+        if subs.is_empty() {
+            assert!(doc.contains(&format!("`tidegate {c}")), "tidegate {c} is not in docs/reference.md");
+        }
+        for s in subs {
+            assert!(doc.contains(&format!("`tidegate {c} {s}")), "tidegate {c} {s} is not in docs/reference.md");
+        }
+    }
+}
