@@ -207,7 +207,12 @@ impl Metrics {
         }
         // Gauges are set at scrape time; histograms start empty. Created
         // here so that every series a destination has exists from its start.
-        for g in [&self.queue_depth, &self.queue_bytes, &self.dead_letter_depth, &self.in_flight] {
+        for g in [
+            &self.queue_depth,
+            &self.queue_bytes,
+            &self.dead_letter_depth,
+            &self.in_flight,
+        ] {
             g.with_label_values(&[dest]);
         }
         self.oldest_age.with_label_values(&[dest]);

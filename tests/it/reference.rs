@@ -61,13 +61,19 @@ fn every_config_key_is_in_the_reference() {
             if tables.iter().any(|(_, t)| *t == format!("{table}.{key}")) {
                 continue;
             }
-            assert!(part.contains(&format!("| `{key}` |")), "[{table}] {key} is not in docs/reference.md");
+            assert!(
+                part.contains(&format!("| `{key}` |")),
+                "[{table}] {key} is not in docs/reference.md"
+            );
             checked += 1;
         }
     }
     // And the top level holds nothing but these tables.
     for key in accepted_keys("") {
-        assert!(tables.iter().any(|(_, t)| *t == key), "top-level table {key} has no section");
+        assert!(
+            tables.iter().any(|(_, t)| *t == key),
+            "top-level table {key} has no section"
+        );
     }
     assert!(checked > 30, "{checked}");
 }
@@ -82,7 +88,10 @@ fn every_problem_code_is_in_the_reference() {
     for file in walk(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src"))) {
         let text = std::fs::read_to_string(&file).unwrap();
         for (i, _) in text.match_indices("problems/") {
-            let code: String = text[i + 9..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+            let code: String = text[i + 9..]
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .collect();
             if !code.is_empty() {
                 codes.insert(code);
             }
@@ -92,7 +101,10 @@ fn every_problem_code_is_in_the_reference() {
             let Some(comma) = after.find(',') else { continue };
             let next = after[comma + 1..].trim_start();
             if let Some(rest) = next.strip_prefix('"') {
-                let code: String = rest.chars().take_while(|c| c.is_ascii_lowercase() || *c == '_').collect();
+                let code: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
                 if rest[code.len()..].starts_with('"') && code.contains('_') || code == "starting" {
                     codes.insert(code);
                 }
@@ -101,7 +113,10 @@ fn every_problem_code_is_in_the_reference() {
     }
     assert!(codes.len() >= 15, "{codes:?}");
     for code in codes {
-        assert!(doc.contains(&format!("| `{code}` |")), "problem code {code} is not in docs/reference.md");
+        assert!(
+            doc.contains(&format!("| `{code}` |")),
+            "problem code {code} is not in docs/reference.md"
+        );
     }
 }
 
@@ -131,7 +146,10 @@ fn every_metric_is_in_the_reference() {
         .collect();
     assert!(names.len() >= 20, "{names:?}");
     for name in names {
-        assert!(doc.contains(&format!("| `{name}` |")), "metric tidegate_{name} is not in docs/reference.md");
+        assert!(
+            doc.contains(&format!("| `{name}` |")),
+            "metric tidegate_{name} is not in docs/reference.md"
+        );
     }
 }
 
@@ -165,10 +183,16 @@ fn every_subcommand_is_in_the_reference() {
     for c in top {
         let subs = commands(&help(&[c.as_str()]));
         if subs.is_empty() {
-            assert!(doc.contains(&format!("`tidegate {c}")), "tidegate {c} is not in docs/reference.md");
+            assert!(
+                doc.contains(&format!("`tidegate {c}")),
+                "tidegate {c} is not in docs/reference.md"
+            );
         }
         for s in subs {
-            assert!(doc.contains(&format!("`tidegate {c} {s}")), "tidegate {c} {s} is not in docs/reference.md");
+            assert!(
+                doc.contains(&format!("`tidegate {c} {s}")),
+                "tidegate {c} {s} is not in docs/reference.md"
+            );
         }
     }
 }
