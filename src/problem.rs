@@ -39,6 +39,25 @@ impl Problem {
             "a valid bearer token is required",
         )
     }
+    /// A browser request from a page the listener does not serve.
+    pub fn forbidden_origin(origin: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_origin",
+            "Forbidden origin",
+            format!("requests from origin {origin:?} are not allowed here (see allowed_origins)"),
+        )
+    }
+    /// A `Host` that is not this loopback listener's: DNS rebinding, or a
+    /// name the operator has not listed in `allowed_hosts`.
+    pub fn forbidden_host(host: &str) -> Self {
+        Self::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "forbidden_host",
+            "Forbidden host",
+            format!("host {host:?} is not a loopback name of this listener (see allowed_hosts)"),
+        )
+    }
     pub fn unknown_destination(name: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

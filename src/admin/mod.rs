@@ -56,30 +56,44 @@ pub fn router(state: Admin) -> Router {
 /// The admin router before tidegate is up: `/healthz` answers 200 (the
 /// process serves), `/readyz` 503 (the queue is not open), anything else
 /// 503 `starting`. Once `up` holds the full router, every request goes to it.
-pub fn during_start_up(up: Arc<OnceLock<Router>>) -> Router {
+///
+/// Every request, from the first, passes the admin listener's browser
+/// checks (`crate::auth`) against the config in force.
+pub fn during_start_up(up: Arc<OnceLock<Router>>, live: crate::reload::Live) -> Router {
     use tower::ServiceExt as _;
-    Router::new().fallback(move |req: Request| {
-        let up = up.clone();
+    let guard = move |req: Request, next: Next| {
+        let policy = crate::reload::current(&live);
         async move {
-            match up.get() {
-                Some(full) => match full.clone().oneshot(req).await {
-                    Ok(response) => response,
-                    Err(never) => match never {},
-                },
-                None => match req.uri().path() {
-                    "/healthz" => ALIVE.into_response(),
-                    "/readyz" => not_ready(),
-                    _ => Problem::starting().into_response(),
-                },
+            match policy.admin.browser.check(req.headers()) {
+                Ok(()) => next.run(req).await,
+                Err(p) => p.into_response(),
             }
         }
-    })
+    };
+    Router::new()
+        .fallback(move |req: Request| {
+            let up = up.clone();
+            async move {
+                match up.get() {
+                    Some(full) => match full.clone().oneshot(req).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    },
+                    None => match req.uri().path() {
+                        "/healthz" => ALIVE.into_response(),
+                        "/readyz" => not_ready(),
+                        _ => Problem::starting().into_response(),
+                    },
+                }
+            }
+        })
+        .layer(middleware::from_fn(guard))
 }
 
 async fn require_token(State(a): State<Admin>, req: Request, next: Next) -> Response {
     let live = crate::reload::current(&a.reloader.live);
     if let Some(token) = &live.admin.token {
-        if !crate::ingress::bearer_matches(req.headers(), token) {
+        if !crate::auth::bearer_matches(req.headers(), token) {
             return Problem::unauthorized().into_response();
         }
     }

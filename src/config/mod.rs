@@ -18,6 +18,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::auth::BrowserPolicy;
+
 pub use units::{expand_env, ByteSize, EnvString, HumanDuration, Rate};
 
 /// A config that could not be loaded, with where and why.
@@ -120,12 +122,15 @@ pub struct IngressConfig {
     /// How long a producer may take to send a request's headers.
     pub header_read_timeout: Duration,
     pub auth_token: Option<Secret>,
+    /// Which browser requests the listener refuses (`crate::auth`).
+    pub browser: BrowserPolicy,
 }
 
 #[derive(Clone, Debug)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
     pub token: Option<Secret>,
+    pub browser: BrowserPolicy,
 }
 
 #[derive(Clone, Debug)]
@@ -263,6 +268,10 @@ struct RawIngress {
     max_connections: Option<Spanned<i64>>,
     header_read_timeout: Option<HumanDuration>,
     auth_token_env: Option<Spanned<String>>,
+    #[serde(default)]
+    allowed_origins: Vec<Spanned<EnvString>>,
+    #[serde(default)]
+    allowed_hosts: Vec<Spanned<EnvString>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -270,6 +279,10 @@ struct RawIngress {
 struct RawAdmin {
     listen: Option<Spanned<EnvString>>,
     token_env: Option<Spanned<String>>,
+    #[serde(default)]
+    allowed_origins: Vec<Spanned<EnvString>>,
+    #[serde(default)]
+    allowed_hosts: Vec<Spanned<EnvString>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -542,6 +555,51 @@ fn socket_addr(v: &Option<Spanned<EnvString>>, default: &str, loc: &Locator) -> 
     }
 }
 
+/// A listener's browser policy: origins as `scheme://host[:port]` (or the
+/// literal `null`), hosts as bare names; both compared lower-case.
+fn browser_policy(
+    listen: SocketAddr,
+    origins: &[Spanned<EnvString>],
+    hosts: &[Spanned<EnvString>],
+    loc: &Locator,
+) -> Result<BrowserPolicy, ConfigError> {
+    let mut allowed_origins = Vec::new();
+    for o in origins {
+        let text = o.get_ref().0.trim().trim_end_matches('/').to_ascii_lowercase();
+        let valid = text == "null"
+            || reqwest::Url::parse(&text).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && u.query().is_none()
+                    && u.username().is_empty()
+            }) && !text.ends_with(':');
+        if !valid {
+            return Err(loc.error(
+                o.span(),
+                format!("{text:?} is not an origin like \"https://console.example.com\" (scheme, host, optional port; no path)"),
+            ));
+        }
+        allowed_origins.push(text);
+    }
+    let mut allowed_hosts = Vec::new();
+    for h in hosts {
+        let text = h.get_ref().0.trim().to_ascii_lowercase();
+        if text.is_empty() || text.contains(['/', ':', ' ']) && !text.starts_with('[') {
+            return Err(loc.error(
+                h.span(),
+                format!("{text:?} is not a host name like \"tidegate.internal\" (no scheme, no port)"),
+            ));
+        }
+        allowed_hosts.push(text);
+    }
+    Ok(BrowserPolicy {
+        loopback: listen.ip().is_loopback(),
+        allowed_origins,
+        allowed_hosts,
+    })
+}
+
 fn valid_name(name: &str) -> bool {
     let b = name.as_bytes();
     !b.is_empty()
@@ -563,8 +621,16 @@ const RESERVED_HEADERS: &[&str] = &[
 ];
 
 fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
+    let ingress_listen = socket_addr(&raw.ingress.listen, "0.0.0.0:8080", loc)?;
+    let admin_listen = socket_addr(&raw.admin.listen, "127.0.0.1:9090", loc)?;
     let ingress = IngressConfig {
-        listen: socket_addr(&raw.ingress.listen, "0.0.0.0:8080", loc)?,
+        listen: ingress_listen,
+        browser: browser_policy(
+            ingress_listen,
+            &raw.ingress.allowed_origins,
+            &raw.ingress.allowed_hosts,
+            loc,
+        )?,
         max_body: raw.ingress.max_body.map(|b| b.0).unwrap_or(1 << 20),
         max_connections: positive(&raw.ingress.max_connections, 4096usize, loc, "max_connections")?,
         header_read_timeout: raw
@@ -575,8 +641,9 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         auth_token: secret_from_env(&raw.ingress.auth_token_env, loc)?,
     };
     let admin = AdminConfig {
-        listen: socket_addr(&raw.admin.listen, "127.0.0.1:9090", loc)?,
+        listen: admin_listen,
         token: secret_from_env(&raw.admin.token_env, loc)?,
+        browser: browser_policy(admin_listen, &raw.admin.allowed_origins, &raw.admin.allowed_hosts, loc)?,
     };
     if !admin.listen.ip().is_loopback() && admin.token.is_none() {
         let span = raw.admin.listen.as_ref().map(|s| s.span()).unwrap_or(0..0);

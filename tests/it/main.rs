@@ -4,6 +4,7 @@
 mod support;
 
 mod backpressure;
+mod browser;
 mod crash_loop;
 mod dashboards;
 mod data_traps;
