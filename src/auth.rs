@@ -58,7 +58,7 @@ impl BrowserPolicy {
         if self.loopback {
             if let Some(h) = host {
                 let name = host_name(h);
-                if !is_loopback_name(&name) && !self.allowed_hosts.iter().any(|a| *a == name) {
+                if !is_loopback_name(&name) && !self.allowed_hosts.contains(&name) {
                     return Err(Problem::forbidden_host(&name));
                 }
             }
@@ -70,7 +70,7 @@ impl BrowserPolicy {
             // rebound name is refused above on a loopback listener, and a
             // non-loopback one needs a token for anything that matters.
             let same_origin = host.is_some_and(|h| origin == format!("http://{}", h.to_ascii_lowercase()));
-            if !same_origin && !self.allowed_origins.iter().any(|a| *a == origin) {
+            if !same_origin && !self.allowed_origins.contains(&origin) {
                 return Err(Problem::forbidden_origin(&origin));
             }
         }
