@@ -2,7 +2,7 @@
 //! producer load, with a slow, flaky, sometimes unreachable downstream, and
 //! count: every message ever acknowledged with a 2xx must be delivered.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -115,21 +115,16 @@ async fn every_acknowledged_message_survives_twenty_kill_9_cycles() {
     down.store(false, Ordering::Relaxed);
     let acked: Vec<String> = acked.lock().unwrap().clone();
     let undelivered = || {
-        let delivered: HashSet<String> = ds
-            .seen()
-            .iter()
-            .filter(|s| s.status == 200)
-            .map(|s| s.message_id())
-            .collect();
+        let delivered = ds.ok_by_id();
         acked
             .iter()
-            .filter(|id| !delivered.contains(*id))
+            .filter(|id| !delivered.contains_key(*id))
             .cloned()
             .collect::<Vec<_>>()
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while !undelivered().is_empty() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let missing = undelivered();
     if !missing.is_empty() {
@@ -146,10 +141,7 @@ async fn every_acknowledged_message_survives_twenty_kill_9_cycles() {
             log.display()
         );
     }
-    let mut ok_per_id: HashMap<String, usize> = HashMap::new();
-    for s in ds.seen().iter().filter(|s| s.status == 200) {
-        *ok_per_id.entry(s.message_id()).or_default() += 1;
-    }
+    let ok_per_id = ds.ok_by_id();
     let lost = acked.iter().filter(|id| !ok_per_id.contains_key(*id)).count();
     let duplicates: usize = ok_per_id.values().map(|n| n - 1).sum();
     let dup = classify_duplicates(&ds, &tg.log());

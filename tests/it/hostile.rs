@@ -36,7 +36,7 @@ async fn a_slowloris_producer_is_cut_off_after_the_header_deadline() {
     )
     .await;
     let mut s = TcpStream::connect(tg.ingress).await.unwrap();
-    s.write_all(b"POST /crm/x HTTP/1.1\r\nhost: x\r\nx-slow: ")
+    s.write_all(b"POST /crm/x HTTP/1.1\r\nhost: 127.0.0.1\r\nx-slow: ")
         .await
         .unwrap();
     let started = Instant::now();
@@ -89,7 +89,7 @@ async fn oversized_headers_and_a_flood_to_an_unknown_destination_leave_it_health
     let ds = Downstream::start().await;
     let tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
     // 200 headers: over hyper's limit, refused with 431, nothing stored.
-    let mut req = String::from("POST /crm/x HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n");
+    let mut req = String::from("POST /crm/x HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 2\r\n");
     for i in 0..200 {
         req.push_str(&format!("x-h{i}: v\r\n"));
     }
@@ -101,7 +101,7 @@ async fn oversized_headers_and_a_flood_to_an_unknown_destination_leave_it_health
     // One header of 1 MiB: refused too.
     let mut s = TcpStream::connect(tg.ingress).await.unwrap();
     let big = format!(
-        "POST /crm/x HTTP/1.1\r\nhost: x\r\nx-big: {}\r\ncontent-length: 2\r\n\r\n{{}}",
+        "POST /crm/x HTTP/1.1\r\nhost: 127.0.0.1\r\nx-big: {}\r\ncontent-length: 2\r\n\r\n{{}}",
         "a".repeat(1 << 20)
     );
     let _ = s.write_all(big.as_bytes()).await;

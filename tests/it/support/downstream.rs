@@ -1,6 +1,7 @@
 //! A programmable downstream: records every request it gets and answers
 //! with whatever the test's current `respond` function says.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -67,8 +68,29 @@ type Respond = Arc<dyn Fn(&Seen, usize) -> Reply + Send + Sync>;
 #[derive(Clone)]
 pub struct Downstream {
     pub addr: SocketAddr,
-    seen: Arc<Mutex<Vec<Seen>>>,
+    seen: Arc<Mutex<Record>>,
     respond: Arc<Mutex<Respond>>,
+}
+
+/// Everything seen, with counts by message id kept as it grows: a test
+/// that polls them must not copy thousands of requests while the
+/// downstream waits for the lock (that starves it into timeouts).
+#[derive(Default)]
+struct Record {
+    all: Vec<Seen>,
+    by_id: HashMap<String, usize>,
+    ok_by_id: HashMap<String, usize>,
+}
+
+impl Record {
+    fn push(&mut self, s: Seen) {
+        let id = s.message_id();
+        if s.status == 200 {
+            *self.ok_by_id.entry(id.clone()).or_default() += 1;
+        }
+        *self.by_id.entry(id).or_default() += 1;
+        self.all.push(s);
+    }
 }
 
 impl Downstream {
@@ -78,7 +100,7 @@ impl Downstream {
         let addr = listener.local_addr().unwrap();
         let ds = Downstream {
             addr,
-            seen: Arc::new(Mutex::new(Vec::new())),
+            seen: Arc::default(),
             respond: Arc::new(Mutex::new(Arc::new(|_: &Seen, _: usize| Reply::status(200)))),
         };
         let app = axum::Router::new().fallback(handle).with_state(ds.clone());
@@ -110,11 +132,16 @@ impl Downstream {
     }
 
     pub fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
+        self.seen.lock().unwrap().all.clone()
     }
 
     pub fn count(&self) -> usize {
-        self.seen.lock().unwrap().len()
+        self.seen.lock().unwrap().all.len()
+    }
+
+    /// How many times each message id was answered 200.
+    pub fn ok_by_id(&self) -> HashMap<String, usize> {
+        self.seen.lock().unwrap().ok_by_id.clone()
     }
 
     /// Requests that got a 2xx answer, by message id.
@@ -148,7 +175,7 @@ async fn handle(State(ds): State<Downstream>, req: Request) -> Response {
         let respond = ds.respond.lock().unwrap().clone();
         let mut seen_all = ds.seen.lock().unwrap();
         let id = seen.message_id();
-        let n = 1 + seen_all.iter().filter(|s| s.message_id() == id).count();
+        let n = 1 + seen_all.by_id.get(&id).copied().unwrap_or(0);
         let reply = respond(&seen, n);
         let mut seen = seen;
         // A reply slower than tidegate's timeout never reaches it.
