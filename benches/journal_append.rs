@@ -25,6 +25,7 @@ fn message(body: &Bytes) -> NewMessage {
         body: body.clone(),
         idempotency_key: None,
         wants_reply: false,
+        producer: None,
         received_at: now_ms(),
     }
 }

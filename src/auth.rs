@@ -22,8 +22,69 @@
 
 use axum::http::{header, HeaderMap};
 
-use crate::config::Secret;
+use crate::config::{IngressConfig, Secret};
 use crate::problem::Problem;
+
+/// The `producer` label of a request that carried the shared
+/// `ingress.auth_token_env` token.
+pub const SHARED: &str = "shared";
+/// The `producer` label of a request when ingress asks for no token.
+pub const ANONYMOUS: &str = "anonymous";
+
+/// Who sent a producer request, as far as its token says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sender<'a> {
+    /// The producer's name, `SHARED` or `ANONYMOUS`.
+    pub name: &'a str,
+    /// The destinations it may send to; `None`: all.
+    destinations: Option<&'a [String]>,
+}
+
+impl Sender<'_> {
+    /// The name stored with its messages: none for an anonymous sender.
+    pub fn recorded(&self) -> Option<String> {
+        (self.name != ANONYMOUS).then(|| self.name.to_string())
+    }
+
+    /// Refuses a destination outside the producer's list.
+    pub fn may_send_to(&self, dest: &str) -> Result<(), Problem> {
+        match self.destinations {
+            Some(list) if !list.iter().any(|d| d == dest) => Err(Problem::forbidden_destination(self.name, dest)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Identifies the sender of a producer request from its bearer token: a
+/// configured producer's, the shared one, or none where none is needed.
+/// Every producer's token is compared (in constant time, without stopping
+/// at a match), so timing tells nothing about which one matched.
+pub fn sender<'a>(headers: &HeaderMap, cfg: &'a IngressConfig) -> Result<Sender<'a>, Problem> {
+    if cfg.producers.is_empty() && cfg.auth_token.is_none() {
+        return Ok(Sender {
+            name: ANONYMOUS,
+            destinations: None,
+        });
+    }
+    let mut found = None;
+    for p in &cfg.producers {
+        if bearer_matches(headers, &p.token) {
+            found = Some(Sender {
+                name: p.name.as_str(),
+                destinations: p.destinations.as_deref(),
+            });
+        }
+    }
+    if let Some(shared) = &cfg.auth_token {
+        if bearer_matches(headers, shared) && found.is_none() {
+            found = Some(Sender {
+                name: SHARED,
+                destinations: None,
+            });
+        }
+    }
+    found.ok_or_else(Problem::unauthorized)
+}
 
 /// Constant-time comparison of a presented bearer token with the expected one.
 pub fn bearer_matches(headers: &HeaderMap, expected: &Secret) -> bool {

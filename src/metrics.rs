@@ -107,7 +107,7 @@ impl Metrics {
             received: counter(
                 "messages_received_total",
                 "Messages accepted and made durable.",
-                &["destination"],
+                &["destination", "producer"],
             ),
             rejected: counter(
                 "messages_rejected_total",
@@ -176,8 +176,8 @@ impl Metrics {
 
     /// Creates a destination's series at zero, so rates and alerts see a
     /// destination from its start rather than from its first event.
+    /// (`messages_received_total` is created per sender by ingress.)
     pub fn register_destination(&self, dest: &str) {
-        self.received.with_label_values(&[dest]);
         self.delivered.with_label_values(&[dest]);
         for outcome in [
             "success",

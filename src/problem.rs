@@ -58,6 +58,15 @@ impl Problem {
             format!("host {host:?} is not a loopback name of this listener (see allowed_hosts)"),
         )
     }
+    /// A producer's token does not cover this destination.
+    pub fn forbidden_destination(producer: &str, dest: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_destination",
+            "Forbidden destination",
+            format!("producer {producer:?} may not send to destination {dest:?}"),
+        )
+    }
     pub fn unknown_destination(name: &str) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

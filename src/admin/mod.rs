@@ -223,7 +223,7 @@ async fn describe(a: &Admin, d: &dispatch::Destination) -> Result<Value, Problem
             "max_in_flight": cfg.rate_limit.max_in_flight,
         },
         "counters": {
-            "received": m.received.with_label_values(&[n]).get(),
+            "received": counter_sum(&m.received, n),
             "delivered": m.delivered.with_label_values(&[n]).get(),
             "failed_attempts": failed_attempts,
             "dead_lettered": counter_sum(&m.dead_lettered, n),
@@ -325,6 +325,7 @@ async fn message(State(a): State<Admin>, Path(id): Path<String>) -> Result<Json<
         "next_attempt_at": if state == "scheduled" { rfc3339(s.visible_at) } else { Value::Null },
         "last_error": s.last_error,
         "reason": s.reason,
+        "producer": s.producer,
     })))
 }
 

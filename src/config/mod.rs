@@ -124,6 +124,22 @@ pub struct IngressConfig {
     pub auth_token: Option<Secret>,
     /// Which browser requests the listener refuses (`crate::auth`).
     pub browser: BrowserPolicy,
+    /// Named producers, each with its own token and destinations. When any
+    /// is configured, every request needs one of their tokens (or the
+    /// shared `auth_token`).
+    pub producers: Vec<Producer>,
+    /// A non-loopback ingress with no token at all is refused at load
+    /// unless this says so on purpose.
+    pub allow_anonymous: bool,
+}
+
+/// A producer identity (`[[ingress.producer]]`).
+#[derive(Clone, Debug)]
+pub struct Producer {
+    pub name: String,
+    pub token: Secret,
+    /// The destinations it may send to; `None`: all.
+    pub destinations: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug)]
@@ -272,6 +288,17 @@ struct RawIngress {
     allowed_origins: Vec<Spanned<EnvString>>,
     #[serde(default)]
     allowed_hosts: Vec<Spanned<EnvString>>,
+    allow_anonymous: Option<bool>,
+    #[serde(default)]
+    producer: Vec<RawProducer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProducer {
+    name: Spanned<String>,
+    token_env: Spanned<String>,
+    destinations: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -487,6 +514,26 @@ impl Locator<'_> {
         }
     }
 
+    /// As `error`, naming `key` when the span does not (a defaulted value).
+    fn error_at_key(&self, span: std::ops::Range<usize>, key: &str, reason: String) -> ConfigError {
+        match self.error(span, reason) {
+            ConfigError::Invalid {
+                path,
+                line,
+                col,
+                key: None,
+                reason,
+            } => ConfigError::Invalid {
+                path,
+                line,
+                col,
+                key: Some(key.to_string()),
+                reason,
+            },
+            e => e,
+        }
+    }
+
     /// The dotted key whose value starts at `offset`: the table header above
     /// it plus the bare key on its line, e.g. `destination.retry.multiplier`.
     fn key_at(&self, offset: usize) -> Option<String> {
@@ -553,6 +600,61 @@ fn socket_addr(v: &Option<Spanned<EnvString>>, default: &str, loc: &Locator) -> 
             )
         }),
     }
+}
+
+/// Validates `[[ingress.producer]]`: names like destinations', unique;
+/// tokens set and distinct (a token must say who sent a request); listed
+/// destinations configured.
+fn producers(raw: &[RawProducer], destinations: &[Destination], loc: &Locator) -> Result<Vec<Producer>, ConfigError> {
+    let mut out: Vec<Producer> = Vec::new();
+    for p in raw {
+        let name = p.name.get_ref().clone();
+        if !valid_name(&name) {
+            return Err(loc.error(
+                p.name.span(),
+                format!("producer name {name:?} must match [a-z0-9][a-z0-9_-]{{0,62}}"),
+            ));
+        }
+        if out.iter().any(|o| o.name == name) {
+            return Err(loc.error(p.name.span(), format!("producer {name:?} is defined twice")));
+        }
+        let token = secret_from_env(&Some(p.token_env.clone()), loc)?
+            .ok_or_else(|| loc.error(p.token_env.span(), "token_env is required".to_string()))?;
+        if let Some(other) = out.iter().find(|o| o.token == token) {
+            return Err(loc.error(
+                p.token_env.span(),
+                format!(
+                    "producers {:?} and {name:?} have the same token: each needs its own",
+                    other.name
+                ),
+            ));
+        }
+        let dests = match &p.destinations {
+            None => None,
+            Some(list) => {
+                let mut names = Vec::new();
+                for d in list {
+                    if !destinations.iter().any(|x| x.name == *d.get_ref()) {
+                        return Err(loc.error(
+                            d.span(),
+                            format!(
+                                "producer {name:?} names destination {:?}, which is not configured",
+                                d.get_ref()
+                            ),
+                        ));
+                    }
+                    names.push(d.get_ref().clone());
+                }
+                Some(names)
+            }
+        };
+        out.push(Producer {
+            name,
+            token,
+            destinations: dests,
+        });
+    }
+    Ok(out)
 }
 
 /// A listener's browser policy: origins as `scheme://host[:port]` (or the
@@ -639,6 +741,9 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             .map(|d| d.0)
             .unwrap_or(Duration::from_secs(10)),
         auth_token: secret_from_env(&raw.ingress.auth_token_env, loc)?,
+        // Filled in below, once the destinations they name are known.
+        producers: Vec::new(),
+        allow_anonymous: raw.ingress.allow_anonymous.unwrap_or(false),
     };
     let admin = AdminConfig {
         listen: admin_listen,
@@ -817,6 +922,26 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             ca_file,
         });
     }
+    let mut ingress = ingress;
+    ingress.producers = producers(&raw.ingress.producer, &destinations, loc)?;
+    if !ingress.listen.ip().is_loopback()
+        && ingress.producers.is_empty()
+        && ingress.auth_token.is_none()
+        && !ingress.allow_anonymous
+    {
+        let span = raw.ingress.listen.as_ref().map(|s| s.span()).unwrap_or(0..0);
+        // The default listen has no span: the error still names its key.
+        return Err(loc.error_at_key(
+            span,
+            "ingress.listen",
+            format!(
+                "{} is not a loopback address and no [[ingress.producer]] or auth_token_env is \
+                 configured: anyone who reaches it could send with the destinations' credentials; configure \
+                 producers, or set ingress.allow_anonymous = true if that is meant",
+                ingress.listen
+            ),
+        ));
+    }
     let mut warnings = Vec::new();
     if destinations.is_empty() {
         warnings.push(format!(
@@ -850,12 +975,22 @@ impl Config {
             ByteSize(self.ingress.max_body),
             self.ingress.max_connections,
             HumanDuration(self.ingress.header_read_timeout),
-            if self.ingress.auth_token.is_some() {
-                "bearer token"
-            } else {
-                "none"
+            match (self.ingress.producers.len(), self.ingress.auth_token.is_some()) {
+                (0, false) if self.ingress.allow_anonymous => "none (allow_anonymous)",
+                (0, false) => "none (loopback)",
+                (0, true) => "shared bearer token",
+                (_, false) => "producer tokens",
+                (_, true) => "producer tokens and a shared one",
             }
         );
+        for p in &self.ingress.producers {
+            let _ = writeln!(
+                s,
+                "  producer {:?} token=<redacted> destinations={}",
+                p.name,
+                p.destinations.as_ref().map_or("all".to_string(), |d| d.join(","))
+            );
+        }
         let _ = writeln!(
             s,
             "admin    listen={} auth={}",
@@ -957,8 +1092,9 @@ mod tests {
         Config::parse(Path::new("t.toml"), text)
     }
 
-    const MIN: &str =
-        "[[destination]]\nname = \"crm\"\nurl = \"http://127.0.0.1:9/api\"\nowner = \"ops@example.com\"\n";
+    /// The smallest config that loads: a loopback ingress (a public one
+    /// needs producers or `allow_anonymous`) and one destination.
+    const MIN: &str = "[ingress]\nlisten = \"127.0.0.1:8080\"\n[[destination]]\nname = \"crm\"\nurl = \"http://127.0.0.1:9/api\"\nowner = \"ops@example.com\"\n";
 
     #[test]
     fn minimal_config_gets_defaults() {
@@ -973,7 +1109,7 @@ mod tests {
     fn unknown_key_names_file_line_and_key() {
         let text = format!("{MIN}[destination.retry]\nmax_atempts = 3\n");
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.starts_with("t.toml:6:1:"), "{e}");
+        assert!(e.starts_with("t.toml:8:1:"), "{e}");
         assert!(e.contains("max_atempts"), "{e}");
     }
 
@@ -981,7 +1117,7 @@ mod tests {
     fn bad_duration_points_at_the_value() {
         let text = format!("{MIN}timeout = \"10 parsecs\"\n");
         let e = parse(&text).unwrap_err().to_string();
-        assert!(e.starts_with("t.toml:5:11:"), "{e}");
+        assert!(e.starts_with("t.toml:7:11:"), "{e}");
         assert!(e.contains("destination.timeout"), "{e}");
     }
 
@@ -1055,7 +1191,7 @@ mod tests {
         ))
         .unwrap_err();
         let text = e.to_string();
-        assert!(text.starts_with("t.toml:7:15:"), "{text}");
+        assert!(text.starts_with("t.toml:9:15:"), "{text}");
         assert_eq!(key_of(e), "destination.retry.max_backoff");
         // Only initial_backoff set, above the default max_backoff of 1m.
         let e = parse(&format!("{MIN}[destination.retry]\ninitial_backoff = \"2m\"\n")).unwrap_err();
@@ -1068,7 +1204,7 @@ mod tests {
 
     #[test]
     fn a_config_without_destinations_loads_with_a_warning() {
-        let c = parse("[log]\nlevel = \"info\"\n").unwrap();
+        let c = parse("[ingress]\nlisten = \"127.0.0.1:8080\"\n[log]\nlevel = \"info\"\n").unwrap();
         assert_eq!(c.warnings.len(), 1);
         assert!(
             c.summary().contains("warning: t.toml: no [[destination]]"),

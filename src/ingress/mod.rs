@@ -10,6 +10,7 @@
 mod headers;
 pub mod listener;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,26 +45,43 @@ pub struct Ingress {
 
 pub fn router(state: Ingress) -> Router {
     // Counter handles resolved once: a label lookup per request is a hash
-    // and a lock on the hot path.
-    let received = state
-        .dispatcher
-        .destinations()
+    // and a lock on the hot path. One per destination and each sender that
+    // may send to it, so those series also exist from the start.
+    let cfg = crate::reload::current(&state.live);
+    let mut senders: Vec<(&str, Option<&[String]>)> = cfg
+        .ingress
+        .producers
         .iter()
-        .map(|d| {
-            (
-                d.name.clone(),
-                state.metrics.received.with_label_values(&[d.name.as_str()]),
-            )
-        })
+        .map(|p| (p.name.as_str(), p.destinations.as_deref()))
         .collect();
+    if cfg.ingress.auth_token.is_some() {
+        senders.push((crate::auth::SHARED, None));
+    }
+    if senders.is_empty() {
+        senders.push((crate::auth::ANONYMOUS, None));
+    }
+    let mut received: Counters = HashMap::new();
+    for d in state.dispatcher.destinations() {
+        for (producer, allowed) in &senders {
+            if allowed.is_none_or(|list| list.contains(&d.name)) {
+                received.entry(d.name.clone()).or_default().insert(
+                    producer.to_string(),
+                    state.metrics.received.with_label_values(&[d.name.as_str(), producer]),
+                );
+            }
+        }
+    }
     Router::new()
         .fallback(handle)
         .with_state(Arc::new(Shared { ing: state, received }))
 }
 
+/// `messages_received_total` handles by destination, then producer.
+type Counters = HashMap<String, HashMap<String, prometheus::IntCounter>>;
+
 struct Shared {
     ing: Ingress,
-    received: std::collections::HashMap<String, prometheus::IntCounter>,
+    received: Counters,
 }
 
 const ALLOW: &str = "POST, PUT, PATCH, DELETE";
@@ -90,13 +108,12 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
     let live = crate::reload::current(&ing.live);
     live.ingress.browser.check(&parts.headers)?;
     let max_body = live.ingress.max_body;
-    if let Some(token) = &live.ingress.auth_token {
-        if !crate::auth::bearer_matches(&parts.headers, token) {
-            return Err(Problem::unauthorized());
-        }
-    }
+    let sender = crate::auth::sender(&parts.headers, &live.ingress)?;
     let raw_path = parts.uri.path();
     let (dest_name, rest) = split_destination(raw_path)?;
+    // Before the lookup: a producer learns nothing about destinations
+    // outside its list, not even whether they exist.
+    sender.may_send_to(dest_name)?;
     let Some(dest) = ing.dispatcher.destination(dest_name) else {
         return Err(Problem::unknown_destination(dest_name));
     };
@@ -150,16 +167,17 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
         idempotency_key,
         wants_reply: wait.is_some(),
         received_at: journal::now_ms(),
+        producer: sender.recorded(),
     };
     let window = live.storage.history_retention;
     let appended = append_with_backpressure(ing, &dest, &cfg, msg, window).await?;
     ing.metrics.ingest_duration.observe(started.elapsed().as_secs_f64());
     let (seq, duplicate) = match appended {
         Appended::Stored { seq } => {
-            match shared.received.get(name) {
+            match shared.received.get(name).and_then(|by| by.get(sender.name)) {
                 Some(c) => c.inc(),
-                // A destination added by a reload.
-                None => ing.metrics.received.with_label_values(&[name]).inc(),
+                // A destination or producer added by a reload.
+                None => ing.metrics.received.with_label_values(&[name, sender.name]).inc(),
             }
             (seq, false)
         }

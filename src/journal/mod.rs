@@ -171,6 +171,8 @@ pub struct NewMessage {
     /// The producer is waiting for the outcome (`Prefer: wait`).
     pub wants_reply: bool,
     pub received_at: i64,
+    /// Who sent it (`[[ingress.producer]]`), when producers are configured.
+    pub producer: Option<String>,
 }
 
 impl NewMessage {

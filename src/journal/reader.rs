@@ -80,6 +80,7 @@ pub struct MessageStatus {
     pub finished_at: Option<i64>,
     pub last_error: Option<LastError>,
     pub reason: Option<String>,
+    pub producer: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -242,7 +243,7 @@ impl Reader {
     pub fn status(&self, seq: u64) -> rusqlite::Result<Option<MessageStatus>> {
         self.conn
             .prepare_cached(
-                "SELECT seq, dest, state, visible_at, attempts, received_at, finished_at, last_error, reason
+                "SELECT seq, dest, state, visible_at, attempts, received_at, finished_at, last_error, reason, producer
                  FROM messages WHERE seq = ?1",
             )?
             .query_row([seq as i64], |r| {
@@ -256,6 +257,7 @@ impl Reader {
                     finished_at: r.get(6).ok().flatten(),
                     last_error: last_error(r.get(7).ok().flatten()),
                     reason: r.get(8).ok().flatten(),
+                    producer: r.get(9).ok().flatten(),
                 })
             })
             .optional()

@@ -332,12 +332,22 @@ fn copy_rows(
 type RawRow = Vec<rusqlite::types::Value>;
 
 const COLUMNS: &str = "seq, dest, state, visible_at, received_at, attempts, method, path, headers, body, size, crc,
-    version, idem_key, wants_reply, last_error, reason, finished_at";
+    version, idem_key, wants_reply, last_error, reason, finished_at, producer";
+/// The same, for a journal from before `producer` was added.
+const COLUMNS_BEFORE_PRODUCER: &str =
+    "seq, dest, state, visible_at, received_at, attempts, method, path, headers, body,
+    size, crc, version, idem_key, wants_reply, last_error, reason, finished_at, NULL";
+/// How many `COLUMNS` name; a leaf row written before `producer` existed
+/// holds one fewer and is padded.
+const COLUMN_COUNT: usize = 19;
 
 fn read_range(old: &Connection, lo: i64, hi: i64) -> rusqlite::Result<Vec<RawRow>> {
-    let mut stmt = old.prepare_cached(&format!("SELECT {COLUMNS} FROM messages WHERE seq BETWEEN ?1 AND ?2"))?;
+    let query = |columns| format!("SELECT {columns} FROM messages WHERE seq BETWEEN ?1 AND ?2");
+    let mut stmt = old
+        .prepare_cached(&query(COLUMNS))
+        .or_else(|_| old.prepare_cached(&query(COLUMNS_BEFORE_PRODUCER)))?;
     let rows = stmt.query_map(params![lo, hi], |r: &Row<'_>| {
-        (0..18)
+        (0..COLUMN_COUNT)
             .map(|i| {
                 use rusqlite::types::{Value, ValueRef};
                 // Not `Value::from`: it panics on text that is not UTF-8,
@@ -381,11 +391,12 @@ fn rows_from_leaves(
     let want = |seq| owed.state_of(seq).is_some() || unwitnessed.contains(seq);
     let mut found = |r: leaves::LeafRow| {
         let mut row = r.values;
-        // A message row: 18 columns, the first (seq, the rowid) stored as
-        // NULL, a state tidegate writes.
-        if row.len() != 18 || row[0] != Value::Null {
+        // A message row: 18 columns (19 since `producer`), the first (seq,
+        // the rowid) stored as NULL, a state tidegate writes.
+        if !(COLUMN_COUNT - 1..=COLUMN_COUNT).contains(&row.len()) || row[0] != Value::Null {
             return;
         }
+        row.resize(COLUMN_COUNT, Value::Null);
         let Value::Integer(state) = row[2] else { return };
         if !(schema::STATE_PENDING..=schema::STATE_QUARANTINED).contains(&state) {
             return;
@@ -525,7 +536,7 @@ fn insert_rows(
         *highest_seen = (*highest_seen).max(seq);
         let state = matches!(row[2], Value::Integer(s) if s == schema::STATE_PENDING || s == schema::STATE_DEAD);
         // Text columns holding bytes that are not text: damaged.
-        const TEXT_COLUMNS: [usize; 6] = [1, 6, 7, 13, 15, 16];
+        const TEXT_COLUMNS: [usize; 7] = [1, 6, 7, 13, 15, 16, 18];
         if TEXT_COLUMNS.iter().any(|&i| matches!(row[i], Value::Blob(_))) {
             if state {
                 lost.insert(seq);
@@ -548,7 +559,7 @@ fn insert_rows(
         let ok = new
             .prepare_cached(&format!(
                 "INSERT OR IGNORE INTO messages ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,
-                 ?13, ?14, ?15, ?16, ?17, ?18)"
+                 ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
             ))
             .and_then(|mut s| s.execute(rusqlite::params_from_iter(row.iter())));
         match ok {

@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS messages (
     wants_reply  INTEGER NOT NULL DEFAULT 0,
     last_error   TEXT,
     reason       TEXT,
-    finished_at  INTEGER
+    finished_at  INTEGER,
+    producer     TEXT
 );
 CREATE INDEX IF NOT EXISTS messages_ready    ON messages(dest, visible_at, seq) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS messages_pending  ON messages(dest, seq) WHERE state = 0;
@@ -170,7 +171,9 @@ pub fn open_checked(path: &Path) -> Result<Opened, OpenError> {
     .map_err(e("open"))?;
     configure(&conn, true).map_err(e("pragmas"))?;
     conn.execute_batch(CREATE).map_err(e("schema"))?;
-    add_fingerprint_column(&conn).map_err(e("schema"))?;
+    // Columns added after the first release, to journals that predate them.
+    add_column(&conn, "idempotency", "fingerprint", "BLOB").map_err(e("schema"))?;
+    add_column(&conn, "messages", "producer", "TEXT").map_err(e("schema"))?;
 
     let version: Option<String> = meta(&conn, "format_version").map_err(e("meta"))?;
     match version.as_deref().map(str::parse::<i64>) {
@@ -232,17 +235,19 @@ pub fn open_checked(path: &Path) -> Result<Opened, OpenError> {
     })
 }
 
-/// Journals written before idempotency keys carried a fingerprint of what
-/// they cover get the column (NULL for their keys: a reuse of one of those
-/// cannot be told from a repeat, and is taken as a repeat).
-fn add_fingerprint_column(conn: &Connection) -> rusqlite::Result<()> {
+/// Adds a column a journal from an older build lacks; its rows get NULL.
+/// `idempotency.fingerprint`: a reuse of a key stored without one cannot be
+/// told from a repeat, and is taken as a repeat. `messages.producer`: who
+/// sent it is unknown. Either way the format stays readable by the build
+/// that wrote it (it names its columns), so the format version is unchanged.
+fn add_column(conn: &Connection, table: &str, column: &str, kind: &str) -> rusqlite::Result<()> {
     let has: bool = conn.query_row(
-        "SELECT count(*) FROM pragma_table_info('idempotency') WHERE name = 'fingerprint'",
-        [],
+        &format!("SELECT count(*) FROM pragma_table_info('{table}') WHERE name = ?1"),
+        [column],
         |r| r.get::<_, i64>(0).map(|n| n > 0),
     )?;
     if !has {
-        conn.execute_batch("ALTER TABLE idempotency ADD COLUMN fingerprint BLOB")?;
+        conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column} {kind}"))?;
     }
     Ok(())
 }

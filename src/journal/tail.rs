@@ -176,6 +176,7 @@ mod tests {
             body: bytes::Bytes::from(vec![b'x'; body]),
             idempotency_key: None,
             wants_reply: false,
+            producer: None,
             received_at: 7,
         })
     }

@@ -18,6 +18,7 @@ fn msg(dest: &str, body: &str) -> NewMessage {
         body: Bytes::from(body.to_string()),
         idempotency_key: None,
         wants_reply: false,
+        producer: None,
         received_at: now_ms(),
     }
 }

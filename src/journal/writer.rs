@@ -587,7 +587,7 @@ fn append(
     let seq = *next_seq;
     tx.prepare_cached(
         "INSERT INTO messages (seq, dest, state, visible_at, received_at, method, path, headers, body, size, crc,
-         version, idem_key, wants_reply) VALUES (?1, ?2, 0, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+         version, idem_key, wants_reply, producer) VALUES (?1, ?2, 0, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
     )?
     .execute(params![
         seq,
@@ -601,7 +601,8 @@ fn append(
         crc,
         schema::FORMAT_VERSION,
         msg.idempotency_key,
-        msg.wants_reply
+        msg.wants_reply,
+        msg.producer
     ])?;
     *next_seq += 1;
     if let Some(key) = &msg.idempotency_key {

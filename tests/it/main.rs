@@ -16,5 +16,6 @@ mod hostile;
 mod lifecycle;
 mod operations;
 mod problems;
+mod producers;
 mod rate;
 mod reference;

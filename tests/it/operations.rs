@@ -94,7 +94,10 @@ async fn metrics_count_exactly_what_happened_and_pass_promtool() {
 
     let (text, m) = metrics(&tg).await;
     let get = |k: &str| *m.get(k).unwrap_or_else(|| panic!("no series {k} in\n{text}"));
-    assert_eq!(get("tidegate_messages_received_total{destination=\"ok\"}"), 3.0);
+    assert_eq!(
+        get("tidegate_messages_received_total{destination=\"ok\",producer=\"anonymous\"}"),
+        3.0
+    );
     assert_eq!(get("tidegate_messages_delivered_total{destination=\"ok\"}"), 3.0);
     assert_eq!(
         get("tidegate_delivery_attempts_total{destination=\"ok\",outcome=\"success\"}"),

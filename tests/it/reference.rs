@@ -42,6 +42,7 @@ fn every_config_key_is_in_the_reference() {
     let doc = repo("docs/reference.md");
     let tables = [
         ("[ingress]", "ingress"),
+        ("[[ingress.producer]]", "ingress.producer"),
         ("[admin]", "admin"),
         ("[storage]", "storage"),
         ("[log]", "log"),
@@ -138,6 +139,7 @@ fn every_metric_is_in_the_reference() {
     let doc = repo("docs/reference.md");
     let m = tidegate::metrics::Metrics::new();
     m.register_destination("d");
+    m.received.with_label_values(&["d", "p"]);
     let text = m.render();
     let names: Vec<&str> = text
         .lines()
@@ -194,5 +196,66 @@ fn every_subcommand_is_in_the_reference() {
                 "tidegate {c} {s} is not in docs/reference.md"
             );
         }
+    }
+}
+
+/// Every config the project ships (the README's, the container's, the
+/// compose and Kubernetes examples) passes `tidegate check` with the
+/// environment it documents, so none of them is a startup error.
+#[test]
+fn every_shipped_config_passes_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut configs: Vec<(String, String)> = [
+        "config/tidegate.toml",
+        "deploy/tidegate.container.toml",
+        "deploy/compose/tidegate.toml",
+    ]
+    .iter()
+    .map(|p| (p.to_string(), repo(p)))
+    .collect();
+    // The Kubernetes ones are embedded in ConfigMaps: the indented block
+    // under `tidegate.toml: |`.
+    for p in ["deploy/kubernetes/configmap.yaml", "deploy/kubernetes/sidecar.yaml"] {
+        let text = repo(p);
+        let start = text
+            .find("tidegate.toml: |\n")
+            .unwrap_or_else(|| panic!("{p}: no tidegate.toml"))
+            + 17;
+        let block: Vec<&str> = text[start..]
+            .lines()
+            .take_while(|l| l.is_empty() || l.starts_with("    "))
+            .map(|l| l.strip_prefix("    ").unwrap_or(l))
+            .collect();
+        configs.push((p.to_string(), block.join("\n")));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in configs {
+        // Every variable a config names gets a value, as its deployment
+        // documents (a Secret, the compose environment).
+        let mut env: Vec<(String, String)> = Vec::new();
+        for (i, _) in text.match_indices("_env = \"") {
+            let var: String = text[i + 8..].chars().take_while(|c| *c != '"').collect();
+            env.push((var, "a-test-value".into()));
+        }
+        for (i, _) in text.match_indices("${") {
+            let var: String = text[i + 2..].chars().take_while(|c| *c != '}').collect();
+            env.push((var, "a-test-value".into()));
+        }
+        let path = dir.path().join("tidegate.toml");
+        // The README's config is checked in place: its relative paths are
+        // relative to it.
+        let path = if name == "config/tidegate.toml" {
+            root.join(&name)
+        } else {
+            std::fs::write(&path, &text).unwrap();
+            path
+        };
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .args(["check", "--config"])
+            .arg(&path)
+            .envs(env)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{name}: {}", String::from_utf8_lossy(&out.stderr));
     }
 }
