@@ -28,7 +28,18 @@ start_nginx auto <<CONF
   }
 CONF
 
-{ tidegate_config_head; cat <<CONF
+# PRODUCERS=N (producer-tokens.sh): N producer identities, the requests
+# carrying the last one's token (every token is compared on each request).
+producers() {
+  [ -n "${PRODUCERS:-}" ] || return 0
+  for i in $(seq "$PRODUCERS"); do
+    printf '[[ingress.producer]]\nname = "p%s"\ntoken_env = "TIDEGATE_BENCH_TOKEN_%s"\n' "$i" "$i"
+    export "TIDEGATE_BENCH_TOKEN_$i=bench-token-$i-0123456789abcdef"
+  done
+  export TIDEGATE_BENCH_TOKEN="bench-token-$PRODUCERS-0123456789abcdef"
+}
+# The producer tables belong to [ingress]: written before the next table.
+{ tidegate_config_head | sed '/^\[admin\]/,$d'; producers; tidegate_config_head | sed -n '/^\[admin\]/,$p'; cat <<CONF
 [log]
 level = "${TIDEGATE_LOG_LEVEL:-info}"
 format = "${TIDEGATE_LOG_FORMAT:-text}"

@@ -3,3 +3,8 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local pad = string.rep("x", 1024 - 40)
 wrk.body = '{"event":"lead.scored","pad":"' .. pad .. '"}'
+-- With TIDEGATE_BENCH_TOKEN set (producer-tokens.sh), send it as a bearer token.
+local token = os.getenv("TIDEGATE_BENCH_TOKEN")
+if token and token ~= "" then
+  wrk.headers["Authorization"] = "Bearer " .. token
+end

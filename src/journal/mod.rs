@@ -354,7 +354,11 @@ impl Journal {
     /// before it binds any port, so that a second tidegate on the same
     /// directory is told so, not that a port the first one holds is taken.
     pub fn lock(dir: &Path) -> Result<StorageLock> {
-        std::fs::create_dir_all(dir)?;
+        // The queue holds what producers sent, often personal data: a
+        // directory tidegate creates is its user's alone (an existing one
+        // keeps the mode its operator gave it).
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         Ok(StorageLock {
             dir: dir.to_path_buf(),
             file: lock_storage(dir)?,

@@ -970,3 +970,26 @@ async fn a_lease_let_go_as_a_read_begins_is_not_skipped() {
     let due = j.fetch_ready("d", 10, Vec::new).await.unwrap();
     assert_eq!(seqs_of(&due.messages), vec![m], "given back, due, and not leased");
 }
+
+#[test]
+fn a_storage_directory_it_creates_is_its_users_alone_and_an_existing_one_is_left_as_is() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().unwrap();
+    let created = root.path().join("a/b");
+    drop(Journal::lock(&created).unwrap());
+    for d in [root.path().join("a"), created] {
+        assert_eq!(
+            std::fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700,
+            "{d:?}"
+        );
+    }
+    let existing = root.path().join("shared");
+    std::fs::create_dir(&existing).unwrap();
+    std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o750)).unwrap();
+    drop(Journal::lock(&existing).unwrap());
+    assert_eq!(
+        std::fs::metadata(&existing).unwrap().permissions().mode() & 0o777,
+        0o750
+    );
+}

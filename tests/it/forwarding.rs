@@ -171,3 +171,57 @@ async fn message_status_reports_scheduled_retries_with_the_last_error() {
     assert_eq!(d["queue"]["depth"], 1);
     assert_eq!(d["queue"]["scheduled"], 1);
 }
+
+/// A producer chooses the path under its destination and nothing else: no
+/// path trick, Host or forwarding header, and no redirect from the
+/// downstream sends a delivery (with the destination's credentials)
+/// anywhere but the configured url.
+#[tokio::test]
+async fn deliveries_go_only_where_the_config_says() {
+    let ds = Downstream::start().await;
+    let elsewhere = Downstream::start().await;
+    let tg = Tidegate::start(&destination(
+        "crm",
+        &format!("{}/api", ds.url()),
+        "headers = { X-Api-Key = \"configured-key\" }\n[destination.retry]\nmax_attempts = 1",
+    ))
+    .await;
+    let other = elsewhere.addr.to_string();
+    let mut ids = Vec::new();
+    for path in [
+        format!("/crm//{other}/x"),
+        format!("/crm/@{other}/x"),
+        format!("/crm/x?u=http://{other}/"),
+        "/crm/%2F%2Fevil/x".to_string(),
+    ] {
+        let r = tg
+            .client
+            .post(tg.url(&path))
+            .header("x-forwarded-host", other.as_str())
+            .header("forwarded", format!("host={other}"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            202 => ids.push(crate::support::accepted_id(r).await),
+            400 => {}
+            s => panic!("{path}: {s}"),
+        }
+    }
+    assert!(ids.len() >= 2, "the ordinary-looking paths were accepted");
+    for id in &ids {
+        tg.wait_message_state(id, "delivered").await;
+    }
+    for s in ds.seen() {
+        assert!(s.path_and_query.starts_with("/api/"), "{}", s.path_and_query);
+    }
+    // A downstream that redirects elsewhere: not followed, a permanent
+    // failure, the other server never sees the credentials.
+    let steal = format!("http://{other}/steal");
+    ds.respond(move |_, _| Reply::status(302).header("location", &steal));
+    let id = tg.send("/crm/y", "{}").await;
+    tg.wait_message_state(&id, "dead_lettered").await;
+    assert_eq!(tg.message(&id).await["last_error"]["status"], 302);
+    assert_eq!(elsewhere.count(), 0, "a delivery reached a server not in the config");
+}
