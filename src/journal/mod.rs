@@ -150,6 +150,13 @@ impl JournalError {
 pub type Result<T> = std::result::Result<T, JournalError>;
 
 /// Milliseconds since the Unix epoch; the journal's only notion of time.
+/// Whether `id` has the shape of a message id: 24 lowercase hex digits (a
+/// journal's salt, then the sequence number). A well-formed id may still be
+/// another journal's, which [`Journal::parse_id`] tells.
+pub fn is_message_id(id: &str) -> bool {
+    id.len() == 24 && id.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -518,9 +525,10 @@ impl Journal {
         format!("{:08x}{:016x}", self.inner.salt, seq)
     }
 
-    /// The sequence number behind an id of this journal, if it is one.
+    /// The sequence number behind an id of this journal, if it is one
+    /// (a well-formed id of another journal is not).
     pub fn parse_id(&self, id: &str) -> Option<u64> {
-        if id.len() != 24 || !id.is_ascii() {
+        if !is_message_id(id) {
             return None;
         }
         let salt = u32::from_str_radix(&id[..8], 16).ok()?;

@@ -14,6 +14,7 @@ mod failure_modes;
 mod forwarding;
 mod hostile;
 mod lifecycle;
+mod openapi;
 mod operations;
 mod problems;
 mod producers;
