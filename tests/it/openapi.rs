@@ -290,3 +290,52 @@ expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
     .await;
     assert!(!tg.log().contains("panicked"), "{}", tg.log());
 }
+
+/// What the fuzzer found, each kept from coming back.
+#[tokio::test]
+async fn the_fuzzers_findings_stay_fixed() {
+    let ds = Downstream::start().await;
+    let tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
+    let c = &tg.client;
+    let problem = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let ct = r.headers()["content-type"].to_str().unwrap().to_string();
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(ct, "application/problem+json", "{v}");
+        (status, v["code"].as_str().unwrap().to_string())
+    };
+    // A query axum cannot read was text/plain.
+    let r = c
+        .post(tg.admin_url("/v1/destinations/crm/resume?skip_head=null"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r).await, (400, "invalid_request".into()));
+    // A page size out of range (or past u64) was a text/plain 400, or clamped.
+    for limit in ["-1", "0", "1001", "46024526332203401216"] {
+        let r = c
+            .get(tg.admin_url(&format!("/v1/destinations/crm/dead-letters?limit={limit}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(problem(r).await, (400, "invalid_request".into()), "limit={limit}");
+    }
+    // A method a path does not take was an empty 405.
+    let r = c.get(tg.admin_url("/v1/reload")).send().await.unwrap();
+    assert_eq!(r.headers()["allow"], "POST");
+    assert_eq!(problem(r).await, (405, "method_not_allowed".into()));
+    // `"ids": null` replayed every dead letter.
+    let r = tg
+        .admin_post("/v1/destinations/crm/dead-letters/replay", r#"{"ids": null}"#)
+        .await;
+    assert_eq!(problem(r).await, (400, "invalid_request".into()));
+    // A well-formed id of another instance was a 400, now "names nothing".
+    let r = c
+        .get(tg.admin_url("/v1/messages/000000000000000000000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(problem(r).await, (404, "not_found".into()));
+    let r = c.get(tg.admin_url("/v1/messages/0")).send().await.unwrap();
+    assert_eq!(problem(r).await, (400, "invalid_request".into()));
+}
