@@ -314,6 +314,17 @@ async fn resume(
     one_destination(State(a), ApiPath(name)).await
 }
 
+/// The sequence number behind an id taken from a request, as everywhere an
+/// id is taken: one that is not an id is a bad request (400); a well-formed
+/// one of another instance is `None`, which the caller answers as names
+/// nothing (404) or skips.
+fn seq_of(a: &Admin, id: &str) -> Result<Option<u64>, Problem> {
+    if !journal::is_message_id(id) {
+        return Err(Problem::invalid_request(format!("{id:?} is not a message id")));
+    }
+    Ok(a.journal.parse_id(id))
+}
+
 /// The state a message is in, as the API names it.
 pub fn state_name(s: &MessageStatus, in_flight: bool) -> &'static str {
     match s.state {
@@ -336,12 +347,7 @@ fn rfc3339(ms: i64) -> Value {
 
 async fn message(State(a): State<Admin>, ApiPath(id): ApiPath<String>) -> Result<Json<Value>, Problem> {
     let not_found = || Problem::not_found(format!("no message {id:?} (unknown, or past history_retention)"));
-    // As everywhere an id is taken: one that is not an id is a bad request,
-    // one that is but names nothing is not found.
-    if !journal::is_message_id(&id) {
-        return Err(Problem::invalid_request(format!("{id:?} is not a message id")));
-    }
-    let seq = a.journal.parse_id(&id).ok_or_else(not_found)?;
+    let seq = seq_of(&a, &id)?.ok_or_else(not_found)?;
     let s = a.journal.status(seq).await.map_err(internal)?.ok_or_else(not_found)?;
     let in_flight = a.dispatcher.destination(&s.dest).is_some_and(|d| d.is_in_flight(seq));
     let state = state_name(&s, in_flight);
@@ -381,12 +387,8 @@ async fn dead_letters(
     };
     let after = match &q.after {
         None => None,
-        Some(id) if !journal::is_message_id(id) => {
-            return Err(Problem::invalid_request(format!("after={id:?} is not a message id")))
-        }
         Some(id) => Some(
-            a.journal
-                .parse_id(id)
+            seq_of(&a, id)?
                 .ok_or_else(|| Problem::not_found(format!("after={id:?} names no message of this instance")))?,
         ),
     };
@@ -446,14 +448,13 @@ async fn replay(
     };
     let seqs = match req.ids {
         None => None,
-        Some(ids) => {
-            if let Some(bad) = ids.iter().find(|id| !journal::is_message_id(id)) {
-                return Err(Problem::invalid_request(format!("{bad:?} is not a message id")));
-            }
-            // A well-formed id of another instance names no dead letter here:
-            // like an id already replayed, it is not counted.
-            Some(ids.iter().filter_map(|id| a.journal.parse_id(id)).collect())
-        }
+        // A well-formed id of another instance names no dead letter here:
+        // like an id already replayed, it is not counted.
+        Some(ids) => Some(
+            ids.iter()
+                .filter_map(|id| seq_of(&a, id).transpose())
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
     };
     let n = a.journal.replay(&name, seqs).await.map_err(internal)?;
     tracing::warn!(destination = %name, replayed = n, "dead letters replayed by an operator");

@@ -149,7 +149,6 @@ impl JournalError {
 
 pub type Result<T> = std::result::Result<T, JournalError>;
 
-/// Milliseconds since the Unix epoch; the journal's only notion of time.
 /// Whether `id` has the shape of a message id: 24 lowercase hex digits (a
 /// journal's salt, then the sequence number). A well-formed id may still be
 /// another journal's, which [`Journal::parse_id`] tells.
@@ -157,6 +156,7 @@ pub fn is_message_id(id: &str) -> bool {
     id.len() == 24 && id.bytes().all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
 }
 
+/// Milliseconds since the Unix epoch; the journal's only notion of time.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -1,16 +1,6 @@
 //! Every problem+json code of the producer surface, made to happen.
 
-use crate::support::{destination, Downstream, Extra, Tidegate};
-
-async fn problem(r: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
-    assert_eq!(r.status(), status, "expected {status} {code}");
-    assert_eq!(r.headers()["content-type"], "application/problem+json");
-    let v: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(v["code"], code);
-    assert_eq!(v["status"], status);
-    assert!(v["type"].is_string() && v["title"].is_string() && v["detail"].is_string());
-    v
-}
+use crate::support::{destination, problem, Downstream, Extra, Tidegate};
 
 #[tokio::test]
 async fn each_refusal_is_problem_json_with_its_stable_code() {

@@ -497,3 +497,15 @@ pub async fn accepted_id(r: reqwest::Response) -> String {
 pub fn destination(name: &str, url: &str, extra: &str) -> String {
     format!("[[destination]]\nname = \"{name}\"\nurl = \"{url}\"\nowner = \"test@example.com\"\n{extra}\n")
 }
+
+/// Asserts `r` is a problem+json answer with `status` and `code`, complete
+/// (type, title, detail); returns its body.
+pub async fn problem(r: reqwest::Response, status: u16, code: &str) -> serde_json::Value {
+    assert_eq!(r.status(), status, "expected {status} {code}");
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["code"], code);
+    assert_eq!(v["status"], status);
+    assert!(v["type"].is_string() && v["title"].is_string() && v["detail"].is_string());
+    v
+}
