@@ -26,6 +26,8 @@ fn message(body: &Bytes) -> NewMessage {
         idempotency_key: None,
         wants_reply: false,
         producer: None,
+        category: None,
+        routed_from: None,
         received_at: now_ms(),
     }
 }

@@ -27,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod delivery;
 pub mod dispatch;
+pub mod handoff;
 pub mod ingress;
 pub mod journal;
 pub mod metrics;

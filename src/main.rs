@@ -154,6 +154,14 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    // A handoff worker (see `tidegate::handoff`): started by the server
+    // itself, before anything else (no runtime, no logging, no arguments).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == tidegate::handoff::WORKER_ARG)
+    {
+        return tidegate::handoff::worker_main();
+    }
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match Config::load(&config) {

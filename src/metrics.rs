@@ -16,6 +16,10 @@ pub struct Metrics {
     pub delivered: IntCounterVec,
     pub attempts: IntCounterVec,
     pub dead_lettered: IntCounterVec,
+    /// Handoff failures by the destination whose program failed and stage.
+    pub handoff_failures: IntCounterVec,
+    /// Messages a handoff route moved from the destination addressed to another.
+    pub routed: IntCounterVec,
     pub dropped: IntCounterVec,
     pub journal_fsyncs: IntCounter,
     pub journal_corrupt_records: IntCounter,
@@ -129,6 +133,16 @@ impl Metrics {
                 "Messages moved to dead letters.",
                 &["destination", "reason"],
             ),
+            handoff_failures: counter(
+                "handoff_failures_total",
+                "Bodies the handoff refused at ingress or failed at delivery, by stage.",
+                &["destination", "stage"],
+            ),
+            routed: counter(
+                "messages_routed_total",
+                "Messages a handoff route moved to another destination.",
+                &["from", "to"],
+            ),
             dropped: counter(
                 "messages_dropped_total",
                 "Messages dropped (on_failure = log).",
@@ -190,7 +204,13 @@ impl Metrics {
         ] {
             self.attempts.with_label_values(&[dest, outcome]);
         }
-        for reason in ["permanent_failure", "max_attempts", "max_age", "skipped_by_operator"] {
+        for reason in [
+            "permanent_failure",
+            "max_attempts",
+            "max_age",
+            "skipped_by_operator",
+            "transform_failed",
+        ] {
             self.dead_lettered.with_label_values(&[dest, reason]);
         }
         for reason in ["transient_failure", "permanent_failure"] {
@@ -202,8 +222,14 @@ impl Metrics {
             "destination_halted",
             "payload_too_large",
             "idempotency_key_reused",
+            "unsupported_media_type",
+            "schema_violation",
+            "transform_failed",
         ] {
             self.rejected.with_label_values(&[dest, reason]);
+        }
+        for stage in ["parse", "schema", "transform", "format"] {
+            self.handoff_failures.with_label_values(&[dest, stage]);
         }
         // Gauges are set at scrape time; histograms start empty. Created
         // here so that every series a destination has exists from its start.
@@ -235,6 +261,8 @@ impl Metrics {
         forget(&self.delivered, dest);
         forget(&self.attempts, dest);
         forget(&self.dead_lettered, dest);
+        forget(&self.handoff_failures, dest);
+        forget(&self.routed, dest);
         forget(&self.dropped, dest);
         forget(&self.queue_depth, dest);
         forget(&self.queue_bytes, dest);
@@ -268,7 +296,10 @@ fn forget<T: prometheus::core::MetricVecBuilder>(vec: &prometheus::core::MetricV
         for m in family.get_metric() {
             let labels: std::collections::HashMap<&str, &str> =
                 m.get_label().iter().map(|l| (l.name(), l.value())).collect();
-            if labels.get("destination") == Some(&dest) {
+            if ["destination", "from", "to"]
+                .iter()
+                .any(|k| labels.get(k) == Some(&dest))
+            {
                 let _ = vec.remove(&labels);
             }
         }

@@ -15,6 +15,9 @@ pub struct Problem {
     pub retry_after: Option<u64>,
     /// Sent as `Allow` with 405.
     pub allow: Option<&'static str>,
+    /// Extension members merged into the body (`errors` of a schema
+    /// violation).
+    pub extra: Option<Box<serde_json::Map<String, serde_json::Value>>>,
 }
 
 impl Problem {
@@ -26,6 +29,7 @@ impl Problem {
             detail: detail.into(),
             retry_after: None,
             allow: None,
+            extra: None,
         }
     }
     pub fn invalid_request(detail: impl Into<String>) -> Self {
@@ -179,6 +183,38 @@ impl Problem {
     pub fn reload_refused(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "reload_refused", "Reload refused", detail)
     }
+    /// The body is not the JSON a destination's handoff needs.
+    pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "Unsupported media type",
+            detail,
+        )
+    }
+    /// The body fails the destination's JSON Schema; `errors` lists how.
+    pub fn schema_violation(detail: impl Into<String>, errors: &[crate::handoff::Violation]) -> Self {
+        let mut p = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "schema_violation",
+            "Schema violation",
+            detail,
+        );
+        let mut extra = serde_json::Map::new();
+        extra.insert("errors".into(), serde_json::to_value(errors).unwrap_or_default());
+        p.extra = Some(Box::new(extra));
+        p
+    }
+    /// A route, category or transform program failed on the body, or its
+    /// output cannot be written in the destination's format.
+    pub fn transform_failed(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "transform_failed",
+            "Transform failed",
+            detail,
+        )
+    }
     /// Something failed inside tidegate; details go to the log, not the
     /// client.
     pub fn internal() -> Self {
@@ -193,13 +229,16 @@ impl Problem {
 
 impl IntoResponse for Problem {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "type": format!("https://tidegate.dev/problems/{}", self.code),
             "title": self.title,
             "status": self.status.as_u16(),
             "detail": self.detail,
             "code": self.code,
         });
+        if let (Some(extra), Some(obj)) = (self.extra, body.as_object_mut()) {
+            obj.extend(*extra);
+        }
         let mut resp = (self.status, body.to_string()).into_response();
         let h = resp.headers_mut();
         h.insert(

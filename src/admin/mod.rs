@@ -362,6 +362,9 @@ async fn message(State(a): State<Admin>, ApiPath(id): ApiPath<String>) -> Result
         "last_error": s.last_error,
         "reason": s.reason,
         "producer": s.producer,
+        "category": s.category,
+        "routed_from": s.routed_from.as_ref().map(|r| &r.0),
+        "route_rule": s.routed_from.as_ref().map(|r| r.1),
     })))
 }
 

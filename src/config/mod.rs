@@ -6,6 +6,7 @@
 //! where toml can tell us; secrets (header values, tokens) are held in
 //! [`Secret`], whose `Debug` and `Display` never print the value.
 
+mod handoff;
 mod units;
 
 use std::collections::BTreeMap;
@@ -20,6 +21,7 @@ use toml::Spanned;
 
 use crate::auth::BrowserPolicy;
 
+pub use handoff::Handoff;
 pub use units::{expand_env, ByteSize, EnvString, HumanDuration, Rate};
 
 /// A config that could not be loaded, with where and why.
@@ -183,6 +185,8 @@ pub struct Destination {
     /// Extra certificate authorities trusted for this destination's HTTPS,
     /// on top of the bundled web roots.
     pub ca_file: Option<Arc<TrustedCa>>,
+    /// `[destination.handoff]`: schema, routes, transform, format.
+    pub handoff: Option<Handoff>,
 }
 
 /// A PEM bundle of certificate authorities, read and checked when the config
@@ -351,6 +355,7 @@ struct RawDestination {
     #[serde(default)]
     queue: RawQueue,
     ca_file: Option<Spanned<EnvString>>,
+    handoff: Option<handoff::RawHandoff>,
 }
 
 #[derive(Deserialize, Default)]
@@ -511,6 +516,27 @@ impl Locator<'_> {
             col,
             key: self.key_at(start),
             reason,
+        }
+    }
+
+    /// An error at `offset` about `key`, whatever line that offset is on
+    /// (inside a multi-line program, say).
+    fn error_with_key(&self, offset: usize, key: &str, reason: String) -> ConfigError {
+        match self.error(offset..offset, reason) {
+            ConfigError::Invalid {
+                path,
+                line,
+                col,
+                reason,
+                ..
+            } => ConfigError::Invalid {
+                path,
+                line,
+                col,
+                key: Some(key.to_string()),
+                reason,
+            },
+            e => e,
         }
     }
 
@@ -794,6 +820,7 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
     };
 
     let mut destinations: Vec<Destination> = Vec::new();
+    let mut handoffs = Vec::new();
     for d in raw.destination {
         let name = d.name.get_ref().clone();
         if !valid_name(&name) {
@@ -908,6 +935,10 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
                 ))
             }
         };
+        if let Some(h) = d.handoff {
+            let (spec, targets) = handoff::spec(h, loc)?;
+            handoffs.push((name.clone(), spec, targets));
+        }
         destinations.push(Destination {
             name,
             url,
@@ -920,8 +951,10 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             retry,
             queue,
             ca_file,
+            handoff: None,
         });
     }
+    handoff::link(&mut destinations, handoffs, loc)?;
     let mut ingress = ingress;
     ingress.producers = producers(&raw.ingress.producer, &destinations, loc)?;
     if !ingress.listen.ip().is_loopback()
@@ -1030,6 +1063,9 @@ impl Config {
                 d.redacted_url(),
                 d.owner
             );
+            if let Some(h) = &d.handoff {
+                let _ = writeln!(s, "  handoff {}", handoff::describe(&h.spec));
+            }
             let _ = writeln!(
                 s,
                 "  on_failure={} timeout={} accept_while_halted={} headers=[{}]",

@@ -260,10 +260,14 @@ impl Dispatcher {
                 }
                 Some(new) => {
                     let old = d.config();
-                    if format!("{:?}", *old) != format!("{new:?}") || old.headers != new.headers {
+                    let changed = format!("{:?}", *old) != format!("{new:?}") || old.headers != new.headers;
+                    // Swapped even when unchanged: the new config carries the
+                    // reload's handoff runner, which every destination must
+                    // share (routes read their targets' programs from it).
+                    *d.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new.clone());
+                    if changed {
                         let rl = &new.rate_limit;
                         d.limiter.reconfigure(rl.rate, rl.burst, rl.adaptive);
-                        *d.config.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new.clone());
                         d.kick();
                         changes.changed.push(d.name.clone());
                     }

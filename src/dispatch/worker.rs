@@ -12,6 +12,7 @@ use super::policy::{self, Class, Facts, StateChange, Step};
 use super::{set_state, Completion, Context, Destination, State};
 use crate::config::Ordering as QueueOrdering;
 use crate::delivery::{self, join_url, put_header, Outcome};
+use crate::handoff::{Rendered, RunError};
 use crate::journal::{now_ms, Disposition, LastError, Message};
 
 /// Longest a worker sleeps without re-checking the queue; a safety net for
@@ -217,7 +218,15 @@ fn release(ctx: &Context, d: &Destination, seq: u64, finished: bool) {
 }
 
 /// Builds the downstream request for a message.
-fn request_for(cfg: &crate::config::Destination, msg: &Message, id: &str, attempt: u32) -> Option<delivery::Request> {
+/// `rendered`: what the destination's handoff made of the stored body, sent
+/// in its place with its content type.
+fn request_for(
+    cfg: &crate::config::Destination,
+    msg: &Message,
+    id: &str,
+    attempt: u32,
+    rendered: Option<Rendered>,
+) -> Option<delivery::Request> {
     let url = join_url(&cfg.url, &msg.path)?;
     let method = http::Method::from_bytes(msg.method.as_bytes()).ok()?;
     let mut headers = http::HeaderMap::new();
@@ -244,11 +253,20 @@ fn request_for(cfg: &crate::config::Destination, msg: &Message, id: &str, attemp
     put_header(&mut headers, "idempotency-key", idem);
     put_header(&mut headers, "x-tidegate-message-id", id);
     put_header(&mut headers, "x-tidegate-attempt", &attempt.to_string());
+    let body = match rendered {
+        None => msg.body.clone(),
+        Some(r) => {
+            headers.remove(http::header::CONTENT_ENCODING);
+            headers.remove(http::header::CONTENT_TYPE);
+            put_header(&mut headers, "content-type", &r.content_type);
+            bytes::Bytes::from(r.body)
+        }
+    };
     Some(delivery::Request {
         method,
         url,
         headers,
-        body: msg.body.clone(),
+        body,
         timeout: cfg.timeout,
         trust: cfg.ca_file.clone(),
     })
@@ -292,8 +310,17 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
         m.in_flight
             .with_label_values(&[&d.name])
             .set(d.in_flight.load(Ordering::Relaxed) as i64);
+        // The transform runs again at every attempt, from the stored
+        // original: a reload that fixes it applies to what is queued.
+        let rendered = match &cfg.handoff {
+            None => None,
+            Some(h) => match h.runner.render(&d.name, &msg.body).await {
+                Ok(r) => r,
+                Err(e) => return unsendable(ctx, d, &msg, &id, n, e).await,
+            },
+        };
         let started = std::time::Instant::now();
-        let outcome = match request_for(&cfg, &msg, &id, n) {
+        let outcome = match request_for(&cfg, &msg, &id, n, rendered) {
             Some(req) => ctx.deliver.deliver(req).await,
             None => Outcome::Permanent {
                 kind: delivery::FailureKind::Http4xx,
@@ -369,6 +396,71 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
         .in_flight
         .with_label_values(&[&d.name])
         .set(d.in_flight.load(Ordering::Relaxed) as i64);
+}
+
+/// A message whose handoff fails at delivery never reaches the downstream.
+/// A failing program is the message's fault, whatever the failure mode: it
+/// is dead-lettered (`transform_failed`) to be replayed once a reload fixes
+/// the program. A sandbox that cannot start is tidegate's: the message
+/// waits a second and is tried again, its attempts unchanged.
+async fn unsendable(ctx: &Context, d: &Destination, msg: &Message, id: &str, n: u32, e: RunError) -> bool {
+    let (attempts, last_error, disposition) = match &e {
+        RunError::Failed(f) => {
+            ctx.metrics
+                .handoff_failures
+                .with_label_values(&[&d.name, f.stage.as_str()])
+                .inc();
+            tracing::warn!(id, destination = %d.name, error = %f, "handoff failed at delivery; message dead-lettered");
+            (
+                n,
+                Some(LastError {
+                    kind: "transform_failed".to_string(),
+                    status: None,
+                    detail: f.to_string(),
+                }),
+                Disposition::DeadLetter {
+                    reason: "transform_failed".to_string(),
+                },
+            )
+        }
+        RunError::Unavailable(_) => {
+            tracing::error!(id, destination = %d.name, error = %e, "handoff unavailable; delivery postponed");
+            (
+                msg.attempts,
+                None,
+                Disposition::Reschedule {
+                    visible_at: now_ms() + 1000,
+                },
+            )
+        }
+    };
+    let dead = matches!(disposition, Disposition::DeadLetter { .. });
+    if let Err(err) = ctx
+        .journal
+        .settle(msg.seq, &d.name, attempts, last_error, disposition)
+        .await
+    {
+        tracing::error!(id, error = %err, "recording the handoff failure failed; the message will be retried");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        return false;
+    }
+    if dead {
+        ctx.metrics
+            .dead_lettered
+            .with_label_values(&[d.name.as_str(), "transform_failed"])
+            .inc();
+        if msg.wants_reply {
+            ctx.completions.finish(
+                msg.seq,
+                Completion {
+                    state: "dead_lettered",
+                    response: None,
+                    detail: e.to_string(),
+                },
+            );
+        }
+    }
+    dead
 }
 
 #[allow(clippy::too_many_arguments)]

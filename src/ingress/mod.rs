@@ -23,6 +23,7 @@ use axum::Router;
 
 use crate::config::{self, WhenFull};
 use crate::dispatch::{self, Dispatcher};
+use crate::handoff;
 use crate::journal::{self, Appended, Journal, JournalError, Limits, NewMessage};
 use crate::metrics::Metrics;
 use crate::problem::Problem;
@@ -158,6 +159,35 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_string(),
     };
+    // The handoff may move the message to another destination (a route),
+    // which then owns it: its queue, limits and state apply from here on.
+    let (dest, cfg, category, routed_from) = match &cfg.handoff {
+        None => (dest, cfg, None, None),
+        Some(h) => {
+            let admitted = handoff(ing, name, h, &parts.headers, &body).await?;
+            match admitted.routed_from {
+                None => (dest, cfg, Some(admitted.category), None),
+                Some((from, rule)) => {
+                    let Some(target) = ing.dispatcher.destination(&admitted.destination) else {
+                        // Config validation guarantees the target exists.
+                        return Err(Problem::internal());
+                    };
+                    ing.metrics.routed.with_label_values(&[&from, &target.name]).inc();
+                    let target_cfg = target.config();
+                    if target.current_state() == dispatch::State::Halted && !target_cfg.accept_while_halted {
+                        return Err(reject(
+                            ing,
+                            &target.name,
+                            "destination_halted",
+                            Problem::destination_halted(&target.name),
+                        ));
+                    }
+                    (target, target_cfg, Some(admitted.category), Some((from, rule as u32)))
+                }
+            }
+        }
+    };
+    let name = dest.name.as_str();
     let msg = NewMessage {
         dest: name.to_string(),
         method: parts.method.as_str().to_string(),
@@ -168,6 +198,8 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
         wants_reply: wait.is_some(),
         received_at: journal::now_ms(),
         producer: sender.recorded(),
+        category,
+        routed_from,
     };
     let window = live.storage.history_retention;
     let appended = append_with_backpressure(ing, &dest, &cfg, msg, window).await?;
@@ -210,6 +242,63 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
     // Ids and destination names need no JSON escaping.
     let body = format!(r#"{{"id":"{id}","destination":"{name}","status":"queued"}}"#);
     Ok(json_response(StatusCode::ACCEPTED, body, &id))
+}
+
+/// Runs the addressed destination's handoff on a body (in the sandbox):
+/// content type, parse, schema, routes, category, transform and format.
+/// Any failure refuses the request, and nothing is stored.
+async fn handoff(
+    ing: &Ingress,
+    name: &str,
+    h: &config::Handoff,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Result<handoff::Admitted, Problem> {
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?"));
+    if let Some(ct) = content_type {
+        if !is_json(ct) {
+            ing.metrics.handoff_failures.with_label_values(&[name, "parse"]).inc();
+            return Err(reject(
+                ing,
+                name,
+                "unsupported_media_type",
+                Problem::unsupported_media_type(format!(
+                    "destination {name:?} takes JSON (application/json), not {ct:?}"
+                )),
+            ));
+        }
+    }
+    match h.runner.admit(name, body).await {
+        Ok(a) => Ok(a),
+        Err(handoff::RunError::Failed(f)) => {
+            ing.metrics
+                .handoff_failures
+                .with_label_values(&[&f.destination, f.stage.as_str()])
+                .inc();
+            let (reason, problem) = match f.stage {
+                handoff::Stage::Parse => ("unsupported_media_type", Problem::unsupported_media_type(f.message)),
+                handoff::Stage::Schema => (
+                    "schema_violation",
+                    Problem::schema_violation(format!("{}: {}", f.destination, f.message), &f.violations),
+                ),
+                handoff::Stage::Transform | handoff::Stage::Format => (
+                    "transform_failed",
+                    Problem::transform_failed(format!("{} ({}): {}", f.destination, f.stage.as_str(), f.message)),
+                ),
+            };
+            Err(reject(ing, name, reason, problem))
+        }
+        Err(e @ handoff::RunError::Unavailable(_)) => {
+            tracing::error!(destination = name, error = %e, "handoff failed");
+            Err(reject(ing, name, "internal_error", Problem::internal()))
+        }
+    }
+}
+
+/// `application/json`, or any `+json` type, parameters aside.
+fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// The `Idempotency-Key` value. The IETF draft makes it a structured-field

@@ -180,6 +180,11 @@ pub struct NewMessage {
     pub received_at: i64,
     /// Who sent it (`[[ingress.producer]]`), when producers are configured.
     pub producer: Option<String>,
+    /// Its category (`[destination.handoff] category`), when it has one.
+    pub category: Option<String>,
+    /// The destination it was addressed to and the index of the route rule
+    /// that moved it here, when a handoff route did.
+    pub routed_from: Option<(String, u32)>,
 }
 
 impl NewMessage {

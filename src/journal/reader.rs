@@ -81,6 +81,9 @@ pub struct MessageStatus {
     pub last_error: Option<LastError>,
     pub reason: Option<String>,
     pub producer: Option<String>,
+    pub category: Option<String>,
+    /// The destination it was addressed to and the route rule's index.
+    pub routed_from: Option<(String, u32)>,
 }
 
 #[derive(Clone, Debug)]
@@ -243,8 +246,8 @@ impl Reader {
     pub fn status(&self, seq: u64) -> rusqlite::Result<Option<MessageStatus>> {
         self.conn
             .prepare_cached(
-                "SELECT seq, dest, state, visible_at, attempts, received_at, finished_at, last_error, reason, producer
-                 FROM messages WHERE seq = ?1",
+                "SELECT seq, dest, state, visible_at, attempts, received_at, finished_at, last_error, reason, producer,
+                 category, routed_from, route_rule FROM messages WHERE seq = ?1",
             )?
             .query_row([seq as i64], |r| {
                 Ok(MessageStatus {
@@ -258,6 +261,11 @@ impl Reader {
                     last_error: last_error(r.get(7).ok().flatten()),
                     reason: r.get(8).ok().flatten(),
                     producer: r.get(9).ok().flatten(),
+                    category: r.get(10).ok().flatten(),
+                    routed_from: match (r.get::<_, Option<String>>(11), r.get::<_, Option<i64>>(12)) {
+                        (Ok(Some(from)), Ok(Some(rule))) => Some((from, rule as u32)),
+                        _ => None,
+                    },
                 })
             })
             .optional()

@@ -53,7 +53,10 @@ CREATE TABLE IF NOT EXISTS messages (
     last_error   TEXT,
     reason       TEXT,
     finished_at  INTEGER,
-    producer     TEXT
+    producer     TEXT,
+    category     TEXT,
+    routed_from  TEXT,
+    route_rule   INTEGER
 );
 CREATE INDEX IF NOT EXISTS messages_ready    ON messages(dest, visible_at, seq) WHERE state = 0;
 CREATE INDEX IF NOT EXISTS messages_pending  ON messages(dest, seq) WHERE state = 0;
@@ -174,6 +177,9 @@ pub fn open_checked(path: &Path) -> Result<Opened, OpenError> {
     // Columns added after the first release, to journals that predate them.
     add_column(&conn, "idempotency", "fingerprint", "BLOB").map_err(e("schema"))?;
     add_column(&conn, "messages", "producer", "TEXT").map_err(e("schema"))?;
+    add_column(&conn, "messages", "category", "TEXT").map_err(e("schema"))?;
+    add_column(&conn, "messages", "routed_from", "TEXT").map_err(e("schema"))?;
+    add_column(&conn, "messages", "route_rule", "INTEGER").map_err(e("schema"))?;
 
     let version: Option<String> = meta(&conn, "format_version").map_err(e("meta"))?;
     match version.as_deref().map(str::parse::<i64>) {
@@ -238,7 +244,7 @@ pub fn open_checked(path: &Path) -> Result<Opened, OpenError> {
 /// Adds a column a journal from an older build lacks; its rows get NULL.
 /// `idempotency.fingerprint`: a reuse of a key stored without one cannot be
 /// told from a repeat, and is taken as a repeat. `messages.producer`: who
-/// sent it is unknown. Either way the format stays readable by the build
+/// sent it is unknown; `category`, `routed_from`, `route_rule`: none. Either way the format stays readable by the build
 /// that wrote it (it names its columns), so the format version is unchanged.
 fn add_column(conn: &Connection, table: &str, column: &str, kind: &str) -> rusqlite::Result<()> {
     let has: bool = conn.query_row(

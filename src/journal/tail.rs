@@ -177,6 +177,8 @@ mod tests {
             idempotency_key: None,
             wants_reply: false,
             producer: None,
+            category: None,
+            routed_from: None,
             received_at: 7,
         })
     }

@@ -19,6 +19,8 @@ fn msg(dest: &str, body: &str) -> NewMessage {
         idempotency_key: None,
         wants_reply: false,
         producer: None,
+        category: None,
+        routed_from: None,
         received_at: now_ms(),
     }
 }

@@ -587,7 +587,8 @@ fn append(
     let seq = *next_seq;
     tx.prepare_cached(
         "INSERT INTO messages (seq, dest, state, visible_at, received_at, method, path, headers, body, size, crc,
-         version, idem_key, wants_reply, producer) VALUES (?1, ?2, 0, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
+         version, idem_key, wants_reply, producer, category, routed_from, route_rule)
+         VALUES (?1, ?2, 0, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
     )?
     .execute(params![
         seq,
@@ -602,7 +603,10 @@ fn append(
         schema::FORMAT_VERSION,
         msg.idempotency_key,
         msg.wants_reply,
-        msg.producer
+        msg.producer,
+        msg.category,
+        msg.routed_from.as_ref().map(|r| &r.0),
+        msg.routed_from.as_ref().map(|r| r.1)
     ])?;
     *next_seq += 1;
     if let Some(key) = &msg.idempotency_key {

@@ -12,6 +12,7 @@ mod disk;
 mod downstream_faults;
 mod failure_modes;
 mod forwarding;
+mod handoff;
 mod hostile;
 mod lifecycle;
 mod openapi;

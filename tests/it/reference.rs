@@ -51,6 +51,11 @@ fn every_config_key_is_in_the_reference() {
         ("[[destination]]\n[destination.rate_limit]", "destination.rate_limit"),
         ("[[destination]]\n[destination.retry]", "destination.retry"),
         ("[[destination]]\n[destination.queue]", "destination.queue"),
+        ("[[destination]]\n[destination.handoff]", "destination.handoff"),
+        (
+            "[[destination]]\n[[destination.handoff.route]]",
+            "destination.handoff.route",
+        ),
     ];
     let mut checked = 0;
     for (header, table) in tables {

@@ -1,0 +1,380 @@
+//! Handoff: what turns a producer's body into what its downstream accepts.
+//! Per destination (`[destination.handoff]`, SPEC §9): a JSON Schema the
+//! body must meet, ordered routes to other destinations, a category, a jq
+//! transform and an output format.
+//!
+//! The layers, outside in:
+//! - [`Spec`] is plain data read from the config (sources, not programs):
+//!   cheap to clone, serialisable, so it can be handed to a worker process.
+//! - [`Table`] is a spec compiled: pure functions from a body to a result,
+//!   no I/O, used by the tests and benches directly. [`Table::admit`] is
+//!   the ingress pipeline (parse → schema → route → category → transform +
+//!   format); [`Table::render`] is what each delivery attempt runs.
+//! - [`Runner`] (in `sandbox`) runs a table in worker processes that are
+//!   killed when a program runs too long, and die alone when it recurses too
+//!   deep or takes too much memory. Every caller in the server goes through
+//!   it: jq has no limits of its own, and this is the one place they are
+//!   enforced.
+//!
+//! Invariants: the stored body is always the producer's original; the same
+//! table and body give the same bytes every time; a failure names its stage
+//! (parse, schema, transform, format), which is also its metric label.
+
+mod format;
+pub mod jq;
+mod sandbox;
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use format::{cell, CsvLayout, Format};
+pub use sandbox::{worker_main, RunError, Runner, WORKER_ARG};
+
+/// At most this many schema errors are reported.
+pub const MAX_SCHEMA_ERRORS: usize = 20;
+/// A rendered body larger than this fails with `transform_failed`.
+pub const MAX_OUTPUT: usize = 16 << 20;
+
+/// One destination's handoff, as configured. Paths are already read: the
+/// schema is the file's JSON, `transform` the program text.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Spec {
+    pub schema: Option<Value>,
+    pub transform: Option<String>,
+    pub format: Format,
+    pub csv: Option<CsvLayout>,
+    pub category: Option<String>,
+    pub routes: Vec<Route>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Route {
+    pub when: String,
+    pub to: String,
+}
+
+/// Every destination's spec, by name: what a worker process compiles.
+pub type Specs = Vec<(String, Spec)>;
+
+/// The stage a failure happened at (`handoff_failures_total{stage}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Stage {
+    Parse,
+    Schema,
+    Transform,
+    Format,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Parse => "parse",
+            Stage::Schema => "schema",
+            Stage::Transform => "transform",
+            Stage::Format => "format",
+        }
+    }
+}
+
+/// One JSON Schema violation, as the 422 lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    pub instance_path: String,
+    pub schema_path: String,
+    pub message: String,
+}
+
+/// Why a body cannot be handed off.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Failure {
+    pub stage: Stage,
+    /// Which destination's program failed (the route target's, once routed).
+    pub destination: String,
+    pub message: String,
+    /// Schema violations, at most [`MAX_SCHEMA_ERRORS`].
+    #[serde(default)]
+    pub violations: Vec<Violation>,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.stage.as_str(), self.message)
+    }
+}
+
+/// The bytes a delivery sends.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rendered {
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+/// A body admitted at ingress: where it goes and what it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Admitted {
+    /// The destination that owns the message (the route's target, or the
+    /// one addressed).
+    pub destination: String,
+    /// Set when a route moved it: the destination addressed, and the rule's
+    /// index among its routes.
+    pub routed_from: Option<(String, usize)>,
+    pub category: String,
+    /// What the first delivery attempt would send; `None` when the owner
+    /// has no handoff (bytes forwarded as received).
+    pub rendered: Option<Rendered>,
+}
+
+/// The category of a message whose destination has none configured, or
+/// whose category program yields nothing.
+pub const UNCATEGORISED: &str = "uncategorised";
+
+struct Compiled {
+    spec: Spec,
+    schema: Option<jsonschema::Validator>,
+    transform: Option<jq::Program>,
+    category: Option<jq::Program>,
+    routes: Vec<(jq::Program, String)>,
+}
+
+/// Every destination's handoff, compiled.
+pub struct Table {
+    by_name: HashMap<String, Compiled>,
+}
+
+/// Where a spec does not compile: the key (`transform`, `category`,
+/// `route[2].when`, `schema`), and the compiler's error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecError {
+    pub destination: String,
+    pub key: String,
+    pub error: jq::CompileError,
+}
+
+impl Table {
+    pub fn compile(specs: &Specs) -> Result<Table, SpecError> {
+        let mut by_name = HashMap::new();
+        for (name, spec) in specs {
+            let fail = |key: String, error: jq::CompileError| SpecError {
+                destination: name.clone(),
+                key,
+                error,
+            };
+            let program = |key: &str, code: &Option<String>| {
+                code.as_deref()
+                    .map(jq::Program::compile)
+                    .transpose()
+                    .map_err(|e| fail(key.to_string(), e))
+            };
+            let schema = match &spec.schema {
+                None => None,
+                Some(s) => Some(jsonschema::validator_for(s).map_err(|e| {
+                    fail(
+                        "schema".into(),
+                        jq::CompileError {
+                            offset: 0,
+                            message: e.to_string(),
+                        },
+                    )
+                })?),
+            };
+            let mut routes = Vec::new();
+            for (i, r) in spec.routes.iter().enumerate() {
+                let p = jq::Program::compile(&r.when).map_err(|e| fail(format!("route[{i}].when"), e))?;
+                routes.push((p, r.to.clone()));
+            }
+            by_name.insert(
+                name.clone(),
+                Compiled {
+                    schema,
+                    transform: program("transform", &spec.transform)?,
+                    category: program("category", &spec.category)?,
+                    routes,
+                    spec: spec.clone(),
+                },
+            );
+        }
+        Ok(Table { by_name })
+    }
+
+    /// The ingress pipeline for a body addressed to `dest`: parse, the
+    /// addressed destination's schema, its routes (first match wins; a
+    /// target's own routes are not followed), then the owner's schema (when
+    /// routed), category, transform and format. Destinations without a
+    /// handoff pass through untouched (and unparsed).
+    pub fn admit(&self, dest: &str, body: &[u8]) -> Result<Admitted, Failure> {
+        let Some(addressed) = self.by_name.get(dest) else {
+            return Ok(Admitted {
+                destination: dest.to_string(),
+                routed_from: None,
+                category: UNCATEGORISED.to_string(),
+                rendered: None,
+            });
+        };
+        let value = parse(dest, body)?;
+        validate(dest, addressed, &value)?;
+        let input = jq::from_json(&value);
+        let mut owner = (dest, addressed);
+        let mut routed_from = None;
+        for (i, (when, to)) in addressed.routes.iter().enumerate() {
+            let hit = when
+                .first(input.clone())
+                .map_err(|e| transform_failure(dest, format!("route {i} (when): {e}")))?;
+            if hit.as_ref().is_some_and(jq::truthy) {
+                routed_from = Some((dest.to_string(), i));
+                owner = match self.by_name.get(to.as_str()) {
+                    Some(c) => (to.as_str(), c),
+                    // A target without a handoff of its own: stored as sent.
+                    None => {
+                        return Ok(Admitted {
+                            destination: to.clone(),
+                            routed_from,
+                            category: UNCATEGORISED.to_string(),
+                            rendered: None,
+                        })
+                    }
+                };
+                break;
+            }
+        }
+        let (name, compiled) = owner;
+        if routed_from.is_some() {
+            validate(name, compiled, &value)?;
+        }
+        let category = match &compiled.category {
+            None => UNCATEGORISED.to_string(),
+            Some(p) => match p.first(input.clone()) {
+                Err(e) => return Err(transform_failure(name, format!("category: {e}"))),
+                Ok(None) | Ok(Some(jaq_json::Val::Null)) => UNCATEGORISED.to_string(),
+                Ok(Some(v)) => match jq::to_json(&v) {
+                    Ok(Value::String(s)) => s,
+                    Ok(other) => other.to_string(),
+                    Err(e) => return Err(transform_failure(name, format!("category: {e}"))),
+                },
+            },
+        };
+        let rendered = render_value(name, compiled, &value, input)?;
+        Ok(Admitted {
+            destination: name.to_string(),
+            routed_from,
+            category,
+            rendered: Some(rendered),
+        })
+    }
+
+    /// What a delivery attempt to `dest` sends for a stored body: its
+    /// transform and format (no schema, no routes: those were ingress's).
+    /// `Ok(None)`: no handoff, forward the body as stored.
+    pub fn render(&self, dest: &str, body: &[u8]) -> Result<Option<Rendered>, Failure> {
+        let Some(compiled) = self.by_name.get(dest) else {
+            return Ok(None);
+        };
+        let value = parse(dest, body)?;
+        let input = jq::from_json(&value);
+        render_value(dest, compiled, &value, input).map(Some)
+    }
+
+    pub fn has(&self, dest: &str) -> bool {
+        self.by_name.contains_key(dest)
+    }
+}
+
+fn parse(dest: &str, body: &[u8]) -> Result<Value, Failure> {
+    let fail = |message: String| Failure {
+        stage: Stage::Parse,
+        destination: dest.to_string(),
+        message,
+        violations: Vec::new(),
+    };
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(fail("the body is empty; a JSON document is expected".to_string()));
+    }
+    if let Err(e) = std::str::from_utf8(body) {
+        return Err(fail(format!(
+            "the body is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        )));
+    }
+    serde_json::from_slice(body).map_err(|e| fail(format!("the body is not valid JSON: {e}")))
+}
+
+fn validate(dest: &str, c: &Compiled, value: &Value) -> Result<(), Failure> {
+    let Some(schema) = &c.schema else { return Ok(()) };
+    let mut errors = schema.iter_errors(value).peekable();
+    if errors.peek().is_none() {
+        return Ok(());
+    }
+    let mut violations = Vec::new();
+    let mut total = 0usize;
+    for e in errors {
+        total += 1;
+        if violations.len() < MAX_SCHEMA_ERRORS {
+            violations.push(Violation {
+                instance_path: e.instance_path().to_string(),
+                schema_path: e.schema_path().to_string(),
+                message: e.to_string(),
+            });
+        }
+    }
+    let first = &violations[0];
+    let at = if first.instance_path.is_empty() {
+        "the document".to_string()
+    } else {
+        first.instance_path.clone()
+    };
+    Err(Failure {
+        stage: Stage::Schema,
+        destination: dest.to_string(),
+        message: format!(
+            "{total} schema violation{}; first at {at}: {}",
+            if total == 1 { "" } else { "s" },
+            first.message
+        ),
+        violations,
+    })
+}
+
+fn transform_failure(dest: &str, message: String) -> Failure {
+    Failure {
+        stage: Stage::Transform,
+        destination: dest.to_string(),
+        message,
+        violations: Vec::new(),
+    }
+}
+
+fn render_value(dest: &str, c: &Compiled, value: &Value, input: jaq_json::Val) -> Result<Rendered, Failure> {
+    let transformed;
+    let out = match &c.transform {
+        None => value,
+        Some(p) => {
+            let v = p
+                .first(input)
+                .map_err(|e| transform_failure(dest, e))?
+                .ok_or_else(|| transform_failure(dest, "the transform produced no output".to_string()))?;
+            transformed = jq::to_json(&v).map_err(|e| transform_failure(dest, e))?;
+            &transformed
+        }
+    };
+    let body = format::write(out, c.spec.format, c.spec.csv.as_ref()).map_err(|message| Failure {
+        stage: Stage::Format,
+        destination: dest.to_string(),
+        message,
+        violations: Vec::new(),
+    })?;
+    if body.len() > MAX_OUTPUT {
+        return Err(transform_failure(
+            dest,
+            format!("the output is {} bytes, over the {} byte limit", body.len(), MAX_OUTPUT),
+        ));
+    }
+    Ok(Rendered {
+        content_type: c.spec.format.content_type().to_string(),
+        body,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,150 @@
+use serde_json::json;
+
+use super::*;
+
+fn spec() -> Spec {
+    Spec {
+        schema: None,
+        transform: None,
+        format: Format::Json,
+        csv: None,
+        category: None,
+        routes: Vec::new(),
+    }
+}
+
+fn table(specs: Vec<(&str, Spec)>) -> Table {
+    Table::compile(&specs.into_iter().map(|(n, s)| (n.to_string(), s)).collect()).unwrap()
+}
+
+#[test]
+fn a_destination_without_a_handoff_passes_bytes_through_unparsed() {
+    let t = table(vec![]);
+    let a = t.admit("crm", b"not json at all").unwrap();
+    assert_eq!(a.destination, "crm");
+    assert_eq!(a.rendered, None);
+    assert_eq!(t.render("crm", b"\xff").unwrap(), None);
+}
+
+#[test]
+fn schema_violations_name_instance_and_schema_paths() {
+    let mut s = spec();
+    s.schema = Some(json!({
+        "type": "object",
+        "required": ["email"],
+        "properties": {"age": {"type": "integer"}, "kind": {"enum": ["a", "b"]}}
+    }));
+    let t = table(vec![("crm", s)]);
+    let f = t.admit("crm", br#"{"age": "x", "kind": "c"}"#).unwrap_err();
+    assert_eq!(f.stage, Stage::Schema);
+    let paths: Vec<&str> = f.violations.iter().map(|v| v.instance_path.as_str()).collect();
+    assert!(
+        paths.contains(&"/age") && paths.contains(&"/kind") && paths.contains(&""),
+        "{f:?}"
+    );
+    assert!(f.violations.iter().any(|v| v.schema_path.contains("required")), "{f:?}");
+    assert!(t.admit("crm", br#"{"email": "a@b", "age": 3}"#).is_ok());
+}
+
+#[test]
+fn at_most_twenty_violations_are_listed() {
+    let mut s = spec();
+    s.schema = Some(json!({"type": "array", "items": {"type": "string"}}));
+    let t = table(vec![("d", s)]);
+    let body = serde_json::to_vec(&(0..50).collect::<Vec<i32>>()).unwrap();
+    let f = t.admit("d", &body).unwrap_err();
+    assert_eq!(f.violations.len(), MAX_SCHEMA_ERRORS);
+    assert!(f.message.starts_with("50 schema violations"), "{}", f.message);
+}
+
+#[test]
+fn bad_bodies_fail_at_parse_with_what_is_wrong() {
+    let t = table(vec![("d", spec())]);
+    for (body, says) in [
+        (&b""[..], "empty"),
+        (b"  \n", "empty"),
+        (b"{\"a\": \xff}", "UTF-8"),
+        (b"{\"a\": ", "not valid JSON"),
+    ] {
+        let f = t.admit("d", body).unwrap_err();
+        assert_eq!(f.stage, Stage::Parse);
+        assert!(f.message.contains(says), "{:?}: {}", body, f.message);
+    }
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let f = t.admit("d", deep.as_bytes()).unwrap_err();
+    assert_eq!(f.stage, Stage::Parse);
+    assert!(f.message.contains("recursion"), "{}", f.message);
+}
+
+#[test]
+fn the_first_matching_route_moves_the_message_and_the_targets_handoff_applies() {
+    let mut src = spec();
+    src.transform = Some("{from: \"source\"}".into());
+    src.routes = vec![
+        Route {
+            when: ".confidence < 0.5".into(),
+            to: "triage".into(),
+        },
+        Route {
+            when: ".confidence < 0.8".into(),
+            to: "second".into(),
+        },
+    ];
+    let mut second = spec();
+    second.transform = Some("{from: \"second\", c: .confidence}".into());
+    second.category = Some(".kind".into());
+    // The target's own routes are not followed.
+    second.routes = vec![Route {
+        when: "true".into(),
+        to: "elsewhere".into(),
+    }];
+    let t = table(vec![("crm", src), ("second", second)]);
+    let a = t.admit("crm", br#"{"confidence": 0.7, "kind": "invoice"}"#).unwrap();
+    assert_eq!(a.destination, "second");
+    assert_eq!(a.routed_from, Some(("crm".to_string(), 1)));
+    assert_eq!(a.category, "invoice");
+    assert_eq!(a.rendered.unwrap().body, br#"{"from":"second","c":0.7}"#);
+    let a = t.admit("crm", br#"{"confidence": 0.2}"#).unwrap();
+    assert_eq!((a.destination.as_str(), a.rendered), ("triage", None));
+    let a = t.admit("crm", br#"{"confidence": 0.9}"#).unwrap();
+    assert_eq!(a.destination, "crm");
+    assert_eq!(a.routed_from, None);
+    assert_eq!(a.category, UNCATEGORISED);
+}
+
+#[test]
+fn transform_errors_and_empty_output_fail_at_transform() {
+    let mut s = spec();
+    s.transform = Some(".a.b + 1".into());
+    let t = table(vec![("d", s.clone())]);
+    let f = t.admit("d", br#"{"a": {"b": "x"}}"#).unwrap_err();
+    assert_eq!(f.stage, Stage::Transform);
+    let f = t.render("d", br#"{"a": {"b": "x"}}"#).unwrap_err();
+    assert_eq!(f.stage, Stage::Transform);
+    s.transform = Some("empty".into());
+    let f = table(vec![("d", s)]).admit("d", b"{}").unwrap_err();
+    assert!(f.message.contains("no output"), "{}", f.message);
+}
+
+#[test]
+fn format_errors_fail_at_format() {
+    let mut s = spec();
+    s.format = Format::Form;
+    let f = table(vec![("d", s)]).admit("d", b"[1, 2]").unwrap_err();
+    assert_eq!(f.stage, Stage::Format);
+}
+
+#[test]
+fn programs_that_do_not_compile_name_their_key() {
+    let mut s = spec();
+    s.routes = vec![Route {
+        when: ".a <".into(),
+        to: "x".into(),
+    }];
+    let e = Table::compile(&vec![("d".to_string(), s)]).err().unwrap();
+    assert_eq!(e.key, "route[0].when");
+    let mut s = spec();
+    s.schema = Some(json!({"type": 12}));
+    let e = Table::compile(&vec![("d".to_string(), s)]).err().unwrap();
+    assert_eq!(e.key, "schema");
+}

@@ -1,0 +1,419 @@
+//! The handoff layer end to end: schema, routes, transforms and formats on
+//! a real tidegate, delivered to real downstream servers; bad input and
+//! runaway programs refused without harm to anything else.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::support::{accepted_id, destination, eventually, problem, Downstream, Extra, Tidegate};
+
+/// A file in a temporary directory the test keeps alive.
+fn file(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
+    let p = dir.path().join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+async fn post_json(tg: &Tidegate, path: &str, body: &str) -> reqwest::Response {
+    tg.client
+        .post(tg.url(path))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_llm_extraction_becomes_the_crms_contact_json() {
+    let ds = Downstream::start().await;
+    let tg = Tidegate::start(&destination(
+        "crm",
+        &ds.url(),
+        r#"[destination.handoff]
+transform = '''
+{ name: .person.full_name, email: .person.contact.email, company: .org.name, source: "ai" }
+'''
+category = ".document_type""#,
+    ))
+    .await;
+    let body = r#"{"document_type": "lead", "confidence": 0.93, "model": "x-1",
+        "person": {"full_name": "Ada Lovelace", "contact": {"email": "ada@example.com", "phone": null}},
+        "org": {"name": "Analytical Engines", "size": 12}, "reasoning": "long text"}"#;
+    let id = accepted_id(post_json(&tg, "/crm/contacts", body).await).await;
+    tg.wait_message_state(&id, "delivered").await;
+    let seen = ds.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        std::str::from_utf8(&seen[0].body).unwrap(),
+        r#"{"name":"Ada Lovelace","email":"ada@example.com","company":"Analytical Engines","source":"ai"}"#
+    );
+    assert_eq!(seen[0].header("content-type").as_deref(), Some("application/json"));
+    assert_eq!(seen[0].path_and_query, "/contacts");
+    let m = tg.message(&id).await;
+    assert_eq!(m["category"], "lead");
+    assert_eq!(m["routed_from"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn line_items_become_one_csv_upload_and_other_formats_are_written_as_configured() {
+    let ds = Downstream::start().await;
+    let dests = [
+        destination(
+            "warehouse",
+            &ds.url(),
+            r#"[destination.handoff]
+transform = ".items | map({sku, qty, site: .location.site, attrs})"
+format = "csv"
+csv = { columns = ["sku", "qty", "site", "attrs"], header = true, delimiter = "," }"#,
+        ),
+        destination("forms", &ds.url(), "[destination.handoff]\nformat = \"form\""),
+        destination(
+            "lines",
+            &ds.url(),
+            "[destination.handoff]\nformat = \"ndjson\"\ntransform = \".events\"",
+        ),
+    ]
+    .concat();
+    let tg = Tidegate::start(&dests).await;
+    let csv_body = r#"{"items": [
+        {"sku": "A-1", "qty": 2, "location": {"site": "Leeds, UK"}, "attrs": {"colour": "red"}},
+        {"sku": "B \"big\"", "qty": 1, "location": {"site": "York"}, "attrs": ["x"]}]}"#;
+    let a = accepted_id(post_json(&tg, "/warehouse/upload", csv_body).await).await;
+    let b = accepted_id(post_json(&tg, "/forms/submit", r#"{"name": "Ada L", "n": 3, "tags": ["a"]}"#).await).await;
+    let c = accepted_id(post_json(&tg, "/lines/bulk", r#"{"events": [{"a": 1}, {"b": [2]}]}"#).await).await;
+    for id in [&a, &b, &c] {
+        tg.wait_message_state(id, "delivered").await;
+    }
+    let seen = ds.seen();
+    let by = |id: &str| seen.iter().find(|s| s.message_id() == id).unwrap().clone();
+    let csv = by(&a);
+    assert_eq!(csv.header("content-type").as_deref(), Some("text/csv; charset=utf-8"));
+    assert_eq!(csv.headers.get_all("content-type").iter().count(), 1);
+    assert_eq!(
+        std::str::from_utf8(&csv.body).unwrap(),
+        "sku,qty,site,attrs\r\nA-1,2,\"Leeds, UK\",\"{\"\"colour\"\":\"\"red\"\"}\"\r\n\"B \"\"big\"\"\",1,York,\"[\"\"x\"\"]\"\r\n"
+    );
+    let form = by(&b);
+    assert_eq!(
+        form.header("content-type").as_deref(),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(&form.body[..], b"name=Ada+L&n=3&tags=%5B%22a%22%5D");
+    let nd = by(&c);
+    assert_eq!(nd.header("content-type").as_deref(), Some("application/x-ndjson"));
+    assert_eq!(&nd.body[..], b"{\"a\":1}\n{\"b\":[2]}\n");
+}
+
+#[tokio::test]
+async fn low_confidence_goes_to_the_second_destination_and_the_message_names_its_route() {
+    let crm = Downstream::start().await;
+    let triage = Downstream::start().await;
+    let dests = [
+        destination(
+            "crm",
+            &crm.url(),
+            r#"rate_limit = { rate = "50/s", burst = 5 }
+[destination.handoff]
+transform = "{name: .name}"
+[[destination.handoff.route]]
+when = ".confidence < 0.8"
+to = "triage""#,
+        ),
+        destination(
+            "triage",
+            &triage.url(),
+            r#"rate_limit = { rate = "5/s", burst = 1 }
+[destination.handoff]
+transform = "{name: .name, confidence: .confidence, queue: \"manual\"}""#,
+        ),
+    ]
+    .concat();
+    let tg = Tidegate::start(&dests).await;
+    let high = accepted_id(post_json(&tg, "/crm/c", r#"{"name": "Ada", "confidence": 0.95}"#).await).await;
+    let r = post_json(&tg, "/crm/c", r#"{"name": "Bob", "confidence": 0.4}"#).await;
+    assert_eq!(r.status(), 202);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["destination"], "triage", "the answer names the owner: {v}");
+    let low = v["id"].as_str().unwrap().to_string();
+    tg.wait_message_state(&high, "delivered").await;
+    tg.wait_message_state(&low, "delivered").await;
+    assert_eq!(&crm.seen()[0].body[..], br#"{"name":"Ada"}"#);
+    assert_eq!(crm.seen().len(), 1);
+    assert_eq!(
+        &triage.seen()[0].body[..],
+        br#"{"name":"Bob","confidence":0.4,"queue":"manual"}"#
+    );
+    let m = tg.message(&low).await;
+    assert_eq!(m["destination"], "triage");
+    assert_eq!(m["routed_from"], "crm");
+    assert_eq!(m["route_rule"], 0);
+    let m = tg.message(&high).await;
+    assert_eq!(m["routed_from"], serde_json::Value::Null);
+    let text = tg.metrics_text().await;
+    assert!(
+        text.contains(r#"tidegate_messages_routed_total{from="crm",to="triage"} 1"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn schema_violations_are_refused_naming_the_instance_path_and_nothing_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = file(
+        &dir,
+        "contact.json",
+        r#"{"$schema": "http://json-schema.org/draft-07/schema#", "type": "object",
+            "required": ["email", "kind"],
+            "properties": {"email": {"type": "string"}, "age": {"type": "integer"},
+                           "kind": {"enum": ["lead", "customer"]}}}"#,
+    );
+    let ds = Downstream::start().await;
+    let tg = Tidegate::start(&destination(
+        "crm",
+        &ds.url(),
+        &format!("[destination.handoff]\nschema = \"{}\"", schema.display()),
+    ))
+    .await;
+    for (body, path, says) in [
+        (r#"{"kind": "lead"}"#, "", "email"),
+        (r#"{"email": "a@b", "kind": "lead", "age": "forty"}"#, "/age", "integer"),
+        (r#"{"email": "a@b", "kind": "prospect"}"#, "/kind", "prospect"),
+    ] {
+        let v = problem(post_json(&tg, "/crm/c", body).await, 422, "schema_violation").await;
+        let errors = v["errors"].as_array().expect("an errors member");
+        assert!(
+            errors
+                .iter()
+                .any(|e| e["instance_path"] == path && e["message"].as_str().unwrap().contains(says)),
+            "{body}: {v}"
+        );
+        assert!(errors.iter().all(|e| e["schema_path"].is_string()), "{v}");
+    }
+    let ok = accepted_id(post_json(&tg, "/crm/c", r#"{"email": "a@b", "kind": "lead"}"#).await).await;
+    tg.wait_message_state(&ok, "delivered").await;
+    assert_eq!(ds.seen().len(), 1, "only the valid message is delivered");
+    let d = tg.destination("crm").await;
+    assert_eq!(d["queue"]["depth"], 0, "{d}");
+    assert_eq!(d["counters"]["received"], 1, "{d}");
+    assert_eq!(d["counters"]["rejected"], 3, "{d}");
+    let text = tg.metrics_text().await;
+    assert!(
+        text.contains(r#"tidegate_handoff_failures_total{destination="crm",stage="schema"} 3"#),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_and_the_process_stays_healthy() {
+    let ds = Downstream::start().await;
+    let tg = Tidegate::start_with(
+        &destination("crm", &ds.url(), "[destination.handoff]\ntransform = \"{a: .a}\""),
+        Extra {
+            ingress: "max_body = \"2MiB\"",
+            ..Extra::default()
+        },
+    )
+    .await;
+    // 10,000 levels, padded to 1 MiB.
+    let deep = format!(
+        "{}{}{}",
+        "{\"a\":".repeat(10_000),
+        format_args!("\"{}\"", "x".repeat((1 << 20) - 80_000)),
+        "}".repeat(10_000)
+    );
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("application/json", b"{\"a\": ".to_vec(), "not valid JSON"),
+        ("text/plain", b"{\"a\": 1}".to_vec(), "text/plain"),
+        ("application/json", Vec::new(), "empty"),
+        ("application/json", deep.into_bytes(), "recursion"),
+        ("application/json", b"{\"a\": \"\xff\xfe\"}".to_vec(), "UTF-8"),
+    ];
+    for (ct, body, says) in cases {
+        let r = tg
+            .client
+            .post(tg.url("/crm/c"))
+            .header("content-type", ct)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let v = problem(r, 415, "unsupported_media_type").await;
+        assert!(v["detail"].as_str().unwrap().contains(says), "{says}: {v}");
+    }
+    let health = tg.client.get(tg.admin_url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let id = accepted_id(post_json(&tg, "/crm/c", r#"{"a": 1, "b": 2}"#).await).await;
+    tg.wait_message_state(&id, "delivered").await;
+    assert_eq!(ds.seen().len(), 1);
+    assert_eq!(&ds.seen()[0].body[..], br#"{"a":1}"#);
+}
+
+/// Programs that never end, recurse without bound or grow without bound.
+const RUNAWAYS: [(&str, &str); 4] = [
+    ("recursion", "def f: 1 + f; f"),
+    ("repeat", "[repeat(.)] | length"),
+    ("range", "[range(1e12)] | length"),
+    ("doubling", "reduce range(64) as $i (\"xxxxxxxx\"; . + .)"),
+];
+
+#[tokio::test]
+async fn runaway_programs_at_ingress_fail_their_message_and_nothing_else() {
+    let ds = Downstream::start().await;
+    let mut dests: String = RUNAWAYS
+        .iter()
+        .map(|(name, prog)| {
+            destination(
+                name,
+                &ds.url(),
+                &format!("[destination.handoff]\ntransform = '''{prog}'''"),
+            )
+        })
+        .collect();
+    dests.push_str(&destination(
+        "ok",
+        &ds.url(),
+        "[destination.handoff]\ntransform = \"{v: .v}\"",
+    ));
+    let tg = Tidegate::start(&dests).await;
+    let tg_ref = &tg;
+    let runaway = async {
+        let all = RUNAWAYS.iter().map(|(name, _)| async move {
+            let r = post_json(tg_ref, &format!("/{name}/x"), r#"{"v": 1}"#).await;
+            let v = problem(r, 422, "transform_failed").await;
+            assert!(v["detail"].as_str().unwrap().contains("stopped"), "{name}: {v}");
+        });
+        futures_util::future::join_all(all).await;
+    };
+    // Meanwhile another destination takes and delivers messages.
+    let others = async {
+        let mut ids = Vec::new();
+        for i in 0..20 {
+            ids.push(accepted_id(post_json(&tg, "/ok/x", &format!("{{\"v\": {i}}}")).await).await);
+        }
+        ids
+    };
+    let ((), ids) = tokio::join!(runaway, others);
+    for id in &ids {
+        tg.wait_message_state(id, "delivered").await;
+    }
+    assert_eq!(
+        ds.seen().len(),
+        20,
+        "nothing of the runaway destinations was stored or sent"
+    );
+    let health = tg.client.get(tg.admin_url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    // The sandbox recovers: the same destinations still answer.
+    let r = post_json(&tg, "/recursion/x", "{}").await;
+    problem(r, 422, "transform_failed").await;
+}
+
+#[tokio::test]
+async fn a_transform_broken_by_a_reload_dead_letters_and_a_fixed_one_delivers_the_replay() {
+    let ds = Downstream::start().await;
+    let with = |transform: &str| {
+        destination(
+            "crm",
+            &ds.url(),
+            &format!("[destination.handoff]\ntransform = '''{transform}'''"),
+        )
+    };
+    let tg = Tidegate::start(&with("{name: .n}")).await;
+    let r = tg.admin_post("/v1/destinations/crm/pause", "").await;
+    assert_eq!(r.status(), 200);
+    let mut ids = Vec::new();
+    for n in ["a", "b", "c"] {
+        ids.push(accepted_id(post_json(&tg, "/crm/c", &format!("{{\"n\": \"{n}\"}}")).await).await);
+    }
+    // A bug (adding a number to a string), then each runaway kind: at
+    // delivery they all dead-letter the message, reason transform_failed.
+    tg.rewrite_destinations(&with("{name: (.n + 1)}"));
+    assert_eq!(tg.admin_post("/v1/reload", "").await.status(), 200);
+    assert_eq!(tg.admin_post("/v1/destinations/crm/resume", "").await.status(), 200);
+    for id in &ids {
+        tg.wait_message_state(id, "dead_lettered").await;
+        let m = tg.message(id).await;
+        assert_eq!(m["reason"], "transform_failed", "{m}");
+        assert_eq!(m["last_error"]["kind"], "transform_failed", "{m}");
+        assert!(m["last_error"]["detail"].as_str().unwrap().contains("transform"), "{m}");
+    }
+    assert!(ds.seen().is_empty(), "a failing transform never reaches the downstream");
+    tg.rewrite_destinations(&with("{name: (.n | ascii_upcase)}"));
+    assert_eq!(tg.admin_post("/v1/reload", "").await.status(), 200);
+    let r = tg.admin_post("/v1/destinations/crm/dead-letters/replay", "{}").await;
+    assert_eq!(r.status(), 200);
+    for id in &ids {
+        tg.wait_message_state(id, "delivered").await;
+    }
+    let mut bodies: Vec<String> = ds
+        .seen()
+        .iter()
+        .map(|s| String::from_utf8(s.body.to_vec()).unwrap())
+        .collect();
+    bodies.sort();
+    assert_eq!(bodies, [r#"{"name":"A"}"#, r#"{"name":"B"}"#, r#"{"name":"C"}"#]);
+}
+
+#[tokio::test]
+async fn runaway_programs_at_delivery_dead_letter_their_message_and_nothing_else() {
+    let ds = Downstream::start().await;
+    let config = |programs: &[(&str, &str)]| -> String {
+        let mut d: String = programs
+            .iter()
+            .map(|(name, prog)| {
+                destination(
+                    name,
+                    &ds.url(),
+                    &format!("[destination.handoff]\ntransform = '''{prog}'''"),
+                )
+            })
+            .collect();
+        d.push_str(&destination("ok", &ds.url(), ""));
+        d
+    };
+    let fine: Vec<(&str, &str)> = RUNAWAYS.iter().map(|(n, _)| (*n, ".")).collect();
+    let tg = Tidegate::start(&config(&fine)).await;
+    let mut ids = Vec::new();
+    for (name, _) in RUNAWAYS {
+        assert_eq!(
+            tg.admin_post(&format!("/v1/destinations/{name}/pause"), "")
+                .await
+                .status(),
+            200
+        );
+        ids.push(accepted_id(post_json(&tg, &format!("/{name}/x"), "{}").await).await);
+    }
+    tg.rewrite_destinations(&config(&RUNAWAYS));
+    assert_eq!(tg.admin_post("/v1/reload", "").await.status(), 200);
+    for (name, _) in RUNAWAYS {
+        assert_eq!(
+            tg.admin_post(&format!("/v1/destinations/{name}/resume"), "")
+                .await
+                .status(),
+            200
+        );
+    }
+    let mut others = Vec::new();
+    for i in 0..10 {
+        others.push(accepted_id(post_json(&tg, "/ok/x", &format!("{{\"i\": {i}}}")).await).await);
+    }
+    for id in ids.iter().chain(&others) {
+        eventually(Duration::from_secs(30), "every message settled", || async {
+            let s = tg.message(id).await["state"].as_str().unwrap_or("").to_string();
+            s == "delivered" || s == "dead_lettered"
+        })
+        .await;
+    }
+    for id in &ids {
+        let m = tg.message(id).await;
+        assert_eq!(m["state"], "dead_lettered", "{m}");
+        assert_eq!(m["reason"], "transform_failed", "{m}");
+    }
+    for id in &others {
+        assert_eq!(tg.message(id).await["state"], "delivered");
+    }
+    assert_eq!(ds.seen().len(), 10);
+    let health = tg.client.get(tg.admin_url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+}
