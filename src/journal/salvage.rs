@@ -332,19 +332,24 @@ fn copy_rows(
 type RawRow = Vec<rusqlite::types::Value>;
 
 const COLUMNS: &str = "seq, dest, state, visible_at, received_at, attempts, method, path, headers, body, size, crc,
-    version, idem_key, wants_reply, last_error, reason, finished_at, producer";
+    version, idem_key, wants_reply, last_error, reason, finished_at, producer, category, routed_from, route_rule";
+/// The same, for a journal from before the handoff columns were added.
+const COLUMNS_BEFORE_HANDOFF: &str = "seq, dest, state, visible_at, received_at, attempts, method, path, headers, body,
+    size, crc, version, idem_key, wants_reply, last_error, reason, finished_at, producer, NULL, NULL, NULL";
 /// The same, for a journal from before `producer` was added.
 const COLUMNS_BEFORE_PRODUCER: &str =
     "seq, dest, state, visible_at, received_at, attempts, method, path, headers, body,
-    size, crc, version, idem_key, wants_reply, last_error, reason, finished_at, NULL";
+    size, crc, version, idem_key, wants_reply, last_error, reason, finished_at, NULL, NULL, NULL, NULL";
 /// How many `COLUMNS` name; a leaf row written before `producer` existed
-/// holds one fewer and is padded.
-const COLUMN_COUNT: usize = 19;
+/// holds 18, one written before the handoff columns 19; both are padded.
+const COLUMN_COUNT: usize = 22;
+const OLDEST_COLUMN_COUNT: usize = 18;
 
 fn read_range(old: &Connection, lo: i64, hi: i64) -> rusqlite::Result<Vec<RawRow>> {
     let query = |columns| format!("SELECT {columns} FROM messages WHERE seq BETWEEN ?1 AND ?2");
     let mut stmt = old
         .prepare_cached(&query(COLUMNS))
+        .or_else(|_| old.prepare_cached(&query(COLUMNS_BEFORE_HANDOFF)))
         .or_else(|_| old.prepare_cached(&query(COLUMNS_BEFORE_PRODUCER)))?;
     let rows = stmt.query_map(params![lo, hi], |r: &Row<'_>| {
         (0..COLUMN_COUNT)
@@ -391,9 +396,10 @@ fn rows_from_leaves(
     let want = |seq| owed.state_of(seq).is_some() || unwitnessed.contains(seq);
     let mut found = |r: leaves::LeafRow| {
         let mut row = r.values;
-        // A message row: 18 columns (19 since `producer`), the first (seq,
-        // the rowid) stored as NULL, a state tidegate writes.
-        if !(COLUMN_COUNT - 1..=COLUMN_COUNT).contains(&row.len()) || row[0] != Value::Null {
+        // A message row: 18 columns (19 since `producer`, 22 since the
+        // handoff's), the first (seq, the rowid) stored as NULL, a state
+        // tidegate writes.
+        if !(OLDEST_COLUMN_COUNT..=COLUMN_COUNT).contains(&row.len()) || row[0] != Value::Null {
             return;
         }
         row.resize(COLUMN_COUNT, Value::Null);
@@ -536,7 +542,7 @@ fn insert_rows(
         *highest_seen = (*highest_seen).max(seq);
         let state = matches!(row[2], Value::Integer(s) if s == schema::STATE_PENDING || s == schema::STATE_DEAD);
         // Text columns holding bytes that are not text: damaged.
-        const TEXT_COLUMNS: [usize; 7] = [1, 6, 7, 13, 15, 16, 18];
+        const TEXT_COLUMNS: [usize; 9] = [1, 6, 7, 13, 15, 16, 18, 19, 20];
         if TEXT_COLUMNS.iter().any(|&i| matches!(row[i], Value::Blob(_))) {
             if state {
                 lost.insert(seq);
@@ -559,7 +565,7 @@ fn insert_rows(
         let ok = new
             .prepare_cached(&format!(
                 "INSERT OR IGNORE INTO messages ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,
-                 ?13, ?14, ?15, ?16, ?17, ?18, ?19)"
+                 ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
             ))
             .and_then(|mut s| s.execute(rusqlite::params_from_iter(row.iter())));
         match ok {
