@@ -155,6 +155,31 @@ transform = "{name: .name, confidence: .confidence, queue: \"manual\"}""#,
         text.contains(r#"tidegate_messages_routed_total{from="crm",to="triage"} 1"#),
         "{text}"
     );
+    // A preview shows the route and exactly what would be sent, and stores
+    // nothing.
+    let r = tg
+        .admin_post("/v1/destinations/crm/preview", r#"{"name": "Cy", "confidence": 0.1}"#)
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["destination"], "triage");
+    assert_eq!(v["routed_from"], "crm");
+    assert_eq!(v["route_rule"], 0);
+    assert_eq!(v["request"]["headers"]["content-type"], "application/json");
+    assert_eq!(
+        v["request"]["body"],
+        r#"{"name":"Cy","confidence":0.1,"queue":"manual"}"#
+    );
+    let r = tg.admin_post("/v1/destinations/crm/preview", "not json").await;
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        (v["ok"].clone(), v["stage"].clone()),
+        (false.into(), "parse".into()),
+        "{v}"
+    );
+    assert_eq!(tg.destination("triage").await["counters"]["received"], 1);
+    assert_eq!(tg.destination("crm").await["counters"]["received"], 1);
 }
 
 #[tokio::test]
