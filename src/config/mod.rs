@@ -522,42 +522,12 @@ impl Locator<'_> {
     /// An error at `offset` about `key`, whatever line that offset is on
     /// (inside a multi-line program, say).
     fn error_with_key(&self, offset: usize, key: &str, reason: String) -> ConfigError {
-        match self.error(offset..offset, reason) {
-            ConfigError::Invalid {
-                path,
-                line,
-                col,
-                reason,
-                ..
-            } => ConfigError::Invalid {
-                path,
-                line,
-                col,
-                key: Some(key.to_string()),
-                reason,
-            },
-            e => e,
-        }
+        named(self.error(offset..offset, reason), key, true)
     }
 
     /// As `error`, naming `key` when the span does not (a defaulted value).
     fn error_at_key(&self, span: std::ops::Range<usize>, key: &str, reason: String) -> ConfigError {
-        match self.error(span, reason) {
-            ConfigError::Invalid {
-                path,
-                line,
-                col,
-                key: None,
-                reason,
-            } => ConfigError::Invalid {
-                path,
-                line,
-                col,
-                key: Some(key.to_string()),
-                reason,
-            },
-            e => e,
-        }
+        named(self.error(span, reason), key, false)
     }
 
     /// The dotted key whose value starts at `offset`: the table header above
@@ -586,6 +556,26 @@ impl Locator<'_> {
             (Some(t), None) if line.trim_start().starts_with('[') => Some(t),
             _ => None,
         }
+    }
+}
+
+/// `e` naming `key`: always, or only where it names none.
+fn named(e: ConfigError, key: &str, always: bool) -> ConfigError {
+    match e {
+        ConfigError::Invalid {
+            path,
+            line,
+            col,
+            key: k,
+            reason,
+        } if always || k.is_none() => ConfigError::Invalid {
+            path,
+            line,
+            col,
+            key: Some(key.to_string()),
+            reason,
+        },
+        e => e,
     }
 }
 

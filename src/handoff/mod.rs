@@ -29,7 +29,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use format::{cell, CsvLayout, Format};
+pub use format::{CsvLayout, Format};
 pub use sandbox::{worker_main, RunError, Runner, WORKER_ARG};
 
 /// At most this many schema errors are reported.
@@ -274,10 +274,6 @@ impl Table {
         let value = parse(dest, body)?;
         let input = jq::from_json(&value);
         render_value(dest, compiled, &value, input).map(Some)
-    }
-
-    pub fn has(&self, dest: &str) -> bool {
-        self.by_name.contains_key(dest)
     }
 }
 

@@ -5,23 +5,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::support::{accepted_id, destination, eventually, problem, Downstream, Extra, Tidegate};
+use crate::support::{destination, eventually, problem, Downstream, Extra, Tidegate};
 
 /// A file in a temporary directory the test keeps alive.
 fn file(dir: &tempfile::TempDir, name: &str, text: &str) -> PathBuf {
     let p = dir.path().join(name);
     std::fs::write(&p, text).unwrap();
     p
-}
-
-async fn post_json(tg: &Tidegate, path: &str, body: &str) -> reqwest::Response {
-    tg.client
-        .post(tg.url(path))
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
 }
 
 #[tokio::test]
@@ -40,7 +30,7 @@ category = ".document_type""#,
     let body = r#"{"document_type": "lead", "confidence": 0.93, "model": "x-1",
         "person": {"full_name": "Ada Lovelace", "contact": {"email": "ada@example.com", "phone": null}},
         "org": {"name": "Analytical Engines", "size": 12}, "reasoning": "long text"}"#;
-    let id = accepted_id(post_json(&tg, "/crm/contacts", body).await).await;
+    let id = tg.send("/crm/contacts", body).await;
     tg.wait_message_state(&id, "delivered").await;
     let seen = ds.seen();
     assert_eq!(seen.len(), 1);
@@ -79,9 +69,11 @@ csv = { columns = ["sku", "qty", "site", "attrs"], header = true, delimiter = ",
     let csv_body = r#"{"items": [
         {"sku": "A-1", "qty": 2, "location": {"site": "Leeds, UK"}, "attrs": {"colour": "red"}},
         {"sku": "B \"big\"", "qty": 1, "location": {"site": "York"}, "attrs": ["x"]}]}"#;
-    let a = accepted_id(post_json(&tg, "/warehouse/upload", csv_body).await).await;
-    let b = accepted_id(post_json(&tg, "/forms/submit", r#"{"name": "Ada L", "n": 3, "tags": ["a"]}"#).await).await;
-    let c = accepted_id(post_json(&tg, "/lines/bulk", r#"{"events": [{"a": 1}, {"b": [2]}]}"#).await).await;
+    let a = tg.send("/warehouse/upload", csv_body).await;
+    let b = tg
+        .send("/forms/submit", r#"{"name": "Ada L", "n": 3, "tags": ["a"]}"#)
+        .await;
+    let c = tg.send("/lines/bulk", r#"{"events": [{"a": 1}, {"b": [2]}]}"#).await;
     for id in [&a, &b, &c] {
         tg.wait_message_state(id, "delivered").await;
     }
@@ -130,8 +122,8 @@ transform = "{name: .name, confidence: .confidence, queue: \"manual\"}""#,
     ]
     .concat();
     let tg = Tidegate::start(&dests).await;
-    let high = accepted_id(post_json(&tg, "/crm/c", r#"{"name": "Ada", "confidence": 0.95}"#).await).await;
-    let r = post_json(&tg, "/crm/c", r#"{"name": "Bob", "confidence": 0.4}"#).await;
+    let high = tg.send("/crm/c", r#"{"name": "Ada", "confidence": 0.95}"#).await;
+    let r = tg.post("/crm/c", r#"{"name": "Bob", "confidence": 0.4}"#).await;
     assert_eq!(r.status(), 202);
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["destination"], "triage", "the answer names the owner: {v}");
@@ -205,7 +197,7 @@ async fn schema_violations_are_refused_naming_the_instance_path_and_nothing_is_s
         (r#"{"email": "a@b", "kind": "lead", "age": "forty"}"#, "/age", "integer"),
         (r#"{"email": "a@b", "kind": "prospect"}"#, "/kind", "prospect"),
     ] {
-        let v = problem(post_json(&tg, "/crm/c", body).await, 422, "schema_violation").await;
+        let v = problem(tg.post("/crm/c", body).await, 422, "schema_violation").await;
         let errors = v["errors"].as_array().expect("an errors member");
         assert!(
             errors
@@ -215,7 +207,7 @@ async fn schema_violations_are_refused_naming_the_instance_path_and_nothing_is_s
         );
         assert!(errors.iter().all(|e| e["schema_path"].is_string()), "{v}");
     }
-    let ok = accepted_id(post_json(&tg, "/crm/c", r#"{"email": "a@b", "kind": "lead"}"#).await).await;
+    let ok = tg.send("/crm/c", r#"{"email": "a@b", "kind": "lead"}"#).await;
     tg.wait_message_state(&ok, "delivered").await;
     assert_eq!(ds.seen().len(), 1, "only the valid message is delivered");
     let d = tg.destination("crm").await;
@@ -268,7 +260,7 @@ async fn bad_input_gets_a_clear_4xx_and_the_process_stays_healthy() {
     }
     let health = tg.client.get(tg.admin_url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let id = accepted_id(post_json(&tg, "/crm/c", r#"{"a": 1, "b": 2}"#).await).await;
+    let id = tg.send("/crm/c", r#"{"a": 1, "b": 2}"#).await;
     tg.wait_message_state(&id, "delivered").await;
     assert_eq!(ds.seen().len(), 1);
     assert_eq!(&ds.seen()[0].body[..], br#"{"a":1}"#);
@@ -304,7 +296,7 @@ async fn runaway_programs_at_ingress_fail_their_message_and_nothing_else() {
     let tg_ref = &tg;
     let runaway = async {
         let all = RUNAWAYS.iter().map(|(name, _)| async move {
-            let r = post_json(tg_ref, &format!("/{name}/x"), r#"{"v": 1}"#).await;
+            let r = tg_ref.post(&format!("/{name}/x"), r#"{"v": 1}"#).await;
             let v = problem(r, 422, "transform_failed").await;
             assert!(v["detail"].as_str().unwrap().contains("stopped"), "{name}: {v}");
         });
@@ -314,7 +306,7 @@ async fn runaway_programs_at_ingress_fail_their_message_and_nothing_else() {
     let others = async {
         let mut ids = Vec::new();
         for i in 0..20 {
-            ids.push(accepted_id(post_json(&tg, "/ok/x", &format!("{{\"v\": {i}}}")).await).await);
+            ids.push(tg.send("/ok/x", &format!("{{\"v\": {i}}}")).await);
         }
         ids
     };
@@ -330,7 +322,7 @@ async fn runaway_programs_at_ingress_fail_their_message_and_nothing_else() {
     let health = tg.client.get(tg.admin_url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
     // The sandbox recovers: the same destinations still answer.
-    let r = post_json(&tg, "/recursion/x", "{}").await;
+    let r = tg.post("/recursion/x", "{}").await;
     problem(r, 422, "transform_failed").await;
 }
 
@@ -349,7 +341,7 @@ async fn a_transform_broken_by_a_reload_dead_letters_and_a_fixed_one_delivers_th
     assert_eq!(r.status(), 200);
     let mut ids = Vec::new();
     for n in ["a", "b", "c"] {
-        ids.push(accepted_id(post_json(&tg, "/crm/c", &format!("{{\"n\": \"{n}\"}}")).await).await);
+        ids.push(tg.send("/crm/c", &format!("{{\"n\": \"{n}\"}}")).await);
     }
     // A bug (adding a number to a string), then each runaway kind: at
     // delivery they all dead-letter the message, reason transform_failed.
@@ -407,7 +399,7 @@ async fn runaway_programs_at_delivery_dead_letter_their_message_and_nothing_else
                 .status(),
             200
         );
-        ids.push(accepted_id(post_json(&tg, &format!("/{name}/x"), "{}").await).await);
+        ids.push(tg.send(&format!("/{name}/x"), "{}").await);
     }
     tg.rewrite_destinations(&config(&RUNAWAYS));
     assert_eq!(tg.admin_post("/v1/reload", "").await.status(), 200);
@@ -421,7 +413,7 @@ async fn runaway_programs_at_delivery_dead_letter_their_message_and_nothing_else
     }
     let mut others = Vec::new();
     for i in 0..10 {
-        others.push(accepted_id(post_json(&tg, "/ok/x", &format!("{{\"i\": {i}}}")).await).await);
+        others.push(tg.send("/ok/x", &format!("{{\"i\": {i}}}")).await);
     }
     for id in ids.iter().chain(&others) {
         eventually(Duration::from_secs(30), "every message settled", || async {
