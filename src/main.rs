@@ -102,6 +102,31 @@ enum Command {
         #[command(subcommand)]
         action: JournalAction,
     },
+    /// Try a destination's handoff (schema, routes, transform, format) on a
+    /// body, offline.
+    Handoff {
+        #[command(subcommand)]
+        action: HandoffAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum HandoffAction {
+    /// Show the route, category and exact request a producer body would
+    /// give, or each error; stores and sends nothing. Exit 1 on an error.
+    Test {
+        #[arg(long, env = "TIDEGATE_CONFIG", default_value = "config/tidegate.toml")]
+        config: PathBuf,
+        /// The destination the producer posts to.
+        #[arg(long)]
+        destination: String,
+        /// The body: a file, or `-` (the default) for standard input.
+        #[arg(default_value = "-")]
+        file: PathBuf,
+        /// Print the preview as JSON (as the admin API's preview answers).
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -178,6 +203,15 @@ fn main() -> ExitCode {
         Command::Journal {
             action: JournalAction::Verify { config },
         } => verify(config),
+        Command::Handoff {
+            action:
+                HandoffAction::Test {
+                    config,
+                    destination,
+                    file,
+                    json,
+                },
+        } => handoff_test(config, &destination, file, json),
         other => operator(other),
     }
 }
@@ -227,6 +261,66 @@ fn verify(config: PathBuf) -> ExitCode {
         }
         Err(e) => {
             eprintln!("tidegate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tidegate handoff test`: the preview the admin API would give, from the
+/// config file alone.
+fn handoff_test(config: PathBuf, destination: &str, file: PathBuf, json: bool) -> ExitCode {
+    use std::io::Read;
+    let config = match Config::load(&config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(entry) = config.destination(destination) else {
+        let names: Vec<&str> = config.destinations.iter().map(|d| d.name.as_str()).collect();
+        eprintln!(
+            "tidegate: no destination {destination:?} in the config (it has: {})",
+            names.join(", ")
+        );
+        return ExitCode::FAILURE;
+    };
+    let mut body = Vec::new();
+    let read = if file.as_os_str() == "-" {
+        std::io::stdin().lock().read_to_end(&mut body).map(|_| ())
+    } else {
+        std::fs::read(&file).map(|b| body = b)
+    };
+    if let Err(e) = read {
+        eprintln!("tidegate: cannot read {}: {e}", file.display());
+        return ExitCode::FAILURE;
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let preview = rt.block_on(tidegate::handoff::preview(entry, &body, |n| config.destination(n)));
+    match preview {
+        Ok(v) => {
+            let out = if json {
+                serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"
+            } else {
+                tidegate::handoff::render_preview(&v)
+            };
+            use std::io::Write;
+            // A reader gone away (`| head`) is not worth a panic.
+            let _ = std::io::stdout().lock().write_all(out.as_bytes());
+            if v["ok"] == serde_json::Value::Bool(true) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("tidegate: the handoff could not run: {e}");
             ExitCode::FAILURE
         }
     }
@@ -346,7 +440,7 @@ fn operator(cmd: Command) -> ExitCode {
                     })
                 }
             },
-            Command::Serve { .. } | Command::Check { .. } | Command::Journal { .. } => {
+            Command::Serve { .. } | Command::Check { .. } | Command::Journal { .. } | Command::Handoff { .. } => {
                 unreachable!("handled in main")
             }
         }

@@ -300,64 +300,22 @@ async fn pause(State(a): State<Admin>, ApiPath(name): ApiPath<String>) -> Result
     one_destination(State(a), ApiPath(name)).await
 }
 
-/// What the handoff would do with a producer body sent to `name` (route,
-/// category, and exactly what the first attempt would send), or each
-/// error; stores nothing. Configured header values are secrets: shown
-/// redacted.
+/// What the handoff would do with a producer body sent to `name`; stores
+/// nothing (see `handoff::preview`).
 async fn preview(
     State(a): State<Admin>,
     ApiPath(name): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Problem> {
-    let d = find(&a, &name)?;
-    let cfg = d.config();
-    let admitted = match &cfg.handoff {
-        None => crate::handoff::Admitted {
-            destination: name.clone(),
-            routed_from: None,
-            category: crate::handoff::UNCATEGORISED.to_string(),
-            rendered: None,
-        },
-        Some(h) => match h.runner.admit(&name, &body).await {
-            Ok(adm) => adm,
-            Err(crate::handoff::RunError::Failed(f)) => {
-                return Ok(Json(json!({
-                    "ok": false,
-                    "destination": f.destination,
-                    "stage": f.stage.as_str(),
-                    "message": f.message,
-                    "errors": f.violations,
-                })))
-            }
-            Err(e) => {
-                tracing::error!(destination = %name, error = %e, "preview failed");
-                return Err(Problem::internal());
-            }
-        },
-    };
-    let owner = find(&a, &admitted.destination)?.config();
-    let mut headers = serde_json::Map::new();
-    let (content_type, sent) = match &admitted.rendered {
-        Some(r) => (
-            Some(r.content_type.clone()),
-            String::from_utf8_lossy(&r.body).into_owned(),
-        ),
-        None => (None, String::from_utf8_lossy(&body).into_owned()),
-    };
-    if let Some(ct) = content_type {
-        headers.insert("content-type".into(), Value::String(ct));
+    let entry = find(&a, &name)?.config();
+    let lookup = |n: &str| a.dispatcher.destination(n).map(|d| d.config());
+    match crate::handoff::preview(&entry, &body, lookup).await {
+        Ok(v) => Ok(Json(v)),
+        Err(e) => {
+            tracing::error!(destination = %name, error = %e, "preview failed");
+            Err(Problem::internal())
+        }
     }
-    for (k, _) in &owner.headers {
-        headers.insert(k.as_str().to_string(), Value::String("<redacted>".into()));
-    }
-    Ok(Json(json!({
-        "ok": true,
-        "destination": admitted.destination,
-        "routed_from": admitted.routed_from.as_ref().map(|r| &r.0),
-        "route_rule": admitted.routed_from.as_ref().map(|r| r.1),
-        "category": admitted.category,
-        "request": {"method": "POST", "url": owner.redacted_url(), "headers": headers, "body": sent},
-    })))
 }
 
 #[derive(Deserialize)]

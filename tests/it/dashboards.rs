@@ -126,9 +126,13 @@ async fn dashboard_and_alert_expressions_work_against_a_live_tidegate() {
     let ds = Downstream::start().await;
     ds.refuse_under("/bad", 400);
     let u = ds.url();
+    // crm routes what asks for triage to a destination of its own, so the
+    // routed series exists.
+    let route = "[destination.handoff]\n[[destination.handoff.route]]\nwhen = \".triage == true\"\nto = \"triage\"";
     let tg = Tidegate::start(&format!(
-        "{}{}",
-        destination("crm", &format!("{u}/ok"), ""),
+        "{}{}{}",
+        destination("crm", &format!("{u}/ok"), route),
+        destination("triage", &format!("{u}/ok"), ""),
         destination("erp", &format!("{u}/bad"), "on_failure = \"halt\"")
     ))
     .await;
@@ -137,6 +141,7 @@ async fn dashboard_and_alert_expressions_work_against_a_live_tidegate() {
     };
     tg.send("/erp/x", "{}").await;
     tg.wait_state("erp", "halted").await;
+    tg.send("/crm/t", r#"{"triage": true}"#).await;
     // Traffic over a few scrapes, so rates and histograms have data.
     for i in 0..30 {
         let id = tg.send(&format!("/crm/{i}"), "{}").await;

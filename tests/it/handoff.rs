@@ -434,3 +434,124 @@ async fn runaway_programs_at_delivery_dead_letter_their_message_and_nothing_else
     let health = tg.client.get(tg.admin_url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
 }
+
+/// The README's handoff section is what `tidegate handoff test` prints:
+/// every `$ tidegate …` line in its console blocks is run from the
+/// repository root and its output compared with the lines under it; a
+/// failure is shown with exit 1, a success with 0.
+#[test]
+fn the_readmes_handoff_examples_print_what_the_readme_shows() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let section = readme
+        .split("\n## ")
+        .find(|s| s.starts_with("Handoff"))
+        .expect("README has a Handoff section");
+    let mut env: Vec<(String, String)> = Vec::new();
+    let mut checked = 0;
+    for block in section.split("```console\n").skip(1) {
+        let block = block.split("\n```").next().unwrap();
+        // Commands, each with the output lines that follow it.
+        let mut runs: Vec<(&str, Vec<&str>)> = Vec::new();
+        for line in block.lines() {
+            match line.strip_prefix("$ ") {
+                Some(cmd) => runs.push((cmd, Vec::new())),
+                None => runs.last_mut().expect("output before a command").1.push(line),
+            }
+        }
+        for (cmd, expected) in runs {
+            if let Some(var) = cmd.strip_prefix("export ") {
+                let (k, v) = var.split_once('=').unwrap();
+                env.push((k.into(), v.into()));
+                continue;
+            }
+            let args: Vec<&str> = cmd.split_whitespace().collect();
+            assert_eq!(args[..3], ["tidegate", "handoff", "test"], "{cmd}");
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+                .args(&args[1..])
+                .current_dir(root)
+                .envs(env.clone())
+                .output()
+                .unwrap();
+            // A CSV body's CRLF line ends are shown as plain line ends.
+            let stdout = String::from_utf8(out.stdout).unwrap().replace("\r\n", "\n");
+            assert_eq!(
+                stdout.trim_end(),
+                expected.join("\n").trim_end(),
+                "{cmd}\nstderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let failed = stdout.starts_with("handoff failed");
+            assert_eq!(out.status.code(), Some(if failed { 1 } else { 0 }), "{cmd}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "the README shows its examples ({checked} commands)");
+}
+
+/// `tidegate handoff test` reads standard input, touches no storage, and
+/// says plainly what is wrong with its arguments.
+#[test]
+fn handoff_test_reads_stdin_stores_nothing_and_names_what_is_wrong() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    file(&dir, "n.json", r#"{"type": "object", "required": ["n"]}"#);
+    let config = file(
+        &dir,
+        "tidegate.toml",
+        r#"[ingress]
+listen = "127.0.0.1:0"
+[storage]
+path = "queue"
+[[destination]]
+name = "sink"
+url = "http://127.0.0.1:9/in"
+owner = "test"
+[destination.handoff]
+schema = "n.json"
+transform = "{doubled: (.n * 2)}"
+"#,
+    );
+    let run = |args: &[&str], stdin: &str| {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .args(["handoff", "test", "--config"])
+            .arg(&config)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (code, out, err) = run(&["--destination", "sink", "--json"], r#"{"n": 21}"#);
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["request"]["body"], r#"{"doubled":42}"#);
+    assert_eq!(v["request"]["url"], "http://127.0.0.1:9/in");
+    let (code, out, _) = run(&["--destination", "sink", "-"], r#"{"m": 1}"#);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("schema stage") && out.contains("\"n\" is a required property"),
+        "{out}"
+    );
+    let (code, out, _) = run(&["--destination", "sink"], "not json");
+    assert_eq!(code, Some(1));
+    assert!(out.contains("parse stage"), "{out}");
+    let (code, _, err) = run(&["--destination", "nowhere"], "{}");
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("no destination \"nowhere\"") && err.contains("sink"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["--destination", "sink", "/no/such/body.json"], "");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("cannot read /no/such/body.json"), "{err}");
+    assert!(!dir.path().join("queue").exists(), "handoff test created the queue");
+}

@@ -220,6 +220,7 @@ fn every_shipped_config_passes_check() {
         "config/tidegate.toml",
         "deploy/tidegate.container.toml",
         "deploy/compose/tidegate.toml",
+        "examples/handoff/tidegate.toml",
     ]
     .iter()
     .map(|p| (p.to_string(), repo(p)))
@@ -255,7 +256,7 @@ fn every_shipped_config_passes_check() {
         let path = dir.path().join("tidegate.toml");
         // The README's config is checked in place: its relative paths are
         // relative to it.
-        let path = if name == "config/tidegate.toml" {
+        let path = if name == "config/tidegate.toml" || name.starts_with("examples/") {
             root.join(&name)
         } else {
             std::fs::write(&path, &text).unwrap();
