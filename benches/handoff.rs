@@ -8,37 +8,17 @@
 use std::process::ExitCode;
 
 use criterion::{criterion_group, Criterion, Throughput};
-use serde_json::json;
 use tidegate::handoff::{CsvLayout, Format, Route, Runner, Spec, Specs, Table};
 
 // As in the tidegate binary, whose worker processes run these programs.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-const MAPPING: &str = r#"{
-  id: .request_id, name: .person.name, email: .person.email, phone: .person.phone,
-  company: .company.name, title: .person.title, country: .company.country,
-  score: .confidence, kind: .document_type, summary: .summary
-}"#;
+/// The same files as `loadtests/handoff.sh` uses.
+const MAPPING: &str = include_str!("../loadtests/handoff/mapping.jq");
 
 fn schema() -> serde_json::Value {
-    json!({
-        "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "type": "object",
-        "required": ["request_id", "person", "company", "confidence", "document_type"],
-        "properties": {
-            "request_id": {"type": "string"},
-            "person": {"type": "object", "required": ["name", "email"]},
-            "company": {"type": "object"},
-            "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-            "document_type": {"enum": ["business_card", "email_signature", "web_form"]},
-            "summary": {"type": "string", "maxLength": 2000},
-            "model": {"type": "string"},
-            "tokens": {"type": "integer"},
-            "tags": {"type": "array", "items": {"type": "string"}},
-            "reasoning": {"type": "string"}
-        }
-    })
+    serde_json::from_str(include_str!("../loadtests/handoff/schema.json")).unwrap()
 }
 
 fn spec(format: Format) -> Spec {
@@ -64,22 +44,9 @@ fn spec(format: Format) -> Spec {
     }
 }
 
-/// A body of about 1 KiB.
+/// A body of about 1 KiB: an LLM's contact extraction.
 fn body() -> Vec<u8> {
-    let b = serde_json::to_vec(&json!({
-        "request_id": "req-7d1f2c3a-9b1e-4c55-8f0e-2b6f1b2b9a10",
-        "document_type": "business_card",
-        "confidence": 0.93,
-        "model": "extractor-v4",
-        "tokens": 812,
-        "tags": ["lead", "emea", "conference"],
-        "person": {"name": "Ada Lovelace", "email": "ada@example.com", "phone": "+44 20 7946 0000",
-                   "title": "Head of Analytical Engines"},
-        "company": {"name": "Analytical Engines Ltd", "country": "GB", "size": 120},
-        "summary": "Met at the Difference Engine conference; interested in a pilot of the extraction flow for inbound business cards, with a follow-up call next week about pricing and volumes.",
-        "reasoning": "The card shows a name, title, company and e-mail in a standard layout; the phone number is printed in the international format; the company name matches the logo text. Confidence is high because every field was read without ambiguity and the e-mail domain matches the company's web address printed below the logo, which was also checked against the conference attendee list and the public company register for the same country, GB."
-    }))
-    .unwrap();
+    let b = include_bytes!("../loadtests/handoff/extraction-1k.json").to_vec();
     assert!((1000..=1100).contains(&b.len()), "body is {} bytes", b.len());
     b
 }
