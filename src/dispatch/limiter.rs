@@ -4,6 +4,16 @@
 //!
 //! governor's quota is fixed per limiter, so a rate change builds a new one;
 //! a rebuilt bucket starts empty, so a change never hands out a fresh burst.
+//!
+//! Adapting (SPEC §4, §14) is AIMD with a memory, as TCP congestion control
+//! is: a 429 or 503 cuts the rate once per round (the refusals of attempts
+//! sent before the cut are the same signal); the rate that drew it is
+//! remembered as a ceiling; calm seconds win the rate back quickly up to
+//! 90% of that ceiling and only slowly beyond it, because with a downstream
+//! that answers `Retry-After` each probe that fails costs a whole pause.
+//! After any pause, sending resumes with an empty bucket: a bucket that
+//! refilled during the pause would spend its burst into a downstream whose
+//! own allowance has just started again.
 
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
@@ -16,10 +26,17 @@ use tokio::time::Instant;
 const FLOOR_SHARE: f64 = 0.01;
 /// Each calm second raises the effective rate by this share of the configured.
 const RECOVERY_SHARE: f64 = 0.05;
-/// At most one halving per this interval: the 429s of attempts already in
-/// flight arrive together and are one signal, not eight (TCP's AIMD halves
-/// once per round trip for the same reason).
-const HALVE_AT_MOST_EVERY: Duration = Duration::from_millis(250);
+/// A round of refusals (see `slow_down`) lasts at most this long: a
+/// downstream that refuses everything is cut again each second.
+const ROUND_AT_MOST: Duration = Duration::from_secs(1);
+/// Above 90% of the ceiling, each calm second raises the rate by this share
+/// of the ceiling: probing, slowly, whether the downstream now takes more.
+const PROBE_SHARE: f64 = 0.01;
+/// Recovery is fast up to this share of the ceiling.
+const FAST_UP_TO: f64 = 0.9;
+/// A ceiling is forgotten after this long without a 429 or 503: the
+/// downstream's capacity may have changed.
+const CEILING_MEMORY: Duration = Duration::from_secs(60);
 /// A slowdown never goes below this share of what the downstream accepted
 /// over the last second...
 const ACCEPTED_SHARE: f64 = 0.95;
@@ -39,8 +56,16 @@ struct State {
     effective: Option<f64>,
     bucket: Option<Arc<DefaultDirectRateLimiter>>,
     paused_until: Option<Instant>,
+    /// The bucket is emptied when the pause ends (see the module doc).
+    drain_after_pause: bool,
     last_slowdown: Option<Instant>,
-    last_halved: Option<Instant>,
+    /// When the rate was last cut: refusals of attempts sent before this
+    /// belong to the round that was already cut for.
+    last_decrease: Option<Instant>,
+    /// Whether an attempt sent after the last cut has succeeded.
+    recovered: bool,
+    /// The effective rate in force when the downstream last pushed back.
+    ceiling: Option<f64>,
     /// Successes per `SLOT`, as (slot number since `epoch`, count).
     accepted: [(u64, u32); 4],
     epoch: Instant,
@@ -104,8 +129,11 @@ impl Limiter {
                 effective: rate,
                 bucket: rate.map(|r| bucket(r, burst, false)),
                 paused_until: None,
+                drain_after_pause: false,
                 last_slowdown: None,
-                last_halved: None,
+                last_decrease: None,
+                recovered: false,
+                ceiling: None,
                 accepted: [(u64::MAX, 0); 4],
                 epoch: Instant::now(),
             }),
@@ -158,6 +186,18 @@ impl Limiter {
                     continue;
                 }
             }
+            let b = {
+                let mut s = self.state();
+                if s.drain_after_pause && s.paused_until.is_none_or(|u| u <= Instant::now()) {
+                    s.drain_after_pause = false;
+                    if let Some(e) = s.effective {
+                        s.bucket = Some(bucket(e, burst_for(s.configured, e, s.burst), true));
+                    }
+                    s.bucket.clone()
+                } else {
+                    b
+                }
+            };
             if let Some(b) = b {
                 b.until_ready().await;
             }
@@ -169,11 +209,16 @@ impl Limiter {
         }
     }
 
-    /// A 2xx: counted, so a slowdown knows what the downstream accepts.
-    pub fn note_success(&self) {
+    /// A 2xx to an attempt sent at `sent`: counted, so a slowdown knows
+    /// what the downstream accepts; one sent after the last cut shows the
+    /// downstream has taken the cut rate, which ends that round.
+    pub fn note_success(&self, sent: Instant) {
         let mut s = self.state();
         if !s.adaptive {
             return;
+        }
+        if s.last_decrease.is_some_and(|t| sent > t) {
+            s.recovered = true;
         }
         let slot = s.slot(Instant::now());
         let i = (slot % 4) as usize;
@@ -184,16 +229,20 @@ impl Limiter {
         }
     }
 
-    /// A 429 or 503: halve the effective rate and pause until `retry_after`.
+    /// A 429 or 503 to an attempt sent at `sent`: pause until `retry_after`,
+    /// and cut the effective rate, once per round. A round ends when an
+    /// attempt sent after the cut succeeds, or a second after the cut:
+    /// until then, refusals are the signal already acted on (attempts sent
+    /// before the cut, or a quota window the rate before the cut spent).
     ///
-    /// Halving (SPEC §4) is tempered by evidence: it never goes below 95% of
-    /// the successes of the last second, because the downstream has just
-    /// shown it takes that many. A downstream that refuses everything
+    /// The cut halves (SPEC §4), tempered by evidence: it never goes below
+    /// 95% of the successes of the last second, because the downstream has
+    /// just shown it takes that many. A downstream that refuses everything
     /// accepted nothing, so it is halved all the way down; one that pushes
     /// back at its limit is held just under the limit instead of
-    /// saw-toothing between half of it and all of it. Every slowdown still
-    /// cuts at least 10%.
-    pub fn slow_down(&self, retry_after: Option<Duration>) {
+    /// saw-toothing between half of it and all of it. Every cut is at least
+    /// 10%.
+    pub fn slow_down(&self, retry_after: Option<Duration>, sent: Instant) {
         let mut s = self.state();
         if !s.adaptive {
             return;
@@ -202,21 +251,25 @@ impl Limiter {
         s.last_slowdown = Some(now);
         if let Some(ra) = retry_after {
             s.paused_until = Some(s.paused_until.map_or(now + ra, |p| p.max(now + ra)));
+            s.drain_after_pause = true;
         }
-        if s.last_halved
-            .is_some_and(|t| now.duration_since(t) < HALVE_AT_MOST_EVERY)
-        {
-            return;
+        if let Some(t) = s.last_decrease {
+            let round_over = s.recovered || now.duration_since(t) >= ROUND_AT_MOST;
+            if sent <= t || !round_over {
+                return;
+            }
         }
         if let (Some(c), Some(e)) = (s.configured, s.effective) {
             let accepted = s.accepted_per_second(now);
-            let halved = (e / 2.0)
+            let cut = (e / 2.0)
                 .max((accepted * ACCEPTED_SHARE).min(e * LEAST_CUT))
                 .max(c * FLOOR_SHARE);
-            if halved < e {
-                s.effective = Some(halved);
-                s.bucket = Some(bucket(halved, burst_for(s.configured, halved, s.burst), true));
-                s.last_halved = Some(now);
+            if cut < e {
+                s.ceiling = Some(e);
+                s.effective = Some(cut);
+                s.bucket = Some(bucket(cut, burst_for(s.configured, cut, s.burst), true));
+                s.last_decrease = Some(now);
+                s.recovered = false;
             }
         }
     }
@@ -229,12 +282,17 @@ impl Limiter {
         }
         let until = Instant::now() + d;
         s.paused_until = Some(s.paused_until.map_or(until, |p| p.max(until)));
+        s.drain_after_pause = true;
     }
 
     /// Called once a second: a second without 429/503 raises the effective
-    /// rate by 5% of the configured rate, up to it.
+    /// rate, by 5% of the configured rate up to 90% of the ceiling, by 1%
+    /// of the ceiling beyond it, and never past the configured rate.
     pub fn tick(&self) {
         let mut s = self.state();
+        if s.last_slowdown.is_none_or(|t| t.elapsed() >= CEILING_MEMORY) {
+            s.ceiling = None;
+        }
         let (Some(c), Some(e)) = (s.configured, s.effective) else {
             return;
         };
@@ -244,7 +302,13 @@ impl Limiter {
         if s.last_slowdown.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
             return;
         }
-        let raised = (e + c * RECOVERY_SHARE).min(c);
+        let fast_up_to = s.ceiling.map_or(c, |k| k * FAST_UP_TO);
+        let raised = if e < fast_up_to {
+            (e + c * RECOVERY_SHARE).min(fast_up_to)
+        } else {
+            e + s.ceiling.unwrap_or(c) * PROBE_SHARE
+        }
+        .min(c);
         s.effective = Some(raised);
         s.bucket = Some(bucket(raised, burst_for(s.configured, raised, s.burst), true));
     }
@@ -255,29 +319,93 @@ mod tests {
     use super::*;
 
     #[tokio::test(start_paused = true)]
-    async fn slowdowns_halve_down_to_one_percent_and_ticks_recover_by_five_percent() {
+    async fn slowdowns_halve_once_per_round_down_to_one_percent() {
         let l = Limiter::new(Some(100.0), 10, true);
-        l.slow_down(None);
+        let round = Instant::now();
+        l.slow_down(None, round);
         assert_eq!(l.effective(), Some(50.0));
-        // A burst of 429s from attempts already in flight halves once.
-        l.slow_down(None);
-        l.slow_down(None);
+        // 429s to attempts sent before the cut are the same round.
+        tokio::time::advance(Duration::from_millis(500)).await;
+        l.slow_down(None, round);
+        l.slow_down(None, round);
         assert_eq!(l.effective(), Some(50.0));
+        // A refusal of an attempt sent after the cut, before any success:
+        // the same round still (a quota window the old rate spent).
+        tokio::time::advance(Duration::from_millis(10)).await;
+        l.slow_down(None, Instant::now());
+        assert_eq!(l.effective(), Some(50.0));
+        // A success of an attempt sent after the cut ends the round.
+        l.note_success(Instant::now());
+        tokio::time::advance(Duration::from_millis(10)).await;
+        l.slow_down(None, Instant::now());
+        assert_eq!(l.effective(), Some(25.0));
+        // A downstream that refuses everything: one cut a second.
         for _ in 0..20 {
-            tokio::time::advance(HALVE_AT_MOST_EVERY).await;
-            l.slow_down(None);
+            tokio::time::advance(ROUND_AT_MOST).await;
+            l.slow_down(None, Instant::now());
         }
         assert_eq!(l.effective(), Some(1.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn recovery_is_fast_up_to_the_ceiling_and_slow_beyond_it() {
+        let l = Limiter::new(Some(1000.0), 10, true);
+        l.slow_down(None, Instant::now());
+        tokio::time::advance(ROUND_AT_MOST).await;
+        // Pushed back at 500/s: cut to 250, with a ceiling of 500.
+        l.slow_down(None, Instant::now());
+        assert_eq!(l.effective(), Some(250.0));
         // A tick right after a slowdown does nothing.
         l.tick();
-        assert_eq!(l.effective(), Some(1.0));
-        l.inner.lock().unwrap().last_slowdown = Some(Instant::now() - Duration::from_secs(2));
-        l.tick();
-        assert_eq!(l.effective(), Some(6.0));
-        for _ in 0..40 {
+        assert_eq!(l.effective(), Some(250.0));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // +5% of the configured rate a second, up to 90% of the ceiling...
+        for _ in 0..4 {
             l.tick();
         }
-        assert_eq!(l.effective(), Some(100.0));
+        assert_eq!(l.effective(), Some(450.0));
+        // ...then +1% of the ceiling a second.
+        l.tick();
+        assert_eq!(l.effective(), Some(455.0));
+        // A ceiling a minute old is forgotten: fast again, to the configured.
+        tokio::time::advance(CEILING_MEMORY).await;
+        for _ in 0..20 {
+            l.tick();
+        }
+        assert_eq!(l.effective(), Some(1000.0));
+    }
+
+    // Real time: governor's bucket keeps its own clock.
+    #[tokio::test]
+    async fn after_a_pause_sending_resumes_with_an_empty_bucket() {
+        // 50/s with a burst of 10: the pause refills the bucket, and ten
+        // attempts would go at once the moment it ends.
+        let l = Limiter::new(Some(50.0), 10, true);
+        l.pause_for(Duration::from_millis(300));
+        l.acquire().await;
+        let resumed = std::time::Instant::now();
+        for _ in 0..4 {
+            l.acquire().await;
+        }
+        // After the first, one every 20 ms: no burst.
+        assert!(
+            resumed.elapsed() >= Duration::from_millis(75),
+            "{:?}",
+            resumed.elapsed()
+        );
+        // Retry-After the same (the cut keeps the burst at 1 as well).
+        l.reconfigure(Some(50.0), 10, false);
+        l.reconfigure(Some(50.0), 10, true);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        l.slow_down(Some(Duration::from_millis(300)), Instant::now());
+        let e = l.effective().unwrap();
+        l.acquire().await;
+        let resumed = std::time::Instant::now();
+        for _ in 0..3 {
+            l.acquire().await;
+        }
+        let gap = Duration::from_secs_f64(2.5 / e);
+        assert!(resumed.elapsed() >= gap, "{:?} < {gap:?}", resumed.elapsed());
     }
 
     #[tokio::test(start_paused = true)]
@@ -286,7 +414,7 @@ mod tests {
         l.reconfigure(Some(200.0), 1, true);
         assert_eq!(l.effective(), Some(200.0));
         // Pushed back: the slowdown holds through a raise...
-        l.slow_down(None);
+        l.slow_down(None, Instant::now());
         assert_eq!(l.effective(), Some(100.0));
         l.reconfigure(Some(400.0), 1, true);
         assert_eq!(l.effective(), Some(100.0));
@@ -298,7 +426,7 @@ mod tests {
     #[tokio::test]
     async fn a_non_adaptive_limiter_ignores_slowdowns() {
         let l = Limiter::new(Some(100.0), 10, false);
-        l.slow_down(Some(Duration::from_secs(60)));
+        l.slow_down(Some(Duration::from_secs(60)), Instant::now());
         assert_eq!(l.effective(), Some(100.0));
         tokio::time::timeout(Duration::from_secs(1), l.acquire()).await.unwrap();
     }
@@ -306,7 +434,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retry_after_pauses_acquisition() {
         let l = Limiter::new(None, 1, true);
-        l.slow_down(Some(Duration::from_secs(5)));
+        l.slow_down(Some(Duration::from_secs(5)), Instant::now());
         let start = Instant::now();
         l.acquire().await;
         assert!(start.elapsed() >= Duration::from_secs(5));
@@ -317,7 +445,7 @@ mod tests {
         async fn accept(l: &Limiter, per_second: u32, for_ms: u64) {
             for _ in 0..for_ms / 50 {
                 for _ in 0..per_second / 20 {
-                    l.note_success();
+                    l.note_success(Instant::now());
                 }
                 tokio::time::advance(Duration::from_millis(50)).await;
             }
@@ -326,25 +454,25 @@ mod tests {
         // The downstream takes 200/s and refuses the rest: halvings bring
         // the rate down, but not below 95% of what it accepted.
         accept(&l, 200, 1000).await;
-        l.slow_down(None);
+        l.slow_down(None, Instant::now());
         assert_eq!(l.effective(), Some(500.0));
         accept(&l, 200, 250).await;
-        l.slow_down(None);
+        l.slow_down(None, Instant::now());
         assert_eq!(l.effective(), Some(250.0));
         accept(&l, 200, 250).await;
-        l.slow_down(None);
+        l.slow_down(None, Instant::now());
         let e = l.effective().unwrap();
         assert!((185.0..=195.0).contains(&e), "effective {e}");
         // Refused attempts are not successes: with none in the last second,
         // slowdowns halve as the SPEC says.
         tokio::time::advance(Duration::from_secs(2)).await;
-        l.slow_down(None);
+        l.slow_down(None, Instant::now());
         assert!((e / 2.0 - 0.01..=e / 2.0 + 0.01).contains(&l.effective().unwrap()));
         // Even when every attempt in the last second succeeded, a 429 cuts
         // at least 10%.
         let l = Limiter::new(Some(100.0), 10, true);
         accept(&l, 100, 1000).await;
-        l.slow_down(None);
+        l.slow_down(None, Instant::now());
         assert_eq!(l.effective(), Some(90.0));
     }
 }

@@ -339,14 +339,15 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
         let response = outcome.response();
         if let Some(r) = response {
             if r.status == 429 || r.status == 503 {
-                d.limiter.slow_down(r.retry_after);
+                d.limiter
+                    .slow_down(r.retry_after, tokio::time::Instant::from_std(started));
             } else if let Some(p) = r.quota_pause {
                 d.limiter.pause_for(p);
             }
         }
         let class = match &outcome {
             Outcome::Delivered(_) => {
-                d.limiter.note_success();
+                d.limiter.note_success(tokio::time::Instant::from_std(started));
                 Class::Delivered
             }
             Outcome::Transient { .. } => Class::Transient,
