@@ -26,6 +26,9 @@ use tokio::time::Instant;
 const FLOOR_SHARE: f64 = 0.01;
 /// Each calm second raises the effective rate by this share of the configured.
 const RECOVERY_SHARE: f64 = 0.05;
+/// Calm seconds at one below the refused number in flight before the cap
+/// probes that number again.
+const PROBE_AFTER: u32 = 10;
 /// A round of refusals (see `slow_down`) lasts at most this long: a
 /// downstream that refuses everything is cut again each second.
 const ROUND_AT_MOST: Duration = Duration::from_secs(1);
@@ -66,6 +69,14 @@ struct State {
     recovered: bool,
     /// The effective rate in force when the downstream last pushed back.
     ceiling: Option<f64>,
+    /// The adaptive cap on attempts in flight (below `max_in_flight`): a
+    /// downstream that limits concurrency refuses on the number in flight,
+    /// whatever the rate. `None`: no cap beyond the configured one.
+    in_flight_cap: Option<u32>,
+    /// The number in flight that drew the last refusal.
+    in_flight_ceiling: Option<u32>,
+    /// Calm seconds since the cap last moved.
+    cap_calm: u32,
     /// Successes per `SLOT`, as (slot number since `epoch`, count).
     accepted: [(u64, u32); 4],
     epoch: Instant,
@@ -119,6 +130,26 @@ fn bucket(rate: f64, burst: u32, drained: bool) -> Arc<DefaultDirectRateLimiter>
     Arc::new(b)
 }
 
+impl State {
+    /// A calm second: the in-flight cap rises by one a second up to one
+    /// below the number that was refused, and to it (a probe) only after
+    /// `PROBE_AFTER` calm seconds there.
+    fn raise_in_flight_cap(&mut self) {
+        let Some(cap) = self.in_flight_cap else {
+            return;
+        };
+        if self.last_slowdown.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        self.cap_calm += 1;
+        let below_ceiling = self.in_flight_ceiling.is_some_and(|k| cap + 1 < k);
+        if below_ceiling || self.cap_calm >= PROBE_AFTER {
+            self.in_flight_cap = Some(cap + 1);
+            self.cap_calm = 0;
+        }
+    }
+}
+
 impl Limiter {
     pub fn new(rate: Option<f64>, burst: u32, adaptive: bool) -> Self {
         Limiter {
@@ -134,6 +165,9 @@ impl Limiter {
                 last_decrease: None,
                 recovered: false,
                 ceiling: None,
+                in_flight_cap: None,
+                in_flight_ceiling: None,
+                cap_calm: 0,
                 accepted: [(u64::MAX, 0); 4],
                 epoch: Instant::now(),
             }),
@@ -158,6 +192,9 @@ impl Limiter {
         s.configured = rate;
         s.burst = burst;
         s.adaptive = adaptive;
+        if !adaptive {
+            s.in_flight_cap = None;
+        }
         s.effective = match (rate, s.effective) {
             (Some(r), Some(e)) if adaptive && slowed => Some(e.min(r)),
             _ => rate,
@@ -171,6 +208,14 @@ impl Limiter {
 
     pub fn effective(&self) -> Option<f64> {
         self.state().effective
+    }
+
+    /// At most this many attempts in flight: the configured `max_in_flight`,
+    /// or the adaptive cap below it.
+    pub fn in_flight_limit(&self, configured: u32) -> u32 {
+        self.state()
+            .in_flight_cap
+            .map_or(configured, |c| c.clamp(1, configured))
     }
 
     /// Waits for the pause to pass and a token to be free.
@@ -242,7 +287,11 @@ impl Limiter {
     /// back at its limit is held just under the limit instead of
     /// saw-toothing between half of it and all of it. Every cut is at least
     /// 10%.
-    pub fn slow_down(&self, retry_after: Option<Duration>, sent: Instant) {
+    ///
+    /// `in_flight` is the number of attempts in flight when the refusal
+    /// came (this one included): the cut also caps attempts in flight one
+    /// below it, which is what a downstream that limits concurrency needs.
+    pub fn slow_down(&self, retry_after: Option<Duration>, sent: Instant, in_flight: u32) {
         let mut s = self.state();
         if !s.adaptive {
             return;
@@ -264,6 +313,11 @@ impl Limiter {
             let cut = (e / 2.0)
                 .max((accepted * ACCEPTED_SHARE).min(e * LEAST_CUT))
                 .max(c * FLOOR_SHARE);
+            if in_flight > 1 {
+                s.in_flight_ceiling = Some(in_flight);
+                s.in_flight_cap = Some(in_flight - 1);
+                s.cap_calm = 0;
+            }
             if cut < e {
                 s.ceiling = Some(e);
                 s.effective = Some(cut);
@@ -292,7 +346,10 @@ impl Limiter {
         let mut s = self.state();
         if s.last_slowdown.is_none_or(|t| t.elapsed() >= CEILING_MEMORY) {
             s.ceiling = None;
+            s.in_flight_ceiling = None;
+            s.in_flight_cap = None;
         }
+        s.raise_in_flight_cap();
         let (Some(c), Some(e)) = (s.configured, s.effective) else {
             return;
         };
@@ -322,27 +379,27 @@ mod tests {
     async fn slowdowns_halve_once_per_round_down_to_one_percent() {
         let l = Limiter::new(Some(100.0), 10, true);
         let round = Instant::now();
-        l.slow_down(None, round);
+        l.slow_down(None, round, 1);
         assert_eq!(l.effective(), Some(50.0));
         // 429s to attempts sent before the cut are the same round.
         tokio::time::advance(Duration::from_millis(500)).await;
-        l.slow_down(None, round);
-        l.slow_down(None, round);
+        l.slow_down(None, round, 1);
+        l.slow_down(None, round, 1);
         assert_eq!(l.effective(), Some(50.0));
         // A refusal of an attempt sent after the cut, before any success:
         // the same round still (a quota window the old rate spent).
         tokio::time::advance(Duration::from_millis(10)).await;
-        l.slow_down(None, Instant::now());
+        l.slow_down(None, Instant::now(), 1);
         assert_eq!(l.effective(), Some(50.0));
         // A success of an attempt sent after the cut ends the round.
         l.note_success(Instant::now());
         tokio::time::advance(Duration::from_millis(10)).await;
-        l.slow_down(None, Instant::now());
+        l.slow_down(None, Instant::now(), 1);
         assert_eq!(l.effective(), Some(25.0));
         // A downstream that refuses everything: one cut a second.
         for _ in 0..20 {
             tokio::time::advance(ROUND_AT_MOST).await;
-            l.slow_down(None, Instant::now());
+            l.slow_down(None, Instant::now(), 1);
         }
         assert_eq!(l.effective(), Some(1.0));
     }
@@ -350,10 +407,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn recovery_is_fast_up_to_the_ceiling_and_slow_beyond_it() {
         let l = Limiter::new(Some(1000.0), 10, true);
-        l.slow_down(None, Instant::now());
+        l.slow_down(None, Instant::now(), 1);
         tokio::time::advance(ROUND_AT_MOST).await;
         // Pushed back at 500/s: cut to 250, with a ceiling of 500.
-        l.slow_down(None, Instant::now());
+        l.slow_down(None, Instant::now(), 1);
         assert_eq!(l.effective(), Some(250.0));
         // A tick right after a slowdown does nothing.
         l.tick();
@@ -373,6 +430,38 @@ mod tests {
             l.tick();
         }
         assert_eq!(l.effective(), Some(1000.0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_caps_attempts_in_flight_one_below_the_number_refused() {
+        let l = Limiter::new(Some(100.0), 10, true);
+        assert_eq!(l.in_flight_limit(8), 8);
+        // Refused with 5 in flight: at most 4.
+        l.slow_down(None, Instant::now(), 5);
+        assert_eq!(l.in_flight_limit(8), 4);
+        // Calm seconds do not raise it to the refused number at once...
+        for _ in 0..PROBE_AFTER - 1 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            l.tick();
+            assert_eq!(l.in_flight_limit(8), 4);
+        }
+        // ...only after PROBE_AFTER of them.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        l.tick();
+        assert_eq!(l.in_flight_limit(8), 5);
+        // A refusal at 3 a second later: at most 2, where calm seconds
+        // keep it (one below the new ceiling) until the next probe.
+        tokio::time::advance(ROUND_AT_MOST).await;
+        l.slow_down(None, Instant::now(), 3);
+        assert_eq!(l.in_flight_limit(8), 2);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        l.tick();
+        assert_eq!(l.in_flight_limit(8), 2, "the ceiling is now 3: one below it is 2");
+        // Never above the configured cap; forgotten after a calm minute.
+        assert_eq!(l.in_flight_limit(1), 1);
+        tokio::time::advance(CEILING_MEMORY).await;
+        l.tick();
+        assert_eq!(l.in_flight_limit(8), 8);
     }
 
     // Real time: governor's bucket keeps its own clock.
@@ -397,7 +486,7 @@ mod tests {
         l.reconfigure(Some(50.0), 10, false);
         l.reconfigure(Some(50.0), 10, true);
         tokio::time::sleep(Duration::from_millis(300)).await;
-        l.slow_down(Some(Duration::from_millis(300)), Instant::now());
+        l.slow_down(Some(Duration::from_millis(300)), Instant::now(), 1);
         let e = l.effective().unwrap();
         l.acquire().await;
         let resumed = std::time::Instant::now();
@@ -414,7 +503,7 @@ mod tests {
         l.reconfigure(Some(200.0), 1, true);
         assert_eq!(l.effective(), Some(200.0));
         // Pushed back: the slowdown holds through a raise...
-        l.slow_down(None, Instant::now());
+        l.slow_down(None, Instant::now(), 1);
         assert_eq!(l.effective(), Some(100.0));
         l.reconfigure(Some(400.0), 1, true);
         assert_eq!(l.effective(), Some(100.0));
@@ -426,7 +515,7 @@ mod tests {
     #[tokio::test]
     async fn a_non_adaptive_limiter_ignores_slowdowns() {
         let l = Limiter::new(Some(100.0), 10, false);
-        l.slow_down(Some(Duration::from_secs(60)), Instant::now());
+        l.slow_down(Some(Duration::from_secs(60)), Instant::now(), 1);
         assert_eq!(l.effective(), Some(100.0));
         tokio::time::timeout(Duration::from_secs(1), l.acquire()).await.unwrap();
     }
@@ -434,7 +523,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn retry_after_pauses_acquisition() {
         let l = Limiter::new(None, 1, true);
-        l.slow_down(Some(Duration::from_secs(5)), Instant::now());
+        l.slow_down(Some(Duration::from_secs(5)), Instant::now(), 1);
         let start = Instant::now();
         l.acquire().await;
         assert!(start.elapsed() >= Duration::from_secs(5));
@@ -454,25 +543,25 @@ mod tests {
         // The downstream takes 200/s and refuses the rest: halvings bring
         // the rate down, but not below 95% of what it accepted.
         accept(&l, 200, 1000).await;
-        l.slow_down(None, Instant::now());
+        l.slow_down(None, Instant::now(), 1);
         assert_eq!(l.effective(), Some(500.0));
         accept(&l, 200, 250).await;
-        l.slow_down(None, Instant::now());
+        l.slow_down(None, Instant::now(), 1);
         assert_eq!(l.effective(), Some(250.0));
         accept(&l, 200, 250).await;
-        l.slow_down(None, Instant::now());
+        l.slow_down(None, Instant::now(), 1);
         let e = l.effective().unwrap();
         assert!((185.0..=195.0).contains(&e), "effective {e}");
         // Refused attempts are not successes: with none in the last second,
         // slowdowns halve as the SPEC says.
         tokio::time::advance(Duration::from_secs(2)).await;
-        l.slow_down(None, Instant::now());
+        l.slow_down(None, Instant::now(), 1);
         assert!((e / 2.0 - 0.01..=e / 2.0 + 0.01).contains(&l.effective().unwrap()));
         // Even when every attempt in the last second succeeded, a 429 cuts
         // at least 10%.
         let l = Limiter::new(Some(100.0), 10, true);
         accept(&l, 100, 1000).await;
-        l.slow_down(None, Instant::now());
+        l.slow_down(None, Instant::now(), 1);
         assert_eq!(l.effective(), Some(90.0));
     }
 }

@@ -47,7 +47,7 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
             continue;
         }
 
-        let max_in_flight = u64::from(cfg.rate_limit.max_in_flight);
+        let max_in_flight = u64::from(d.limiter.in_flight_limit(cfg.rate_limit.max_in_flight));
         if buffer.is_empty() {
             let prefetch = (max_in_flight as usize * 2).clamp(4, 128);
             let leased = || {
@@ -339,8 +339,9 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
         let response = outcome.response();
         if let Some(r) = response {
             if r.status == 429 || r.status == 503 {
+                let in_flight = u32::try_from(d.in_flight.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
                 d.limiter
-                    .slow_down(r.retry_after, tokio::time::Instant::from_std(started));
+                    .slow_down(r.retry_after, tokio::time::Instant::from_std(started), in_flight);
             } else if let Some(p) = r.quota_pause {
                 d.limiter.pause_for(p);
             }
