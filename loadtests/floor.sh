@@ -24,13 +24,7 @@ cargo build --release --quiet
 CARGO_TARGET_DIR=target/durable-floor cargo build --release --quiet --manifest-path loadtests/durable-floor/Cargo.toml
 . loadtests/lib.sh
 
-NGINX_PORT=$(free_port)
-start_nginx auto <<CONF
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / { client_max_body_size 2m; return 202 '{"id":"0","destination":"x","status":"queued"}'; }
-  }
-CONF
+start_nginx_202
 { tidegate_config_head; cat <<CONF
 [[destination]]
 name = "bench"

@@ -20,13 +20,7 @@ need nginx nginx-light
 
 cargo build --release --quiet
 . loadtests/lib.sh
-NGINX_PORT=$(free_port)
-start_nginx auto <<CONF
-  server {
-    listen 127.0.0.1:$NGINX_PORT;
-    location / { client_max_body_size 2m; return 202 '{"id":"0","destination":"x","status":"queued"}'; }
-  }
-CONF
+start_nginx_202
 
 # PRODUCERS=N (producer-tokens.sh): N producer identities, the requests
 # carrying the last one's token (every token is compared on each request).

@@ -77,3 +77,15 @@ rate = "unlimited"
 max_in_flight = 64
 CONF
 }
+
+# start_nginx_202: nginx answering every request `202` with a queued-like
+# body on $NGINX_PORT: the HTTP ceiling the ingest figures are set beside.
+start_nginx_202() {
+  NGINX_PORT=$(free_port)
+  start_nginx auto <<CONF
+  server {
+    listen 127.0.0.1:$NGINX_PORT;
+    location / { client_max_body_size 2m; return 202 '{"id":"0","destination":"x","status":"queued"}'; }
+  }
+CONF
+}
