@@ -308,22 +308,24 @@ impl Limiter {
                 return;
             }
         }
+        // A new round: the cap on attempts in flight and the rate are cut
+        // together (with `rate = "unlimited"`, only the cap).
+        s.last_decrease = Some(now);
+        s.recovered = false;
+        if in_flight > 1 {
+            s.in_flight_ceiling = Some(in_flight);
+            s.in_flight_cap = Some(in_flight - 1);
+            s.cap_calm = 0;
+        }
         if let (Some(c), Some(e)) = (s.configured, s.effective) {
             let accepted = s.accepted_per_second(now);
             let cut = (e / 2.0)
                 .max((accepted * ACCEPTED_SHARE).min(e * LEAST_CUT))
                 .max(c * FLOOR_SHARE);
-            if in_flight > 1 {
-                s.in_flight_ceiling = Some(in_flight);
-                s.in_flight_cap = Some(in_flight - 1);
-                s.cap_calm = 0;
-            }
             if cut < e {
                 s.ceiling = Some(e);
                 s.effective = Some(cut);
                 s.bucket = Some(bucket(cut, burst_for(s.configured, cut, s.burst), true));
-                s.last_decrease = Some(now);
-                s.recovered = false;
             }
         }
     }
@@ -462,6 +464,21 @@ mod tests {
         tokio::time::advance(CEILING_MEMORY).await;
         l.tick();
         assert_eq!(l.in_flight_limit(8), 8);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_rate_limit_a_refusal_still_caps_attempts_in_flight_once_per_round() {
+        let l = Limiter::new(None, 1, true);
+        let sent = Instant::now();
+        tokio::time::advance(Duration::from_millis(5)).await;
+        l.slow_down(None, sent, 6);
+        assert_eq!(l.in_flight_limit(8), 5);
+        // The other refusals of that round do not cut it further.
+        l.slow_down(None, sent, 5);
+        tokio::time::advance(Duration::from_millis(5)).await;
+        l.slow_down(None, Instant::now(), 5);
+        assert_eq!(l.in_flight_limit(8), 5);
+        assert_eq!(l.effective(), None);
     }
 
     // Real time: governor's bucket keeps its own clock.
