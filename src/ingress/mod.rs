@@ -99,6 +99,20 @@ fn reject(ing: &Ingress, dest: &str, reason: &str, p: Problem) -> Problem {
     p
 }
 
+/// A halted destination refuses new messages unless it is configured to
+/// accept them while halted: the one addressed, and a route's target.
+fn refuse_if_halted(ing: &Ingress, dest: &dispatch::Destination, cfg: &config::Destination) -> Result<(), Problem> {
+    if dest.current_state() == dispatch::State::Halted && !cfg.accept_while_halted {
+        return Err(reject(
+            ing,
+            &dest.name,
+            "destination_halted",
+            Problem::destination_halted(&dest.name),
+        ));
+    }
+    Ok(())
+}
+
 async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
     let ing = &shared.ing;
     let started = Instant::now();
@@ -127,15 +141,7 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
     }
     check_path(rest)?;
     let cfg = dest.config();
-    let state = dest.current_state();
-    if state == dispatch::State::Halted && !cfg.accept_while_halted {
-        return Err(reject(
-            ing,
-            name,
-            "destination_halted",
-            Problem::destination_halted(name),
-        ));
-    }
+    refuse_if_halted(ing, &dest, &cfg)?;
     if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) {
         if len.parse::<u64>().map_or(true, |n| n > max_body) {
             return Err(reject(
@@ -174,14 +180,7 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
                     };
                     ing.metrics.routed.with_label_values(&[&from, &target.name]).inc();
                     let target_cfg = target.config();
-                    if target.current_state() == dispatch::State::Halted && !target_cfg.accept_while_halted {
-                        return Err(reject(
-                            ing,
-                            &target.name,
-                            "destination_halted",
-                            Problem::destination_halted(&target.name),
-                        ));
-                    }
+                    refuse_if_halted(ing, &target, &target_cfg)?;
                     (target, target_cfg, Some(admitted.category), Some((from, rule as u32)))
                 }
             }

@@ -274,24 +274,21 @@ const RUNAWAYS: [(&str, &str); 4] = [
     ("doubling", "reduce range(64) as $i (\"xxxxxxxx\"; . + .)"),
 ];
 
+/// One destination per (name, transform) program, and a well-behaved one,
+/// `ok`, with `ok_extra` as its settings; all sending to `url`.
+fn program_destinations(url: &str, programs: &[(&str, &str)], ok_extra: &str) -> String {
+    let mut d: String = programs
+        .iter()
+        .map(|(name, prog)| destination(name, url, &format!("[destination.handoff]\ntransform = '''{prog}'''")))
+        .collect();
+    d.push_str(&destination("ok", url, ok_extra));
+    d
+}
+
 #[tokio::test]
 async fn runaway_programs_at_ingress_fail_their_message_and_nothing_else() {
     let ds = Downstream::start().await;
-    let mut dests: String = RUNAWAYS
-        .iter()
-        .map(|(name, prog)| {
-            destination(
-                name,
-                &ds.url(),
-                &format!("[destination.handoff]\ntransform = '''{prog}'''"),
-            )
-        })
-        .collect();
-    dests.push_str(&destination(
-        "ok",
-        &ds.url(),
-        "[destination.handoff]\ntransform = \"{v: .v}\"",
-    ));
+    let dests = program_destinations(&ds.url(), &RUNAWAYS, "[destination.handoff]\ntransform = \"{v: .v}\"");
     let tg = Tidegate::start(&dests).await;
     let tg_ref = &tg;
     let runaway = async {
@@ -375,20 +372,7 @@ async fn a_transform_broken_by_a_reload_dead_letters_and_a_fixed_one_delivers_th
 #[tokio::test]
 async fn runaway_programs_at_delivery_dead_letter_their_message_and_nothing_else() {
     let ds = Downstream::start().await;
-    let config = |programs: &[(&str, &str)]| -> String {
-        let mut d: String = programs
-            .iter()
-            .map(|(name, prog)| {
-                destination(
-                    name,
-                    &ds.url(),
-                    &format!("[destination.handoff]\ntransform = '''{prog}'''"),
-                )
-            })
-            .collect();
-        d.push_str(&destination("ok", &ds.url(), ""));
-        d
-    };
+    let config = |programs: &[(&str, &str)]| program_destinations(&ds.url(), programs, "");
     let fine: Vec<(&str, &str)> = RUNAWAYS.iter().map(|(n, _)| (*n, ".")).collect();
     let tg = Tidegate::start(&config(&fine)).await;
     let mut ids = Vec::new();
