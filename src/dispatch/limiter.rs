@@ -105,6 +105,37 @@ impl State {
             f64::from(n) / window
         }
     }
+
+    /// A fresh, empty bucket at the effective rate (see the module doc).
+    fn rebuild_bucket(&mut self) {
+        self.bucket = self
+            .effective
+            .map(|r| bucket(r, burst_for(self.configured, r, self.burst), true));
+    }
+
+    /// No sending before `until` (a later pause already set stands), then
+    /// resume with an empty bucket.
+    fn pause_until(&mut self, until: Instant) {
+        self.paused_until = Some(self.paused_until.map_or(until, |p| p.max(until)));
+        self.drain_after_pause = true;
+    }
+    /// A calm second: the in-flight cap rises by one a second up to one
+    /// below the number that was refused, and to it (a probe) only after
+    /// `PROBE_AFTER` calm seconds there.
+    fn raise_in_flight_cap(&mut self) {
+        let Some(cap) = self.in_flight_cap else {
+            return;
+        };
+        if self.last_slowdown.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        self.cap_calm += 1;
+        let below_ceiling = self.in_flight_ceiling.is_some_and(|k| cap + 1 < k);
+        if below_ceiling || self.cap_calm >= PROBE_AFTER {
+            self.in_flight_cap = Some(cap + 1);
+            self.cap_calm = 0;
+        }
+    }
 }
 
 /// The bucket size to use: the configured burst at full rate, but 1 while
@@ -128,26 +159,6 @@ fn bucket(rate: f64, burst: u32, drained: bool) -> Arc<DefaultDirectRateLimiter>
         let _ = b.check_n(burst);
     }
     Arc::new(b)
-}
-
-impl State {
-    /// A calm second: the in-flight cap rises by one a second up to one
-    /// below the number that was refused, and to it (a probe) only after
-    /// `PROBE_AFTER` calm seconds there.
-    fn raise_in_flight_cap(&mut self) {
-        let Some(cap) = self.in_flight_cap else {
-            return;
-        };
-        if self.last_slowdown.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-            return;
-        }
-        self.cap_calm += 1;
-        let below_ceiling = self.in_flight_ceiling.is_some_and(|k| cap + 1 < k);
-        if below_ceiling || self.cap_calm >= PROBE_AFTER {
-            self.in_flight_cap = Some(cap + 1);
-            self.cap_calm = 0;
-        }
-    }
 }
 
 impl Limiter {
@@ -199,7 +210,7 @@ impl Limiter {
             (Some(r), Some(e)) if adaptive && slowed => Some(e.min(r)),
             _ => rate,
         };
-        s.bucket = s.effective.map(|r| bucket(r, burst_for(rate, r, burst), true));
+        s.rebuild_bucket();
     }
 
     pub fn configured(&self) -> Option<f64> {
@@ -235,9 +246,7 @@ impl Limiter {
                 let mut s = self.state();
                 if s.drain_after_pause && s.paused_until.is_none_or(|u| u <= Instant::now()) {
                     s.drain_after_pause = false;
-                    if let Some(e) = s.effective {
-                        s.bucket = Some(bucket(e, burst_for(s.configured, e, s.burst), true));
-                    }
+                    s.rebuild_bucket();
                     s.bucket.clone()
                 } else {
                     b
@@ -299,8 +308,7 @@ impl Limiter {
         let now = Instant::now();
         s.last_slowdown = Some(now);
         if let Some(ra) = retry_after {
-            s.paused_until = Some(s.paused_until.map_or(now + ra, |p| p.max(now + ra)));
-            s.drain_after_pause = true;
+            s.pause_until(now + ra);
         }
         if let Some(t) = s.last_decrease {
             let round_over = s.recovered || now.duration_since(t) >= ROUND_AT_MOST;
@@ -309,11 +317,19 @@ impl Limiter {
             }
         }
         // A new round: the cap on attempts in flight and the rate are cut
-        // together (with `rate = "unlimited"`, only the cap).
+        // together (with `rate = "unlimited"`, only the cap). What drew the
+        // refusal becomes the ceiling only if the downstream had taken
+        // traffic since the last cut: in a storm of refusals (an outage, a
+        // spent quota) the cuts say nothing about its capacity, and the
+        // ceiling from before the storm stands.
+        let informative = s.last_decrease.is_none() || s.recovered;
         s.last_decrease = Some(now);
         s.recovered = false;
         if in_flight > 1 {
-            s.in_flight_ceiling = Some(in_flight);
+            s.in_flight_ceiling = match s.in_flight_ceiling {
+                Some(k) if !informative => Some(k.max(in_flight)),
+                _ => Some(in_flight),
+            };
             s.in_flight_cap = Some(in_flight - 1);
             s.cap_calm = 0;
         }
@@ -323,9 +339,12 @@ impl Limiter {
                 .max((accepted * ACCEPTED_SHARE).min(e * LEAST_CUT))
                 .max(c * FLOOR_SHARE);
             if cut < e {
-                s.ceiling = Some(e);
+                s.ceiling = match s.ceiling {
+                    Some(k) if !informative => Some(k.max(e)),
+                    _ => Some(e),
+                };
                 s.effective = Some(cut);
-                s.bucket = Some(bucket(cut, burst_for(s.configured, cut, s.burst), true));
+                s.rebuild_bucket();
             }
         }
     }
@@ -336,9 +355,7 @@ impl Limiter {
         if !s.adaptive {
             return;
         }
-        let until = Instant::now() + d;
-        s.paused_until = Some(s.paused_until.map_or(until, |p| p.max(until)));
-        s.drain_after_pause = true;
+        s.pause_until(Instant::now() + d);
     }
 
     /// Called once a second: a second without 429/503 raises the effective
@@ -369,7 +386,7 @@ impl Limiter {
         }
         .min(c);
         s.effective = Some(raised);
-        s.bucket = Some(bucket(raised, burst_for(s.configured, raised, s.burst), true));
+        s.rebuild_bucket();
     }
 }
 
@@ -410,8 +427,11 @@ mod tests {
     async fn recovery_is_fast_up_to_the_ceiling_and_slow_beyond_it() {
         let l = Limiter::new(Some(1000.0), 10, true);
         l.slow_down(None, Instant::now(), 1);
-        tokio::time::advance(ROUND_AT_MOST).await;
-        // Pushed back at 500/s: cut to 250, with a ceiling of 500.
+        tokio::time::advance(Duration::from_millis(10)).await;
+        // The downstream takes the cut rate, then pushes back at 500/s: cut
+        // to 250, with a ceiling of 500.
+        l.note_success(Instant::now());
+        tokio::time::advance(Duration::from_millis(10)).await;
         l.slow_down(None, Instant::now(), 1);
         assert_eq!(l.effective(), Some(250.0));
         // A tick right after a slowdown does nothing.
@@ -454,6 +474,8 @@ mod tests {
         // A refusal at 3 a second later: at most 2, where calm seconds
         // keep it (one below the new ceiling) until the next probe.
         tokio::time::advance(ROUND_AT_MOST).await;
+        l.note_success(Instant::now());
+        tokio::time::advance(Duration::from_millis(10)).await;
         l.slow_down(None, Instant::now(), 3);
         assert_eq!(l.in_flight_limit(8), 2);
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -479,6 +501,31 @@ mod tests {
         l.slow_down(None, Instant::now(), 5);
         assert_eq!(l.in_flight_limit(8), 5);
         assert_eq!(l.effective(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_storm_of_refusals_does_not_lower_the_ceiling() {
+        let l = Limiter::new(Some(1000.0), 10, true);
+        // Refused at 1000/s with 8 in flight, then nothing but refusals
+        // (an outage) for ten seconds.
+        l.slow_down(None, Instant::now(), 8);
+        for _ in 0..10 {
+            tokio::time::advance(ROUND_AT_MOST).await;
+            l.slow_down(None, Instant::now(), 2);
+        }
+        assert_eq!(l.effective(), Some(10.0));
+        assert_eq!(l.in_flight_limit(8), 1);
+        // Once it answers again, both climb quickly to 90% of the rate and
+        // one below the number in flight of before the storm.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..6 {
+            l.tick();
+        }
+        assert_eq!(l.in_flight_limit(8), 7);
+        for _ in 0..12 {
+            l.tick();
+        }
+        assert_eq!(l.effective(), Some(900.0));
     }
 
     // Real time: governor's bucket keeps its own clock.
