@@ -216,21 +216,32 @@ fn main() -> ExitCode {
     }
 }
 
+/// The config at `path`, or the exit of a command that cannot run without
+/// it (the error, with file:line:col, on standard error).
+fn load(path: &std::path::Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::FAILURE
+    })
+}
+
+/// An async runtime from `builder`, or the exit of a command that needs one.
+fn runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })
+}
+
 fn serve(config: PathBuf) -> ExitCode {
-    let config = match Config::load(&config) {
+    let config = match load(&config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     init_tracing(config.log.format, &config.log.level);
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match runtime(tokio::runtime::Builder::new_multi_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match rt.block_on(tidegate::app::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -243,12 +254,9 @@ fn serve(config: PathBuf) -> ExitCode {
 }
 
 fn verify(config: PathBuf) -> ExitCode {
-    let config = match Config::load(&config) {
+    let config = match load(&config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     match tidegate::journal::verify(&config.storage.path) {
         Ok(report) => {
@@ -270,12 +278,9 @@ fn verify(config: PathBuf) -> ExitCode {
 /// config file alone.
 fn handoff_test(config: PathBuf, destination: &str, file: PathBuf, json: bool) -> ExitCode {
     use std::io::Read;
-    let config = match Config::load(&config) {
+    let config = match load(&config) {
         Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let Some(entry) = config.destination(destination) else {
         let names: Vec<&str> = config.destinations.iter().map(|d| d.name.as_str()).collect();
@@ -295,12 +300,9 @@ fn handoff_test(config: PathBuf, destination: &str, file: PathBuf, json: bool) -
         eprintln!("tidegate: cannot read {}: {e}", file.display());
         return ExitCode::FAILURE;
     }
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let preview = rt.block_on(tidegate::handoff::preview(entry, &body, |n| config.destination(n)));
     match preview {
@@ -328,12 +330,9 @@ fn handoff_test(config: PathBuf, destination: &str, file: PathBuf, json: bool) -
 
 /// Runs an operator subcommand against the admin API.
 fn operator(cmd: Command) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let token = std::env::var("TIDEGATE_ADMIN_TOKEN").ok();
     let client = |a: &Admin| Client::new(&a.admin, token.clone());

@@ -129,6 +129,18 @@ pub struct Admitted {
     pub rendered: Option<Rendered>,
 }
 
+impl Admitted {
+    /// A body for `dest`, which has no handoff: stored and sent as received.
+    pub fn as_received(dest: &str, routed_from: Option<(String, usize)>) -> Admitted {
+        Admitted {
+            destination: dest.to_string(),
+            routed_from,
+            category: UNCATEGORISED.to_string(),
+            rendered: None,
+        }
+    }
+}
+
 /// The category of a message whose destination has none configured, or
 /// whose category program yields nothing.
 pub const UNCATEGORISED: &str = "uncategorised";
@@ -208,12 +220,7 @@ impl Table {
     /// handoff pass through untouched (and unparsed).
     pub fn admit(&self, dest: &str, body: &[u8]) -> Result<Admitted, Failure> {
         let Some(addressed) = self.by_name.get(dest) else {
-            return Ok(Admitted {
-                destination: dest.to_string(),
-                routed_from: None,
-                category: UNCATEGORISED.to_string(),
-                rendered: None,
-            });
+            return Ok(Admitted::as_received(dest, None));
         };
         let value = parse(dest, body)?;
         validate(dest, addressed, &value)?;
@@ -229,14 +236,7 @@ impl Table {
                 owner = match self.by_name.get(to.as_str()) {
                     Some(c) => (to.as_str(), c),
                     // A target without a handoff of its own: stored as sent.
-                    None => {
-                        return Ok(Admitted {
-                            destination: to.clone(),
-                            routed_from,
-                            category: UNCATEGORISED.to_string(),
-                            rendered: None,
-                        })
-                    }
+                    None => return Ok(Admitted::as_received(to, routed_from)),
                 };
                 break;
             }

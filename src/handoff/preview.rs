@@ -11,7 +11,7 @@ use std::ops::Deref;
 
 use serde_json::{json, Map, Value};
 
-use super::{Admitted, RunError, UNCATEGORISED};
+use super::{Admitted, RunError};
 use crate::config::Destination;
 
 /// The preview of `body` sent to `entry`, as the JSON both surfaces answer:
@@ -26,12 +26,7 @@ pub async fn preview<D: Deref<Target = Destination>>(
     lookup: impl Fn(&str) -> Option<D>,
 ) -> Result<Value, String> {
     let admitted = match &entry.handoff {
-        None => Admitted {
-            destination: entry.name.clone(),
-            routed_from: None,
-            category: UNCATEGORISED.to_string(),
-            rendered: None,
-        },
+        None => Admitted::as_received(&entry.name, None),
         Some(h) => match h.runner.admit(&entry.name, body).await {
             Ok(a) => a,
             Err(RunError::Failed(f)) => {
