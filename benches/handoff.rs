@@ -41,6 +41,7 @@ fn spec(format: Format) -> Spec {
             when: ".confidence < 0.5".into(),
             to: "csv".into(),
         }],
+        key: None,
     }
 }
 

@@ -28,6 +28,7 @@ fn message(body: &Bytes) -> NewMessage {
         producer: None,
         category: None,
         routed_from: None,
+        order_key: None,
         received_at: now_ms(),
     }
 }

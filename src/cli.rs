@@ -193,7 +193,7 @@ pub async fn status(client: &Client, interval: Duration, json: bool) -> Result<S
 
 pub fn render_destination(d: &Value) -> String {
     let q = &d["queue"];
-    format!(
+    let mut out = format!(
         "{}: {} (depth {}, in flight {}, dead letters {}){}",
         d["name"].as_str().unwrap_or("?"),
         d["state"].as_str().unwrap_or("?"),
@@ -205,7 +205,17 @@ pub fn render_destination(d: &Value) -> String {
             .filter(|r| !r.is_empty())
             .map(|r| format!(" — {r}"))
             .unwrap_or_default()
-    )
+    );
+    // Halted keys are each a stop an operator must lift: one line each.
+    for k in d["halted_keys"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "\n  key {} halted at {} — {}",
+            k["key"].as_str().unwrap_or("?"),
+            k["message_id"].as_str().unwrap_or("?"),
+            k["reason"].as_str().unwrap_or("")
+        ));
+    }
+    out
 }
 
 pub fn render_dead_letters(v: &Value) -> String {
@@ -278,6 +288,7 @@ pub fn render_message(m: &Value) -> String {
         "delivered_at",
         "next_attempt_at",
         "reason",
+        "ordering_key",
     ] {
         let v = &m[key];
         if !v.is_null() {

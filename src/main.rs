@@ -66,9 +66,12 @@ enum Command {
     /// Resume a paused, halted or degraded destination.
     Resume {
         destination: String,
-        /// On a halted destination, dead-letter the failed head first.
+        /// On a halted destination (or key), dead-letter the failed head first.
         #[arg(long)]
         skip_head: bool,
+        /// On a key-ordered destination, resume this halted key alone.
+        #[arg(long)]
+        key: Option<String>,
         #[command(flatten)]
         admin: Admin,
     },
@@ -357,9 +360,15 @@ fn operator(cmd: Command) -> ExitCode {
             Command::Resume {
                 destination,
                 skip_head,
+                key,
                 admin,
             } => {
-                let path = format!("/v1/destinations/{destination}/resume?skip_head={skip_head}");
+                let mut query = form_urlencoded::Serializer::new(String::new());
+                query.append_pair("skip_head", &skip_head.to_string());
+                if let Some(k) = &key {
+                    query.append_pair("key", k);
+                }
+                let path = format!("/v1/destinations/{destination}/resume?{}", query.finish());
                 let v = client(&admin).post(&path, None).await?;
                 Ok(shown(admin.json, &v, cli::render_destination))
             }

@@ -27,6 +27,8 @@ pub struct Metrics {
     pub queue_bytes: IntGaugeVec,
     pub dead_letter_depth: IntGaugeVec,
     pub in_flight: IntGaugeVec,
+    /// Keys a key-ordered destination in halt mode has stopped.
+    pub halted_keys: IntGaugeVec,
     pub oldest_age: prometheus::GaugeVec,
     pub rate_limit: prometheus::GaugeVec,
     pub destination_state: IntGaugeVec,
@@ -152,6 +154,11 @@ impl Metrics {
             queue_bytes: gauge("queue_bytes", "Body bytes held and not finished.", &["destination"]),
             dead_letter_depth: gauge("dead_letter_depth", "Dead letters held.", &["destination"]),
             in_flight: gauge("in_flight", "Delivery attempts under way.", &["destination"]),
+            halted_keys: gauge(
+                "halted_keys",
+                "Ordering keys stopped by halt mode, each waiting for an operator's resume.",
+                &["destination"],
+            ),
             oldest_age: fgauge(
                 "oldest_message_age_seconds",
                 "Age of the oldest unfinished message.",
@@ -238,6 +245,7 @@ impl Metrics {
             &self.queue_bytes,
             &self.dead_letter_depth,
             &self.in_flight,
+            &self.halted_keys,
         ] {
             g.with_label_values(&[dest]);
         }
@@ -268,6 +276,7 @@ impl Metrics {
         forget(&self.queue_bytes, dest);
         forget(&self.dead_letter_depth, dest);
         forget(&self.in_flight, dest);
+        forget(&self.halted_keys, dest);
         forget(&self.oldest_age, dest);
         forget(&self.rate_limit, dest);
         forget(&self.destination_state, dest);

@@ -215,6 +215,20 @@ impl Problem {
             detail,
         )
     }
+    /// A resume named a key that halt mode has not stopped.
+    pub fn key_not_halted(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "key_not_halted", "Key not halted", detail)
+    }
+    /// A key-ordered destination found no usable ordering key in the
+    /// request (none, `null`, or too long).
+    pub fn invalid_ordering_key(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_ordering_key",
+            "Invalid ordering key",
+            detail,
+        )
+    }
     /// Something failed inside tidegate; details go to the log, not the
     /// client.
     pub fn internal() -> Self {

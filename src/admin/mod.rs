@@ -173,6 +173,7 @@ async fn metrics(State(a): State<Admin>) -> Response {
         m.in_flight
             .with_label_values(&[n])
             .set(d.in_flight.load(Ordering::Relaxed) as i64);
+        m.halted_keys.with_label_values(&[n]).set(d.halted_keys().len() as i64);
         let oldest = match a.journal.queue_detail(n).await {
             Ok((Some(received), _)) => ((journal::now_ms() - received).max(0) as f64) / 1000.0,
             _ => 0.0,
@@ -239,6 +240,12 @@ async fn describe(a: &Admin, d: &dispatch::Destination) -> Result<Value, Problem
         "on_failure": cfg.on_failure.as_str(),
         "state": info.state.as_str(),
         "state_reason": info.reason,
+        "ordering": cfg.queue.ordering.as_str(),
+        "halted_keys": d.halted_keys().iter().map(|k| json!({
+            "key": k.key,
+            "message_id": a.journal.message_id(k.seq),
+            "reason": k.reason,
+        })).collect::<Vec<_>>(),
         "queue": {
             "depth": d.queue.depth.load(Ordering::Relaxed),
             "bytes": d.queue.bytes.load(Ordering::Relaxed),
@@ -272,6 +279,7 @@ fn internal(e: impl std::fmt::Display) -> Problem {
 fn dispatch_error(e: DispatchError) -> Problem {
     match e {
         DispatchError::UnknownDestination(n) => Problem::unknown_destination(&n),
+        e @ DispatchError::KeyNotHalted { .. } => Problem::key_not_halted(e.to_string()),
         DispatchError::Journal(e) => internal(e),
     }
 }
@@ -322,6 +330,8 @@ async fn preview(
 struct ResumeQuery {
     #[serde(default)]
     skip_head: bool,
+    /// A halted key of a key-ordered destination: resume that key alone.
+    key: Option<String>,
 }
 
 async fn resume(
@@ -329,7 +339,20 @@ async fn resume(
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<ResumeQuery>,
 ) -> Result<Json<Value>, Problem> {
-    a.dispatcher.resume(&name, q.skip_head).await.map_err(dispatch_error)?;
+    match &q.key {
+        Some(key) => a
+            .dispatcher
+            .resume_key(&name, key, q.skip_head)
+            .await
+            .map(drop)
+            .map_err(dispatch_error)?,
+        None => a
+            .dispatcher
+            .resume(&name, q.skip_head)
+            .await
+            .map(drop)
+            .map_err(dispatch_error)?,
+    }
     one_destination(State(a), ApiPath(name)).await
 }
 
@@ -384,6 +407,7 @@ async fn message(State(a): State<Admin>, ApiPath(id): ApiPath<String>) -> Result
         "category": s.category,
         "routed_from": s.routed_from.as_ref().map(|r| &r.0),
         "route_rule": s.routed_from.as_ref().map(|r| r.1),
+        "ordering_key": s.order_key,
     })))
 }
 

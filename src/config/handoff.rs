@@ -176,6 +176,7 @@ pub(super) fn spec(raw: RawHandoff, loc: &Locator) -> Result<(Spec, Vec<Spanned<
             csv,
             category: raw.category.map(|c| c.into_inner()),
             routes,
+            key: None,
         },
         targets,
     ))
@@ -226,7 +227,7 @@ pub(super) fn link(
 
 /// Compiles a program written in the config file itself; an error points
 /// at its line and column in the config.
-fn inline_program(code: &Spanned<String>, key: &str, loc: &Locator) -> Result<(), ConfigError> {
+pub(super) fn inline_program(code: &Spanned<String>, key: &str, loc: &Locator) -> Result<(), ConfigError> {
     let Err(e) = jq::Program::compile(code.get_ref()) else {
         return Ok(());
     };
@@ -269,6 +270,9 @@ pub fn describe(spec: &Spec) -> String {
     }
     if spec.category.is_some() {
         parts.push("category".into());
+    }
+    if spec.key.is_some() {
+        parts.push("key".into());
     }
     for (i, r) in spec.routes.iter().enumerate() {
         parts.push(format!("route[{i}]→{}", r.to));

@@ -98,6 +98,27 @@ pub enum WhenFull {
 pub enum Ordering {
     Unordered,
     Fifo,
+    /// Per key: same key in order, one at a time; keys in parallel.
+    Key,
+}
+
+impl Ordering {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Ordering::Unordered => "unordered",
+            Ordering::Fifo => "fifo",
+            Ordering::Key => "key",
+        }
+    }
+}
+
+/// Where a key-ordered destination finds a message's key (SPEC §14).
+#[derive(Clone, Debug, PartialEq)]
+pub enum OrderingKey {
+    /// A jq program on the body; it runs in the handoff sandbox.
+    Program(String),
+    /// A request header's value.
+    Header(http::HeaderName),
 }
 
 /// The validated configuration.
@@ -259,6 +280,8 @@ pub struct QueuePolicy {
     pub when_full: WhenFull,
     pub block_timeout: Duration,
     pub ordering: Ordering,
+    /// Set exactly when `ordering` is `Key`.
+    pub key: Option<OrderingKey>,
 }
 
 // ---------------------------------------------------------------- raw types
@@ -385,10 +408,50 @@ struct RawQueue {
     max_bytes: Option<ByteSize>,
     when_full: Option<WhenFull>,
     block_timeout: Option<HumanDuration>,
-    ordering: Option<Ordering>,
+    ordering: Option<Spanned<Ordering>>,
+    key: Option<Spanned<String>>,
+    key_header: Option<Spanned<String>>,
 }
 
 // ---------------------------------------------------------------- loading
+
+/// `[destination.queue]`'s key settings: `ordering = "key"` takes exactly
+/// one of `key` (a jq program, checked here so that a mistake points at
+/// its line and column) and `key_header`; other orderings take neither.
+fn ordering_key(q: &RawQueue, loc: &Locator) -> Result<Option<OrderingKey>, ConfigError> {
+    let keyed = q.ordering.as_ref().is_some_and(|o| *o.get_ref() == Ordering::Key);
+    match (&q.key, &q.key_header) {
+        (Some(_), Some(h)) => Err(loc.error(
+            h.span(),
+            "set key (a jq expression on the body) or key_header, not both".to_string(),
+        )),
+        (Some(k), None) | (None, Some(k)) if !keyed => Err(loc.error(
+            k.span(),
+            "key and key_header apply only with ordering = \"key\"".to_string(),
+        )),
+        (None, None) if keyed => {
+            let span = q.ordering.as_ref().map(|o| o.span()).unwrap_or(0..0);
+            Err(loc.error(
+                span,
+                "ordering = \"key\" needs key (a jq expression on the body, e.g. \".contact_id\") \
+                 or key_header (e.g. \"X-Ordering-Key\")"
+                    .to_string(),
+            ))
+        }
+        (Some(k), None) => {
+            handoff::inline_program(k, "destination.queue.key", loc)?;
+            Ok(Some(OrderingKey::Program(k.get_ref().clone())))
+        }
+        (None, Some(h)) => match http::HeaderName::from_bytes(h.get_ref().as_bytes()) {
+            Ok(name) => Ok(Some(OrderingKey::Header(name))),
+            Err(_) => Err(loc.error(
+                h.span(),
+                format!("key_header {:?} is not a valid HTTP header name", h.get_ref()),
+            )),
+        },
+        (None, None) => Ok(None),
+    }
+}
 
 impl Config {
     /// Reads and validates the config at `path`.
@@ -914,7 +977,8 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             max_bytes: q.max_bytes.map(|b| b.0).unwrap_or(1 << 30),
             when_full: q.when_full.unwrap_or(WhenFull::Reject),
             block_timeout: q.block_timeout.map(|x| x.0).unwrap_or(Duration::from_secs(5)),
-            ordering: q.ordering.unwrap_or(Ordering::Unordered),
+            ordering: q.ordering.as_ref().map_or(Ordering::Unordered, |o| *o.get_ref()),
+            key: ordering_key(q, loc)?,
         };
         let ca_file = match &d.ca_file {
             None => None,
@@ -925,8 +989,16 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
                 ))
             }
         };
-        if let Some(h) = d.handoff {
-            let (spec, targets) = handoff::spec(h, loc)?;
+        let mut handoff = d.handoff.map(|h| handoff::spec(h, loc)).transpose()?;
+        if let Some(OrderingKey::Program(code)) = &queue.key {
+            // The key program runs where the other programs run: in the
+            // handoff sandbox, at ingress.
+            match &mut handoff {
+                Some((spec, _)) => spec.key = Some(code.clone()),
+                None => handoff = Some((crate::handoff::Spec::key_only(code.clone()), Vec::new())),
+            }
+        }
+        if let Some((spec, targets)) = handoff {
             handoffs.push((name.clone(), spec, targets));
         }
         destinations.push(Destination {
@@ -1099,12 +1171,17 @@ impl Config {
                     "reject"
                 },
                 HumanDuration(d.queue.block_timeout),
-                if d.queue.ordering == Ordering::Fifo {
-                    "fifo"
-                } else {
-                    "unordered"
-                }
+                d.queue.ordering.as_str()
             );
+            match &d.queue.key {
+                Some(OrderingKey::Program(p)) => {
+                    let _ = writeln!(s, "  ordering key {p}");
+                }
+                Some(OrderingKey::Header(h)) => {
+                    let _ = writeln!(s, "  ordering key header {h}");
+                }
+                None => {}
+            }
         }
         s
     }
@@ -1129,6 +1206,37 @@ mod tests {
         assert_eq!(c.destinations[0].retry.max_attempts, 8);
         assert_eq!(c.destinations[0].on_failure, FailureMode::Retry);
         assert!(c.admin.listen.ip().is_loopback());
+    }
+
+    #[test]
+    fn key_ordering_takes_exactly_one_key_source_and_checks_it() {
+        let q = |lines: &str| parse(&format!("{MIN}[destination.queue]\n{lines}"));
+        let e = q("ordering = \"key\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:8:12:") && e.contains("key_header"), "{e}");
+        let e = q("ordering = \"key\"\nkey = \".a\"\nkey_header = \"X-K\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.toml:10:") && e.contains("not both"), "{e}");
+        let e = q("ordering = \"fifo\"\nkey = \".a\"\n").unwrap_err().to_string();
+        assert!(e.contains("only with ordering"), "{e}");
+        let e = q("ordering = \"key\"\nkey = \".a |\"\n").unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:9:") && e.contains("destination.queue.key"), "{e}");
+        let e = q("ordering = \"key\"\nkey_header = \"bad header\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not a valid HTTP header name"), "{e}");
+        let c = q("ordering = \"key\"\nkey_header = \"X-Ordering-Key\"\n").unwrap();
+        assert_eq!(
+            c.destinations[0].queue.key,
+            Some(OrderingKey::Header(http::HeaderName::from_static("x-ordering-key")))
+        );
+        assert!(c.destinations[0].handoff.is_none(), "a header key needs no sandbox");
+        let c = q("ordering = \"key\"\nkey = \".contact_id\"\n").unwrap();
+        let h = c.destinations[0]
+            .handoff
+            .as_ref()
+            .expect("the key program runs in the handoff");
+        assert_eq!(h.spec.key.as_deref(), Some(".contact_id"));
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //!
 //! - At most `max_in_flight` attempts at once (one with `ordering = "fifo"`
 //!   or while `degraded`), and no more than the token bucket allows.
+//! - With `ordering = "key"`, at most one attempt per key at once, and a
+//!   key's messages in the order they were accepted: only the oldest
+//!   pending message of a key is ever fetched, and never while one of its
+//!   key is in flight (`Journal::fetch_keyed`). In halt mode a permanent
+//!   failure stops its key alone, durably (`Disposition::HaltKey`), until an
+//!   operator resumes that key.
 //! - A message is never attempted twice at once: a fetched message is
 //!   leased in memory until its outcome is committed, and fetches exclude
 //!   leased messages. Leases are not on disk, so a crash makes every leased
@@ -26,7 +32,7 @@ pub mod limiter;
 pub mod policy;
 mod worker;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -35,7 +41,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config;
 use crate::delivery::Deliver;
-use crate::journal::{DestinationRecord, Disposition, Journal, JournalError, QueueCounts};
+use crate::journal::{DestinationRecord, Disposition, HaltedKey, Journal, JournalError, QueueCounts};
 use crate::metrics::Metrics;
 
 pub use completions::{Completion, Completions};
@@ -89,6 +95,9 @@ pub struct Destination {
     pub limiter: limiter::Limiter,
     consecutive_transient: AtomicU32,
     pub queue: Arc<QueueCounts>,
+    /// Keys halt mode stopped (key-ordered destinations): key → the
+    /// message it stopped on and why. A copy of the journal's record.
+    halted_keys: Mutex<BTreeMap<String, HaltedKey>>,
 }
 
 impl Destination {
@@ -116,6 +125,25 @@ impl Destination {
     fn kick(&self) {
         self.kick.send_modify(|v| *v = v.wrapping_add(1));
     }
+
+    /// The keys halt mode has stopped, in key order.
+    pub fn halted_keys(&self) -> Vec<HaltedKey> {
+        self.halted_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    fn halted_key_names(&self) -> Vec<String> {
+        self.halted_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
 }
 
 /// Why an operator request was refused.
@@ -123,6 +151,8 @@ impl Destination {
 pub enum DispatchError {
     #[error("no destination named {0:?}")]
     UnknownDestination(String),
+    #[error("destination {destination:?} has no halted key {key:?}")]
+    KeyNotHalted { destination: String, key: String },
     #[error(transparent)]
     Journal(#[from] JournalError),
 }
@@ -142,6 +172,8 @@ pub struct Dispatcher {
     destinations: RwLock<HashMap<String, Arc<Destination>>>,
     /// Persisted states, for destinations added by a reload.
     restored: HashMap<String, StateInfo>,
+    /// Persisted halted keys, by destination, likewise.
+    restored_keys: HashMap<String, Vec<HaltedKey>>,
 }
 
 /// What a reload changed.
@@ -177,6 +209,10 @@ impl Dispatcher {
                 ))
             })
             .collect();
+        let mut restored_keys: HashMap<String, Vec<HaltedKey>> = HashMap::new();
+        for k in journal.halted_keys().await? {
+            restored_keys.entry(k.dest.clone()).or_default().push(k);
+        }
         let dispatcher = Arc::new(Dispatcher {
             ctx: Arc::new(Context {
                 journal,
@@ -187,6 +223,7 @@ impl Dispatcher {
             }),
             destinations: RwLock::new(HashMap::new()),
             restored,
+            restored_keys,
         });
         for d in &cfg.destinations {
             dispatcher.add(d);
@@ -218,6 +255,14 @@ impl Dispatcher {
             limiter: limiter::Limiter::new(rl.rate, rl.burst, rl.adaptive),
             consecutive_transient: AtomicU32::new(0),
             queue: self.ctx.journal.queue(&d.name),
+            halted_keys: Mutex::new(
+                self.restored_keys
+                    .get(&d.name)
+                    .into_iter()
+                    .flatten()
+                    .map(|k| (k.key.clone(), k.clone()))
+                    .collect(),
+            ),
         });
         tokio::spawn(worker::run(self.ctx.clone(), dest.clone(), dest.stop.subscribe()));
         tokio::spawn(worker::recover_rate(dest.clone(), dest.stop.subscribe()));
@@ -349,6 +394,43 @@ impl Dispatcher {
         d.consecutive_transient.store(0, Ordering::Relaxed);
         set_state(&self.ctx, &d, State::Running, "resumed by an operator", None).await?;
         Ok(d.state())
+    }
+
+    /// Lets one halted key of a key-ordered destination go: its head is
+    /// attempted again, or with `skip_head` dead-lettered first
+    /// (`skipped_by_operator`, keeping the failure that halted it).
+    pub async fn resume_key(&self, name: &str, key: &str, skip_head: bool) -> Result<HaltedKey, DispatchError> {
+        let d = self.get(name)?;
+        let not_halted = || DispatchError::KeyNotHalted {
+            destination: name.to_string(),
+            key: key.to_string(),
+        };
+        let Some(halted) = d
+            .halted_keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key)
+            .cloned()
+        else {
+            return Err(not_halted());
+        };
+        if self.ctx.journal.release_key(name, key, skip_head).await?.is_none() {
+            return Err(not_halted());
+        }
+        d.halted_keys.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        let id = self.ctx.journal.message_id(halted.seq);
+        if skip_head {
+            self.ctx
+                .metrics
+                .dead_lettered
+                .with_label_values(&[name, "skipped_by_operator"])
+                .inc();
+            tracing::warn!(id = %id, destination = name, key, "halted key resumed; its head message dead-lettered by operator");
+        } else {
+            tracing::warn!(id = %id, destination = name, key, "halted key resumed by operator");
+        }
+        d.kick();
+        Ok(halted)
     }
 
     /// Stops workers from starting attempts, then waits up to `timeout` for

@@ -13,7 +13,7 @@ use super::{set_state, Completion, Context, Destination, State};
 use crate::config::Ordering as QueueOrdering;
 use crate::delivery::{self, join_url, put_header, Outcome};
 use crate::handoff::{Rendered, RunError};
-use crate::journal::{now_ms, Disposition, LastError, Message};
+use crate::journal::{now_ms, Disposition, HaltedKey, LastError, Message};
 
 /// Longest a worker sleeps without re-checking the queue; a safety net for
 /// wake-ups, not the mechanism (commits and state changes wake it).
@@ -24,6 +24,9 @@ const DETAIL_LIMIT: usize = 512;
 pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: watch::Receiver<bool>) {
     let mut kick = d.kick.subscribe();
     let mut buffer: VecDeque<Message> = VecDeque::new();
+    // The ordering the buffered messages were fetched under: a reload that
+    // changes it must not let them out of their new order.
+    let mut buffered_as = d.config().queue.ordering;
     loop {
         if *shutdown.borrow() {
             break;
@@ -31,6 +34,11 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
         kick.borrow_and_update();
         let state = d.current_state();
         let cfg = d.config();
+        let ordering = cfg.queue.ordering;
+        if ordering != buffered_as {
+            give_back(&ctx, &d, &mut buffer);
+            buffered_as = ordering;
+        }
         if matches!(state, State::Paused | State::Halted) {
             give_back(&ctx, &d, &mut buffer);
             tokio::select! {
@@ -39,7 +47,11 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
             }
             continue;
         }
-        if state == State::Degraded || cfg.queue.ordering == QueueOrdering::Fifo {
+        let keyed = ordering == QueueOrdering::Key;
+        // A degraded key-ordered destination probes through its keyed
+        // fetch, one at a time: the oldest message of all may belong to a
+        // halted key, which must not be sent.
+        if (state == State::Degraded && !keyed) || ordering == QueueOrdering::Fifo {
             give_back(&ctx, &d, &mut buffer);
             if !serial_step(&ctx, &d, &mut kick, &mut shutdown).await {
                 break;
@@ -47,7 +59,10 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
             continue;
         }
 
-        let max_in_flight = u64::from(d.limiter.in_flight_limit(cfg.rate_limit.max_in_flight));
+        let max_in_flight = match state {
+            State::Degraded => 1,
+            _ => u64::from(d.limiter.in_flight_limit(cfg.rate_limit.max_in_flight)),
+        };
         if buffer.is_empty() {
             let prefetch = (max_in_flight as usize * 2).clamp(4, 128);
             let leased = || {
@@ -59,7 +74,14 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
                     .collect()
             };
             let ready = d.queue.ready.notified();
-            match ctx.journal.fetch_ready(&d.name, prefetch, leased).await {
+            let fetched = if keyed {
+                ctx.journal
+                    .fetch_keyed(&d.name, prefetch, leased(), d.halted_key_names())
+                    .await
+            } else {
+                ctx.journal.fetch_ready(&d.name, prefetch, leased).await
+            };
+            match fetched {
                 Ok(due) if !due.messages.is_empty() => buffer.extend(due.messages),
                 Ok(due) => {
                     tokio::select! {
@@ -103,7 +125,8 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
             _ = d.limiter.acquire() => {}
             _ = shutdown.changed() => continue,
         }
-        if d.current_state() != State::Running || d.config().queue.ordering == QueueOrdering::Fifo {
+        let now = d.current_state();
+        if !(now == State::Running || (keyed && now == State::Degraded)) || d.config().queue.ordering != ordering {
             continue; // re-evaluate
         }
         let Some(msg) = buffer.pop_front() else {
@@ -514,12 +537,23 @@ async fn carry_out(
                 Some("dropped"),
             )
         }
-        // The message stays at the head: due at once when resumed.
-        Step::Halt { .. } => (Disposition::Reschedule { visible_at: 0 }, None),
+        // The message stays at the head: due at once when resumed. Under
+        // key ordering only its key stops; a message without a key
+        // (queued before the destination ordered by key) halts it all.
+        Step::Halt { reason } => match (&d.config().queue.ordering, &msg.order_key) {
+            (QueueOrdering::Key, Some(key)) => (
+                Disposition::HaltKey {
+                    key: key.clone(),
+                    reason: halt_reason(reason, id, status),
+                },
+                None,
+            ),
+            _ => (Disposition::Reschedule { visible_at: 0 }, None),
+        },
     };
     if let Err(e) = ctx
         .journal
-        .settle(msg.seq, &d.name, attempts, last_error.clone(), disposition)
+        .settle(msg.seq, &d.name, attempts, last_error.clone(), disposition.clone())
         .await
     {
         // Nothing changed on disk: the message is still pending and will be
@@ -537,15 +571,26 @@ async fn carry_out(
         }
         Step::DeadLetter { reason } => m.dead_lettered.with_label_values(&[d.name.as_str(), reason]).inc(),
         Step::Drop { reason } => m.dropped.with_label_values(&[d.name.as_str(), reason]).inc(),
-        Step::Halt { reason } => {
-            let why = format!(
-                "{reason} (message {id}, last status {})",
-                status.map_or("none".to_string(), |s| s.to_string())
-            );
-            if let Err(e) = set_state(ctx, d, State::Halted, &why, Some(msg.seq)).await {
-                tracing::error!(error = %e, "persisting the halted state failed");
+        Step::Halt { reason } => match &disposition {
+            Disposition::HaltKey { key, reason } => {
+                tracing::error!(id, destination = %d.name, key = %key, %reason, "ordering key halted; its later messages wait, other keys flow");
+                d.halted_keys.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                    key.clone(),
+                    HaltedKey {
+                        dest: d.name.clone(),
+                        key: key.clone(),
+                        seq: msg.seq,
+                        reason: reason.clone(),
+                    },
+                );
             }
-        }
+            _ => {
+                let why = halt_reason(reason, id, status);
+                if let Err(e) = set_state(ctx, d, State::Halted, &why, Some(msg.seq)).await {
+                    tracing::error!(error = %e, "persisting the halted state failed");
+                }
+            }
+        },
         Step::Retry { .. } => {}
     }
     if let (Some(state), true) = (finished, msg.wants_reply) {
@@ -560,6 +605,14 @@ async fn carry_out(
         );
     }
     finished.is_some()
+}
+
+/// Why a destination or a key halted, as its state reason shows it.
+fn halt_reason(reason: &str, id: &str, status: Option<u16>) -> String {
+    format!(
+        "{reason} (message {id}, last status {})",
+        status.map_or("none".to_string(), |s| s.to_string())
+    )
 }
 
 /// Once a second, let adaptive destinations win back rate.

@@ -49,6 +49,39 @@ pub struct Spec {
     pub csv: Option<CsvLayout>,
     pub category: Option<String>,
     pub routes: Vec<Route>,
+    /// The ordering key (`[destination.queue] key`, SPEC §14): a jq
+    /// program on the body. A spec with nothing else is "key only": the
+    /// body is read for its key and otherwise forwarded as received.
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+impl Spec {
+    /// A spec that only extracts an ordering key.
+    pub fn key_only(key: String) -> Spec {
+        Spec {
+            schema: None,
+            transform: None,
+            format: Format::Json,
+            csv: None,
+            category: None,
+            routes: Vec::new(),
+            key: Some(key),
+        }
+    }
+
+    /// Whether deliveries send what the handoff renders (schema, transform,
+    /// format...) rather than the stored bytes: every spec but a key-only
+    /// one (an empty `[destination.handoff]` table still renders JSON).
+    fn renders(&self) -> bool {
+        let key_only = self.key.is_some()
+            && self.schema.is_none()
+            && self.transform.is_none()
+            && self.format == Format::Json
+            && self.category.is_none()
+            && self.routes.is_empty();
+        !key_only
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -124,6 +157,11 @@ pub struct Admitted {
     /// index among its routes.
     pub routed_from: Option<(String, usize)>,
     pub category: String,
+    /// The owner's ordering key, when it takes one from the body; `None`
+    /// also when its program yields nothing or `null` (ingress refuses
+    /// such a message for a key-ordered destination).
+    #[serde(default)]
+    pub key: Option<String>,
     /// What the first delivery attempt would send; `None` when the owner
     /// has no handoff (bytes forwarded as received).
     pub rendered: Option<Rendered>,
@@ -136,6 +174,7 @@ impl Admitted {
             destination: dest.to_string(),
             routed_from,
             category: UNCATEGORISED.to_string(),
+            key: None,
             rendered: None,
         }
     }
@@ -150,6 +189,7 @@ struct Compiled {
     schema: Option<jsonschema::Validator>,
     transform: Option<jq::Program>,
     category: Option<jq::Program>,
+    key: Option<jq::Program>,
     routes: Vec<(jq::Program, String)>,
 }
 
@@ -205,6 +245,7 @@ impl Table {
                     schema,
                     transform: program("transform", &spec.transform)?,
                     category: program("category", &spec.category)?,
+                    key: program("key", &spec.key)?,
                     routes,
                     spec: spec.clone(),
                 },
@@ -245,24 +286,20 @@ impl Table {
         if routed_from.is_some() {
             validate(name, compiled, &value)?;
         }
-        let category = match &compiled.category {
-            None => UNCATEGORISED.to_string(),
-            Some(p) => match p.first(input.clone()) {
-                Err(e) => return Err(transform_failure(name, format!("category: {e}"))),
-                Ok(None) | Ok(Some(jaq_json::Val::Null)) => UNCATEGORISED.to_string(),
-                Ok(Some(v)) => match jq::to_json(&v) {
-                    Ok(Value::String(s)) => s,
-                    Ok(other) => other.to_string(),
-                    Err(e) => return Err(transform_failure(name, format!("category: {e}"))),
-                },
-            },
+        let category =
+            text_of(name, "category", &compiled.category, &input)?.unwrap_or_else(|| UNCATEGORISED.to_string());
+        let key = text_of(name, "key", &compiled.key, &input)?;
+        let rendered = if compiled.spec.renders() {
+            Some(render_value(name, compiled, &value, input)?)
+        } else {
+            None
         };
-        let rendered = render_value(name, compiled, &value, input)?;
         Ok(Admitted {
             destination: name.to_string(),
             routed_from,
             category,
-            rendered: Some(rendered),
+            key,
+            rendered,
         })
     }
 
@@ -270,12 +307,33 @@ impl Table {
     /// transform and format (no schema, no routes: those were ingress's).
     /// `Ok(None)`: no handoff, forward the body as stored.
     pub fn render(&self, dest: &str, body: &[u8]) -> Result<Option<Rendered>, Failure> {
-        let Some(compiled) = self.by_name.get(dest) else {
+        let Some(compiled) = self.by_name.get(dest).filter(|c| c.spec.renders()) else {
             return Ok(None);
         };
         let value = parse(dest, body)?;
         let input = jq::from_json(&value);
         render_value(dest, compiled, &value, input).map(Some)
+    }
+}
+
+/// What a labelling program (category, key) makes of a body, as text: a
+/// string as it is, any other value as its JSON; `None` when it yields
+/// nothing or `null`.
+fn text_of(
+    dest: &str,
+    what: &str,
+    program: &Option<jq::Program>,
+    input: &jaq_json::Val,
+) -> Result<Option<String>, Failure> {
+    let Some(p) = program else { return Ok(None) };
+    match p.first(input.clone()) {
+        Err(e) => Err(transform_failure(dest, format!("{what}: {e}"))),
+        Ok(None) | Ok(Some(jaq_json::Val::Null)) => Ok(None),
+        Ok(Some(v)) => match jq::to_json(&v) {
+            Ok(Value::String(s)) => Ok(Some(s)),
+            Ok(other) => Ok(Some(other.to_string())),
+            Err(e) => Err(transform_failure(dest, format!("{what}: {e}"))),
+        },
     }
 }
 

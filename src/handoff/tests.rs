@@ -10,6 +10,7 @@ fn spec() -> Spec {
         csv: None,
         category: None,
         routes: Vec::new(),
+        key: None,
     }
 }
 
@@ -24,6 +25,32 @@ fn a_destination_without_a_handoff_passes_bytes_through_unparsed() {
     assert_eq!(a.destination, "crm");
     assert_eq!(a.rendered, None);
     assert_eq!(t.render("crm", b"\xff").unwrap(), None);
+}
+
+/// A destination whose handoff is only its ordering key: the key comes
+/// from the body, the body goes out as it came in (not re-serialised).
+#[test]
+fn a_key_only_handoff_reads_the_key_and_forwards_the_bytes() {
+    let t = table(vec![
+        ("crm", Spec::key_only(".contact.id".into())),
+        (
+            "erp",
+            Spec {
+                key: Some(".n".into()),
+                category: Some(".kind".into()),
+                ..spec()
+            },
+        ),
+    ]);
+    let body = br#"{ "contact": {"id": "c-7"} }"#;
+    let a = t.admit("crm", body).unwrap();
+    assert_eq!((a.key.as_deref(), a.rendered), (Some("c-7"), None));
+    assert_eq!(t.render("crm", body).unwrap(), None);
+    assert_eq!(t.admit("crm", br#"{"contact": null}"#).unwrap().key, None);
+    // Beside other handoff settings, the key changes nothing else.
+    let a = t.admit("erp", br#"{ "n": 5 }"#).unwrap();
+    assert_eq!(a.key.as_deref(), Some("5"));
+    assert_eq!(a.rendered.unwrap().body, br#"{"n":5}"#);
 }
 
 #[test]

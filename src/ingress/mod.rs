@@ -167,12 +167,12 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
     };
     // The handoff may move the message to another destination (a route),
     // which then owns it: its queue, limits and state apply from here on.
-    let (dest, cfg, category, routed_from) = match &cfg.handoff {
-        None => (dest, cfg, None, None),
+    let (dest, cfg, category, routed_from, key) = match &cfg.handoff {
+        None => (dest, cfg, None, None, None),
         Some(h) => {
             let admitted = handoff(ing, name, h, &parts.headers, &body).await?;
             match admitted.routed_from {
-                None => (dest, cfg, Some(admitted.category), None),
+                None => (dest, cfg, Some(admitted.category), None, admitted.key),
                 Some((from, rule)) => {
                     let Some(target) = ing.dispatcher.destination(&admitted.destination) else {
                         // Config validation guarantees the target exists.
@@ -181,12 +181,19 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
                     ing.metrics.routed.with_label_values(&[&from, &target.name]).inc();
                     let target_cfg = target.config();
                     refuse_if_halted(ing, &target, &target_cfg)?;
-                    (target, target_cfg, Some(admitted.category), Some((from, rule as u32)))
+                    (
+                        target,
+                        target_cfg,
+                        Some(admitted.category),
+                        Some((from, rule as u32)),
+                        admitted.key,
+                    )
                 }
             }
         }
     };
     let name = dest.name.as_str();
+    let order_key = ordering_key(ing, name, &cfg, &parts.headers, key)?;
     let msg = NewMessage {
         dest: name.to_string(),
         method: parts.method.as_str().to_string(),
@@ -199,6 +206,7 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
         producer: sender.recorded(),
         category,
         routed_from,
+        order_key,
     };
     let window = live.storage.history_retention;
     let appended = append_with_backpressure(ing, &dest, &cfg, msg, window).await?;
@@ -241,6 +249,57 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
     // Ids and destination names need no JSON escaping.
     let body = format!(r#"{{"id":"{id}","destination":"{name}","status":"queued"}}"#);
     Ok(json_response(StatusCode::ACCEPTED, body, &id))
+}
+
+/// Longest ordering key taken, in bytes.
+const MAX_ORDERING_KEY: usize = 1024;
+
+/// The ordering key of a message for `cfg` (the destination that owns it),
+/// when it orders by key: from the header it names, or what its key
+/// program made of the body (`from_body`). A key-ordered destination
+/// refuses a message without one: where it would go in order is unknown.
+fn ordering_key(
+    ing: &Ingress,
+    name: &str,
+    cfg: &config::Destination,
+    headers: &http::HeaderMap,
+    from_body: Option<String>,
+) -> Result<Option<String>, Problem> {
+    let refuse = |detail: String| {
+        Err(reject(
+            ing,
+            name,
+            "invalid_ordering_key",
+            Problem::invalid_ordering_key(detail),
+        ))
+    };
+    let key = match &cfg.queue.key {
+        None => return Ok(None),
+        Some(config::OrderingKey::Header(h)) => match headers.get(h).map(|v| v.to_str()) {
+            None => {
+                return refuse(format!(
+                    "destination {name:?} orders by key: the request needs a {h} header"
+                ))
+            }
+            Some(Err(_)) => return refuse(format!("the {h} header is not visible ASCII")),
+            Some(Ok(v)) => v.to_string(),
+        },
+        Some(config::OrderingKey::Program(p)) => match from_body {
+            None => {
+                return refuse(format!(
+                    "destination {name:?} orders by key: its key {p:?} found nothing (or null) in the body"
+                ))
+            }
+            Some(k) => k,
+        },
+    };
+    if key.is_empty() || key.len() > MAX_ORDERING_KEY {
+        return refuse(format!(
+            "an ordering key must be 1 to {MAX_ORDERING_KEY} bytes; this one is {}",
+            key.len()
+        ));
+    }
+    Ok(Some(key))
 }
 
 /// Runs the addressed destination's handoff on a body (in the sandbox):

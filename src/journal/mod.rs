@@ -185,6 +185,8 @@ pub struct NewMessage {
     /// The destination it was addressed to and the index of the route rule
     /// that moved it here, when a handoff route did.
     pub routed_from: Option<(String, u32)>,
+    /// Its ordering key, when its destination orders by key (SPEC §14).
+    pub order_key: Option<String>,
 }
 
 impl NewMessage {
@@ -244,6 +246,9 @@ pub struct Message {
     pub received_at: i64,
     pub idempotency_key: Option<String>,
     pub wants_reply: bool,
+    /// Its ordering key; `None` when its destination did not order by key
+    /// when it was accepted.
+    pub order_key: Option<String>,
 }
 
 /// What a worker's read of its queue found. The reader hands back
@@ -269,10 +274,35 @@ pub struct LastError {
 #[derive(Clone, Debug)]
 pub enum Disposition {
     Delivered,
-    Reschedule { visible_at: i64 },
-    DeadLetter { reason: String },
-    Dropped { reason: String },
-    Quarantined { reason: String },
+    Reschedule {
+        visible_at: i64,
+    },
+    /// Halt mode on a key-ordered destination: the message stays pending,
+    /// due at once, and its key is recorded as halted, in the same commit,
+    /// until an operator resumes it (`release_key`).
+    HaltKey {
+        key: String,
+        reason: String,
+    },
+    DeadLetter {
+        reason: String,
+    },
+    Dropped {
+        reason: String,
+    },
+    Quarantined {
+        reason: String,
+    },
+}
+
+/// A key of a key-ordered destination that halt mode stopped: the message
+/// it stopped on, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HaltedKey {
+    pub dest: String,
+    pub key: String,
+    pub seq: u64,
+    pub reason: String,
 }
 
 /// Per-destination persisted state (paused, halted, ...).
@@ -592,6 +622,58 @@ impl Journal {
     pub async fn replay(&self, dest: &str, seqs: Option<Vec<u64>>) -> Result<u64> {
         let dest = dest.to_string();
         self.call(|reply| writer::Command::Replay { dest, seqs, reply }).await
+    }
+
+    /// Lets a halted key go (`HaltKey`): its head is delivered again, or,
+    /// with `skip_head`, dead-lettered (`skipped_by_operator`) in the same
+    /// commit. The halted head's seq; `None` if the key was not halted.
+    pub async fn release_key(&self, dest: &str, key: &str, skip_head: bool) -> Result<Option<u64>> {
+        let (dest, key) = (dest.to_string(), key.to_string());
+        let seq = self
+            .call(|reply| writer::Command::ReleaseKey {
+                dest,
+                key,
+                skip_head,
+                reply,
+            })
+            .await?;
+        // Sequence numbers start at 1: 0 says the key was not halted.
+        Ok((seq > 0).then_some(seq))
+    }
+
+    /// Every halted key, of every destination.
+    pub async fn halted_keys(&self) -> Result<Vec<HaltedKey>> {
+        self.read(|r| r.halted_keys()).await
+    }
+
+    /// Up to `limit` messages of a key-ordered `dest` that may be attempted
+    /// now: the oldest pending message of each key, when it is due, its key
+    /// is not `halted`, and no message of its key is in flight (`exclude`;
+    /// one in flight is pending, so it hides its key's later messages). A
+    /// message without a key (accepted before the destination ordered by
+    /// key) is a key of its own. Also when the first head not yet due
+    /// becomes visible.
+    ///
+    /// A look, not a hand-out: the tail is not used (it would hand out new
+    /// messages without regard to their keys), so nothing needs giving back.
+    pub async fn fetch_keyed(&self, dest: &str, limit: usize, exclude: Vec<u64>, halted: Vec<String>) -> Result<Due> {
+        self.queue(dest).tail.stop();
+        let d = dest.to_string();
+        let now = now_ms();
+        let ready = self
+            .read(move |r| r.fetch_keyed(&d, now, limit, &exclude, &halted))
+            .await?;
+        let mut messages = Vec::with_capacity(ready.messages.len());
+        for f in ready.messages {
+            match f {
+                Ok(m) => messages.push(m),
+                Err(seq) => self.quarantine(dest, seq).await?,
+            }
+        }
+        Ok(Due {
+            messages,
+            next_due: ready.next_due,
+        })
     }
 
     pub async fn purge_dead_letters(&self, dest: &str) -> Result<u64> {

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 
 use super::schema;
-use super::{decode_record, DestinationRecord, Due, JournalError, LastError, Message, Result};
+use super::{decode_record, DestinationRecord, Due, HaltedKey, JournalError, LastError, Message, Result};
 
 #[derive(Clone)]
 pub(crate) struct Pool {
@@ -63,6 +63,13 @@ pub(crate) struct Reader {
 const READY_SCAN_SQL: &str = "SELECT seq, visible_at FROM messages INDEXED BY messages_ready
      WHERE dest = ?1 AND state = 0 ORDER BY visible_at, seq";
 
+/// A key-ordered queue in seq order, with what deciding its heads needs.
+const KEYED_SCAN_SQL: &str = "SELECT seq, order_key, visible_at FROM messages INDEXED BY messages_pending
+     WHERE dest = ?1 AND state = 0 ORDER BY seq";
+
+/// Most pending rows one keyed fetch looks at.
+const KEYED_SCAN_LIMIT: usize = 20_000;
+
 /// One message by its seq, if it is still pending.
 static FETCH_ONE_SQL: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE seq = ?1 AND state = 0"));
@@ -84,6 +91,7 @@ pub struct MessageStatus {
     pub category: Option<String>,
     /// The destination it was addressed to and the route rule's index.
     pub routed_from: Option<(String, u32)>,
+    pub order_key: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -98,7 +106,7 @@ pub struct DeadLetter {
 }
 
 const MESSAGE_COLUMNS: &str =
-    "seq, dest, method, path, headers, body, attempts, received_at, idem_key, wants_reply, crc";
+    "seq, dest, method, path, headers, body, attempts, received_at, idem_key, wants_reply, crc, order_key";
 
 /// A row read for delivery, or the seq of one that is damaged: its checksum
 /// fails, or a column no longer holds what was written (bad UTF-8, a wrong
@@ -128,6 +136,7 @@ fn decode_message(r: &Row<'_>, seq: i64) -> Option<Message> {
         received_at: r.get(7).ok()?,
         idempotency_key: r.get(8).ok()?,
         wants_reply: r.get::<_, i64>(9).ok()? != 0,
+        order_key: r.get(11).ok()?,
     })
 }
 
@@ -233,13 +242,90 @@ impl Reader {
         Ok((Due { messages, next_due }, last_seq as u64))
     }
 
+    /// See `Journal::fetch_keyed`. One pass over the pending messages in
+    /// seq order: the first message seen of each key is its head; a head
+    /// that is due, not in flight and not halted is taken. The pass stops
+    /// after `KEYED_SCAN_LIMIT` rows, so a key with a huge backlog in front
+    /// of the others delays them (their heads are found as it drains) but
+    /// never makes a fetch read the whole queue.
+    pub fn fetch_keyed(
+        &self,
+        dest: &str,
+        now: i64,
+        limit: usize,
+        exclude: &[u64],
+        halted: &[String],
+    ) -> rusqlite::Result<Due<Fetched>> {
+        let snapshot = self.conn.unchecked_transaction()?;
+        let mut seen: std::collections::HashSet<String> = halted.iter().cloned().collect();
+        let mut due = Vec::with_capacity(limit);
+        let mut next_due: Option<i64> = None;
+        {
+            let mut scan = self.conn.prepare_cached(KEYED_SCAN_SQL)?;
+            let mut rows = scan.query([dest])?;
+            let mut scanned = 0;
+            while let Some(row) = rows.next()? {
+                scanned += 1;
+                if scanned > KEYED_SCAN_LIMIT {
+                    break;
+                }
+                let seq = row.get::<_, i64>(0)? as u64;
+                // A damaged key (outside the checksum) reads as none: that
+                // message is then ordered by nothing, not stalled forever.
+                let key: Option<String> = row.get(1).ok().flatten();
+                if let Some(k) = key {
+                    if !seen.insert(k) {
+                        continue; // not its key's head
+                    }
+                }
+                if exclude.contains(&seq) {
+                    continue;
+                }
+                let visible_at: i64 = row.get(2).unwrap_or(0);
+                if visible_at > now {
+                    next_due = Some(next_due.map_or(visible_at, |n| n.min(visible_at)));
+                    continue;
+                }
+                due.push(seq);
+                if due.len() >= limit {
+                    break;
+                }
+            }
+        }
+        let mut one = self.conn.prepare_cached(&FETCH_ONE_SQL)?;
+        let mut messages = Vec::with_capacity(due.len());
+        for seq in due {
+            if let Some(m) = one.query_row([seq as i64], message_from_row).optional()? {
+                messages.push(m);
+            }
+        }
+        drop(one);
+        snapshot.commit()?;
+        Ok(Due { messages, next_due })
+    }
+
+    pub fn halted_keys(&self) -> rusqlite::Result<Vec<HaltedKey>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT dest, key, seq, reason FROM halted_keys ORDER BY dest, key")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(HaltedKey {
+                dest: r.get(0)?,
+                key: r.get(1)?,
+                seq: r.get::<_, i64>(2)? as u64,
+                reason: r.get(3)?,
+            })
+        })?;
+        rows.collect()
+    }
+
     pub fn head(&self, dest: &str) -> rusqlite::Result<Option<(Fetched, i64)>> {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {MESSAGE_COLUMNS}, visible_at FROM messages INDEXED BY messages_pending
              WHERE dest = ?1 AND state = 0 ORDER BY seq LIMIT 1"
         ))?;
         // A damaged `visible_at` (outside the checksum) means "due now".
-        stmt.query_row([dest], |r| Ok((message_from_row(r)?, r.get::<_, i64>(11).unwrap_or(0))))
+        stmt.query_row([dest], |r| Ok((message_from_row(r)?, r.get::<_, i64>(12).unwrap_or(0))))
             .optional()
     }
 
@@ -247,7 +333,7 @@ impl Reader {
         self.conn
             .prepare_cached(
                 "SELECT seq, dest, state, visible_at, attempts, received_at, finished_at, last_error, reason, producer,
-                 category, routed_from, route_rule FROM messages WHERE seq = ?1",
+                 category, routed_from, route_rule, order_key FROM messages WHERE seq = ?1",
             )?
             .query_row([seq as i64], |r| {
                 Ok(MessageStatus {
@@ -266,6 +352,7 @@ impl Reader {
                         (Ok(Some(from)), Ok(Some(rule))) => Some((from, rule as u32)),
                         _ => None,
                     },
+                    order_key: r.get(13).ok().flatten(),
                 })
             })
             .optional()

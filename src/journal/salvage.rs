@@ -284,7 +284,8 @@ fn copy_rows(
     report.salvaged = recovered.len() as u64;
     // Ids are never reused, lost or not.
     schema::set_meta(new, "seq_floor", &floor.max(top).max(hwm).to_string())?;
-    // Idempotency keys and destination states are best effort.
+    // Idempotency keys, destination states and halted keys are best
+    // effort (a halted key lost is delivered again: at-least-once holds).
     // A file from before fingerprints has no such column: its keys come
     // over without one.
     let keys = old
@@ -305,6 +306,23 @@ fn copy_rows(
                     "INSERT OR IGNORE INTO idempotency (dest, key, seq, created_at, fingerprint)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![d, k, s, c, f],
+                );
+            }
+        }
+    }
+    if let Ok(mut stmt) = old.prepare("SELECT dest, key, seq, reason FROM halted_keys") {
+        if let Ok(rows) = stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, String>(3)?,
+            ))
+        }) {
+            for (d, k, s, why) in rows.flatten() {
+                let _ = new.execute(
+                    "INSERT OR IGNORE INTO halted_keys (dest, key, seq, reason) VALUES (?1, ?2, ?3, ?4)",
+                    params![d, k, s, why],
                 );
             }
         }
@@ -332,23 +350,30 @@ fn copy_rows(
 type RawRow = Vec<rusqlite::types::Value>;
 
 const COLUMNS: &str = "seq, dest, state, visible_at, received_at, attempts, method, path, headers, body, size, crc,
-    version, idem_key, wants_reply, last_error, reason, finished_at, producer, category, routed_from, route_rule";
+    version, idem_key, wants_reply, last_error, reason, finished_at, producer, category, routed_from, route_rule,
+    order_key";
+/// The same, for a journal from before `order_key` was added.
+const COLUMNS_BEFORE_KEY: &str = "seq, dest, state, visible_at, received_at, attempts, method, path, headers, body,
+    size, crc, version, idem_key, wants_reply, last_error, reason, finished_at, producer, category, routed_from,
+    route_rule, NULL";
 /// The same, for a journal from before the handoff columns were added.
 const COLUMNS_BEFORE_HANDOFF: &str = "seq, dest, state, visible_at, received_at, attempts, method, path, headers, body,
-    size, crc, version, idem_key, wants_reply, last_error, reason, finished_at, producer, NULL, NULL, NULL";
+    size, crc, version, idem_key, wants_reply, last_error, reason, finished_at, producer, NULL, NULL, NULL, NULL";
 /// The same, for a journal from before `producer` was added.
 const COLUMNS_BEFORE_PRODUCER: &str =
     "seq, dest, state, visible_at, received_at, attempts, method, path, headers, body,
-    size, crc, version, idem_key, wants_reply, last_error, reason, finished_at, NULL, NULL, NULL, NULL";
+    size, crc, version, idem_key, wants_reply, last_error, reason, finished_at, NULL, NULL, NULL, NULL, NULL";
 /// How many `COLUMNS` name; a leaf row written before `producer` existed
-/// holds 18, one written before the handoff columns 19; both are padded.
-const COLUMN_COUNT: usize = 22;
+/// holds 18, one written before the handoff columns 19, before `order_key`
+/// 22; all are padded.
+const COLUMN_COUNT: usize = 23;
 const OLDEST_COLUMN_COUNT: usize = 18;
 
 fn read_range(old: &Connection, lo: i64, hi: i64) -> rusqlite::Result<Vec<RawRow>> {
     let query = |columns| format!("SELECT {columns} FROM messages WHERE seq BETWEEN ?1 AND ?2");
     let mut stmt = old
         .prepare_cached(&query(COLUMNS))
+        .or_else(|_| old.prepare_cached(&query(COLUMNS_BEFORE_KEY)))
         .or_else(|_| old.prepare_cached(&query(COLUMNS_BEFORE_HANDOFF)))
         .or_else(|_| old.prepare_cached(&query(COLUMNS_BEFORE_PRODUCER)))?;
     let rows = stmt.query_map(params![lo, hi], |r: &Row<'_>| {
@@ -397,7 +422,7 @@ fn rows_from_leaves(
     let mut found = |r: leaves::LeafRow| {
         let mut row = r.values;
         // A message row: 18 columns (19 since `producer`, 22 since the
-        // handoff's), the first (seq, the rowid) stored as NULL, a state
+        // handoff's, 23 since `order_key`), the first (seq, the rowid) stored as NULL, a state
         // tidegate writes.
         if !(OLDEST_COLUMN_COUNT..=COLUMN_COUNT).contains(&row.len()) || row[0] != Value::Null {
             return;
@@ -542,7 +567,7 @@ fn insert_rows(
         *highest_seen = (*highest_seen).max(seq);
         let state = matches!(row[2], Value::Integer(s) if s == schema::STATE_PENDING || s == schema::STATE_DEAD);
         // Text columns holding bytes that are not text: damaged.
-        const TEXT_COLUMNS: [usize; 9] = [1, 6, 7, 13, 15, 16, 18, 19, 20];
+        const TEXT_COLUMNS: [usize; 10] = [1, 6, 7, 13, 15, 16, 18, 19, 20, 22];
         if TEXT_COLUMNS.iter().any(|&i| matches!(row[i], Value::Blob(_))) {
             if state {
                 lost.insert(seq);
@@ -565,7 +590,7 @@ fn insert_rows(
         let ok = new
             .prepare_cached(&format!(
                 "INSERT OR IGNORE INTO messages ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12,
-                 ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22)"
+                 ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)"
             ))
             .and_then(|mut s| s.execute(rusqlite::params_from_iter(row.iter())));
         match ok {

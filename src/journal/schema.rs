@@ -77,6 +77,13 @@ CREATE TABLE IF NOT EXISTS destinations (
     reason   TEXT NOT NULL,
     head_seq INTEGER
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS halted_keys (
+    dest   TEXT    NOT NULL,
+    key    TEXT    NOT NULL,
+    seq    INTEGER NOT NULL,
+    reason TEXT    NOT NULL,
+    PRIMARY KEY (dest, key)
+) WITHOUT ROWID;
 ";
 
 /// Applies the connection settings every journal connection uses.
@@ -180,6 +187,7 @@ pub fn open_checked(path: &Path) -> Result<Opened, OpenError> {
     add_column(&conn, "messages", "category", "TEXT").map_err(e("schema"))?;
     add_column(&conn, "messages", "routed_from", "TEXT").map_err(e("schema"))?;
     add_column(&conn, "messages", "route_rule", "INTEGER").map_err(e("schema"))?;
+    add_column(&conn, "messages", "order_key", "TEXT").map_err(e("schema"))?;
 
     let version: Option<String> = meta(&conn, "format_version").map_err(e("meta"))?;
     match version.as_deref().map(str::parse::<i64>) {
@@ -244,7 +252,7 @@ pub fn open_checked(path: &Path) -> Result<Opened, OpenError> {
 /// Adds a column a journal from an older build lacks; its rows get NULL.
 /// `idempotency.fingerprint`: a reuse of a key stored without one cannot be
 /// told from a repeat, and is taken as a repeat. `messages.producer`: who
-/// sent it is unknown; `category`, `routed_from`, `route_rule`: none. Either way the format stays readable by the build
+/// sent it is unknown; `category`, `routed_from`, `route_rule`, `order_key`: none. Either way the format stays readable by the build
 /// that wrote it (it names its columns), so the format version is unchanged.
 fn add_column(conn: &Connection, table: &str, column: &str, kind: &str) -> rusqlite::Result<()> {
     let has: bool = conn.query_row(

@@ -160,6 +160,7 @@ fn fresh(seq: u64, m: &NewMessage) -> Message {
         received_at: m.received_at,
         idempotency_key: m.idempotency_key.clone(),
         wants_reply: m.wants_reply,
+        order_key: m.order_key.clone(),
     }
 }
 
@@ -179,6 +180,7 @@ mod tests {
             producer: None,
             category: None,
             routed_from: None,
+            order_key: None,
             received_at: 7,
         })
     }

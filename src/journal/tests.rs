@@ -21,6 +21,7 @@ fn msg(dest: &str, body: &str) -> NewMessage {
         producer: None,
         category: None,
         routed_from: None,
+        order_key: None,
         received_at: now_ms(),
     }
 }
@@ -78,6 +79,82 @@ async fn appended_messages_come_back_in_order_and_leave_on_ack() {
     assert_eq!(j.status(a).await.unwrap().unwrap().state, schema::STATE_DELIVERED);
     // Excluding a leased seq hides it.
     assert!(j.fetch_ready("d", 10, || vec![b]).await.unwrap().messages.is_empty());
+    j.close();
+}
+
+fn keyed(key: Option<&str>, body: &str) -> NewMessage {
+    NewMessage {
+        order_key: key.map(str::to_string),
+        ..msg("d", body)
+    }
+}
+
+/// What a key-ordered worker may take: each key's oldest pending message,
+/// when it is due, its key is not halted and nothing of its key is in
+/// flight; a message without a key stands alone.
+#[tokio::test]
+async fn a_keyed_fetch_gives_each_keys_head_and_only_when_its_key_is_free() {
+    let (_dir, j) = fresh();
+    let a1 = stored(&j, keyed(Some("a"), "a1")).await;
+    let b1 = stored(&j, keyed(Some("b"), "b1")).await;
+    let a2 = stored(&j, keyed(Some("a"), "a2")).await;
+    let none = stored(&j, keyed(None, "n")).await;
+    let c1 = stored(&j, keyed(Some("c"), "c1")).await;
+    let _c2 = stored(&j, keyed(Some("c"), "c2")).await;
+    let fetch = |exclude: Vec<u64>, halted: Vec<&str>| {
+        let j = j.clone();
+        let halted = halted.into_iter().map(String::from).collect();
+        async move { j.fetch_keyed("d", 10, exclude, halted).await.unwrap() }
+    };
+    let due = fetch(vec![], vec![]).await;
+    assert_eq!(seqs_of(&due.messages), vec![a1, b1, none, c1]);
+    assert_eq!(due.messages[0].order_key.as_deref(), Some("a"));
+    // a1 in flight hides a2; c halted hides both of c's.
+    assert_eq!(seqs_of(&fetch(vec![a1], vec!["c"]).await.messages), vec![b1, none]);
+    // a1 waiting for a retry also hides a2, and bounds the sleep.
+    let later = now_ms() + 60_000;
+    j.settle(a1, "d", 1, None, Disposition::Reschedule { visible_at: later })
+        .await
+        .unwrap();
+    let due = fetch(vec![], vec![]).await;
+    assert_eq!(seqs_of(&due.messages), vec![b1, none, c1]);
+    assert_eq!(due.next_due, Some(later));
+    // Once a1 is done, a2 is a's head.
+    j.settle(a1, "d", 2, None, Disposition::Delivered).await.unwrap();
+    assert_eq!(seqs_of(&fetch(vec![b1, none, c1], vec![]).await.messages), vec![a2]);
+    j.close();
+}
+
+/// A halted key is recorded in the commit that reschedules its head, lasts
+/// through a reopen, and is let go once, with or without its head.
+#[tokio::test]
+async fn a_halted_key_is_durable_and_released_once() {
+    let (dir, j) = fresh();
+    let k1 = stored(&j, keyed(Some("k"), "1")).await;
+    let k2 = stored(&j, keyed(Some("k"), "2")).await;
+    let halt = Disposition::HaltKey {
+        key: "k".into(),
+        reason: "permanent".into(),
+    };
+    j.settle(k1, "d", 1, None, halt).await.unwrap();
+    j.close();
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let halted = j.halted_keys().await.unwrap();
+    assert_eq!(halted.len(), 1);
+    assert_eq!((halted[0].key.as_str(), halted[0].seq), ("k", k1));
+    assert_eq!(j.release_key("d", "other", true).await.unwrap(), None);
+    assert_eq!(j.release_key("d", "k", true).await.unwrap(), Some(k1));
+    assert_eq!(j.release_key("d", "k", true).await.unwrap(), None, "released once");
+    let s = j.status(k1).await.unwrap().unwrap();
+    assert_eq!(
+        (s.state, s.reason.as_deref()),
+        (schema::STATE_DEAD, Some("skipped_by_operator"))
+    );
+    assert_eq!(j.queue("d").dead_letters.load(Ordering::Relaxed), 1);
+    assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 1);
+    let due = j.fetch_keyed("d", 10, vec![], vec![]).await.unwrap();
+    assert_eq!(seqs_of(&due.messages), vec![k2]);
+    assert!(j.halted_keys().await.unwrap().is_empty());
     j.close();
 }
 

@@ -46,6 +46,13 @@ pub enum Command {
         dest: String,
         reply: oneshot::Sender<Result<u64>>,
     },
+    ReleaseKey {
+        dest: String,
+        key: String,
+        skip_head: bool,
+        /// The halted head's seq, 0 if the key was not halted.
+        reply: oneshot::Sender<Result<u64>>,
+    },
     SetDestination {
         dest: String,
         record: DestinationRecord,
@@ -404,6 +411,7 @@ fn pending_of(cmd: Command, ans: Answer) -> Pending {
         (Command::Settle { reply, .. }, _) | (Command::SetDestination { reply, .. }, _) => Pending::Unit(reply, Ok(())),
         (Command::Replay { reply, .. }, Answer::Count(n))
         | (Command::Purge { reply, .. }, Answer::Count(n))
+        | (Command::ReleaseKey { reply, .. }, Answer::Count(n))
         | (Command::Sweep { reply, .. }, Answer::Count(n)) => Pending::Count(reply, Ok(n)),
         (cmd, _) => {
             reject(cmd);
@@ -420,9 +428,10 @@ fn reject_with(cmd: Command, err: impl Fn() -> JournalError) {
     let p = match cmd {
         Command::Append { reply, .. } => Pending::Append(reply, Ok(Appended::QueueFull)),
         Command::Settle { reply, .. } | Command::SetDestination { reply, .. } => Pending::Unit(reply, Ok(())),
-        Command::Replay { reply, .. } | Command::Purge { reply, .. } | Command::Sweep { reply, .. } => {
-            Pending::Count(reply, Ok(0))
-        }
+        Command::Replay { reply, .. }
+        | Command::Purge { reply, .. }
+        | Command::ReleaseKey { reply, .. }
+        | Command::Sweep { reply, .. } => Pending::Count(reply, Ok(0)),
         Command::Close { reply } => {
             let _ = reply.send(());
             return;
@@ -506,6 +515,9 @@ fn apply(
             };
             Ok((Answer::Count(n), eff))
         }
+        Command::ReleaseKey {
+            dest, key, skip_head, ..
+        } => release_key(tx, dest, key, *skip_head),
         Command::SetDestination { dest, record, .. } => {
             tx.execute(
                 "INSERT INTO destinations (dest, state, reason, head_seq) VALUES (?1, ?2, ?3, ?4)
@@ -587,8 +599,8 @@ fn append(
     let seq = *next_seq;
     tx.prepare_cached(
         "INSERT INTO messages (seq, dest, state, visible_at, received_at, method, path, headers, body, size, crc,
-         version, idem_key, wants_reply, producer, category, routed_from, route_rule)
-         VALUES (?1, ?2, 0, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+         version, idem_key, wants_reply, producer, category, routed_from, route_rule, order_key)
+         VALUES (?1, ?2, 0, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?
     .execute(params![
         seq,
@@ -606,7 +618,8 @@ fn append(
         msg.producer,
         msg.category,
         msg.routed_from.as_ref().map(|r| &r.0),
-        msg.routed_from.as_ref().map(|r| r.1)
+        msg.routed_from.as_ref().map(|r| r.1),
+        msg.order_key
     ])?;
     *next_seq += 1;
     if let Some(key) = &msg.idempotency_key {
@@ -680,12 +693,23 @@ fn settle(
             .query_row(params![seq, state, attempts, last_error, now, reason], |r| r.get(0))
             .optional()?
         }
-        Disposition::Reschedule { visible_at } => {
+        Disposition::Reschedule { .. } | Disposition::HaltKey { .. } => {
+            let visible_at = match disposition {
+                Disposition::Reschedule { visible_at } => *visible_at,
+                _ => 0,
+            };
             let n = tx
                 .prepare_cached(
                     "UPDATE messages SET attempts = ?2, last_error = ?3, visible_at = ?4 WHERE seq = ?1 AND state = ?5",
                 )?
                 .execute(params![seq, attempts, last_error, visible_at, STATE_PENDING])?;
+            if let (Disposition::HaltKey { key, reason }, true) = (disposition, n > 0) {
+                tx.prepare_cached(
+                    "INSERT INTO halted_keys (dest, key, seq, reason) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(dest, key) DO UPDATE SET seq = excluded.seq, reason = excluded.reason",
+                )?
+                .execute(params![dest, key, seq, reason])?;
+            }
             let eff = Effect {
                 dest: Some(dest.to_string()),
                 ready: n > 0,
@@ -711,6 +735,44 @@ fn settle(
         ..Effect::default()
     };
     Ok((Answer::Unit, eff))
+}
+
+/// Forgets a halted key; with `skip_head`, dead-letters its head too.
+fn release_key(tx: &Transaction<'_>, dest: &str, key: &str, skip_head: bool) -> rusqlite::Result<(Answer, Effect)> {
+    let seq: Option<i64> = tx
+        .query_row(
+            "DELETE FROM halted_keys WHERE dest = ?1 AND key = ?2 RETURNING seq",
+            params![dest, key],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(seq) = seq else {
+        return Ok((Answer::Count(0), Effect::default()));
+    };
+    let mut eff = Effect {
+        dest: Some(dest.to_string()),
+        ready: true,
+        ..Effect::default()
+    };
+    if skip_head {
+        // The dead letter keeps the failure that halted the key: it is what
+        // the operator replays it after fixing.
+        let size: Option<i64> = tx
+            .query_row(
+                "UPDATE messages SET state = ?2, finished_at = ?3, reason = 'skipped_by_operator'
+                 WHERE seq = ?1 AND state = 0 RETURNING size",
+                params![seq, STATE_DEAD, now_ms()],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(size) = size {
+            eff.depth = -1;
+            eff.bytes = -size;
+            eff.dead = 1;
+            eff.settled = Some(seq as u64);
+        }
+    }
+    Ok((Answer::Count(seq as u64), eff))
 }
 
 /// WAL frames (8 MiB of 4 KiB pages) past which the writer restarts the WAL

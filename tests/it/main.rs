@@ -17,6 +17,7 @@ mod hostile;
 mod lifecycle;
 mod openapi;
 mod operations;
+mod ordering;
 mod problems;
 mod producers;
 mod rate;
