@@ -15,3 +15,14 @@ local token = os.getenv("TIDEGATE_BENCH_TOKEN")
 if token and token ~= "" then
   wrk.headers["Authorization"] = "Bearer " .. token
 end
+-- With BENCH_KEYS set (ordering.sh), each request carries X-Ordering-Key,
+-- cycling through that many keys.
+local keys = tonumber(os.getenv("BENCH_KEYS") or "")
+if keys then
+  local n = 0
+  request = function()
+    n = n + 1
+    wrk.headers["X-Ordering-Key"] = "k" .. (n % keys)
+    return wrk.format()
+  end
+end

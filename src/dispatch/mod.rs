@@ -136,7 +136,7 @@ impl Destination {
             .collect()
     }
 
-    fn halted_key_names(&self) -> Vec<String> {
+    fn halted_key_names(&self) -> HashSet<String> {
         self.halted_keys
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -27,6 +27,8 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
     // The ordering the buffered messages were fetched under: a reload that
     // changes it must not let them out of their new order.
     let mut buffered_as = d.config().queue.ordering;
+    // Where the next keyed fetch starts its round of the keys.
+    let mut key_cursor = String::new();
     loop {
         if *shutdown.borrow() {
             break;
@@ -65,7 +67,7 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
         };
         if buffer.is_empty() {
             let prefetch = (max_in_flight as usize * 2).clamp(4, 128);
-            let leased = || {
+            let leased = || -> Vec<u64> {
                 d.in_flight_seqs
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -75,9 +77,15 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
             };
             let ready = d.queue.ready.notified();
             let fetched = if keyed {
-                ctx.journal
-                    .fetch_keyed(&d.name, prefetch, leased(), d.halted_key_names())
-                    .await
+                let in_flight = d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let fetched = ctx
+                    .journal
+                    .fetch_keyed(&d.name, prefetch, in_flight, d.halted_key_names(), key_cursor.clone())
+                    .await;
+                fetched.map(|(due, cursor)| {
+                    key_cursor = cursor;
+                    due
+                })
             } else {
                 ctx.journal.fetch_ready(&d.name, prefetch, leased).await
             };

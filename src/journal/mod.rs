@@ -649,19 +649,28 @@ impl Journal {
     /// Up to `limit` messages of a key-ordered `dest` that may be attempted
     /// now: the oldest pending message of each key, when it is due, its key
     /// is not `halted`, and no message of its key is in flight (`exclude`;
-    /// one in flight is pending, so it hides its key's later messages). A
-    /// message without a key (accepted before the destination ordered by
-    /// key) is a key of its own. Also when the first head not yet due
-    /// becomes visible.
+    /// one in flight is pending, so it is its key's head and hides the
+    /// rest). A message without a key (accepted before the destination
+    /// ordered by key) is a key of its own. Keys are visited round robin
+    /// from after `after`; also returned: the last key visited (the next
+    /// fetch's `after`), and when the first head not yet due becomes
+    /// visible.
     ///
     /// A look, not a hand-out: the tail is not used (it would hand out new
     /// messages without regard to their keys), so nothing needs giving back.
-    pub async fn fetch_keyed(&self, dest: &str, limit: usize, exclude: Vec<u64>, halted: Vec<String>) -> Result<Due> {
+    pub async fn fetch_keyed(
+        &self,
+        dest: &str,
+        limit: usize,
+        exclude: std::collections::HashSet<u64>,
+        halted: std::collections::HashSet<String>,
+        after: String,
+    ) -> Result<(Due, String)> {
         self.queue(dest).tail.stop();
         let d = dest.to_string();
         let now = now_ms();
-        let ready = self
-            .read(move |r| r.fetch_keyed(&d, now, limit, &exclude, &halted))
+        let (ready, cursor) = self
+            .read(move |r| r.fetch_keyed(&d, now, limit, &exclude, &halted, &after))
             .await?;
         let mut messages = Vec::with_capacity(ready.messages.len());
         for f in ready.messages {
@@ -670,10 +679,13 @@ impl Journal {
                 Err(seq) => self.quarantine(dest, seq).await?,
             }
         }
-        Ok(Due {
-            messages,
-            next_due: ready.next_due,
-        })
+        Ok((
+            Due {
+                messages,
+                next_due: ready.next_due,
+            },
+            cursor,
+        ))
     }
 
     pub async fn purge_dead_letters(&self, dest: &str) -> Result<u64> {

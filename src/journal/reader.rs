@@ -1,7 +1,7 @@
 //! Read connections: a small pool used from `spawn_blocking`, so reads never
 //! wait behind the writer (WAL readers see the last committed batch).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -63,12 +63,21 @@ pub(crate) struct Reader {
 const READY_SCAN_SQL: &str = "SELECT seq, visible_at FROM messages INDEXED BY messages_ready
      WHERE dest = ?1 AND state = 0 ORDER BY visible_at, seq";
 
-/// A key-ordered queue in seq order, with what deciding its heads needs.
-const KEYED_SCAN_SQL: &str = "SELECT seq, order_key, visible_at FROM messages INDEXED BY messages_pending
+/// A key-ordered queue from its oldest message, with what deciding its
+/// heads needs.
+const KEYED_WINDOW_SQL: &str = "SELECT seq, order_key, visible_at FROM messages INDEXED BY messages_pending
      WHERE dest = ?1 AND state = 0 ORDER BY seq";
 
-/// Most pending rows one keyed fetch looks at.
-const KEYED_SCAN_LIMIT: usize = 20_000;
+/// How many of the oldest pending messages a keyed fetch reads in order.
+const KEYED_WINDOW: usize = 512;
+
+/// The head of the first key after ?2: one seek in `messages_keyed`,
+/// answered from the index alone.
+const KEY_HEAD_SQL: &str = "SELECT order_key, seq, visible_at FROM messages INDEXED BY messages_keyed
+     WHERE dest = ?1 AND state = 0 AND order_key IS NOT NULL AND order_key > ?2 ORDER BY order_key, seq LIMIT 1";
+
+/// Most keys one keyed fetch looks at past the window.
+const KEYS_PER_FETCH: usize = 1024;
 
 /// One message by its seq, if it is still pending.
 static FETCH_ONE_SQL: std::sync::LazyLock<String> =
@@ -242,38 +251,52 @@ impl Reader {
         Ok((Due { messages, next_due }, last_seq as u64))
     }
 
-    /// See `Journal::fetch_keyed`. One pass over the pending messages in
-    /// seq order: the first message seen of each key is its head; a head
-    /// that is due, not in flight and not halted is taken. The pass stops
-    /// after `KEYED_SCAN_LIMIT` rows, so a key with a huge backlog in front
-    /// of the others delays them (their heads are found as it drains) but
-    /// never makes a fetch read the whole queue.
+    /// See `Journal::fetch_keyed`. Two walks, one read transaction:
+    /// - the window: the oldest `KEYED_WINDOW` pending messages in seq
+    ///   order; the first seen of each key is its head, a message without a
+    ///   key stands alone. When keys interleave (the usual case) this finds
+    ///   every head there is to take, oldest first, at the cost of reading
+    ///   the rows in front;
+    /// - only when the window holds fewer free heads than there is room
+    ///   for and more messages lie behind it (a key with a large backlog in
+    ///   front): key by key through `messages_keyed`, one index seek per key
+    ///   for its head, round robin from after `after`, at most
+    ///   `KEYS_PER_FETCH` keys. So a fetch costs about the same whether a
+    ///   key has one message waiting or a million, and every key gets its
+    ///   turn.
+    ///
+    /// A head is taken when it is due, not in flight (`exclude`) and its key
+    /// is not halted. Also returned: the last key the second walk looked
+    /// at (`after` if it did not run), where the next one starts.
     pub fn fetch_keyed(
         &self,
         dest: &str,
         now: i64,
         limit: usize,
-        exclude: &[u64],
-        halted: &[String],
-    ) -> rusqlite::Result<Due<Fetched>> {
+        exclude: &HashSet<u64>,
+        halted: &HashSet<String>,
+        after: &str,
+    ) -> rusqlite::Result<(Due<Fetched>, String)> {
         let snapshot = self.conn.unchecked_transaction()?;
-        let mut seen: std::collections::HashSet<String> = halted.iter().cloned().collect();
         let mut due = Vec::with_capacity(limit);
         let mut next_due: Option<i64> = None;
+        let mut later = |at: i64| next_due = Some(next_due.map_or(at, |n: i64| n.min(at)));
+        let mut seen: HashSet<String> = halted.clone();
+        let mut window_full = false;
         {
-            let mut scan = self.conn.prepare_cached(KEYED_SCAN_SQL)?;
+            let mut scan = self.conn.prepare_cached(KEYED_WINDOW_SQL)?;
             let mut rows = scan.query([dest])?;
             let mut scanned = 0;
             while let Some(row) = rows.next()? {
                 scanned += 1;
-                if scanned > KEYED_SCAN_LIMIT {
+                if scanned > KEYED_WINDOW {
+                    window_full = true;
                     break;
                 }
                 let seq = row.get::<_, i64>(0)? as u64;
                 // A damaged key (outside the checksum) reads as none: that
                 // message is then ordered by nothing, not stalled forever.
-                let key: Option<String> = row.get(1).ok().flatten();
-                if let Some(k) = key {
+                if let Some(k) = row.get::<_, Option<String>>(1).ok().flatten() {
                     if !seen.insert(k) {
                         continue; // not its key's head
                     }
@@ -281,15 +304,53 @@ impl Reader {
                 if exclude.contains(&seq) {
                     continue;
                 }
+                // A damaged `visible_at` (outside the checksum) means "due now".
                 let visible_at: i64 = row.get(2).unwrap_or(0);
                 if visible_at > now {
-                    next_due = Some(next_due.map_or(visible_at, |n| n.min(visible_at)));
+                    later(visible_at);
                     continue;
                 }
                 due.push(seq);
                 if due.len() >= limit {
                     break;
                 }
+            }
+        }
+        let mut cursor = after.to_string();
+        if window_full && due.len() < limit {
+            let mut head = self.conn.prepare_cached(KEY_HEAD_SQL)?;
+            let mut wrapped = false;
+            let mut looked = 0;
+            while due.len() < limit && looked < KEYS_PER_FETCH {
+                let next = head
+                    .query_row(params![dest, cursor], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, i64>(1)? as u64,
+                            r.get::<_, i64>(2).unwrap_or(0),
+                        ))
+                    })
+                    .optional()?;
+                let Some((key, seq, visible_at)) = next else {
+                    if wrapped || after.is_empty() {
+                        break;
+                    }
+                    wrapped = true;
+                    cursor.clear();
+                    continue;
+                };
+                if wrapped && key.as_str() > after {
+                    break; // round to where this walk began
+                }
+                looked += 1;
+                // Keys the window saw were decided there.
+                let free = !seen.contains(&key) && !exclude.contains(&seq);
+                if free && visible_at > now {
+                    later(visible_at);
+                } else if free {
+                    due.push(seq);
+                }
+                cursor = key;
             }
         }
         let mut one = self.conn.prepare_cached(&FETCH_ONE_SQL)?;
@@ -301,7 +362,7 @@ impl Reader {
         }
         drop(one);
         snapshot.commit()?;
-        Ok(Due { messages, next_due })
+        Ok((Due { messages, next_due }, cursor))
     }
 
     pub fn halted_keys(&self) -> rusqlite::Result<Vec<HaltedKey>> {
@@ -456,5 +517,23 @@ mod tests {
             .query_row(&format!("EXPLAIN QUERY PLAN {READY_SCAN_SQL}"), ["d"], |r| r.get(3))
             .unwrap();
         assert!(plan.contains("COVERING INDEX messages_ready"), "{plan}");
+    }
+
+    /// A key's head is one seek in the keyed index, whatever its backlog:
+    /// never a scan of the queue, never a read of a row.
+    #[test]
+    fn a_keys_head_is_one_seek_in_the_keyed_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(schema::DB_FILE);
+        let conn = schema::open_checked(&path).unwrap().conn;
+        let plan: String = conn
+            .query_row(&format!("EXPLAIN QUERY PLAN {KEY_HEAD_SQL}"), params!["d", "k"], |r| {
+                r.get(3)
+            })
+            .unwrap();
+        assert!(
+            plan.contains("COVERING INDEX messages_keyed (dest=? AND order_key>?)"),
+            "{plan}"
+        );
     }
 }

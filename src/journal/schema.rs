@@ -86,6 +86,12 @@ CREATE TABLE IF NOT EXISTS halted_keys (
 ) WITHOUT ROWID;
 ";
 
+/// The heads of a key-ordered queue, key by key (`Reader::fetch_keyed`).
+/// Partial: messages of destinations that do not order by key carry no
+/// key, and cost nothing here.
+const KEYED_INDEX: &str = "CREATE INDEX IF NOT EXISTS messages_keyed ON messages(dest, order_key, seq, visible_at)
+     WHERE state = 0 AND order_key IS NOT NULL;";
+
 /// Applies the connection settings every journal connection uses.
 pub fn configure(conn: &Connection, writer: bool) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(10))?;
@@ -188,6 +194,8 @@ pub fn open_checked(path: &Path) -> Result<Opened, OpenError> {
     add_column(&conn, "messages", "routed_from", "TEXT").map_err(e("schema"))?;
     add_column(&conn, "messages", "route_rule", "INTEGER").map_err(e("schema"))?;
     add_column(&conn, "messages", "order_key", "TEXT").map_err(e("schema"))?;
+    // After the column it covers: a journal from before it gains both.
+    conn.execute_batch(KEYED_INDEX).map_err(e("schema"))?;
 
     let version: Option<String> = meta(&conn, "format_version").map_err(e("meta"))?;
     match version.as_deref().map(str::parse::<i64>) {

@@ -91,37 +91,76 @@ fn keyed(key: Option<&str>, body: &str) -> NewMessage {
 
 /// What a key-ordered worker may take: each key's oldest pending message,
 /// when it is due, its key is not halted and nothing of its key is in
-/// flight; a message without a key stands alone.
+/// flight; a message without a key (from before the destination ordered
+/// by key) stands alone.
 #[tokio::test]
 async fn a_keyed_fetch_gives_each_keys_head_and_only_when_its_key_is_free() {
     let (_dir, j) = fresh();
+    let none = stored(&j, keyed(None, "n")).await;
     let a1 = stored(&j, keyed(Some("a"), "a1")).await;
     let b1 = stored(&j, keyed(Some("b"), "b1")).await;
     let a2 = stored(&j, keyed(Some("a"), "a2")).await;
-    let none = stored(&j, keyed(None, "n")).await;
     let c1 = stored(&j, keyed(Some("c"), "c1")).await;
     let _c2 = stored(&j, keyed(Some("c"), "c2")).await;
     let fetch = |exclude: Vec<u64>, halted: Vec<&str>| {
         let j = j.clone();
         let halted = halted.into_iter().map(String::from).collect();
-        async move { j.fetch_keyed("d", 10, exclude, halted).await.unwrap() }
+        async move {
+            j.fetch_keyed("d", 10, exclude.into_iter().collect(), halted, String::new())
+                .await
+                .unwrap()
+                .0
+        }
     };
     let due = fetch(vec![], vec![]).await;
-    assert_eq!(seqs_of(&due.messages), vec![a1, b1, none, c1]);
-    assert_eq!(due.messages[0].order_key.as_deref(), Some("a"));
+    assert_eq!(seqs_of(&due.messages), vec![none, a1, b1, c1]);
+    assert_eq!(due.messages[1].order_key.as_deref(), Some("a"));
     // a1 in flight hides a2; c halted hides both of c's.
-    assert_eq!(seqs_of(&fetch(vec![a1], vec!["c"]).await.messages), vec![b1, none]);
+    assert_eq!(seqs_of(&fetch(vec![none, a1], vec!["c"]).await.messages), vec![b1]);
     // a1 waiting for a retry also hides a2, and bounds the sleep.
     let later = now_ms() + 60_000;
     j.settle(a1, "d", 1, None, Disposition::Reschedule { visible_at: later })
         .await
         .unwrap();
-    let due = fetch(vec![], vec![]).await;
-    assert_eq!(seqs_of(&due.messages), vec![b1, none, c1]);
+    let due = fetch(vec![none], vec![]).await;
+    assert_eq!(seqs_of(&due.messages), vec![b1, c1]);
     assert_eq!(due.next_due, Some(later));
     // Once a1 is done, a2 is a's head.
     j.settle(a1, "d", 2, None, Disposition::Delivered).await.unwrap();
-    assert_eq!(seqs_of(&fetch(vec![b1, none, c1], vec![]).await.messages), vec![a2]);
+    assert_eq!(seqs_of(&fetch(vec![none, b1, c1], vec![]).await.messages), vec![a2]);
+    j.close();
+}
+
+/// A key with a backlog longer than the window in front of the others
+/// does not hide them: past the window, keys are found by their index,
+/// and take turns.
+#[tokio::test]
+async fn keys_behind_a_long_backlog_are_found_and_take_turns() {
+    let (_dir, j) = fresh();
+    let mut hot = Vec::new();
+    for i in 0..600 {
+        hot.push(stored(&j, keyed(Some("hot"), &i.to_string())).await);
+    }
+    let a = stored(&j, keyed(Some("a"), "a")).await;
+    let b = stored(&j, keyed(Some("b"), "b")).await;
+    let c = stored(&j, keyed(Some("c"), "c")).await;
+    let fetch = |limit: usize, after: String| {
+        let j = j.clone();
+        let in_flight = [hot[0]].into_iter().collect();
+        async move {
+            j.fetch_keyed("d", limit, in_flight, Default::default(), after)
+                .await
+                .unwrap()
+        }
+    };
+    let (due, _) = fetch(10, String::new()).await;
+    assert_eq!(seqs_of(&due.messages), vec![a, b, c], "hot's head is in flight");
+    let (due, cursor) = fetch(1, "a".into()).await;
+    assert_eq!((seqs_of(&due.messages), cursor.as_str()), (vec![b], "b"));
+    let (due, cursor) = fetch(1, cursor).await;
+    assert_eq!((seqs_of(&due.messages), cursor.as_str()), (vec![c], "c"));
+    let (due, cursor) = fetch(1, cursor).await;
+    assert_eq!((seqs_of(&due.messages), cursor.as_str()), (vec![a], "a"), "round again");
     j.close();
 }
 
@@ -152,7 +191,10 @@ async fn a_halted_key_is_durable_and_released_once() {
     );
     assert_eq!(j.queue("d").dead_letters.load(Ordering::Relaxed), 1);
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 1);
-    let due = j.fetch_keyed("d", 10, vec![], vec![]).await.unwrap();
+    let (due, _) = j
+        .fetch_keyed("d", 10, Default::default(), Default::default(), String::new())
+        .await
+        .unwrap();
     assert_eq!(seqs_of(&due.messages), vec![k2]);
     assert!(j.halted_keys().await.unwrap().is_empty());
     j.close();
