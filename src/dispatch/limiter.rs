@@ -37,6 +37,15 @@ const ROUND_AT_MOST: Duration = Duration::from_secs(1);
 const PROBE_SHARE: f64 = 0.01;
 /// Recovery is fast up to this share of the ceiling.
 const FAST_UP_TO: f64 = 0.9;
+/// Below a ceiling drawn by a refusal that carried `Retry-After`, the rate
+/// climbs to this share of it and holds there until the ceiling is
+/// forgotten: there, each probe past the limit costs a whole pause (one
+/// `Retry-After: 1` a few seconds is a fifth of the allowance), so the
+/// limit is probed once per `CEILING_MEMORY`, not every few seconds.
+const HOLD_BELOW_PAUSING: f64 = 0.95;
+/// ...provided the downstream took at least this share of that rate over
+/// the last second.
+const HELD_WHEN_ACCEPTED: f64 = 0.5;
 /// A ceiling is forgotten after this long without a 429 or 503: the
 /// downstream's capacity may have changed.
 const CEILING_MEMORY: Duration = Duration::from_secs(60);
@@ -69,6 +78,8 @@ struct State {
     recovered: bool,
     /// The effective rate in force when the downstream last pushed back.
     ceiling: Option<f64>,
+    /// Whether that push-back came with a pause (`Retry-After`).
+    ceiling_paused: bool,
     /// The adaptive cap on attempts in flight (below `max_in_flight`): a
     /// downstream that limits concurrency refuses on the number in flight,
     /// whatever the rate. `None`: no cap beyond the configured one.
@@ -176,6 +187,7 @@ impl Limiter {
                 last_decrease: None,
                 recovered: false,
                 ceiling: None,
+                ceiling_paused: false,
                 in_flight_cap: None,
                 in_flight_ceiling: None,
                 cap_calm: 0,
@@ -343,6 +355,10 @@ impl Limiter {
                     Some(k) if !informative => Some(k.max(e)),
                     _ => Some(e),
                 };
+                // Held below only when the downstream had been taking
+                // about that rate: a refusal of the first attempts says
+                // nothing of where its limit is.
+                s.ceiling_paused = retry_after.is_some() && accepted >= e * HELD_WHEN_ACCEPTED;
                 s.effective = Some(cut);
                 s.rebuild_bucket();
             }
@@ -360,7 +376,8 @@ impl Limiter {
 
     /// Called once a second: a second without 429/503 raises the effective
     /// rate, by 5% of the configured rate up to 90% of the ceiling, by 1%
-    /// of the ceiling beyond it, and never past the configured rate.
+    /// of the ceiling beyond it (only up to 95% of a ceiling drawn with
+    /// `Retry-After`), and never past the configured rate.
     pub fn tick(&self) {
         let mut s = self.state();
         if s.last_slowdown.is_none_or(|t| t.elapsed() >= CEILING_MEMORY) {
@@ -379,10 +396,14 @@ impl Limiter {
             return;
         }
         let fast_up_to = s.ceiling.map_or(c, |k| k * FAST_UP_TO);
+        let probe_up_to = match s.ceiling {
+            Some(k) if s.ceiling_paused => k * HOLD_BELOW_PAUSING,
+            _ => f64::INFINITY,
+        };
         let raised = if e < fast_up_to {
             (e + c * RECOVERY_SHARE).min(fast_up_to)
         } else {
-            e + s.ceiling.unwrap_or(c) * PROBE_SHARE
+            (e + s.ceiling.unwrap_or(c) * PROBE_SHARE).min(probe_up_to.max(e))
         }
         .min(c);
         s.effective = Some(raised);
@@ -421,6 +442,32 @@ mod tests {
             l.slow_down(None, Instant::now(), 1);
         }
         assert_eq!(l.effective(), Some(1.0));
+    }
+
+    /// A ceiling drawn by a refusal with `Retry-After`, at a rate the
+    /// downstream had been taking, is approached to 95% and held there
+    /// until it is forgotten: probing it would cost a pause each time.
+    #[tokio::test(start_paused = true)]
+    async fn below_a_ceiling_that_paused_the_rate_holds_instead_of_probing() {
+        let l = Limiter::new(Some(1000.0), 10, true);
+        l.slow_down(None, Instant::now(), 1);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        // It had been taking 300/s (six successes in the last second,
+        // counted as 50/s each here) when it refused 500/s with Retry-After.
+        for _ in 0..6 {
+            l.note_success(Instant::now());
+        }
+        tokio::time::advance(Duration::from_millis(10)).await;
+        l.slow_down(Some(Duration::from_secs(1)), Instant::now(), 1);
+        assert_eq!(l.effective(), Some(285.0), "cut to 95% of what it took");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        for _ in 0..30 {
+            l.tick();
+        }
+        assert_eq!(l.effective(), Some(475.0), "95% of 500, held");
+        tokio::time::advance(CEILING_MEMORY).await;
+        l.tick();
+        assert_eq!(l.effective(), Some(525.0), "forgotten: recovering again");
     }
 
     #[tokio::test(start_paused = true)]

@@ -93,6 +93,18 @@ pub fn decide(f: &Facts<'_>) -> (Step, StateChange) {
         "max_age"
     };
     let delay = || backoff(f.retry, f.attempts, f.jitter_draw, f.retry_after);
+    // A refusal that says when to come back (429 or 503 with Retry-After)
+    // is the downstream pacing tidegate, not failing the message: the
+    // message goes back in line at that time, not on its exponential
+    // schedule (which would hold it long after the downstream is ready:
+    // the adaptive rate paces the destination as a whole), it does not
+    // count toward `degraded`, and it does not use up `max_attempts`
+    // (`max_age` still bounds it). SPEC §4's "at least its value" holds.
+    if let (Retry | Buffer | Halt, Transient, Some(told)) = (f.mode, f.class, f.retry_after) {
+        if f.age < f.retry.max_age {
+            return (Step::Retry { delay: told }, StateChange::None);
+        }
+    }
     match (f.mode, f.class) {
         (_, Delivered) => unreachable!("handled above"),
         (Retry, Permanent) | (Buffer, Permanent) => (
@@ -296,6 +308,39 @@ mod tests {
                 delay: Duration::from_secs(7)
             }
         );
+    }
+
+    /// Told when to come back, a message comes back then: not later on
+    /// its exponential schedule, not dead-lettered by its attempt count,
+    /// and the destination does not degrade; only `max_age` ends it.
+    #[test]
+    fn a_refusal_that_says_when_is_paced_not_failed() {
+        let p = policy();
+        for mode in [FailureMode::Retry, FailureMode::Buffer, FailureMode::Halt] {
+            let mut f = facts(mode, Class::Transient, 40, &p);
+            f.retry_after = Some(Duration::from_millis(300));
+            f.consecutive_transient = 10;
+            assert_eq!(
+                decide(&f),
+                (
+                    Step::Retry {
+                        delay: Duration::from_millis(300)
+                    },
+                    StateChange::None
+                ),
+                "{mode:?}"
+            );
+            f.age = p.max_age;
+            if mode != FailureMode::Buffer {
+                assert!(
+                    !matches!(decide(&f).0, Step::Retry { .. }),
+                    "{mode:?}: max_age still ends it"
+                );
+            }
+        }
+        let mut f = facts(FailureMode::Log, Class::Transient, 1, &p);
+        f.retry_after = Some(Duration::from_secs(1));
+        assert!(matches!(decide(&f).0, Step::Drop { .. }), "log mode drops as before");
     }
 
     proptest! {

@@ -385,7 +385,10 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
             Outcome::Transient { .. } => Class::Transient,
             Outcome::Permanent { .. } => Class::Permanent,
         };
+        let retry_after = response.and_then(|r| r.retry_after);
         let consecutive = match class {
+            // Pacing (a refusal that says when), not failing: see `policy`.
+            Class::Transient if retry_after.is_some() => d.consecutive_transient.load(Ordering::Relaxed),
             Class::Transient => d.consecutive_transient.fetch_add(1, Ordering::Relaxed) + 1,
             _ => {
                 d.consecutive_transient.store(0, Ordering::Relaxed);
@@ -400,7 +403,7 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
             age,
             retry: &cfg.retry,
             consecutive_transient: consecutive,
-            retry_after: response.and_then(|r| r.retry_after),
+            retry_after,
             jitter_draw: rand::random::<f64>(),
         };
         let (step, change) = policy::decide(&facts);
