@@ -89,3 +89,12 @@ start_nginx_202() {
   }
 CONF
 }
+
+# start_nginx_200: one nginx worker answering every request `200` on
+# $P_OK: the fast downstream the relay and ordering scripts deliver to.
+start_nginx_200() {
+  P_OK=$(free_port)
+  start_nginx 1 <<CONF
+  server { listen 127.0.0.1:$P_OK; location / { client_max_body_size 2m; return 200 '{"ok":true}'; } }
+CONF
+}

@@ -23,10 +23,7 @@ need nginx nginx-light
 cargo build --release --quiet
 . loadtests/lib.sh
 
-P_OK=$(free_port)
-start_nginx 1 <<CONF
-  server { listen 127.0.0.1:$P_OK; location / { client_max_body_size 2m; return 200 '{"ok":true}'; } }
-CONF
+start_nginx_200
 
 config() { # ORDERING
   tidegate_config_head

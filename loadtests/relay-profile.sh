@@ -14,10 +14,7 @@ CONNS=${2:-32}
 PERF_OUT=${PERF_OUT:-target/relay.perf.data}
 cargo build --release --quiet
 . loadtests/lib.sh
-P_OK=$(free_port)
-start_nginx 1 <<CONF
-  server { listen 127.0.0.1:$P_OK; location / { client_max_body_size 2m; return 200 '{"ok":true}'; } }
-CONF
+start_nginx_200
 { tidegate_config_head; printf '[log]\nlevel = "warn"\n'; relay_destination "http://127.0.0.1:$P_OK/relay"; } > "$work/tidegate.toml"
 start_tidegate "$work/tidegate.toml"
 delivered() { curl -s "http://$ADMIN/v1/destinations/relay" | python3 -c 'import json,sys; print(json.load(sys.stdin)["counters"]["delivered"])'; }

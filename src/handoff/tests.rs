@@ -2,15 +2,11 @@ use serde_json::json;
 
 use super::*;
 
+/// A spec with nothing set (an empty `[destination.handoff]` table).
 fn spec() -> Spec {
     Spec {
-        schema: None,
-        transform: None,
-        format: Format::Json,
-        csv: None,
-        category: None,
-        routes: Vec::new(),
         key: None,
+        ..Spec::key_only(String::new())
     }
 }
 
