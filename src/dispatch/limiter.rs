@@ -351,14 +351,17 @@ impl Limiter {
                 .max((accepted * ACCEPTED_SHARE).min(e * LEAST_CUT))
                 .max(c * FLOOR_SHARE);
             if cut < e {
-                s.ceiling = match s.ceiling {
-                    Some(k) if !informative => Some(k.max(e)),
-                    _ => Some(e),
-                };
                 // Held below only when the downstream had been taking
                 // about that rate: a refusal of the first attempts says
-                // nothing of where its limit is.
-                s.ceiling_paused = retry_after.is_some() && accepted >= e * HELD_WHEN_ACCEPTED;
+                // nothing of where its limit is. When it had, what it took
+                // is the better ceiling: it refused the rest.
+                let held = retry_after.is_some() && accepted >= e * HELD_WHEN_ACCEPTED;
+                let drawn = if held { accepted.min(e) } else { e };
+                s.ceiling = match s.ceiling {
+                    Some(k) if !informative => Some(k.max(drawn)),
+                    _ => Some(drawn),
+                };
+                s.ceiling_paused = held;
                 s.effective = Some(cut);
                 s.rebuild_bucket();
             }
@@ -444,16 +447,17 @@ mod tests {
         assert_eq!(l.effective(), Some(1.0));
     }
 
-    /// A ceiling drawn by a refusal with `Retry-After`, at a rate the
-    /// downstream had been taking, is approached to 95% and held there
-    /// until it is forgotten: probing it would cost a pause each time.
+    /// A refusal with `Retry-After` at a rate the downstream had mostly
+    /// been taking sets the ceiling at what it took; the rate holds at 95%
+    /// of that until it is forgotten: probing would cost a pause each time.
     #[tokio::test(start_paused = true)]
     async fn below_a_ceiling_that_paused_the_rate_holds_instead_of_probing() {
         let l = Limiter::new(Some(1000.0), 10, true);
         l.slow_down(None, Instant::now(), 1);
         tokio::time::advance(Duration::from_millis(10)).await;
         // It had been taking 300/s (six successes in the last second,
-        // counted as 50/s each here) when it refused 500/s with Retry-After.
+        // counted as 50/s each here) when it refused 500/s with Retry-After:
+        // 300 is the ceiling, and the cut goes to 95% of it.
         for _ in 0..6 {
             l.note_success(Instant::now());
         }
@@ -464,10 +468,10 @@ mod tests {
         for _ in 0..30 {
             l.tick();
         }
-        assert_eq!(l.effective(), Some(475.0), "95% of 500, held");
+        assert_eq!(l.effective(), Some(285.0), "95% of the 300 it took, held");
         tokio::time::advance(CEILING_MEMORY).await;
         l.tick();
-        assert_eq!(l.effective(), Some(525.0), "forgotten: recovering again");
+        assert_eq!(l.effective(), Some(335.0), "forgotten: recovering again");
     }
 
     #[tokio::test(start_paused = true)]
