@@ -76,6 +76,13 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
                     .collect()
             };
             let ready = d.queue.ready.notified();
+            // Registered before the read, so an attempt that ends during
+            // it still wakes the worker: under key ordering that end is
+            // what frees its key's next message, and a wake-up missed here
+            // would wait for the idle re-check.
+            let settled = d.settled.notified();
+            tokio::pin!(settled);
+            settled.as_mut().enable();
             let fetched = if keyed {
                 let in_flight = d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let fetched = ctx
@@ -94,7 +101,7 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
                 Ok(due) => {
                     tokio::select! {
                         _ = ready => {}
-                        _ = d.settled.notified() => {}
+                        _ = settled => {}
                         _ = tokio::time::sleep(idle_wait(due.next_due)) => {}
                         _ = kick.changed() => {}
                         _ = shutdown.changed() => {}
