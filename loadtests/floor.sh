@@ -17,12 +17,11 @@ cd "$(dirname "$0")/.."
 ROUNDS=${1:-5}
 DURATION=${2:-10s}
 
-need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
+. loadtests/lib.sh
 need wrk wrk
 need nginx nginx-light
 cargo build --release --quiet
 CARGO_TARGET_DIR=target/durable-floor cargo build --release --quiet --manifest-path loadtests/durable-floor/Cargo.toml
-. loadtests/lib.sh
 
 start_nginx_202
 { tidegate_config_head; cat <<CONF

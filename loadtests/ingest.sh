@@ -13,13 +13,12 @@ DURATION=${1:-20s}
 CONNS=${2:-32}
 THREADS=${THREADS:-2}
 
-need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
+. loadtests/lib.sh
 need wrk wrk
 need nginx nginx-light
 
 
 cargo build --release --quiet
-. loadtests/lib.sh
 start_nginx_202
 
 # PRODUCERS=N (producer-tokens.sh): N producer identities, the requests

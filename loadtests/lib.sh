@@ -12,6 +12,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# need COMMAND PACKAGE: installs the Debian package if the command is missing.
+need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # start_tidegate CONFIG: runs the release binary ($TIDEGATE_BIN for an A/B), waits for its listening

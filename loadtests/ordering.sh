@@ -17,11 +17,10 @@ ROUNDS=${1:-5}
 KEYS=${2:-100}
 FILL=${3:-5s}
 
-need() { command -v "$1" >/dev/null || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; }; }
+. loadtests/lib.sh
 need wrk wrk
 need nginx nginx-light
 cargo build --release --quiet
-. loadtests/lib.sh
 
 start_nginx_200
 
