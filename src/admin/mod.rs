@@ -340,19 +340,10 @@ async fn resume(
     ApiQuery(q): ApiQuery<ResumeQuery>,
 ) -> Result<Json<Value>, Problem> {
     match &q.key {
-        Some(key) => a
-            .dispatcher
-            .resume_key(&name, key, q.skip_head)
-            .await
-            .map(drop)
-            .map_err(dispatch_error)?,
-        None => a
-            .dispatcher
-            .resume(&name, q.skip_head)
-            .await
-            .map(drop)
-            .map_err(dispatch_error)?,
+        Some(key) => a.dispatcher.resume_key(&name, key, q.skip_head).await.map(drop),
+        None => a.dispatcher.resume(&name, q.skip_head).await.map(drop),
     }
+    .map_err(dispatch_error)?;
     one_destination(State(a), ApiPath(name)).await
 }
 

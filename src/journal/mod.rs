@@ -651,10 +651,11 @@ impl Journal {
     /// is not `halted`, and no message of its key is in flight (`exclude`;
     /// one in flight is pending, so it is its key's head and hides the
     /// rest). A message without a key (accepted before the destination
-    /// ordered by key) is a key of its own. Keys are visited round robin
-    /// from after `after`; also returned: the last key visited (the next
-    /// fetch's `after`), and when the first head not yet due becomes
-    /// visible.
+    /// ordered by key) is a key of its own. Heads are taken oldest first
+    /// from a window at the front of the queue and, past it, key by key
+    /// round robin from after `after` (`Reader::fetch_keyed`); also
+    /// returned: where the next fetch's round starts, and when the first
+    /// head not yet due becomes visible.
     ///
     /// A look, not a hand-out: the tail is not used (it would hand out new
     /// messages without regard to their keys), so nothing needs giving back.
@@ -672,13 +673,7 @@ impl Journal {
         let (ready, cursor) = self
             .read(move |r| r.fetch_keyed(&d, now, limit, &exclude, &halted, &after))
             .await?;
-        let mut messages = Vec::with_capacity(ready.messages.len());
-        for f in ready.messages {
-            match f {
-                Ok(m) => messages.push(m),
-                Err(seq) => self.quarantine(dest, seq).await?,
-            }
-        }
+        let messages = self.sound(dest, ready.messages).await?;
         Ok((
             Due {
                 messages,
@@ -737,13 +732,7 @@ impl Journal {
         queue
             .tail
             .end_read(last_seq, ready.messages.is_empty() && ready.next_due.is_none());
-        let mut messages = Vec::with_capacity(ready.messages.len());
-        for f in ready.messages {
-            match f {
-                Ok(m) => messages.push(m),
-                Err(seq) => self.quarantine(dest, seq).await?,
-            }
-        }
+        let messages = self.sound(dest, ready.messages).await?;
         Ok(Due {
             messages,
             next_due: ready.next_due,
@@ -772,6 +761,19 @@ impl Journal {
                 Some((Err(seq), _)) => self.quarantine(dest, seq).await?,
             }
         }
+    }
+
+    /// The fetched messages that are sound; each damaged one is
+    /// quarantined on the way.
+    async fn sound(&self, dest: &str, fetched: Vec<reader::Fetched>) -> Result<Vec<Message>> {
+        let mut messages = Vec::with_capacity(fetched.len());
+        for f in fetched {
+            match f {
+                Ok(m) => messages.push(m),
+                Err(seq) => self.quarantine(dest, seq).await?,
+            }
+        }
+        Ok(messages)
     }
 
     /// Moves a damaged row out of the queue. Counted and logged only once
