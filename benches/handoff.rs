@@ -42,6 +42,8 @@ fn spec(format: Format) -> Spec {
             to: "csv".into(),
         }],
         key: None,
+        hold_when: None,
+        passthrough: false,
     }
 }
 

@@ -29,6 +29,7 @@ fn message(body: &Bytes) -> NewMessage {
         category: None,
         routed_from: None,
         order_key: None,
+        review: None,
         received_at: now_ms(),
     }
 }

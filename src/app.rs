@@ -95,7 +95,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         live: live.clone(),
         shutting_down: shutting_down.clone(),
     });
+    let station = crate::review::Station::new(journal.clone(), dispatcher.clone(), metrics.clone(), live.clone());
     let admin_app = admin::router(Admin {
+        station: station.clone(),
         journal: journal.clone(),
         dispatcher: dispatcher.clone(),
         metrics: metrics.clone(),
@@ -120,6 +122,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // see the drain.
     let _ = admin_up.set(admin_app);
     let sweeper = tokio::spawn(sweep_history(journal.clone(), live.clone(), stop_rx.clone()));
+    let station_loop = tokio::spawn(station.run(stop_rx.clone()));
 
     tracing::info!(
         ingress = %ingress_addr,
@@ -171,6 +174,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Give the ingress server a moment to finish replies already committed.
     let _ = tokio::time::timeout(Duration::from_secs(5), ingress_server).await;
     sweeper.abort();
+    station_loop.abort();
     let j = journal.clone();
     tokio::task::spawn_blocking(move || j.close()).await?;
     let _ = admin_stop_tx.send(());
@@ -230,17 +234,20 @@ impl Signals {
     }
 }
 
-/// Forgets finished messages past `history_retention` and returns the space.
+/// Forgets finished messages past `history_retention` and review records
+/// past `[review] retention`, and returns the space.
 async fn sweep_history(journal: Journal, live: Live, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
-        let retention = current(&live).storage.history_retention;
+        let config = current(&live);
+        let retention = config.storage.history_retention;
+        let review_retention = config.review.retention.as_millis().min(i64::MAX as u128) as i64;
         let every = (retention / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
         loop {
-            match journal.sweep(retention.as_millis() as i64).await {
+            match journal.sweep(retention.as_millis() as i64, review_retention).await {
                 Ok(n) if n >= 5000 => continue,
                 Ok(_) => break,
                 Err(e) => {

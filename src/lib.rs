@@ -6,6 +6,8 @@
 //! - [`ingress`] takes a producer's request, admits it (destination, size,
 //!   auth, backpressure) and hands it to the journal; the 202 goes out only
 //!   once the journal has committed it.
+//! - [`handoff`] validates, routes and labels the body on the way in, and
+//!   transforms and formats it at each delivery attempt.
 //! - [`journal`] is the durable queue (SQLite, group commit): per-destination
 //!   FIFO, scheduled retries, dead letters, history.
 //! - [`dispatch`] runs one worker per destination: it takes deliverable
@@ -13,7 +15,8 @@
 //!   a pure policy, what happens after each attempt.
 //! - [`delivery`] performs one HTTP attempt and classifies its outcome.
 //!
-//! To the side: [`admin`] (health, operations, metrics endpoint), [`auth`]
+//! To the side: [`review`] (held messages, decisions, corrections, quality
+//! and the governance thresholds that pause a flow, alerts), [`admin`] (health, operations, metrics endpoint), [`auth`]
 //! (tokens, and the Origin and Host checks both listeners apply), [`metrics`],
 //! [`config`] (parsing and validation), [`cli`] (the operator commands,
 //! which talk to the admin API), [`reload`] (applying a new config to
@@ -33,3 +36,4 @@ pub mod journal;
 pub mod metrics;
 pub mod problem;
 pub mod reload;
+pub mod review;

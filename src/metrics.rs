@@ -15,6 +15,17 @@ pub struct Metrics {
     pub rejected: IntCounterVec,
     pub delivered: IntCounterVec,
     pub attempts: IntCounterVec,
+    /// Attempts the downstream refused for good (governance's error rate).
+    pub permanent_failures: IntCounterVec,
+    /// Review decisions by destination, category and decision.
+    pub review_decisions: IntCounterVec,
+    /// Messages held for review, by why.
+    pub held: IntCounterVec,
+    /// Review items awaiting a decision.
+    pub review_pending: IntGaugeVec,
+    pub review_oldest_pending: prometheus::GaugeVec,
+    /// Alerts raised, by event.
+    pub alerts: IntCounterVec,
     pub dead_lettered: IntCounterVec,
     /// Handoff failures by the destination whose program failed and stage.
     pub handoff_failures: IntCounterVec,
@@ -130,6 +141,36 @@ impl Metrics {
                 "Delivery attempts by outcome.",
                 &["destination", "outcome"],
             ),
+            permanent_failures: counter(
+                "delivery_permanent_failures_total",
+                "Attempts the downstream refused for good (4xx other than 408, 425, 429).",
+                &["destination"],
+            ),
+            review_decisions: counter(
+                "review_decisions_total",
+                "Review decisions and feedback, by decision (approve, edit, reject, correct, overridden, timed_out).",
+                &["destination", "category", "decision"],
+            ),
+            held: counter(
+                "messages_held_total",
+                "Messages held for review, by why (predicate, route, sample).",
+                &["destination", "reason"],
+            ),
+            review_pending: gauge(
+                "review_pending",
+                "Review items (held and audit) awaiting a decision.",
+                &["destination"],
+            ),
+            review_oldest_pending: fgauge(
+                "review_oldest_pending_seconds",
+                "Age of the oldest review item awaiting a decision.",
+                &["destination"],
+            ),
+            alerts: counter(
+                "alerts_total",
+                "Alerts raised (quality_threshold, downstream_errors, halted, degraded), whether or not a webhook is set.",
+                &["event"],
+            ),
             dead_lettered: counter(
                 "messages_dead_lettered_total",
                 "Messages moved to dead letters.",
@@ -200,6 +241,8 @@ impl Metrics {
     /// (`messages_received_total` is created per sender by ingress.)
     pub fn register_destination(&self, dest: &str) {
         self.delivered.with_label_values(&[dest]);
+        self.permanent_failures.with_label_values(&[dest]);
+        self.review_pending.with_label_values(&[dest]);
         for outcome in [
             "success",
             "http_3xx",
@@ -217,6 +260,8 @@ impl Metrics {
             "max_age",
             "skipped_by_operator",
             "transform_failed",
+            "rejected_by_reviewer",
+            "hold_timeout",
         ] {
             self.dead_lettered.with_label_values(&[dest, reason]);
         }
@@ -319,4 +364,25 @@ impl Default for Metrics {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// The sum of one destination's series of a counter.
+pub fn sum(vec: &IntCounterVec, dest: &str) -> u64 {
+    sum_where(vec, dest, |_| true)
+}
+
+/// The sum of one destination's series whose labels pass `keep`. One pass
+/// over one snapshot: subtracting two separate reads of counters that
+/// deliveries keep raising could go below zero.
+pub fn sum_where(vec: &IntCounterVec, dest: &str, keep: impl Fn(&[prometheus::proto::LabelPair]) -> bool) -> u64 {
+    use prometheus::core::Collector;
+    vec.collect()
+        .iter()
+        .flat_map(|mf| mf.get_metric().iter())
+        .filter(|m| {
+            let labels = m.get_label();
+            labels.iter().any(|l| l.name() == "destination" && l.value() == dest) && keep(labels)
+        })
+        .map(|m| m.get_counter().value() as u64)
+        .sum()
 }

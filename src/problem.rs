@@ -229,6 +229,27 @@ impl Problem {
             detail,
         )
     }
+    /// A review item somebody decided first.
+    pub fn already_decided(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "already_decided", "Already decided", detail)
+    }
+    /// A decision on a message that is not waiting for review.
+    pub fn not_held(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "not_held", "Not held for review", detail)
+    }
+    /// Feedback on a message that has not been delivered.
+    pub fn not_delivered(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "not_delivered", "Not delivered", detail)
+    }
+    /// Resuming a governance pause without saying who and why.
+    pub fn reason_required(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "reason_required",
+            "Who and why required",
+            detail,
+        )
+    }
     /// Something failed inside tidegate; details go to the log, not the
     /// client.
     pub fn internal() -> Self {

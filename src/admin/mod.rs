@@ -26,8 +26,11 @@ use crate::journal::{self, Journal, MessageStatus};
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 
+mod reviews;
+
 #[derive(Clone)]
 pub struct Admin {
+    pub station: Arc<crate::review::Station>,
     pub journal: Journal,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Metrics,
@@ -45,6 +48,13 @@ pub fn router(state: Admin) -> Router {
         .route("/v1/destinations/{name}/dead-letters", get(dead_letters).delete(purge))
         .route("/v1/destinations/{name}/dead-letters/replay", post(replay))
         .route("/v1/messages/{id}", get(message))
+        .route("/v1/messages/{id}/feedback", post(reviews::feedback))
+        .route("/v1/reviews", get(reviews::list))
+        .route("/v1/reviews/{id}/approve", post(reviews::approve))
+        .route("/v1/reviews/{id}/edit", post(reviews::edit))
+        .route("/v1/reviews/{id}/reject", post(reviews::reject))
+        .route("/v1/quality", get(reviews::quality))
+        .route("/v1/corrections", get(reviews::corrections))
         .route("/v1/reload", post(reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -179,6 +189,15 @@ async fn metrics(State(a): State<Admin>) -> Response {
             _ => 0.0,
         };
         m.oldest_age.with_label_values(&[n]).set(oldest);
+        let open_reviews = d.queue.open_reviews.load(Ordering::Relaxed);
+        m.review_pending.with_label_values(&[n]).set(open_reviews as i64);
+        if open_reviews > 0 || d.config().review.is_some() {
+            let oldest = match a.journal.oldest_open_review(n).await {
+                Ok(Some(received)) => ((journal::now_ms() - received).max(0) as f64) / 1000.0,
+                _ => 0.0,
+            };
+            m.review_oldest_pending.with_label_values(&[n]).set(oldest);
+        }
         m.rate_limit
             .with_label_values(&[n, "configured"])
             .set(d.limiter.configured().unwrap_or(0.0));
@@ -200,37 +219,13 @@ async fn metrics(State(a): State<Admin>) -> Response {
     r
 }
 
-fn counter_sum(vec: &prometheus::IntCounterVec, dest: &str) -> u64 {
-    counter_sum_where(vec, dest, |_| true)
-}
-
-/// The sum of one destination's series whose labels pass `keep`. One pass
-/// over one snapshot: subtracting two separate reads of counters that
-/// deliveries keep raising could go below zero.
-fn counter_sum_where(
-    vec: &prometheus::IntCounterVec,
-    dest: &str,
-    keep: impl Fn(&[prometheus::proto::LabelPair]) -> bool,
-) -> u64 {
-    use prometheus::core::Collector;
-    vec.collect()
-        .iter()
-        .flat_map(|mf| mf.get_metric().iter())
-        .filter(|m| {
-            let labels = m.get_label();
-            labels.iter().any(|l| l.name() == "destination" && l.value() == dest) && keep(labels)
-        })
-        .map(|m| m.get_counter().value() as u64)
-        .sum()
-}
-
 async fn describe(a: &Admin, d: &dispatch::Destination) -> Result<Value, Problem> {
     let cfg = d.config();
     let info = d.state();
     let (oldest, scheduled) = a.journal.queue_detail(&d.name).await.map_err(internal)?;
     let m = &a.metrics;
     let n = d.name.as_str();
-    let failed_attempts = counter_sum_where(&m.attempts, n, |labels| {
+    let failed_attempts = crate::metrics::sum_where(&m.attempts, n, |labels| {
         !labels.iter().any(|l| l.name() == "outcome" && l.value() == "success")
     });
     Ok(json!({
@@ -261,12 +256,12 @@ async fn describe(a: &Admin, d: &dispatch::Destination) -> Result<Value, Problem
             "max_in_flight": cfg.rate_limit.max_in_flight,
         },
         "counters": {
-            "received": counter_sum(&m.received, n),
+            "received": crate::metrics::sum(&m.received, n),
             "delivered": m.delivered.with_label_values(&[n]).get(),
             "failed_attempts": failed_attempts,
-            "dead_lettered": counter_sum(&m.dead_lettered, n),
-            "dropped": counter_sum(&m.dropped, n),
-            "rejected": counter_sum(&m.rejected, n),
+            "dead_lettered": crate::metrics::sum(&m.dead_lettered, n),
+            "dropped": crate::metrics::sum(&m.dropped, n),
+            "rejected": crate::metrics::sum(&m.rejected, n),
         },
     }))
 }
@@ -332,6 +327,9 @@ struct ResumeQuery {
     skip_head: bool,
     /// A halted key of a key-ordered destination: resume that key alone.
     key: Option<String>,
+    /// Who resumes, and why: required to lift a governance pause.
+    by: Option<String>,
+    reason: Option<String>,
 }
 
 async fn resume(
@@ -340,10 +338,20 @@ async fn resume(
     ApiQuery(q): ApiQuery<ResumeQuery>,
 ) -> Result<Json<Value>, Problem> {
     match &q.key {
-        Some(key) => a.dispatcher.resume_key(&name, key, q.skip_head).await.map(drop),
-        None => a.dispatcher.resume(&name, q.skip_head).await.map(drop),
+        Some(key) => a
+            .dispatcher
+            .resume_key(&name, key, q.skip_head)
+            .await
+            .map(drop)
+            .map_err(dispatch_error)?,
+        None => {
+            find(&a, &name)?;
+            a.station
+                .resume(&name, q.skip_head, q.by, q.reason)
+                .await
+                .map_err(reviews::problem)?
+        }
     }
-    .map_err(dispatch_error)?;
     one_destination(State(a), ApiPath(name)).await
 }
 
@@ -367,6 +375,7 @@ pub fn state_name(s: &MessageStatus, in_flight: bool) -> &'static str {
         1 => "dead_lettered",
         2 => "delivered",
         3 => "dropped",
+        journal::STATE_HELD => "held",
         _ => "quarantined",
     }
 }

@@ -177,6 +177,8 @@ pub(super) fn spec(raw: RawHandoff, loc: &Locator) -> Result<(Spec, Vec<Spanned<
             category: raw.category.map(|c| c.into_inner()),
             routes,
             key: None,
+            hold_when: None,
+            passthrough: false,
         },
         targets,
     ))
@@ -192,11 +194,9 @@ pub(super) fn link(
     for (name, _, targets) in &specs {
         for to in targets {
             let target = to.get_ref();
-            if target == "review" {
-                return Err(loc.error(
-                    to.span(),
-                    "route to \"review\" needs the review station, which this version of tidegate does not have yet; route to a destination instead".to_string(),
-                ));
+            if target == crate::handoff::REVIEW {
+                // Held on the destination addressed (SPEC §10).
+                continue;
             }
             if target == name {
                 return Err(loc.error(to.span(), format!("destination {name:?} routes to itself")));
@@ -274,6 +274,9 @@ pub fn describe(spec: &Spec) -> String {
     if spec.key.is_some() {
         parts.push("key".into());
     }
+    if spec.hold_when.is_some() {
+        parts.push("hold_when".into());
+    }
     for (i, r) in spec.routes.iter().enumerate() {
         parts.push(format!("route[{i}]→{}", r.to));
     }
@@ -342,12 +345,11 @@ mod tests {
     }
 
     #[test]
-    fn routes_must_name_another_configured_destination_and_review_is_not_there_yet() {
+    fn routes_must_name_another_configured_destination_or_review() {
         let dir = tempfile::tempdir().unwrap();
         let route =
             |to: &str| format!("[destination.handoff]\n[[destination.handoff.route]]\nwhen = \"true\"\nto = \"{to}\"");
-        let (_, _, _, reason) = invalid(load(&route("review"), dir.path()));
-        assert!(reason.contains("review station"), "{reason}");
+        assert!(load(&route("review"), dir.path()).is_ok());
         let (_, _, _, reason) = invalid(load(&route("nowhere"), dir.path()));
         assert!(reason.contains("not a configured destination"), "{reason}");
         let (_, _, _, reason) = invalid(load(&route("crm"), dir.path()));

@@ -7,6 +7,7 @@
 //! [`Secret`], whose `Debug` and `Display` never print the value.
 
 mod handoff;
+mod review;
 mod units;
 
 use std::collections::BTreeMap;
@@ -22,6 +23,7 @@ use toml::Spanned;
 use crate::auth::BrowserPolicy;
 
 pub use handoff::Handoff;
+pub use review::{Alerts, Governance, OnHoldTimeout, OnThreshold, ReviewPolicy, ReviewStation};
 pub use units::{expand_env, ByteSize, EnvString, HumanDuration, Rate};
 
 /// A config that could not be loaded, with where and why.
@@ -131,6 +133,10 @@ pub struct Config {
     pub log: LogConfig,
     pub server: ServerConfig,
     pub destinations: Vec<Destination>,
+    /// `[review]`: what the review station keeps.
+    pub review: ReviewStation,
+    /// `[alerts]`: where alerts go besides the log and metrics.
+    pub alerts: Alerts,
     /// Valid but probably not meant (no destination at all): printed by
     /// `check` and logged at start.
     pub warnings: Vec<String>,
@@ -208,6 +214,12 @@ pub struct Destination {
     pub ca_file: Option<Arc<TrustedCa>>,
     /// `[destination.handoff]`: schema, routes, transform, format.
     pub handoff: Option<Handoff>,
+    /// `[destination.review]`: what is held for a human, sampled, audited.
+    pub review: Option<ReviewPolicy>,
+    /// `[destination.governance]`: the thresholds that stop a bad flow.
+    pub governance: Option<Governance>,
+    /// The URL's path and query are a secret (a webhook's): shown redacted.
+    pub secret_url: bool,
 }
 
 /// A PEM bundle of certificate authorities, read and checked when the config
@@ -241,6 +253,12 @@ impl TrustedCa {
 impl Destination {
     /// The URL with any userinfo replaced, fit for logs and API answers.
     pub fn redacted_url(&self) -> String {
+        if self.secret_url {
+            let mut u = self.url.clone();
+            u.set_path("/<redacted>");
+            u.set_query(None);
+            return redact_url(&u);
+        }
         redact_url(&self.url)
     }
 }
@@ -301,6 +319,10 @@ struct RawConfig {
     server: RawServer,
     #[serde(default)]
     destination: Vec<RawDestination>,
+    #[serde(default)]
+    review: review::RawReviewStation,
+    #[serde(default)]
+    alerts: review::RawAlerts,
 }
 
 #[derive(Deserialize, Default)]
@@ -379,6 +401,8 @@ struct RawDestination {
     queue: RawQueue,
     ca_file: Option<Spanned<EnvString>>,
     handoff: Option<handoff::RawHandoff>,
+    review: Option<review::RawReview>,
+    governance: Option<review::RawGovernance>,
 }
 
 #[derive(Deserialize, Default)]
@@ -990,13 +1014,21 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             }
         };
         let mut handoff = d.handoff.map(|h| handoff::spec(h, loc)).transpose()?;
-        if let Some(OrderingKey::Program(code)) = &queue.key {
-            // The key program runs where the other programs run: in the
-            // handoff sandbox, at ingress.
-            match &mut handoff {
-                Some((spec, _)) => spec.key = Some(code.clone()),
-                None => handoff = Some((crate::handoff::Spec::key_only(code.clone()), Vec::new())),
-            }
+        let review = d.review.map(|r| review::review(r, loc)).transpose()?;
+        let governance = d.governance.map(|g| review::governance(g, loc)).transpose()?;
+        // The key program and the hold predicate run where the other
+        // programs run: in the handoff sandbox, at ingress. Without a
+        // handoff of its own the body is read for them and otherwise
+        // forwarded as received.
+        let key = match &queue.key {
+            Some(OrderingKey::Program(code)) => Some(code.clone()),
+            _ => None,
+        };
+        let hold_when = review.as_ref().and_then(|r| r.hold_when.clone());
+        if key.is_some() || hold_when.is_some() {
+            let (spec, _) = handoff.get_or_insert_with(|| (crate::handoff::Spec::passthrough(), Vec::new()));
+            spec.key = key;
+            spec.hold_when = hold_when;
         }
         if let Some((spec, targets)) = handoff {
             handoffs.push((name.clone(), spec, targets));
@@ -1014,9 +1046,16 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             queue,
             ca_file,
             handoff: None,
+            review,
+            governance,
+            secret_url: false,
         });
     }
     handoff::link(&mut destinations, handoffs, loc)?;
+    let alerts = review::alerts(raw.alerts, loc)?;
+    if let Some(url) = &alerts.webhook_url {
+        destinations.push(alerts_destination(url.clone()));
+    }
     let mut ingress = ingress;
     ingress.producers = producers(&raw.ingress.producer, &destinations, loc)?;
     if !ingress.listen.ip().is_loopback()
@@ -1052,8 +1091,52 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         log,
         server,
         destinations,
+        review: review::station(raw.review),
+        alerts,
         warnings,
     })
+}
+
+/// The internal destination alerts are queued on (`[alerts] webhook_url`):
+/// buffer mode, so a webhook that is down for hours loses no alert and
+/// gets them in order once it is back; probes at most 5 s apart.
+fn alerts_destination(url: reqwest::Url) -> Destination {
+    Destination {
+        name: crate::review::ALERTS.to_string(),
+        url,
+        owner: "tidegate".to_string(),
+        on_failure: FailureMode::Buffer,
+        timeout: Duration::from_secs(10),
+        headers: Vec::new(),
+        accept_while_halted: true,
+        rate_limit: RateLimit {
+            rate: Some(10.0),
+            burst: 10,
+            max_in_flight: 2,
+            adaptive: true,
+        },
+        retry: RetryPolicy {
+            max_attempts: 1_000_000,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(5),
+            multiplier: 2.0,
+            jitter: true,
+            max_age: Duration::from_secs(7 * 86400),
+        },
+        queue: QueuePolicy {
+            max_messages: 100_000,
+            max_bytes: 64 << 20,
+            when_full: WhenFull::Reject,
+            block_timeout: Duration::from_secs(5),
+            ordering: Ordering::Unordered,
+            key: None,
+        },
+        ca_file: None,
+        handoff: None,
+        review: None,
+        governance: None,
+        secret_url: true,
+    }
 }
 
 impl Config {
@@ -1309,10 +1392,13 @@ mod tests {
         assert_eq!(key_of(e), "destination.retries");
         // An unknown top-level table after a destination's sub-table.
         let e = parse(&format!(
-            "{MIN}[destination.queue]\nmax_messages = 5\n[alerts]\nwebhook_url = \"x\"\n"
+            "{MIN}[destination.queue]\nmax_messages = 5\n[alarms]\nwebhook_url = \"x\"\n"
         ))
         .unwrap_err();
-        assert_eq!(key_of(e), "alerts");
+        assert_eq!(key_of(e), "alarms");
+        // A webhook that is not a URL.
+        let e = parse(&format!("{MIN}[alerts]\nwebhook_url = \"x\"\n")).unwrap_err();
+        assert_eq!(key_of(e), "alerts.webhook_url");
         // A wrong type.
         let e = parse(&format!("{MIN}[destination.rate_limit]\nburst = \"ten\"\n")).unwrap_err();
         assert_eq!(key_of(e), "destination.rate_limit.burst");

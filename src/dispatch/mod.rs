@@ -360,14 +360,26 @@ impl Dispatcher {
 
     /// Operator pause: deliveries stop, ingress keeps accepting.
     pub async fn pause(&self, name: &str) -> Result<StateInfo, DispatchError> {
+        self.pause_because(name, "paused by an operator").await
+    }
+
+    /// A pause with its reason (`state_reason`): an operator's, or a
+    /// governance threshold's (`quality_threshold: ...`).
+    pub async fn pause_because(&self, name: &str, reason: &str) -> Result<StateInfo, DispatchError> {
         let d = self.get(name)?;
-        set_state(&self.ctx, &d, State::Paused, "paused by an operator", None).await?;
+        set_state(&self.ctx, &d, State::Paused, reason, None).await?;
         Ok(d.state())
     }
 
     /// Back to running from paused, halted or degraded. With `skip_head`, a
     /// halted destination first dead-letters the message it stopped on.
     pub async fn resume(&self, name: &str, skip_head: bool) -> Result<StateInfo, DispatchError> {
+        self.resume_because(name, skip_head, "resumed by an operator").await
+    }
+
+    /// `resume`, recording why (`state_reason`): who resumed a quality
+    /// pause, and on what grounds.
+    pub async fn resume_because(&self, name: &str, skip_head: bool, reason: &str) -> Result<StateInfo, DispatchError> {
         let d = self.get(name)?;
         let info = d.state();
         if skip_head && info.state == State::Halted {
@@ -392,7 +404,7 @@ impl Dispatcher {
             }
         }
         d.consecutive_transient.store(0, Ordering::Relaxed);
-        set_state(&self.ctx, &d, State::Running, "resumed by an operator", None).await?;
+        set_state(&self.ctx, &d, State::Running, reason, None).await?;
         Ok(d.state())
     }
 

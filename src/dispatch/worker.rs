@@ -373,6 +373,9 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
             .with_label_values(&[&d.name])
             .observe(started.elapsed().as_secs_f64());
         m.attempts.with_label_values(&[&d.name, outcome.label()]).inc();
+        if matches!(outcome, Outcome::Permanent { .. }) {
+            m.permanent_failures.with_label_values(&[&d.name]).inc();
+        }
 
         let response = outcome.response();
         if let Some(r) = response {

@@ -50,15 +50,23 @@ pub struct Spec {
     pub category: Option<String>,
     pub routes: Vec<Route>,
     /// The ordering key (`[destination.queue] key`, SPEC §14): a jq
-    /// program on the body. A spec with nothing else is "key only": the
-    /// body is read for its key and otherwise forwarded as received.
+    /// program on the body.
     #[serde(default)]
     pub key: Option<String>,
+    /// The review predicate (`[destination.review] hold_when`, SPEC §10):
+    /// a body it holds true for is held for a human decision.
+    #[serde(default)]
+    pub hold_when: Option<String>,
+    /// No `[destination.handoff]` of its own: the body is read only for
+    /// the key and the hold predicate, and otherwise forwarded as received.
+    #[serde(default)]
+    pub passthrough: bool,
 }
 
 impl Spec {
-    /// A spec that only extracts an ordering key.
-    pub fn key_only(key: String) -> Spec {
+    /// A spec that renders nothing: the body is read for its labels (key,
+    /// hold predicate) and forwarded as received.
+    pub fn passthrough() -> Spec {
         Spec {
             schema: None,
             transform: None,
@@ -66,23 +74,24 @@ impl Spec {
             csv: None,
             category: None,
             routes: Vec::new(),
-            key: Some(key),
+            key: None,
+            hold_when: None,
+            passthrough: true,
         }
     }
 
     /// Whether deliveries send what the handoff renders (schema, transform,
-    /// format...) rather than the stored bytes: every spec but a key-only
-    /// one (an empty `[destination.handoff]` table still renders JSON).
+    /// format...) rather than the stored bytes: every spec from a
+    /// `[destination.handoff]` table, even an empty one (it re-serialises
+    /// the JSON).
     fn renders(&self) -> bool {
-        let key_only = self.key.is_some()
-            && self.schema.is_none()
-            && self.transform.is_none()
-            && self.format == Format::Json
-            && self.category.is_none()
-            && self.routes.is_empty();
-        !key_only
+        !self.passthrough
     }
 }
+
+/// The route target that holds a message for a human (SPEC §9, §10)
+/// instead of moving it to another destination.
+pub const REVIEW: &str = "review";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Route {
@@ -165,6 +174,31 @@ pub struct Admitted {
     /// What the first delivery attempt would send; `None` when the owner
     /// has no handoff (bytes forwarded as received).
     pub rendered: Option<Rendered>,
+    /// Why it is held for a human decision, when it is.
+    #[serde(default)]
+    pub hold: Option<Hold>,
+}
+
+/// Why a message is held for review (`messages_held_total{reason}`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hold {
+    /// The owner's `hold_when` held true.
+    Predicate,
+    /// A route with `to = "review"` matched.
+    Route,
+    /// Deterministic sampling picked it (`sample`, `sample_by_category`).
+    Sample,
+}
+
+impl Hold {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Hold::Predicate => "predicate",
+            Hold::Route => "route",
+            Hold::Sample => "sample",
+        }
+    }
 }
 
 impl Admitted {
@@ -176,6 +210,7 @@ impl Admitted {
             category: UNCATEGORISED.to_string(),
             key: None,
             rendered: None,
+            hold: None,
         }
     }
 }
@@ -190,6 +225,7 @@ struct Compiled {
     transform: Option<jq::Program>,
     category: Option<jq::Program>,
     key: Option<jq::Program>,
+    hold_when: Option<jq::Program>,
     routes: Vec<(jq::Program, String)>,
 }
 
@@ -246,6 +282,7 @@ impl Table {
                     transform: program("transform", &spec.transform)?,
                     category: program("category", &spec.category)?,
                     key: program("key", &spec.key)?,
+                    hold_when: program("hold_when", &spec.hold_when)?,
                     routes,
                     spec: spec.clone(),
                 },
@@ -268,15 +305,22 @@ impl Table {
         let input = jq::from_json(&value);
         let mut owner = (dest, addressed);
         let mut routed_from = None;
+        let mut hold = None;
         for (i, (when, to)) in addressed.routes.iter().enumerate() {
             let hit = when
                 .first(input.clone())
                 .map_err(|e| transform_failure(dest, format!("route {i} (when): {e}")))?;
             if hit.as_ref().is_some_and(jq::truthy) {
+                if to == REVIEW {
+                    // Held where it was addressed, for a human to decide.
+                    hold = Some(Hold::Route);
+                    break;
+                }
                 routed_from = Some((dest.to_string(), i));
                 owner = match self.by_name.get(to.as_str()) {
                     Some(c) => (to.as_str(), c),
-                    // A target without a handoff of its own: stored as sent.
+                    // A target without a handoff of its own (nor a key or
+                    // a hold predicate): stored as sent.
                     None => return Ok(Admitted::as_received(to, routed_from)),
                 };
                 break;
@@ -289,6 +333,16 @@ impl Table {
         let category =
             text_of(name, "category", &compiled.category, &input)?.unwrap_or_else(|| UNCATEGORISED.to_string());
         let key = text_of(name, "key", &compiled.key, &input)?;
+        if hold.is_none() {
+            if let Some(p) = &compiled.hold_when {
+                let hit = p
+                    .first(input.clone())
+                    .map_err(|e| transform_failure(name, format!("hold_when: {e}")))?;
+                if hit.as_ref().is_some_and(jq::truthy) {
+                    hold = Some(Hold::Predicate);
+                }
+            }
+        }
         let rendered = if compiled.spec.renders() {
             Some(render_value(name, compiled, &value, input)?)
         } else {
@@ -300,6 +354,7 @@ impl Table {
             category,
             key,
             rendered,
+            hold,
         })
     }
 
@@ -311,6 +366,24 @@ impl Table {
             return Ok(None);
         };
         let value = parse(dest, body)?;
+        let input = jq::from_json(&value);
+        render_value(dest, compiled, &value, input).map(Some)
+    }
+}
+
+impl Table {
+    /// A corrected body for `dest` (a reviewer's edit): parsed, checked
+    /// against `dest`'s own schema, and rendered as a delivery would. No
+    /// routes and no hold: the message already belongs to `dest`.
+    pub fn check(&self, dest: &str, body: &[u8]) -> Result<Option<Rendered>, Failure> {
+        let value = parse(dest, body)?;
+        let Some(compiled) = self.by_name.get(dest) else {
+            return Ok(None);
+        };
+        validate(dest, compiled, &value)?;
+        if !compiled.spec.renders() {
+            return Ok(None);
+        }
         let input = jq::from_json(&value);
         render_value(dest, compiled, &value, input).map(Some)
     }

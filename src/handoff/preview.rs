@@ -62,6 +62,7 @@ pub async fn preview<D: Deref<Target = Destination>>(
         "routed_from": admitted.routed_from.as_ref().map(|r| &r.0),
         "route_rule": admitted.routed_from.as_ref().map(|r| r.1),
         "category": admitted.category,
+        "held": admitted.hold.map(|h| h.as_str()),
         "request": {"method": "POST", "url": target.redacted_url(), "headers": headers, "body": sent},
     }))
 }
@@ -90,6 +91,11 @@ pub fn render_preview(v: &Value) -> String {
     let mut out = format!("destination: {}\n", s("destination"));
     if let Some(from) = v["routed_from"].as_str() {
         out.push_str(&format!("routed from: {from} (rule {})\n", v["route_rule"]));
+    }
+    if let Some(why) = v["held"].as_str() {
+        out.push_str(&format!(
+            "held:        for review ({why}); sent as below once approved\n"
+        ));
     }
     out.push_str(&format!("category:    {}\n\n", s("category")));
     let r = &v["request"];

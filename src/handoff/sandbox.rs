@@ -55,6 +55,7 @@ const MAX_IDLE: usize = 8;
 
 const OP_ADMIT: u8 = 0;
 const OP_RENDER: u8 = 1;
+const OP_CHECK: u8 = 2;
 
 /// Why a call has no answer about the message itself.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +126,17 @@ impl Runner {
 
     /// What a delivery attempt sends (`Table::render`).
     pub async fn render(&self, dest: &str, body: &[u8]) -> Result<Option<Rendered>, RunError> {
-        let (meta, bytes) = self.call(OP_RENDER, dest, body).await?;
+        self.rendered(OP_RENDER, dest, body).await
+    }
+
+    /// A reviewer's correction checked (`Table::check`): the schema, then
+    /// what it would send.
+    pub async fn check(&self, dest: &str, body: &[u8]) -> Result<Option<Rendered>, RunError> {
+        self.rendered(OP_CHECK, dest, body).await
+    }
+
+    async fn rendered(&self, op: u8, dest: &str, body: &[u8]) -> Result<Option<Rendered>, RunError> {
+        let (meta, bytes) = self.call(op, dest, body).await?;
         let m: RenderMeta = serde_json::from_slice(&meta).map_err(|e| RunError::Unavailable(e.to_string()))?;
         Ok(m.content_type.map(|content_type| Rendered {
             content_type,
@@ -303,7 +314,11 @@ pub fn worker_main() -> std::process::ExitCode {
                 }
                 Err(f) => (1, serde_json::to_vec(&f), Vec::new()),
             },
-            OP_RENDER => match table.render(&dest, &body) {
+            op @ (OP_RENDER | OP_CHECK) => match if op == OP_RENDER {
+                table.render(&dest, &body)
+            } else {
+                table.check(&dest, &body)
+            } {
                 Ok(r) => {
                     let content_type = r.as_ref().map(|r| r.content_type.clone());
                     (

@@ -5,8 +5,8 @@ use super::*;
 /// A spec with nothing set (an empty `[destination.handoff]` table).
 fn spec() -> Spec {
     Spec {
-        key: None,
-        ..Spec::key_only(String::new())
+        passthrough: false,
+        ..Spec::passthrough()
     }
 }
 
@@ -28,7 +28,13 @@ fn a_destination_without_a_handoff_passes_bytes_through_unparsed() {
 #[test]
 fn a_key_only_handoff_reads_the_key_and_forwards_the_bytes() {
     let t = table(vec![
-        ("crm", Spec::key_only(".contact.id".into())),
+        (
+            "crm",
+            Spec {
+                key: Some(".contact.id".into()),
+                ..Spec::passthrough()
+            },
+        ),
         (
             "erp",
             Spec {

@@ -129,7 +129,12 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
     // Before the lookup: a producer learns nothing about destinations
     // outside its list, not even whether they exist.
     sender.may_send_to(dest_name)?;
-    let Some(dest) = ing.dispatcher.destination(dest_name) else {
+    // Internal destinations (alerts) take no producer's messages.
+    let Some(dest) = ing
+        .dispatcher
+        .destination(dest_name)
+        .filter(|_| !dest_name.starts_with('_'))
+    else {
         return Err(Problem::unknown_destination(dest_name));
     };
     let name = dest.name.as_str();
@@ -167,12 +172,12 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
     };
     // The handoff may move the message to another destination (a route),
     // which then owns it: its queue, limits and state apply from here on.
-    let (dest, cfg, category, routed_from, key) = match &cfg.handoff {
-        None => (dest, cfg, None, None, None),
+    let (dest, cfg, category, routed_from, key, hold) = match &cfg.handoff {
+        None => (dest, cfg, None, None, None, None),
         Some(h) => {
             let admitted = handoff(ing, name, h, &parts.headers, &body).await?;
             match admitted.routed_from {
-                None => (dest, cfg, Some(admitted.category), None, admitted.key),
+                None => (dest, cfg, Some(admitted.category), None, admitted.key, admitted.hold),
                 Some((from, rule)) => {
                     let Some(target) = ing.dispatcher.destination(&admitted.destination) else {
                         // Config validation guarantees the target exists.
@@ -187,6 +192,7 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
                         Some(admitted.category),
                         Some((from, rule as u32)),
                         admitted.key,
+                        admitted.hold,
                     )
                 }
             }
@@ -194,6 +200,7 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
     };
     let name = dest.name.as_str();
     let order_key = ordering_key(ing, name, &cfg, &parts.headers, key)?;
+    let review = crate::review::intent(&cfg, hold, category.as_deref().unwrap_or(handoff::UNCATEGORISED));
     let msg = NewMessage {
         dest: name.to_string(),
         method: parts.method.as_str().to_string(),
@@ -207,20 +214,24 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
         category,
         routed_from,
         order_key,
+        review,
     };
     let window = live.storage.history_retention;
     let appended = append_with_backpressure(ing, &dest, &cfg, msg, window).await?;
     ing.metrics.ingest_duration.observe(started.elapsed().as_secs_f64());
-    let (seq, duplicate) = match appended {
-        Appended::Stored { seq } => {
+    let (seq, duplicate, held) = match appended {
+        Appended::Stored { seq, held } => {
+            if let Some(why) = held {
+                ing.metrics.held.with_label_values(&[name, why]).inc();
+            }
             match shared.received.get(name).and_then(|by| by.get(sender.name)) {
                 Some(c) => c.inc(),
                 // A destination or producer added by a reload.
                 None => ing.metrics.received.with_label_values(&[name, sender.name]).inc(),
             }
-            (seq, false)
+            (seq, false, held.is_some())
         }
-        Appended::Duplicate { seq } => (seq, true),
+        Appended::Duplicate { seq } => (seq, true, false),
         Appended::KeyReused { seq } => {
             let first = ing.journal.message_id(seq);
             return Err(reject(
@@ -241,13 +252,15 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
         let body = serde_json::json!({"id": id, "destination": name, "status": status, "duplicate": true});
         return Ok(json_response(StatusCode::OK, body.to_string(), &id));
     }
-    if let Some(wait) = wait {
+    // A held message has no outcome to wait for until somebody decides.
+    if let Some(wait) = wait.filter(|_| !held) {
         if let Some(done) = ing.dispatcher.completions().wait(seq, wait).await {
             return Ok(completed_response(done, wait));
         }
     }
     // Ids and destination names need no JSON escaping.
-    let body = format!(r#"{{"id":"{id}","destination":"{name}","status":"queued"}}"#);
+    let status = if held { "held" } else { "queued" };
+    let body = format!(r#"{{"id":"{id}","destination":"{name}","status":"{status}"}}"#);
     Ok(json_response(StatusCode::ACCEPTED, body, &id))
 }
 

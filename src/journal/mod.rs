@@ -80,6 +80,7 @@
 
 mod leaves;
 mod reader;
+pub mod review;
 mod salvage;
 mod schema;
 mod tail;
@@ -95,6 +96,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 
 pub use reader::{DeadLetter, MessageStatus};
+pub use schema::{STATE_DEAD, STATE_DELIVERED, STATE_DROPPED, STATE_HELD, STATE_PENDING, STATE_QUARANTINED};
 pub use verify::{verify, Report as VerifyReport};
 
 /// Why a journal call failed, and so what the caller does next.
@@ -157,6 +159,11 @@ pub fn is_message_id(id: &str) -> bool {
 }
 
 /// Milliseconds since the Unix epoch; the journal's only notion of time.
+/// The public id of message `seq` in a journal with this salt.
+pub(crate) fn id_of(salt: u32, seq: u64) -> String {
+    format!("{salt:08x}{seq:016x}")
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -187,6 +194,46 @@ pub struct NewMessage {
     pub routed_from: Option<(String, u32)>,
     /// Its ordering key, when its destination orders by key (SPEC §14).
     pub order_key: Option<String>,
+    /// What the review station asks of it, when its destination has one.
+    pub review: Option<ReviewIntent>,
+}
+
+/// What the review station (SPEC §10) asks of a new message. Sampling is
+/// decided by the writer, on the id it gives the message ([`sampled`]), so
+/// it is deterministic per id and costs the producer nothing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReviewIntent {
+    /// Held whatever the sampling says, and why (`predicate`, `route`).
+    pub hold: Option<&'static str>,
+    /// Fraction of the rest held (reason `sample`).
+    pub sample: f64,
+    /// Fraction delivered at once and listed for grading.
+    pub audit: f64,
+    /// How long a hold lasts before `on_hold_timeout`; `None`: until
+    /// someone decides.
+    pub hold_for_ms: Option<i64>,
+}
+
+/// Whether the message with this id falls in a sample of `rate` (a
+/// fraction): a digest of `draw` and the id, read as a number in [0, 1).
+/// The same id always gives the same answer; distinct draws ("sample",
+/// "audit") are independent.
+pub fn sampled(draw: &str, id: &str, rate: f64) -> bool {
+    use sha2::{Digest, Sha256};
+    if rate <= 0.0 {
+        return false;
+    }
+    if rate >= 1.0 {
+        return true;
+    }
+    let digest = Sha256::new()
+        .chain_update(draw)
+        .chain_update(b":")
+        .chain_update(id)
+        .finalize();
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&digest[..8]);
+    (u64::from_be_bytes(word) as f64 / 18_446_744_073_709_551_616.0) < rate
 }
 
 impl NewMessage {
@@ -219,6 +266,8 @@ pub struct Limits {
 pub enum Appended {
     Stored {
         seq: u64,
+        /// Held for review, and why (`predicate`, `route`, `sample`).
+        held: Option<&'static str>,
     },
     Duplicate {
         seq: u64,
@@ -320,6 +369,10 @@ pub struct QueueCounts {
     pub depth: AtomicU64,
     pub bytes: AtomicU64,
     pub dead_letters: AtomicU64,
+    /// Of `depth`, held for a review decision.
+    pub held: AtomicU64,
+    /// Review items (held and audit) with no decision yet.
+    pub open_reviews: AtomicU64,
     /// Signalled after a commit that made messages deliverable.
     pub ready: Notify,
     /// Signalled after a commit that freed room in the queue.
@@ -506,6 +559,8 @@ impl Journal {
             q.depth.store(c.depth, Ordering::Relaxed);
             q.bytes.store(c.bytes, Ordering::Relaxed);
             q.dead_letters.store(c.dead, Ordering::Relaxed);
+            q.held.store(c.held, Ordering::Relaxed);
+            q.open_reviews.store(c.open_reviews, Ordering::Relaxed);
             queues.insert(dest, q);
         }
         let (tx, rx) = mpsc::unbounded_channel();
@@ -525,6 +580,7 @@ impl Journal {
             queues: QueuesHandle(Arc::downgrade(&journal.inner)),
             stats: journal.inner.stats.clone(),
             wal_restart: wal_restart.clone(),
+            salt,
         };
         let w = writer::Writer::new(conn, db.clone(), shared, next_seq)?;
         let handle = std::thread::Builder::new()
@@ -557,7 +613,7 @@ impl Journal {
     /// The public id of a message: a per-database salt and the sequence
     /// number, so ids never repeat even if the data directory is wiped.
     pub fn message_id(&self, seq: u64) -> String {
-        format!("{:08x}{:016x}", self.inner.salt, seq)
+        id_of(self.inner.salt, seq)
     }
 
     /// The sequence number behind an id of this journal, if it is one
@@ -694,9 +750,93 @@ impl Journal {
             .await
     }
 
-    /// Deletes history older than `retention_ms` and returns freed pages.
-    pub async fn sweep(&self, retention_ms: i64) -> Result<u64> {
-        self.call(|reply| writer::Command::Sweep { retention_ms, reply }).await
+    /// Deletes history older than `retention_ms` and review records older
+    /// than `review_retention_ms`; returns the history rows deleted.
+    pub async fn sweep(&self, retention_ms: i64, review_retention_ms: i64) -> Result<u64> {
+        self.call(|reply| writer::Command::Sweep {
+            retention_ms,
+            review_retention_ms,
+            reply,
+        })
+        .await
+    }
+
+    /// Records a decision or feedback on message `seq`, durably, with the
+    /// change it makes to a held message (`review::Decided` says which).
+    pub async fn decide(&self, seq: u64, decision: review::Decision) -> Result<review::Decided> {
+        self.call(|reply| writer::Command::Decide { seq, decision, reply })
+            .await
+    }
+
+    /// Ends the holds of `dest` that timed out by `now` (at most a chunk;
+    /// call again while it answers a full one).
+    pub async fn expire_holds(&self, dest: &str, deliver: bool, now: i64) -> Result<u64> {
+        let dest = dest.to_string();
+        self.call(|reply| writer::Command::ExpireHolds {
+            dest,
+            deliver,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    /// One review record.
+    pub async fn review_item(&self, seq: u64) -> Result<Option<review::Item>> {
+        self.read(move |r| review::get(r.conn(), seq)).await
+    }
+
+    /// Review items awaiting a decision, oldest first.
+    pub async fn open_reviews(
+        &self,
+        dest: Option<String>,
+        category: Option<String>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<review::Item>> {
+        self.read(move |r| review::open(r.conn(), dest.as_deref(), category.as_deref(), after, limit))
+            .await
+    }
+
+    /// When `dest`'s oldest open review item was received.
+    pub async fn oldest_open_review(&self, dest: &str) -> Result<Option<i64>> {
+        let dest = dest.to_string();
+        self.read(move |r| review::oldest_open(r.conn(), &dest)).await
+    }
+
+    /// Decisions since `since` (ms), by destination and category.
+    pub async fn review_tallies(
+        &self,
+        dest: Option<String>,
+        since: i64,
+    ) -> Result<Vec<((String, String), review::Tally)>> {
+        self.read(move |r| review::tallies(r.conn(), dest.as_deref(), since))
+            .await
+    }
+
+    /// One destination and category's decisions since `since` (ms).
+    pub async fn review_tally(&self, dest: &str, category: &str, since: i64) -> Result<review::Tally> {
+        let (dest, category) = (dest.to_string(), category.to_string());
+        self.read(move |r| review::tally(r.conn(), &dest, &category, since))
+            .await
+    }
+
+    /// Messages received since `since` (ms): `(dest, category, state, n)`.
+    pub async fn volumes(&self, dest: Option<String>, since: i64) -> Result<Vec<(String, String, i64, u64)>> {
+        self.read(move |r| review::volumes(r.conn(), dest.as_deref(), since))
+            .await
+    }
+
+    /// Edits and overrides decided since `since` (ms), after seq `after`.
+    pub async fn corrections(
+        &self,
+        dest: Option<String>,
+        since: i64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<review::Item>> {
+        self.read(move |r| review::corrections(r.conn(), dest.as_deref(), since, after, limit))
+            .await
     }
 
     /// Up to `limit` deliverable messages of `dest` (visible now), in

@@ -55,6 +55,13 @@ pub(crate) struct Reader {
     conn: Connection,
 }
 
+impl Reader {
+    /// For queries kept beside the records they read (`review`).
+    pub(super) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}
+
 /// The delivery path's scan of a queue: what is due, in order. It selects
 /// only columns the `messages_ready` index holds, so SQLite answers it from
 /// the index alone: messages in flight are skipped without reading their

@@ -31,6 +31,10 @@ pub const STATE_DEAD: i64 = 1;
 pub const STATE_DELIVERED: i64 = 2;
 pub const STATE_DROPPED: i64 = 3;
 pub const STATE_QUARANTINED: i64 = 4;
+/// Held for a human decision (SPEC §10): counted in the queue, never
+/// fetched for delivery; `visible_at` is when its hold times out
+/// (`i64::MAX` when it never does).
+pub const STATE_HELD: i64 = 5;
 
 const CREATE: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -77,6 +81,26 @@ CREATE TABLE IF NOT EXISTS destinations (
     reason   TEXT NOT NULL,
     head_seq INTEGER
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reviews (
+    seq         INTEGER PRIMARY KEY,
+    dest        TEXT    NOT NULL,
+    category    TEXT    NOT NULL,
+    kind        TEXT    NOT NULL,
+    reason      TEXT    NOT NULL,
+    received_at INTEGER NOT NULL,
+    created_at  INTEGER NOT NULL,
+    original    BLOB,
+    decision    TEXT,
+    reviewer    TEXT,
+    note        TEXT,
+    corrected   BLOB,
+    patch       TEXT,
+    decided_at  INTEGER
+);
+CREATE INDEX IF NOT EXISTS reviews_open     ON reviews(dest, seq) WHERE decision IS NULL;
+CREATE INDEX IF NOT EXISTS reviews_open_all ON reviews(seq) WHERE decision IS NULL;
+CREATE INDEX IF NOT EXISTS reviews_decided  ON reviews(dest, category, decided_at) WHERE decision IS NOT NULL;
+CREATE INDEX IF NOT EXISTS reviews_age      ON reviews(created_at);
 CREATE TABLE IF NOT EXISTS halted_keys (
     dest   TEXT    NOT NULL,
     key    TEXT    NOT NULL,
@@ -91,6 +115,11 @@ CREATE TABLE IF NOT EXISTS halted_keys (
 /// key, and cost nothing here.
 const KEYED_INDEX: &str = "CREATE INDEX IF NOT EXISTS messages_keyed ON messages(dest, order_key, seq, visible_at)
      WHERE state = 0 AND order_key IS NOT NULL;";
+
+/// Held messages by when their hold times out (the timeout sweep) and,
+/// per destination, in order (depth at start-up). Created beside the
+/// other indexes on journals from before the review station.
+const HELD_INDEX: &str = "CREATE INDEX IF NOT EXISTS messages_held ON messages(dest, visible_at, seq) WHERE state = 5;";
 
 /// Applies the connection settings every journal connection uses.
 pub fn configure(conn: &Connection, writer: bool) -> rusqlite::Result<()> {
@@ -118,10 +147,15 @@ pub fn configure(conn: &Connection, writer: bool) -> rusqlite::Result<()> {
     Ok(())
 }
 
+#[derive(Default)]
 pub struct QueueCount {
     pub depth: u64,
     pub bytes: u64,
     pub dead: u64,
+    /// Of `depth`, held for review.
+    pub held: u64,
+    /// Review items (held and audit) with no decision yet.
+    pub open_reviews: u64,
 }
 
 pub struct Opened {
@@ -196,6 +230,7 @@ pub fn open_checked(path: &Path) -> Result<Opened, OpenError> {
     add_column(&conn, "messages", "order_key", "TEXT").map_err(e("schema"))?;
     // After the column it covers: a journal from before it gains both.
     conn.execute_batch(KEYED_INDEX).map_err(e("schema"))?;
+    conn.execute_batch(HELD_INDEX).map_err(e("schema"))?;
 
     let version: Option<String> = meta(&conn, "format_version").map_err(e("meta"))?;
     match version.as_deref().map(str::parse::<i64>) {
@@ -335,22 +370,37 @@ fn count_queues(conn: &Connection) -> rusqlite::Result<HashMap<String, QueueCoun
             QueueCount {
                 depth: n as u64,
                 bytes: bytes as u64,
-                dead: 0,
+                ..QueueCount::default()
             },
         );
+    }
+    // Held messages count in the queue (its limits, its depth) too.
+    let mut stmt = conn.prepare(
+        "SELECT dest, count(*), coalesce(sum(size), 0) FROM messages INDEXED BY messages_held
+         WHERE state = 5 GROUP BY dest",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?))
+    })?;
+    for row in rows {
+        let (dest, n, bytes) = row?;
+        let c = counts.entry(dest).or_default();
+        c.depth += n as u64;
+        c.bytes += bytes as u64;
+        c.held = n as u64;
+    }
+    let mut stmt = conn
+        .prepare("SELECT dest, count(*) FROM reviews INDEXED BY reviews_open WHERE decision IS NULL GROUP BY dest")?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    for row in rows {
+        let (dest, n) = row?;
+        counts.entry(dest).or_default().open_reviews = n as u64;
     }
     let mut stmt = conn.prepare("SELECT dest, count(*) FROM messages WHERE state = 1 GROUP BY dest")?;
     let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
     for row in rows {
         let (dest, n) = row?;
-        counts
-            .entry(dest)
-            .or_insert(QueueCount {
-                depth: 0,
-                bytes: 0,
-                dead: 0,
-            })
-            .dead = n as u64;
+        counts.entry(dest).or_default().dead = n as u64;
     }
     Ok(counts)
 }

@@ -181,6 +181,7 @@ mod tests {
             category: None,
             routed_from: None,
             order_key: None,
+            review: None,
             received_at: 7,
         })
     }

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use super::schema::{self, STATE_DEAD, STATE_DELIVERED, STATE_DROPPED, STATE_PENDING, STATE_QUARANTINED};
+use super::review::{self as reviews, Decided, Decision};
+use super::schema::{self, STATE_DEAD, STATE_DELIVERED, STATE_DROPPED, STATE_HELD, STATE_PENDING, STATE_QUARANTINED};
 use super::{
     checksum, encode_headers, now_ms, Appended, DestinationRecord, Disposition, JournalError, JournalStats, LastError,
     Limits, NewMessage, QueuesHandle, Result,
@@ -53,6 +54,20 @@ pub enum Command {
         /// The halted head's seq, 0 if the key was not halted.
         reply: oneshot::Sender<Result<u64>>,
     },
+    /// A reviewer's decision or a downstream's feedback on one message.
+    Decide {
+        seq: u64,
+        decision: Decision,
+        reply: oneshot::Sender<Result<Decided>>,
+    },
+    /// Ends the holds of `dest` that timed out by `now`: delivered, or
+    /// dead-lettered (`hold_timeout`).
+    ExpireHolds {
+        dest: String,
+        deliver: bool,
+        now: i64,
+        reply: oneshot::Sender<Result<u64>>,
+    },
     SetDestination {
         dest: String,
         record: DestinationRecord,
@@ -60,6 +75,8 @@ pub enum Command {
     },
     Sweep {
         retention_ms: i64,
+        /// Review items and decisions older than this go too.
+        review_retention_ms: i64,
         reply: oneshot::Sender<Result<u64>>,
     },
     Close {
@@ -72,23 +89,29 @@ pub(crate) struct Shared {
     pub stats: Arc<JournalStats>,
     /// Set by the checkpointer when the WAL should be rewound.
     pub wal_restart: Arc<std::sync::atomic::AtomicBool>,
+    /// The journal's id salt: sampling draws on the message id.
+    pub salt: u32,
 }
 
 /// What a command changed, applied to the in-memory counts only once the
 /// batch is committed.
 #[derive(Default)]
-struct Effect {
-    dest: Option<String>,
-    depth: i64,
-    bytes: i64,
-    dead: i64,
-    ready: bool,
+pub(super) struct Effect {
+    pub dest: Option<String>,
+    pub depth: i64,
+    pub bytes: i64,
+    pub dead: i64,
+    /// Change in held messages.
+    pub held: i64,
+    /// Change in review items awaiting a decision.
+    pub open_reviews: i64,
+    pub ready: bool,
     /// A new message, for the destination's tail.
-    appended: Option<(u64, Arc<NewMessage>)>,
+    pub appended: Option<(u64, Arc<NewMessage>)>,
     /// Messages became pending again other than by an append.
-    requeued: bool,
+    pub requeued: bool,
     /// The message a settle changed, if any.
-    settled: Option<u64>,
+    pub settled: Option<u64>,
 }
 
 /// A command's answer, held until the commit decides whether it stands.
@@ -96,6 +119,7 @@ enum Pending {
     Append(oneshot::Sender<Result<Appended>>, Result<Appended>),
     Unit(oneshot::Sender<Result<()>>, Result<()>),
     Count(oneshot::Sender<Result<u64>>, Result<u64>),
+    Decided(oneshot::Sender<Result<Decided>>, Result<Decided>),
 }
 
 impl Pending {
@@ -104,6 +128,7 @@ impl Pending {
             Pending::Append(tx, _) => drop(tx.send(Err(err()))),
             Pending::Unit(tx, _) => drop(tx.send(Err(err()))),
             Pending::Count(tx, _) => drop(tx.send(Err(err()))),
+            Pending::Decided(tx, _) => drop(tx.send(Err(err()))),
         }
     }
     fn answer(self) {
@@ -111,6 +136,7 @@ impl Pending {
             Pending::Append(tx, r) => drop(tx.send(r)),
             Pending::Unit(tx, r) => drop(tx.send(r)),
             Pending::Count(tx, r) => drop(tx.send(r)),
+            Pending::Decided(tx, r) => drop(tx.send(r)),
         }
     }
 }
@@ -315,6 +341,8 @@ impl Writer {
         add(&q.depth, eff.depth);
         add(&q.bytes, eff.bytes);
         add(&q.dead_letters, eff.dead);
+        add(&q.held, eff.held);
+        add(&q.open_reviews, eff.open_reviews);
         // Before `ready` wakes the worker, so it finds them there.
         if let Some((seq, msg)) = &eff.appended {
             q.tail.offer(*seq, msg);
@@ -399,10 +427,11 @@ fn error_of(code: Option<rusqlite::ErrorCode>, e: &rusqlite::Error) -> JournalEr
 }
 
 /// Answers a command that was applied, with the answer computed for it.
-enum Answer {
+pub(super) enum Answer {
     Append(Result<Appended>),
     Unit,
     Count(u64),
+    Decided(Decided),
 }
 
 fn pending_of(cmd: Command, ans: Answer) -> Pending {
@@ -412,7 +441,9 @@ fn pending_of(cmd: Command, ans: Answer) -> Pending {
         (Command::Replay { reply, .. }, Answer::Count(n))
         | (Command::Purge { reply, .. }, Answer::Count(n))
         | (Command::ReleaseKey { reply, .. }, Answer::Count(n))
+        | (Command::ExpireHolds { reply, .. }, Answer::Count(n))
         | (Command::Sweep { reply, .. }, Answer::Count(n)) => Pending::Count(reply, Ok(n)),
+        (Command::Decide { reply, .. }, Answer::Decided(d)) => Pending::Decided(reply, Ok(d)),
         (cmd, _) => {
             reject(cmd);
             Pending::Count(oneshot::channel().0, Ok(0))
@@ -431,7 +462,9 @@ fn reject_with(cmd: Command, err: impl Fn() -> JournalError) {
         Command::Replay { reply, .. }
         | Command::Purge { reply, .. }
         | Command::ReleaseKey { reply, .. }
+        | Command::ExpireHolds { reply, .. }
         | Command::Sweep { reply, .. } => Pending::Count(reply, Ok(0)),
+        Command::Decide { reply, .. } => Pending::Decided(reply, Ok(Decided::NotFound)),
         Command::Close { reply } => {
             let _ = reply.send(());
             return;
@@ -518,6 +551,8 @@ fn apply(
         Command::ReleaseKey {
             dest, key, skip_head, ..
         } => release_key(tx, dest, key, *skip_head),
+        Command::Decide { seq, decision, .. } => reviews::decide(tx, *seq, decision),
+        Command::ExpireHolds { dest, deliver, now, .. } => reviews::expire_holds(tx, dest, *deliver, *now),
         Command::SetDestination { dest, record, .. } => {
             tx.execute(
                 "INSERT INTO destinations (dest, state, reason, head_seq) VALUES (?1, ?2, ?3, ?4)
@@ -526,8 +561,13 @@ fn apply(
             )?;
             Ok((Answer::Unit, Effect::default()))
         }
-        Command::Sweep { retention_ms, .. } => {
+        Command::Sweep {
+            retention_ms,
+            review_retention_ms,
+            ..
+        } => {
             let cutoff = now_ms() - retention_ms;
+            reviews::sweep(tx, now_ms() - review_retention_ms, SWEEP_CHUNK)?;
             let n = tx.execute(
                 "DELETE FROM messages WHERE seq IN (SELECT seq FROM messages INDEXED BY messages_finished
                  WHERE state IN (2, 3) AND finished_at < ?1 LIMIT ?2)",
@@ -597,10 +637,18 @@ fn append(
     let headers = encode_headers(&msg.headers);
     let crc = checksum(&msg.method, &msg.path, &headers, &msg.body);
     let seq = *next_seq;
+    let review = msg
+        .review
+        .as_ref()
+        .map(|r| reviews::on_append(r, &super::id_of(shared.salt, seq as u64), msg.received_at));
+    let (state, visible_at) = match &review {
+        Some(reviews::OnAppend::Hold { until, .. }) => (STATE_HELD, *until),
+        _ => (STATE_PENDING, msg.received_at),
+    };
     tx.prepare_cached(
         "INSERT INTO messages (seq, dest, state, visible_at, received_at, method, path, headers, body, size, crc,
          version, idem_key, wants_reply, producer, category, routed_from, route_rule, order_key)
-         VALUES (?1, ?2, 0, ?3, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+         VALUES (?1, ?2, ?18, ?19, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
     )?
     .execute(params![
         seq,
@@ -619,9 +667,15 @@ fn append(
         msg.category,
         msg.routed_from.as_ref().map(|r| &r.0),
         msg.routed_from.as_ref().map(|r| r.1),
-        msg.order_key
+        msg.order_key,
+        state,
+        visible_at
     ])?;
     *next_seq += 1;
+    let held = match &review {
+        Some(r) => reviews::record_item(tx, seq, msg, r)?,
+        None => None,
+    };
     if let Some(key) = &msg.idempotency_key {
         tx.prepare_cached(
             "INSERT INTO idempotency (dest, key, seq, created_at, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -638,16 +692,21 @@ fn append(
     }
     *staged_n += 1;
     *staged_b += size;
+    let listed = matches!(review, Some(reviews::OnAppend::Hold { .. } | reviews::OnAppend::Audit));
     let eff = Effect {
         dest: Some(msg.dest.clone()),
         depth: 1,
         bytes: size,
         dead: 0,
-        ready: true,
-        appended: Some((seq as u64, msg.clone())),
+        held: held.is_some() as i64,
+        open_reviews: listed as i64,
+        // A held message is not deliverable: the worker is not woken and
+        // its tail never sees it.
+        ready: held.is_none(),
+        appended: held.is_none().then(|| (seq as u64, msg.clone())),
         ..Effect::default()
     };
-    Ok((Answer::Append(Ok(Appended::Stored { seq: seq as u64 })), eff))
+    Ok((Answer::Append(Ok(Appended::Stored { seq: seq as u64, held })), eff))
 }
 
 fn settle(

@@ -1,0 +1,238 @@
+//! The review station's admin API (SPEC §10): review items and decisions,
+//! feedback, quality and the corrections export. Thin: every rule lives in
+//! `crate::review`; this module turns requests into its calls and its
+//! errors into problem+json.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{internal, seq_of, Admin, ApiPath, ApiQuery};
+use crate::config::HumanDuration;
+use crate::journal::review::Verdict;
+use crate::problem::Problem;
+use crate::review::{DecisionRequest, FeedbackRequest, ReviewError};
+
+pub(super) fn problem(e: ReviewError) -> Problem {
+    match e {
+        ReviewError::NotFound(_) => Problem::not_found(e.to_string()),
+        ReviewError::NotHeld { .. } => Problem::not_held(e.to_string()),
+        ReviewError::NotDelivered { .. } => Problem::not_delivered(e.to_string()),
+        ReviewError::AlreadyDecided { .. } => Problem::already_decided(e.to_string()),
+        ReviewError::Invalid(m) => Problem::invalid_request(m),
+        ReviewError::ReasonRequired(m) => Problem::reason_required(m),
+        ReviewError::Schema(f) => Problem::schema_violation(
+            format!("the correction fails {}'s schema: {}", f.destination, f.message),
+            &f.violations,
+        ),
+        ReviewError::Transform(f) => Problem::transform_failed(format!(
+            "the correction cannot be delivered to {} ({}): {}",
+            f.destination,
+            f.stage.as_str(),
+            f.message
+        )),
+        e @ (ReviewError::Unavailable(_) | ReviewError::Journal(_)) => internal(e),
+    }
+}
+
+/// A JSON request body, read up to the ingress body limit (a correction is
+/// a producer body) plus room for the decision around it.
+async fn json_body<T: serde::de::DeserializeOwned>(a: &Admin, body: axum::body::Body) -> Result<T, Problem> {
+    let limit = crate::reload::current(&a.reloader.live).ingress.max_body;
+    let bytes = axum::body::to_bytes(body, (limit + 64 * 1024) as usize)
+        .await
+        .map_err(|_| Problem::payload_too_large(limit))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| Problem::invalid_request(format!("the body is not the JSON expected: {e}")))
+}
+
+fn page_size(limit: Option<&str>) -> Result<usize, Problem> {
+    match limit {
+        None => Ok(100),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| Problem::invalid_request(format!("limit={l:?}: the page size is 1 to 1000"))),
+    }
+}
+
+fn after_seq(a: &Admin, after: Option<&str>) -> Result<u64, Problem> {
+    match after {
+        None => Ok(0),
+        Some(id) => {
+            seq_of(a, id)?.ok_or_else(|| Problem::not_found(format!("after={id:?} names no message of this instance")))
+        }
+    }
+}
+
+fn known(a: &Admin, dest: &Option<String>) -> Result<(), Problem> {
+    if let Some(d) = dest {
+        if a.dispatcher.destination(d).is_none() {
+            return Err(Problem::unknown_destination(d));
+        }
+    }
+    Ok(())
+}
+
+fn duration(what: &str, text: &str) -> Result<std::time::Duration, Problem> {
+    text.parse::<HumanDuration>()
+        .map(|d| d.0)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| Problem::invalid_request(format!("{what}={text:?} is not a duration like \"24h\" or \"7d\"")))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    destination: Option<String>,
+    category: Option<String>,
+    limit: Option<String>,
+    after: Option<String>,
+}
+
+pub(super) async fn list(State(a): State<Admin>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Value>, Problem> {
+    known(&a, &q.destination)?;
+    let limit = page_size(q.limit.as_deref())?;
+    let after = after_seq(&a, q.after.as_deref())?;
+    let mut items = a
+        .station
+        .list(q.destination, q.category, after, limit + 1)
+        .await
+        .map_err(problem)?;
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next = if more {
+        items.last().map(|i| i["id"].clone())
+    } else {
+        None
+    };
+    Ok(Json(json!({ "items": items, "next": next })))
+}
+
+async fn decide(a: Admin, id: String, verdict: Verdict, body: axum::body::Body) -> Result<Json<Value>, Problem> {
+    let seq = seq_of(&a, &id)?.ok_or_else(|| Problem::not_found(format!("no message {id:?}")))?;
+    let req: DecisionRequest = json_body(&a, body).await?;
+    a.station.decide(seq, verdict, req).await.map(Json).map_err(problem)
+}
+
+pub(super) async fn approve(
+    State(a): State<Admin>,
+    ApiPath(id): ApiPath<String>,
+    body: axum::body::Body,
+) -> Result<Json<Value>, Problem> {
+    decide(a, id, Verdict::Approve, body).await
+}
+
+pub(super) async fn edit(
+    State(a): State<Admin>,
+    ApiPath(id): ApiPath<String>,
+    body: axum::body::Body,
+) -> Result<Json<Value>, Problem> {
+    decide(a, id, Verdict::Edit, body).await
+}
+
+pub(super) async fn reject(
+    State(a): State<Admin>,
+    ApiPath(id): ApiPath<String>,
+    body: axum::body::Body,
+) -> Result<Json<Value>, Problem> {
+    decide(a, id, Verdict::Reject, body).await
+}
+
+pub(super) async fn feedback(
+    State(a): State<Admin>,
+    ApiPath(id): ApiPath<String>,
+    body: axum::body::Body,
+) -> Result<Json<Value>, Problem> {
+    let seq = seq_of(&a, &id)?.ok_or_else(|| Problem::not_found(format!("no message {id:?}")))?;
+    let req: FeedbackRequest = json_body(&a, body).await?;
+    a.station.feedback(seq, req).await.map(Json).map_err(problem)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct QualityQuery {
+    destination: Option<String>,
+    window: Option<String>,
+}
+
+pub(super) async fn quality(
+    State(a): State<Admin>,
+    ApiQuery(q): ApiQuery<QualityQuery>,
+) -> Result<Json<Value>, Problem> {
+    known(&a, &q.destination)?;
+    let text = q.window.as_deref().unwrap_or("7d");
+    let window = duration("window", text)?;
+    let rows = a.station.quality(q.destination, window).await.map_err(problem)?;
+    Ok(Json(json!({ "window": text, "categories": rows })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CorrectionsQuery {
+    destination: Option<String>,
+    since: Option<String>,
+    format: Option<String>,
+}
+
+/// Every edit and override since `since` (default 30d), as JSON Lines or
+/// CSV: the training data. Read in pages, written as one body.
+pub(super) async fn corrections(
+    State(a): State<Admin>,
+    ApiQuery(q): ApiQuery<CorrectionsQuery>,
+) -> Result<Response, Problem> {
+    known(&a, &q.destination)?;
+    let since = duration("since", q.since.as_deref().unwrap_or("30d"))?;
+    let csv = match q.format.as_deref() {
+        None | Some("jsonl") => false,
+        Some("csv") => true,
+        Some(other) => {
+            return Err(Problem::invalid_request(format!(
+                "format={other:?}: \"jsonl\" or \"csv\""
+            )))
+        }
+    };
+    let since = crate::journal::now_ms() - since.as_millis().min(i64::MAX as u128) as i64;
+    let mut rows = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = a
+            .station
+            .corrections(q.destination.clone(), since, after, 1000)
+            .await
+            .map_err(problem)?;
+        let n = page.len();
+        if let Some(last) = page.last() {
+            after = last["id"]
+                .as_str()
+                .and_then(|id| a.journal.parse_id(id))
+                .unwrap_or(u64::MAX);
+        }
+        rows.extend(page);
+        if n < 1000 {
+            break;
+        }
+    }
+    let (body, content_type) = if csv {
+        (
+            crate::review::corrections_csv(&rows).map_err(internal)?,
+            "text/csv; charset=utf-8",
+        )
+    } else {
+        let mut out = Vec::new();
+        for r in &rows {
+            out.extend_from_slice(r.to_string().as_bytes());
+            out.push(b'\n');
+        }
+        (out, "application/jsonl")
+    };
+    let mut resp = body.into_response();
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok(resp)
+}

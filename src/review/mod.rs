@@ -1,0 +1,804 @@
+//! The review station (SPEC §10): where output quality is sampled,
+//! decided, measured and enforced.
+//!
+//! - Ingress asks [`intent`] what the station wants of a new message
+//!   (held by predicate or route, sampled, audited); the journal's writer
+//!   decides sampling on the message id and lists the item, in the commit
+//!   that stores the message.
+//! - [`Station::decide`] and [`Station::feedback`] check a decision
+//!   (reviewer named, a correction valid against the destination's schema
+//!   and transform) and record it through the journal, which applies it to
+//!   the held message in the same commit: the first decision wins.
+//! - After each decision the category's override rate over the governance
+//!   window is judged ([`Station::govern`]); crossing the owner's threshold
+//!   pauses the destination (or only alerts). A loop does the same for the
+//!   downstream's permanent-failure rate, ends holds that time out, and
+//!   watches for halted and long-degraded destinations.
+//! - Alerts are messages on an internal destination ([`ALERTS`], from
+//!   `[alerts] webhook_url`): durable before they count as raised, retried,
+//!   and measured like any other delivery. The station never talks HTTP.
+
+pub mod quality;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::config::{self, OnHoldTimeout, OnThreshold};
+use crate::dispatch::{Dispatcher, State};
+use crate::handoff::{self, Hold};
+use crate::journal::review::{Decided, Decision, Item, Verdict};
+use crate::journal::{self, Journal, JournalError, NewMessage, ReviewIntent};
+use crate::metrics::Metrics;
+use crate::reload::{current, Live};
+
+/// The internal destination alerts are queued on. Its name cannot be a
+/// configured one (names start with a letter or digit), and ingress
+/// refuses to take messages for it.
+pub const ALERTS: &str = "_alerts";
+
+/// A destination continuously degraded this long raises an alert.
+const DEGRADED_ALERT_AFTER: Duration = Duration::from_secs(300);
+
+/// What the station asks of a message `cfg` (its owner) takes: `None`
+/// when the owner has no review and nothing holds it.
+pub fn intent(cfg: &config::Destination, hold: Option<Hold>, category: &str) -> Option<ReviewIntent> {
+    let policy = cfg.review.as_ref();
+    if policy.is_none() && hold.is_none() {
+        return None;
+    }
+    Some(ReviewIntent {
+        hold: hold.map(Hold::as_str),
+        sample: policy.map_or(0.0, |p| p.sample_for(category)),
+        audit: policy.map_or(0.0, |p| p.audit_sample),
+        hold_for_ms: policy
+            .and_then(|p| p.hold_timeout)
+            .map(|t| t.as_millis().min(i64::MAX as u128) as i64),
+    })
+}
+
+/// Why a decision was not recorded; each says what the caller does next.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("no message {0:?} (unknown, or past history_retention)")]
+    NotFound(String),
+    /// A decision on a message that is not held or listed for audit.
+    #[error("message {id} is {state}, not waiting for review")]
+    NotHeld { id: String, state: &'static str },
+    /// Feedback on a message not delivered yet.
+    #[error("message {id} is {state}; feedback is for delivered messages")]
+    NotDelivered { id: String, state: &'static str },
+    #[error("message {id} was already decided: {decision} by {reviewer}")]
+    AlreadyDecided {
+        id: String,
+        decision: String,
+        reviewer: String,
+    },
+    /// The request itself is wrong (no reviewer, no body for an edit...).
+    #[error("{0}")]
+    Invalid(String),
+    /// A governance pause is lifted only by someone, for a reason.
+    #[error("{0}")]
+    ReasonRequired(String),
+    /// The correction fails the destination's schema.
+    #[error("{}", .0.message)]
+    Schema(handoff::Failure),
+    /// The correction cannot be transformed or formatted for delivery.
+    #[error("{}", .0.message)]
+    Transform(handoff::Failure),
+    #[error("the handoff sandbox is unavailable: {0}")]
+    Unavailable(String),
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+}
+
+/// A decision on a review item, as the API takes it.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionRequest {
+    pub reviewer: Option<String>,
+    pub note: Option<String>,
+    /// The corrected producer body (edit).
+    pub body: Option<Value>,
+    /// Why (reject); kept as the note when there is none.
+    pub reason: Option<String>,
+}
+
+/// Late feedback on a delivered message, as the API takes it.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackRequest {
+    pub reviewer: Option<String>,
+    pub verdict: String,
+    pub correction: Option<Value>,
+    pub note: Option<String>,
+}
+
+pub struct Station {
+    journal: Journal,
+    dispatcher: Arc<Dispatcher>,
+    metrics: Metrics,
+    live: Live,
+    /// When each destination was last resumed from a governance pause: its
+    /// verdicts start afresh from then, so the decisions that paused it do
+    /// not pause it again the moment it runs.
+    judged_from: Mutex<HashMap<String, i64>>,
+    /// When an alert was last raised, by (destination, event, subject): an
+    /// alert-only threshold alerts once per window, not once per decision.
+    alerted: Mutex<HashMap<(String, String, String), i64>>,
+}
+
+impl Station {
+    pub fn new(journal: Journal, dispatcher: Arc<Dispatcher>, metrics: Metrics, live: Live) -> Arc<Station> {
+        Arc::new(Station {
+            journal,
+            dispatcher,
+            metrics,
+            live,
+            judged_from: Mutex::default(),
+            alerted: Mutex::default(),
+        })
+    }
+
+    fn id(&self, seq: u64) -> String {
+        self.journal.message_id(seq)
+    }
+
+    /// Review items awaiting a decision, oldest first, each with what its
+    /// delivery would send now (`preview`).
+    pub async fn list(
+        &self,
+        dest: Option<String>,
+        category: Option<String>,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Value>, ReviewError> {
+        let items = self.journal.open_reviews(dest, category, after, limit).await?;
+        let mut out = Vec::with_capacity(items.len());
+        for it in items {
+            let preview = self.preview(&it).await;
+            out.push(json!({
+                "id": self.id(it.seq),
+                "destination": it.dest,
+                "category": it.category,
+                "kind": it.kind,
+                "reason": it.reason,
+                "received_at": rfc3339(it.received_at),
+                "original": body_value(it.original.as_ref()),
+                "preview": preview,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// What the item's destination would send for its original body: the
+    /// rendered body as text, or the error a delivery would meet.
+    async fn preview(&self, it: &Item) -> Value {
+        let Some(original) = &it.original else {
+            return Value::Null;
+        };
+        let Some(d) = self.dispatcher.destination(&it.dest) else {
+            return Value::Null;
+        };
+        let cfg = d.config();
+        let Some(h) = &cfg.handoff else {
+            return Value::String(String::from_utf8_lossy(original).into_owned());
+        };
+        match h.runner.render(&it.dest, original).await {
+            Ok(Some(r)) => json!({"content_type": r.content_type, "body": String::from_utf8_lossy(&r.body)}),
+            Ok(None) => Value::String(String::from_utf8_lossy(original).into_owned()),
+            Err(e) => json!({"error": e.to_string()}),
+        }
+    }
+
+    /// Approve, edit or reject a review item (`verdict` is one of those).
+    pub async fn decide(&self, seq: u64, verdict: Verdict, req: DecisionRequest) -> Result<Value, ReviewError> {
+        let reviewer = reviewer(req.reviewer)?;
+        let id = self.id(seq);
+        let item = self.journal.review_item(seq).await?;
+        let (corrected, patch) = match verdict {
+            Verdict::Edit => {
+                let Some(body) = req.body else {
+                    return Err(ReviewError::Invalid(
+                        "an edit needs \"body\": the corrected producer body".into(),
+                    ));
+                };
+                let Some(item) = &item else {
+                    return Err(self.not_reviewable(seq, &id, false).await);
+                };
+                self.checked(&item.dest, &body).await?;
+                correction(item, &body)
+            }
+            _ => (None, None),
+        };
+        let note = req.note.or(req.reason);
+        self.record(seq, &id, verdict, reviewer, note, corrected, patch).await
+    }
+
+    /// Late feedback on a delivered message.
+    pub async fn feedback(&self, seq: u64, req: FeedbackRequest) -> Result<Value, ReviewError> {
+        let reviewer = reviewer(req.reviewer)?;
+        let verdict = match req.verdict.as_str() {
+            "correct" => Verdict::Correct,
+            "overridden" => Verdict::Overridden,
+            other => {
+                return Err(ReviewError::Invalid(format!(
+                    "verdict must be \"correct\" or \"overridden\", got {other:?}"
+                )))
+            }
+        };
+        let id = self.id(seq);
+        let (corrected, patch) = match (&req.correction, verdict) {
+            (Some(_), Verdict::Correct) => {
+                return Err(ReviewError::Invalid(
+                    "a correction goes with verdict \"overridden\"".into(),
+                ))
+            }
+            (Some(c), _) => match self.journal.review_item(seq).await? {
+                Some(item) => correction(&item, c),
+                None => (Some(Bytes::from(c.to_string())), None),
+            },
+            (None, _) => (None, None),
+        };
+        self.record(seq, &id, verdict, reviewer, req.note, corrected, patch)
+            .await
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn record(
+        &self,
+        seq: u64,
+        id: &str,
+        verdict: Verdict,
+        reviewer: String,
+        note: Option<String>,
+        corrected: Option<Bytes>,
+        patch: Option<String>,
+    ) -> Result<Value, ReviewError> {
+        let at = journal::now_ms();
+        let decision = Decision {
+            verdict,
+            reviewer: reviewer.clone(),
+            note: note.clone(),
+            corrected,
+            patch: patch.clone(),
+            at,
+        };
+        match self.journal.decide(seq, decision).await? {
+            Decided::Done { dest, category, kind } => {
+                self.metrics
+                    .review_decisions
+                    .with_label_values(&[&dest, &category, verdict.as_str()])
+                    .inc();
+                if verdict == Verdict::Reject && kind == "held" {
+                    self.metrics
+                        .dead_lettered
+                        .with_label_values(&[&dest, "rejected_by_reviewer"])
+                        .inc();
+                }
+                tracing::info!(id, destination = %dest, %category, decision = verdict.as_str(), %reviewer, "review decision recorded");
+                self.govern(&dest, &category).await;
+                Ok(json!({
+                    "id": id,
+                    "destination": dest,
+                    "category": category,
+                    "kind": kind,
+                    "decision": verdict.as_str(),
+                    "reviewer": reviewer,
+                    "note": note,
+                    "decided_at": rfc3339(at),
+                    "patch": patch.and_then(|p| serde_json::from_str::<Value>(&p).ok()),
+                }))
+            }
+            Decided::NotFound => Err(ReviewError::NotFound(id.to_string())),
+            Decided::NotReviewable { state } if verdict == Verdict::Correct || verdict == Verdict::Overridden => {
+                Err(ReviewError::NotDelivered {
+                    id: id.to_string(),
+                    state,
+                })
+            }
+            Decided::NotReviewable { state } => Err(ReviewError::NotHeld {
+                id: id.to_string(),
+                state,
+            }),
+            Decided::AlreadyDecided { decision, reviewer } => Err(ReviewError::AlreadyDecided {
+                id: id.to_string(),
+                decision,
+                reviewer: reviewer.unwrap_or_else(|| "tidegate (hold timeout)".into()),
+            }),
+        }
+    }
+
+    async fn not_reviewable(&self, seq: u64, id: &str, feedback: bool) -> ReviewError {
+        match self.journal.status(seq).await {
+            Ok(Some(s)) => {
+                let state = crate::admin::state_name(&s, false);
+                if feedback {
+                    ReviewError::NotDelivered {
+                        id: id.to_string(),
+                        state,
+                    }
+                } else {
+                    ReviewError::NotHeld {
+                        id: id.to_string(),
+                        state,
+                    }
+                }
+            }
+            Ok(None) => ReviewError::NotFound(id.to_string()),
+            Err(e) => ReviewError::Journal(e),
+        }
+    }
+
+    /// A correction for `dest` must pass its schema and survive its
+    /// transform and format: it is what will be delivered.
+    async fn checked(&self, dest: &str, body: &Value) -> Result<(), ReviewError> {
+        let Some(d) = self.dispatcher.destination(dest) else {
+            return Ok(());
+        };
+        let cfg = d.config();
+        let Some(h) = &cfg.handoff else { return Ok(()) };
+        match h.runner.check(dest, body.to_string().as_bytes()).await {
+            Ok(_) => Ok(()),
+            Err(handoff::RunError::Failed(f)) if f.stage == handoff::Stage::Schema => Err(ReviewError::Schema(f)),
+            Err(handoff::RunError::Failed(f)) => Err(ReviewError::Transform(f)),
+            Err(e @ handoff::RunError::Unavailable(_)) => Err(ReviewError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// Quality rows over `window` (`GET /v1/quality`, `tidegate report`).
+    pub async fn quality(&self, dest: Option<String>, window: Duration) -> Result<Vec<quality::Row>, ReviewError> {
+        let since = journal::now_ms() - window.as_millis().min(i64::MAX as u128) as i64;
+        let volumes = self.journal.volumes(dest.clone(), since).await?;
+        let tallies = self.journal.review_tallies(dest, since).await?;
+        let config = current(&self.live);
+        let threshold = |name: &str| {
+            let d = config.destinations.iter().find(|d| d.name == name)?;
+            let g = d.governance.as_ref()?;
+            Some(quality::Threshold {
+                rate: g.error_threshold?,
+                min_reviews: g.min_reviews,
+            })
+        };
+        Ok(quality::rows(&volumes, &tallies, threshold))
+    }
+
+    /// Edits and overrides since `since` (ms), for export.
+    pub async fn corrections(
+        &self,
+        dest: Option<String>,
+        since: i64,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Value>, ReviewError> {
+        let items = self.journal.corrections(dest, since, after, limit).await?;
+        Ok(items
+            .iter()
+            .map(|it| {
+                json!({
+                    "id": self.id(it.seq),
+                    "destination": it.dest,
+                    "category": it.category,
+                    "decision": it.decision,
+                    "original": body_value(it.original.as_ref()),
+                    "corrected": body_value(it.corrected.as_ref()),
+                    "patch": it.patch.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok()),
+                    "reviewer": it.reviewer,
+                    "note": it.note,
+                    "decided_at": it.decided_at.map(rfc3339),
+                })
+            })
+            .collect())
+    }
+
+    /// Judges `dest`'s `category` after a decision: over the threshold
+    /// (with enough reviews), the destination is paused or an alert raised.
+    pub async fn govern(&self, dest: &str, category: &str) {
+        let Some(d) = self.dispatcher.destination(dest) else {
+            return;
+        };
+        let cfg = d.config();
+        let Some(g) = &cfg.governance else { return };
+        let Some(rate) = g.error_threshold else { return };
+        let now = journal::now_ms();
+        let since = self.window_start(dest, g.window, now);
+        let tally = match self.journal.review_tally(dest, category, since).await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(destination = dest, error = %e, "governance: cannot read the review tally");
+                return;
+            }
+        };
+        let threshold = quality::Threshold {
+            rate,
+            min_reviews: g.min_reviews,
+        };
+        if !quality::crosses(&tally, threshold) {
+            return;
+        }
+        let observed = tally.overrides() as f64 / tally.reviewed() as f64;
+        let reason = format!("quality_threshold: {category} {observed:.2}");
+        let figures = json!({
+            "category": category,
+            "override_rate": observed,
+            "threshold": rate,
+            "reviewed": tally.reviewed(),
+            "approved": tally.approved,
+            "edited": tally.edited,
+            "rejected": tally.rejected,
+            "overridden": tally.overridden,
+            "window": crate::config::HumanDuration(g.window).to_string(),
+        });
+        self.enforce(
+            &d,
+            &cfg,
+            g.on_threshold,
+            g.window,
+            "quality_threshold",
+            category,
+            &reason,
+            figures,
+        )
+        .await;
+    }
+
+    /// Where a destination's verdicts start: the window, or its last resume
+    /// from a governance pause if that is later.
+    fn window_start(&self, dest: &str, window: Duration, now: i64) -> i64 {
+        let start = now - window.as_millis().min(i64::MAX as u128) as i64;
+        let resumed = self
+            .judged_from
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(dest)
+            .copied();
+        resumed.map_or(start, |r| r.max(start))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn enforce(
+        &self,
+        d: &crate::dispatch::Destination,
+        cfg: &config::Destination,
+        action: OnThreshold,
+        window: Duration,
+        event: &str,
+        subject: &str,
+        reason: &str,
+        figures: Value,
+    ) {
+        let dest = d.name.as_str();
+        let pause = action == OnThreshold::Pause && d.current_state() != State::Paused;
+        if pause {
+            if let Err(e) = self.dispatcher.pause_because(dest, reason).await {
+                tracing::error!(destination = dest, error = %e, "governance: cannot pause");
+            }
+        } else if !self.first_in_window(dest, event, subject, window) {
+            return;
+        }
+        let text = match action {
+            OnThreshold::Pause => format!("tidegate paused {dest} (owner {}): {reason}", cfg.owner),
+            OnThreshold::Alert => format!("tidegate: {dest} (owner {}) crossed its threshold: {reason}", cfg.owner),
+        };
+        self.alert(event, dest, &cfg.owner, text, figures).await;
+    }
+
+    fn first_in_window(&self, dest: &str, event: &str, subject: &str, window: Duration) -> bool {
+        let now = journal::now_ms();
+        let key = (dest.to_string(), event.to_string(), subject.to_string());
+        let mut alerted = self.alerted.lock().unwrap_or_else(|e| e.into_inner());
+        match alerted.get(&key) {
+            Some(&at) if now - at < window.as_millis() as i64 => false,
+            _ => {
+                alerted.insert(key, now);
+                true
+            }
+        }
+    }
+
+    /// Resumes a destination, recording who and why; a governance pause
+    /// needs both, and its verdicts start afresh from now.
+    pub async fn resume(
+        &self,
+        dest: &str,
+        skip_head: bool,
+        by: Option<String>,
+        why: Option<String>,
+    ) -> Result<(), ReviewError> {
+        let Some(d) = self.dispatcher.destination(dest) else {
+            return Err(ReviewError::NotFound(dest.to_string()));
+        };
+        let info = d.state();
+        let governed = info.state == State::Paused && is_governance_reason(&info.reason);
+        let by = by.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let why = why.map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        let reason = match (&by, &why) {
+            (Some(by), Some(why)) => format!("resumed by {by}: {why}"),
+            _ if governed => {
+                return Err(ReviewError::ReasonRequired(format!(
+                    "{dest} was paused by governance ({}); resuming it needs by=<who> and reason=<why>",
+                    info.reason
+                )))
+            }
+            (Some(by), None) => format!("resumed by {by}"),
+            _ => "resumed by an operator".to_string(),
+        };
+        if governed {
+            tracing::warn!(destination = dest, paused_for = %info.reason, %reason, "governance pause lifted");
+            self.judged_from
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(dest.to_string(), journal::now_ms());
+        }
+        self.dispatcher
+            .resume_because(dest, skip_head, &reason)
+            .await
+            .map_err(|e| match e {
+                crate::dispatch::DispatchError::Journal(e) => ReviewError::Journal(e),
+                e => ReviewError::Invalid(e.to_string()),
+            })?;
+        Ok(())
+    }
+
+    /// Raises an alert: to the log and metrics always, and queued for the
+    /// webhook when one is configured (durable before this returns).
+    pub async fn alert(&self, event: &str, dest: &str, owner: &str, text: String, figures: Value) {
+        self.metrics.alerts.with_label_values(&[event]).inc();
+        tracing::warn!(event, destination = dest, %text, "alert");
+        let Some(alerts) = self.dispatcher.destination(ALERTS) else {
+            return;
+        };
+        let body = json!({
+            "text": text,
+            "destination": dest,
+            "owner": owner,
+            "event": event,
+            "figures": figures,
+            "at": rfc3339(journal::now_ms()),
+        });
+        let cfg = alerts.config();
+        let msg = NewMessage {
+            dest: ALERTS.to_string(),
+            method: "POST".into(),
+            path: String::new(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            body: Bytes::from(body.to_string()),
+            idempotency_key: None,
+            wants_reply: false,
+            received_at: journal::now_ms(),
+            producer: None,
+            category: Some(event.to_string()),
+            routed_from: None,
+            order_key: None,
+            review: None,
+        };
+        let limits = journal::Limits {
+            max_messages: cfg.queue.max_messages,
+            max_bytes: cfg.queue.max_bytes,
+            idempotency_window_ms: 0,
+        };
+        match self.journal.append(msg, limits).await {
+            Ok(journal::Appended::Stored { seq, .. }) => {
+                tracing::info!(id = %self.id(seq), event, destination = dest, "alert queued for the webhook")
+            }
+            Ok(other) => {
+                tracing::error!(event, destination = dest, outcome = ?other, "alert not queued: the alerts queue is full")
+            }
+            Err(e) => tracing::error!(event, destination = dest, error = %e, "alert not queued"),
+        }
+    }
+
+    /// The station's background work, once a second until `stop`: holds
+    /// that timed out, the downstream error threshold, and alerts on
+    /// halted and long-degraded destinations.
+    pub async fn run(self: Arc<Self>, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut watch = Watch::default();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.changed() => return,
+            }
+            self.expire_holds().await;
+            self.watch_states(&mut watch).await;
+            self.govern_downstream(&mut watch).await;
+        }
+    }
+
+    async fn expire_holds(&self) {
+        for d in self.dispatcher.destinations() {
+            let cfg = d.config();
+            let Some(policy) = &cfg.review else { continue };
+            if policy.hold_timeout.is_none() || d.queue.held.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                continue;
+            }
+            let deliver = policy.on_hold_timeout == OnHoldTimeout::Deliver;
+            loop {
+                match self.journal.expire_holds(&d.name, deliver, journal::now_ms()).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        tracing::info!(destination = %d.name, count = n, outcome = if deliver { "delivered" } else { "rejected" }, "holds timed out");
+                        if !deliver {
+                            self.metrics
+                                .dead_lettered
+                                .with_label_values(&[&d.name, "hold_timeout"])
+                                .inc_by(n);
+                        }
+                        if n < 1000 {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(destination = %d.name, error = %e, "cannot end timed-out holds");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn watch_states(&self, watch: &mut Watch) {
+        let now = std::time::Instant::now();
+        for d in self.dispatcher.destinations() {
+            if d.name == ALERTS {
+                continue;
+            }
+            let info = d.state();
+            let entry = watch.states.entry(d.name.clone()).or_insert((info.state, now, false));
+            if entry.0 != info.state {
+                *entry = (info.state, now, false);
+                if info.state == State::Halted {
+                    let cfg = d.config();
+                    let text = format!("tidegate halted {} (owner {}): {}", d.name, cfg.owner, info.reason);
+                    self.alert("halted", &d.name, &cfg.owner, text, json!({"reason": info.reason}))
+                        .await;
+                }
+            }
+            if info.state == State::Degraded && !entry.2 && now.duration_since(entry.1) >= DEGRADED_ALERT_AFTER {
+                entry.2 = true;
+                let cfg = d.config();
+                let minutes = now.duration_since(entry.1).as_secs() / 60;
+                let text = format!(
+                    "tidegate: {} (owner {}) has been degraded for {minutes} minutes: {}",
+                    d.name, cfg.owner, info.reason
+                );
+                self.alert(
+                    "degraded",
+                    &d.name,
+                    &cfg.owner,
+                    text,
+                    json!({"reason": info.reason, "minutes": minutes}),
+                )
+                .await;
+            }
+        }
+    }
+
+    /// The downstream's permanent failures per attempt over the window,
+    /// from the delivery counters sampled once a second.
+    async fn govern_downstream(&self, watch: &mut Watch) {
+        let now = std::time::Instant::now();
+        for d in self.dispatcher.destinations() {
+            let cfg = d.config();
+            let Some(g) = &cfg.governance else { continue };
+            let Some(rate) = g.downstream_error_threshold else {
+                continue;
+            };
+            let attempts = crate::metrics::sum(&self.metrics.attempts, &d.name);
+            let permanent = self.metrics.permanent_failures.with_label_values(&[&d.name]).get();
+            let samples = watch.samples.entry(d.name.clone()).or_default();
+            samples.push_back((now, attempts, permanent));
+            while samples.len() > 2 && samples.front().is_some_and(|s| now.duration_since(s.0) > g.window) {
+                samples.pop_front();
+            }
+            let (Some(first), Some(last)) = (samples.front(), samples.back()) else {
+                continue;
+            };
+            let (n, k) = (last.1.saturating_sub(first.1), last.2.saturating_sub(first.2));
+            if n == 0 || k as f64 / n as f64 <= rate {
+                continue;
+            }
+            // The same floor as review verdicts: no verdict on a handful.
+            if n < g.min_reviews {
+                continue;
+            }
+            let observed = k as f64 / n as f64;
+            let reason = format!("downstream_error_threshold: {observed:.2} of {n} attempts failed for good");
+            let figures = json!({"permanent_failures": k, "attempts": n, "rate": observed, "threshold": rate});
+            self.enforce(
+                &d,
+                &cfg,
+                g.on_threshold,
+                g.window,
+                "downstream_errors",
+                "",
+                &reason,
+                figures,
+            )
+            .await;
+        }
+    }
+}
+
+/// What the station's loop remembers between rounds.
+#[derive(Default)]
+struct Watch {
+    /// Per destination: its state, since when, and whether a degraded
+    /// alert went out for this spell.
+    states: HashMap<String, (State, std::time::Instant, bool)>,
+    /// Per destination: (when, attempts, permanent failures) samples.
+    samples: HashMap<String, std::collections::VecDeque<(std::time::Instant, u64, u64)>>,
+}
+
+/// Whether a pause reason is a governance threshold's.
+pub fn is_governance_reason(reason: &str) -> bool {
+    reason.starts_with("quality_threshold:") || reason.starts_with("downstream_error_threshold:")
+}
+
+fn reviewer(r: Option<String>) -> Result<String, ReviewError> {
+    match r.map(|s| s.trim().to_string()) {
+        Some(s) if !s.is_empty() && s.len() <= 200 => Ok(s),
+        Some(s) if !s.is_empty() => Err(ReviewError::Invalid("reviewer is at most 200 bytes".into())),
+        _ => Err(ReviewError::Invalid(
+            "\"reviewer\" is required: who decided, for the record".into(),
+        )),
+    }
+}
+
+/// The corrected bytes and the RFC 6902 patch from the item's original to
+/// them (no patch when the original is gone or not JSON).
+fn correction(item: &Item, corrected: &Value) -> (Option<Bytes>, Option<String>) {
+    let patch = item
+        .original
+        .as_ref()
+        .and_then(|o| serde_json::from_slice::<Value>(o).ok())
+        .map(|o| json_patch::diff(&o, corrected))
+        .and_then(|p| serde_json::to_string(&p).ok());
+    (Some(Bytes::from(corrected.to_string())), patch)
+}
+
+/// A stored body as JSON when it is, else as text.
+fn body_value(b: Option<&Bytes>) -> Value {
+    match b {
+        None => Value::Null,
+        Some(b) => serde_json::from_slice(b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into_owned())),
+    }
+}
+
+pub fn rfc3339(ms: i64) -> Value {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok();
+    t.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .map(Value::String)
+        .unwrap_or(Value::Null)
+}
+
+/// The corrections export's CSV columns, in order.
+pub const CORRECTION_COLUMNS: [&str; 10] = [
+    "id",
+    "destination",
+    "category",
+    "decision",
+    "original",
+    "corrected",
+    "patch",
+    "reviewer",
+    "note",
+    "decided_at",
+];
+
+/// Corrections as CSV with a header row: strings as they are, bodies and
+/// patches as compact JSON, absent values empty.
+pub fn corrections_csv(rows: &[Value]) -> Result<Vec<u8>, csv::Error> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record(CORRECTION_COLUMNS)?;
+    for r in rows {
+        w.write_record(CORRECTION_COLUMNS.iter().map(|c| match &r[*c] {
+            Value::Null => String::new(),
+            Value::String(s) => s.clone(),
+            v => v.to_string(),
+        }))?;
+    }
+    w.into_inner().map_err(|e| csv::Error::from(e.into_error()))
+}

@@ -1,0 +1,279 @@
+//! Quality arithmetic: override rates with their 95% Wilson interval, and
+//! the owner's report built from the journal's counts. Pure functions, no
+//! I/O, so the maths is tested on its own.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::journal::review::Tally;
+
+/// z for a two-sided 95% interval.
+const Z95: f64 = 1.959_963_984_540_054;
+
+/// The Wilson score interval for `k` successes in `n` trials at 95%:
+/// well-behaved at 0, 1 and small `n`, where the normal approximation is
+/// not. `None` when there are no trials.
+pub fn wilson(k: u64, n: u64) -> Option<(f64, f64)> {
+    if n == 0 {
+        return None;
+    }
+    let (k, n) = (k.min(n) as f64, n as f64);
+    let p = k / n;
+    let z2 = Z95 * Z95;
+    let centre = p + z2 / (2.0 * n);
+    let spread = Z95 * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    let denom = 1.0 + z2 / n;
+    Some((
+        ((centre - spread) / denom).max(0.0),
+        ((centre + spread) / denom).min(1.0),
+    ))
+}
+
+/// One destination and category over a window (`GET /v1/quality`).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Row {
+    pub destination: String,
+    pub category: String,
+    /// Messages received in the window.
+    pub messages: u64,
+    pub delivered: u64,
+    pub dead_letters: u64,
+    /// Held now (received in the window).
+    pub held: u64,
+    pub reviewed: u64,
+    pub approved: u64,
+    pub edited: u64,
+    pub rejected: u64,
+    /// Late feedback: `correct` plus `overridden`.
+    pub feedback: u64,
+    pub overridden: u64,
+    /// Holds that timed out with nobody deciding.
+    pub timed_out: u64,
+    /// (edited + rejected + overridden) / reviewed; `None` with no reviews.
+    pub override_rate: Option<f64>,
+    /// The 95% Wilson interval around `override_rate`.
+    pub override_rate_ci95: Option<(f64, f64)>,
+    /// The owner's threshold crossed (with at least `min_reviews`).
+    pub over_threshold: bool,
+}
+
+impl Row {
+    fn new(destination: &str, category: &str) -> Row {
+        Row {
+            destination: destination.to_string(),
+            category: category.to_string(),
+            messages: 0,
+            delivered: 0,
+            dead_letters: 0,
+            held: 0,
+            reviewed: 0,
+            approved: 0,
+            edited: 0,
+            rejected: 0,
+            feedback: 0,
+            overridden: 0,
+            timed_out: 0,
+            override_rate: None,
+            override_rate_ci95: None,
+            over_threshold: false,
+        }
+    }
+}
+
+/// A destination's governance threshold, as `rows` applies it.
+#[derive(Clone, Copy, Debug)]
+pub struct Threshold {
+    pub rate: f64,
+    pub min_reviews: u64,
+}
+
+/// Whether a tally crosses a threshold: enough reviews, and a rate above it.
+pub fn crosses(t: &Tally, threshold: Threshold) -> bool {
+    let n = t.reviewed();
+    n > 0 && n >= threshold.min_reviews && t.overrides() as f64 / n as f64 > threshold.rate
+}
+
+/// Joins message volumes (`(dest, category, state, n)`) and decision
+/// tallies into rows: categories over their threshold first, then by
+/// destination and category.
+pub fn rows(
+    volumes: &[(String, String, i64, u64)],
+    tallies: &[((String, String), Tally)],
+    threshold: impl Fn(&str) -> Option<Threshold>,
+) -> Vec<Row> {
+    use crate::journal::{STATE_DEAD, STATE_DELIVERED, STATE_HELD};
+    let mut by: BTreeMap<(String, String), Row> = BTreeMap::new();
+    for (dest, category, state, n) in volumes {
+        let r = by
+            .entry((dest.clone(), category.clone()))
+            .or_insert_with(|| Row::new(dest, category));
+        r.messages += n;
+        match *state {
+            STATE_DELIVERED => r.delivered += n,
+            STATE_DEAD => r.dead_letters += n,
+            STATE_HELD => r.held += n,
+            _ => {}
+        }
+    }
+    for ((dest, category), t) in tallies {
+        let r = by
+            .entry((dest.clone(), category.clone()))
+            .or_insert_with(|| Row::new(dest, category));
+        r.reviewed = t.reviewed();
+        r.approved = t.approved;
+        r.edited = t.edited;
+        r.rejected = t.rejected;
+        r.feedback = t.correct + t.overridden;
+        r.overridden = t.overridden;
+        r.timed_out = t.timed_out;
+        if r.reviewed > 0 {
+            r.override_rate = Some(t.overrides() as f64 / r.reviewed as f64);
+            r.override_rate_ci95 = wilson(t.overrides(), r.reviewed);
+        }
+        r.over_threshold = threshold(dest).is_some_and(|th| crosses(t, th));
+    }
+    let mut out: Vec<Row> = by.into_values().collect();
+    // Over threshold first; then the worst rates; then by name.
+    out.sort_by(|a, b| {
+        b.over_threshold
+            .cmp(&a.over_threshold)
+            .then(
+                b.override_rate
+                    .unwrap_or(-1.0)
+                    .partial_cmp(&a.override_rate.unwrap_or(-1.0))
+                    .unwrap_or(std::cmp::Ordering::Equal),
+            )
+            .then(a.destination.cmp(&b.destination))
+            .then(a.category.cmp(&b.category))
+    });
+    out
+}
+
+/// The owner's report as text: one line per destination and category.
+pub fn table(rows: &[Row], since: &str) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "quality over the last {since}; categories over their threshold first\n"
+    );
+    let _ = writeln!(
+        s,
+        "{:<16} {:<16} {:>8} {:>9} {:>6} {:>5} {:>8} {:>8} {:>6} {:>6} {:>9} {:>8}  VERDICT",
+        "DESTINATION",
+        "CATEGORY",
+        "MESSAGES",
+        "DELIVERED",
+        "DEAD",
+        "HELD",
+        "REVIEWED",
+        "APPROVED",
+        "EDITED",
+        "REJECT",
+        "OVERRIDE",
+        "95% CI",
+    );
+    for r in rows {
+        let rate = r
+            .override_rate
+            .map_or("-".to_string(), |x| format!("{:.1}%", x * 100.0));
+        let ci = r.override_rate_ci95.map_or("-".to_string(), |(lo, hi)| {
+            format!("{:.0}–{:.0}%", lo * 100.0, hi * 100.0)
+        });
+        let _ = writeln!(
+            s,
+            "{:<16} {:<16} {:>8} {:>9} {:>6} {:>5} {:>8} {:>8} {:>6} {:>6} {:>9} {:>8}  {}",
+            r.destination,
+            r.category,
+            r.messages,
+            r.delivered,
+            r.dead_letters,
+            r.held,
+            r.reviewed,
+            r.approved,
+            r.edited,
+            r.rejected + r.overridden,
+            rate,
+            ci,
+            if r.over_threshold { "OVER THRESHOLD" } else { "" }
+        );
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wilson_matches_published_values_and_stays_in_bounds() {
+        // 8 of 10: Wilson 95% is 0.490 to 0.943 (Newcombe 1998, method 3).
+        let (lo, hi) = wilson(8, 10).unwrap();
+        assert!((lo - 0.4902).abs() < 1e-3 && (hi - 0.9433).abs() < 1e-3, "{lo} {hi}");
+        let (lo, hi) = wilson(0, 20).unwrap();
+        assert_eq!(lo, 0.0);
+        assert!((hi - 0.1611).abs() < 1e-3, "{hi}");
+        let (lo, hi) = wilson(20, 20).unwrap();
+        assert!((lo - 0.8389).abs() < 1e-3 && hi == 1.0, "{lo} {hi}");
+        assert_eq!(wilson(0, 0), None);
+    }
+
+    #[test]
+    fn a_threshold_needs_min_reviews_and_a_rate_above_it() {
+        let t = |approved, edited| Tally {
+            approved,
+            edited,
+            ..Tally::default()
+        };
+        let th = Threshold {
+            rate: 0.2,
+            min_reviews: 20,
+        };
+        assert!(!crosses(&t(5, 10), th), "15 reviews is below min_reviews");
+        assert!(crosses(&t(10, 10), th));
+        assert!(!crosses(&t(16, 4), th), "exactly at the threshold is not over it");
+        assert!(!crosses(&t(0, 0), th));
+    }
+
+    #[test]
+    fn rows_put_categories_over_threshold_first() {
+        let volumes = vec![
+            ("d".to_string(), "nda".to_string(), 2, 90),
+            ("d".to_string(), "contract".to_string(), 2, 40),
+            ("d".to_string(), "contract".to_string(), 1, 3),
+        ];
+        let tallies = vec![
+            (
+                ("d".to_string(), "nda".to_string()),
+                Tally {
+                    approved: 19,
+                    edited: 1,
+                    ..Tally::default()
+                },
+            ),
+            (
+                ("d".to_string(), "contract".to_string()),
+                Tally {
+                    approved: 4,
+                    edited: 12,
+                    rejected: 4,
+                    ..Tally::default()
+                },
+            ),
+        ];
+        let th = |_: &str| {
+            Some(Threshold {
+                rate: 0.2,
+                min_reviews: 20,
+            })
+        };
+        let r = rows(&volumes, &tallies, th);
+        assert_eq!(r[0].category, "contract");
+        assert!(r[0].over_threshold);
+        assert_eq!((r[0].messages, r[0].delivered, r[0].dead_letters), (43, 40, 3));
+        assert_eq!(r[0].override_rate, Some(0.8));
+        assert!(!r[1].over_threshold);
+        assert_eq!(r[1].override_rate, Some(0.05));
+    }
+}
