@@ -257,7 +257,6 @@ pub(super) fn decide(tx: &Transaction<'_>, seq: u64, d: &Decision) -> rusqlite::
             d.verdict,
             d.corrected.as_ref(),
             "rejected_by_reviewer",
-            d.at,
             &mut eff,
         )?;
     }
@@ -285,9 +284,11 @@ fn release(
     verdict: Verdict,
     corrected: Option<&Bytes>,
     reject_reason: &str,
-    now: i64,
     eff: &mut Effect,
 ) -> rusqlite::Result<()> {
+    // The real time, not a cutoff a caller passed: a released message is
+    // due now.
+    let now = super::now_ms();
     let row: Option<(String, String, Option<Vec<u8>>, i64)> = tx
         .prepare_cached("SELECT method, path, headers, size FROM messages WHERE seq = ?1 AND state = 5")?
         .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
@@ -354,7 +355,7 @@ pub(super) fn expire_holds(
     let verdict = if deliver { Verdict::Approve } else { Verdict::Reject };
     for &seq in &seqs {
         let mut eff = Effect::default();
-        release(tx, seq, verdict, None, "hold_timeout", now, &mut eff)?;
+        release(tx, seq, verdict, None, "hold_timeout", &mut eff)?;
         let n = tx
             .prepare_cached(
                 "UPDATE reviews SET decision = 'timed_out', note = ?2, decided_at = ?3

@@ -212,7 +212,13 @@ fn copy_rows(
         .flatten()
         .and_then(|s| s.parse::<i64>().ok())
         .unwrap_or(0);
-    let last = max_seq.max(owed.pending.max().max(owed.dead.max()).unwrap_or(0));
+    let last = max_seq.max(
+        owed.pending
+            .max()
+            .max(owed.dead.max())
+            .max(owed.held.max())
+            .unwrap_or(0),
+    );
     let top = last.max(hwm.min(last.saturating_add(PROBE_PAST_END)));
 
     let mut recovered = SeqSet::default();
@@ -241,6 +247,7 @@ fn copy_rows(
     // them on the leaf pages themselves.
     owed.pending.retain(|s| !recovered.contains(s));
     owed.dead.retain(|s| !recovered.contains(s));
+    owed.held.retain(|s| !recovered.contains(s));
     let unwitnessed = if index_complete {
         SeqSet::default()
     } else {
@@ -256,9 +263,10 @@ fn copy_rows(
                 return;
             }
             if let (Value::Integer(seq), Value::Integer(state)) = (&row[0], &row[2]) {
-                if *state >= schema::STATE_DELIVERED && owed.state_of(*seq).is_none() {
+                let finished = (schema::STATE_DELIVERED..=schema::STATE_QUARANTINED).contains(state);
+                if finished && owed.state_of(*seq).is_none() {
                     // A finished copy replaces a live one kept before it.
-                    if let Err(e) = new.execute("DELETE FROM messages WHERE seq = ?1 AND state IN (0, 1)", [seq]) {
+                    if let Err(e) = new.execute("DELETE FROM messages WHERE seq = ?1 AND state IN (0, 1, 5)", [seq]) {
                         failed = Some(e);
                         return;
                     }
@@ -272,7 +280,13 @@ fn copy_rows(
             return Err(e);
         }
     }
-    lost.extend(owed.pending.iter().chain(owed.dead.iter()).chain(unwitnessed.iter()));
+    lost.extend(
+        owed.pending
+            .iter()
+            .chain(owed.dead.iter())
+            .chain(owed.held.iter())
+            .chain(unwitnessed.iter()),
+    );
     lost.retain(|&s| !recovered.contains(s));
     // Acknowledged (the high-water mark says so) but above anything the
     // database knows of: lost with the end of the WAL. Counted, not listed:
@@ -327,6 +341,29 @@ fn copy_rows(
             }
         }
     }
+    // Review records: best effort too, and whole rows or nothing. A held
+    // message whose record is lost is still held, and listed again (with
+    // no original) by `review_gaps` below.
+    if let Ok(mut stmt) = old.prepare(
+        "SELECT seq, dest, category, kind, reason, received_at, created_at, original, decision, reviewer, note,
+         corrected, patch, decided_at FROM reviews",
+    ) {
+        if let Ok(rows) = stmt.query_map([], |r| {
+            (0..14)
+                .map(|i| r.get::<_, rusqlite::types::Value>(i))
+                .collect::<rusqlite::Result<Vec<_>>>()
+        }) {
+            for row in rows.flatten() {
+                let _ = new.execute(
+                    "INSERT OR IGNORE INTO reviews (seq, dest, category, kind, reason, received_at, created_at,
+                     original, decision, reviewer, note, corrected, patch, decided_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                    rusqlite::params_from_iter(row),
+                );
+            }
+        }
+    }
+    review_gaps(new);
     if let Ok(mut stmt) = old.prepare("SELECT dest, state, reason, head_seq FROM destinations") {
         if let Ok(rows) = stmt.query_map([], |r| {
             Ok((
@@ -348,6 +385,19 @@ fn copy_rows(
 }
 
 type RawRow = Vec<rusqlite::types::Value>;
+
+/// Held messages whose review record did not survive get a new one, so
+/// that a reviewer still sees them (the body is the message's own).
+fn review_gaps(new: &Connection) {
+    if let Err(e) = new.execute(
+        "INSERT OR IGNORE INTO reviews (seq, dest, category, kind, reason, received_at, created_at, original)
+         SELECT seq, dest, coalesce(category, 'uncategorised'), 'held', 'salvaged', received_at, received_at, body
+         FROM messages WHERE state = 5 AND seq NOT IN (SELECT seq FROM reviews)",
+        [],
+    ) {
+        tracing::warn!(error = %e, "salvage: could not list held messages for review again");
+    }
+}
 
 const COLUMNS: &str = "seq, dest, state, visible_at, received_at, attempts, method, path, headers, body, size, crc,
     version, idem_key, wants_reply, last_error, reason, finished_at, producer, category, routed_from, route_rule,
@@ -429,7 +479,7 @@ fn rows_from_leaves(
         }
         row.resize(COLUMN_COUNT, Value::Null);
         let Value::Integer(state) = row[2] else { return };
-        if !(schema::STATE_PENDING..=schema::STATE_QUARANTINED).contains(&state) {
+        if !(schema::STATE_PENDING..=schema::STATE_HELD).contains(&state) {
             return;
         }
         row[0] = Value::Integer(r.rowid);
@@ -501,6 +551,8 @@ impl SeqSet {
 struct Owed {
     pending: SeqSet,
     dead: SeqSet,
+    /// Held for review (state 5): owed a decision, then a delivery.
+    held: SeqSet,
 }
 
 impl Owed {
@@ -509,13 +561,15 @@ impl Owed {
             Some(schema::STATE_PENDING)
         } else if self.dead.contains(seq) {
             Some(schema::STATE_DEAD)
+        } else if self.held.contains(seq) {
+            Some(schema::STATE_HELD)
         } else {
             None
         }
     }
 
     fn is_empty(&self) -> bool {
-        self.pending.is_empty() && self.dead.is_empty()
+        self.pending.is_empty() && self.dead.is_empty() && self.held.is_empty()
     }
 }
 
@@ -540,6 +594,7 @@ fn indexed_live_seqs(old: &Connection) -> (Owed, bool) {
     let owed = Owed {
         pending: read("messages_pending", schema::STATE_PENDING),
         dead: read("messages_dead", schema::STATE_DEAD),
+        held: read("messages_held", schema::STATE_HELD),
     };
     (owed, complete)
 }

@@ -1115,3 +1115,233 @@ fn a_storage_directory_it_creates_is_its_users_alone_and_an_existing_one_is_left
         0o750
     );
 }
+
+// ---------------------------------------------------------------- review
+
+fn intent(hold: Option<&'static str>, sample: f64, audit: f64) -> Option<ReviewIntent> {
+    Some(ReviewIntent {
+        hold,
+        sample,
+        audit,
+        hold_for_ms: None,
+    })
+}
+
+fn decision(verdict: review::Verdict, reviewer: &str, corrected: Option<&str>) -> review::Decision {
+    review::Decision {
+        verdict,
+        reviewer: reviewer.into(),
+        note: None,
+        corrected: corrected.map(|c| Bytes::from(c.to_string())),
+        patch: None,
+        at: now_ms(),
+    }
+}
+
+async fn held(j: &Journal, body: &str) -> u64 {
+    let m = NewMessage {
+        review: intent(Some("predicate"), 0.0, 0.0),
+        category: Some("nda".into()),
+        ..msg("d", body)
+    };
+    match j.append(m, limits()).await.unwrap() {
+        Appended::Stored {
+            seq,
+            held: Some("predicate"),
+        } => seq,
+        other => panic!("expected held, got {other:?}"),
+    }
+}
+
+/// A held message counts in the queue but is never fetched; approve makes
+/// it deliverable as stored, edit with the correction, reject a dead
+/// letter; a second decision changes nothing.
+#[tokio::test]
+async fn held_messages_wait_for_a_decision_and_the_first_decision_wins() {
+    use review::{Decided, Verdict};
+    let (_dir, j) = fresh();
+    let a = held(&j, r#"{"n":1}"#).await;
+    let b = held(&j, r#"{"n":2}"#).await;
+    let c = held(&j, r#"{"n":3}"#).await;
+    let q = j.queue("d");
+    assert_eq!(
+        (q.depth.load(Ordering::Relaxed), q.held.load(Ordering::Relaxed)),
+        (3, 3)
+    );
+    assert!(j.fetch_ready("d", 10, Vec::new).await.unwrap().messages.is_empty());
+    assert_eq!(j.open_reviews(Some("d".into()), None, 0, 10).await.unwrap().len(), 3);
+
+    let done = j.decide(a, decision(Verdict::Approve, "ann", None)).await.unwrap();
+    assert!(
+        matches!(done, Decided::Done { ref kind, .. } if kind == "held"),
+        "{done:?}"
+    );
+    let again = j.decide(a, decision(Verdict::Reject, "bob", None)).await.unwrap();
+    assert_eq!(
+        again,
+        Decided::AlreadyDecided {
+            decision: "approve".into(),
+            reviewer: Some("ann".into())
+        }
+    );
+    j.decide(b, decision(Verdict::Edit, "ann", Some(r#"{"n":20}"#)))
+        .await
+        .unwrap();
+    j.decide(c, decision(Verdict::Reject, "ann", None)).await.unwrap();
+
+    let got = j.fetch_ready("d", 10, Vec::new).await.unwrap().messages;
+    assert_eq!(seqs_of(&got), vec![a, b]);
+    assert_eq!(&got[0].body[..], br#"{"n":1}"#);
+    assert_eq!(
+        &got[1].body[..],
+        br#"{"n":20}"#,
+        "the correction replaces the body, checksum and all"
+    );
+    let dead = j.status(c).await.unwrap().unwrap();
+    assert_eq!(
+        (dead.state, dead.reason.as_deref()),
+        (schema::STATE_DEAD, Some("rejected_by_reviewer"))
+    );
+    assert_eq!(
+        (q.depth.load(Ordering::Relaxed), q.held.load(Ordering::Relaxed)),
+        (2, 0)
+    );
+    assert_eq!(q.open_reviews.load(Ordering::Relaxed), 0);
+    assert_eq!(q.dead_letters.load(Ordering::Relaxed), 1);
+    let t = j.review_tally("d", "nda", 0).await.unwrap();
+    assert_eq!((t.approved, t.edited, t.rejected, t.overrides()), (1, 1, 1, 2));
+    let edited = j.review_item(b).await.unwrap().unwrap();
+    assert_eq!(edited.original.as_deref(), Some(&br#"{"n":2}"#[..]));
+    assert_eq!(edited.corrected.as_deref(), Some(&br#"{"n":20}"#[..]));
+}
+
+#[tokio::test]
+async fn decisions_on_what_is_not_held_are_refused_and_feedback_needs_a_delivery() {
+    use review::{Decided, Verdict};
+    let (_dir, j) = fresh();
+    let plain = stored(&j, msg("d", "x")).await;
+    let h = held(&j, "{}").await;
+    assert_eq!(
+        j.decide(plain, decision(Verdict::Approve, "ann", None)).await.unwrap(),
+        Decided::NotReviewable { state: "queued" }
+    );
+    assert_eq!(
+        j.decide(9999, decision(Verdict::Approve, "ann", None)).await.unwrap(),
+        Decided::NotFound
+    );
+    assert_eq!(
+        j.decide(h, decision(Verdict::Overridden, "ann", None)).await.unwrap(),
+        Decided::NotReviewable { state: "held" }
+    );
+    assert_eq!(
+        j.decide(plain, decision(Verdict::Correct, "ann", None)).await.unwrap(),
+        Decided::NotReviewable { state: "queued" }
+    );
+    j.settle(plain, "d", 1, None, Disposition::Delivered).await.unwrap();
+    let done = j
+        .decide(plain, decision(Verdict::Overridden, "dee", Some("{}")))
+        .await
+        .unwrap();
+    assert!(
+        matches!(done, Decided::Done { ref kind, .. } if kind == "feedback"),
+        "{done:?}"
+    );
+    let t = j.review_tally("d", "uncategorised", 0).await.unwrap();
+    assert_eq!((t.overridden, t.reviewed()), (1, 1));
+}
+
+/// Sampling is a function of the message id: the same ids sample alike in
+/// a second journal that shares the salt, and the rate holds.
+#[tokio::test]
+async fn sampling_is_deterministic_per_id() {
+    let run = |dir: std::path::PathBuf| async move {
+        let j = Journal::open(&dir, u64::MAX).unwrap();
+        let mut held = Vec::new();
+        for i in 0..2000 {
+            let m = NewMessage {
+                review: intent(None, 0.05, 0.0),
+                ..msg("d", &i.to_string())
+            };
+            let roomy = Limits {
+                max_messages: 10_000,
+                ..limits()
+            };
+            if let Appended::Stored { seq, held: Some(_) } = j.append(m, roomy).await.unwrap() {
+                held.push(j.message_id(seq));
+            }
+        }
+        j.close();
+        held
+    };
+    let one = tempfile::tempdir().unwrap();
+    let first = run(one.path().to_path_buf()).await;
+    let two = tempfile::tempdir().unwrap();
+    std::fs::copy(one.path().join(schema::SALT_FILE), two.path().join(schema::SALT_FILE)).unwrap();
+    let second = run(two.path().to_path_buf()).await;
+    assert_eq!(first, second);
+    assert!((60..=140).contains(&first.len()), "{} of 2000 at 5%", first.len());
+    for id in &first {
+        assert!(sampled("sample", id, 0.05));
+    }
+}
+
+#[tokio::test]
+async fn holds_time_out_into_delivery_or_a_dead_letter() {
+    let (_dir, j) = fresh();
+    let m = |body: &str| NewMessage {
+        review: Some(ReviewIntent {
+            hold: Some("predicate"),
+            hold_for_ms: Some(1000),
+            ..ReviewIntent::default()
+        }),
+        ..msg("d", body)
+    };
+    let a = stored(&j, m("a")).await;
+    let b = stored(&j, m("b")).await;
+    assert_eq!(j.expire_holds("d", true, now_ms()).await.unwrap(), 0, "not yet");
+    assert_eq!(j.expire_holds("d", true, now_ms() + 60_000).await.unwrap(), 2);
+    let got = j.fetch_ready("d", 10, Vec::new).await.unwrap().messages;
+    assert_eq!(seqs_of(&got), vec![a, b]);
+    let item = j.review_item(a).await.unwrap().unwrap();
+    assert_eq!(item.decision.as_deref(), Some("timed_out"));
+    let c = stored(&j, m("c")).await;
+    assert_eq!(j.expire_holds("d", false, now_ms() + 60_000).await.unwrap(), 1);
+    let s = j.status(c).await.unwrap().unwrap();
+    assert_eq!(
+        (s.state, s.reason.as_deref()),
+        (schema::STATE_DEAD, Some("hold_timeout"))
+    );
+    assert_eq!(j.queue("d").held.load(Ordering::Relaxed), 0);
+}
+
+/// Held messages and their records survive a restart and a salvage.
+#[tokio::test]
+async fn held_messages_survive_reopening_and_salvage() {
+    let (dir, j) = fresh();
+    let a = held(&j, r#"{"n":1}"#).await;
+    let b = stored(&j, msg("d", "plain")).await;
+    j.close();
+    drop(j);
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    let q = j.queue("d");
+    assert_eq!(
+        (q.depth.load(Ordering::Relaxed), q.held.load(Ordering::Relaxed)),
+        (2, 1)
+    );
+    assert_eq!(q.open_reviews.load(Ordering::Relaxed), 1);
+    j.stats().note_error(&JournalError::Corrupt("test".into()));
+    j.close();
+    drop(j);
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    assert!(
+        dir.path().join("quarantine").read_dir().unwrap().next().is_some(),
+        "salvaged"
+    );
+    assert_eq!(j.status(a).await.unwrap().unwrap().state, schema::STATE_HELD);
+    let items = j.open_reviews(None, None, 0, 10).await.unwrap();
+    assert_eq!(items.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![a]);
+    assert_eq!(items[0].original.as_deref(), Some(&br#"{"n":1}"#[..]));
+    let got = j.fetch_ready("d", 10, Vec::new).await.unwrap().messages;
+    assert_eq!(seqs_of(&got), vec![b]);
+    j.close();
+}

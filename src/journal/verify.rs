@@ -76,6 +76,7 @@ fn state_name(state: i64) -> &'static str {
         schema::STATE_DELIVERED => "delivered",
         schema::STATE_DROPPED => "dropped",
         schema::STATE_QUARANTINED => "quarantined",
+        schema::STATE_HELD => "held",
         _ => "unknown",
     }
 }
