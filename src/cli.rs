@@ -101,6 +101,30 @@ impl Client {
         Ok(resp.status().as_u16())
     }
 
+    /// A GET whose answer is text (an export), returned as it came.
+    pub async fn get_text(&self, path: &str) -> Result<String, CliError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.get(&url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| CliError::Unreachable { url, source })?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| CliError::BadAnswer(e.to_string()))?;
+        if status >= 400 {
+            let v: Value = serde_json::from_str(&text).unwrap_or_default();
+            return Err(CliError::Problem {
+                status,
+                code: v["code"].as_str().unwrap_or("error").to_string(),
+                detail: v["detail"].as_str().unwrap_or(&text).to_string(),
+            });
+        }
+        Ok(text)
+    }
+
     pub async fn get(&self, path: &str) -> Result<Value, CliError> {
         self.call(reqwest::Method::GET, path, None).await
     }
@@ -309,4 +333,63 @@ pub fn render_message(m: &Value) -> String {
         ));
     }
     out
+}
+
+/// The quality rows of a `/v1/quality` answer.
+fn quality_rows(v: &Value) -> Result<Vec<crate::review::quality::Row>, CliError> {
+    serde_json::from_value(v["categories"].clone()).map_err(|e| CliError::BadAnswer(e.to_string()))
+}
+
+/// `tidegate report` as a table.
+pub fn render_report(v: &Value, since: &str) -> Result<String, CliError> {
+    Ok(crate::review::quality::table(&quality_rows(v)?, since))
+}
+
+/// `tidegate report --format csv`.
+pub fn report_csv(v: &Value) -> Result<String, CliError> {
+    let rows = quality_rows(v)?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in &rows {
+        w.serialize(crate::review::quality::Flat::from(r))
+            .map_err(|e| CliError::BadAnswer(e.to_string()))?;
+    }
+    let bytes = w.into_inner().map_err(|e| CliError::BadAnswer(e.to_string()))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `tidegate reviews list`.
+pub fn render_reviews(v: &Value) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let items = v["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        return "nothing awaits review".to_string();
+    }
+    let _ = writeln!(
+        s,
+        "{:<24} {:<16} {:<16} {:<6} {:<9} {:<24}  ORIGINAL",
+        "ID", "DESTINATION", "CATEGORY", "KIND", "REASON", "RECEIVED"
+    );
+    for i in &items {
+        let mut original = i["original"].to_string();
+        if original.len() > 60 {
+            let cut = (0..=60).rev().find(|&n| original.is_char_boundary(n)).unwrap_or(0);
+            original.truncate(cut);
+            original.push('…');
+        }
+        let _ = writeln!(
+            s,
+            "{:<24} {:<16} {:<16} {:<6} {:<9} {:<24}  {original}",
+            i["id"].as_str().unwrap_or_default(),
+            i["destination"].as_str().unwrap_or_default(),
+            i["category"].as_str().unwrap_or_default(),
+            i["kind"].as_str().unwrap_or_default(),
+            i["reason"].as_str().unwrap_or_default(),
+            i["received_at"].as_str().unwrap_or_default(),
+        );
+    }
+    if let Some(next) = v["next"].as_str() {
+        let _ = writeln!(s, "more: --after {next}");
+    }
+    s
 }

@@ -72,8 +72,37 @@ enum Command {
         /// On a key-ordered destination, resume this halted key alone.
         #[arg(long)]
         key: Option<String>,
+        /// Who resumes (required, with --reason, to lift a governance pause).
+        #[arg(long)]
+        by: Option<String>,
+        /// Why it is safe to resume.
+        #[arg(long)]
+        reason: Option<String>,
         #[command(flatten)]
         admin: Admin,
+    },
+    /// Held and audit items awaiting a human decision, and the decisions.
+    Reviews {
+        #[command(subcommand)]
+        action: ReviewAction,
+    },
+    /// The owner's quality report: volume, delivered, dead letters and the
+    /// override rate per category, categories over threshold first.
+    Report {
+        /// The window: "7d", "24h"...
+        #[arg(long, default_value = "7d")]
+        since: String,
+        #[arg(long)]
+        destination: Option<String>,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
+        format: ReportFormat,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// The corrections reviewers made: the training data.
+    Corrections {
+        #[command(subcommand)]
+        action: CorrectionAction,
     },
     /// Inspect, replay or purge a destination's dead letters.
     DeadLetters {
@@ -138,6 +167,84 @@ enum JournalAction {
     Verify {
         #[arg(long, env = "TIDEGATE_CONFIG", default_value = "config/tidegate.toml")]
         config: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ExportFormat {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Subcommand)]
+enum ReviewAction {
+    /// Items awaiting a decision, oldest first.
+    List {
+        #[arg(long)]
+        destination: Option<String>,
+        #[arg(long)]
+        category: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long)]
+        after: Option<String>,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Deliver a held message as it is.
+    Approve {
+        id: String,
+        #[arg(long)]
+        reviewer: String,
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Deliver a corrected body instead (checked against the schema).
+    Edit {
+        id: String,
+        #[arg(long)]
+        reviewer: String,
+        /// The corrected producer body: a JSON file, or `-` for standard input.
+        #[arg(long, default_value = "-")]
+        body: PathBuf,
+        #[arg(long)]
+        note: Option<String>,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// Never deliver it: dead-lettered as rejected_by_reviewer.
+    Reject {
+        id: String,
+        #[arg(long)]
+        reviewer: String,
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        admin: Admin,
+    },
+}
+
+#[derive(Subcommand)]
+enum CorrectionAction {
+    /// Every edit and override since --since, one per line (JSONL) or CSV.
+    Export {
+        #[arg(long)]
+        destination: Option<String>,
+        #[arg(long, default_value = "30d")]
+        since: String,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        #[command(flatten)]
+        admin: Admin,
     },
 }
 
@@ -361,16 +468,64 @@ fn operator(cmd: Command) -> ExitCode {
                 destination,
                 skip_head,
                 key,
+                by,
+                reason,
                 admin,
             } => {
                 let mut query = form_urlencoded::Serializer::new(String::new());
                 query.append_pair("skip_head", &skip_head.to_string());
-                if let Some(k) = &key {
-                    query.append_pair("key", k);
+                for (k, v) in [("key", &key), ("by", &by), ("reason", &reason)] {
+                    if let Some(v) = v {
+                        query.append_pair(k, v);
+                    }
                 }
                 let path = format!("/v1/destinations/{destination}/resume?{}", query.finish());
                 let v = client(&admin).post(&path, None).await?;
                 Ok(shown(admin.json, &v, cli::render_destination))
+            }
+            Command::Reviews { action } => reviews(action, &token).await,
+            Command::Report {
+                since,
+                destination,
+                format,
+                admin,
+            } => {
+                let mut query = form_urlencoded::Serializer::new(String::new());
+                query.append_pair("window", &since);
+                if let Some(d) = &destination {
+                    query.append_pair("destination", d);
+                }
+                let v = client(&admin).get(&format!("/v1/quality?{}", query.finish())).await?;
+                match (admin.json, format) {
+                    (true, _) | (_, ReportFormat::Json) => Ok(pretty(&v)),
+                    (_, ReportFormat::Table) => cli::render_report(&v, &since),
+                    (_, ReportFormat::Csv) => cli::report_csv(&v),
+                }
+            }
+            Command::Corrections {
+                action:
+                    CorrectionAction::Export {
+                        destination,
+                        since,
+                        format,
+                        admin,
+                    },
+            } => {
+                let mut query = form_urlencoded::Serializer::new(String::new());
+                query.append_pair("since", &since);
+                query.append_pair(
+                    "format",
+                    match format {
+                        ExportFormat::Jsonl => "jsonl",
+                        ExportFormat::Csv => "csv",
+                    },
+                );
+                if let Some(d) = &destination {
+                    query.append_pair("destination", d);
+                }
+                client(&admin)
+                    .get_text(&format!("/v1/corrections?{}", query.finish()))
+                    .await
             }
             Command::Message { id, admin } => {
                 let v = client(&admin).get(&format!("/v1/messages/{id}")).await?;
@@ -469,6 +624,99 @@ fn operator(cmd: Command) -> ExitCode {
         Err(e) => {
             eprintln!("tidegate: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `tidegate reviews ...`.
+async fn reviews(action: ReviewAction, token: &Option<String>) -> Result<String, cli::CliError> {
+    let client = |a: &Admin| Client::new(&a.admin, token.clone());
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
+    let decided = |admin: &Admin, v: serde_json::Value| {
+        if admin.json {
+            pretty(&v)
+        } else {
+            format!(
+                "{} {}: {} by {}",
+                v["id"].as_str().unwrap_or_default(),
+                v["destination"].as_str().unwrap_or_default(),
+                v["decision"].as_str().unwrap_or_default(),
+                v["reviewer"].as_str().unwrap_or_default()
+            )
+        }
+    };
+    match action {
+        ReviewAction::List {
+            destination,
+            category,
+            limit,
+            after,
+            admin,
+        } => {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            query.append_pair("limit", &limit.to_string());
+            for (k, v) in [
+                ("destination", &destination),
+                ("category", &category),
+                ("after", &after),
+            ] {
+                if let Some(v) = v {
+                    query.append_pair(k, v);
+                }
+            }
+            let v = client(&admin).get(&format!("/v1/reviews?{}", query.finish())).await?;
+            Ok(if admin.json {
+                pretty(&v)
+            } else {
+                cli::render_reviews(&v)
+            })
+        }
+        ReviewAction::Approve {
+            id,
+            reviewer,
+            note,
+            admin,
+        } => {
+            let body = json!({"reviewer": reviewer, "note": note});
+            let v = client(&admin)
+                .post(&format!("/v1/reviews/{id}/approve"), Some(body))
+                .await?;
+            Ok(decided(&admin, v))
+        }
+        ReviewAction::Edit {
+            id,
+            reviewer,
+            body,
+            note,
+            admin,
+        } => {
+            use std::io::Read;
+            let mut text = Vec::new();
+            let read = if body.as_os_str() == "-" {
+                std::io::stdin().lock().read_to_end(&mut text).map(|_| ())
+            } else {
+                std::fs::read(&body).map(|b| text = b)
+            };
+            read.map_err(|e| cli::CliError::BadAnswer(format!("cannot read {}: {e}", body.display())))?;
+            let corrected: serde_json::Value = serde_json::from_slice(&text)
+                .map_err(|e| cli::CliError::BadAnswer(format!("{} is not JSON: {e}", body.display())))?;
+            let req = json!({"reviewer": reviewer, "note": note, "body": corrected});
+            let v = client(&admin)
+                .post(&format!("/v1/reviews/{id}/edit"), Some(req))
+                .await?;
+            Ok(decided(&admin, v))
+        }
+        ReviewAction::Reject {
+            id,
+            reviewer,
+            reason,
+            admin,
+        } => {
+            let body = json!({"reviewer": reviewer, "reason": reason});
+            let v = client(&admin)
+                .post(&format!("/v1/reviews/{id}/reject"), Some(body))
+                .await?;
+            Ok(decided(&admin, v))
         }
     }
 }

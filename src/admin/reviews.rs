@@ -38,13 +38,33 @@ pub(super) fn problem(e: ReviewError) -> Problem {
     }
 }
 
+/// Most of an oversized body read and thrown away before answering 413, so
+/// that the client, still sending, reads the answer instead of a reset.
+const DRAIN_LIMIT: usize = 64 << 20;
+
 /// A JSON request body, read up to the ingress body limit (a correction is
 /// a producer body) plus room for the decision around it.
 async fn json_body<T: serde::de::DeserializeOwned>(a: &Admin, body: axum::body::Body) -> Result<T, Problem> {
+    use futures_util::StreamExt as _;
     let limit = crate::reload::current(&a.reloader.live).ingress.max_body;
-    let bytes = axum::body::to_bytes(body, (limit + 64 * 1024) as usize)
-        .await
-        .map_err(|_| Problem::payload_too_large(limit))?;
+    let cap = (limit + 64 * 1024) as usize;
+    let mut stream = body.into_data_stream();
+    let mut bytes = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| Problem::invalid_request(format!("the body could not be read: {e}")))?;
+        seen += chunk.len();
+        if seen > cap {
+            if seen > DRAIN_LIMIT {
+                break;
+            }
+            continue;
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    if seen > cap {
+        return Err(Problem::payload_too_large(limit));
+    }
     serde_json::from_slice(&bytes)
         .map_err(|e| Problem::invalid_request(format!("the body is not the JSON expected: {e}")))
 }

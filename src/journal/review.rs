@@ -214,7 +214,15 @@ pub(super) fn decide(tx: &Transaction<'_>, seq: u64, d: &Decision) -> rusqlite::
         .prepare_cached("SELECT dest, state, category FROM messages WHERE seq = ?1")?
         .query_row([seq], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?;
+    // Whether the row still counts as awaiting a decision.
+    let mut open = true;
     let (dest, category, kind) = match (row, &message) {
+        (Some((dest, category, kind, Some(decision), _)), _) if decision == "timed_out" && d.verdict.is_feedback() => {
+            // Nobody looked before its hold ran out: a human's later
+            // verdict is the first real one, and replaces the timeout.
+            open = false;
+            (dest, category, kind)
+        }
         (Some((_, _, _, Some(decision), reviewer)), _) => {
             return nothing(Decided::AlreadyDecided { decision, reviewer });
         }
@@ -247,10 +255,10 @@ pub(super) fn decide(tx: &Transaction<'_>, seq: u64, d: &Decision) -> rusqlite::
     };
     let mut eff = Effect {
         dest: Some(dest.clone()),
-        open_reviews: if kind == "feedback" { 0 } else { -1 },
+        open_reviews: if kind == "feedback" || !open { 0 } else { -1 },
         ..Effect::default()
     };
-    if kind == "held" {
+    if kind == "held" && open {
         release(
             tx,
             seq,

@@ -471,13 +471,17 @@ impl Station {
         figures: Value,
     ) {
         let dest = d.name.as_str();
-        let pause = action == OnThreshold::Pause && d.current_state() != State::Paused;
-        if pause {
-            if let Err(e) = self.dispatcher.pause_because(dest, reason).await {
-                tracing::error!(destination = dest, error = %e, "governance: cannot pause");
+        match action {
+            // Already stopped (by a threshold or an operator): nothing
+            // more to do, and nothing new to say.
+            OnThreshold::Pause if d.current_state() == State::Paused => return,
+            OnThreshold::Pause => {
+                if let Err(e) = self.dispatcher.pause_because(dest, reason).await {
+                    tracing::error!(destination = dest, error = %e, "governance: cannot pause");
+                }
             }
-        } else if !self.first_in_window(dest, event, subject, window) {
-            return;
+            OnThreshold::Alert if !self.first_in_window(dest, event, subject, window) => return,
+            OnThreshold::Alert => {}
         }
         let text = match action {
             OnThreshold::Pause => format!("tidegate paused {dest} (owner {}): {reason}", cfg.owner),

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::journal::review::Tally;
 
@@ -31,7 +31,7 @@ pub fn wilson(k: u64, n: u64) -> Option<(f64, f64)> {
 }
 
 /// One destination and category over a window (`GET /v1/quality`).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Row {
     pub destination: String,
     pub category: String,
@@ -77,6 +77,52 @@ impl Row {
             override_rate: None,
             override_rate_ci95: None,
             over_threshold: false,
+        }
+    }
+}
+
+/// A row flattened for CSV (no nested interval).
+#[derive(Serialize)]
+pub struct Flat<'a> {
+    pub destination: &'a str,
+    pub category: &'a str,
+    pub messages: u64,
+    pub delivered: u64,
+    pub dead_letters: u64,
+    pub held: u64,
+    pub reviewed: u64,
+    pub approved: u64,
+    pub edited: u64,
+    pub rejected: u64,
+    pub feedback: u64,
+    pub overridden: u64,
+    pub timed_out: u64,
+    pub override_rate: Option<f64>,
+    pub override_rate_low: Option<f64>,
+    pub override_rate_high: Option<f64>,
+    pub over_threshold: bool,
+}
+
+impl<'a> From<&'a Row> for Flat<'a> {
+    fn from(r: &'a Row) -> Self {
+        Flat {
+            destination: &r.destination,
+            category: &r.category,
+            messages: r.messages,
+            delivered: r.delivered,
+            dead_letters: r.dead_letters,
+            held: r.held,
+            reviewed: r.reviewed,
+            approved: r.approved,
+            edited: r.edited,
+            rejected: r.rejected,
+            feedback: r.feedback,
+            overridden: r.overridden,
+            timed_out: r.timed_out,
+            override_rate: r.override_rate,
+            override_rate_low: r.override_rate_ci95.map(|c| c.0),
+            override_rate_high: r.override_rate_ci95.map(|c| c.1),
+            over_threshold: r.over_threshold,
         }
     }
 }

@@ -22,3 +22,4 @@ mod problems;
 mod producers;
 mod rate;
 mod reference;
+mod review;

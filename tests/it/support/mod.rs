@@ -242,6 +242,13 @@ impl Tidegate {
         }
     }
 
+    /// A GET's body as text (an export), asserting a 200.
+    pub async fn client_get(&self, url: &str) -> String {
+        let r = self.client.get(url).send().await.expect("GET");
+        assert_eq!(r.status(), 200, "GET {url}");
+        r.text().await.expect("text")
+    }
+
     /// The Prometheus exposition of `/metrics`.
     pub async fn metrics_text(&self) -> String {
         let r = self
