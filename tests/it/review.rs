@@ -548,9 +548,9 @@ on_threshold = "pause""#
     for (i, id) in phase_two.iter().enumerate() {
         if i < 9 {
             let body = json!({"document_type": "contract", "v": 2, "n": i, "fixed": true});
-            ok(decide(&tg, &id, "edit", json!({"reviewer": "legal", "body": body})).await).await;
+            ok(decide(&tg, id, "edit", json!({"reviewer": "legal", "body": body})).await).await;
         } else {
-            ok(decide(&tg, &id, "approve", json!({"reviewer": "legal"})).await).await;
+            ok(decide(&tg, id, "approve", json!({"reviewer": "legal"})).await).await;
         }
     }
     let q = tg.admin_get("/v1/quality?destination=contracts&window=8s").await;
