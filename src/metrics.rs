@@ -327,6 +327,11 @@ impl Metrics {
         forget(&self.destination_state, dest);
         forget(&self.delivery_duration, dest);
         forget(&self.end_to_end, dest);
+        forget(&self.permanent_failures, dest);
+        forget(&self.review_decisions, dest);
+        forget(&self.held, dest);
+        forget(&self.review_pending, dest);
+        forget(&self.review_oldest_pending, dest);
     }
 
     /// The Prometheus text exposition of tidegate's metrics and the standard

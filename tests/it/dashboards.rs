@@ -128,7 +128,7 @@ async fn dashboard_and_alert_expressions_work_against_a_live_tidegate() {
     let u = ds.url();
     // crm routes what asks for triage to a destination of its own, so the
     // routed series exists.
-    let route = "[destination.handoff]\n[[destination.handoff.route]]\nwhen = \".triage == true\"\nto = \"triage\"";
+    let route = "[destination.handoff]\ncategory = \".kind\"\n[[destination.handoff.route]]\nwhen = \".triage == true\"\nto = \"triage\"\n[destination.review]\nhold_when = \".hold == true\"";
     let tg = Tidegate::start(&format!(
         "{}{}{}",
         destination("crm", &format!("{u}/ok"), route),
@@ -142,6 +142,16 @@ async fn dashboard_and_alert_expressions_work_against_a_live_tidegate() {
     tg.send("/erp/x", "{}").await;
     tg.wait_state("erp", "halted").await;
     tg.send("/crm/t", r#"{"triage": true}"#).await;
+    // One held message, decided, and one left waiting: the review series.
+    let held = tg.send("/crm/h", r#"{"hold": true, "kind": "lead"}"#).await;
+    tg.send("/crm/h", r#"{"hold": true, "kind": "lead"}"#).await;
+    let r = tg
+        .admin_post(
+            &format!("/v1/reviews/{held}/edit"),
+            r#"{"reviewer": "r", "body": {"kind": "lead"}}"#,
+        )
+        .await;
+    assert_eq!(r.status(), 200);
     // Traffic over a few scrapes, so rates and histograms have data.
     for i in 0..30 {
         let id = tg.send(&format!("/crm/{i}"), "{}").await;
@@ -151,7 +161,7 @@ async fn dashboard_and_alert_expressions_work_against_a_live_tidegate() {
         tokio::time::sleep(Duration::from_millis(100)).await; // pacing the load, not synchronising
     }
     let rules = rule_exprs();
-    assert_eq!(rules.len(), 9, "every rule in alerts.yml has a one-line expr");
+    assert_eq!(rules.len(), 13, "every rule in alerts.yml has a one-line expr");
     for expr in &rules {
         let v = query(&prom, expr).await;
         assert_eq!(

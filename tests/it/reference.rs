@@ -56,6 +56,10 @@ fn every_config_key_is_in_the_reference() {
             "[[destination]]\n[[destination.handoff.route]]",
             "destination.handoff.route",
         ),
+        ("[[destination]]\n[destination.review]", "destination.review"),
+        ("[[destination]]\n[destination.governance]", "destination.governance"),
+        ("[review]", "review"),
+        ("[alerts]", "alerts"),
     ];
     let mut checked = 0;
     for (header, table) in tables {
