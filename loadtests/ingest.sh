@@ -38,6 +38,13 @@ handoff() {
   printf '[destination.handoff]\nschema = "%s"\ntransform_file = "%s"\ncategory = ".document_type"\n' \
     "$PWD/loadtests/handoff/schema.json" "$PWD/loadtests/handoff/mapping.jq"
 }
+# REVIEW=1 (review.sh): the destination has a review station whose
+# predicate and sampling hold none of the load's messages (the body's
+# confidence is 0.93, its category is not sampled).
+review() {
+  [ -n "${REVIEW:-}" ] || return 0
+  printf '[destination.review]\nhold_when = ".confidence < 0.5"\nsample = 0.0\nsample_by_category = { nda = 0.5 }\n'
+}
 # The producer tables belong to [ingress]: written before the next table.
 { tidegate_config_head | sed '/^\[admin\]/,$d'; producers; tidegate_config_head | sed -n '/^\[admin\]/,$p'; cat <<CONF
 [log]
@@ -49,6 +56,7 @@ url = "http://127.0.0.1:9/"
 owner = "bench@example.com"
 CONF
 handoff
+review
 } > "$work/tidegate.toml"
 start_tidegate "$work/tidegate.toml"
 curl -sf -X POST "http://$ADMIN/v1/destinations/bench/pause" >/dev/null

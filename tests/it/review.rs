@@ -628,27 +628,98 @@ async fn kill_9_between_decisions_loses_no_decision_and_a_down_webhook_gets_ever
         }
     }
     assert_eq!(held.len(), 100);
-    // Decide while a producer keeps sending, and kill -9 mid-way.
-    let mut decided = Vec::new();
-    for (i, id) in held.iter().enumerate().take(60) {
-        let what = if i % 3 == 0 { "edit" } else { "approve" };
-        let body = if what == "edit" {
-            json!({"reviewer": "r", "body": {"n": i, "kind": "fixed"}})
-        } else {
-            json!({"reviewer": "r"})
-        };
-        let r = tg
-            .post("/crm/x", &format!(r#"{{"n": {}, "kind": "late"}}"#, 1000 + 2 * i))
-            .await;
-        assert_eq!(r.status(), 202);
-        let r = decide(&tg, id, what, body).await;
-        assert_eq!(r.status(), 200);
-        decided.push((id.clone(), what));
-        if i == 40 {
-            tg.kill9();
-            tg.spawn(&[]).await;
-        }
+    // Reviewers decide, four at a time, while a producer keeps sending
+    // (half of it held); kill -9 lands in the middle of both.
+    let ingress = Arc::new(std::sync::Mutex::new(tg.url("")));
+    let admin = Arc::new(std::sync::Mutex::new(tg.admin_url("")));
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (ingress, stop) = (ingress.clone(), stop.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let mut acked = Vec::new();
+            let mut n = 1000;
+            while !stop.load(Ordering::SeqCst) {
+                n += 1;
+                let url = format!("{}/crm/x", ingress.lock().unwrap());
+                let sent = client
+                    .post(url)
+                    .header("content-type", "application/json")
+                    .body(format!(r#"{{"n": {n}, "kind": "late"}}"#))
+                    .send()
+                    .await;
+                // A request the kill cut off was never acknowledged.
+                if let Ok(r) = sent {
+                    if r.status() == 202 {
+                        let v: Value = r.json().await.unwrap();
+                        acked.push((v["id"].as_str().unwrap().to_string(), v["status"] == "held"));
+                    }
+                }
+            }
+            acked
+        })
+    };
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut reviewers = Vec::new();
+    for part in held[..60].chunks(15) {
+        let (part, admin, done) = (part.to_vec(), admin.clone(), done.clone());
+        reviewers.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let (mut certain, mut unsure) = (Vec::new(), Vec::new());
+            for (i, id) in part.into_iter().enumerate() {
+                let what = if i % 3 == 0 { "edit" } else { "approve" };
+                let body = if what == "edit" {
+                    json!({"reviewer": "r", "body": {"n": i, "kind": "fixed"}})
+                } else {
+                    json!({"reviewer": "r"})
+                };
+                // A reviewer whose request the kill cut off asks again once
+                // tidegate is back: 200 if it was not recorded, 409
+                // `already_decided` (by this reviewer) if it was.
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                let mut retried = false;
+                loop {
+                    let url = format!("{}/v1/reviews/{id}/{what}", admin.lock().unwrap());
+                    match client.post(url).body(body.to_string()).send().await {
+                        Ok(r) if r.status() == 200 => break certain.push((id, what)),
+                        Ok(r) if r.status() == 409 && retried => {
+                            let p: Value = r.json().await.unwrap();
+                            assert!(p["detail"].as_str().unwrap().contains(&format!("{what} by r")), "{p}");
+                            break unsure.push((id, what));
+                        }
+                        Ok(r) => panic!("{id}: {} {}", r.status(), r.text().await.unwrap()),
+                        Err(_) if std::time::Instant::now() < deadline => {
+                            retried = true;
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => panic!("{id}: {e}"),
+                    }
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+            (certain, unsure)
+        }));
     }
+    eventually(Duration::from_secs(30), "some decisions made", || async {
+        done.load(Ordering::SeqCst) >= 20
+    })
+    .await;
+    tg.kill9();
+    tg.spawn(&[]).await;
+    *ingress.lock().unwrap() = tg.url("");
+    *admin.lock().unwrap() = tg.admin_url("");
+    let (mut decided, mut recorded_before_kill) = (Vec::new(), 0);
+    for r in reviewers {
+        let (c, u) = r.await.unwrap();
+        decided.extend(c);
+        recorded_before_kill += u.len();
+        decided.extend(u);
+    }
+    stop.store(true, Ordering::SeqCst);
+    let acked = producer.await.unwrap();
+    assert_eq!(decided.len(), 60);
+    eprintln!("{recorded_before_kill} decisions were cut off by the kill after being recorded");
+    assert!(acked.len() > 10, "the producer kept sending: {}", acked.len());
     // An erp category over its threshold: alerts while the webhook is down.
     for n in 0..6 {
         let r = tg.post("/erp/x", &format!(r#"{{"n": {n}, "kind": "po"}}"#)).await;
@@ -661,12 +732,14 @@ async fn kill_9_between_decisions_loses_no_decision_and_a_down_webhook_gets_ever
     .await;
     tg.kill9();
     tg.spawn(&[]).await;
-    // Every decision answered 200 stands; every undecided hold is listed.
+    // Every decision answered 200 stands, whoever asks again.
     for (id, what) in &decided {
         let r = decide(&tg, id, "reject", json!({"reviewer": "again"})).await;
         let p = problem(r, 409, "already_decided").await;
         assert!(p["detail"].as_str().unwrap().contains(what), "{p}");
     }
+    // Every held message not known decided is still waiting, listed; every
+    // message the producer was answered 202 for is there.
     let list = tg.admin_get("/v1/reviews?destination=crm&limit=1000").await;
     let listed: HashSet<String> = list["items"]
         .as_array()
@@ -674,12 +747,32 @@ async fn kill_9_between_decisions_loses_no_decision_and_a_down_webhook_gets_ever
         .iter()
         .map(|i| i["id"].as_str().unwrap().to_string())
         .collect();
-    let late_held = 60; // the producer's later messages, all held (even n)
-    let undecided: HashSet<String> = held[60..].iter().cloned().collect();
-    assert!(undecided.is_subset(&listed));
-    assert_eq!(listed.len(), undecided.len() + late_held);
+    for id in held[60..]
+        .iter()
+        .chain(acked.iter().filter(|(_, h)| *h).map(|(id, _)| id))
+    {
+        assert!(listed.contains(id), "held message {id} lost");
+    }
+    for (id, _) in &acked {
+        assert_ne!(
+            tg.message(id).await["state"],
+            Value::Null,
+            "acknowledged message {id} lost"
+        );
+    }
     let r = tg.client_get(&tg.admin_url("/v1/corrections?destination=crm")).await;
-    assert_eq!(r.lines().count(), decided.iter().filter(|(_, w)| *w == "edit").count());
+    let edits: HashSet<String> = r
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    for (id, what) in &decided {
+        assert_eq!(edits.contains(id), *what == "edit", "correction of {id}");
+    }
 
     // The webhook comes back: every alert arrives, each once.
     down.store(false, Ordering::SeqCst);

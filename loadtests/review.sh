@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Cost of the review station on the ingest of messages it does not hold:
+# durable ingest req/s of the 1 KiB LLM extraction to a destination with a
+# review station (a hold predicate and category sampling that hold none of
+# them) against the same destination without one, alternating, twice: on a
+# destination with a handoff (schema, category, mapping: the body is parsed
+# anyway), and on a bare one (the predicate alone makes tidegate parse it).
+#
+#   loadtests/review.sh [ROUNDS] [DURATION]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+body="$PWD/loadtests/handoff/extraction-1k.json"
+echo "== with a handoff =="
+loadtests/alternate.sh "${1:-5}" "${2:-10s}" \
+  "with review" "HANDOFF=1 REVIEW=1 BENCH_BODY=$body" "without" "HANDOFF=1 BENCH_BODY=$body"
+echo "== bare destination =="
+loadtests/alternate.sh "${1:-5}" "${2:-10s}" \
+  "with review" "REVIEW=1 BENCH_BODY=$body" "without" "BENCH_BODY=$body"
