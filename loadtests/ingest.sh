@@ -40,10 +40,14 @@ handoff() {
 }
 # REVIEW=1 (review.sh): the destination has a review station whose
 # predicate and sampling hold none of the load's messages (the body's
-# confidence is 0.93, its category is not sampled).
+# confidence is 0.93, its category is not sampled). REVIEW=sample: only
+# sampling (1%) and audits (1%), no predicate: the body is not parsed.
 review() {
-  [ -n "${REVIEW:-}" ] || return 0
-  printf '[destination.review]\nhold_when = ".confidence < 0.5"\nsample = 0.0\nsample_by_category = { nda = 0.5 }\n'
+  case "${REVIEW:-}" in
+    "") ;;
+    sample) printf '[destination.review]\nsample = 0.01\naudit_sample = 0.01\n' ;;
+    *) printf '[destination.review]\nhold_when = ".confidence < 0.5"\nsample = 0.0\nsample_by_category = { nda = 0.5 }\n' ;;
+  esac
 }
 # The producer tables belong to [ingress]: written before the next table.
 { tidegate_config_head | sed '/^\[admin\]/,$d'; producers; tidegate_config_head | sed -n '/^\[admin\]/,$p'; cat <<CONF

@@ -650,33 +650,27 @@ impl Station {
                 continue;
             }
             let info = d.state();
-            let entry = watch.states.entry(d.name.clone()).or_insert((info.state, now, false));
-            if entry.0 != info.state {
-                *entry = (info.state, now, false);
-                if info.state == State::Halted {
-                    let cfg = d.config();
-                    let text = format!("tidegate halted {} (owner {}): {}", d.name, cfg.owner, info.reason);
-                    self.alert("halted", &d.name, &cfg.owner, text, json!({"reason": info.reason}))
-                        .await;
-                }
-            }
-            if info.state == State::Degraded && !entry.2 && now.duration_since(entry.1) >= DEGRADED_ALERT_AFTER {
-                entry.2 = true;
-                let cfg = d.config();
-                let minutes = now.duration_since(entry.1).as_secs() / 60;
-                let text = format!(
-                    "tidegate: {} (owner {}) has been degraded for {minutes} minutes: {}",
-                    d.name, cfg.owner, info.reason
-                );
-                self.alert(
+            let spell = watch.states.entry(d.name.clone()).or_default();
+            let Some(event) = state_event(spell, info.state, now) else {
+                continue;
+            };
+            let cfg = d.config();
+            let (name, text, figures) = match event {
+                StateEvent::Halted => (
+                    "halted",
+                    format!("tidegate halted {} (owner {}): {}", d.name, cfg.owner, info.reason),
+                    json!({"reason": info.reason}),
+                ),
+                StateEvent::Degraded { minutes } => (
                     "degraded",
-                    &d.name,
-                    &cfg.owner,
-                    text,
+                    format!(
+                        "tidegate: {} (owner {}) has been degraded for {minutes} minutes: {}",
+                        d.name, cfg.owner, info.reason
+                    ),
                     json!({"reason": info.reason, "minutes": minutes}),
-                )
-                .await;
-            }
+                ),
+            };
+            self.alert(name, &d.name, &cfg.owner, text, figures).await;
         }
     }
 
@@ -692,7 +686,12 @@ impl Station {
             };
             let attempts = crate::metrics::sum(&self.metrics.attempts, &d.name);
             let permanent = self.metrics.permanent_failures.with_label_values(&[&d.name]).get();
-            let samples = watch.samples.entry(d.name.clone()).or_default();
+            // The counters start at zero with the destination: that is the
+            // first sample, so failures before the loop's first look count.
+            let samples = watch
+                .samples
+                .entry(d.name.clone())
+                .or_insert_with(|| std::collections::VecDeque::from([(now, 0, 0)]));
             samples.push_back((now, attempts, permanent));
             while samples.len() > 2 && samples.front().is_some_and(|s| now.duration_since(s.0) > g.window) {
                 samples.pop_front();
@@ -729,11 +728,54 @@ impl Station {
 /// What the station's loop remembers between rounds.
 #[derive(Default)]
 struct Watch {
-    /// Per destination: its state, since when, and whether a degraded
-    /// alert went out for this spell.
-    states: HashMap<String, (State, std::time::Instant, bool)>,
+    /// Per destination: the state it was last seen in, and since when.
+    states: HashMap<String, Option<Spell>>,
     /// Per destination: (when, attempts, permanent failures) samples.
     samples: HashMap<String, std::collections::VecDeque<(std::time::Instant, u64, u64)>>,
+}
+
+/// A destination's spell in one state, as the station's loop saw it.
+#[derive(Clone, Copy, Debug)]
+struct Spell {
+    state: State,
+    since: std::time::Instant,
+    /// A degraded alert went out for this spell.
+    alerted: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum StateEvent {
+    Halted,
+    Degraded { minutes: u64 },
+}
+
+/// What seeing a destination in `state` at `now` raises, given the spell
+/// it was last seen in: `Halted` on entering halted; `Degraded` once a
+/// degraded spell has lasted `DEGRADED_ALERT_AFTER`, once per spell. The
+/// first sighting (at start-up) starts a spell and raises nothing: a halt
+/// from before a restart was alerted then.
+fn state_event(spell: &mut Option<Spell>, state: State, now: std::time::Instant) -> Option<StateEvent> {
+    let fresh = Spell {
+        state,
+        since: now,
+        alerted: false,
+    };
+    let Some(current) = spell.as_mut() else {
+        *spell = Some(fresh);
+        return None;
+    };
+    if current.state != state {
+        *current = fresh;
+        return (state == State::Halted).then_some(StateEvent::Halted);
+    }
+    let lasted = now.duration_since(current.since);
+    if state == State::Degraded && !current.alerted && lasted >= DEGRADED_ALERT_AFTER {
+        current.alerted = true;
+        return Some(StateEvent::Degraded {
+            minutes: lasted.as_secs() / 60,
+        });
+    }
+    None
 }
 
 /// Whether a pause reason is a governance threshold's.
@@ -805,4 +847,70 @@ pub fn corrections_csv(rows: &[Value]) -> Result<Vec<u8>, csv::Error> {
         }))?;
     }
     w.into_inner().map_err(|e| csv::Error::from(e.into_error()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn halts_alert_on_entry_and_degraded_spells_once_after_five_minutes() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut spell = None;
+        assert_eq!(state_event(&mut spell, State::Running, at(0)), None);
+        assert_eq!(state_event(&mut spell, State::Halted, at(1)), Some(StateEvent::Halted));
+        assert_eq!(state_event(&mut spell, State::Halted, at(2)), None, "once per halt");
+        assert_eq!(state_event(&mut spell, State::Degraded, at(10)), None);
+        assert_eq!(state_event(&mut spell, State::Degraded, at(10 + 299)), None);
+        assert_eq!(
+            state_event(&mut spell, State::Degraded, at(10 + 301)),
+            Some(StateEvent::Degraded { minutes: 5 })
+        );
+        assert_eq!(
+            state_event(&mut spell, State::Degraded, at(10 + 900)),
+            None,
+            "once per spell"
+        );
+        // A recovery and a new spell: its own five minutes, its own alert.
+        assert_eq!(state_event(&mut spell, State::Running, at(1000)), None);
+        assert_eq!(state_event(&mut spell, State::Degraded, at(1001)), None);
+        assert_eq!(state_event(&mut spell, State::Degraded, at(1200)), None);
+        assert!(state_event(&mut spell, State::Degraded, at(1302)).is_some());
+        // Seen first already halted (a restart): no new alert.
+        let mut spell = None;
+        assert_eq!(state_event(&mut spell, State::Halted, at(0)), None);
+    }
+
+    #[test]
+    fn an_intent_only_where_review_is_configured_or_a_route_holds() {
+        let cfg = |review: Option<crate::config::ReviewPolicy>| {
+            let text = "[ingress]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"data\"\n[[destination]]\nname = \"d\"\nurl = \"http://127.0.0.1:1/\"\nowner = \"o\"\n";
+            let mut c = crate::config::Config::parse(std::path::Path::new("t.toml"), text).unwrap();
+            let mut d = c.destinations.remove(0);
+            d.review = review;
+            d
+        };
+        assert_eq!(intent(&cfg(None), None, "x"), None);
+        let routed = intent(&cfg(None), Some(Hold::Route), "x").unwrap();
+        assert_eq!(
+            (routed.hold, routed.sample, routed.hold_for_ms),
+            (Some("route"), 0.0, None)
+        );
+        let policy = crate::config::ReviewPolicy {
+            hold_when: None,
+            sample: 0.1,
+            sample_by_category: [("nda".to_string(), 0.5)].into(),
+            audit_sample: 0.02,
+            hold_timeout: Some(Duration::from_secs(4 * 3600)),
+            on_hold_timeout: OnHoldTimeout::Deliver,
+        };
+        let i = intent(&cfg(Some(policy.clone())), None, "nda").unwrap();
+        assert_eq!(
+            (i.hold, i.sample, i.audit, i.hold_for_ms),
+            (None, 0.5, 0.02, Some(14_400_000))
+        );
+        assert_eq!(intent(&cfg(Some(policy)), None, "invoice").unwrap().sample, 0.1);
+    }
 }

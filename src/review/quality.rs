@@ -204,21 +204,33 @@ pub fn table(rows: &[Row], since: &str) -> String {
         s,
         "quality over the last {since}; categories over their threshold first\n"
     );
+    let line = |cells: [&str; 14]| {
+        let mut l = format!("{:<16} {:<16}", cells[0], cells[1]);
+        for (c, w) in cells[2..13].iter().zip([8, 9, 5, 5, 8, 8, 6, 8, 10, 8, 8]) {
+            let _ = write!(l, " {c:>w$}");
+        }
+        let _ = write!(l, "  {}", cells[13]);
+        l.trim_end().to_string()
+    };
     let _ = writeln!(
         s,
-        "{:<16} {:<16} {:>8} {:>9} {:>6} {:>5} {:>8} {:>8} {:>6} {:>6} {:>9} {:>8}  VERDICT",
-        "DESTINATION",
-        "CATEGORY",
-        "MESSAGES",
-        "DELIVERED",
-        "DEAD",
-        "HELD",
-        "REVIEWED",
-        "APPROVED",
-        "EDITED",
-        "REJECT",
-        "OVERRIDE",
-        "95% CI",
+        "{}",
+        line([
+            "DESTINATION",
+            "CATEGORY",
+            "MESSAGES",
+            "DELIVERED",
+            "DEAD",
+            "HELD",
+            "REVIEWED",
+            "APPROVED",
+            "EDITED",
+            "REJECTED",
+            "OVERRIDDEN",
+            "OVERRIDE",
+            "95% CI",
+            "VERDICT",
+        ])
     );
     for r in rows {
         let rate = r
@@ -227,22 +239,26 @@ pub fn table(rows: &[Row], since: &str) -> String {
         let ci = r.override_rate_ci95.map_or("-".to_string(), |(lo, hi)| {
             format!("{:.0}–{:.0}%", lo * 100.0, hi * 100.0)
         });
+        let n = |x: u64| x.to_string();
         let _ = writeln!(
             s,
-            "{:<16} {:<16} {:>8} {:>9} {:>6} {:>5} {:>8} {:>8} {:>6} {:>6} {:>9} {:>8}  {}",
-            r.destination,
-            r.category,
-            r.messages,
-            r.delivered,
-            r.dead_letters,
-            r.held,
-            r.reviewed,
-            r.approved,
-            r.edited,
-            r.rejected + r.overridden,
-            rate,
-            ci,
-            if r.over_threshold { "OVER THRESHOLD" } else { "" }
+            "{}",
+            line([
+                &r.destination,
+                &r.category,
+                &n(r.messages),
+                &n(r.delivered),
+                &n(r.dead_letters),
+                &n(r.held),
+                &n(r.reviewed),
+                &n(r.approved),
+                &n(r.edited),
+                &n(r.rejected),
+                &n(r.overridden),
+                &rate,
+                &ci,
+                if r.over_threshold { "OVER THRESHOLD" } else { "" },
+            ])
         );
     }
     s

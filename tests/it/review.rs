@@ -563,6 +563,9 @@ on_threshold = "pause""#
         .clone();
     assert_eq!(contract["override_rate"].as_f64(), Some(0.18), "{q}");
     assert_eq!(contract["over_threshold"], false);
+    let (okay, out, err) = cli(&tg, &["report", "--since", "8s", "--destination", "contracts"]);
+    assert!(okay, "{err}");
+    println!("{out}");
     let (okay, _, err) = cli(
         &tg,
         &[
@@ -908,4 +911,63 @@ async fn bad_decisions_are_refused_with_a_clear_problem_and_change_nothing() {
     // A producer cannot post to the internal alerts destination.
     let r = tg.post("/_alerts/x", "{}").await;
     assert_eq!(r.status(), 404);
+}
+
+/// The downstream's permanent-failure rate over the window pauses a flow
+/// too; a destination that halts raises an alert of its own.
+#[tokio::test]
+async fn a_downstream_refusing_for_good_pauses_its_flow_and_a_halt_alerts() {
+    let ds = Downstream::start().await;
+    ds.refuse_under("/bad", 422);
+    let hook = Downstream::start().await;
+    let u = ds.url();
+    let tg = Tidegate::start(&format!(
+        "{}{}[alerts]\nwebhook_url = \"{}/hook\"\n",
+        destination(
+            "crm",
+            &format!("{u}/bad"),
+            "[destination.governance]\ndownstream_error_threshold = 0.5\nmin_reviews = 5\nwindow = \"1h\""
+        ),
+        destination("erp", &format!("{u}/bad"), "on_failure = \"halt\""),
+        hook.url()
+    ))
+    .await;
+    for i in 0..8 {
+        tg.send("/crm/x", &format!("{{\"n\": {i}}}")).await;
+    }
+    tg.wait_state("crm", "paused").await;
+    let d = tg.destination("crm").await;
+    let reason = d["state_reason"].as_str().unwrap();
+    assert!(reason.starts_with("downstream_error_threshold: 1.00 of "), "{reason}");
+    tg.send("/erp/x", "{}").await;
+    tg.wait_state("erp", "halted").await;
+    eventually(Duration::from_secs(20), "both alerts at the webhook", || async {
+        hook.ok_by_id().len() >= 2
+    })
+    .await;
+    let events: Vec<(String, String)> = hook
+        .seen()
+        .iter()
+        .map(|s| serde_json::from_slice::<Value>(&s.body).unwrap())
+        .map(|v| {
+            (
+                v["destination"].as_str().unwrap().to_string(),
+                v["event"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        events.contains(&("crm".into(), "downstream_errors".into())),
+        "{events:?}"
+    );
+    assert!(events.contains(&("erp".into(), "halted".into())), "{events:?}");
+    let metrics = tg.metrics_text().await;
+    assert!(
+        metrics.contains("tidegate_delivery_permanent_failures_total{destination=\"crm\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tidegate_alerts_total{event=\"halted\"} 1"),
+        "{metrics}"
+    );
 }
