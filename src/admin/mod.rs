@@ -247,6 +247,8 @@ async fn describe(a: &Admin, d: &dispatch::Destination) -> Result<Value, Problem
             "in_flight": d.in_flight.load(Ordering::Relaxed),
             "scheduled": scheduled,
             "dead_letters": d.queue.dead_letters.load(Ordering::Relaxed),
+            "held": d.queue.held.load(Ordering::Relaxed),
+            "reviews_pending": d.queue.open_reviews.load(Ordering::Relaxed),
             "oldest_age_seconds": oldest.map(|r| ((journal::now_ms() - r).max(0) as f64) / 1000.0).unwrap_or(0.0),
         },
         "rate_limit": {

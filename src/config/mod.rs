@@ -220,6 +220,12 @@ pub struct Destination {
     pub governance: Option<Governance>,
     /// The URL's path and query are a secret (a webhook's): shown redacted.
     pub secret_url: bool,
+    /// What producers will send at peak, messages per second (SPEC §11).
+    pub expected_volume: Option<f64>,
+    /// The oldest message must be delivered within this (SPEC §11).
+    pub latency_objective: Option<Duration>,
+    /// Systems behind this downstream, named for the chain map.
+    pub feeds: Vec<String>,
 }
 
 /// A PEM bundle of certificate authorities, read and checked when the config
@@ -403,6 +409,10 @@ struct RawDestination {
     handoff: Option<handoff::RawHandoff>,
     review: Option<review::RawReview>,
     governance: Option<review::RawGovernance>,
+    expected_volume: Option<Spanned<Rate>>,
+    latency_objective: Option<HumanDuration>,
+    #[serde(default)]
+    feeds: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1013,6 +1023,29 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
                 ))
             }
         };
+        let expected_volume = match &d.expected_volume {
+            None => None,
+            Some(v) => match v.get_ref().per_second {
+                Some(r) => Some(r),
+                None => {
+                    return Err(loc.error(
+                        v.span(),
+                        "expected_volume is what producers send at peak, like \"20000/h\"; \"unlimited\" says nothing".into(),
+                    ))
+                }
+            },
+        };
+        let mut feeds = Vec::new();
+        for f in &d.feeds {
+            let f_name = f.get_ref().trim();
+            if f_name.is_empty() || f_name.len() > 100 || f_name.chars().any(char::is_control) {
+                return Err(loc.error(f.span(), format!("feeds names a system: 1 to 100 printable characters, got {:?}", f.get_ref())));
+            }
+            if feeds.iter().any(|x: &String| x == f_name) {
+                return Err(loc.error(f.span(), format!("{f_name:?} is listed twice in feeds")));
+            }
+            feeds.push(f_name.to_string());
+        }
         let mut handoff = d.handoff.map(|h| handoff::spec(h, loc)).transpose()?;
         let review = d.review.map(|r| review::review(r, loc)).transpose()?;
         let governance = d.governance.map(|g| review::governance(g, loc)).transpose()?;
@@ -1049,6 +1082,9 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             review,
             governance,
             secret_url: false,
+            expected_volume,
+            latency_objective: d.latency_objective.map(|o| o.0).filter(|o| !o.is_zero()),
+            feeds,
         });
     }
     handoff::link(&mut destinations, handoffs, loc)?;
@@ -1136,6 +1172,9 @@ fn alerts_destination(url: reqwest::Url) -> Destination {
         review: None,
         governance: None,
         secret_url: true,
+        expected_volume: None,
+        latency_objective: None,
+        feeds: Vec::new(),
     }
 }
 
@@ -1210,6 +1249,29 @@ impl Config {
             );
             if let Some(h) = &d.handoff {
                 let _ = writeln!(s, "  handoff {}", handoff::describe(&h.spec));
+            }
+            if let Some(r) = &d.review {
+                let _ = writeln!(
+                    s,
+                    "  review hold_when={} sample={} sample_by_category={:?} audit_sample={} hold_timeout={} on_hold_timeout={:?}",
+                    if r.hold_when.is_some() { "set" } else { "none" },
+                    r.sample,
+                    r.sample_by_category,
+                    r.audit_sample,
+                    r.hold_timeout.map_or("none".to_string(), |t| HumanDuration(t).to_string()),
+                    r.on_hold_timeout
+                );
+            }
+            if let Some(g) = &d.governance {
+                let _ = writeln!(
+                    s,
+                    "  governance error_threshold={} window={} min_reviews={} on_threshold={:?} downstream_error_threshold={}",
+                    g.error_threshold.map_or("none".to_string(), |x| x.to_string()),
+                    HumanDuration(g.window),
+                    g.min_reviews,
+                    g.on_threshold,
+                    g.downstream_error_threshold.map_or("none".to_string(), |x| x.to_string())
+                );
             }
             let _ = writeln!(
                 s,
