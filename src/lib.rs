@@ -15,7 +15,8 @@
 //!   a pure policy, what happens after each attempt.
 //! - [`delivery`] performs one HTTP attempt and classifies its outcome.
 //!
-//! To the side: [`review`] (held messages, decisions, corrections, quality
+//! To the side: [`chain`] (the map of producers, destinations and what
+//! they feed, and the capacity plan), [`review`] (held messages, decisions, corrections, quality
 //! and the governance thresholds that pause a flow, alerts), [`admin`] (health, operations, metrics endpoint), [`auth`]
 //! (tokens, and the Origin and Host checks both listeners apply), [`metrics`],
 //! [`config`] (parsing and validation), [`cli`] (the operator commands,
@@ -26,6 +27,7 @@
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod chain;
 pub mod cli;
 pub mod config;
 pub mod delivery;

@@ -18,6 +18,16 @@ pub enum Format {
 }
 
 impl Format {
+    /// Its name in the config (`format = "csv"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Json => "json",
+            Format::Ndjson => "ndjson",
+            Format::Csv => "csv",
+            Format::Form => "form",
+        }
+    }
+
     pub fn content_type(self) -> &'static str {
         match self {
             Format::Json => "application/json",
