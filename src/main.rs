@@ -99,6 +99,31 @@ enum Command {
         #[command(flatten)]
         admin: Admin,
     },
+    /// Draw the chain: producers → tidegate → each destination → what it
+    /// feeds, every edge annotated; live state and rates with --admin.
+    Map {
+        #[arg(long, env = "TIDEGATE_CONFIG", default_value = "config/tidegate.toml")]
+        config: PathBuf,
+        /// A running instance's admin API, for live figures.
+        #[arg(long)]
+        admin: Option<String>,
+        #[arg(long, value_enum, default_value_t = MapFormat::Mermaid)]
+        format: MapFormat,
+    },
+    /// Check capacity before going live: per destination, peak volume
+    /// against the rate, queue growth, latency objective, outage drain and
+    /// disk. Exit 1 when an objective cannot be met.
+    Plan {
+        #[arg(long, env = "TIDEGATE_CONFIG", default_value = "config/tidegate.toml")]
+        config: PathBuf,
+        /// A running instance's admin API, for its effective rates and
+        /// message sizes.
+        #[arg(long)]
+        admin: Option<String>,
+        /// Print the plan as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// The corrections reviewers made: the training data.
     Corrections {
         #[command(subcommand)]
@@ -168,6 +193,13 @@ enum JournalAction {
         #[arg(long, env = "TIDEGATE_CONFIG", default_value = "config/tidegate.toml")]
         config: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum MapFormat {
+    Mermaid,
+    Dot,
+    Json,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -322,7 +354,76 @@ fn main() -> ExitCode {
                     json,
                 },
         } => handoff_test(config, &destination, file, json),
+        Command::Map { config, admin, format } => chain_command(config, admin, |chain, _, _| {
+            let out = match format {
+                MapFormat::Mermaid => tidegate::chain::map::mermaid(chain),
+                MapFormat::Dot => tidegate::chain::map::dot(chain),
+                MapFormat::Json => tidegate::chain::map::json(chain),
+            };
+            (out, true)
+        }),
+        Command::Plan { config, admin, json } => chain_command(config, admin, move |chain, source, live| {
+            if json {
+                let plans: Vec<serde_json::Value> = chain
+                    .plans()
+                    .into_iter()
+                    .map(|(l, p)| {
+                        json!({"destination": l.destination, "inputs": {
+                        "expected_volume": l.expected_volume, "rate": l.plan_inputs().rate,
+                        "latency_objective_seconds": l.latency_objective_seconds,
+                        "mean_size": l.plan_inputs().mean_size}, "plan": p})
+                    })
+                    .collect();
+                let ok = chain
+                    .plans()
+                    .iter()
+                    .all(|(_, p)| p.verdict != tidegate::chain::plan::Verdict::Breaches);
+                (
+                    serde_json::to_string_pretty(&json!({"ok": ok, "destinations": plans})).unwrap_or_default() + "\n",
+                    ok,
+                )
+            } else {
+                cli::render_plan(chain, source, live)
+            }
+        }),
         other => operator(other),
+    }
+}
+
+/// `map` and `plan`: the chain of the config at `config`, with a running
+/// instance's figures when `admin` is given; `show` renders it and says
+/// whether the command succeeds.
+fn chain_command(
+    config: PathBuf,
+    admin: Option<String>,
+    show: impl FnOnce(&tidegate::chain::Chain, &str, bool) -> (String, bool),
+) -> ExitCode {
+    let loaded = match load(&config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let mut chain = tidegate::chain::Chain::of(&loaded);
+    if let Some(url) = &admin {
+        let rt = match runtime(tokio::runtime::Builder::new_current_thread()) {
+            Ok(rt) => rt,
+            Err(code) => return code,
+        };
+        let client = Client::new(url, std::env::var("TIDEGATE_ADMIN_TOKEN").ok());
+        match rt.block_on(cli::live_chain(&client, chain, Duration::from_secs(1))) {
+            Ok(c) => chain = c,
+            Err(e) => {
+                eprintln!("tidegate: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let (out, ok) = show(&chain, &config.display().to_string(), admin.is_some());
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -603,7 +704,12 @@ fn operator(cmd: Command) -> ExitCode {
                     })
                 }
             },
-            Command::Serve { .. } | Command::Check { .. } | Command::Journal { .. } | Command::Handoff { .. } => {
+            Command::Serve { .. }
+            | Command::Check { .. }
+            | Command::Journal { .. }
+            | Command::Handoff { .. }
+            | Command::Map { .. }
+            | Command::Plan { .. } => {
                 unreachable!("handled in main")
             }
         }

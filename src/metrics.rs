@@ -26,6 +26,8 @@ pub struct Metrics {
     pub review_oldest_pending: prometheus::GaugeVec,
     /// Alerts raised, by event.
     pub alerts: IntCounterVec,
+    /// Each destination's `latency_objective`, where it has one.
+    pub latency_objective: prometheus::GaugeVec,
     pub dead_lettered: IntCounterVec,
     /// Handoff failures by the destination whose program failed and stage.
     pub handoff_failures: IntCounterVec,
@@ -164,6 +166,11 @@ impl Metrics {
             review_oldest_pending: fgauge(
                 "review_oldest_pending_seconds",
                 "Age of the oldest review item awaiting a decision.",
+                &["destination"],
+            ),
+            latency_objective: fgauge(
+                "latency_objective_seconds",
+                "The destination's latency objective: its oldest message should be younger.",
                 &["destination"],
             ),
             alerts: counter(
@@ -332,6 +339,7 @@ impl Metrics {
         forget(&self.held, dest);
         forget(&self.review_pending, dest);
         forget(&self.review_oldest_pending, dest);
+        forget(&self.latency_objective, dest);
     }
 
     /// The Prometheus text exposition of tidegate's metrics and the standard

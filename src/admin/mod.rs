@@ -189,6 +189,12 @@ async fn metrics(State(a): State<Admin>) -> Response {
             _ => 0.0,
         };
         m.oldest_age.with_label_values(&[n]).set(oldest);
+        match d.config().latency_objective {
+            Some(o) => m.latency_objective.with_label_values(&[n]).set(o.as_secs_f64()),
+            None => {
+                let _ = m.latency_objective.remove_label_values(&[n]);
+            }
+        }
         let open_reviews = d.queue.open_reviews.load(Ordering::Relaxed);
         m.review_pending.with_label_values(&[n]).set(open_reviews as i64);
         if open_reviews > 0 || d.config().review.is_some() {
@@ -219,6 +225,14 @@ async fn metrics(State(a): State<Admin>) -> Response {
     r
 }
 
+/// `objective {latency_seconds, met}`: met while the oldest message waiting
+/// is younger than the objective; `null` without one.
+fn objective(objective: Option<std::time::Duration>, oldest_received: Option<i64>) -> Value {
+    let Some(o) = objective else { return Value::Null };
+    let age = oldest_received.map_or(0.0, |r| ((journal::now_ms() - r).max(0) as f64) / 1000.0);
+    json!({"latency_seconds": o.as_secs_f64(), "met": age <= o.as_secs_f64()})
+}
+
 async fn describe(a: &Admin, d: &dispatch::Destination) -> Result<Value, Problem> {
     let cfg = d.config();
     let info = d.state();
@@ -236,6 +250,7 @@ async fn describe(a: &Admin, d: &dispatch::Destination) -> Result<Value, Problem
         "state": info.state.as_str(),
         "state_reason": info.reason,
         "ordering": cfg.queue.ordering.as_str(),
+        "objective": objective(cfg.latency_objective, oldest),
         "halted_keys": d.halted_keys().iter().map(|k| json!({
             "key": k.key,
             "message_id": a.journal.message_id(k.seq),

@@ -99,7 +99,10 @@ pub fn mermaid(chain: &Chain) -> String {
     out.push_str(&format!("  tidegate{{{{{}}}}}\n", mermaid_text(&["tidegate".into()])));
     for (i, p) in producers.iter().enumerate() {
         let id = mermaid_id("p", p, i);
-        out.push_str(&format!("  {id}([{}]) --> tidegate\n", mermaid_text(std::slice::from_ref(p))));
+        out.push_str(&format!(
+            "  {id}([{}]) --> tidegate\n",
+            mermaid_text(std::slice::from_ref(p))
+        ));
     }
     let dest_id = |name: &str| {
         chain
@@ -136,7 +139,10 @@ pub fn mermaid(chain: &Chain) -> String {
                 }
             };
             let fid = mermaid_id("f", f, fi);
-            out.push_str(&format!("  {id} --> {fid}[({})]\n", mermaid_text(std::slice::from_ref(f))));
+            out.push_str(&format!(
+                "  {id} --> {fid}[({})]\n",
+                mermaid_text(std::slice::from_ref(f))
+            ));
         }
     }
     out
@@ -172,7 +178,10 @@ pub fn dot(chain: &Chain) -> String {
     };
     for p in &producers {
         let id = dot_text(&[format!("producer:{p}")]);
-        out.push_str(&format!("  {id} [label={}, shape=ellipse];\n", dot_text(std::slice::from_ref(p))));
+        out.push_str(&format!(
+            "  {id} [label={}, shape=ellipse];\n",
+            dot_text(std::slice::from_ref(p))
+        ));
         out.push_str(&format!("  {id} -> \"tidegate\";\n"));
     }
     for l in &chain.links {
@@ -183,7 +192,10 @@ pub fn dot(chain: &Chain) -> String {
             _ => "",
         };
         out.push_str(&format!("  {id} [label={}{colour}];\n", dot_text(&node_facts(l))));
-        out.push_str(&format!("  \"tidegate\" -> {id} [label={}];\n", dot_text(&edge_facts(l))));
+        out.push_str(&format!(
+            "  \"tidegate\" -> {id} [label={}];\n",
+            dot_text(&edge_facts(l))
+        ));
         for to in &l.routes_to {
             let target = if to == crate::handoff::REVIEW {
                 out.push_str("  \"review\" [label=\"human review\", shape=parallelogram];\n");

@@ -22,6 +22,16 @@ pub struct Inputs {
     pub max_bytes: u64,
 }
 
+impl Inputs {
+    /// "its 15m objective", or that there is none.
+    pub fn latency_objective_text(&self) -> String {
+        match self.objective {
+            Some(o) => format!("its {} objective", human(o)),
+            None => "(no latency_objective)".to_string(),
+        }
+    }
+}
+
 /// The plan for one destination. Durations in seconds; `None` where a
 /// figure does not apply (nothing grows, nothing declared) or never comes.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -212,7 +222,10 @@ mod tests {
     fn a_rate_above_the_volume_meets_it_and_drains_an_outage() {
         let p = plan(&inputs(Some(20000.0 / 3600.0), Some(50.0), Some(900.0)));
         assert_eq!(p.verdict, Verdict::Meets);
-        assert_eq!((p.growth_per_hour, p.first_breach_after, p.full_after), (0.0, None, None));
+        assert_eq!(
+            (p.growth_per_hour, p.first_breach_after, p.full_after),
+            (0.0, None, None)
+        );
         // 20,000 queued by the outage, drained at 50 − 5.56 = 44.4/s: 450 s.
         assert!(close(p.outage_backlog, 20000.0));
         assert!(close(p.outage_drain, 20000.0 / (50.0 - 20000.0 / 3600.0)), "{p:?}");

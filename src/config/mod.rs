@@ -1023,23 +1023,29 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
                 ))
             }
         };
-        let expected_volume = match &d.expected_volume {
-            None => None,
-            Some(v) => match v.get_ref().per_second {
-                Some(r) => Some(r),
-                None => {
-                    return Err(loc.error(
+        let expected_volume =
+            match &d.expected_volume {
+                None => None,
+                Some(v) => match v.get_ref().per_second {
+                    Some(r) => Some(r),
+                    None => return Err(loc.error(
                         v.span(),
-                        "expected_volume is what producers send at peak, like \"20000/h\"; \"unlimited\" says nothing".into(),
-                    ))
-                }
-            },
-        };
+                        "expected_volume is what producers send at peak, like \"20000/h\"; \"unlimited\" says nothing"
+                            .into(),
+                    )),
+                },
+            };
         let mut feeds = Vec::new();
         for f in &d.feeds {
             let f_name = f.get_ref().trim();
             if f_name.is_empty() || f_name.len() > 100 || f_name.chars().any(char::is_control) {
-                return Err(loc.error(f.span(), format!("feeds names a system: 1 to 100 printable characters, got {:?}", f.get_ref())));
+                return Err(loc.error(
+                    f.span(),
+                    format!(
+                        "feeds names a system: 1 to 100 printable characters, got {:?}",
+                        f.get_ref()
+                    ),
+                ));
             }
             if feeds.iter().any(|x: &String| x == f_name) {
                 return Err(loc.error(f.span(), format!("{f_name:?} is listed twice in feeds")));

@@ -607,6 +607,7 @@ impl Station {
             }
             self.expire_holds().await;
             self.watch_states(&mut watch).await;
+            self.watch_objectives(&mut watch).await;
             self.govern_downstream(&mut watch).await;
         }
     }
@@ -674,6 +675,37 @@ impl Station {
         }
     }
 
+    /// A destination whose oldest message outgrows its latency objective
+    /// alerts once, when it starts; again only after it has been met.
+    async fn watch_objectives(&self, watch: &mut Watch) {
+        for d in self.dispatcher.destinations() {
+            let cfg = d.config();
+            let Some(objective) = cfg.latency_objective else {
+                watch.breached.remove(&d.name);
+                continue;
+            };
+            let oldest = match self.journal.queue_detail(&d.name).await {
+                Ok((oldest, _)) => oldest,
+                Err(_) => continue,
+            };
+            let age = oldest.map_or(0.0, |r| ((journal::now_ms() - r).max(0) as f64) / 1000.0);
+            let breached = age > objective.as_secs_f64();
+            let was = watch.breached.insert(d.name.clone(), breached).unwrap_or(false);
+            if breached && !was {
+                let text = format!(
+                    "tidegate: {} (owner {}) holds a message {:.0}s old, past its {} latency objective",
+                    d.name,
+                    cfg.owner,
+                    age,
+                    crate::config::HumanDuration(objective)
+                );
+                let figures = json!({"oldest_age_seconds": age, "latency_objective_seconds": objective.as_secs_f64()});
+                self.alert("latency_objective", &d.name, &cfg.owner, text, figures)
+                    .await;
+            }
+        }
+    }
+
     /// The downstream's permanent failures per attempt over the window,
     /// from the delivery counters sampled once a second.
     async fn govern_downstream(&self, watch: &mut Watch) {
@@ -730,6 +762,8 @@ impl Station {
 struct Watch {
     /// Per destination: the state it was last seen in, and since when.
     states: HashMap<String, Option<Spell>>,
+    /// Per destination with an objective: whether it was breached.
+    breached: HashMap<String, bool>,
     /// Per destination: (when, attempts, permanent failures) samples.
     samples: HashMap<String, std::collections::VecDeque<(std::time::Instant, u64, u64)>>,
 }

@@ -131,7 +131,11 @@ async fn dashboard_and_alert_expressions_work_against_a_live_tidegate() {
     let route = "[destination.handoff]\ncategory = \".kind\"\n[[destination.handoff.route]]\nwhen = \".triage == true\"\nto = \"triage\"\n[destination.review]\nhold_when = \".hold == true\"";
     let tg = Tidegate::start(&format!(
         "{}{}{}",
-        destination("crm", &format!("{u}/ok"), route),
+        destination(
+            "crm",
+            &format!("{u}/ok"),
+            &format!("latency_objective = \"15m\"\n{route}")
+        ),
         destination("triage", &format!("{u}/ok"), ""),
         destination("erp", &format!("{u}/bad"), "on_failure = \"halt\"")
     ))
@@ -161,7 +165,7 @@ async fn dashboard_and_alert_expressions_work_against_a_live_tidegate() {
         tokio::time::sleep(Duration::from_millis(100)).await; // pacing the load, not synchronising
     }
     let rules = rule_exprs();
-    assert_eq!(rules.len(), 13, "every rule in alerts.yml has a one-line expr");
+    assert_eq!(rules.len(), 14, "every rule in alerts.yml has a one-line expr");
     for expr in &rules {
         let v = query(&prom, expr).await;
         assert_eq!(
@@ -212,5 +216,60 @@ async fn dashboard_and_alert_expressions_work_against_a_live_tidegate() {
             })
         },
     )
+    .await;
+}
+
+/// A destination paused past its latency objective: the gauge, the API's
+/// `objective.met` and the shipped alert rule all say so.
+#[tokio::test]
+async fn a_destination_past_its_latency_objective_turns_the_gauge_the_api_and_the_alert() {
+    let ds = Downstream::start().await;
+    let tg = Tidegate::start(&destination("orders", &ds.url(), "latency_objective = \"2s\"")).await;
+    let Some(prom) = start_prometheus(tg.admin).await else {
+        return;
+    };
+    let d = tg.destination("orders").await;
+    assert_eq!(d["objective"], serde_json::json!({"latency_seconds": 2.0, "met": true}));
+    let metrics = tg.metrics_text().await;
+    assert!(
+        metrics.contains("tidegate_latency_objective_seconds{destination=\"orders\"} 2"),
+        "{metrics}"
+    );
+    assert_eq!(tg.admin_post("/v1/destinations/orders/pause", "").await.status(), 200);
+    tg.send("/orders/x", "{}").await;
+    eventually(Duration::from_secs(20), "objective.met to turn false", || async {
+        tg.destination("orders").await["objective"]["met"] == false
+    })
+    .await;
+    let client = reqwest::Client::new();
+    eventually(
+        Duration::from_secs(40),
+        "TidegateLatencyObjectiveBreached for orders",
+        || async {
+            let v: serde_json::Value = client
+                .get(format!("{}/api/v1/alerts", prom.url))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["data"]["alerts"].as_array().into_iter().flatten().any(|a| {
+                a["labels"]["alertname"] == "TidegateLatencyObjectiveBreached"
+                    && a["labels"]["destination"] == "orders"
+                    && (a["state"] == "pending" || a["state"] == "firing")
+            })
+        },
+    )
+    .await;
+    assert!(tg
+        .metrics_text()
+        .await
+        .contains("tidegate_alerts_total{event=\"latency_objective\"} 1"));
+    // Delivered, it is met again.
+    assert_eq!(tg.admin_post("/v1/destinations/orders/resume", "").await.status(), 200);
+    eventually(Duration::from_secs(20), "objective met again", || async {
+        tg.destination("orders").await["objective"]["met"] == true
+    })
     .await;
 }

@@ -5,6 +5,7 @@ mod support;
 
 mod backpressure;
 mod browser;
+mod chain;
 mod crash_loop;
 mod dashboards;
 mod data_traps;
