@@ -7,7 +7,9 @@
 #   kill, mount, umount   Debian's procps and mount (signals to the binary
 #                         under test; the disk tests' tmpfs)
 #   chromium              Debian's Chromium, headless: the browser tests load
-#                         a page that attacks the loopback listeners
+#                         a page that attacks the loopback listeners, and
+#                         drive the console through
+#   chromedriver          Debian's chromium-driver (WebDriver)
 #   dot                   Debian's graphviz: `tidegate map --format dot` is
 #                         checked by rendering it
 #   python3, venv         Debian's python3 and python3-venv, for:
@@ -31,6 +33,7 @@ need mount mount
 need umount mount
 need python3 python3
 need chromium chromium
+need chromedriver chromium-driver
 need dot graphviz
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_pkgs+=(python3-venv)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then

@@ -98,6 +98,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let station = crate::review::Station::new(journal.clone(), dispatcher.clone(), metrics.clone(), live.clone());
     let admin_app = admin::router(Admin {
         station: station.clone(),
+        console: Arc::default(),
         journal: journal.clone(),
         dispatcher: dispatcher.clone(),
         metrics: metrics.clone(),

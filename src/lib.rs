@@ -15,7 +15,8 @@
 //!   a pure policy, what happens after each attempt.
 //! - [`delivery`] performs one HTTP attempt and classifies its outcome.
 //!
-//! To the side: [`chain`] (the map of producers, destinations and what
+//! To the side: [`console`] (the web pages at `/ui/` on the admin
+//! listener), [`chain`] (the map of producers, destinations and what
 //! they feed, and the capacity plan), [`review`] (held messages, decisions, corrections, quality
 //! and the governance thresholds that pause a flow, alerts), [`admin`] (health, operations, metrics endpoint), [`auth`]
 //! (tokens, and the Origin and Host checks both listeners apply), [`metrics`],
@@ -30,6 +31,7 @@ pub mod auth;
 pub mod chain;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod dispatch;
 pub mod handoff;

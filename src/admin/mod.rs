@@ -31,6 +31,7 @@ mod reviews;
 #[derive(Clone)]
 pub struct Admin {
     pub station: Arc<crate::review::Station>,
+    pub console: Arc<crate::console::Console>,
     pub journal: Journal,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Metrics,
@@ -62,6 +63,7 @@ pub fn router(state: Admin) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(v1)
+        .merge(crate::console::router())
         .fallback(|| async { Problem::not_found("no such admin endpoint") })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed_here() })
         .with_state(state)
@@ -233,7 +235,9 @@ fn objective(objective: Option<std::time::Duration>, oldest_received: Option<i64
     json!({"latency_seconds": o.as_secs_f64(), "met": age <= o.as_secs_f64()})
 }
 
-async fn describe(a: &Admin, d: &dispatch::Destination) -> Result<Value, Problem> {
+/// A destination as `GET /v1/destinations/{name}` answers, and as the
+/// console shows it.
+pub(crate) async fn describe(a: &Admin, d: &dispatch::Destination) -> Result<Value, Problem> {
     let cfg = d.config();
     let info = d.state();
     let (oldest, scheduled) = a.journal.queue_detail(&d.name).await.map_err(internal)?;
@@ -283,7 +287,7 @@ async fn describe(a: &Admin, d: &dispatch::Destination) -> Result<Value, Problem
     }))
 }
 
-fn internal(e: impl std::fmt::Display) -> Problem {
+pub(crate) fn internal(e: impl std::fmt::Display) -> Problem {
     tracing::error!(error = %e, "admin request failed");
     Problem::internal()
 }
@@ -296,7 +300,7 @@ fn dispatch_error(e: DispatchError) -> Problem {
     }
 }
 
-fn find(a: &Admin, name: &str) -> Result<Arc<dispatch::Destination>, Problem> {
+pub(crate) fn find(a: &Admin, name: &str) -> Result<Arc<dispatch::Destination>, Problem> {
     a.dispatcher
         .destination(name)
         .ok_or_else(|| Problem::unknown_destination(name))
@@ -376,7 +380,7 @@ async fn resume(
 /// id is taken: one that is not an id is a bad request (400); a well-formed
 /// one of another instance is `None`, which the caller answers as names
 /// nothing (404) or skips.
-fn seq_of(a: &Admin, id: &str) -> Result<Option<u64>, Problem> {
+pub(crate) fn seq_of(a: &Admin, id: &str) -> Result<Option<u64>, Problem> {
     if !journal::is_message_id(id) {
         return Err(Problem::invalid_request(format!("{id:?} is not a message id")));
     }
@@ -519,16 +523,29 @@ async fn replay(
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
-    let n = a.journal.replay(&name, seqs).await.map_err(internal)?;
-    tracing::warn!(destination = %name, replayed = n, "dead letters replayed by an operator");
+    let n = replay_dead_letters(&a, &name, seqs).await?;
     Ok(Json(json!({ "replayed": n })))
 }
 
+/// Dead letters back into the queue (all, or these): the API's and the
+/// console's one way to do it.
+pub(crate) async fn replay_dead_letters(a: &Admin, name: &str, seqs: Option<Vec<u64>>) -> Result<u64, Problem> {
+    find(a, name)?;
+    let n = a.journal.replay(name, seqs).await.map_err(internal)?;
+    tracing::warn!(destination = %name, replayed = n, "dead letters replayed by an operator");
+    Ok(n)
+}
+
 async fn purge(State(a): State<Admin>, ApiPath(name): ApiPath<String>) -> Result<Json<Value>, Problem> {
-    find(&a, &name)?;
-    let n = a.journal.purge_dead_letters(&name).await.map_err(internal)?;
-    tracing::warn!(destination = %name, purged = n, "dead letters purged by an operator");
+    let n = purge_dead_letters(&a, &name).await?;
     Ok(Json(json!({ "purged": n })))
+}
+
+pub(crate) async fn purge_dead_letters(a: &Admin, name: &str) -> Result<u64, Problem> {
+    find(a, name)?;
+    let n = a.journal.purge_dead_letters(name).await.map_err(internal)?;
+    tracing::warn!(destination = %name, purged = n, "dead letters purged by an operator");
+    Ok(n)
 }
 
 async fn reload(State(a): State<Admin>) -> Result<Json<Value>, Problem> {

@@ -8,6 +8,7 @@
 
 pub mod map;
 pub mod plan;
+pub mod svg;
 
 use serde::Serialize;
 

@@ -95,7 +95,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 
-pub use reader::{DeadLetter, MessageStatus};
+pub use reader::{DeadLetter, MessageStatus, Queued};
 pub use schema::{STATE_DEAD, STATE_DELIVERED, STATE_DROPPED, STATE_HELD, STATE_PENDING, STATE_QUARANTINED};
 pub use verify::{verify, Report as VerifyReport};
 
@@ -935,6 +935,12 @@ impl Journal {
     pub async fn dead_letters(&self, dest: &str, after: Option<u64>, limit: usize) -> Result<Vec<DeadLetter>> {
         let dest = dest.to_string();
         self.read(move |r| r.dead_letters(&dest, after, limit)).await
+    }
+
+    /// The first `limit` messages waiting in `dest`'s queue, oldest first.
+    pub async fn queued(&self, dest: &str, limit: usize) -> Result<Vec<Queued>> {
+        let dest = dest.to_string();
+        self.read(move |r| r.queued(&dest, limit)).await
     }
 
     /// `(received_at of the oldest pending message, scheduled count)`.

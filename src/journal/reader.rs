@@ -121,6 +121,17 @@ pub struct DeadLetter {
     pub size_bytes: u64,
 }
 
+/// A queued message as the console lists it (no body).
+#[derive(Clone, Debug)]
+pub struct Queued {
+    pub seq: u64,
+    pub received_at: i64,
+    pub visible_at: i64,
+    pub attempts: u32,
+    pub last_error: Option<LastError>,
+    pub size_bytes: u64,
+}
+
 const MESSAGE_COLUMNS: &str =
     "seq, dest, method, path, headers, body, attempts, received_at, idem_key, wants_reply, crc, order_key";
 
@@ -442,6 +453,25 @@ impl Reader {
                 received_at: r.get(4).unwrap_or(0),
                 dead_lettered_at: r.get::<_, Option<i64>>(5).ok().flatten().unwrap_or(0),
                 size_bytes: r.get::<_, i64>(6).unwrap_or(0) as u64,
+            })
+        })?;
+        rows.collect()
+    }
+
+    /// The first `limit` messages waiting in `dest`'s queue, oldest first.
+    pub fn queued(&self, dest: &str, limit: usize) -> rusqlite::Result<Vec<Queued>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, received_at, visible_at, attempts, last_error, size FROM messages
+             INDEXED BY messages_pending WHERE dest = ?1 AND state = 0 ORDER BY seq LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![dest, limit as i64], |r| {
+            Ok(Queued {
+                seq: r.get::<_, i64>(0)? as u64,
+                received_at: r.get(1).unwrap_or(0),
+                visible_at: r.get(2).unwrap_or(0),
+                attempts: r.get::<_, i64>(3).unwrap_or(0) as u32,
+                last_error: last_error(r.get(4).ok().flatten()),
+                size_bytes: r.get::<_, i64>(5).unwrap_or(0) as u64,
             })
         })?;
         rows.collect()

@@ -366,6 +366,23 @@ impl Station {
         Ok(quality::rows(&volumes, &tallies, threshold))
     }
 
+    /// Each destination's override rate over `window` from the decisions
+    /// alone (no message volumes): cheap enough for a page refreshed live.
+    pub async fn override_rates(&self, window: Duration) -> Result<HashMap<String, f64>, ReviewError> {
+        let since = journal::now_ms() - window.as_millis().min(i64::MAX as u128) as i64;
+        let mut sums: HashMap<String, (u64, u64)> = HashMap::new();
+        for ((dest, _), t) in self.journal.review_tallies(None, since).await? {
+            let s = sums.entry(dest).or_default();
+            s.0 += t.overrides();
+            s.1 += t.reviewed();
+        }
+        Ok(sums
+            .into_iter()
+            .filter(|(_, (_, n))| *n > 0)
+            .map(|(d, (k, n))| (d, k as f64 / n as f64))
+            .collect())
+    }
+
     /// Edits and overrides since `since` (ms), for export.
     pub async fn corrections(
         &self,

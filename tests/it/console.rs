@@ -1,0 +1,507 @@
+//! The console (SPEC §12) in Debian's Chromium, driven through WebDriver
+//! (chromedriver) as a person would: sign in, read, click, type, press
+//! keys. What the pages do is checked through the admin API. Screenshots
+//! go to `target/console-screenshots/` (and, with UPDATE_SCREENSHOTS=1, to
+//! `docs/`, where the README shows them).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+use crate::support::{destination, eventually, Downstream, Extra, Reply, Tidegate};
+
+const TOKEN: &str = "console-test-token-0123456789";
+
+struct Browser {
+    client: Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Headless Chromium under chromedriver, at 1280×800; `None` (skipped)
+/// only outside CI when they are not installed.
+async fn browser() -> Option<Browser> {
+    let driver = ["/usr/bin/chromedriver", "/usr/lib/chromium/chromedriver"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let chromium = ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let (Some(driver), Some(chromium)) = (driver, chromium) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "chromium and chromedriver are not installed; .ci/run installs them"
+        );
+        eprintln!("SKIPPED: no chromium or chromedriver");
+        return None;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(driver)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let profile = tempfile::tempdir().unwrap();
+    let caps: serde_json::Map<String, Value> = serde_json::from_value(json!({
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                     "--window-size=1280,800", "--no-first-run", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync",
+                     format!("--user-data-dir={}", profile.path().display())]
+        }
+    }))
+    .unwrap();
+    let url = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let client = loop {
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        match ClientBuilder::new(connector)
+            .capabilities(caps.clone())
+            .connect(&url)
+            .await
+        {
+            Ok(c) => break c,
+            Err(e) if std::time::Instant::now() < deadline => {
+                eprintln!("waiting for chromedriver: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("chromedriver did not start a session: {e}"),
+        }
+    };
+    Some(Browser {
+        client,
+        driver: child,
+        _profile: profile,
+    })
+}
+
+async fn screenshot(b: &Client, name: &str) {
+    let png = b.screenshot().await.unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.png")), &png).unwrap();
+    if std::env::var_os("UPDATE_SCREENSHOTS").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs");
+        std::fs::write(docs.join(format!("console-{name}.png")), &png).unwrap();
+    }
+}
+
+/// The admin API, with the token.
+async fn api(tg: &Tidegate, path: &str) -> Value {
+    tg.client
+        .get(tg.admin_url(path))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn signed_in(b: &Client, tg: &Tidegate) {
+    b.goto(&tg.admin_url("/ui/")).await.unwrap();
+    assert!(b.current_url().await.unwrap().path().ends_with("/ui/login"));
+    b.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys(TOKEN)
+        .await
+        .unwrap();
+    b.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(b, "table#overview").await;
+}
+
+async fn wait_for(b: &Client, css: &str) {
+    b.wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css} did not appear: {e}"));
+}
+
+async fn text_of(b: &Client, css: &str) -> String {
+    b.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
+}
+
+async fn no_script_ran(b: &Client) {
+    let ran = b.execute("return window.__pwned === undefined;", vec![]).await.unwrap();
+    assert_eq!(ran, json!(true), "a script from the data ran in the console");
+}
+
+async fn start(extra_dests: &str, ds: &Downstream) -> Tidegate {
+    let u = ds.url();
+    Tidegate::start_with(
+        &format!(
+            "{}{}{extra_dests}",
+            destination(
+                "crm",
+                &format!("{u}/ok"),
+                "latency_objective = \"15m\"\nfeeds = [\"dashboards\"]"
+            ),
+            destination(
+                "erp",
+                &format!("{u}/erp"),
+                "on_failure = \"retry\"\n[destination.retry]\nmax_attempts = 1"
+            )
+        ),
+        Extra {
+            admin: "token_env = \"CONSOLE_TOKEN\"",
+            env: &[("CONSOLE_TOKEN", TOKEN)],
+            ..Extra::default()
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_operator_signs_in_watches_live_depth_pauses_replays_and_reads_the_map() {
+    let ds = Downstream::start().await;
+    let erp_down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    {
+        let erp_down = erp_down.clone();
+        ds.respond(move |s, _| {
+            if s.path_and_query.starts_with("/erp") && erp_down.load(std::sync::atomic::Ordering::SeqCst) {
+                Reply::status(400)
+            } else {
+                Reply::status(200)
+            }
+        });
+    }
+    let tg = start("", &ds).await;
+    let Some(browser) = browser().await else { return };
+    let b = &browser.client;
+
+    // A wrong token is refused, and says so.
+    b.goto(&tg.admin_url("/ui/")).await.unwrap();
+    assert!(b.current_url().await.unwrap().path().ends_with("/ui/login"));
+    b.find(Locator::Id("token"))
+        .await
+        .unwrap()
+        .send_keys("not-the-token")
+        .await
+        .unwrap();
+    b.find(Locator::Css("button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(b, "p.notice.bad").await;
+    assert_eq!(text_of(b, "p.notice.bad").await, "Wrong token.");
+    assert!(b.current_url().await.unwrap().path().ends_with("/ui/login"));
+
+    signed_in(b, &tg).await;
+    // Every destination, with its live depth.
+    let rows = b.find_all(Locator::Css("table#overview tbody tr")).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let pause = tg
+        .client
+        .post(tg.admin_url("/v1/destinations/crm/pause"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pause.status(), 200);
+    for _ in 0..3 {
+        tg.send("/crm/x", "{}").await;
+    }
+    eventually(
+        Duration::from_secs(20),
+        "the overview to show crm's depth of 3",
+        || async { text_of(b, "tr[data-destination=crm] td[data-field=depth]").await == "3" },
+    )
+    .await;
+    assert!(text_of(b, "tr[data-destination=crm]").await.contains("paused"));
+    screenshot(b, "overview").await;
+
+    // Resume from crm's page, then pause it with a click.
+    b.find(Locator::LinkText("crm")).await.unwrap().click().await.unwrap();
+    wait_for(b, "button#resume").await;
+    b.find(Locator::Id("resume")).await.unwrap().click().await.unwrap();
+    wait_for(b, "p.notice.good").await;
+    assert_eq!(api(&tg, "/v1/destinations/crm").await["state"], "running");
+    b.find(Locator::Id("pause")).await.unwrap().click().await.unwrap();
+    wait_for(b, "button#resume").await;
+    assert_eq!(api(&tg, "/v1/destinations/crm").await["state"], "paused");
+
+    // A dead letter at erp, replayed from its page once erp is fixed.
+    let id = tg.send("/erp/x", "{}").await;
+    eventually(Duration::from_secs(20), "the dead letter", || async {
+        api(&tg, &format!("/v1/messages/{id}")).await["state"] == "dead_lettered"
+    })
+    .await;
+    erp_down.store(false, std::sync::atomic::Ordering::SeqCst);
+    b.goto(&tg.admin_url("/ui/destinations/erp")).await.unwrap();
+    wait_for(b, "button#replay-all").await;
+    assert!(b.source().await.unwrap().contains(&id));
+    b.find(Locator::Id("replay-all")).await.unwrap().click().await.unwrap();
+    wait_for(b, "p.notice.good").await;
+    assert!(text_of(b, "p.notice.good")
+        .await
+        .contains("1 dead letter(s) back in the queue"));
+    eventually(Duration::from_secs(20), "the replayed message delivered", || async {
+        api(&tg, &format!("/v1/messages/{id}")).await["state"] == "delivered"
+    })
+    .await;
+
+    // The map: a node per destination, states in words; reached by keys.
+    b.goto(&tg.admin_url("/ui/")).await.unwrap();
+    wait_for(b, "table#overview").await;
+    b.find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .send_keys("gm")
+        .await
+        .unwrap();
+    wait_for(b, "svg.chain").await;
+    assert!(b.current_url().await.unwrap().path().ends_with("/ui/map"));
+    let nodes = b.find_all(Locator::Css("svg.chain g.node.destination")).await.unwrap();
+    assert_eq!(nodes.len(), 2);
+    let svg = text_of(b, "figure.map").await;
+    assert!(
+        svg.contains("paused") && svg.contains("running") && svg.contains("dashboards"),
+        "{svg}"
+    );
+    screenshot(b, "map").await;
+
+    // Keyboard: the first Tab reaches the skip link; Enter on a nav link goes.
+    b.goto(&tg.admin_url("/ui/")).await.unwrap();
+    wait_for(b, "table#overview").await;
+    b.find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .send_keys("\u{E004}")
+        .await
+        .unwrap();
+    let focused = b
+        .execute("return document.activeElement.textContent;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(focused, json!("Skip to content"));
+    b.execute("document.querySelector('header nav a[data-key=q]').focus();", vec![])
+        .await
+        .unwrap();
+    b.active_element().await.unwrap().send_keys("\u{E007}").await.unwrap();
+    wait_for(b, "body[data-section=quality]").await;
+
+    // A phone's width: the overview still reads (labels per cell).
+    b.set_window_size(390, 844).await.unwrap();
+    b.goto(&tg.admin_url("/ui/")).await.unwrap();
+    wait_for(b, "table#overview").await;
+    let label = b
+        .execute("return document.querySelector('tr[data-destination=crm] td[data-field=depth]').getAttribute('data-label');", vec![])
+        .await
+        .unwrap();
+    assert_eq!(label, json!("Depth"));
+    screenshot(b, "overview-phone").await;
+
+    // A cross-site POST is refused: from another origin's page in the
+    // browser, and from anything without this session's form value.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let other = listener.local_addr().unwrap();
+    let target = tg.admin_url("/ui/destinations/erp/pause");
+    let page = format!(
+        "<!doctype html><form id=f method=post action=\"{target}\"><input name=csrf value=x></form><script>document.getElementById('f').submit()</script>"
+    );
+    tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/",
+            axum::routing::get(move || async move { axum::response::Html(page) }),
+        );
+        axum::serve(listener, app).await
+    });
+    b.goto(&format!("http://{other}/")).await.unwrap();
+    eventually(Duration::from_secs(20), "the forged form to be answered", || async {
+        b.current_url().await.unwrap().as_str().starts_with(&target)
+    })
+    .await;
+    assert!(
+        b.source().await.unwrap().contains("forbidden"),
+        "{}",
+        b.source().await.unwrap()
+    );
+    let r = tg
+        .client
+        .post(tg.admin_url("/ui/destinations/erp/pause"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("csrf=")
+        .send()
+        .await
+        .unwrap();
+    // No session: sent to sign in (reqwest follows the redirect).
+    assert!(r.url().path().ends_with("/ui/login"), "{} {}", r.status(), r.url());
+    assert_eq!(
+        api(&tg, "/v1/destinations/erp").await["state"],
+        "running",
+        "nothing paused erp"
+    );
+}
+
+#[tokio::test]
+async fn console_forms_refuse_bad_input_and_show_hostile_text_as_text() {
+    let ds = Downstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let schema = dir.path().join("s.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "required": ["name"], "properties": {"name": {"type": "string", "minLength": 1}}}"#,
+    )
+    .unwrap();
+    let review = destination(
+        "leads",
+        &ds.url(),
+        &format!(
+            "[destination.handoff]\nschema = \"{}\"\n[destination.review]\nhold_when = \"true\"",
+            schema.display()
+        ),
+    );
+    let tg = start(&review, &ds).await;
+    let Some(browser) = browser().await else { return };
+    let b = &browser.client;
+    let hostile = r#"{"name": "<script>window.__pwned=1</script><img src=x onerror=\"window.__pwned=2\">"}"#;
+    let id = {
+        let r = tg.post("/leads/x", hostile).await;
+        assert_eq!(r.status(), 202);
+        crate::support::accepted_id(r).await
+    };
+    signed_in(b, &tg).await;
+    b.goto(&tg.admin_url("/ui/reviews")).await.unwrap();
+    wait_for(b, "article.item").await;
+    no_script_ran(b).await;
+    let original = text_of(b, "article.item pre.body").await;
+    assert!(
+        original.contains("<script>window.__pwned=1</script>"),
+        "shown as text: {original}"
+    );
+    screenshot(b, "reviews").await;
+
+    // An edit that fails the schema: the errors in place, still held.
+    let item = b.find(Locator::Css("article.item")).await.unwrap();
+    let area = item.find(Locator::Css("textarea[name=body]")).await.unwrap();
+    area.clear().await.unwrap();
+    area.send_keys(r#"{"name": ""}"#).await.unwrap();
+    // The reviewer is typed once per item; every decision form takes it.
+    b.find(Locator::Css("input[name=reviewer]"))
+        .await
+        .unwrap()
+        .send_keys("ann")
+        .await
+        .unwrap();
+    item.find(Locator::Css("form[action$='/edit'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(b, "article.item div.notice.bad").await;
+    let error = text_of(b, "article.item div.notice.bad").await;
+    assert!(error.contains("/name"), "{error}");
+    assert_eq!(api(&tg, &format!("/v1/messages/{id}")).await["state"], "held");
+    no_script_ran(b).await;
+
+    // A name with script in it, in a URL, is shown as text on a 404 page.
+    b.goto(&tg.admin_url("/ui/destinations/%3Cscript%3Ewindow.__pwned%3D3%3C%2Fscript%3E"))
+        .await
+        .unwrap();
+    wait_for(b, "p.notice.bad").await;
+    no_script_ran(b).await;
+
+    // With a session cookie but bad fields: empty reviewer, 5 MiB field.
+    let cookie = b.get_named_cookie("tidegate_session").await.unwrap();
+    let cookie = format!("tidegate_session={}", cookie.value());
+    let page = tg
+        .client
+        .get(tg.admin_url("/ui/reviews"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let post = |path: String, body: String| {
+        let (c, cookie) = (tg.client.clone(), cookie.clone());
+        async move {
+            c.post(path)
+                .header("cookie", cookie)
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = post(
+        tg.admin_url(&format!("/ui/reviews/{id}/approve")),
+        format!("csrf={csrf}&reviewer="),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("reviewer"), "the error in place");
+    let big = "x".repeat(5 << 20);
+    let r = post(
+        tg.admin_url(&format!("/ui/reviews/{id}/approve")),
+        format!("csrf={csrf}&reviewer={big}"),
+    )
+    .await;
+    assert_eq!(r.status(), 413);
+    let r = post(
+        tg.admin_url("/ui/destinations/crm/pause"),
+        format!("csrf={csrf}&x={big}"),
+    )
+    .await;
+    assert_eq!(r.status(), 413);
+    assert_eq!(
+        api(&tg, &format!("/v1/messages/{id}")).await["state"],
+        "held",
+        "nothing decided"
+    );
+    // Approve with the keyboard: j selects the item, a approves.
+    b.goto(&tg.admin_url("/ui/reviews")).await.unwrap();
+    wait_for(b, "article.item").await;
+    b.find(Locator::Css("article.item input[name=reviewer]"))
+        .await
+        .unwrap()
+        .send_keys("ann")
+        .await
+        .unwrap();
+    b.find(Locator::Css("body")).await.unwrap().click().await.unwrap();
+    b.find(Locator::Css("body"))
+        .await
+        .unwrap()
+        .send_keys("ja")
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "approved from the keyboard", || async {
+        api(&tg, &format!("/v1/messages/{id}")).await["state"] != "held"
+    })
+    .await;
+}
