@@ -189,7 +189,8 @@ async fn an_operator_signs_in_watches_live_depth_pauses_replays_and_reads_the_ma
             }
         });
     }
-    let tg = start("", &ds).await;
+    let halting = destination("billing", &format!("{}/erp", ds.url()), "on_failure = \"halt\"");
+    let tg = start(&halting, &ds).await;
     let Some(browser) = browser().await else { return };
     let b = &browser.client;
 
@@ -215,7 +216,7 @@ async fn an_operator_signs_in_watches_live_depth_pauses_replays_and_reads_the_ma
     signed_in(b, &tg).await;
     // Every destination, with its live depth.
     let rows = b.find_all(Locator::Css("table#overview tbody tr")).await.unwrap();
-    assert_eq!(rows.len(), 2);
+    assert_eq!(rows.len(), 3);
     let pause = tg
         .client
         .post(tg.admin_url("/v1/destinations/crm/pause"))
@@ -266,6 +267,26 @@ async fn an_operator_signs_in_watches_live_depth_pauses_replays_and_reads_the_ma
     })
     .await;
 
+    // A halted destination resumed past its failed head, from its page.
+    erp_down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let head = tg.send("/billing/x", "{}").await;
+    eventually(Duration::from_secs(20), "billing to halt", || async {
+        api(&tg, "/v1/destinations/billing").await["state"] == "halted"
+    })
+    .await;
+    b.goto(&tg.admin_url("/ui/destinations/billing")).await.unwrap();
+    wait_for(b, "button#skip-head").await;
+    assert!(text_of(b, "h1").await.contains("halted"));
+    b.find(Locator::Id("skip-head")).await.unwrap().click().await.unwrap();
+    wait_for(b, "p.notice.good").await;
+    assert_eq!(api(&tg, "/v1/destinations/billing").await["state"], "running");
+    let m = api(&tg, &format!("/v1/messages/{head}")).await;
+    assert_eq!(
+        (m["state"].as_str(), m["reason"].as_str()),
+        (Some("dead_lettered"), Some("skipped_by_operator"))
+    );
+    erp_down.store(false, std::sync::atomic::Ordering::SeqCst);
+
     // The map: a node per destination, states in words; reached by keys.
     b.goto(&tg.admin_url("/ui/")).await.unwrap();
     wait_for(b, "table#overview").await;
@@ -278,7 +299,7 @@ async fn an_operator_signs_in_watches_live_depth_pauses_replays_and_reads_the_ma
     wait_for(b, "svg.chain").await;
     assert!(b.current_url().await.unwrap().path().ends_with("/ui/map"));
     let nodes = b.find_all(Locator::Css("svg.chain g.node.destination")).await.unwrap();
-    assert_eq!(nodes.len(), 2);
+    assert_eq!(nodes.len(), 3);
     let svg = text_of(b, "figure.map").await;
     assert!(
         svg.contains("paused") && svg.contains("running") && svg.contains("dashboards"),
