@@ -488,7 +488,6 @@ fn verify(config: PathBuf) -> ExitCode {
 /// `tidegate handoff test`: the preview the admin API would give, from the
 /// config file alone.
 fn handoff_test(config: PathBuf, destination: &str, file: PathBuf, json: bool) -> ExitCode {
-    use std::io::Read;
     let config = match load(&config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -501,16 +500,13 @@ fn handoff_test(config: PathBuf, destination: &str, file: PathBuf, json: bool) -
         );
         return ExitCode::FAILURE;
     };
-    let mut body = Vec::new();
-    let read = if file.as_os_str() == "-" {
-        std::io::stdin().lock().read_to_end(&mut body).map(|_| ())
-    } else {
-        std::fs::read(&file).map(|b| body = b)
+    let body = match read_input(&file) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("tidegate: {e}");
+            return ExitCode::FAILURE;
+        }
     };
-    if let Err(e) = read {
-        eprintln!("tidegate: cannot read {}: {e}", file.display());
-        return ExitCode::FAILURE;
-    }
     let rt = match runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
         Err(code) => return code,
@@ -734,21 +730,44 @@ fn operator(cmd: Command) -> ExitCode {
     }
 }
 
+/// A decision as the CLI prints it: the API's JSON, or one line.
+fn decided(json: bool, v: serde_json::Value) -> String {
+    if json {
+        serde_json::to_string_pretty(&v).unwrap_or_default()
+    } else {
+        format!(
+            "{} {}: {} by {}",
+            v["id"].as_str().unwrap_or_default(),
+            v["destination"].as_str().unwrap_or_default(),
+            v["decision"].as_str().unwrap_or_default(),
+            v["reviewer"].as_str().unwrap_or_default()
+        )
+    }
+}
+
+/// A file's bytes, or standard input's for `-`.
+fn read_input(path: &std::path::Path) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin().lock().read_to_end(&mut bytes).map(|_| ())
+    } else {
+        std::fs::read(path).map(|b| bytes = b)
+    };
+    read.map(|()| bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))
+}
+
 /// `tidegate reviews ...`.
 async fn reviews(action: ReviewAction, token: &Option<String>) -> Result<String, cli::CliError> {
     let client = |a: &Admin| Client::new(&a.admin, token.clone());
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
-    let decided = |admin: &Admin, v: serde_json::Value| {
-        if admin.json {
-            pretty(&v)
-        } else {
-            format!(
-                "{} {}: {} by {}",
-                v["id"].as_str().unwrap_or_default(),
-                v["destination"].as_str().unwrap_or_default(),
-                v["decision"].as_str().unwrap_or_default(),
-                v["reviewer"].as_str().unwrap_or_default()
-            )
+    let decide = |admin: &Admin, id: &str, what: &str, body: serde_json::Value| {
+        let (client, path) = (client(admin), format!("/v1/reviews/{id}/{what}"));
+        let json = admin.json;
+        async move {
+            let v = client.post(&path, Some(body)).await?;
+            Ok::<_, cli::CliError>(decided(json, v))
         }
     };
     match action {
@@ -782,13 +801,7 @@ async fn reviews(action: ReviewAction, token: &Option<String>) -> Result<String,
             reviewer,
             note,
             admin,
-        } => {
-            let body = json!({"reviewer": reviewer, "note": note});
-            let v = client(&admin)
-                .post(&format!("/v1/reviews/{id}/approve"), Some(body))
-                .await?;
-            Ok(decided(&admin, v))
-        }
+        } => decide(&admin, &id, "approve", json!({"reviewer": reviewer, "note": note})).await,
         ReviewAction::Edit {
             id,
             reviewer,
@@ -796,34 +809,23 @@ async fn reviews(action: ReviewAction, token: &Option<String>) -> Result<String,
             note,
             admin,
         } => {
-            use std::io::Read;
-            let mut text = Vec::new();
-            let read = if body.as_os_str() == "-" {
-                std::io::stdin().lock().read_to_end(&mut text).map(|_| ())
-            } else {
-                std::fs::read(&body).map(|b| text = b)
-            };
-            read.map_err(|e| cli::CliError::BadAnswer(format!("cannot read {}: {e}", body.display())))?;
+            let text = read_input(&body).map_err(cli::CliError::BadAnswer)?;
             let corrected: serde_json::Value = serde_json::from_slice(&text)
                 .map_err(|e| cli::CliError::BadAnswer(format!("{} is not JSON: {e}", body.display())))?;
-            let req = json!({"reviewer": reviewer, "note": note, "body": corrected});
-            let v = client(&admin)
-                .post(&format!("/v1/reviews/{id}/edit"), Some(req))
-                .await?;
-            Ok(decided(&admin, v))
+            decide(
+                &admin,
+                &id,
+                "edit",
+                json!({"reviewer": reviewer, "note": note, "body": corrected}),
+            )
+            .await
         }
         ReviewAction::Reject {
             id,
             reviewer,
             reason,
             admin,
-        } => {
-            let body = json!({"reviewer": reviewer, "reason": reason});
-            let v = client(&admin)
-                .post(&format!("/v1/reviews/{id}/reject"), Some(body))
-                .await?;
-            Ok(decided(&admin, v))
-        }
+        } => decide(&admin, &id, "reject", json!({"reviewer": reviewer, "reason": reason})).await,
     }
 }
 

@@ -21,6 +21,19 @@ pub struct Frame<'a> {
     pub notice: Option<(bool, String)>,
 }
 
+/// Every page's `<head>`; the sign-in page runs no script.
+fn head(title: &str, script: bool) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · tidegate" }
+            link rel="stylesheet" href="/ui/static/console.css";
+            @if script { script src="/ui/static/console.js" defer {} }
+        }
+    }
+}
+
 pub fn page(f: &Frame, content: Markup) -> Markup {
     let nav = [
         ("overview", "/ui/", "Overview", "o"),
@@ -31,13 +44,7 @@ pub fn page(f: &Frame, content: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (f.title) " · tidegate" }
-                link rel="stylesheet" href="/ui/static/console.css";
-                script src="/ui/static/console.js" defer {}
-            }
+            (head(f.title, true))
             body data-section=(f.section) {
                 a.skip href="#main" { "Skip to content" }
                 header.top {
@@ -76,12 +83,7 @@ pub fn login(error: Option<&str>) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { "Sign in · tidegate" }
-                link rel="stylesheet" href="/ui/static/console.css";
-            }
+            (head("Sign in", false))
             body.login {
                 main #main {
                     h1 { "tidegate" }

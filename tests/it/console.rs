@@ -118,18 +118,8 @@ async fn api(tg: &Tidegate, path: &str) -> Value {
 async fn signed_in(b: &Client, tg: &Tidegate) {
     b.goto(&tg.admin_url("/ui/")).await.unwrap();
     assert!(b.current_url().await.unwrap().path().ends_with("/ui/login"));
-    b.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys(TOKEN)
-        .await
-        .unwrap();
-    b.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(b, "#token", TOKEN).await;
+    click(b, "button[type=submit]").await;
     wait_for(b, "table#overview").await;
 }
 
@@ -139,6 +129,14 @@ async fn wait_for(b: &Client, css: &str) {
         .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("{css} did not appear: {e}"));
+}
+
+async fn click(b: &Client, css: &str) {
+    b.find(Locator::Css(css)).await.unwrap().click().await.unwrap();
+}
+
+async fn type_into(b: &Client, css: &str, text: &str) {
+    b.find(Locator::Css(css)).await.unwrap().send_keys(text).await.unwrap();
 }
 
 async fn text_of(b: &Client, css: &str) -> String {
@@ -197,18 +195,8 @@ async fn an_operator_signs_in_watches_live_depth_pauses_replays_and_reads_the_ma
     // A wrong token is refused, and says so.
     b.goto(&tg.admin_url("/ui/")).await.unwrap();
     assert!(b.current_url().await.unwrap().path().ends_with("/ui/login"));
-    b.find(Locator::Id("token"))
-        .await
-        .unwrap()
-        .send_keys("not-the-token")
-        .await
-        .unwrap();
-    b.find(Locator::Css("button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    type_into(b, "#token", "not-the-token").await;
+    click(b, "button[type=submit]").await;
     wait_for(b, "p.notice.bad").await;
     assert_eq!(text_of(b, "p.notice.bad").await, "Wrong token.");
     assert!(b.current_url().await.unwrap().path().ends_with("/ui/login"));
@@ -240,10 +228,10 @@ async fn an_operator_signs_in_watches_live_depth_pauses_replays_and_reads_the_ma
     // Resume from crm's page, then pause it with a click.
     b.find(Locator::LinkText("crm")).await.unwrap().click().await.unwrap();
     wait_for(b, "button#resume").await;
-    b.find(Locator::Id("resume")).await.unwrap().click().await.unwrap();
+    click(b, "#resume").await;
     wait_for(b, "p.notice.good").await;
     assert_eq!(api(&tg, "/v1/destinations/crm").await["state"], "running");
-    b.find(Locator::Id("pause")).await.unwrap().click().await.unwrap();
+    click(b, "#pause").await;
     wait_for(b, "button#resume").await;
     assert_eq!(api(&tg, "/v1/destinations/crm").await["state"], "paused");
 
@@ -257,7 +245,7 @@ async fn an_operator_signs_in_watches_live_depth_pauses_replays_and_reads_the_ma
     b.goto(&tg.admin_url("/ui/destinations/erp")).await.unwrap();
     wait_for(b, "button#replay-all").await;
     assert!(b.source().await.unwrap().contains(&id));
-    b.find(Locator::Id("replay-all")).await.unwrap().click().await.unwrap();
+    click(b, "#replay-all").await;
     wait_for(b, "p.notice.good").await;
     assert!(text_of(b, "p.notice.good")
         .await
@@ -277,7 +265,7 @@ async fn an_operator_signs_in_watches_live_depth_pauses_replays_and_reads_the_ma
     b.goto(&tg.admin_url("/ui/destinations/billing")).await.unwrap();
     wait_for(b, "button#skip-head").await;
     assert!(text_of(b, "h1").await.contains("halted"));
-    b.find(Locator::Id("skip-head")).await.unwrap().click().await.unwrap();
+    click(b, "#skip-head").await;
     wait_for(b, "p.notice.good").await;
     assert_eq!(api(&tg, "/v1/destinations/billing").await["state"], "running");
     let m = api(&tg, &format!("/v1/messages/{head}")).await;
@@ -290,12 +278,7 @@ async fn an_operator_signs_in_watches_live_depth_pauses_replays_and_reads_the_ma
     // The map: a node per destination, states in words; reached by keys.
     b.goto(&tg.admin_url("/ui/")).await.unwrap();
     wait_for(b, "table#overview").await;
-    b.find(Locator::Css("body"))
-        .await
-        .unwrap()
-        .send_keys("gm")
-        .await
-        .unwrap();
+    type_into(b, "body", "gm").await;
     wait_for(b, "svg.chain").await;
     assert!(b.current_url().await.unwrap().path().ends_with("/ui/map"));
     let nodes = b.find_all(Locator::Css("svg.chain g.node.destination")).await.unwrap();
@@ -310,12 +293,7 @@ async fn an_operator_signs_in_watches_live_depth_pauses_replays_and_reads_the_ma
     // Keyboard: the first Tab reaches the skip link; Enter on a nav link goes.
     b.goto(&tg.admin_url("/ui/")).await.unwrap();
     wait_for(b, "table#overview").await;
-    b.find(Locator::Css("body"))
-        .await
-        .unwrap()
-        .send_keys("\u{E004}")
-        .await
-        .unwrap();
+    type_into(b, "body", "\u{E004}").await;
     let focused = b
         .execute("return document.activeElement.textContent;", vec![])
         .await
@@ -424,12 +402,7 @@ async fn console_forms_refuse_bad_input_and_show_hostile_text_as_text() {
     area.clear().await.unwrap();
     area.send_keys(r#"{"name": ""}"#).await.unwrap();
     // The reviewer is typed once per item; every decision form takes it.
-    b.find(Locator::Css("input[name=reviewer]"))
-        .await
-        .unwrap()
-        .send_keys("ann")
-        .await
-        .unwrap();
+    type_into(b, "input[name=reviewer]", "ann").await;
     item.find(Locator::Css("form[action$='/edit'] button"))
         .await
         .unwrap()
@@ -508,19 +481,9 @@ async fn console_forms_refuse_bad_input_and_show_hostile_text_as_text() {
     // Approve with the keyboard: j selects the item, a approves.
     b.goto(&tg.admin_url("/ui/reviews")).await.unwrap();
     wait_for(b, "article.item").await;
-    b.find(Locator::Css("article.item input[name=reviewer]"))
-        .await
-        .unwrap()
-        .send_keys("ann")
-        .await
-        .unwrap();
-    b.find(Locator::Css("body")).await.unwrap().click().await.unwrap();
-    b.find(Locator::Css("body"))
-        .await
-        .unwrap()
-        .send_keys("ja")
-        .await
-        .unwrap();
+    type_into(b, "article.item input[name=reviewer]", "ann").await;
+    click(b, "body").await;
+    type_into(b, "body", "ja").await;
     eventually(Duration::from_secs(20), "approved from the keyboard", || async {
         api(&tg, &format!("/v1/messages/{id}")).await["state"] != "held"
     })

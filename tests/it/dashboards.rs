@@ -93,6 +93,23 @@ async fn query(p: &Prometheus, expr: &str) -> serde_json::Value {
         .unwrap()
 }
 
+/// Whether Prometheus has `alert` for `destination` in one of `states`.
+async fn alert_active(p: &Prometheus, alert: &str, destination: &str, states: &[&str]) -> bool {
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/api/v1/alerts", p.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["data"]["alerts"].as_array().into_iter().flatten().any(|a| {
+        a["labels"]["alertname"] == alert
+            && a["labels"]["destination"] == destination
+            && states.iter().any(|s| a["state"] == *s)
+    })
+}
+
 fn dashboard_exprs() -> Vec<String> {
     let dash: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(repo("deploy/grafana/tidegate.json")).unwrap()).unwrap();
@@ -196,25 +213,10 @@ async fn dashboard_and_alert_expressions_work_against_a_live_tidegate() {
         })
         .await;
     }
-    let client = reqwest::Client::new();
     eventually(
         Duration::from_secs(30),
         "TidegateDestinationHalted to fire for erp",
-        || async {
-            let v: serde_json::Value = client
-                .get(format!("{}/api/v1/alerts", prom.url))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["data"]["alerts"].as_array().into_iter().flatten().any(|a| {
-                a["labels"]["alertname"] == "TidegateDestinationHalted"
-                    && a["labels"]["destination"] == "erp"
-                    && a["state"] == "firing"
-            })
-        },
+        || alert_active(&prom, "TidegateDestinationHalted", "erp", &["firing"]),
     )
     .await;
 }
@@ -241,24 +243,16 @@ async fn a_destination_past_its_latency_objective_turns_the_gauge_the_api_and_th
         tg.destination("orders").await["objective"]["met"] == false
     })
     .await;
-    let client = reqwest::Client::new();
     eventually(
         Duration::from_secs(40),
         "TidegateLatencyObjectiveBreached for orders",
-        || async {
-            let v: serde_json::Value = client
-                .get(format!("{}/api/v1/alerts", prom.url))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            v["data"]["alerts"].as_array().into_iter().flatten().any(|a| {
-                a["labels"]["alertname"] == "TidegateLatencyObjectiveBreached"
-                    && a["labels"]["destination"] == "orders"
-                    && (a["state"] == "pending" || a["state"] == "firing")
-            })
+        || {
+            alert_active(
+                &prom,
+                "TidegateLatencyObjectiveBreached",
+                "orders",
+                &["pending", "firing"],
+            )
         },
     )
     .await;

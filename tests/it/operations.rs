@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{destination, eventually, Downstream, Extra, Reply, Tidegate};
+use crate::support::{cli, destination, eventually, Downstream, Extra, Reply, Tidegate};
 
 /// `name{k="v",...}` → value, labels sorted by name.
 fn parse_metrics(text: &str) -> BTreeMap<String, f64> {
@@ -511,20 +511,6 @@ async fn restart_required_is_reported_only_while_a_setting_differs_from_the_one_
     std::fs::write(&tg.config_path, &original).unwrap();
     let v: serde_json::Value = tg.admin_post("/v1/reload", "").await.json().await.unwrap();
     assert_eq!(v["restart_required"], serde_json::json!([]), "{v}");
-}
-
-fn cli(tg: &Tidegate, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args(args)
-        .arg("--admin")
-        .arg(tg.admin_url(""))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]

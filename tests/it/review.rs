@@ -3,14 +3,13 @@
 //! governance threshold that pauses a flow, and alerts to a real webhook.
 
 use std::collections::HashSet;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{destination, eventually, problem, Downstream, Reply, Tidegate};
+use crate::support::{cli, destination, eventually, problem, Downstream, Reply, Tidegate};
 
 const SCHEMA: &str = r#"{"type": "object", "required": ["name"],
   "properties": {"name": {"type": "string", "minLength": 1}, "confidence": {"type": "number"}}}"#;
@@ -61,20 +60,6 @@ async fn ok(r: reqwest::Response) -> Value {
     let v: Value = r.json().await.unwrap();
     assert_eq!(status, 200, "{v}");
     v
-}
-
-fn cli(tg: &Tidegate, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args(args)
-        .arg("--admin")
-        .arg(tg.admin_url(""))
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[tokio::test]
@@ -881,27 +866,14 @@ async fn bad_decisions_are_refused_with_a_clear_problem_and_change_nothing() {
         )
         .await;
     problem(fb, 400, "invalid_request").await;
-    let r = tg
-        .client
-        .get(tg.admin_url("/v1/quality?window=soon"))
-        .send()
-        .await
-        .unwrap();
-    problem(r, 400, "invalid_request").await;
-    let r = tg
-        .client
-        .get(tg.admin_url("/v1/reviews?destination=nowhere"))
-        .send()
-        .await
-        .unwrap();
-    problem(r, 404, "unknown_destination").await;
-    let r = tg
-        .client
-        .get(tg.admin_url("/v1/corrections?format=xml"))
-        .send()
-        .await
-        .unwrap();
-    problem(r, 400, "invalid_request").await;
+    for (path, status, code) in [
+        ("/v1/quality?window=soon", 400, "invalid_request"),
+        ("/v1/reviews?destination=nowhere", 404, "unknown_destination"),
+        ("/v1/corrections?format=xml", 400, "invalid_request"),
+    ] {
+        let r = tg.client.get(tg.admin_url(path)).send().await.unwrap();
+        problem(r, status, code).await;
+    }
 
     // Nothing changed: still held, undecided, and it decides fine now.
     assert_eq!(tg.message(&held).await["state"], "held");

@@ -516,3 +516,18 @@ pub async fn problem(r: reqwest::Response, status: u16, code: &str) -> serde_jso
     assert!(v["type"].is_string() && v["title"].is_string() && v["detail"].is_string());
     v
 }
+
+/// Runs the `tidegate` CLI against `tg`'s admin API: (success, stdout, stderr).
+pub fn cli(tg: &Tidegate, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(args)
+        .arg("--admin")
+        .arg(tg.admin_url(""))
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
