@@ -1345,3 +1345,28 @@ async fn held_messages_survive_reopening_and_salvage() {
     assert_eq!(seqs_of(&got), vec![b]);
     j.close();
 }
+
+#[tokio::test]
+async fn what_a_reviewer_rejected_is_never_replayed() {
+    let (_dir, j) = fresh();
+    let rejected = held(&j, "{}").await;
+    j.decide(rejected, decision(review::Verdict::Reject, "ann", None))
+        .await
+        .unwrap();
+    let failed = stored(&j, msg("d", "x")).await;
+    j.settle(
+        failed,
+        "d",
+        1,
+        None,
+        Disposition::DeadLetter {
+            reason: "permanent_failure".into(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(j.replay("d", None).await.unwrap(), 1, "only the failed one");
+    assert_eq!(j.replay("d", Some(vec![rejected])).await.unwrap(), 0, "not even by id");
+    assert_eq!(j.status(rejected).await.unwrap().unwrap().state, schema::STATE_DEAD);
+    assert_eq!(j.purge_dead_letters("d").await.unwrap(), 1);
+}

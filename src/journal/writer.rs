@@ -504,13 +504,16 @@ fn apply(
             ..
         } => settle(tx, *seq, dest, *attempts, last_error.as_ref(), disposition),
         Command::Replay { dest, seqs, .. } => {
+            // What a reviewer rejected is never delivered: replay leaves it
+            // (purge removes it; its review record stays for retention).
             let now = now_ms();
             let mut n = 0u64;
             let mut bytes = 0i64;
             let mut one = |seq: Option<u64>| -> rusqlite::Result<()> {
                 let mut stmt = tx.prepare_cached(
                     "UPDATE messages SET state = 0, attempts = 0, visible_at = ?2, last_error = NULL, reason = NULL,
-                     finished_at = NULL WHERE dest = ?1 AND state = 1 AND (?3 IS NULL OR seq = ?3) RETURNING size",
+                     finished_at = NULL WHERE dest = ?1 AND state = 1 AND (?3 IS NULL OR seq = ?3)
+                     AND reason IS NOT 'rejected_by_reviewer' RETURNING size",
                 )?;
                 let sizes = stmt.query_map(params![dest, now, seq.map(|s| s as i64)], |r| r.get::<_, i64>(0))?;
                 for s in sizes {
