@@ -143,6 +143,13 @@ async fn text_of(b: &Client, css: &str) -> String {
     b.find(Locator::Css(css)).await.unwrap().text().await.unwrap()
 }
 
+/// The text of `css` now, or `None` while the page is replacing it (the
+/// overview's live refresh swaps its rows: an element found a moment ago
+/// may be gone when its text is read).
+async fn text_now(b: &Client, css: &str) -> Option<String> {
+    b.find(Locator::Css(css)).await.ok()?.text().await.ok()
+}
+
 async fn no_script_ran(b: &Client) {
     let ran = b.execute("return window.__pwned === undefined;", vec![]).await.unwrap();
     assert_eq!(ran, json!(true), "a script from the data ran in the console");
@@ -219,14 +226,31 @@ async fn an_operator_signs_in_watches_live_depth_pauses_replays_and_reads_the_ma
     eventually(
         Duration::from_secs(20),
         "the overview to show crm's depth of 3",
-        || async { text_of(b, "tr[data-destination=crm] td[data-field=depth]").await == "3" },
+        || async {
+            text_now(b, "tr[data-destination=crm] td[data-field=depth]")
+                .await
+                .as_deref()
+                == Some("3")
+        },
     )
     .await;
-    assert!(text_of(b, "tr[data-destination=crm]").await.contains("paused"));
+    eventually(Duration::from_secs(10), "crm's row to say paused", || async {
+        text_now(b, "tr[data-destination=crm]")
+            .await
+            .is_some_and(|t| t.contains("paused"))
+    })
+    .await;
     screenshot(b, "overview").await;
 
     // Resume from crm's page, then pause it with a click.
-    b.find(Locator::LinkText("crm")).await.unwrap().click().await.unwrap();
+    // The row may be swapped by a refresh between finding and clicking.
+    eventually(Duration::from_secs(10), "a click on crm's link", || async {
+        match b.find(Locator::LinkText("crm")).await {
+            Ok(link) => link.click().await.is_ok(),
+            Err(_) => false,
+        }
+    })
+    .await;
     wait_for(b, "button#resume").await;
     click(b, "#resume").await;
     wait_for(b, "p.notice.good").await;
