@@ -339,7 +339,7 @@ async fn checked_form(
 async fn overview_data(a: &Admin) -> Result<(Vec<Value>, HashMap<String, f64>), crate::problem::Problem> {
     let mut dests = Vec::new();
     for d in a.dispatcher.destinations() {
-        dests.push(crate::admin::describe(a, &d).await?);
+        dests.push(crate::admin::describe_state(a, &d).await?);
     }
     let overrides = {
         let cached = a.console.overrides.lock().unwrap_or_else(|e| e.into_inner()).clone();
