@@ -186,10 +186,7 @@ async fn metrics(State(a): State<Admin>) -> Response {
             .with_label_values(&[n])
             .set(d.in_flight.load(Ordering::Relaxed) as i64);
         m.halted_keys.with_label_values(&[n]).set(d.halted_keys().len() as i64);
-        let oldest = match a.journal.queue_detail(n).await {
-            Ok((Some(received), _)) => ((journal::now_ms() - received).max(0) as f64) / 1000.0,
-            _ => 0.0,
-        };
+        let oldest = journal::age_seconds(a.journal.oldest_pending(n).await.ok().flatten());
         m.oldest_age.with_label_values(&[n]).set(oldest);
         match d.config().latency_objective {
             Some(o) => m.latency_objective.with_label_values(&[n]).set(o.as_secs_f64()),
@@ -200,10 +197,7 @@ async fn metrics(State(a): State<Admin>) -> Response {
         let open_reviews = d.queue.open_reviews.load(Ordering::Relaxed);
         m.review_pending.with_label_values(&[n]).set(open_reviews as i64);
         if open_reviews > 0 || d.config().review.is_some() {
-            let oldest = match a.journal.oldest_open_review(n).await {
-                Ok(Some(received)) => ((journal::now_ms() - received).max(0) as f64) / 1000.0,
-                _ => 0.0,
-            };
+            let oldest = journal::age_seconds(a.journal.oldest_open_review(n).await.ok().flatten());
             m.review_oldest_pending.with_label_values(&[n]).set(oldest);
         }
         m.rate_limit
@@ -231,7 +225,7 @@ async fn metrics(State(a): State<Admin>) -> Response {
 /// is younger than the objective; `null` without one.
 fn objective(objective: Option<std::time::Duration>, oldest_received: Option<i64>) -> Value {
     let Some(o) = objective else { return Value::Null };
-    let age = oldest_received.map_or(0.0, |r| ((journal::now_ms() - r).max(0) as f64) / 1000.0);
+    let age = journal::age_seconds(oldest_received);
     json!({"latency_seconds": o.as_secs_f64(), "met": age <= o.as_secs_f64()})
 }
 
@@ -284,7 +278,7 @@ pub(crate) async fn describe_state(a: &Admin, d: &dispatch::Destination) -> Resu
             "dead_letters": d.queue.dead_letters.load(Ordering::Relaxed),
             "held": d.queue.held.load(Ordering::Relaxed),
             "reviews_pending": d.queue.open_reviews.load(Ordering::Relaxed),
-            "oldest_age_seconds": oldest.map(|r| ((journal::now_ms() - r).max(0) as f64) / 1000.0).unwrap_or(0.0),
+            "oldest_age_seconds": journal::age_seconds(oldest),
         },
         "rate_limit": {
             "configured_per_second": d.limiter.configured(),
@@ -412,13 +406,6 @@ pub fn state_name(s: &MessageStatus, in_flight: bool) -> &'static str {
     }
 }
 
-fn rfc3339(ms: i64) -> Value {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok();
-    t.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .map(Value::String)
-        .unwrap_or(Value::Null)
-}
-
 async fn message(State(a): State<Admin>, ApiPath(id): ApiPath<String>) -> Result<Json<Value>, Problem> {
     let not_found = || Problem::not_found(format!("no message {id:?} (unknown, or past history_retention)"));
     let seq = seq_of(&a, &id)?.ok_or_else(not_found)?;
@@ -430,9 +417,9 @@ async fn message(State(a): State<Admin>, ApiPath(id): ApiPath<String>) -> Result
         "destination": s.dest,
         "state": state,
         "attempts": s.attempts,
-        "received_at": rfc3339(s.received_at),
-        "delivered_at": if s.state == 2 { s.finished_at.map(rfc3339).unwrap_or(Value::Null) } else { Value::Null },
-        "next_attempt_at": if state == "scheduled" { rfc3339(s.visible_at) } else { Value::Null },
+        "received_at": journal::rfc3339(s.received_at),
+        "delivered_at": if s.state == 2 { s.finished_at.map(journal::rfc3339).unwrap_or(Value::Null) } else { Value::Null },
+        "next_attempt_at": if state == "scheduled" { journal::rfc3339(s.visible_at) } else { Value::Null },
         "last_error": s.last_error,
         "reason": s.reason,
         "producer": s.producer,
@@ -485,8 +472,8 @@ async fn dead_letters(
                 "reason": dl.reason,
                 "attempts": dl.attempts,
                 "last_error": dl.last_error,
-                "received_at": rfc3339(dl.received_at),
-                "dead_lettered_at": rfc3339(dl.dead_lettered_at),
+                "received_at": journal::rfc3339(dl.received_at),
+                "dead_lettered_at": journal::rfc3339(dl.dead_lettered_at),
                 "size_bytes": dl.size_bytes,
             })
         })

@@ -448,13 +448,12 @@ async fn destination(
         Ok(v) => v,
         Err(p) => return failure(&s, p.status, &p.detail),
     };
-    let rfc = |ms: i64| crate::review::rfc3339(ms);
     let dead: Vec<Value> = match a.journal.dead_letters(&name, None, 100).await {
         Ok(items) => items
             .iter()
             .map(|l| {
                 json!({"id": a.journal.message_id(l.seq), "reason": l.reason, "attempts": l.attempts,
-                       "last_error": l.last_error, "dead_lettered_at": rfc(l.dead_lettered_at)})
+                       "last_error": l.last_error, "dead_lettered_at": crate::journal::rfc3339(l.dead_lettered_at)})
             })
             .collect(),
         Err(e) => return failure(&s, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
@@ -463,7 +462,7 @@ async fn destination(
         Ok(items) => items
             .iter()
             .map(|m| {
-                json!({"id": a.journal.message_id(m.seq), "received_at": rfc(m.received_at), "attempts": m.attempts,
+                json!({"id": a.journal.message_id(m.seq), "received_at": crate::journal::rfc3339(m.received_at), "attempts": m.attempts,
                        "last_error": m.last_error.as_ref().map(|e| e.detail.clone())})
             })
             .collect(),

@@ -164,6 +164,21 @@ pub(crate) fn id_of(salt: u32, seq: u64) -> String {
     format!("{salt:08x}{seq:016x}")
 }
 
+/// How old a message received at `received_ms` is now, in seconds; 0 for
+/// none.
+pub fn age_seconds(received_ms: Option<i64>) -> f64 {
+    received_ms.map_or(0.0, |r| ((now_ms() - r).max(0) as f64) / 1000.0)
+}
+
+/// A journal time (ms since the epoch) as RFC 3339 text for the APIs;
+/// `null` if it is out of range.
+pub fn rfc3339(ms: i64) -> serde_json::Value {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok();
+    t.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .map(serde_json::Value::String)
+        .unwrap_or(serde_json::Value::Null)
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -941,6 +956,12 @@ impl Journal {
     pub async fn queued(&self, dest: &str, limit: usize) -> Result<Vec<Queued>> {
         let dest = dest.to_string();
         self.read(move |r| r.queued(&dest, limit)).await
+    }
+
+    /// When `dest`'s oldest pending message was received.
+    pub async fn oldest_pending(&self, dest: &str) -> Result<Option<i64>> {
+        let dest = dest.to_string();
+        self.read(move |r| r.oldest_pending(&dest)).await
     }
 
     /// `(received_at of the oldest pending message, scheduled count)`.

@@ -477,10 +477,9 @@ impl Reader {
         rows.collect()
     }
 
-    /// The oldest pending message's `received_at`, and how many pending
-    /// messages are scheduled for later.
-    pub fn queue_detail(&self, dest: &str, now: i64) -> rusqlite::Result<(Option<i64>, u64)> {
-        let oldest: Option<i64> = self
+    /// The oldest pending message's `received_at`.
+    pub fn oldest_pending(&self, dest: &str) -> rusqlite::Result<Option<i64>> {
+        Ok(self
             .conn
             .prepare_cached(
                 "SELECT received_at FROM messages INDEXED BY messages_pending WHERE dest = ?1 AND state = 0
@@ -488,7 +487,13 @@ impl Reader {
             )?
             .query_row([dest], |r| Ok(r.get::<_, i64>(0).ok()))
             .optional()?
-            .flatten();
+            .flatten())
+    }
+
+    /// The oldest pending message's `received_at`, and how many pending
+    /// messages are scheduled for later.
+    pub fn queue_detail(&self, dest: &str, now: i64) -> rusqlite::Result<(Option<i64>, u64)> {
+        let oldest = self.oldest_pending(dest)?;
         let scheduled: i64 = self
             .conn
             .prepare_cached(

@@ -147,15 +147,25 @@ pub(super) enum OnAppend {
     Pass,
 }
 
-pub(super) fn on_append(intent: &ReviewIntent, id: &str, received_at: i64) -> OnAppend {
-    let reason = intent
-        .hold
-        .or_else(|| sampled("sample", id, intent.sample).then_some("sample"));
-    if let Some(reason) = reason {
-        let until = intent.hold_for_ms.map_or(i64::MAX, |ms| received_at.saturating_add(ms));
-        return OnAppend::Hold { reason, until };
+/// `id` is the message's id, formatted only when a draw needs it (most
+/// destinations with a review station sample nothing, and this runs on the
+/// writer's thread for every message they take).
+pub(super) fn on_append(intent: &ReviewIntent, id: impl Fn() -> String, received_at: i64) -> OnAppend {
+    let hold = |reason| OnAppend::Hold {
+        reason,
+        until: intent.hold_for_ms.map_or(i64::MAX, |ms| received_at.saturating_add(ms)),
+    };
+    if let Some(reason) = intent.hold {
+        return hold(reason);
     }
-    if sampled("audit", id, intent.audit) {
+    if intent.sample <= 0.0 && intent.audit <= 0.0 {
+        return OnAppend::Pass;
+    }
+    let id = id();
+    if sampled("sample", &id, intent.sample) {
+        return hold("sample");
+    }
+    if sampled("audit", &id, intent.audit) {
         return OnAppend::Audit;
     }
     OnAppend::Pass

@@ -643,7 +643,7 @@ fn append(
     let review = msg
         .review
         .as_ref()
-        .map(|r| reviews::on_append(r, &super::id_of(shared.salt, seq as u64), msg.received_at));
+        .map(|r| reviews::on_append(r, || super::id_of(shared.salt, seq as u64), msg.received_at));
     let (state, visible_at) = match &review {
         Some(reviews::OnAppend::Hold { until, .. }) => (STATE_HELD, *until),
         _ => (STATE_PENDING, msg.received_at),

@@ -166,7 +166,7 @@ impl Station {
                 "category": it.category,
                 "kind": it.kind,
                 "reason": it.reason,
-                "received_at": rfc3339(it.received_at),
+                "received_at": journal::rfc3339(it.received_at),
                 "original": body_value(it.original.as_ref()),
                 "preview": preview,
             }));
@@ -207,7 +207,7 @@ impl Station {
                     ));
                 };
                 let Some(item) = &item else {
-                    return Err(self.not_reviewable(seq, &id, false).await);
+                    return Err(self.not_held(seq, &id).await);
                 };
                 self.checked(&item.dest, &body).await?;
                 correction(item, &body)
@@ -289,7 +289,7 @@ impl Station {
                     "decision": verdict.as_str(),
                     "reviewer": reviewer,
                     "note": note,
-                    "decided_at": rfc3339(at),
+                    "decided_at": journal::rfc3339(at),
                     "patch": patch.and_then(|p| serde_json::from_str::<Value>(&p).ok()),
                 }))
             }
@@ -312,22 +312,13 @@ impl Station {
         }
     }
 
-    async fn not_reviewable(&self, seq: u64, id: &str, feedback: bool) -> ReviewError {
+    /// Why a message without a review record cannot be decided.
+    async fn not_held(&self, seq: u64, id: &str) -> ReviewError {
         match self.journal.status(seq).await {
-            Ok(Some(s)) => {
-                let state = crate::admin::state_name(&s, false);
-                if feedback {
-                    ReviewError::NotDelivered {
-                        id: id.to_string(),
-                        state,
-                    }
-                } else {
-                    ReviewError::NotHeld {
-                        id: id.to_string(),
-                        state,
-                    }
-                }
-            }
+            Ok(Some(s)) => ReviewError::NotHeld {
+                id: id.to_string(),
+                state: crate::admin::state_name(&s, false),
+            },
             Ok(None) => ReviewError::NotFound(id.to_string()),
             Err(e) => ReviewError::Journal(e),
         }
@@ -405,7 +396,7 @@ impl Station {
                     "patch": it.patch.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok()),
                     "reviewer": it.reviewer,
                     "note": it.note,
-                    "decided_at": it.decided_at.map(rfc3339),
+                    "decided_at": it.decided_at.map(journal::rfc3339),
                 })
             })
             .collect())
@@ -578,7 +569,7 @@ impl Station {
             "owner": owner,
             "event": event,
             "figures": figures,
-            "at": rfc3339(journal::now_ms()),
+            "at": journal::rfc3339(journal::now_ms()),
         });
         let cfg = alerts.config();
         let msg = NewMessage {
@@ -701,11 +692,10 @@ impl Station {
                 watch.breached.remove(&d.name);
                 continue;
             };
-            let oldest = match self.journal.queue_detail(&d.name).await {
-                Ok((oldest, _)) => oldest,
-                Err(_) => continue,
+            let Ok(oldest) = self.journal.oldest_pending(&d.name).await else {
+                continue;
             };
-            let age = oldest.map_or(0.0, |r| ((journal::now_ms() - r).max(0) as f64) / 1000.0);
+            let age = journal::age_seconds(oldest);
             let breached = age > objective.as_secs_f64();
             let was = watch.breached.insert(d.name.clone(), breached).unwrap_or(false);
             if breached && !was {
@@ -862,13 +852,6 @@ fn body_value(b: Option<&Bytes>) -> Value {
         None => Value::Null,
         Some(b) => serde_json::from_slice(b).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(b).into_owned())),
     }
-}
-
-pub fn rfc3339(ms: i64) -> Value {
-    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000).ok();
-    t.and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .map(Value::String)
-        .unwrap_or(Value::Null)
 }
 
 /// The corrections export's CSV columns, in order.

@@ -793,37 +793,28 @@ async fn bad_decisions_are_refused_with_a_clear_problem_and_change_nothing() {
     let queued = tg.send("/crm/contacts", r#"{"name": "Sure", "confidence": 0.9}"#).await;
     tg.wait_message_state(&queued, "delivered").await;
 
-    problem(
-        decide(&tg, "0000000000000000000000ff", "approve", json!({"reviewer": "r"})).await,
-        404,
-        "not_found",
-    )
-    .await;
-    problem(
-        decide(&tg, "not-an-id", "approve", json!({"reviewer": "r"})).await,
-        400,
-        "invalid_request",
-    )
-    .await;
-    problem(
-        decide(&tg, &queued, "approve", json!({"reviewer": "r"})).await,
-        409,
-        "not_held",
-    )
-    .await;
-    problem(decide(&tg, &held, "approve", json!({})).await, 400, "invalid_request").await;
-    problem(
-        decide(&tg, &held, "approve", json!({"reviewer": "  "})).await,
-        400,
-        "invalid_request",
-    )
-    .await;
-    problem(
-        decide(&tg, &held, "edit", json!({"reviewer": "r"})).await,
-        400,
-        "invalid_request",
-    )
-    .await;
+    for (id, what, body, status, code) in [
+        (
+            "0000000000000000000000ff",
+            "approve",
+            json!({"reviewer": "r"}),
+            404,
+            "not_found",
+        ),
+        ("not-an-id", "approve", json!({"reviewer": "r"}), 400, "invalid_request"),
+        (queued.as_str(), "approve", json!({"reviewer": "r"}), 409, "not_held"),
+        (held.as_str(), "approve", json!({}), 400, "invalid_request"),
+        (
+            held.as_str(),
+            "approve",
+            json!({"reviewer": "  "}),
+            400,
+            "invalid_request",
+        ),
+        (held.as_str(), "edit", json!({"reviewer": "r"}), 400, "invalid_request"),
+    ] {
+        problem(decide(&tg, id, what, body).await, status, code).await;
+    }
     let bad = decide(
         &tg,
         &held,
