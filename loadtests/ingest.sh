@@ -18,7 +18,7 @@ need wrk wrk
 need nginx nginx-light
 
 
-cargo build --release --quiet
+[ -n "${TIDEGATE_BIN:-}" ] || cargo build --release --quiet  # an A/B brings its own binaries
 start_nginx_202
 
 # PRODUCERS=N (producer-tokens.sh): N producer identities, the requests

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 DURATION=${1:-15s}
 CONNS=${2:-32}
 PERF_OUT=${PERF_OUT:-target/relay.perf.data}
-cargo build --release --quiet
+[ -n "${TIDEGATE_BIN:-}" ] || cargo build --release --quiet  # an A/B brings its own binaries
 . loadtests/lib.sh
 start_nginx_200
 { tidegate_config_head; printf '[log]\nlevel = "warn"\n'; relay_destination "http://127.0.0.1:$P_OK/relay"; } > "$work/tidegate.toml"
