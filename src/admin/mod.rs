@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::dispatch::{self, DispatchError, Dispatcher};
-use crate::journal::{self, Journal, MessageStatus};
+use crate::journal::{self, MessageStatus};
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 
@@ -32,7 +32,7 @@ mod reviews;
 pub struct Admin {
     pub station: Arc<crate::review::Station>,
     pub console: Arc<crate::console::Console>,
-    pub journal: Journal,
+    pub journal: journal::Queues,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Metrics,
     pub reloader: Arc<crate::reload::Reloader>,

@@ -6,6 +6,7 @@
 //! where toml can tell us; secrets (header values, tokens) are held in
 //! [`Secret`], whose `Debug` and `Display` never print the value.
 
+mod cluster;
 mod handoff;
 mod review;
 mod units;
@@ -22,6 +23,7 @@ use toml::Spanned;
 
 use crate::auth::BrowserPolicy;
 
+pub use cluster::{Backend, JetStreamConfig};
 pub use handoff::Handoff;
 pub use review::{Alerts, Governance, OnHoldTimeout, OnThreshold, ReviewPolicy, ReviewStation};
 pub use units::{expand_env, ByteSize, EnvString, HumanDuration, Rate};
@@ -180,6 +182,9 @@ pub struct AdminConfig {
 
 #[derive(Clone, Debug)]
 pub struct StorageConfig {
+    /// Where the queue lives (SPEC §13); `path` still holds what stays
+    /// local in cluster mode: nothing but the lock of a SQLite journal.
+    pub backend: Backend,
     pub path: PathBuf,
     pub max_disk: u64,
     pub history_retention: Duration,
@@ -370,6 +375,8 @@ struct RawAdmin {
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct RawStorage {
+    backend: Option<Spanned<String>>,
+    jetstream: Option<Spanned<cluster::RawJetStream>>,
     path: Option<EnvString>,
     max_disk: Option<ByteSize>,
     history_retention: Option<HumanDuration>,
@@ -407,8 +414,8 @@ struct RawDestination {
     queue: RawQueue,
     ca_file: Option<Spanned<EnvString>>,
     handoff: Option<handoff::RawHandoff>,
-    review: Option<review::RawReview>,
-    governance: Option<review::RawGovernance>,
+    review: Option<Spanned<review::RawReview>>,
+    governance: Option<Spanned<review::RawGovernance>>,
     expected_volume: Option<Spanned<Rate>>,
     latency_objective: Option<HumanDuration>,
     #[serde(default)]
@@ -874,6 +881,7 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         ));
     }
     let storage = StorageConfig {
+        backend: cluster::backend(&raw.storage.backend, raw.storage.jetstream.as_ref(), loc)?,
         path: loc.resolve(&raw.storage.path.map(|p| p.0).unwrap_or_else(|| "./data".into())),
         max_disk: raw.storage.max_disk.map(|b| b.0).unwrap_or(10 << 30),
         history_retention: raw
@@ -906,6 +914,7 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             .unwrap_or(Duration::from_secs(30)),
     };
 
+    let cluster = matches!(storage.backend, Backend::JetStream(_));
     let mut destinations: Vec<Destination> = Vec::new();
     let mut handoffs = Vec::new();
     for d in raw.destination {
@@ -1053,8 +1062,32 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             feeds.push(f_name.to_string());
         }
         let mut handoff = d.handoff.map(|h| handoff::spec(h, loc)).transpose()?;
-        let review = d.review.map(|r| review::review(r, loc)).transpose()?;
-        let governance = d.governance.map(|g| review::governance(g, loc)).transpose()?;
+        if cluster {
+            // Not yet in cluster mode: the station's records and the
+            // per-key heads live in the SQLite journal. Refused here,
+            // naming the key, rather than half-working.
+            let unsupported = [
+                d.review.as_ref().map(|r| (r.span(), "review")),
+                d.governance.as_ref().map(|g| (g.span(), "governance")),
+                d.queue
+                    .ordering
+                    .as_ref()
+                    .filter(|o| *o.get_ref() == Ordering::Key)
+                    .map(|o| (o.span(), "queue.ordering")),
+            ];
+            if let Some((span, what)) = unsupported.into_iter().flatten().next() {
+                return Err(loc.error_at_key(
+                    span,
+                    &format!("destination.{what}"),
+                    format!("destination.{what} is not available with storage.backend = \"jetstream\" yet; use the sqlite backend for it"),
+                ));
+            }
+        }
+        let review = d.review.map(|r| review::review(r.into_inner(), loc)).transpose()?;
+        let governance = d
+            .governance
+            .map(|g| review::governance(g.into_inner(), loc))
+            .transpose()?;
         // The key program and the hold predicate run where the other
         // programs run: in the handoff sandbox, at ingress. Without a
         // handoff of its own the body is read for them and otherwise
@@ -1093,7 +1126,7 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             feeds,
         });
     }
-    handoff::link(&mut destinations, handoffs, loc)?;
+    handoff::link(&mut destinations, handoffs, cluster, loc)?;
     let alerts = review::alerts(raw.alerts, loc)?;
     if let Some(url) = &alerts.webhook_url {
         destinations.push(alerts_destination(url.clone()));

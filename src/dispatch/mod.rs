@@ -41,7 +41,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::config;
 use crate::delivery::Deliver;
-use crate::journal::{DestinationRecord, Disposition, HaltedKey, Journal, JournalError, QueueCounts};
+use crate::journal::{self, DestinationRecord, Disposition, HaltedKey, JournalError, QueueCounts};
 use crate::metrics::Metrics;
 
 pub use completions::{Completion, Completions};
@@ -159,7 +159,7 @@ pub enum DispatchError {
 
 /// Everything attempts need, shared by all workers.
 pub(crate) struct Context {
-    pub journal: Journal,
+    pub journal: journal::Queues,
     pub metrics: Metrics,
     pub deliver: Arc<dyn Deliver>,
     pub completions: Arc<Completions>,
@@ -189,7 +189,7 @@ impl Dispatcher {
     /// persisted state.
     pub async fn start(
         cfg: &config::Config,
-        journal: Journal,
+        journal: journal::Queues,
         metrics: Metrics,
         deliver: Arc<dyn Deliver>,
     ) -> Result<Arc<Dispatcher>, JournalError> {
@@ -460,6 +460,51 @@ impl Dispatcher {
             }
             let step = deadline.min(tokio::time::Instant::now() + Duration::from_millis(50));
             let _ = tokio::time::timeout_at(step, self.ctx.any_settled.notified()).await;
+        }
+    }
+}
+
+impl Dispatcher {
+    /// Cluster mode: applies the state other instances recorded (an
+    /// operator's pause or resume through another instance's admin API, a
+    /// halt by the instance that dispatches), every half second, until
+    /// `stop`. What this instance changes itself is recorded first, so it
+    /// reads back its own change.
+    pub async fn follow_records(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                _ = stop.changed() => return,
+            }
+            let records = match self.ctx.journal.destination_records().await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not read destination records");
+                    continue;
+                }
+            };
+            for (name, r) in records {
+                let (Some(d), Some(state)) = (self.destination(&name), State::parse(&r.state)) else {
+                    continue;
+                };
+                let changed = {
+                    let mut s = d.state.lock().unwrap_or_else(|e| e.into_inner());
+                    let changed = s.state != state || s.reason != r.reason;
+                    if changed {
+                        tracing::warn!(destination = %name, from = s.state.as_str(), to = state.as_str(), reason = %r.reason,
+                            "destination state changed by another instance");
+                        *s = StateInfo {
+                            state,
+                            reason: r.reason,
+                            head_seq: r.head_seq,
+                        };
+                    }
+                    changed
+                };
+                if changed {
+                    d.kick();
+                }
+            }
         }
     }
 }

@@ -94,7 +94,7 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
                     due
                 })
             } else {
-                ctx.journal.fetch_ready(&d.name, prefetch, leased).await
+                ctx.journal.fetch_ready(&d.name, prefetch, &leased).await
             };
             match fetched {
                 Ok(due) if !due.messages.is_empty() => buffer.extend(due.messages),

@@ -24,7 +24,7 @@ use axum::Router;
 use crate::config::{self, WhenFull};
 use crate::dispatch::{self, Dispatcher};
 use crate::handoff;
-use crate::journal::{self, Appended, Journal, JournalError, Limits, NewMessage};
+use crate::journal::{self, Appended, JournalError, Limits, NewMessage};
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 
@@ -36,7 +36,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// What the ingress handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct Ingress {
-    pub journal: Journal,
+    pub journal: journal::Queues,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Metrics,
     /// `max_body`, the producer token and `history_retention` come from here.
@@ -501,6 +501,12 @@ async fn append_with_backpressure(
                 return Err(reject(ing, name, "storage_full", Problem::storage_full()));
             }
             Err(JournalError::Closed) => return Err(Problem::shutting_down()),
+            Err(JournalError::Unavailable(e)) => {
+                tracing::warn!(destination = name, error = %e, "queue storage unavailable; refused with 503");
+                let mut p = Problem::storage_unavailable();
+                p.retry_after = Some(1);
+                return Err(reject(ing, name, "storage_unavailable", p));
+            }
             Err(e) => {
                 tracing::error!(destination = name, error = %e, "journal append failed");
                 return Err(reject(ing, name, "internal_error", Problem::internal()));

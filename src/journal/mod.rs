@@ -78,7 +78,9 @@
 //! it: a worker that keeps up reads nothing back. `tail` says what stops
 //! that and why the journal stays the truth.
 
+pub mod jetstream;
 mod leaves;
+mod queue;
 mod reader;
 pub mod review;
 mod salvage;
@@ -95,6 +97,7 @@ use std::sync::{Arc, RwLock};
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Notify};
 
+pub use queue::{Queue, Queues};
 pub use reader::{DeadLetter, MessageStatus, Queued};
 pub use schema::{STATE_DEAD, STATE_DELIVERED, STATE_DROPPED, STATE_HELD, STATE_PENDING, STATE_QUARANTINED};
 pub use verify::{verify, Report as VerifyReport};
@@ -120,6 +123,13 @@ pub enum JournalError {
     /// Another process holds the storage directory.
     #[error("{0}")]
     InUse(String),
+    /// The shared storage of cluster mode cannot be reached (or did not
+    /// confirm in time): nothing was stored, the caller may retry.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The storage cannot do this (a feature the backend does not have).
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 // By hand, not `#[from]`: that would also make the inner error the

@@ -31,7 +31,7 @@ use crate::config::{self, OnHoldTimeout, OnThreshold};
 use crate::dispatch::{Dispatcher, State};
 use crate::handoff::{self, Hold};
 use crate::journal::review::{Decided, Decision, Item, Verdict};
-use crate::journal::{self, Journal, JournalError, NewMessage, ReviewIntent};
+use crate::journal::{self, JournalError, NewMessage, ReviewIntent};
 use crate::metrics::Metrics;
 use crate::reload::{current, Live};
 
@@ -118,7 +118,7 @@ pub struct FeedbackRequest {
 }
 
 pub struct Station {
-    journal: Journal,
+    journal: journal::Queues,
     dispatcher: Arc<Dispatcher>,
     metrics: Metrics,
     live: Live,
@@ -132,7 +132,7 @@ pub struct Station {
 }
 
 impl Station {
-    pub fn new(journal: Journal, dispatcher: Arc<Dispatcher>, metrics: Metrics, live: Live) -> Arc<Station> {
+    pub fn new(journal: journal::Queues, dispatcher: Arc<Dispatcher>, metrics: Metrics, live: Live) -> Arc<Station> {
         Arc::new(Station {
             journal,
             dispatcher,
@@ -592,7 +592,7 @@ impl Station {
             max_bytes: cfg.queue.max_bytes,
             idempotency_window_ms: 0,
         };
-        match self.journal.append(msg, limits).await {
+        match self.journal.append(Arc::new(msg), limits).await {
             Ok(journal::Appended::Stored { seq, .. }) => {
                 tracing::info!(id = %self.id(seq), event, destination = dest, "alert queued for the webhook")
             }

@@ -6,6 +6,7 @@ mod support;
 mod backpressure;
 mod browser;
 mod chain;
+mod cluster;
 mod console;
 mod crash_loop;
 mod dashboards;

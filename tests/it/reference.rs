@@ -45,6 +45,10 @@ fn every_config_key_is_in_the_reference() {
         ("[[ingress.producer]]", "ingress.producer"),
         ("[admin]", "admin"),
         ("[storage]", "storage"),
+        (
+            "[storage]\nbackend = \"jetstream\"\n[storage.jetstream]",
+            "storage.jetstream",
+        ),
         ("[log]", "log"),
         ("[server]", "server"),
         ("[[destination]]", "destination"),

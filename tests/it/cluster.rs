@@ -1,0 +1,490 @@
+//! Cluster mode (SPEC §13): tidegate instances sharing a real NATS
+//! JetStream cluster (three `nats-server` processes on loopback), with
+//! real downstreams, real kill -9.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use crate::support::nats::Nats;
+use crate::support::{accepted_id, destination, eventually, problem, Downstream, Extra, Reply, Tidegate};
+
+async fn instance(nats: &Nats, destinations: &str) -> Tidegate {
+    let storage = nats.storage();
+    Tidegate::start_with(
+        destinations,
+        Extra {
+            storage: &storage,
+            ..Extra::default()
+        },
+    )
+    .await
+}
+
+/// Which of `instances` holds `dest`'s dispatch lease, by its log.
+fn holder(instances: &[&Tidegate]) -> Option<usize> {
+    instances.iter().position(|t| {
+        t.log().matches("took the dispatch lease").count() > t.log().matches("lost the dispatch lease").count()
+    })
+}
+
+#[tokio::test]
+async fn instances_sharing_a_jetstream_cluster_forward_deduplicate_and_dead_letter_as_one() {
+    let nats = Nats::cluster(3).await;
+    let ds = Downstream::start().await;
+    ds.refuse_under("/crm/bad", 400);
+    let dests = destination(
+        "crm",
+        &format!("{}/crm", ds.url()),
+        "[destination.retry]\nmax_attempts = 2\ninitial_backoff = \"50ms\"",
+    );
+    let a = instance(&nats, &dests).await;
+    let b = instance(&nats, &dests).await;
+
+    // Producers spread over both instances: every message delivered once.
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let tg = if i % 2 == 0 { &a } else { &b };
+        ids.push(accepted_id(tg.post(&format!("/crm/items/{i}"), "{}").await).await);
+    }
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 40, "ids are unique across instances");
+    eventually(Duration::from_secs(20), "all 40 delivered", || async {
+        ds.count() >= 40
+    })
+    .await;
+    let by_id = ds.ok_by_id();
+    for id in &ids {
+        assert_eq!(by_id.get(id), Some(&1), "{id} delivered once");
+    }
+    // Either instance answers for any message.
+    for id in &ids[..4] {
+        b.wait_message_state(id, "delivered").await;
+        a.wait_message_state(id, "delivered").await;
+    }
+
+    // One Idempotency-Key, sent to both instances: one message.
+    let first = a
+        .client
+        .post(a.url("/crm/orders"))
+        .header("idempotency-key", "order-7")
+        .body("{\"n\":7}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 202);
+    let first_id = accepted_id(first).await;
+    let again = b
+        .client
+        .post(b.url("/crm/orders"))
+        .header("idempotency-key", "order-7")
+        .body("{\"n\":7}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200, "a repeat on another instance is a duplicate");
+    assert_eq!(accepted_id(again).await, first_id);
+    let reused = b
+        .client
+        .post(b.url("/crm/orders"))
+        .header("idempotency-key", "order-7")
+        .body("{\"n\":8}")
+        .send()
+        .await
+        .unwrap();
+    problem(reused, 422, "idempotency_key_reused").await;
+    a.wait_message_state(&first_id, "delivered").await;
+    assert_eq!(ds.attempts_for(&first_id).len(), 1);
+
+    // A refused message becomes a dead letter, listed and replayed from the other instance.
+    let bad = accepted_id(a.post("/crm/bad/1", "{}").await).await;
+    b.wait_message_state(&bad, "dead_lettered").await;
+    let dl = b.admin_get("/v1/destinations/crm/dead-letters").await;
+    let items = dl["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{dl}");
+    assert_eq!(items[0]["id"], bad.as_str());
+    ds.respond(|_, _| Reply::status(200));
+    let r = a.admin_post("/v1/destinations/crm/dead-letters/replay", "{}").await;
+    assert_eq!(r.status(), 200);
+    b.wait_message_state(&bad, "delivered").await;
+    let by_id = ds.ok_by_id();
+    assert_eq!(
+        by_id.get(&bad),
+        Some(&1),
+        "the replayed dead letter delivered once, under its id"
+    );
+    assert!(holder(&[&a, &b]).is_some(), "one instance holds the lease");
+}
+
+#[tokio::test]
+async fn killing_the_dispatching_instance_hands_its_destination_to_another_within_seconds() {
+    let nats = Nats::cluster(3).await;
+    let ds = Downstream::start().await;
+    let dests = destination("crm", &format!("{}/crm", ds.url()), "");
+    let mut insts = Vec::new();
+    for _ in 0..3 {
+        insts.push(instance(&nats, &dests).await);
+    }
+    let view = |insts: &[Tidegate]| holder(&insts.iter().collect::<Vec<_>>());
+    eventually(Duration::from_secs(10), "a lease holder", || async {
+        view(&insts).is_some()
+    })
+    .await;
+    let victim = view(&insts).unwrap();
+    let sender = (victim + 1) % 3;
+    let mut acked = Vec::new();
+    for i in 0..50 {
+        acked.push(accepted_id(insts[sender].post(&format!("/crm/{i}"), "{}").await).await);
+    }
+    eventually(Duration::from_secs(10), "the first 50 delivered", || async {
+        ds.ok_by_id().len() >= 50
+    })
+    .await;
+    let killed_at = Instant::now();
+    insts[victim].kill9();
+    let after = accepted_id(insts[sender].post("/crm/after", "{}").await).await;
+    acked.push(after.clone());
+    eventually(
+        Duration::from_secs(10),
+        "the message sent after the kill delivered",
+        || async { ds.ok_by_id().contains_key(&after) },
+    )
+    .await;
+    let failover = killed_at.elapsed();
+    assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+    let by_id: HashMap<String, usize> = ds.ok_by_id();
+    for id in &acked {
+        assert!(by_id.contains_key(id), "{id} acknowledged and never delivered");
+    }
+}
+
+#[tokio::test]
+async fn nats_unreachable_at_start_is_a_clear_error_and_exit_1() {
+    let port = crate::support::nats::free_port();
+    let (_dir, path) = crate::support::config_file(
+        "[ingress]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &format!(
+            "backend = \"jetstream\"\n[storage.jetstream]\nurls = [\"nats://127.0.0.1:{port}\"]\nreplicas = 1\n{}",
+            destination("crm", "http://127.0.0.1:9/", "")
+        ),
+    );
+    let mut tg = crate::support::RawTidegate::spawn(&path);
+    let (status, stderr) = tg.exit_within(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot reach NATS at nats://127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn nats_lost_at_run_time_gets_503_storage_unavailable_and_ingest_recovers_by_itself() {
+    let mut nats = Nats::cluster(1).await;
+    let ds = Downstream::start().await;
+    let tg = instance(&nats, &destination("crm", &format!("{}/crm", ds.url()), "")).await;
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        acked.push(accepted_id(tg.post(&format!("/crm/before/{i}"), "{}").await).await);
+    }
+    nats.kill9(0);
+    // Refused with a clear problem while NATS is away; nothing is half-stored.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let refused = loop {
+        let r = tg.post("/crm/during", "{}").await;
+        match r.status().as_u16() {
+            202 => acked.push(accepted_id(r).await),
+            503 => break r,
+            s => panic!("unexpected {s} while NATS is down"),
+        }
+        assert!(Instant::now() < deadline, "no 503 while NATS is down");
+    };
+    assert!(refused.headers().contains_key("retry-after"));
+    problem(refused, 503, "storage_unavailable").await;
+    let r = tg.post("/crm/during", "{}").await;
+    problem(r, 503, "storage_unavailable").await;
+    let m = tg.metrics_text().await;
+    assert!(m.contains("reason=\"storage_unavailable\""), "the refusals are counted");
+
+    // Back on the same store: ingest resumes without anyone acting.
+    nats.start(0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = tg.post("/crm/after", "{}").await;
+        if r.status() == 202 {
+            acked.push(accepted_id(r).await);
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(Instant::now() < deadline, "ingest did not resume after NATS came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    crate::support::all_delivered(&ds, &acked, Duration::from_secs(30)).await;
+}
+
+#[tokio::test]
+async fn a_nats_node_and_then_the_stream_leader_killed_under_load_lose_no_acknowledged_message() {
+    let mut nats = Nats::cluster(3).await;
+    let ds = Downstream::start().await;
+    let tg = instance(&nats, &destination("crm", &format!("{}/crm", ds.url()), "")).await;
+    let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut producers = Vec::new();
+    for p in 0..4 {
+        let (client, url) = (tg.client.clone(), tg.url(&format!("/crm/p{p}")));
+        let (acked, refused, stop) = (acked.clone(), refused.clone(), stop.clone());
+        producers.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match client.post(&url).body("{}").send().await {
+                    Ok(r) if r.status() == 202 => {
+                        let id = accepted_id(r).await;
+                        acked.lock().unwrap().push(id);
+                    }
+                    Ok(r) if r.status() == 503 => {
+                        refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Ok(r) => panic!("unexpected {}", r.status()),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }));
+    }
+    let count = || acked.lock().unwrap().len();
+    let grow = |by: usize| {
+        let target = count() + by;
+        let count = &count;
+        async move {
+            eventually(Duration::from_secs(30), "ingest goes on", || async {
+                count() >= target
+            })
+            .await;
+        }
+    };
+    grow(100).await;
+    nats.kill9(1);
+    grow(100).await;
+    nats.start(1);
+    nats.wait_ready().await;
+    grow(50).await;
+    // Now the leader of the destination's stream.
+    let leader = stream_leader(&nats, "TIDEGATE_Q_crm").await;
+    nats.kill9(leader);
+    grow(100).await;
+    nats.start(leader);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for p in producers {
+        p.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    crate::support::all_delivered(&ds, &acked, Duration::from_secs(60)).await;
+    eprintln!(
+        "{} acknowledged, {} refused with 503 during the elections",
+        acked.len(),
+        refused.load(std::sync::atomic::Ordering::SeqCst)
+    );
+}
+
+/// The index of the server leading `stream`'s replicas.
+async fn stream_leader(nats: &Nats, stream: &str) -> usize {
+    let urls: Vec<String> = nats
+        .client_ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect();
+    let c = async_nats::connect(urls).await.unwrap();
+    let js = async_nats::jetstream::new(c);
+    let info = js.get_stream(stream).await.unwrap().get_info().await.unwrap();
+    let leader = info.cluster.and_then(|c| c.leader).expect("a stream leader");
+    leader.trim_start_matches('n').parse().unwrap()
+}
+
+#[tokio::test]
+async fn three_instances_hold_one_rate_cluster_wide_and_fifo_order_survives_a_failover() {
+    const RATE: usize = 100;
+    const BURST: usize = 10;
+    let nats = Nats::cluster(3).await;
+    let ds = Downstream::start().await;
+    let dests = format!(
+        "{}{}",
+        destination(
+            "crm",
+            &format!("{}/crm", ds.url()),
+            &format!(
+                "[destination.rate_limit]\nrate = \"{RATE}/s\"\nburst = {BURST}\nmax_in_flight = 16\nadaptive = false"
+            )
+        ),
+        destination(
+            "ledger",
+            &format!("{}/ledger", ds.url()),
+            "[destination.rate_limit]\nrate = \"50/s\"\nburst = 1\n[destination.queue]\nordering = \"fifo\""
+        ),
+    );
+    let mut insts = Vec::new();
+    for _ in 0..3 {
+        insts.push(instance(&nats, &dests).await);
+    }
+    // Rate: queued through all three while paused, then released.
+    insts[0].admin_post("/v1/destinations/crm/pause", "").await;
+    for t in &insts {
+        eventually(Duration::from_secs(5), "the pause seen by every instance", || async {
+            t.destination("crm").await["state"] == "paused"
+        })
+        .await;
+    }
+    let mut ids = Vec::new();
+    for i in 0..600 {
+        ids.push(insts[i % 3].send(&format!("/crm/{i}"), "{}").await);
+    }
+    insts[2].admin_post("/v1/destinations/crm/resume", "").await;
+    eventually(Duration::from_secs(30), "all 600 delivered", || async {
+        ds.seen()
+            .iter()
+            .filter(|s| s.path_and_query.starts_with("/crm/"))
+            .count()
+            >= 600
+    })
+    .await;
+    let times: Vec<Instant> = ds
+        .seen()
+        .iter()
+        .filter(|s| s.path_and_query.starts_with("/crm/"))
+        .map(|s| s.at)
+        .collect();
+    let span = (*times.last().unwrap() - times[BURST]).as_secs_f64();
+    let rate = (times.len() - BURST - 1) as f64 / span;
+    let leases: Vec<String> = insts
+        .iter()
+        .flat_map(|t| {
+            t.log()
+                .lines()
+                .filter(|l| l.contains("dispatch lease"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(
+        (rate - RATE as f64).abs() <= RATE as f64 * 0.05,
+        "cluster-wide rate {rate:.1}/s; leases: {leases:#?}"
+    );
+    let per_100ms = crate::rate::busiest(&times[BURST..], Duration::from_millis(100));
+    assert!(
+        per_100ms <= RATE / 10 + BURST,
+        "{per_100ms} deliveries in 100 ms; leases: {leases:#?}"
+    );
+
+    // FIFO: the holder of `ledger` killed halfway; order holds at the downstream.
+    let view = |insts: &[Tidegate]| {
+        insts.iter().position(|t| {
+            t.log()
+                .lines()
+                .filter(|l| l.contains("took the dispatch lease") && l.contains("ledger"))
+                .count()
+                > 0
+        })
+    };
+    eventually(Duration::from_secs(5), "a ledger holder", || async {
+        view(&insts).is_some()
+    })
+    .await;
+    let victim = view(&insts).unwrap();
+    let sender = (victim + 1) % 3;
+    for i in 0..100 {
+        insts[sender]
+            .send(&format!("/ledger/{i}"), &format!("{{\"n\":{i}}}"))
+            .await;
+    }
+    let ledger = || -> Vec<usize> {
+        ds.seen()
+            .iter()
+            .filter(|s| s.path_and_query.starts_with("/ledger/"))
+            .map(|s| s.path_and_query.trim_start_matches("/ledger/").parse().unwrap())
+            .collect()
+    };
+    eventually(Duration::from_secs(10), "30 ledger entries", || async {
+        ledger().len() >= 30
+    })
+    .await;
+    insts[victim].kill9();
+    eventually(Duration::from_secs(30), "all 100 ledger entries", || async {
+        ledger().iter().collect::<std::collections::HashSet<_>>().len() >= 100
+    })
+    .await;
+    let order = ledger();
+    let mut first_seen = Vec::new();
+    for n in &order {
+        if !first_seen.contains(n) {
+            first_seen.push(*n);
+        }
+    }
+    assert_eq!(
+        first_seen,
+        (0..100).collect::<Vec<_>>(),
+        "order at the downstream: {order:?}"
+    );
+    assert!(
+        order.len() <= 101,
+        "at most the one in flight delivered twice: {order:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_deleted_by_hand_is_made_again_and_a_server_too_old_is_refused() {
+    let nats = Nats::cluster(1).await;
+    let ds = Downstream::start().await;
+    let tg = instance(&nats, &destination("crm", &format!("{}/crm", ds.url()), "")).await;
+    let first = accepted_id(tg.post("/crm/1", "{}").await).await;
+    tg.wait_message_state(&first, "delivered").await;
+    let c = async_nats::connect(format!("nats://127.0.0.1:{}", nats.client_ports[0]))
+        .await
+        .unwrap();
+    async_nats::jetstream::new(c)
+        .delete_stream("TIDEGATE_Q_crm")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let second = loop {
+        let r = tg.post("/crm/2", "{}").await;
+        if r.status() == 202 {
+            break accepted_id(r).await;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(Instant::now() < deadline, "no 202 after the stream was deleted");
+    };
+    assert_ne!(first, second, "ids do not repeat after the stream is made again");
+    tg.wait_message_state(&second, "delivered").await;
+    assert!(tg.log().contains("the stream is gone"), "the loss is logged");
+
+    // A server that says it is 2.9: refused at start, naming what is needed.
+    let fake = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = fake.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        while let Ok((sock, _)) = fake.accept().await {
+            tokio::spawn(async move {
+                let (r, mut w) = sock.into_split();
+                let info = "INFO {\"server_id\":\"OLD\",\"server_name\":\"old\",\"version\":\"2.9.25\",\"go\":\"go1.19\",\"host\":\"127.0.0.1\",\"port\":4222,\"headers\":true,\"max_payload\":1048576,\"proto\":1,\"jetstream\":true}\r\n";
+                let _ = w.write_all(info.as_bytes()).await;
+                let mut lines = tokio::io::BufReader::new(r).lines();
+                while let Ok(Some(l)) = lines.next_line().await {
+                    if l.starts_with("PING") {
+                        let _ = w.write_all(b"PONG\r\n").await;
+                    }
+                }
+            });
+        }
+    });
+    let (_dir, path) = crate::support::config_file(
+        "[ingress]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &format!(
+            "backend = \"jetstream\"\n[storage.jetstream]\nurls = [\"nats://127.0.0.1:{port}\"]\nreplicas = 1\n{}",
+            destination("crm", "http://127.0.0.1:9/", "")
+        ),
+    );
+    let mut old = crate::support::RawTidegate::spawn(&path);
+    let (status, stderr) = old.exit_within(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("NATS server 2.9.25 is too old") && stderr.contains("2.10 or later"),
+        "{stderr}"
+    );
+}

