@@ -151,6 +151,8 @@ struct Dest {
     holding: AtomicBool,
     /// The highest stream sequence seen in the queue stream.
     last_seen: AtomicU64,
+    /// What its two streams store, as JetStream counts it.
+    stored_bytes: AtomicU64,
     refreshed: Mutex<Option<Instant>>,
     epoch: AtomicU64,
     reading: Mutex<Reading>,
@@ -352,6 +354,7 @@ impl JetStream {
             limits: Mutex::new((max_messages, max_bytes)),
             holding: AtomicBool::new(false),
             last_seen: AtomicU64::new(0),
+            stored_bytes: AtomicU64::new(0),
             refreshed: Mutex::new(None),
             epoch: AtomicU64::new(0),
             reading: Mutex::new(Reading::default()),
@@ -511,6 +514,17 @@ impl JetStream {
         let before_depth = d.counts.depth.swap(q.state.messages, Ordering::Relaxed);
         d.counts.bytes.store(q.state.bytes, Ordering::Relaxed);
         d.counts.dead_letters.store(dead.state.messages, Ordering::Relaxed);
+        d.stored_bytes
+            .store(q.state.bytes + dead.state.bytes, Ordering::Relaxed);
+        let total: u64 = self
+            .inner
+            .dests
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|d| d.stored_bytes.load(Ordering::Relaxed))
+            .sum();
+        self.inner.stats.disk_bytes.store(total, Ordering::Relaxed);
         if q.state.messages < before_depth {
             d.counts.room.notify_waiters();
         }
@@ -1031,8 +1045,9 @@ impl Queue for JetStream {
         if ack.duplicate {
             return Ok(Appended::Duplicate { seq: id });
         }
+        // Bytes as JetStream counts them (headers too) come with the next
+        // count, within COUNT_EVERY.
         d.counts.depth.fetch_add(1, Ordering::Relaxed);
-        d.counts.bytes.fetch_add(msg.body.len() as u64, Ordering::Relaxed);
         d.counts.ready.notify_waiters();
         Ok(Appended::Stored { seq: id, held: None })
     }

@@ -34,13 +34,25 @@ async fn max_bytes_is_a_limit_too() {
     let tg = Tidegate::start(&destination(
         "crm",
         &ds.url(),
-        "[destination.queue]\nmax_bytes = \"100B\"",
+        "[destination.queue]\nmax_bytes = \"2KiB\"",
     ))
     .await;
     tg.admin_post("/v1/destinations/crm/pause", "").await;
-    tg.send("/crm/a", &"x".repeat(60)).await;
-    assert_eq!(tg.post("/crm/b", &"x".repeat(60)).await.status(), 429);
-    tg.send("/crm/c", &"x".repeat(40)).await;
+    tg.send("/crm/a", &"x".repeat(1200)).await;
+    // What the queue counts for it: the body, and in cluster mode what
+    // JetStream stores beside it (subject, tidegate's headers).
+    let bytes = || async { tg.destination("crm").await["queue"]["bytes"].as_u64().unwrap_or(0) };
+    eventually(Duration::from_secs(5), "the queue's bytes", || async {
+        bytes().await >= 1200
+    })
+    .await;
+    let stored = bytes().await;
+    let overhead = stored - 1200;
+    assert_eq!(tg.post("/crm/b", &"x".repeat(1200)).await.status(), 429);
+    // Filled exactly to the limit, not a byte past it.
+    let room = 2048 - stored - overhead;
+    assert_eq!(tg.post("/crm/c", &"x".repeat(room as usize + 1)).await.status(), 429);
+    tg.send("/crm/c", &"x".repeat(room as usize)).await;
 }
 
 #[tokio::test]

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{destination, eventually, test_config, Downstream, Extra, RawTidegate, Tidegate};
+use crate::support::{destination, eventually, problem, test_config, Downstream, Extra, RawTidegate, Tidegate};
 
 /// A size-limited tmpfs, unmounted on drop.
 struct SmallDisk {
@@ -199,4 +199,20 @@ async fn a_salvage_without_room_is_refused_and_carried_out_once_there_is_room() 
     assert!(tg.log().contains("a salvage was cut short"), "{}", tg.log());
     assert!(tg.log().contains("salvaged=60 lost=0"), "{}", tg.log());
     assert_eq!(tg.destination("crm").await["queue"]["depth"], 60);
+}
+
+#[tokio::test]
+async fn a_full_disk_answers_507_and_stores_nothing() {
+    let ds = Downstream::start().await;
+    // max_disk below the size of an empty journal: every append is refused.
+    let extra = Extra {
+        storage: "max_disk = \"4KiB\"",
+        ..Extra::default()
+    };
+    let tg = Tidegate::start_with(&destination("crm", &ds.url(), ""), extra).await;
+    let r = tg.post("/crm/x", "{}").await;
+    problem(r, 507, "storage_full").await;
+    assert_eq!(tg.destination("crm").await["queue"]["depth"], 0);
+    assert_eq!(tg.destination("crm").await["counters"]["rejected"], 1);
+    assert_eq!(ds.count(), 0);
 }

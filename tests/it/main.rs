@@ -3,6 +3,10 @@
 
 mod support;
 
+/// The queue these tests run on (see `tests/cluster_suite.rs` for the same
+/// behaviour tests on JetStream).
+pub const BACKEND: support::Backend = support::Backend::Sqlite;
+
 mod backpressure;
 mod browser;
 mod chain;

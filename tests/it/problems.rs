@@ -127,22 +127,6 @@ async fn each_refusal_is_problem_json_with_its_stable_code() {
 }
 
 #[tokio::test]
-async fn a_full_disk_answers_507_and_stores_nothing() {
-    let ds = Downstream::start().await;
-    // max_disk below the size of an empty journal: every append is refused.
-    let extra = Extra {
-        storage: "max_disk = \"4KiB\"",
-        ..Extra::default()
-    };
-    let tg = Tidegate::start_with(&destination("crm", &ds.url(), ""), extra).await;
-    let r = tg.post("/crm/x", "{}").await;
-    problem(r, 507, "storage_full").await;
-    assert_eq!(tg.destination("crm").await["queue"]["depth"], 0);
-    assert_eq!(tg.destination("crm").await["counters"]["rejected"], 1);
-    assert_eq!(ds.count(), 0);
-}
-
-#[tokio::test]
 async fn shutting_down_refuses_new_requests() {
     let ds = Downstream::start().await;
     // A delivery that hangs keeps the process draining for a while.

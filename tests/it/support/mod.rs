@@ -51,14 +51,43 @@ pub struct Tidegate {
     stderr_reader: Option<std::thread::JoinHandle<()>>,
 }
 
+/// Which queue the tests of a test binary run on: each binary's root says
+/// (`tests/it/main.rs`: SQLite; `tests/cluster_suite.rs`: JetStream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    JetStream,
+}
+
+/// `[storage]` keys that put the queue on this binary's backend: for
+/// JetStream, the process's shared NATS server, under a stream prefix of
+/// the test's own (derived from its data directory, so a rewritten config
+/// finds the same streams).
+pub fn backend_storage(data: &Path) -> String {
+    match crate::BACKEND {
+        Backend::Sqlite => String::new(),
+        Backend::JetStream => {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            data.hash(&mut h);
+            format!(
+                "backend = \"jetstream\"\n[storage.jetstream]\nurls = [\"{}\"]\nreplicas = 1\nstream_prefix = \"T{:016x}\"\n",
+                nats::shared_url(),
+                h.finish()
+            )
+        }
+    }
+}
+
 /// The head of every test config: ephemeral ports, a private data dir.
 fn base_config(data: &Path, extra: &Extra) -> String {
     format!(
-        "[ingress]\nlisten = \"127.0.0.1:0\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[storage]\npath = \"{}\"\n{}\n[log]\nformat = \"{}\"\n[server]\nshutdown_timeout = \"{}\"\n\n",
+        "[ingress]\nlisten = \"127.0.0.1:0\"\n{}\n[admin]\nlisten = \"127.0.0.1:0\"\n{}\n[storage]\npath = \"{}\"\n{}\n{}\n[log]\nformat = \"{}\"\n[server]\nshutdown_timeout = \"{}\"\n\n",
         extra.ingress,
         extra.admin,
         data.display(),
         extra.storage,
+        if extra.storage.contains("backend") { String::new() } else { backend_storage(data) },
         if extra.log_json { "json" } else { "text" },
         extra.shutdown_timeout.unwrap_or("5s")
     )

@@ -172,3 +172,60 @@ impl Drop for Nats {
         }
     }
 }
+
+/// One NATS server for a whole test process (the shared behaviour suite,
+/// `tests/cluster_suite.rs`): started on first use from a thread that lives
+/// as long as the process, and killed with it (`PR_SET_PDEATHSIG`), so no
+/// server outlives the tests. Each tidegate gets its own `stream_prefix`, so
+/// tests sharing the server share nothing else.
+pub fn shared_url() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let dir = tempfile::tempdir().unwrap();
+            let port = free_port();
+            let conf = dir.path().join("n.conf");
+            std::fs::write(
+                &conf,
+                format!(
+                    "listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+                    dir.path().join("store").display()
+                ),
+            )
+            .unwrap();
+            let mut cmd = Command::new(binary());
+            cmd.arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null());
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: prctl is async-signal-safe; nothing else runs in the child.
+            unsafe {
+                cmd.pre_exec(|| {
+                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                    Ok(())
+                });
+            }
+            let _child = cmd
+                .spawn()
+                .expect("nats-server (scripts/install-test-deps.sh installs it)");
+            let nats = Nats {
+                dir,
+                servers: vec![None],
+                client_ports: vec![port],
+                cluster_ports: vec![0],
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(nats.wait_ready());
+            tx.send(format!("nats://127.0.0.1:{port}")).unwrap();
+            // Lives as long as the process: the server dies with this thread.
+            let _keep = (nats, _child);
+            loop {
+                std::thread::park();
+            }
+        });
+        rx.recv().expect("the shared NATS server started")
+    })
+    .clone()
+}
