@@ -128,6 +128,17 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     if journal.shared() {
         tokio::spawn(dispatcher.clone().follow_records(stop_rx.clone()));
     }
+    if let Some(asked) = journal.reload_asked() {
+        let (reloader, mut stop) = (reloader.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = asked.notified() => reloader.follow().await,
+                    _ = stop.changed() => return,
+                }
+            }
+        });
+    }
 
     tracing::info!(
         ingress = %ingress_addr,

@@ -61,7 +61,27 @@ impl Reloader {
         }
     }
 
+    /// Reloads this instance's file and, in cluster mode, asks every other
+    /// instance to reload its own (`Queue::announce_reload`).
     pub async fn reload(&self) -> Result<Value, ReloadError> {
+        let out = self.reload_file().await?;
+        self.journal.announce_reload().await;
+        Ok(out)
+    }
+
+    /// Reloads this instance's file because another instance reloaded: a
+    /// cluster shares one configuration (one ConfigMap, one file per host),
+    /// so an operator's reload anywhere is seen everywhere.
+    pub async fn follow(&self) {
+        match self.reload_file().await {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %e, "reload asked by another instance refused; this instance keeps its configuration")
+            }
+        }
+    }
+
+    async fn reload_file(&self) -> Result<Value, ReloadError> {
         let _one = self.lock.lock().await;
         let path = self.path.clone();
         let new = tokio::task::spawn_blocking(move || Config::load(&path))
@@ -78,6 +98,9 @@ impl Reloader {
         }
         if new.storage.path != old.storage.path {
             restart_required.push("storage.path");
+        }
+        if new.storage.backend != old.storage.backend {
+            restart_required.push("storage.backend");
         }
         if new.log.format != old.log.format || new.log.level != old.log.level {
             restart_required.push("log");

@@ -197,6 +197,8 @@ struct Inner {
     stop: tokio::sync::watch::Sender<bool>,
     /// Serialises stream creation per process.
     creating: tokio::sync::Mutex<()>,
+    /// Signalled when another instance reloaded (`P.reload`).
+    reload_asked: Arc<tokio::sync::Notify>,
 }
 
 /// A destination to prepare at start: its name and queue limits.
@@ -286,8 +288,33 @@ impl JetStream {
                 stats: Arc::new(JournalStats::default()),
                 stop,
                 creating: tokio::sync::Mutex::new(()),
+                reload_asked: Arc::new(tokio::sync::Notify::new()),
             }),
         };
+        let mut reloads = js_queue
+            .inner
+            .client
+            .subscribe(format!("{}.reload", cfg.stream_prefix))
+            .await
+            .map_err(|e| format!("subscribing to reload announcements: {e}"))?;
+        let (asked, me, mut stop) = (
+            js_queue.inner.reload_asked.clone(),
+            js_queue.inner.instance.clone(),
+            js_queue.inner.stop.subscribe(),
+        );
+        tokio::spawn(async move {
+            use futures_util::StreamExt as _;
+            loop {
+                tokio::select! {
+                    m = reloads.next() => match m {
+                        Some(m) if m.payload != me.as_bytes() => asked.notify_one(),
+                        Some(_) => {}
+                        None => break,
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+        });
         for d in destinations {
             js_queue
                 .dest_with(&d.name, Some((d.max_messages, d.max_bytes)))
@@ -965,6 +992,18 @@ impl Queue for JetStream {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    async fn announce_reload(&self) {
+        let subject = format!("{}.reload", self.inner.cfg.stream_prefix);
+        let me = Bytes::from(self.inner.instance.clone());
+        if let Err(e) = self.inner.client.publish(subject, me).await {
+            tracing::warn!(error = %e, "could not tell the other instances to reload");
+        }
+    }
+
+    fn reload_asked(&self) -> Option<Arc<tokio::sync::Notify>> {
+        Some(self.inner.reload_asked.clone())
     }
 
     async fn append(&self, msg: Arc<NewMessage>, limits: Limits) -> Result<Appended> {

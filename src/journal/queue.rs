@@ -56,6 +56,13 @@ pub trait Queue: Send + Sync + 'static {
     fn shared(&self) -> bool {
         false
     }
+    /// Tells the other instances sharing this queue that this one reloaded
+    /// its configuration (cluster mode; at most once, best effort).
+    async fn announce_reload(&self) {}
+    /// Signalled when another instance announced a reload.
+    fn reload_asked(&self) -> Option<Arc<tokio::sync::Notify>> {
+        None
+    }
 
     // Ingress.
 
