@@ -54,7 +54,8 @@ CONF
 }
 
 # tidegate_config_head: the lines every load-test config starts with
-# (ephemeral ports, data in $work); what the caller appends is still inside
+# (ephemeral ports, data in $work, then $STORAGE_TOML: cluster.sh puts the
+# queue on JetStream with it); what the caller appends is still inside
 # [storage] until its next table.
 tidegate_config_head() {
   cat <<CONF
@@ -64,7 +65,36 @@ listen = "127.0.0.1:0"
 listen = "127.0.0.1:0"
 [storage]
 path = "$work/data"
+${STORAGE_TOML:-}
 CONF
+}
+
+# start_nats_cluster N: N nats-server processes (the project's, from
+# target/ci-tools: scripts/install-test-deps.sh) in one JetStream cluster on
+# free loopback ports, fsync before every acknowledgement; sets NATS_URLS
+# (a TOML array) and waits until the cluster has a JetStream meta leader.
+start_nats_cluster() {
+  local n=$1 i j routes
+  local nats=${NATS_SERVER:-./target/ci-tools/bin/nats-server}
+  local ports=() cports=()
+  for i in $(seq "$n"); do ports+=("$(free_port)"); cports+=("$(free_port)"); done
+  NATS_URLS=""
+  for i in $(seq 0 $((n - 1))); do
+    routes=""
+    for j in $(seq 0 $((n - 1))); do [ "$j" = "$i" ] || routes="$routes\"nats-route://127.0.0.1:${cports[$j]}\","; done
+    cat > "$work/nats$i.conf" <<CONF
+server_name: n$i
+listen: "127.0.0.1:${ports[$i]}"
+jetstream { store_dir: "$work/nats$i", sync_interval: always }
+cluster { name: bench, listen: "127.0.0.1:${cports[$i]}", routes: [${routes%,}] }
+CONF
+    "$nats" -c "$work/nats$i.conf" 2> "$work/nats$i.log" &
+    pids+=($!)
+    NATS_URLS="$NATS_URLS\"nats://127.0.0.1:${ports[$i]}\","
+  done
+  NATS_URLS="[${NATS_URLS%,}]"
+  for _ in $(seq 300); do grep -q "JetStream cluster new metadata leader\|Self is new JetStream cluster metadata leader" "$work"/nats*.log 2>/dev/null && break; sleep 0.1; done
+  sleep 1
 }
 
 # relay_destination URL: the "relay" scenario's destination, no rate limit,

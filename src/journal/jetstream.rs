@@ -737,14 +737,7 @@ impl JetStream {
             .put(format!("s.{id:016x}"), body.into())
             .await
             .map_err(unavailable)?;
-        if let Err(e) = d.queue.delete_message(handed.stream_seq).await {
-            // Deleted already: a retried settle, or the previous holder's.
-            let gone = matches!(e.kind(), stream::DeleteMessageErrorKind::JetStream(j)
-                if j.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND);
-            if !gone {
-                return Err(unavailable(e));
-            }
-        }
+        self.delete(&d.queue, handed.stream_seq).await?;
         let had_retry = d
             .reading
             .lock()
@@ -763,6 +756,35 @@ impl JetStream {
         d.counts.depth.store(depth.saturating_sub(1), Ordering::Relaxed);
         d.counts.room.notify_waiters();
         Ok(())
+    }
+
+    /// Removes a finished message from its stream. Without `no_erase` the
+    /// server overwrites the message's bytes on disk first (a secure
+    /// erase, one more synchronous write per message): the client's
+    /// `delete_message` asks for that, so the request is made here.
+    /// Already gone (a retried settle, the previous holder's) is fine.
+    async fn delete(&self, s: &stream::Stream, seq: u64) -> Result<()> {
+        let name = &s.cached_info().config.name;
+        let answer: serde_json::Value = self
+            .inner
+            .js
+            .request(
+                format!("STREAM.MSG.DELETE.{name}"),
+                &serde_json::json!({"seq": seq, "no_erase": true}),
+            )
+            .await
+            .map_err(unavailable)?;
+        match answer.get("error") {
+            None => Ok(()),
+            Some(e) => {
+                let text = e.get("description").and_then(|d| d.as_str()).unwrap_or_default();
+                if text.contains("no message found") || text.contains("not found") && !text.contains("stream") {
+                    Ok(())
+                } else {
+                    Err(unavailable(e))
+                }
+            }
+        }
     }
 
     /// Every dead letter of `d`, oldest id first, with its stream sequence.
@@ -1390,7 +1412,7 @@ impl Queue for JetStream {
                 Err(e) => return Err(e),
             }
             let _ = self.inner.status.purge(format!("s.{id:016x}")).await;
-            d.dead.delete_message(dead_seq).await.map_err(unavailable)?;
+            self.delete(&d.dead, dead_seq).await?;
             n += 1;
         }
         if n > 0 {

@@ -280,7 +280,16 @@ async fn nats_lost_at_run_time_gets_503_storage_unavailable_and_ingest_recovers_
 async fn a_nats_node_and_then_the_stream_leader_killed_under_load_lose_no_acknowledged_message() {
     let mut nats = Nats::cluster(3).await;
     let ds = Downstream::start().await;
-    let tg = instance(&nats, &destination("crm", &format!("{}/crm", ds.url()), "")).await;
+    // Unlimited rate: the test waits for the queue to drain, not for a limiter.
+    let tg = instance(
+        &nats,
+        &destination(
+            "crm",
+            &format!("{}/crm", ds.url()),
+            "[destination.rate_limit]\nrate = \"unlimited\"\nmax_in_flight = 32",
+        ),
+    )
+    .await;
     let acked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let refused = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -316,28 +325,69 @@ async fn a_nats_node_and_then_the_stream_leader_killed_under_load_lose_no_acknow
             .await;
         }
     };
+    let t0 = Instant::now();
+    let phase = |what: &str| eprintln!("{:>6.1}s {what}: {} acknowledged", t0.elapsed().as_secs_f64(), count());
     grow(100).await;
+    phase("under load");
     nats.kill9(1);
     grow(100).await;
+    phase("node 1 killed, ingest goes on");
     nats.start(1);
     nats.wait_ready().await;
     grow(50).await;
+    phase("node 1 back");
     // Now the leader of the destination's stream.
     let leader = stream_leader(&nats, "TIDEGATE_Q_crm").await;
     nats.kill9(leader);
     grow(100).await;
+    phase("stream leader killed, ingest goes on");
     nats.start(leader);
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     for p in producers {
         p.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    crate::support::all_delivered(&ds, &acked, Duration::from_secs(60)).await;
+    delivered_or_explain(&tg, &ds, &acked, Duration::from_secs(60)).await;
     eprintln!(
         "{} acknowledged, {} refused with 503 during the elections",
         acked.len(),
         refused.load(std::sync::atomic::Ordering::SeqCst)
     );
+}
+
+/// Waits until every acknowledged id reached the downstream; if one never
+/// does, fails with what tidegate says of it and what it logged.
+async fn delivered_or_explain(tg: &Tidegate, ds: &Downstream, acked: &[String], within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let seen = ds.ok_by_id();
+        let missing: Vec<&String> = acked.iter().filter(|id| !seen.contains_key(*id)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        if Instant::now() > deadline {
+            let status = tg
+                .client
+                .get(tg.admin_url(&format!("/v1/messages/{}", missing[0])))
+                .send()
+                .await;
+            let status = match status {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(e) => e.to_string(),
+            };
+            let dest = tg.admin_get("/v1/destinations/crm").await;
+            let log = tg.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            panic!(
+                "{} of {} acknowledged never delivered; first {}: {status}\ndestination: {dest}\nlog tail:\n{}",
+                missing.len(),
+                acked.len(),
+                missing[0],
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The index of the server leading `stream`'s replicas.

@@ -228,6 +228,7 @@ fn every_shipped_config_passes_check() {
         "config/tidegate.toml",
         "deploy/tidegate.container.toml",
         "deploy/compose/tidegate.toml",
+        "deploy/compose/tidegate-cluster.toml",
         "examples/handoff/tidegate.toml",
     ]
     .iter()
@@ -235,7 +236,11 @@ fn every_shipped_config_passes_check() {
     .collect();
     // The Kubernetes ones are embedded in ConfigMaps: the indented block
     // under `tidegate.toml: |`.
-    for p in ["deploy/kubernetes/configmap.yaml", "deploy/kubernetes/sidecar.yaml"] {
+    for p in [
+        "deploy/kubernetes/configmap.yaml",
+        "deploy/kubernetes/sidecar.yaml",
+        "deploy/kubernetes/cluster-configmap.yaml",
+    ] {
         let text = repo(p);
         let start = text
             .find("tidegate.toml: |\n")
