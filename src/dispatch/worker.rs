@@ -144,6 +144,12 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
         if !(now == State::Running || (keyed && now == State::Degraded)) || d.config().queue.ordering != ordering {
             continue; // re-evaluate
         }
+        // Cluster mode: a dispatcher that lost its lease attempts nothing
+        // more, not even what it fetched while it held it.
+        if !ctx.journal.may_dispatch(&d.name) {
+            give_back(&ctx, &d, &mut buffer);
+            continue;
+        }
         let Some(msg) = buffer.pop_front() else {
             continue;
         };
@@ -218,7 +224,7 @@ async fn serial_step(
         _ = kick.changed() => return true,
         _ = shutdown.changed() => return false,
     }
-    if d.current_state() == State::Paused || d.current_state() == State::Halted {
+    if d.current_state() == State::Paused || d.current_state() == State::Halted || !ctx.journal.may_dispatch(&d.name) {
         return true;
     }
     lease(d, msg.seq);

@@ -28,7 +28,8 @@
 //! - One dispatcher per destination: an instance dispatches only while it
 //!   holds `l.<dest>`, created when absent and refreshed every
 //!   [`LEASE_REFRESH`] with a revision check. An instance that has not
-//!   refreshed for [`LEASE_SAFE`] stops handing out messages; the lease
+//!   refreshed for [`LEASE_SAFE`] stops handing out messages and starting
+//!   attempts (`may_dispatch`, asked before each one); the lease
 //!   expires on the servers only after [`LEASE_TTL`], so two instances never
 //!   hand out the same destination's messages at once. What the old holder
 //!   had in flight may be delivered again by the new one (at-least-once,
@@ -1014,6 +1015,10 @@ impl Queue for JetStream {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    fn may_dispatch(&self, dest: &str) -> bool {
+        self.known(dest).is_some_and(|d| d.dispatching())
     }
 
     async fn announce_reload(&self) {

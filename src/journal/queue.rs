@@ -56,6 +56,13 @@ pub trait Queue: Send + Sync + 'static {
     fn shared(&self) -> bool {
         false
     }
+    /// Whether this process may start an attempt on `dest` now: always on
+    /// a queue of its own; in cluster mode, only while it holds the
+    /// destination's lease (checked before each attempt, so one that lost
+    /// it does not go on with messages it fetched before).
+    fn may_dispatch(&self, _dest: &str) -> bool {
+        true
+    }
     /// Tells the other instances sharing this queue that this one reloaded
     /// its configuration (cluster mode; at most once, best effort).
     async fn announce_reload(&self) {}

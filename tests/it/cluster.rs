@@ -594,3 +594,66 @@ async fn a_stream_deleted_by_hand_is_made_again_and_a_server_too_old_is_refused(
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_holder_cut_off_from_nats_stops_dispatching_before_another_takes_over() {
+    let nats = Nats::cluster(1).await;
+    let proxy = crate::support::nats::Freezer::start(nats.client_ports[0]).await;
+    let ds = Downstream::start().await;
+    let limits = "[destination.rate_limit]\nrate = \"50/s\"\nmax_in_flight = 1";
+    // `a` reaches NATS only through the proxy; each instance delivers under
+    // its own path, so the downstream tells who sent what.
+    let a_storage = format!(
+        "backend = \"jetstream\"\n[storage.jetstream]\nurls = [\"nats://127.0.0.1:{}\"]\nreplicas = 1\n",
+        proxy.port
+    );
+    let a = Tidegate::start_with(
+        &destination("crm", &format!("{}/a", ds.url()), limits),
+        Extra {
+            storage: &a_storage,
+            ..Extra::default()
+        },
+    )
+    .await;
+    eventually(Duration::from_secs(5), "a holds the lease", || async {
+        a.log().contains("took the dispatch lease")
+    })
+    .await;
+    let b = instance(&nats, &destination("crm", &format!("{}/b", ds.url()), limits)).await;
+    let mut acked = Vec::new();
+    for i in 0..300 {
+        acked.push(accepted_id(b.post(&format!("/crm/{i}"), "{}").await).await);
+    }
+    let by = |who: &str| -> Vec<Instant> {
+        ds.seen()
+            .iter()
+            .filter(|s| s.path_and_query.starts_with(who))
+            .map(|s| s.at)
+            .collect()
+    };
+    eventually(Duration::from_secs(10), "a delivering", || async {
+        by("/a/").len() >= 20
+    })
+    .await;
+    let frozen_at = Instant::now();
+    proxy.freeze(true);
+    eventually(Duration::from_secs(10), "b takes over", || async {
+        !by("/b/").is_empty()
+    })
+    .await;
+    let b_first = by("/b/")[0];
+    let a_last = *by("/a/").last().unwrap();
+    assert!(
+        a_last < b_first,
+        "a delivered {:?} after the freeze, b started {:?} after it: both dispatching at once",
+        a_last - frozen_at,
+        b_first - frozen_at
+    );
+    // Partition healed: `a` finds the lease taken and stays out of the way.
+    proxy.freeze(false);
+    delivered_or_explain(&b, &ds, &acked, Duration::from_secs(30)).await;
+    assert!(
+        by("/a/").iter().all(|t| *t < b_first),
+        "a dispatched again while b held the lease"
+    );
+}
