@@ -30,13 +30,32 @@ enum Slot {
     Done(Completion, Instant),
 }
 
+/// Where outcomes go beyond this process (cluster mode: to the other
+/// instances, one of which the producer may be waiting on).
+pub type Relay = Box<dyn Fn(u64, &Completion) + Send + Sync>;
+
 #[derive(Default)]
 pub struct Completions {
     slots: Mutex<HashMap<u64, Slot>>,
+    relay: std::sync::OnceLock<Relay>,
 }
 
 impl Completions {
+    /// Records how message `seq` finished, here and through the relay.
     pub fn finish(&self, seq: u64, c: Completion) {
+        if let Some(relay) = self.relay.get() {
+            relay(seq, &c);
+        }
+        self.finish_here(seq, c);
+    }
+
+    /// Sends every outcome finished here to `relay` too (set once).
+    pub fn relay_to(&self, relay: Relay) {
+        let _ = self.relay.set(relay);
+    }
+
+    /// Records an outcome another instance relayed.
+    pub fn finish_here(&self, seq: u64, c: Completion) {
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
         slots.retain(|_, s| !matches!(s, Slot::Done(_, at) if now.duration_since(*at) > KEEP));

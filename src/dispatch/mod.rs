@@ -228,6 +228,7 @@ impl Dispatcher {
         for d in &cfg.destinations {
             dispatcher.add(d);
         }
+        dispatcher.relay_outcomes();
         Ok(dispatcher)
     }
 
@@ -465,6 +466,54 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
+    /// Cluster mode: a producer waiting (`Prefer: wait`) on one instance
+    /// hears how its message finished on whichever instance delivered it.
+    fn relay_outcomes(&self) {
+        let Some(mut incoming) = self.ctx.journal.outcomes() else {
+            return;
+        };
+        let journal = self.ctx.journal.clone();
+        self.ctx.completions.relay_to(Box::new(move |seq, c| {
+            journal.announce_outcome(journal::Outcome {
+                seq,
+                state: c.state.to_string(),
+                detail: c.detail.clone(),
+                response: c
+                    .response
+                    .as_ref()
+                    .map(|r| (r.status, r.content_type.clone(), r.body.clone())),
+            })
+        }));
+        let completions = self.ctx.completions.clone();
+        tokio::spawn(async move {
+            while let Some(o) = incoming.recv().await {
+                let state = match o.state.as_str() {
+                    "delivered" => "delivered",
+                    "dead_lettered" => "dead_lettered",
+                    "dropped" => "dropped",
+                    _ => continue,
+                };
+                let response = o
+                    .response
+                    .map(|(status, content_type, body)| crate::delivery::Response {
+                        status,
+                        content_type,
+                        body,
+                        retry_after: None,
+                        quota_pause: None,
+                    });
+                completions.finish_here(
+                    o.seq,
+                    Completion {
+                        state,
+                        response,
+                        detail: o.detail,
+                    },
+                );
+            }
+        });
+    }
+
     /// Cluster mode: applies the state other instances recorded (an
     /// operator's pause or resume through another instance's admin API, a
     /// halt by the instance that dispatches), every half second, until

@@ -54,8 +54,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{
     id_of, is_message_id, now_ms, review, Appended, DeadLetter, DestinationRecord, Disposition, Due, HaltedKey,
-    JournalError, JournalStats, LastError, Limits, Message, MessageStatus, NewMessage, Queue, QueueCounts, Queued,
-    Result, STATE_DEAD, STATE_DELIVERED, STATE_DROPPED, STATE_PENDING, STATE_QUARANTINED,
+    JournalError, JournalStats, LastError, Limits, Message, MessageStatus, NewMessage, Outcome, Queue, QueueCounts,
+    Queued, Result, STATE_DEAD, STATE_DELIVERED, STATE_DROPPED, STATE_PENDING, STATE_QUARANTINED,
 };
 use crate::config::JetStreamConfig;
 
@@ -200,6 +200,8 @@ struct Inner {
     creating: tokio::sync::Mutex<()>,
     /// Signalled when another instance reloaded (`P.reload`).
     reload_asked: Arc<tokio::sync::Notify>,
+    /// Outcomes other instances announced (`P.done`), until taken.
+    outcomes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Outcome>>>,
 }
 
 /// A destination to prepare at start: its name and queue limits.
@@ -290,8 +292,34 @@ impl JetStream {
                 stop,
                 creating: tokio::sync::Mutex::new(()),
                 reload_asked: Arc::new(tokio::sync::Notify::new()),
+                outcomes: Mutex::new(None),
             }),
         };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        *js_queue.inner.outcomes.lock().unwrap_or_else(|e| e.into_inner()) = Some(rx);
+        let mut done = js_queue
+            .inner
+            .client
+            .subscribe(format!("{}.done", cfg.stream_prefix))
+            .await
+            .map_err(|e| format!("subscribing to outcome announcements: {e}"))?;
+        let (me, mut stop) = (js_queue.inner.instance.clone(), js_queue.inner.stop.subscribe());
+        tokio::spawn(async move {
+            use futures_util::StreamExt as _;
+            loop {
+                tokio::select! {
+                    m = done.next() => match m {
+                        Some(m) => {
+                            if let Some(o) = decode_outcome(&m, &me) {
+                                let _ = tx.send(o);
+                            }
+                        }
+                        None => break,
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+        });
         let mut reloads = js_queue
             .inner
             .client
@@ -977,6 +1005,23 @@ fn encode(msg: &NewMessage, id: Option<u64>) -> HeaderMap {
     h
 }
 
+/// An outcome another instance announced; `None` for this instance's own.
+fn decode_outcome(m: &async_nats::Message, me: &str) -> Option<Outcome> {
+    let h = m.headers.as_ref()?;
+    let get = |k: &str| h.get(k).map(|v| v.as_str().to_string());
+    if get("Tg-Instance").as_deref() == Some(me) {
+        return None;
+    }
+    Some(Outcome {
+        seq: get("Tg-Id")?.parse().ok()?,
+        state: get("Tg-State")?,
+        detail: get("Tg-Detail").unwrap_or_default(),
+        response: get("Tg-Status")
+            .and_then(|s| s.parse().ok())
+            .map(|status| (status, get("Tg-Content-Type"), m.payload.clone())),
+    })
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -1019,6 +1064,40 @@ impl Queue for JetStream {
 
     fn may_dispatch(&self, dest: &str) -> bool {
         self.known(dest).is_some_and(|d| d.dispatching())
+    }
+
+    fn announce_outcome(&self, o: Outcome) {
+        let mut h = HeaderMap::new();
+        h.insert("Tg-Instance", self.inner.instance.as_str());
+        h.insert("Tg-Id", o.seq.to_string().as_str());
+        h.insert("Tg-State", o.state.as_str());
+        if !o.detail.is_empty() {
+            // Header values end at a line break.
+            h.insert("Tg-Detail", o.detail.replace(['\r', '\n'], " ").as_str());
+        }
+        let body = match o.response {
+            Some((status, content_type, body)) => {
+                h.insert("Tg-Status", status.to_string().as_str());
+                if let Some(ct) = content_type {
+                    h.insert("Tg-Content-Type", ct.as_str());
+                }
+                body
+            }
+            None => Bytes::new(),
+        };
+        let (client, subject) = (
+            self.inner.client.clone(),
+            format!("{}.done", self.inner.cfg.stream_prefix),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = client.publish_with_headers(subject, h, body).await {
+                tracing::debug!(error = %e, "could not announce an outcome");
+            }
+        });
+    }
+
+    fn outcomes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Outcome>> {
+        self.inner.outcomes.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 
     async fn announce_reload(&self) {
@@ -1416,7 +1495,29 @@ impl Queue for JetStream {
                 Err(JournalError::StorageFull) => break,
                 Err(e) => return Err(e),
             }
-            let _ = self.inner.status.purge(format!("s.{id:016x}")).await;
+            // Queued again under its old id (its stream sequence is new):
+            // the status record says so until it finishes.
+            let again = Finished {
+                dest: d.name.clone(),
+                state: STATE_PENDING,
+                attempts: 0,
+                received_at: m
+                    .headers
+                    .get("Tg-Received")
+                    .and_then(|v| v.as_str().parse().ok())
+                    .unwrap_or(0),
+                finished_at: 0,
+                last_error: None,
+                reason: None,
+                producer: m.headers.get("Tg-Producer").map(|v| v.as_str().to_string()),
+                category: m.headers.get("Tg-Category").map(|v| v.as_str().to_string()),
+            };
+            let body = serde_json::to_vec(&again).map_err(unavailable)?;
+            self.inner
+                .status
+                .put(format!("s.{id:016x}"), body.into())
+                .await
+                .map_err(unavailable)?;
             self.delete(&d.dead, dead_seq).await?;
             n += 1;
         }
@@ -1477,7 +1578,7 @@ impl Queue for JetStream {
                     visible_at: 0,
                     attempts: f.attempts,
                     received_at: f.received_at,
-                    finished_at: Some(f.finished_at),
+                    finished_at: (f.state != STATE_PENDING).then_some(f.finished_at),
                     last_error: f.last_error,
                     reason: f.reason,
                     producer: f.producer,

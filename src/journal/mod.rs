@@ -278,6 +278,19 @@ impl NewMessage {
     }
 }
 
+/// How a message a producer waits for (`Prefer: wait`) finished, as one
+/// instance tells the others in cluster mode: the dispatcher that
+/// delivered it may not be the instance the producer is waiting on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    pub seq: u64,
+    /// `delivered`, `dead_lettered` or `dropped`.
+    pub state: String,
+    pub detail: String,
+    /// The downstream's last response: status, content type, body.
+    pub response: Option<(u16, Option<String>, Bytes)>,
+}
+
 /// Limits the writer enforces when appending.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {

@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use super::review;
 use super::{
     Appended, DeadLetter, DestinationRecord, Disposition, Due, HaltedKey, Journal, JournalStats, LastError, Limits,
-    Message, MessageStatus, NewMessage, QueueCounts, Queued, Result,
+    Message, MessageStatus, NewMessage, Outcome, QueueCounts, Queued, Result,
 };
 
 /// The queue every caller holds; cheap to clone.
@@ -62,6 +62,14 @@ pub trait Queue: Send + Sync + 'static {
     /// it does not go on with messages it fetched before).
     fn may_dispatch(&self, _dest: &str) -> bool {
         true
+    }
+    /// Tells the other instances how a message a producer may be waiting
+    /// for finished (cluster mode; best effort: a producer that misses it
+    /// gets the 202 `Prefer: wait` gives when the wait runs out).
+    fn announce_outcome(&self, _outcome: Outcome) {}
+    /// The outcomes other instances announce; taken once, by the dispatcher.
+    fn outcomes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Outcome>> {
+        None
     }
     /// Tells the other instances sharing this queue that this one reloaded
     /// its configuration (cluster mode; at most once, best effort).

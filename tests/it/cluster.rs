@@ -94,6 +94,21 @@ async fn instances_sharing_a_jetstream_cluster_forward_deduplicate_and_dead_lett
     a.wait_message_state(&first_id, "delivered").await;
     assert_eq!(ds.attempts_for(&first_id).len(), 1);
 
+    // Prefer: wait on the instance that does not dispatch: the outcome comes
+    // from the one that delivered it.
+    let holding = holder(&[&a, &b]).expect("a lease holder");
+    let other = if holding == 0 { &b } else { &a };
+    let r = other
+        .client
+        .post(other.url("/crm/wait"))
+        .header("prefer", "wait=10")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the downstream's answer, relayed");
+    assert_eq!(r.headers()["x-tidegate-state"], "delivered");
+
     // A refused message becomes a dead letter, listed and replayed from the other instance.
     let bad = accepted_id(a.post("/crm/bad/1", "{}").await).await;
     b.wait_message_state(&bad, "dead_lettered").await;
