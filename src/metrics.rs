@@ -42,6 +42,7 @@ pub struct Metrics {
     pub in_flight: IntGaugeVec,
     /// Keys a key-ordered destination in halt mode has stopped.
     pub halted_keys: IntGaugeVec,
+    pub dispatching: IntGaugeVec,
     pub oldest_age: prometheus::GaugeVec,
     pub rate_limit: prometheus::GaugeVec,
     pub destination_state: IntGaugeVec,
@@ -207,6 +208,11 @@ impl Metrics {
                 "Ordering keys stopped by halt mode, each waiting for an operator's resume.",
                 &["destination"],
             ),
+            dispatching: gauge(
+                "dispatching",
+                "1 while this instance dispatches the destination (in cluster mode, while it holds its lease).",
+                &["destination"],
+            ),
             oldest_age: fgauge(
                 "oldest_message_age_seconds",
                 "Age of the oldest unfinished message.",
@@ -298,6 +304,7 @@ impl Metrics {
             &self.dead_letter_depth,
             &self.in_flight,
             &self.halted_keys,
+            &self.dispatching,
         ] {
             g.with_label_values(&[dest]);
         }
@@ -329,6 +336,7 @@ impl Metrics {
         forget(&self.dead_letter_depth, dest);
         forget(&self.in_flight, dest);
         forget(&self.halted_keys, dest);
+        forget(&self.dispatching, dest);
         forget(&self.oldest_age, dest);
         forget(&self.rate_limit, dest);
         forget(&self.destination_state, dest);

@@ -186,6 +186,9 @@ async fn metrics(State(a): State<Admin>) -> Response {
             .with_label_values(&[n])
             .set(d.in_flight.load(Ordering::Relaxed) as i64);
         m.halted_keys.with_label_values(&[n]).set(d.halted_keys().len() as i64);
+        m.dispatching
+            .with_label_values(&[n])
+            .set(i64::from(a.journal.may_dispatch(n)));
         let oldest = journal::age_seconds(a.journal.oldest_pending(n).await.ok().flatten());
         m.oldest_age.with_label_values(&[n]).set(oldest);
         match d.config().latency_objective {

@@ -216,6 +216,17 @@ async fn killing_the_dispatching_instance_under_load_hands_its_destination_to_an
     let acked = acked.lock().unwrap().clone();
     crate::support::all_delivered(&ds, &acked, Duration::from_secs(30)).await;
     assert!(failover < Duration::from_secs(5), "failover took {failover:?}");
+    // Operators see who dispatches: exactly one of the survivors.
+    let mut dispatching = 0;
+    for (i, t) in insts.iter().enumerate().filter(|(i, _)| *i != victim) {
+        let m = t.metrics_text().await;
+        let line = m
+            .lines()
+            .find(|l| l.starts_with("tidegate_dispatching{destination=\"crm\"}"))
+            .unwrap_or_else(|| panic!("instance {i} exports no tidegate_dispatching"));
+        dispatching += line.ends_with(" 1") as usize;
+    }
+    assert_eq!(dispatching, 1, "exactly one instance dispatches crm");
     let by_id = ds.ok_by_id();
     let duplicates: usize = by_id.values().map(|n| n - 1).sum();
     assert!(
