@@ -1,7 +1,8 @@
 //! The behaviour tests of `tests/it` that do not depend on SQLite's files
 //! (forwarding, idempotency, `Prefer: wait`, retries and `Retry-After`, the
 //! four failure modes, dead letters and replay, pause and resume, rate and
-//! in-flight limits, backpressure, problem codes, reload, metrics), run
+//! in-flight limits, backpressure, order per key and halted keys, problem
+//! codes, reload, metrics), run
 //! again from the same source with the queue on NATS JetStream (SPEC §13):
 //! `support::backend_storage` gives every tidegate of this binary
 //! `storage.backend = "jetstream"` on one real `nats-server` started for
@@ -20,6 +21,8 @@ mod failure_modes;
 mod forwarding;
 #[path = "it/operations.rs"]
 mod operations;
+#[path = "it/ordering.rs"]
+mod ordering;
 #[path = "it/problems.rs"]
 mod problems;
 #[path = "it/rate.rs"]

@@ -1063,17 +1063,12 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         }
         let mut handoff = d.handoff.map(|h| handoff::spec(h, loc)).transpose()?;
         if cluster {
-            // Not yet in cluster mode: the station's records and the
-            // per-key heads live in the SQLite journal. Refused here,
-            // naming the key, rather than half-working.
+            // Not yet in cluster mode: the station's records live in the
+            // SQLite journal. Refused here, naming the key, rather than
+            // half-working.
             let unsupported = [
                 d.review.as_ref().map(|r| (r.span(), "review")),
                 d.governance.as_ref().map(|g| (g.span(), "governance")),
-                d.queue
-                    .ordering
-                    .as_ref()
-                    .filter(|o| *o.get_ref() == Ordering::Key)
-                    .map(|o| (o.span(), "queue.ordering")),
             ];
             if let Some((span, what)) = unsupported.into_iter().flatten().next() {
                 return Err(loc.error_at_key(

@@ -554,6 +554,27 @@ impl Dispatcher {
                     d.kick();
                 }
             }
+            // Halted keys, so that whichever instance dispatches next
+            // keeps them halted, and any instance's admin API can resume one.
+            let Ok(halted) = self.ctx.journal.halted_keys().await else {
+                continue;
+            };
+            let mut by_dest: HashMap<String, HashMap<String, HaltedKey>> = HashMap::new();
+            for k in halted {
+                by_dest.entry(k.dest.clone()).or_default().insert(k.key.clone(), k);
+            }
+            for d in self.destinations() {
+                let now = by_dest.remove(&d.name).unwrap_or_default();
+                let released = {
+                    let mut mine = d.halted_keys.lock().unwrap_or_else(|e| e.into_inner());
+                    let released = mine.keys().any(|k| !now.contains_key(k));
+                    *mine = now.into_iter().collect();
+                    released
+                };
+                if released {
+                    d.kick();
+                }
+            }
         }
     }
 }

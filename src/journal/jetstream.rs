@@ -40,6 +40,10 @@
 //!   published again under its old id (`Tg-Id`).
 //! - Retries are scheduled in `r.<dest>.<seq>` before the attempt counts as
 //!   settled, so a new dispatcher honours the schedule and the attempt count.
+//! - Key ordering: the dispatcher indexes the pending messages it has read
+//!   (sequence, id, key; not bodies) and hands out each key's oldest when
+//!   due, its key not halted and nothing of its key in flight. A halted key
+//!   is recorded in `h.<dest>.<hex key>` in the same way, for every instance.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -99,6 +103,8 @@ struct Finished {
     reason: Option<String>,
     producer: Option<String>,
     category: Option<String>,
+    #[serde(default)]
+    order_key: Option<String>,
 }
 
 /// An `Idempotency-Key` record.
@@ -124,6 +130,7 @@ struct Handed {
     received_at: i64,
     producer: Option<String>,
     category: Option<String>,
+    order_key: Option<String>,
 }
 
 /// This instance's reading position in a destination it dispatches.
@@ -157,7 +164,29 @@ struct Dest {
     refreshed: Mutex<Option<Instant>>,
     epoch: AtomicU64,
     reading: Mutex<Reading>,
+    /// Key ordering: the pending messages read so far, with their keys.
+    keys: Mutex<KeyIndex>,
     handed: Mutex<HashMap<u64, Handed>>,
+}
+
+/// What the dispatcher of a key-ordered destination knows of its queue:
+/// every pending message read so far (stream sequence → id and key; the
+/// bodies stay in the stream), so that the head of each key is found in
+/// memory. Built as it reads forward, reset with each lease epoch.
+#[derive(Default)]
+struct KeyIndex {
+    epoch: u64,
+    cursor: u64,
+    pending: BTreeMap<u64, (u64, Option<String>)>,
+}
+
+/// A halted key, as `h.<dest>.<hex key>` holds it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Halted {
+    dest: String,
+    key: String,
+    id: u64,
+    reason: String,
 }
 
 impl Dest {
@@ -414,6 +443,7 @@ impl JetStream {
             refreshed: Mutex::new(None),
             epoch: AtomicU64::new(0),
             reading: Mutex::new(Reading::default()),
+            keys: Mutex::new(KeyIndex::default()),
             handed: Mutex::new(HashMap::new()),
         });
         self.inner
@@ -647,13 +677,14 @@ impl JetStream {
             received_at,
             idempotency_key: h("Tg-Idem"),
             wants_reply: h("Tg-Reply").is_some(),
-            order_key: None,
+            order_key: h("Tg-Key").and_then(|k| serde_json::from_str(&k).ok()),
         };
         let handed = Handed {
             stream_seq: m.sequence,
             received_at,
             producer: h("Tg-Producer"),
             category: h("Tg-Category"),
+            order_key: msg.order_key.clone(),
         };
         (msg, handed)
     }
@@ -747,6 +778,7 @@ impl JetStream {
                 received_at: 0,
                 producer: None,
                 category: None,
+                order_key: None,
             },
         };
         let rec = Finished {
@@ -759,6 +791,7 @@ impl JetStream {
             reason,
             producer: handed.producer,
             category: handed.category,
+            order_key: handed.order_key,
         };
         let body = serde_json::to_vec(&rec).map_err(unavailable)?;
         self.inner
@@ -767,6 +800,11 @@ impl JetStream {
             .await
             .map_err(unavailable)?;
         self.delete(&d.queue, handed.stream_seq).await?;
+        d.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .pending
+            .remove(&handed.stream_seq);
         let had_retry = d
             .reading
             .lock()
@@ -1009,6 +1047,10 @@ fn encode(msg: &NewMessage, id: Option<u64>) -> HeaderMap {
     }
     if let Some(c) = &msg.category {
         h.insert("Tg-Category", c.as_str());
+    }
+    if let Some(k) = &msg.order_key {
+        // Header values end at a line break: keys are stored escaped.
+        h.insert("Tg-Key", serde_json::to_string(k).unwrap_or_default().as_str());
     }
     if let Some(id) = id {
         h.insert("Tg-Id", id.to_string().as_str());
@@ -1300,15 +1342,123 @@ impl Queue for JetStream {
 
     async fn fetch_keyed(
         &self,
-        _dest: &str,
-        _limit: usize,
-        _exclude: HashSet<u64>,
-        _halted: HashSet<String>,
-        _after: String,
+        dest: &str,
+        limit: usize,
+        exclude: HashSet<u64>,
+        halted: HashSet<String>,
+        after: String,
     ) -> Result<(Due, String)> {
-        Err(JournalError::Unsupported(
-            "key ordering is not available in cluster mode yet",
-        ))
+        let empty = || {
+            Ok((
+                Due {
+                    messages: Vec::new(),
+                    next_due: None,
+                },
+                String::new(),
+            ))
+        };
+        let Some(d) = self.known(dest) else { return empty() };
+        if !self.reading_ready(&d).await? {
+            return empty();
+        }
+        // Read what arrived since the last look into the index.
+        let epoch = d.epoch.load(Ordering::SeqCst);
+        let mut cursor = {
+            let mut k = d.keys.lock().unwrap_or_else(|e| e.into_inner());
+            if k.epoch != epoch {
+                *k = KeyIndex {
+                    epoch,
+                    cursor: 1,
+                    pending: BTreeMap::new(),
+                };
+            }
+            k.cursor
+        };
+        loop {
+            let (batch, next) = self.read_from(&d, cursor, 256).await?;
+            let full = batch.len() == 256;
+            {
+                let mut k = d.keys.lock().unwrap_or_else(|e| e.into_inner());
+                for m in &batch {
+                    let (msg, _) = self.decode(&d, m);
+                    k.pending.insert(m.sequence, (msg.seq, msg.order_key));
+                }
+                k.cursor = next.max(k.cursor);
+            }
+            cursor = next;
+            if !full {
+                break;
+            }
+        }
+        // The head of each key, oldest first: due, not halted, and no
+        // message of its key in flight (one in flight is its key's head).
+        let now = now_ms();
+        let scheduled: HashMap<u64, Retry> = d
+            .reading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .scheduled
+            .iter()
+            .map(|(s, r)| (*s, r.clone()))
+            .collect();
+        let mut next_due: Option<i64> = None;
+        let mut chosen = Vec::new();
+        {
+            let k = d.keys.lock().unwrap_or_else(|e| e.into_inner());
+            let mut seen: HashSet<&str> = HashSet::new();
+            let mut own = Vec::new();
+            for (seq, (id, key)) in &k.pending {
+                match key {
+                    Some(key) => {
+                        if !seen.insert(key.as_str()) || halted.contains(key) {
+                            continue;
+                        }
+                    }
+                    // A message without a key is a key of its own.
+                    None => own.push(*seq),
+                }
+                if exclude.contains(id) {
+                    continue;
+                }
+                if let Some(r) = scheduled.get(seq) {
+                    if r.visible_at > now {
+                        next_due = Some(next_due.map_or(r.visible_at, |n| n.min(r.visible_at)));
+                        continue;
+                    }
+                }
+                chosen.push(*seq);
+                if chosen.len() >= limit {
+                    break;
+                }
+            }
+        }
+        let got = futures_util::future::join_all(chosen.iter().map(|s| d.queue.get_raw_message(*s))).await;
+        let mut messages = Vec::new();
+        for (seq, r) in chosen.into_iter().zip(got) {
+            match r {
+                Ok(m) => {
+                    let (mut msg, handed) = self.decode(&d, &m);
+                    if let Some(r) = scheduled.get(&seq) {
+                        msg.attempts = r.attempts;
+                    }
+                    d.reading
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .scheduled
+                        .remove(&seq);
+                    d.handed
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(msg.seq, handed);
+                    messages.push(msg);
+                }
+                Err(e) if no_message(&e) => {
+                    d.keys.lock().unwrap_or_else(|e| e.into_inner()).pending.remove(&seq);
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        Ok((Due { messages, next_due }, after))
     }
 
     async fn head(&self, dest: &str) -> Result<Option<(Message, i64)>> {
@@ -1419,10 +1569,39 @@ impl Queue for JetStream {
                 self.finish(&d, seq, STATE_DEAD, attempts, last_error, Some(reason))
                     .await
             }
-            Disposition::HaltKey { .. } => {
-                return Err(JournalError::Unsupported(
-                    "key ordering is not available in cluster mode yet",
-                ))
+            Disposition::HaltKey { key, reason } => {
+                // Stays pending, due at once, with its attempts kept; its
+                // key is recorded as halted for every instance.
+                let retry = Retry {
+                    id: seq,
+                    attempts,
+                    visible_at: 0,
+                    last_error,
+                };
+                let halted = Halted {
+                    dest: d.name.clone(),
+                    key: key.clone(),
+                    id: seq,
+                    reason,
+                };
+                let body = serde_json::to_vec(&retry).map_err(unavailable)?;
+                self.inner
+                    .state
+                    .put(format!("r.{}.{stream_seq}", d.name), body.into())
+                    .await
+                    .map_err(unavailable)?;
+                let body = serde_json::to_vec(&halted).map_err(unavailable)?;
+                self.inner
+                    .state
+                    .put(format!("h.{}.{}", d.name, hex(key.as_bytes())), body.into())
+                    .await
+                    .map_err(unavailable)?;
+                d.reading
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .scheduled
+                    .insert(stream_seq, retry);
+                return Ok(());
             }
         };
         if result.is_ok() {
@@ -1432,11 +1611,57 @@ impl Queue for JetStream {
     }
 
     async fn halted_keys(&self) -> Result<Vec<HaltedKey>> {
-        Ok(Vec::new())
+        let mut out = Vec::new();
+        let mut keys = self.inner.state.keys().await.map_err(unavailable)?;
+        use futures_util::StreamExt as _;
+        while let Some(k) = keys.next().await {
+            let k = k.map_err(unavailable)?;
+            if !k.starts_with("h.") {
+                continue;
+            }
+            if let Some(v) = self.inner.state.get(&k).await.map_err(unavailable)? {
+                if let Ok(h) = serde_json::from_slice::<Halted>(&v) {
+                    out.push(HaltedKey {
+                        dest: h.dest,
+                        key: h.key,
+                        seq: h.id,
+                        reason: h.reason,
+                    });
+                }
+            }
+        }
+        Ok(out)
     }
 
-    async fn release_key(&self, _dest: &str, _key: &str, _skip_head: bool) -> Result<Option<u64>> {
-        Ok(None)
+    async fn release_key(&self, dest: &str, key: &str, skip_head: bool) -> Result<Option<u64>> {
+        let name = format!("h.{dest}.{}", hex(key.as_bytes()));
+        let Some(v) = self.inner.state.get(&name).await.map_err(unavailable)? else {
+            return Ok(None);
+        };
+        let Ok(h) = serde_json::from_slice::<Halted>(&v) else {
+            return Ok(None);
+        };
+        if skip_head {
+            let retry = match self
+                .inner
+                .state
+                .get(format!("r.{dest}.{}", h.id & SEQ_MASK))
+                .await
+                .map_err(unavailable)?
+            {
+                Some(v) => serde_json::from_slice::<Retry>(&v).ok(),
+                None => None,
+            };
+            let (attempts, last_error) = retry.map_or((0, None), |r| (r.attempts, r.last_error));
+            let reason = "skipped_by_operator".to_string();
+            self.settle(h.id, dest, attempts, last_error, Disposition::DeadLetter { reason })
+                .await?;
+        }
+        self.inner.state.purge(&name).await.map_err(unavailable)?;
+        if let Some(d) = self.known(dest) {
+            d.counts.ready.notify_waiters();
+        }
+        Ok(Some(h.id))
     }
 
     async fn destination_records(&self) -> Result<HashMap<String, DestinationRecord>> {
@@ -1522,6 +1747,10 @@ impl Queue for JetStream {
                 reason: None,
                 producer: m.headers.get("Tg-Producer").map(|v| v.as_str().to_string()),
                 category: m.headers.get("Tg-Category").map(|v| v.as_str().to_string()),
+                order_key: m
+                    .headers
+                    .get("Tg-Key")
+                    .and_then(|v| serde_json::from_str(v.as_str()).ok()),
             };
             let body = serde_json::to_vec(&again).map_err(unavailable)?;
             self.inner
@@ -1595,7 +1824,7 @@ impl Queue for JetStream {
                     producer: f.producer,
                     category: f.category,
                     routed_from: None,
-                    order_key: None,
+                    order_key: f.order_key,
                 }));
             }
         }
@@ -1636,7 +1865,7 @@ impl Queue for JetStream {
             producer: handed.producer,
             category: handed.category,
             routed_from: None,
-            order_key: None,
+            order_key: handed.order_key,
         }))
     }
 

@@ -683,3 +683,69 @@ async fn a_holder_cut_off_from_nats_stops_dispatching_before_another_takes_over(
         "a dispatched again while b held the lease"
     );
 }
+
+#[tokio::test]
+async fn a_key_halted_by_the_dispatching_instance_is_listed_and_resumed_through_another() {
+    let nats = Nats::cluster(1).await;
+    let ds = Downstream::start().await;
+    ds.respond(|s, _| {
+        if std::str::from_utf8(&s.body).unwrap_or("").contains("poison") {
+            Reply::status(400)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let dests = destination(
+        "crm",
+        &format!("{}/crm", ds.url()),
+        "on_failure = \"halt\"\n[destination.queue]\nordering = \"key\"\nkey_header = \"X-Ordering-Key\"\n",
+    );
+    let storage = format!(
+        "backend = \"jetstream\"\n[storage.jetstream]\nurls = [\"nats://127.0.0.1:{}\"]\nreplicas = 1\n",
+        nats.client_ports[0]
+    );
+    let extra = Extra {
+        storage: &storage,
+        ..Extra::default()
+    };
+    let a = Tidegate::start_with(&dests, extra).await;
+    let b = Tidegate::start_with(&dests, extra).await;
+    let send = |t: &Tidegate, key: &str, body: &str| {
+        let req = t
+            .client
+            .post(t.url("/crm/c"))
+            .header("x-ordering-key", key)
+            .body(body.to_string());
+        async move { accepted_id(req.send().await.unwrap()).await }
+    };
+    let head = send(&a, "A", "{\"poison\":true}").await;
+    let waiting = send(&b, "A", "{\"n\":2}").await;
+    let other = send(&b, "B", "{\"n\":1}").await;
+    a.wait_message_state(&other, "delivered").await;
+    // Whichever instance dispatches halted it; both list it.
+    for t in [&a, &b] {
+        eventually(Duration::from_secs(10), "key A listed as halted", || async {
+            t.destination("crm").await["halted_keys"][0]["key"] == "A"
+        })
+        .await;
+    }
+    let m = a.message(&waiting).await;
+    assert_eq!(m["state"], "queued", "A's next message waits: {m}");
+    // Resumed through the instance that does not dispatch.
+    let holding = holder(&[&a, &b]).expect("a holder");
+    let other_instance = if holding == 0 { &b } else { &a };
+    let r = other_instance
+        .admin_post("/v1/destinations/crm/resume?key=A&skip_head=true", "")
+        .await;
+    assert_eq!(r.status(), 200);
+    a.wait_message_state(&waiting, "delivered").await;
+    let skipped = b.message(&head).await;
+    assert_eq!(skipped["state"], "dead_lettered");
+    assert_eq!(skipped["reason"], "skipped_by_operator");
+    for t in [&a, &b] {
+        eventually(Duration::from_secs(5), "no halted key left", || async {
+            t.destination("crm").await["halted_keys"] == serde_json::json!([])
+        })
+        .await;
+    }
+}
