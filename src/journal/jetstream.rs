@@ -793,12 +793,7 @@ impl JetStream {
             category: handed.category,
             order_key: handed.order_key,
         };
-        let body = serde_json::to_vec(&rec).map_err(unavailable)?;
-        self.inner
-            .status
-            .put(format!("s.{id:016x}"), body.into())
-            .await
-            .map_err(unavailable)?;
+        put_json(&self.inner.status, format!("s.{id:016x}"), &rec).await?;
         self.delete(&d.queue, handed.stream_seq).await?;
         d.keys
             .lock()
@@ -1075,6 +1070,14 @@ fn decode_outcome(m: &async_nats::Message, me: &str) -> Option<Outcome> {
     })
 }
 
+/// Writes `value` as JSON under `key`, durably (a quorum of the bucket's
+/// replicas) before it returns.
+async fn put_json(store: &kv::Store, key: String, value: &impl Serialize) -> Result<()> {
+    let body = serde_json::to_vec(value).map_err(unavailable)?;
+    store.put(key, body.into()).await.map_err(unavailable)?;
+    Ok(())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -1235,10 +1238,9 @@ impl Queue for JetStream {
                 fingerprint: fp,
                 at: msg.received_at,
             };
-            let body = serde_json::to_vec(&rec).map_err(unavailable)?;
             // Failing here answers 503: the producer retries with the same
             // key and the server's de-duplication gives it this message.
-            self.inner.idem.put(name, body.into()).await.map_err(unavailable)?;
+            put_json(&self.inner.idem, name, &rec).await?;
         }
         if ack.duplicate {
             return Ok(Appended::Duplicate { seq: id });
@@ -1526,12 +1528,7 @@ impl Queue for JetStream {
                     visible_at,
                     last_error,
                 };
-                let body = serde_json::to_vec(&retry).map_err(unavailable)?;
-                self.inner
-                    .state
-                    .put(format!("r.{}.{stream_seq}", d.name), body.into())
-                    .await
-                    .map_err(unavailable)?;
+                put_json(&self.inner.state, format!("r.{}.{stream_seq}", d.name), &retry).await?;
                 d.reading
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -1584,18 +1581,13 @@ impl Queue for JetStream {
                     id: seq,
                     reason,
                 };
-                let body = serde_json::to_vec(&retry).map_err(unavailable)?;
-                self.inner
-                    .state
-                    .put(format!("r.{}.{stream_seq}", d.name), body.into())
-                    .await
-                    .map_err(unavailable)?;
-                let body = serde_json::to_vec(&halted).map_err(unavailable)?;
-                self.inner
-                    .state
-                    .put(format!("h.{}.{}", d.name, hex(key.as_bytes())), body.into())
-                    .await
-                    .map_err(unavailable)?;
+                put_json(&self.inner.state, format!("r.{}.{stream_seq}", d.name), &retry).await?;
+                put_json(
+                    &self.inner.state,
+                    format!("h.{}.{}", d.name, hex(key.as_bytes())),
+                    &halted,
+                )
+                .await?;
                 d.reading
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -1692,12 +1684,7 @@ impl Queue for JetStream {
             reason: record.reason,
             head_seq: record.head_seq,
         };
-        let body = serde_json::to_vec(&r).map_err(unavailable)?;
-        self.inner
-            .state
-            .put(format!("d.{dest}"), body.into())
-            .await
-            .map_err(unavailable)?;
+        put_json(&self.inner.state, format!("d.{dest}"), &r).await?;
         Ok(())
     }
 
@@ -1752,12 +1739,7 @@ impl Queue for JetStream {
                     .get("Tg-Key")
                     .and_then(|v| serde_json::from_str(v.as_str()).ok()),
             };
-            let body = serde_json::to_vec(&again).map_err(unavailable)?;
-            self.inner
-                .status
-                .put(format!("s.{id:016x}"), body.into())
-                .await
-                .map_err(unavailable)?;
+            put_json(&self.inner.status, format!("s.{id:016x}"), &again).await?;
             self.delete(&d.dead, dead_seq).await?;
             n += 1;
         }

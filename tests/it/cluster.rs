@@ -19,6 +19,23 @@ async fn instance(nats: &Nats, destinations: &str) -> Tidegate {
     .await
 }
 
+/// Starts tidegate on the NATS port `port` expecting it to refuse to
+/// start: exit 1; returns what it wrote to stderr.
+async fn refused_at_start(port: u16) -> String {
+    let (_dir, path) = crate::support::config_file(
+        "[ingress]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &format!(
+            "{}{}",
+            Nats::storage_at(port),
+            destination("crm", "http://127.0.0.1:9/", "")
+        ),
+    );
+    let mut tg = crate::support::RawTidegate::spawn(&path);
+    let (status, stderr) = tg.exit_within(Duration::from_secs(30)).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 /// Which of `instances` holds `dest`'s dispatch lease, by its log.
 fn holder(instances: &[&Tidegate]) -> Option<usize> {
     instances.iter().position(|t| {
@@ -242,16 +259,7 @@ async fn killing_the_dispatching_instance_under_load_hands_its_destination_to_an
 #[tokio::test]
 async fn nats_unreachable_at_start_is_a_clear_error_and_exit_1() {
     let port = crate::support::nats::free_port();
-    let (_dir, path) = crate::support::config_file(
-        "[ingress]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-        &format!(
-            "backend = \"jetstream\"\n[storage.jetstream]\nurls = [\"nats://127.0.0.1:{port}\"]\nreplicas = 1\n{}",
-            destination("crm", "http://127.0.0.1:9/", "")
-        ),
-    );
-    let mut tg = crate::support::RawTidegate::spawn(&path);
-    let (status, stderr) = tg.exit_within(Duration::from_secs(30)).await;
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    let stderr = refused_at_start(port).await;
     assert!(
         stderr.contains(&format!("cannot reach NATS at nats://127.0.0.1:{port}")),
         "{stderr}"
@@ -605,16 +613,7 @@ async fn a_stream_deleted_by_hand_is_made_again_and_a_server_too_old_is_refused(
             });
         }
     });
-    let (_dir, path) = crate::support::config_file(
-        "[ingress]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
-        &format!(
-            "backend = \"jetstream\"\n[storage.jetstream]\nurls = [\"nats://127.0.0.1:{port}\"]\nreplicas = 1\n{}",
-            destination("crm", "http://127.0.0.1:9/", "")
-        ),
-    );
-    let mut old = crate::support::RawTidegate::spawn(&path);
-    let (status, stderr) = old.exit_within(Duration::from_secs(30)).await;
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    let stderr = refused_at_start(port).await;
     assert!(
         stderr.contains("NATS server 2.9.25 is too old") && stderr.contains("2.10 or later"),
         "{stderr}"
@@ -629,10 +628,7 @@ async fn a_holder_cut_off_from_nats_stops_dispatching_before_another_takes_over(
     let limits = "[destination.rate_limit]\nrate = \"50/s\"\nmax_in_flight = 1";
     // `a` reaches NATS only through the proxy; each instance delivers under
     // its own path, so the downstream tells who sent what.
-    let a_storage = format!(
-        "backend = \"jetstream\"\n[storage.jetstream]\nurls = [\"nats://127.0.0.1:{}\"]\nreplicas = 1\n",
-        proxy.port
-    );
+    let a_storage = Nats::storage_at(proxy.port);
     let a = Tidegate::start_with(
         &destination("crm", &format!("{}/a", ds.url()), limits),
         Extra {
@@ -700,10 +696,7 @@ async fn a_key_halted_by_the_dispatching_instance_is_listed_and_resumed_through_
         &format!("{}/crm", ds.url()),
         "on_failure = \"halt\"\n[destination.queue]\nordering = \"key\"\nkey_header = \"X-Ordering-Key\"\n",
     );
-    let storage = format!(
-        "backend = \"jetstream\"\n[storage.jetstream]\nurls = [\"nats://127.0.0.1:{}\"]\nreplicas = 1\n",
-        nats.client_ports[0]
-    );
+    let storage = Nats::storage_at(nats.client_ports[0]);
     let extra = Extra {
         storage: &storage,
         ..Extra::default()

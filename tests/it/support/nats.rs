@@ -119,6 +119,12 @@ impl Nats {
         )
     }
 
+    /// `[storage]` keys for one server of this set, replicas 1 (or any
+    /// NATS-speaking port: a proxy, a fake).
+    pub fn storage_at(port: u16) -> String {
+        format!("backend = \"jetstream\"\n[storage.jetstream]\nurls = [\"nats://127.0.0.1:{port}\"]\nreplicas = 1\n")
+    }
+
     /// Waits until JetStream answers and can create a replicated bucket.
     pub async fn wait_ready(&self) {
         let urls: Vec<String> = self
