@@ -1379,6 +1379,58 @@ mod tests {
     const MIN: &str = "[ingress]\nlisten = \"127.0.0.1:8080\"\n[[destination]]\nname = \"crm\"\nurl = \"http://127.0.0.1:9/api\"\nowner = \"ops@example.com\"\n";
 
     #[test]
+    fn storage_backends_are_checked_where_they_are_written() {
+        let js = "[storage]\nbackend = \"jetstream\"\n[storage.jetstream]\nurls = [\"nats://127.0.0.1:4222\"]\n";
+        let c = parse(&format!("{js}{MIN}")).unwrap();
+        match &c.storage.backend {
+            Backend::JetStream(j) => {
+                assert_eq!(j.urls, ["nats://127.0.0.1:4222"]);
+                assert_eq!((j.replicas, j.stream_prefix.as_str()), (3, "TIDEGATE"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(parse(MIN).unwrap().storage.backend, Backend::Sqlite);
+        let e = parse(&format!("[storage]\nbackend = \"jetstream\"\n{MIN}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.toml:2:") && e.contains("needs a [storage.jetstream]"),
+            "{e}"
+        );
+        let e = parse(&format!("[storage]\nbackend = \"redis\"\n{MIN}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("t.toml:2:") && e.contains("\"sqlite\" or \"jetstream\""),
+            "{e}"
+        );
+        let e = parse(&format!("[storage.jetstream]\nurls = [\"nats://a:4222\"]\n{MIN}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("storage.backend is not \"jetstream\""), "{e}");
+        let e = parse(&format!(
+            "[storage]\nbackend = \"jetstream\"\n[storage.jetstream]\nurls = [\"http://a:4222\"]\n{MIN}"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("t.toml:4:") && e.contains("not a NATS URL"), "{e}");
+        let e = parse(&format!("{js}replicas = 7\n{MIN}")).unwrap_err().to_string();
+        assert!(e.starts_with("t.toml:5:") && e.contains("1 to 5"), "{e}");
+        let e = parse(&format!("{js}stream_prefix = \"a.b\"\n{MIN}"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("t.toml:5:") && e.contains("stream_prefix"), "{e}");
+        // Not yet in cluster mode: refused, naming the key.
+        let e = parse(&format!("{js}{MIN}[destination.review]\nsample = 0.1\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("destination.review is not available") && e.contains("jetstream"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn minimal_config_gets_defaults() {
         let c = parse(MIN).unwrap();
         assert_eq!(c.ingress.max_body, 1 << 20);

@@ -8,10 +8,11 @@
 //! |---|---|---|
 //! | a destination's queue | stream `P_Q_<dest>`, subject `P.q.<dest>` | limits retention, `discard = new`, `max_msgs`/`max_bytes` from `[destination.queue]` |
 //! | its dead letters | stream `P_DEAD_<dest>` | |
-//! | retry schedules, destination records (pause, halt), ids | KV bucket `P_STATE` | `r.<dest>.<stream seq>`, `d.<dest>`, `idx.<dest>`, `salt` |
+//! | retry schedules, destination records (pause, halt), halted keys, ids | KV bucket `P_STATE` | `r.<dest>.<stream seq>`, `d.<dest>`, `h.<dest>.<hex key>`, `idx.<dest>`, `salt` |
 //! | finished messages, for status look-ups | KV bucket `P_STATUS`, `max_age` = `history_retention` | |
-//! | `Idempotency-Key` records | KV bucket `P_IDEM`, `max_age` = the longest window | |
+//! | `Idempotency-Key` records | KV bucket `P_IDEM`, `max_age` = `history_retention` | |
 //! | dispatch leases | KV bucket `P_LEASE`, `max_age` = [`LEASE_TTL`] | `l.<dest>` |
+//! | reloads, outcomes for `Prefer: wait` | core NATS subjects `P.reload`, `P.done` | at most once |
 //!
 //! # Invariants
 //!
