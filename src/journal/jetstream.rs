@@ -75,6 +75,8 @@ pub const LEASE_SAFE: Duration = Duration::from_millis(1800);
 pub const MIN_SERVER: (u64, u64) = (2, 10);
 /// How often counts are read back from the streams.
 const COUNT_EVERY: Duration = Duration::from_millis(200);
+/// How soon after this process changes a stream its counts are read back.
+const RECOUNT_AFTER: Duration = Duration::from_millis(10);
 /// The stream sequence's bits in a message id.
 const SEQ_BITS: u32 = 40;
 const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
@@ -162,6 +164,10 @@ struct Dest {
     last_seen: AtomicU64,
     /// What its two streams store, as JetStream counts it.
     stored_bytes: AtomicU64,
+    /// Asks for a count soon: this process changed the streams. Depth is
+    /// also adjusted here at once (a count in flight may miss the change,
+    /// or see it too); the count that follows sets it right.
+    recount: tokio::sync::Notify,
     refreshed: Mutex<Option<Instant>>,
     epoch: AtomicU64,
     reading: Mutex<Reading>,
@@ -441,6 +447,7 @@ impl JetStream {
             holding: AtomicBool::new(false),
             last_seen: AtomicU64::new(0),
             stored_bytes: AtomicU64::new(0),
+            recount: tokio::sync::Notify::new(),
             refreshed: Mutex::new(None),
             epoch: AtomicU64::new(0),
             reading: Mutex::new(Reading::default()),
@@ -818,6 +825,7 @@ impl JetStream {
         let depth = d.counts.depth.load(Ordering::Relaxed);
         d.counts.depth.store(depth.saturating_sub(1), Ordering::Relaxed);
         d.counts.room.notify_waiters();
+        d.recount.notify_one();
         Ok(())
     }
 
@@ -1016,6 +1024,8 @@ async fn count_loop(q: JetStream, d: Arc<Dest>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(COUNT_EVERY) => {}
+            // Changes close together are counted once.
+            _ = d.recount.notified() => tokio::time::sleep(RECOUNT_AFTER).await,
             _ = stop.changed() => break,
         }
     }
@@ -1246,9 +1256,10 @@ impl Queue for JetStream {
         if ack.duplicate {
             return Ok(Appended::Duplicate { seq: id });
         }
-        // Bytes as JetStream counts them (headers too) come with the next
-        // count, within COUNT_EVERY.
+        // Bytes (as JetStream counts them, headers too) come with the count
+        // this asks for, within RECOUNT_AFTER.
         d.counts.depth.fetch_add(1, Ordering::Relaxed);
+        d.recount.notify_one();
         d.counts.ready.notify_waiters();
         Ok(Appended::Stored { seq: id, held: None })
     }
@@ -1285,6 +1296,10 @@ impl Queue for JetStream {
         if rewind {
             cursor = 1;
         }
+        // A retry that is due is handed out from the schedule; reading
+        // forward from a rewind meets it again in the stream, and must not
+        // hand it out a second time in the same batch.
+        let mut taken: HashSet<u64> = due.iter().map(|(s, _)| *s).collect();
         for (seq, retry) in due {
             match d.queue.get_raw_message(seq).await {
                 Ok(m) => {
@@ -1319,7 +1334,7 @@ impl Queue for JetStream {
                     .scheduled
                     .contains_key(&m.sequence);
                 let (msg, handed) = self.decode(&d, &m);
-                if scheduled || excluded.contains(&msg.seq) {
+                if scheduled || excluded.contains(&msg.seq) || !taken.insert(m.sequence) {
                     continue;
                 }
                 d.handed
@@ -1563,7 +1578,9 @@ impl Queue for JetStream {
                     }
                     Err(e) => return Err(e),
                 }
-                d.counts.dead_letters.fetch_add(1, Ordering::Relaxed);
+                // Counted from the stream before the message reads dead: a
+                // local increment could meet a count that already saw it.
+                let _ = self.count(&d).await;
                 self.finish(&d, seq, STATE_DEAD, attempts, last_error, Some(reason))
                     .await
             }
