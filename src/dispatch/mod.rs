@@ -556,6 +556,14 @@ impl Dispatcher {
             }
             // Halted keys, so that whichever instance dispatches next
             // keeps them halted, and any instance's admin API can resume one.
+            // Only key-ordered destinations have any: the others skip the read.
+            let keyed = self
+                .destinations()
+                .iter()
+                .any(|d| d.config().queue.ordering == config::Ordering::Key);
+            if !keyed {
+                continue;
+            }
             let Ok(halted) = self.ctx.journal.halted_keys().await else {
                 continue;
             };

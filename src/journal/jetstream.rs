@@ -75,8 +75,6 @@ pub const LEASE_SAFE: Duration = Duration::from_millis(1800);
 pub const MIN_SERVER: (u64, u64) = (2, 10);
 /// How often counts are read back from the streams.
 const COUNT_EVERY: Duration = Duration::from_millis(200);
-/// How soon after this process changes a stream its counts are read back.
-const RECOUNT_AFTER: Duration = Duration::from_millis(10);
 /// The stream sequence's bits in a message id.
 const SEQ_BITS: u32 = 40;
 const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
@@ -164,10 +162,6 @@ struct Dest {
     last_seen: AtomicU64,
     /// What its two streams store, as JetStream counts it.
     stored_bytes: AtomicU64,
-    /// Asks for a count soon: this process changed the streams. Depth is
-    /// also adjusted here at once (a count in flight may miss the change,
-    /// or see it too); the count that follows sets it right.
-    recount: tokio::sync::Notify,
     refreshed: Mutex<Option<Instant>>,
     epoch: AtomicU64,
     reading: Mutex<Reading>,
@@ -198,12 +192,7 @@ struct Halted {
 
 impl Dest {
     fn dispatching(&self) -> bool {
-        self.holding.load(Ordering::SeqCst)
-            && self
-                .refreshed
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .is_some_and(|t| t.elapsed() < LEASE_SAFE)
+        self.holding.load(Ordering::SeqCst) && lock(&self.refreshed).is_some_and(|t| t.elapsed() < LEASE_SAFE)
     }
 
     fn id(&self, stream_seq: u64) -> u64 {
@@ -332,7 +321,7 @@ impl JetStream {
             }),
         };
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        *js_queue.inner.outcomes.lock().unwrap_or_else(|e| e.into_inner()) = Some(rx);
+        *lock(&js_queue.inner.outcomes) = Some(rx);
         let mut done = js_queue
             .inner
             .client
@@ -447,7 +436,6 @@ impl JetStream {
             holding: AtomicBool::new(false),
             last_seen: AtomicU64::new(0),
             stored_bytes: AtomicU64::new(0),
-            recount: tokio::sync::Notify::new(),
             refreshed: Mutex::new(None),
             epoch: AtomicU64::new(0),
             reading: Mutex::new(Reading::default()),
@@ -510,12 +498,22 @@ impl JetStream {
                 }
                 Ok(s)
             }
-            Err(_) => self
-                .inner
-                .js
-                .create_stream(config)
-                .await
-                .map_err(|e| JournalError::Unavailable(replicas_hint(&name, e, self.inner.cfg.replicas))),
+            Err(_) => self.inner.js.create_stream(config).await.map_err(|e| {
+                let text = replicas_hint(&name, e, self.inner.cfg.replicas);
+                JournalError::Unavailable(if text.contains("insufficient storage") {
+                    // The server reserves a stream's max_bytes on every
+                    // replica when the stream is made, not as it fills.
+                    format!(
+                        "{text}: JetStream reserves a queue stream's max_bytes ({}) on each of its {} replicas \
+                             when it is made; lower this destination's [destination.queue] max_bytes or raise \
+                             max_file_store in the servers' jetstream block",
+                        crate::config::ByteSize(max_bytes),
+                        self.inner.cfg.replicas
+                    )
+                } else {
+                    text
+                })
+            }),
         }
     }
 
@@ -655,7 +653,7 @@ impl JetStream {
         let (name, subject, limits) = if dead {
             (format!("{p}_DEAD_{}", d.name), &d.dead_subject, (u64::MAX, u64::MAX))
         } else {
-            let l = *d.limits.lock().unwrap_or_else(|e| e.into_inner());
+            let l = *lock(&d.limits);
             (format!("{p}_Q_{}", d.name), &d.subject, l)
         };
         let first = d.last_seen.load(Ordering::SeqCst) + 1;
@@ -750,7 +748,7 @@ impl JetStream {
                 }
             }
         }
-        let mut r = d.reading.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = lock(&d.reading);
         *r = Reading {
             epoch,
             cursor: 1,
@@ -762,7 +760,7 @@ impl JetStream {
 
     async fn reading_ready(&self, d: &Dest) -> Result<bool> {
         let epoch = d.epoch.load(Ordering::SeqCst);
-        let stale = d.reading.lock().unwrap_or_else(|e| e.into_inner()).epoch != epoch;
+        let stale = lock(&d.reading).epoch != epoch;
         if stale {
             self.begin_epoch(d, epoch).await?;
         }
@@ -778,7 +776,7 @@ impl JetStream {
         last_error: Option<LastError>,
         reason: Option<String>,
     ) -> Result<()> {
-        let handed = d.handed.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned();
+        let handed = lock(&d.handed).get(&id).cloned();
         let handed = match handed {
             Some(h) => h,
             None => Handed {
@@ -803,18 +801,8 @@ impl JetStream {
         };
         put_json(&self.inner.status, format!("s.{id:016x}"), &rec).await?;
         self.delete(&d.queue, handed.stream_seq).await?;
-        d.keys
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pending
-            .remove(&handed.stream_seq);
-        let had_retry = d
-            .reading
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .scheduled
-            .remove(&handed.stream_seq)
-            .is_some();
+        lock(&d.keys).pending.remove(&handed.stream_seq);
+        let had_retry = lock(&d.reading).scheduled.remove(&handed.stream_seq).is_some();
         if had_retry || attempts > 1 {
             let _ = self
                 .inner
@@ -825,7 +813,6 @@ impl JetStream {
         let depth = d.counts.depth.load(Ordering::Relaxed);
         d.counts.depth.store(depth.saturating_sub(1), Ordering::Relaxed);
         d.counts.room.notify_waiters();
-        d.recount.notify_one();
         Ok(())
     }
 
@@ -976,17 +963,13 @@ async fn lease_loop(q: JetStream, d: Arc<Dest>) {
                     tracing::info!(destination = %d.name, instance = %q.inner.instance, "took the dispatch lease");
                 }
                 revision = Some(r);
-                *d.refreshed.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+                *lock(&d.refreshed) = Some(now);
                 d.holding.store(true, Ordering::SeqCst);
                 d.counts.ready.notify_waiters();
             }
             Err(e) => {
                 if revision.is_some() {
-                    let stale = d
-                        .refreshed
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .is_none_or(|t| t.elapsed() >= LEASE_SAFE);
+                    let stale = lock(&d.refreshed).is_none_or(|t| t.elapsed() >= LEASE_SAFE);
                     // A wrong revision: someone else holds it now. A
                     // failure to reach NATS: keep trying until LEASE_SAFE.
                     if stale || e.contains("wrong last sequence") || e.contains("revision") {
@@ -1024,8 +1007,6 @@ async fn count_loop(q: JetStream, d: Arc<Dest>) {
         }
         tokio::select! {
             _ = tokio::time::sleep(COUNT_EVERY) => {}
-            // Changes close together are counted once.
-            _ = d.recount.notified() => tokio::time::sleep(RECOUNT_AFTER).await,
             _ = stop.changed() => break,
         }
     }
@@ -1079,6 +1060,12 @@ fn decode_outcome(m: &async_nats::Message, me: &str) -> Option<Outcome> {
             .and_then(|s| s.parse().ok())
             .map(|status| (status, get("Tg-Content-Type"), m.payload.clone())),
     })
+}
+
+/// A mutex's guard, poisoned or not: the state each one guards is valid
+/// after any panic between its statements.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Writes `value` as JSON under `key`, durably (a quorum of the bucket's
@@ -1164,7 +1151,7 @@ impl Queue for JetStream {
     }
 
     fn outcomes(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Outcome>> {
-        self.inner.outcomes.lock().unwrap_or_else(|e| e.into_inner()).take()
+        lock(&self.inner.outcomes).take()
     }
 
     async fn announce_reload(&self) {
@@ -1192,12 +1179,12 @@ impl Queue for JetStream {
         let d = self.dest(&msg.dest).await?;
         {
             let want = (limits.max_messages, limits.max_bytes);
-            let changed = *d.limits.lock().unwrap_or_else(|e| e.into_inner()) != want;
+            let changed = *lock(&d.limits) != want;
             if changed {
                 let p = &self.inner.cfg.stream_prefix;
                 self.stream(format!("{p}_Q_{}", d.name), &d.subject, want.0, want.1)
                     .await?;
-                *d.limits.lock().unwrap_or_else(|e| e.into_inner()) = want;
+                *lock(&d.limits) = want;
             }
         }
         let fingerprint = msg.idempotency_key.as_ref().map(|_| hex(&msg.fingerprint()));
@@ -1256,10 +1243,10 @@ impl Queue for JetStream {
         if ack.duplicate {
             return Ok(Appended::Duplicate { seq: id });
         }
-        // Bytes (as JetStream counts them, headers too) come with the count
-        // this asks for, within RECOUNT_AFTER.
+        // Bytes (as JetStream counts them, headers too) come with the next
+        // count, within COUNT_EVERY; depth is adjusted here at once, and
+        // that count sets it right if a count in flight also saw this.
         d.counts.depth.fetch_add(1, Ordering::Relaxed);
-        d.recount.notify_one();
         d.counts.ready.notify_waiters();
         Ok(Appended::Stored { seq: id, held: None })
     }
@@ -1282,7 +1269,7 @@ impl Queue for JetStream {
         let mut out = Vec::new();
         // Retries that are due, then reading forward.
         let (due, rewind, mut cursor) = {
-            let mut r = d.reading.lock().unwrap_or_else(|e| e.into_inner());
+            let mut r = lock(&d.reading);
             let due: Vec<(u64, Retry)> = r
                 .scheduled
                 .iter()
@@ -1305,20 +1292,13 @@ impl Queue for JetStream {
                 Ok(m) => {
                     let (mut msg, handed) = self.decode(&d, &m);
                     msg.attempts = retry.attempts;
-                    d.handed
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(msg.seq, handed);
+                    lock(&d.handed).insert(msg.seq, handed);
                     out.push(msg);
                 }
                 Err(e) if no_message(&e) => {}
                 Err(e) => return Err(unavailable(e)),
             }
-            d.reading
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .scheduled
-                .remove(&seq);
+            lock(&d.reading).scheduled.remove(&seq);
         }
         while out.len() < limit {
             let (batch, next) = self.read_from(&d, cursor, limit - out.len()).await?;
@@ -1327,24 +1307,16 @@ impl Queue for JetStream {
             }
             cursor = next;
             for m in batch {
-                let scheduled = d
-                    .reading
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .scheduled
-                    .contains_key(&m.sequence);
+                let scheduled = lock(&d.reading).scheduled.contains_key(&m.sequence);
                 let (msg, handed) = self.decode(&d, &m);
                 if scheduled || excluded.contains(&msg.seq) || !taken.insert(m.sequence) {
                     continue;
                 }
-                d.handed
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(msg.seq, handed);
+                lock(&d.handed).insert(msg.seq, handed);
                 out.push(msg);
             }
         }
-        let mut r = d.reading.lock().unwrap_or_else(|e| e.into_inner());
+        let mut r = lock(&d.reading);
         r.cursor = cursor;
         let next_due = r
             .scheduled
@@ -1382,7 +1354,7 @@ impl Queue for JetStream {
         // Read what arrived since the last look into the index.
         let epoch = d.epoch.load(Ordering::SeqCst);
         let mut cursor = {
-            let mut k = d.keys.lock().unwrap_or_else(|e| e.into_inner());
+            let mut k = lock(&d.keys);
             if k.epoch != epoch {
                 *k = KeyIndex {
                     epoch,
@@ -1396,7 +1368,7 @@ impl Queue for JetStream {
             let (batch, next) = self.read_from(&d, cursor, 256).await?;
             let full = batch.len() == 256;
             {
-                let mut k = d.keys.lock().unwrap_or_else(|e| e.into_inner());
+                let mut k = lock(&d.keys);
                 for m in &batch {
                     let (msg, _) = self.decode(&d, m);
                     k.pending.insert(m.sequence, (msg.seq, msg.order_key));
@@ -1411,10 +1383,7 @@ impl Queue for JetStream {
         // The head of each key, oldest first: due, not halted, and no
         // message of its key in flight (one in flight is its key's head).
         let now = now_ms();
-        let scheduled: HashMap<u64, Retry> = d
-            .reading
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let scheduled: HashMap<u64, Retry> = lock(&d.reading)
             .scheduled
             .iter()
             .map(|(s, r)| (*s, r.clone()))
@@ -1422,7 +1391,7 @@ impl Queue for JetStream {
         let mut next_due: Option<i64> = None;
         let mut chosen = Vec::new();
         {
-            let k = d.keys.lock().unwrap_or_else(|e| e.into_inner());
+            let k = lock(&d.keys);
             let mut seen: HashSet<&str> = HashSet::new();
             let mut own = Vec::new();
             for (seq, (id, key)) in &k.pending {
@@ -1459,19 +1428,12 @@ impl Queue for JetStream {
                     if let Some(r) = scheduled.get(&seq) {
                         msg.attempts = r.attempts;
                     }
-                    d.reading
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .scheduled
-                        .remove(&seq);
-                    d.handed
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(msg.seq, handed);
+                    lock(&d.reading).scheduled.remove(&seq);
+                    lock(&d.handed).insert(msg.seq, handed);
                     messages.push(msg);
                 }
                 Err(e) if no_message(&e) => {
-                    d.keys.lock().unwrap_or_else(|e| e.into_inner()).pending.remove(&seq);
+                    lock(&d.keys).pending.remove(&seq);
                 }
                 Err(e) => return Err(unavailable(e)),
             }
@@ -1490,29 +1452,20 @@ impl Queue for JetStream {
             return Ok(None);
         };
         let (mut msg, handed) = self.decode(&d, &m);
-        let visible_at = match d
-            .reading
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .scheduled
-            .get(&m.sequence)
-        {
+        let visible_at = match lock(&d.reading).scheduled.get(&m.sequence) {
             Some(r) => {
                 msg.attempts = r.attempts;
                 r.visible_at
             }
             None => 0,
         };
-        d.handed
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(msg.seq, handed);
+        lock(&d.handed).insert(msg.seq, handed);
         Ok(Some((msg, visible_at)))
     }
 
     fn give_back(&self, dest: &str) {
         if let Some(d) = self.known(dest) {
-            d.reading.lock().unwrap_or_else(|e| e.into_inner()).rewind = true;
+            lock(&d.reading).rewind = true;
         }
     }
 
@@ -1525,7 +1478,7 @@ impl Queue for JetStream {
         disposition: Disposition,
     ) -> Result<()> {
         let d = self.dest(dest).await?;
-        let handed = d.handed.lock().unwrap_or_else(|e| e.into_inner()).get(&seq).cloned();
+        let handed = lock(&d.handed).get(&seq).cloned();
         let stream_seq = handed.as_ref().map_or(seq & SEQ_MASK, |h| h.stream_seq);
         let result = match disposition {
             Disposition::Delivered => self.finish(&d, seq, STATE_DELIVERED, attempts, last_error, None).await,
@@ -1545,11 +1498,7 @@ impl Queue for JetStream {
                     last_error,
                 };
                 put_json(&self.inner.state, format!("r.{}.{stream_seq}", d.name), &retry).await?;
-                d.reading
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .scheduled
-                    .insert(stream_seq, retry);
+                lock(&d.reading).scheduled.insert(stream_seq, retry);
                 // Still pending: it stays in `handed` until it finishes.
                 return Ok(());
             }
@@ -1606,16 +1555,12 @@ impl Queue for JetStream {
                     &halted,
                 )
                 .await?;
-                d.reading
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .scheduled
-                    .insert(stream_seq, retry);
+                lock(&d.reading).scheduled.insert(stream_seq, retry);
                 return Ok(());
             }
         };
         if result.is_ok() {
-            d.handed.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
+            lock(&d.handed).remove(&seq);
         }
         result
     }
@@ -1873,27 +1818,27 @@ impl Queue for JetStream {
         let Some(d) = self.known(dest) else {
             return Ok(Vec::new());
         };
+        // The queue's front, read as the dispatcher reads it (pipelined).
         let mut out = Vec::new();
         let mut from = 1;
         while out.len() < limit {
-            let Some(m) = self.next_at(&d, from).await? else { break };
-            from = m.sequence + 1;
-            let (msg, _) = self.decode(&d, &m);
-            let retry = d
-                .reading
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .scheduled
-                .get(&m.sequence)
-                .cloned();
-            out.push(Queued {
-                seq: msg.seq,
-                received_at: msg.received_at,
-                visible_at: retry.as_ref().map_or(msg.received_at, |r| r.visible_at),
-                attempts: retry.as_ref().map_or(0, |r| r.attempts),
-                last_error: retry.and_then(|r| r.last_error),
-                size_bytes: m.payload.len() as u64,
-            });
+            let (batch, next) = self.read_from(&d, from, limit - out.len()).await?;
+            if batch.is_empty() {
+                break;
+            }
+            from = next;
+            for m in batch {
+                let (msg, _) = self.decode(&d, &m);
+                let retry = lock(&d.reading).scheduled.get(&m.sequence).cloned();
+                out.push(Queued {
+                    seq: msg.seq,
+                    received_at: msg.received_at,
+                    visible_at: retry.as_ref().map_or(msg.received_at, |r| r.visible_at),
+                    attempts: retry.as_ref().map_or(0, |r| r.attempts),
+                    last_error: retry.and_then(|r| r.last_error),
+                    size_bytes: m.payload.len() as u64,
+                });
+            }
         }
         Ok(out)
     }
@@ -1905,9 +1850,7 @@ impl Queue for JetStream {
 
     async fn queue_detail(&self, dest: &str) -> Result<(Option<i64>, u64)> {
         let oldest = self.oldest_pending(dest).await?;
-        let scheduled = self.known(dest).map_or(0, |d| {
-            d.reading.lock().unwrap_or_else(|e| e.into_inner()).scheduled.len() as u64
-        });
+        let scheduled = self.known(dest).map_or(0, |d| lock(&d.reading).scheduled.len() as u64);
         Ok((oldest, scheduled))
     }
 
