@@ -266,6 +266,20 @@ async fn nats_unreachable_at_start_is_a_clear_error_and_exit_1() {
     );
 }
 
+/// JetStream reserves a queue stream's `max_bytes` when it is made: servers
+/// that cannot reserve a destination's 1 GiB refuse the start, and the
+/// error says which setting to change.
+#[tokio::test]
+async fn servers_that_cannot_reserve_a_queues_max_bytes_refuse_the_start_naming_the_setting() {
+    let nats = Nats::cluster_with(1, "64MB").await;
+    let stderr = refused_at_start(nats.client_ports[0]).await;
+    assert!(stderr.contains("insufficient storage"), "{stderr}");
+    assert!(
+        stderr.contains("max_bytes (1GiB)") && stderr.contains("max_file_store"),
+        "{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn nats_lost_at_run_time_gets_503_storage_unavailable_and_ingest_recovers_by_itself() {
     let mut nats = Nats::cluster(1).await;

@@ -15,7 +15,15 @@ pub struct Nats {
     servers: Vec<Option<Child>>,
     pub client_ports: Vec<u16>,
     cluster_ports: Vec<u16>,
+    max_file_store: &'static str,
 }
+
+/// What the test servers may reserve on disk. JetStream reserves a stream's
+/// `max_bytes` when the stream is made (1 GiB per destination by default),
+/// and by default allows 75% of the free disk: a test process making a few
+/// hundred streams would hit that on a small CI disk, so the tests raise it
+/// (the streams themselves stay small).
+const TEST_MAX_FILE_STORE: &str = "100T";
 
 /// The `nats-server` binary: the project's virtualenv's, else `PATH`'s.
 pub fn binary() -> PathBuf {
@@ -35,6 +43,11 @@ impl Nats {
     /// `n` servers in one JetStream cluster (a lone server when `n` is 1),
     /// ready: JetStream answers with a meta leader elected.
     pub async fn cluster(n: usize) -> Nats {
+        Nats::cluster_with(n, TEST_MAX_FILE_STORE).await
+    }
+
+    /// As [`Nats::cluster`], with the servers' `max_file_store`.
+    pub async fn cluster_with(n: usize, max_file_store: &'static str) -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -43,6 +56,7 @@ impl Nats {
             servers: (0..n).map(|_| None).collect(),
             client_ports,
             cluster_ports,
+            max_file_store,
         };
         for i in 0..n {
             nats.start(i);
@@ -55,9 +69,10 @@ impl Nats {
         let n = self.client_ports.len();
         let store = self.dir.path().join(format!("n{i}"));
         let mut c = format!(
-            "server_name: n{i}\nlisten: \"127.0.0.1:{}\"\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+            "server_name: n{i}\nlisten: \"127.0.0.1:{}\"\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n  max_file_store: {}\n}}\n",
             self.client_ports[i],
-            store.display()
+            store.display(),
+            self.max_file_store
         );
         if n > 1 {
             let routes: Vec<String> = (0..n)
@@ -195,7 +210,7 @@ pub fn shared_url() -> String {
             std::fs::write(
                 &conf,
                 format!(
-                    "listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+                    "listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n  max_file_store: {TEST_MAX_FILE_STORE}\n}}\n",
                     dir.path().join("store").display()
                 ),
             )
@@ -218,6 +233,7 @@ pub fn shared_url() -> String {
                 servers: vec![None],
                 client_ports: vec![port],
                 cluster_ports: vec![0],
+                max_file_store: TEST_MAX_FILE_STORE,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
