@@ -2,7 +2,7 @@
 //! (forwarding, idempotency, `Prefer: wait`, retries and `Retry-After`, the
 //! four failure modes, dead letters and replay, pause and resume, rate and
 //! in-flight limits, backpressure, order per key and halted keys, problem
-//! codes, reload, metrics), run
+//! codes, reload, metrics, the review station and governance), run
 //! again from the same source with the queue on NATS JetStream (SPEC §13):
 //! `support::backend_storage` gives every tidegate of this binary
 //! `storage.backend = "jetstream"` on one real `nats-server` started for
@@ -27,3 +27,5 @@ mod ordering;
 mod problems;
 #[path = "it/rate.rs"]
 mod rate;
+#[path = "it/review.rs"]
+mod review;

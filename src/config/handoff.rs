@@ -189,18 +189,11 @@ pub(super) fn spec(raw: RawHandoff, loc: &Locator) -> Result<(Spec, Vec<Spanned<
 pub(super) fn link(
     destinations: &mut [Destination],
     specs: Vec<(String, Spec, Vec<Spanned<String>>)>,
-    cluster: bool,
     loc: &Locator,
 ) -> Result<(), ConfigError> {
     for (name, _, targets) in &specs {
         for to in targets {
             let target = to.get_ref();
-            if target == crate::handoff::REVIEW && cluster {
-                return Err(loc.error(
-                    to.span(),
-                    "routes to review are not available with storage.backend = \"jetstream\" yet; use the sqlite backend for them".into(),
-                ));
-            }
             if target == crate::handoff::REVIEW {
                 // Held on the destination addressed (SPEC §10).
                 continue;

@@ -914,7 +914,6 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             .unwrap_or(Duration::from_secs(30)),
     };
 
-    let cluster = matches!(storage.backend, Backend::JetStream(_));
     let mut destinations: Vec<Destination> = Vec::new();
     let mut handoffs = Vec::new();
     for d in raw.destination {
@@ -1062,22 +1061,6 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             feeds.push(f_name.to_string());
         }
         let mut handoff = d.handoff.map(|h| handoff::spec(h, loc)).transpose()?;
-        if cluster {
-            // Not yet in cluster mode: the station's records live in the
-            // SQLite journal. Refused here, naming the key, rather than
-            // half-working.
-            let unsupported = [
-                d.review.as_ref().map(|r| (r.span(), "review")),
-                d.governance.as_ref().map(|g| (g.span(), "governance")),
-            ];
-            if let Some((span, what)) = unsupported.into_iter().flatten().next() {
-                return Err(loc.error_at_key(
-                    span,
-                    &format!("destination.{what}"),
-                    format!("destination.{what} is not available with storage.backend = \"jetstream\" yet; use the sqlite backend for it"),
-                ));
-            }
-        }
         let review = d.review.map(|r| review::review(r.into_inner(), loc)).transpose()?;
         let governance = d
             .governance
@@ -1121,7 +1104,7 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
             feeds,
         });
     }
-    handoff::link(&mut destinations, handoffs, cluster, loc)?;
+    handoff::link(&mut destinations, handoffs, loc)?;
     let alerts = review::alerts(raw.alerts, loc)?;
     if let Some(url) = &alerts.webhook_url {
         destinations.push(alerts_destination(url.clone()));
@@ -1420,14 +1403,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("t.toml:5:") && e.contains("stream_prefix"), "{e}");
-        // Not yet in cluster mode: refused, naming the key.
-        let e = parse(&format!("{js}{MIN}[destination.review]\nsample = 0.1\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("destination.review is not available") && e.contains("jetstream"),
-            "{e}"
-        );
+        // The review station works in cluster mode too.
+        let c = parse(&format!(
+            "{js}{MIN}[destination.review]\nsample = 0.1\n[destination.governance]\nerror_threshold = 0.5\n"
+        ))
+        .unwrap();
+        assert!(c.destinations[0].review.is_some());
     }
 
     #[test]

@@ -57,7 +57,7 @@ impl Verdict {
         }
     }
 
-    fn is_feedback(self) -> bool {
+    pub(crate) fn is_feedback(self) -> bool {
         matches!(self, Verdict::Correct | Verdict::Overridden)
     }
 }
@@ -124,7 +124,7 @@ impl Tally {
         self.edited + self.rejected + self.overridden
     }
 
-    fn count(&mut self, decision: &str, n: u64) {
+    pub(crate) fn count(&mut self, decision: &str, n: u64) {
         match decision {
             "approve" => self.approved += n,
             "edit" => self.edited += n,
@@ -200,7 +200,7 @@ pub(super) fn record_item(
     Ok(held)
 }
 
-fn state_name(state: i64) -> &'static str {
+pub(super) fn state_name(state: i64) -> &'static str {
     match state {
         STATE_PENDING => "queued",
         STATE_DEAD => "dead_letter",

@@ -763,3 +763,172 @@ async fn a_key_halted_by_the_dispatching_instance_is_listed_and_resumed_through_
         .await;
     }
 }
+
+/// What `instances` logged as errors, for a failure's message.
+fn errors(instances: &[&Tidegate]) -> Vec<String> {
+    instances
+        .iter()
+        .flat_map(|t| {
+            t.log()
+                .lines()
+                .filter(|l| l.contains("ERROR"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The ids of the items `tg` lists for review, all pages.
+async fn listed_for_review(tg: &Tidegate) -> std::collections::BTreeSet<String> {
+    let v = tg.admin_get("/v1/reviews?destination=crm&limit=1000").await;
+    v["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The review station across instances (SPEC §10 under §13): the instance
+/// that stores a message and the one that dispatches it draw the same
+/// sample, so a held message never reaches the downstream; both instances
+/// list the same items; decisions made on either are released by the
+/// holder, and the first one wins cluster-wide; held messages outlive
+/// the holder's kill -9.
+#[tokio::test]
+async fn the_review_station_is_one_station_across_instances() {
+    use serde_json::Value;
+    use std::collections::BTreeSet;
+    let nats = Nats::cluster(3).await;
+    let ds = Downstream::start().await;
+    let dests = destination(
+        "crm",
+        &format!("{}/crm", ds.url()),
+        "[destination.review]\nsample = 0.2",
+    );
+    let mut a = instance(&nats, &dests).await;
+    let mut b = instance(&nats, &dests).await;
+
+    // Stored on both instances, dispatched by one.
+    let (mut held, mut passed) = (BTreeSet::new(), Vec::new());
+    for i in 0..200 {
+        let tg = if i % 2 == 0 { &a } else { &b };
+        let r = tg.post(&format!("/crm/x/{i}"), &format!("{{\"n\": {i}}}")).await;
+        assert_eq!(r.status(), 202);
+        let v: Value = r.json().await.unwrap();
+        let id = v["id"].as_str().unwrap().to_string();
+        if v["status"] == "held" {
+            held.insert(id);
+        } else {
+            passed.push(id);
+        }
+    }
+    assert!((15..=70).contains(&held.len()), "{} of 200 held at 20%", held.len());
+    eventually(Duration::from_secs(20), "every message not held delivered", || async {
+        ds.ok_by_id().len() >= passed.len()
+    })
+    .await;
+    let by_id = ds.ok_by_id();
+    for id in &passed {
+        assert_eq!(by_id.get(id), Some(&1), "{id} delivered once");
+    }
+    for id in &held {
+        assert!(!by_id.contains_key(id), "held {id} reached the downstream");
+    }
+    for tg in [&a, &b] {
+        assert_eq!(listed_for_review(tg).await, held, "both instances list the same items");
+        assert_eq!(tg.message(held.first().unwrap()).await["state"], "held");
+    }
+
+    // One decision per message, from either instance; the first one wins
+    // when both decide at once.
+    let held: Vec<String> = held.into_iter().collect();
+    let (race, rest) = held.split_first().unwrap();
+    let (approve, reject) = (
+        format!("/v1/reviews/{race}/approve"),
+        format!("/v1/reviews/{race}/reject"),
+    );
+    let (x, y) = tokio::join!(
+        a.admin_post(&approve, r#"{"reviewer": "ann"}"#),
+        b.admin_post(&reject, r#"{"reviewer": "bob"}"#),
+    );
+    let race_approved = x.status() == 200;
+    let mut statuses = [x.status().as_u16(), y.status().as_u16()];
+    statuses.sort();
+    let texts = (x.text().await.unwrap_or_default(), y.text().await.unwrap_or_default());
+    assert_eq!(
+        statuses,
+        [200, 409],
+        "one decision wins across instances: {texts:?} {:#?}",
+        errors(&[&a, &b])
+    );
+    let (mut approved, mut rejected) = (Vec::new(), Vec::new());
+    if race_approved {
+        approved.push(race.clone());
+    } else {
+        rejected.push(race.clone());
+    }
+    for (i, id) in rest.iter().enumerate() {
+        let (tg, what) = if i % 2 == 0 { (&a, "approve") } else { (&b, "reject") };
+        let r = tg
+            .admin_post(&format!("/v1/reviews/{id}/{what}"), r#"{"reviewer": "ann"}"#)
+            .await;
+        assert_eq!(
+            r.status(),
+            200,
+            "{} {:#?}",
+            r.text().await.unwrap_or_default(),
+            errors(&[&a, &b])
+        );
+        if what == "approve" {
+            approved.push(id.clone());
+        } else {
+            rejected.push(id.clone());
+        }
+    }
+    for id in &approved {
+        b.wait_message_state(id, "delivered").await;
+    }
+    for id in &rejected {
+        // Read on the other instance: NATS serves reads from any replica,
+        // so a state written a moment ago is waited for, not assumed.
+        a.wait_message_state(id, "dead_lettered").await;
+        assert_eq!(a.message(id).await["reason"], "rejected_by_reviewer");
+    }
+    let by_id = ds.ok_by_id();
+    for id in &approved {
+        assert_eq!(by_id.get(id), Some(&1), "approved {id} delivered once");
+    }
+    for id in &rejected {
+        assert!(!by_id.contains_key(id), "rejected {id} reached the downstream");
+    }
+    assert!(listed_for_review(&a).await.is_empty());
+
+    // Held messages outlive the holder: killed with items open, the other
+    // instance takes over and releases what is decided through it.
+    let holding = holder(&[&a, &b]).expect("a lease holder");
+    let (killed, survivor) = if holding == 0 { (&mut a, &b) } else { (&mut b, &a) };
+    let mut more = Vec::new();
+    for i in 0..100 {
+        let r = survivor.post(&format!("/crm/y/{i}"), &format!("{{\"m\": {i}}}")).await;
+        let v: Value = r.json().await.unwrap();
+        if v["status"] == "held" {
+            more.push(v["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert!(!more.is_empty());
+    killed.kill9();
+    for id in &more {
+        let r = survivor
+            .admin_post(&format!("/v1/reviews/{id}/approve"), r#"{"reviewer": "ann"}"#)
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    for id in &more {
+        survivor.wait_message_state(id, "delivered").await;
+    }
+    let by_id = ds.ok_by_id();
+    for id in &more {
+        assert_eq!(by_id.get(id), Some(&1), "{id} delivered once");
+    }
+}

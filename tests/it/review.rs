@@ -229,8 +229,14 @@ async fn sampling_holds_about_the_rate_the_same_ids_every_run_and_more_of_one_ca
     );
     let listed = first_tg.destination("crm").await["queue"]["depth"].as_u64().unwrap();
     assert!(listed >= first.len() as u64);
-    let (_second_tg, second) = run(Some(first_tg.data_dir().join("journal.salt"))).await;
-    assert_eq!(first, second, "sampling is a function of the message id");
+    if crate::BACKEND == crate::support::Backend::Sqlite {
+        // A fresh journal with the first one's salt (a file of SQLite's).
+        // On JetStream the ids' draw is the same function: the instance
+        // that stores a message and the one that dispatches it must agree,
+        // which the cluster tests check across instances.
+        let (_second_tg, second) = run(Some(first_tg.data_dir().join("journal.salt"))).await;
+        assert_eq!(first, second, "sampling is a function of the message id");
+    }
 
     // sample_by_category raises one category.
     let ds2 = Downstream::start().await;

@@ -60,9 +60,12 @@ use serde::{Deserialize, Serialize};
 use super::{
     id_of, is_message_id, now_ms, review, Appended, DeadLetter, DestinationRecord, Disposition, Due, HaltedKey,
     JournalError, JournalStats, LastError, Limits, Message, MessageStatus, NewMessage, Outcome, Queue, QueueCounts,
-    Queued, Result, STATE_DEAD, STATE_DELIVERED, STATE_DROPPED, STATE_PENDING, STATE_QUARANTINED,
+    Queued, Result, STATE_DEAD, STATE_DELIVERED, STATE_DROPPED, STATE_HELD, STATE_PENDING, STATE_QUARANTINED,
 };
 use crate::config::JetStreamConfig;
+
+mod station;
+use station::Screened;
 
 /// How long a lease outlives its last refresh on the servers.
 pub const LEASE_TTL: Duration = Duration::from_secs(3);
@@ -75,6 +78,9 @@ pub const LEASE_SAFE: Duration = Duration::from_millis(1800);
 pub const MIN_SERVER: (u64, u64) = (2, 10);
 /// How often counts are read back from the streams.
 const COUNT_EVERY: Duration = Duration::from_millis(200);
+/// Every how many counts the holder looks over its held messages for
+/// releases left unfinished (about every 2 s).
+const HELD_SWEEP_TICKS: u64 = 10;
 /// The stream sequence's bits in a message id.
 const SEQ_BITS: u32 = 40;
 const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
@@ -154,6 +160,9 @@ struct Dest {
     dead_subject: String,
     queue: stream::Stream,
     dead: stream::Stream,
+    /// Held messages awaiting a decision (`review`).
+    held: stream::Stream,
+    held_subject_prefix: String,
     counts: Arc<QueueCounts>,
     limits: Mutex<(u64, u64)>,
     /// Set while this instance holds the lease, with when it last refreshed.
@@ -216,6 +225,9 @@ struct Inner {
     status: kv::Store,
     idem: kv::Store,
     lease: kv::Store,
+    review: kv::Store,
+    /// `review`'s records without bodies, kept by a watch.
+    mirror: Mutex<station::Mirror>,
     dests: RwLock<HashMap<String, Arc<Dest>>>,
     by_index: RwLock<HashMap<u32, String>>,
     queues: RwLock<HashMap<String, Arc<QueueCounts>>>,
@@ -297,6 +309,9 @@ impl JetStream {
         let status = make(bucket("STATUS", history_retention, 1)).await?;
         let idem = make(bucket("IDEM", idempotency_window.max(Duration::from_secs(1)), 1)).await?;
         let lease = make(bucket("LEASE", LEASE_TTL, 1)).await?;
+        // Swept by `[review] retention`, not by age: a held item's
+        // decision is owed however old it is.
+        let review = make(bucket("REVIEW", Duration::ZERO, 1)).await?;
         let salt = cluster_salt(&state).await?;
         let (stop, _) = tokio::sync::watch::channel(false);
         let js_queue = JetStream {
@@ -310,6 +325,8 @@ impl JetStream {
                 status,
                 idem,
                 lease,
+                review,
+                mirror: Mutex::new(station::Mirror::default()),
                 dests: RwLock::new(HashMap::new()),
                 by_index: RwLock::new(HashMap::new()),
                 queues: RwLock::new(HashMap::new()),
@@ -320,6 +337,7 @@ impl JetStream {
                 outcomes: Mutex::new(None),
             }),
         };
+        tokio::spawn(js_queue.clone().mirror_loop());
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         *lock(&js_queue.inner.outcomes) = Some(rx);
         let mut done = js_queue
@@ -423,6 +441,15 @@ impl JetStream {
         let dead = self
             .stream(format!("{p}_DEAD_{name}"), &dead_subject, -1i64 as u64, u64::MAX)
             .await?;
+        let held_subject_prefix = format!("{p}.held.{name}");
+        let held = self
+            .stream(
+                format!("{p}_HELD_{name}"),
+                &format!("{held_subject_prefix}.*"),
+                -1i64 as u64,
+                u64::MAX,
+            )
+            .await?;
         let counts = super::queue_of(&self.inner.queues, name);
         let d = Arc::new(Dest {
             name: name.to_string(),
@@ -431,6 +458,8 @@ impl JetStream {
             dead_subject,
             queue,
             dead,
+            held,
+            held_subject_prefix,
             counts,
             limits: Mutex::new((max_messages, max_bytes)),
             holding: AtomicBool::new(false),
@@ -602,12 +631,24 @@ impl JetStream {
             Err(e) if gone(&e) => return self.recreate(d, true).await.map(|_| 0),
             Err(e) => return Err(unavailable(e)),
         };
+        let held = d.held.get_info().await.map_err(unavailable)?;
         d.last_seen.fetch_max(q.state.last_sequence, Ordering::SeqCst);
-        let before_depth = d.counts.depth.swap(q.state.messages, Ordering::Relaxed);
-        d.counts.bytes.store(q.state.bytes, Ordering::Relaxed);
+        // Held messages count in the queue's depth and bytes, as they do
+        // on SQLite: they are owed a delivery or a decision.
+        let before_depth = d
+            .counts
+            .depth
+            .swap(q.state.messages + held.state.messages, Ordering::Relaxed);
+        d.counts
+            .bytes
+            .store(q.state.bytes + held.state.bytes, Ordering::Relaxed);
+        d.counts.held.store(held.state.messages, Ordering::Relaxed);
+        d.counts
+            .open_reviews
+            .store(lock(&self.inner.mirror).open_of(&d.name), Ordering::Relaxed);
         d.counts.dead_letters.store(dead.state.messages, Ordering::Relaxed);
         d.stored_bytes
-            .store(q.state.bytes + dead.state.bytes, Ordering::Relaxed);
+            .store(q.state.bytes + dead.state.bytes + held.state.bytes, Ordering::Relaxed);
         let total: u64 = self
             .inner
             .dests
@@ -617,7 +658,7 @@ impl JetStream {
             .map(|d| d.stored_bytes.load(Ordering::Relaxed))
             .sum();
         self.inner.stats.disk_bytes.store(total, Ordering::Relaxed);
-        if q.state.messages < before_depth {
+        if q.state.messages + held.state.messages < before_depth {
             d.counts.room.notify_waiters();
         }
         Ok(q.state.last_sequence)
@@ -816,6 +857,40 @@ impl JetStream {
         Ok(())
     }
 
+    /// Publishes message `id` (its stored headers and body) to `d`'s dead
+    /// letters, with why and when; the caller removes it from where it was.
+    #[allow(clippy::too_many_arguments)]
+    async fn to_dead(
+        &self,
+        d: &Dest,
+        mut headers: HeaderMap,
+        body: Bytes,
+        id: u64,
+        reason: &str,
+        attempts: u32,
+        last_error: Option<&LastError>,
+    ) -> Result<()> {
+        headers.insert("Tg-Id", id.to_string().as_str());
+        headers.insert("Tg-Reason", reason);
+        headers.insert("Tg-Attempts", attempts.to_string().as_str());
+        headers.insert("Tg-Dead-At", now_ms().to_string().as_str());
+        if let Some(e) = last_error {
+            headers.insert("Tg-Last-Error", serde_json::to_string(e).unwrap_or_default().as_str());
+        }
+        match self.publish(&d.dead_subject, headers.clone(), body.clone()).await {
+            Ok(_) => {}
+            Err(JournalError::Corrupt(_)) => {
+                self.recreate(d, true).await?;
+                self.publish(&d.dead_subject, headers, body).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        // Counted from the stream before the message reads dead: a local
+        // increment could meet a count that already saw it.
+        let _ = self.count(d).await;
+        Ok(())
+    }
+
     /// Removes a finished message from its stream. Without `no_erase` the
     /// server overwrites the message's bytes on disk first (a secure
     /// erase, one more synchronous write per message): the client's
@@ -998,11 +1073,21 @@ async fn lease_loop(q: JetStream, d: Arc<Dest>) {
 async fn count_loop(q: JetStream, d: Arc<Dest>) {
     let mut stop = q.inner.stop.subscribe();
     let mut last = 0;
+    let mut tick = 0u64;
     loop {
         if let Ok(seen) = q.count(&d).await {
             if seen != last {
                 last = seen;
                 d.counts.ready.notify_waiters();
+            }
+        }
+        tick += 1;
+        // Releases a decision could not finish (an instance died between
+        // its record and the move, or a message was parked just after
+        // it was decided): the holder finishes them.
+        if tick % HELD_SWEEP_TICKS == 0 && d.dispatching() && d.counts.held.load(Ordering::Relaxed) > 0 {
+            if let Err(e) = q.sweep_held(&d, None, now_ms()).await {
+                tracing::debug!(destination = %d.name, error = %e, "cannot look over the held messages");
             }
         }
         tokio::select! {
@@ -1167,15 +1252,6 @@ impl Queue for JetStream {
     }
 
     async fn append(&self, msg: Arc<NewMessage>, limits: Limits) -> Result<Appended> {
-        if msg
-            .review
-            .as_ref()
-            .is_some_and(|r| r.hold.is_some() || r.sample > 0.0 || r.audit > 0.0)
-        {
-            return Err(JournalError::Unsupported(
-                "the review station is not available in cluster mode yet",
-            ));
-        }
         let d = self.dest(&msg.dest).await?;
         {
             let want = (limits.max_messages, limits.max_bytes);
@@ -1211,6 +1287,9 @@ impl Queue for JetStream {
             }
         }
         let mut headers = encode(&msg, None);
+        if let Some(intent) = &msg.review {
+            station::encode_intent(intent, &mut headers);
+        }
         if let Some(name) = &key_name {
             // The server's de-duplication covers producers racing on one
             // key within its window (two minutes); the record above covers
@@ -1247,8 +1326,9 @@ impl Queue for JetStream {
         // count, within COUNT_EVERY; depth is adjusted here at once, and
         // that count sets it right if a count in flight also saw this.
         d.counts.depth.fetch_add(1, Ordering::Relaxed);
+        let held = self.on_stored(&msg, id).await;
         d.counts.ready.notify_waiters();
-        Ok(Appended::Stored { seq: id, held: None })
+        Ok(Appended::Stored { seq: id, held })
     }
 
     async fn fetch_ready(&self, dest: &str, limit: usize, exclude: &(dyn Fn() -> Vec<u64> + Sync)) -> Result<Due> {
@@ -1292,8 +1372,10 @@ impl Queue for JetStream {
                 Ok(m) => {
                     let (mut msg, handed) = self.decode(&d, &m);
                     msg.attempts = retry.attempts;
-                    lock(&d.handed).insert(msg.seq, handed);
-                    out.push(msg);
+                    if let Screened::Deliver(msg) = self.screen(&d, &m, msg).await? {
+                        lock(&d.handed).insert(msg.seq, handed);
+                        out.push(msg);
+                    }
                 }
                 Err(e) if no_message(&e) => {}
                 Err(e) => return Err(unavailable(e)),
@@ -1312,8 +1394,10 @@ impl Queue for JetStream {
                 if scheduled || excluded.contains(&msg.seq) || !taken.insert(m.sequence) {
                     continue;
                 }
-                lock(&d.handed).insert(msg.seq, handed);
-                out.push(msg);
+                if let Screened::Deliver(msg) = self.screen(&d, &m, msg).await? {
+                    lock(&d.handed).insert(msg.seq, handed);
+                    out.push(msg);
+                }
             }
         }
         let mut r = lock(&d.reading);
@@ -1429,8 +1513,10 @@ impl Queue for JetStream {
                         msg.attempts = r.attempts;
                     }
                     lock(&d.reading).scheduled.remove(&seq);
-                    lock(&d.handed).insert(msg.seq, handed);
-                    messages.push(msg);
+                    if let Screened::Deliver(msg) = self.screen(&d, &m, msg).await? {
+                        lock(&d.handed).insert(msg.seq, handed);
+                        messages.push(msg);
+                    }
                 }
                 Err(e) if no_message(&e) => {
                     lock(&d.keys).pending.remove(&seq);
@@ -1448,10 +1534,19 @@ impl Queue for JetStream {
         if !self.reading_ready(&d).await? {
             return Ok(None);
         }
-        let Some(m) = self.next_at(&d, 1).await? else {
-            return Ok(None);
+        // The first message the review station lets through: a held one
+        // is parked, and the next one is the head.
+        let mut from = 1;
+        let (m, mut msg, handed) = loop {
+            let Some(m) = self.next_at(&d, from).await? else {
+                return Ok(None);
+            };
+            let (msg, handed) = self.decode(&d, &m);
+            match self.screen(&d, &m, msg).await? {
+                Screened::Deliver(msg) => break (m, msg, handed),
+                Screened::Parked => from = m.sequence + 1,
+            }
         };
-        let (mut msg, handed) = self.decode(&d, &m);
         let visible_at = match lock(&d.reading).scheduled.get(&m.sequence) {
             Some(r) => {
                 msg.attempts = r.attempts;
@@ -1508,28 +1603,16 @@ impl Queue for JetStream {
                     Err(e) if no_message(&e) => return Ok(()),
                     Err(e) => return Err(unavailable(e)),
                 };
-                let mut headers = original.headers.clone();
-                headers.insert("Tg-Id", seq.to_string().as_str());
-                headers.insert("Tg-Reason", reason.as_str());
-                headers.insert("Tg-Attempts", attempts.to_string().as_str());
-                headers.insert("Tg-Dead-At", now_ms().to_string().as_str());
-                if let Some(e) = &last_error {
-                    headers.insert("Tg-Last-Error", serde_json::to_string(e).unwrap_or_default().as_str());
-                }
-                match self
-                    .publish(&d.dead_subject, headers.clone(), original.payload.clone())
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(JournalError::Corrupt(_)) => {
-                        self.recreate(&d, true).await?;
-                        self.publish(&d.dead_subject, headers, original.payload.clone()).await?;
-                    }
-                    Err(e) => return Err(e),
-                }
-                // Counted from the stream before the message reads dead: a
-                // local increment could meet a count that already saw it.
-                let _ = self.count(&d).await;
+                self.to_dead(
+                    &d,
+                    original.headers.clone(),
+                    original.payload.clone(),
+                    seq,
+                    &reason,
+                    attempts,
+                    last_error.as_ref(),
+                )
+                .await?;
                 self.finish(&d, seq, STATE_DEAD, attempts, last_error, Some(reason))
                     .await
             }
@@ -1763,7 +1846,7 @@ impl Queue for JetStream {
                     visible_at: 0,
                     attempts: f.attempts,
                     received_at: f.received_at,
-                    finished_at: (f.state != STATE_PENDING).then_some(f.finished_at),
+                    finished_at: (f.state != STATE_PENDING && f.state != STATE_HELD).then_some(f.finished_at),
                     last_error: f.last_error,
                     reason: f.reason,
                     producer: f.producer,
@@ -1854,63 +1937,66 @@ impl Queue for JetStream {
         Ok((oldest, scheduled))
     }
 
-    async fn sweep(&self, _retention_ms: i64, _review_retention_ms: i64) -> Result<u64> {
-        // History and key records expire by their buckets' max_age.
-        Ok(0)
+    async fn sweep(&self, _retention_ms: i64, review_retention_ms: i64) -> Result<u64> {
+        // History and key records expire by their buckets' max_age; review
+        // records by `[review] retention`, except held ones still owed a
+        // decision.
+        self.sweep_reviews(now_ms() - review_retention_ms).await
     }
 
-    async fn decide(&self, _seq: u64, _decision: review::Decision) -> Result<review::Decided> {
-        Err(JournalError::Unsupported(
-            "the review station is not available in cluster mode yet",
-        ))
+    async fn decide(&self, seq: u64, decision: review::Decision) -> Result<review::Decided> {
+        self.decide_review(seq, decision).await
     }
 
-    async fn expire_holds(&self, _dest: &str, _deliver: bool, _now: i64) -> Result<u64> {
-        Ok(0)
+    async fn expire_holds(&self, dest: &str, deliver: bool, now: i64) -> Result<u64> {
+        let Some(d) = self.known(dest) else { return Ok(0) };
+        self.sweep_held(&d, Some(deliver), now).await
     }
 
-    async fn review_item(&self, _seq: u64) -> Result<Option<review::Item>> {
-        Ok(None)
+    async fn review_item(&self, seq: u64) -> Result<Option<review::Item>> {
+        self.review_item_of(seq).await
     }
 
     async fn open_reviews(
         &self,
-        _dest: Option<String>,
-        _category: Option<String>,
-        _after: u64,
-        _limit: usize,
+        dest: Option<String>,
+        category: Option<String>,
+        after: u64,
+        limit: usize,
     ) -> Result<Vec<review::Item>> {
-        Ok(Vec::new())
+        self.open_reviews_of(dest, category, after, limit).await
     }
 
-    async fn oldest_open_review(&self, _dest: &str) -> Result<Option<i64>> {
-        Ok(None)
+    async fn oldest_open_review(&self, dest: &str) -> Result<Option<i64>> {
+        self.oldest_open_of(dest).await
     }
 
-    async fn review_tallies(
-        &self,
-        _dest: Option<String>,
-        _since: i64,
-    ) -> Result<Vec<((String, String), review::Tally)>> {
-        Ok(Vec::new())
+    async fn review_tallies(&self, dest: Option<String>, since: i64) -> Result<Vec<((String, String), review::Tally)>> {
+        self.tallies_of(dest.as_deref(), None, since).await
     }
 
-    async fn review_tally(&self, _dest: &str, _category: &str, _since: i64) -> Result<review::Tally> {
-        Ok(review::Tally::default())
+    async fn review_tally(&self, dest: &str, category: &str, since: i64) -> Result<review::Tally> {
+        Ok(self
+            .tallies_of(Some(dest), Some(category), since)
+            .await?
+            .into_iter()
+            .next()
+            .map(|(_, t)| t)
+            .unwrap_or_default())
     }
 
-    async fn volumes(&self, _dest: Option<String>, _since: i64) -> Result<Vec<(String, String, i64, u64)>> {
-        Ok(Vec::new())
+    async fn volumes(&self, dest: Option<String>, since: i64) -> Result<Vec<(String, String, i64, u64)>> {
+        self.volumes_of(dest, since).await
     }
 
     async fn corrections(
         &self,
-        _dest: Option<String>,
-        _since: i64,
-        _after: u64,
-        _limit: usize,
+        dest: Option<String>,
+        since: i64,
+        after: u64,
+        limit: usize,
     ) -> Result<Vec<review::Item>> {
-        Ok(Vec::new())
+        self.corrections_of(dest, since, after, limit).await
     }
 
     fn close(&self) {
