@@ -12,6 +12,8 @@
 //! | finished messages, for status look-ups | KV bucket `P_STATUS`, `max_age` = `history_retention` | |
 //! | `Idempotency-Key` records | KV bucket `P_IDEM`, `max_age` = `history_retention` | |
 //! | dispatch leases | KV bucket `P_LEASE`, `max_age` = [`LEASE_TTL`] | `l.<dest>` |
+//! | review items (held, audit, feedback) and their decisions | KV bucket `P_REVIEW`, swept by `[review] retention` | `v.<id>` (module `station`) |
+//! | held messages awaiting a decision | stream `P_HELD_<dest>`, subject `P.held.<dest>.<id>` | |
 //! | reloads, outcomes for `Prefer: wait` | core NATS subjects `P.reload`, `P.done` | at most once |
 //!
 //! # Invariants
