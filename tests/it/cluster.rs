@@ -520,14 +520,18 @@ async fn three_instances_hold_one_rate_cluster_wide_and_fifo_order_survives_a_fa
         (rate - RATE as f64).abs() <= RATE as f64 * 0.05,
         "cluster-wide rate {rate:.1}/s; leases: {leases:#?}"
     );
-    // A token bucket releases at most rate/10 + burst in 100 ms. Arrival
-    // times at the downstream add jitter on top: the dispatcher reads a
-    // batch from JetStream when its buffer runs dry, the bucket fills to
-    // its burst meanwhile, and on a loaded CI machine (every test at once
-    // on two cores) a release can arrive a few milliseconds late, next to
-    // the following ones: CI saw 22 here once. The allowance of 2 covers
-    // that jitter; two dispatchers at once would show twice the rate.
+    // A token bucket releases at most rate/10 + burst in 100 ms; two
+    // dispatchers at once would show twice the rate. The dispatcher reads
+    // the next batch from JetStream while the current one goes out, so it
+    // does not wait between batches; the busiest window here is 11 or 12
+    // beside two CPU hogs. These are arrival times at the downstream,
+    // though: with the whole suite running on two cores, a dispatcher
+    // starved of CPU lets the bucket fill to its burst (as a token bucket
+    // must), and deliveries released on time can reach the downstream a
+    // few milliseconds late, next to the following ones (20 seen here, 22
+    // once in CI). The allowance of 2 is for that arrival jitter only.
     let per_100ms = crate::rate::busiest(&times[BURST..], Duration::from_millis(100));
+    eprintln!("cluster-wide rate {rate:.1}/s; busiest 100 ms window after the burst: {per_100ms}");
     assert!(
         per_100ms <= RATE / 10 + BURST + 2,
         "{per_100ms} deliveries in 100 ms; leases: {leases:#?}"

@@ -142,6 +142,20 @@ struct Handed {
     order_key: Option<String>,
 }
 
+/// The next batch of a backlogged queue, read while the dispatcher works
+/// through the current one, so that it never waits on NATS between
+/// batches: a wait lets the token bucket fill to its burst, and the
+/// downstream then sees that burst at once.
+#[derive(Default)]
+struct Ahead {
+    /// Bumped by every rewind and lease epoch: a read begun before it is
+    /// dropped.
+    generation: u64,
+    running: bool,
+    /// From this cursor: the messages read, and the cursor after them.
+    batch: Option<(u64, Vec<jetstream::message::StreamMessage>, u64)>,
+}
+
 /// This instance's reading position in a destination it dispatches.
 #[derive(Default)]
 struct Reading {
@@ -176,6 +190,7 @@ struct Dest {
     refreshed: Mutex<Option<Instant>>,
     epoch: AtomicU64,
     reading: Mutex<Reading>,
+    ahead: Mutex<Ahead>,
     /// Key ordering: the pending messages read so far, with their keys.
     keys: Mutex<KeyIndex>,
     handed: Mutex<HashMap<u64, Handed>>,
@@ -202,6 +217,29 @@ struct Halted {
 }
 
 impl Dest {
+    fn forget_ahead(&self) {
+        let mut a = lock(&self.ahead);
+        a.generation += 1;
+        a.batch = None;
+    }
+
+    /// Up to `want` messages read ahead from `cursor`, with the cursor
+    /// after them; `None` when nothing was read ahead from there.
+    fn take_ahead(&self, cursor: u64, want: usize) -> Option<(Vec<jetstream::message::StreamMessage>, u64)> {
+        let mut a = lock(&self.ahead);
+        let (from, mut msgs, next) = a.batch.take()?;
+        if from != cursor || msgs.is_empty() {
+            return None;
+        }
+        if msgs.len() > want {
+            let rest = msgs.split_off(want);
+            let resume = rest[0].sequence;
+            a.batch = Some((resume, rest, next));
+            return Some((msgs, resume));
+        }
+        Some((msgs, next))
+    }
+
     fn dispatching(&self) -> bool {
         self.holding.load(Ordering::SeqCst) && lock(&self.refreshed).is_some_and(|t| t.elapsed() < LEASE_SAFE)
     }
@@ -470,6 +508,7 @@ impl JetStream {
             refreshed: Mutex::new(None),
             epoch: AtomicU64::new(0),
             reading: Mutex::new(Reading::default()),
+            ahead: Mutex::new(Ahead::default()),
             keys: Mutex::new(KeyIndex::default()),
             handed: Mutex::new(HashMap::new()),
         });
@@ -773,6 +812,29 @@ impl JetStream {
         Ok((out, upto + 1))
     }
 
+    /// Reads the batch after `from` in the background (once at a time).
+    fn read_ahead(&self, d: &Arc<Dest>, from: u64, want: usize) {
+        let generation = {
+            let mut a = lock(&d.ahead);
+            if a.running || a.batch.as_ref().is_some_and(|b| b.0 == from) {
+                return;
+            }
+            a.running = true;
+            a.generation
+        };
+        let (q, d) = (self.clone(), d.clone());
+        tokio::spawn(async move {
+            let got = q.read_from(&d, from, want).await;
+            let mut a = lock(&d.ahead);
+            a.running = false;
+            if a.generation == generation {
+                if let Ok((msgs, next)) = got {
+                    a.batch = Some((from, msgs, next));
+                }
+            }
+        });
+    }
+
     /// Starts a new lease epoch's reading: from the first message, with the
     /// retry schedules recorded by whoever dispatched before.
     async fn begin_epoch(&self, d: &Dest, epoch: u64) -> Result<()> {
@@ -791,6 +853,7 @@ impl JetStream {
                 }
             }
         }
+        d.forget_ahead();
         let mut r = lock(&d.reading);
         *r = Reading {
             epoch,
@@ -1385,7 +1448,11 @@ impl Queue for JetStream {
             lock(&d.reading).scheduled.remove(&seq);
         }
         while out.len() < limit {
-            let (batch, next) = self.read_from(&d, cursor, limit - out.len()).await?;
+            let want = limit - out.len();
+            let (batch, next) = match d.take_ahead(cursor, want) {
+                Some(b) => b,
+                None => self.read_from(&d, cursor, want).await?,
+            };
             if batch.is_empty() {
                 break;
             }
@@ -1401,6 +1468,10 @@ impl Queue for JetStream {
                     out.push(msg);
                 }
             }
+        }
+        if out.len() >= limit {
+            // A backlog: the next batch is read while this one goes out.
+            self.read_ahead(&d, cursor, limit);
         }
         let mut r = lock(&d.reading);
         r.cursor = cursor;
@@ -1563,6 +1634,7 @@ impl Queue for JetStream {
     fn give_back(&self, dest: &str) {
         if let Some(d) = self.known(dest) {
             lock(&d.reading).rewind = true;
+            d.forget_ahead();
         }
     }
 
