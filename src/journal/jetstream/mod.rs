@@ -191,6 +191,10 @@ struct Dest {
     epoch: AtomicU64,
     reading: Mutex<Reading>,
     ahead: Mutex<Ahead>,
+    /// Held while this instance moves a message between the queue and the
+    /// held stream, and while it counts both: a count between a move's
+    /// publish and its delete would see the message twice.
+    moving: tokio::sync::Mutex<()>,
     /// Key ordering: the pending messages read so far, with their keys.
     keys: Mutex<KeyIndex>,
     handed: Mutex<HashMap<u64, Handed>>,
@@ -509,6 +513,7 @@ impl JetStream {
             epoch: AtomicU64::new(0),
             reading: Mutex::new(Reading::default()),
             ahead: Mutex::new(Ahead::default()),
+            moving: tokio::sync::Mutex::new(()),
             keys: Mutex::new(KeyIndex::default()),
             handed: Mutex::new(HashMap::new()),
         });
@@ -662,6 +667,7 @@ impl JetStream {
     /// queue stream's last sequence (it moves when anyone appends).
     async fn count(&self, d: &Dest) -> Result<u64> {
         let gone = |e: &stream::InfoError| e.to_string().contains("stream not found");
+        let moving = d.moving.lock().await;
         let q = match d.queue.get_info().await {
             Ok(q) => q,
             Err(e) if gone(&e) => return self.recreate(d, false).await.map(|_| 0),
@@ -673,6 +679,7 @@ impl JetStream {
             Err(e) => return Err(unavailable(e)),
         };
         let held = d.held.get_info().await.map_err(unavailable)?;
+        drop(moving);
         d.last_seen.fetch_max(q.state.last_sequence, Ordering::SeqCst);
         // Held messages count in the queue's depth and bytes, as they do
         // on SQLite: they are owed a delivery or a decision.

@@ -405,6 +405,7 @@ impl JetStream {
             headers.insert("Tg-Until", until.to_string().as_str());
         }
         headers.insert("Nats-Msg-Id", format!("held-{id:016x}").as_str());
+        let _moving = d.moving.lock().await;
         self.publish(&self.held_subject(d, id), headers, m.payload.clone())
             .await?;
         let status = Finished {
@@ -464,6 +465,9 @@ impl JetStream {
             }
         }
         let h = |k: &str| m.headers.get(k).map(|v| v.as_str().to_string());
+        // Taken for a move to the queue (a dead letter is not in the
+        // depth; `to_dead` counts, and takes it itself).
+        let mut _moving = None;
         let received_at = h("Tg-Received").and_then(|s| s.parse().ok()).unwrap_or(0);
         let mut status = Finished {
             dest: d.name.clone(),
@@ -491,6 +495,7 @@ impl JetStream {
                 };
                 headers.insert("Tg-Released", "1");
                 headers.insert("Nats-Msg-Id", format!("rel-{id:016x}").as_str());
+                _moving = Some(d.moving.lock().await);
                 match self.publish(&d.subject, headers, body).await {
                     Ok(_) => {}
                     // The holder's pass is releasing it this very moment
