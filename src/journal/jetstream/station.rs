@@ -679,6 +679,20 @@ impl JetStream {
         Ok(out)
     }
 
+    /// Up to `limit` full items after `after` (an id) whose mirrored
+    /// record `wanted` picks, oldest first.
+    async fn page(&self, after: u64, limit: usize, wanted: impl Fn(&Record) -> bool) -> Result<Vec<review::Item>> {
+        self.mirror_ready().await?;
+        let ids: Vec<u64> = lock(&self.inner.mirror)
+            .records
+            .range(after.saturating_add(1)..)
+            .filter(|(_, r)| wanted(r))
+            .take(limit)
+            .map(|(id, _)| *id)
+            .collect();
+        self.items(ids).await
+    }
+
     pub(super) async fn open_reviews_of(
         &self,
         dest: Option<String>,
@@ -686,21 +700,12 @@ impl JetStream {
         after: u64,
         limit: usize,
     ) -> Result<Vec<review::Item>> {
-        self.mirror_ready().await?;
-        let ids: Vec<u64> = {
-            let m = lock(&self.inner.mirror);
-            m.records
-                .range(after.saturating_add(1)..)
-                .filter(|(_, r)| {
-                    r.decision.is_none()
-                        && dest.as_ref().is_none_or(|d| &r.dest == d)
-                        && category.as_ref().is_none_or(|c| &r.category == c)
-                })
-                .take(limit)
-                .map(|(id, _)| *id)
-                .collect()
-        };
-        self.items(ids).await
+        self.page(after, limit, |r| {
+            r.decision.is_none()
+                && dest.as_ref().is_none_or(|d| &r.dest == d)
+                && category.as_ref().is_none_or(|c| &r.category == c)
+        })
+        .await
     }
 
     pub(super) async fn oldest_open_of(&self, dest: &str) -> Result<Option<i64>> {
@@ -743,21 +748,12 @@ impl JetStream {
         after: u64,
         limit: usize,
     ) -> Result<Vec<review::Item>> {
-        self.mirror_ready().await?;
-        let ids: Vec<u64> = {
-            let m = lock(&self.inner.mirror);
-            m.records
-                .range(after.saturating_add(1)..)
-                .filter(|(_, r)| {
-                    matches!(r.decision.as_deref(), Some("edit" | "overridden"))
-                        && r.decided_at.unwrap_or(0) >= since
-                        && dest.as_ref().is_none_or(|d| &r.dest == d)
-                })
-                .take(limit)
-                .map(|(id, _)| *id)
-                .collect()
-        };
-        self.items(ids).await
+        self.page(after, limit, |r| {
+            matches!(r.decision.as_deref(), Some("edit" | "overridden"))
+                && r.decided_at.unwrap_or(0) >= since
+                && dest.as_ref().is_none_or(|d| &r.dest == d)
+        })
+        .await
     }
 
     /// Deletes review records created before `cutoff`, except those of
