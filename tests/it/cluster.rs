@@ -907,6 +907,16 @@ async fn the_review_station_is_one_station_across_instances() {
         assert!(!by_id.contains_key(id), "rejected {id} reached the downstream");
     }
     assert!(listed_for_review(&a).await.is_empty());
+    // Rejected ones replayed by an operator are delivered, not held again.
+    let r = b.admin_post("/v1/destinations/crm/dead-letters/replay", "{}").await;
+    assert_eq!(r.status(), 200);
+    for id in &rejected {
+        a.wait_message_state(id, "delivered").await;
+    }
+    let by_id = ds.ok_by_id();
+    for id in &rejected {
+        assert_eq!(by_id.get(id), Some(&1), "replayed {id} delivered once");
+    }
 
     // Held messages outlive the holder: killed with items open, the other
     // instance takes over and releases what is decided through it.

@@ -1840,6 +1840,10 @@ impl Queue for JetStream {
                     headers.append(name.to_string(), v.as_str());
                 }
             }
+            // An operator's replay is delivered, as on SQLite: a message
+            // the review station held (and a reviewer or a timeout
+            // rejected) is not drawn for review again.
+            headers.insert("Tg-Released", "1");
             match self.publish(&d.subject, headers, m.payload.clone()).await {
                 Ok(_) => {}
                 Err(JournalError::StorageFull) => break,
