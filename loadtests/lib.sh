@@ -98,7 +98,8 @@ CONF
 }
 
 # relay_destination URL: the "relay" scenario's destination, no rate limit,
-# 64 in flight; run.sh measures it and relay-profile.sh profiles the same.
+# 64 in flight, then $RELAY_EXTRA (cluster-review.sh adds a review
+# station); run.sh measures it and relay-profile.sh profiles the same.
 relay_destination() {
   cat <<CONF
 [[destination]]
@@ -108,6 +109,7 @@ owner = "bench@example.com"
 [destination.rate_limit]
 rate = "unlimited"
 max_in_flight = 64
+${RELAY_EXTRA:-}
 CONF
 }
 

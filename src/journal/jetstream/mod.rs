@@ -191,10 +191,10 @@ struct Dest {
     epoch: AtomicU64,
     reading: Mutex<Reading>,
     ahead: Mutex<Ahead>,
-    /// Held while this instance moves a message between the queue and the
-    /// held stream, and while it counts both: a count between a move's
-    /// publish and its delete would see the message twice.
-    moving: tokio::sync::Mutex<()>,
+    /// Shared by this instance's moves of messages between the queue and
+    /// the held stream, exclusive while it counts both: a count between a
+    /// move's publish and its delete would see the message twice.
+    moving: tokio::sync::RwLock<()>,
     /// Key ordering: the pending messages read so far, with their keys.
     keys: Mutex<KeyIndex>,
     handed: Mutex<HashMap<u64, Handed>>,
@@ -513,7 +513,7 @@ impl JetStream {
             epoch: AtomicU64::new(0),
             reading: Mutex::new(Reading::default()),
             ahead: Mutex::new(Ahead::default()),
-            moving: tokio::sync::Mutex::new(()),
+            moving: tokio::sync::RwLock::new(()),
             keys: Mutex::new(KeyIndex::default()),
             handed: Mutex::new(HashMap::new()),
         });
@@ -667,7 +667,7 @@ impl JetStream {
     /// queue stream's last sequence (it moves when anyone appends).
     async fn count(&self, d: &Dest) -> Result<u64> {
         let gone = |e: &stream::InfoError| e.to_string().contains("stream not found");
-        let moving = d.moving.lock().await;
+        let moving = d.moving.write().await;
         let q = match d.queue.get_info().await {
             Ok(q) => q,
             Err(e) if gone(&e) => return self.recreate(d, false).await.map(|_| 0),
@@ -1464,13 +1464,21 @@ impl Queue for JetStream {
                 break;
             }
             cursor = next;
+            let mut fresh = Vec::new();
             for m in batch {
                 let scheduled = lock(&d.reading).scheduled.contains_key(&m.sequence);
                 let (msg, handed) = self.decode(&d, &m);
                 if scheduled || excluded.contains(&msg.seq) || !taken.insert(m.sequence) {
                     continue;
                 }
-                if let Screened::Deliver(msg) = self.screen(&d, &m, msg).await? {
+                fresh.push((m, msg, handed));
+            }
+            // Screened all at once: a park is a few round trips to NATS,
+            // and one after another they would stall the dispatcher.
+            let screened =
+                futures_util::future::join_all(fresh.iter().map(|(m, msg, _)| self.screen(&d, m, msg.clone()))).await;
+            for ((_, _, handed), s) in fresh.into_iter().zip(screened) {
+                if let Screened::Deliver(msg) = s? {
                     lock(&d.handed).insert(msg.seq, handed);
                     out.push(msg);
                 }
@@ -1584,7 +1592,7 @@ impl Queue for JetStream {
             }
         }
         let got = futures_util::future::join_all(chosen.iter().map(|s| d.queue.get_raw_message(*s))).await;
-        let mut messages = Vec::new();
+        let mut fresh = Vec::new();
         for (seq, r) in chosen.into_iter().zip(got) {
             match r {
                 Ok(m) => {
@@ -1593,15 +1601,21 @@ impl Queue for JetStream {
                         msg.attempts = r.attempts;
                     }
                     lock(&d.reading).scheduled.remove(&seq);
-                    if let Screened::Deliver(msg) = self.screen(&d, &m, msg).await? {
-                        lock(&d.handed).insert(msg.seq, handed);
-                        messages.push(msg);
-                    }
+                    fresh.push((m, msg, handed));
                 }
                 Err(e) if no_message(&e) => {
                     lock(&d.keys).pending.remove(&seq);
                 }
                 Err(e) => return Err(unavailable(e)),
+            }
+        }
+        let screened =
+            futures_util::future::join_all(fresh.iter().map(|(m, msg, _)| self.screen(&d, m, msg.clone()))).await;
+        let mut messages = Vec::new();
+        for ((_, _, handed), s) in fresh.into_iter().zip(screened) {
+            if let Screened::Deliver(msg) = s? {
+                lock(&d.handed).insert(msg.seq, handed);
+                messages.push(msg);
             }
         }
         Ok((Due { messages, next_due }, after))

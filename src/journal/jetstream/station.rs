@@ -381,12 +381,22 @@ impl JetStream {
             original: Some(m.payload.clone()),
             ..Record::default()
         };
-        self.ensure(msg.seq, rec).await?;
+        // The mirror usually has it already (the storing instance wrote
+        // it); a mirror a moment behind costs one refused create.
+        let mirrored = lock(&self.inner.mirror).records.get(&msg.seq).cloned();
+        if mirrored.is_none() {
+            self.ensure(msg.seq, rec).await?;
+        }
         let Some(until) = until else {
             return Ok(Screened::Deliver(msg));
         };
         self.park(d, m, &msg, until).await?;
-        self.release(d, msg.seq).await?;
+        // Decided before it was parked: released now. A decision the
+        // mirror has not seen yet is released by the holder's next pass
+        // over the held messages.
+        if mirrored.is_none_or(|r| r.decision.is_some()) {
+            self.release(d, msg.seq).await?;
+        }
         Ok(Screened::Parked)
     }
 
@@ -405,7 +415,7 @@ impl JetStream {
             headers.insert("Tg-Until", until.to_string().as_str());
         }
         headers.insert("Nats-Msg-Id", format!("held-{id:016x}").as_str());
-        let _moving = d.moving.lock().await;
+        let _moving = d.moving.read().await;
         self.publish(&self.held_subject(d, id), headers, m.payload.clone())
             .await?;
         let status = Finished {
@@ -495,7 +505,7 @@ impl JetStream {
                 };
                 headers.insert("Tg-Released", "1");
                 headers.insert("Nats-Msg-Id", format!("rel-{id:016x}").as_str());
-                _moving = Some(d.moving.lock().await);
+                _moving = Some(d.moving.read().await);
                 match self.publish(&d.subject, headers, body).await {
                     Ok(_) => {}
                     // The holder's pass is releasing it this very moment
