@@ -907,6 +907,19 @@ async fn the_review_station_is_one_station_across_instances() {
         assert!(!by_id.contains_key(id), "rejected {id} reached the downstream");
     }
     assert!(listed_for_review(&a).await.is_empty());
+    // One dead letter each, though the deciding instance and the holder's
+    // pass over its held messages may release one at the same moment.
+    let dl = a.admin_get("/v1/destinations/crm/dead-letters?limit=1000").await;
+    let mut dead: Vec<String> = dl["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    dead.sort();
+    let mut want = rejected.clone();
+    want.sort();
+    assert_eq!(dead, want, "each rejected message is one dead letter");
     // Rejected ones replayed by an operator are delivered, not held again.
     let r = b.admin_post("/v1/destinations/crm/dead-letters/replay", "{}").await;
     assert_eq!(r.status(), 200);

@@ -165,6 +165,12 @@ fn lost_race(e: &impl std::fmt::Display) -> bool {
     e.to_string().contains("wrong last sequence")
 }
 
+/// A de-duplicated publish racing another with the same id (error 10158):
+/// the other one finishes the move.
+fn in_process(e: &JournalError) -> bool {
+    e.to_string().contains("duplicate message id is in process")
+}
+
 fn key(id: u64) -> String {
     format!("v.{id:016x}")
 }
@@ -493,7 +499,15 @@ impl JetStream {
         };
         match rejected {
             Some(reason) => {
-                self.to_dead(d, headers, m.payload.clone(), id, reason, 0, None).await?;
+                // De-duplicated like the queue publish below: the deciding
+                // instance and the holder's pass may release it at once,
+                // and two dead letters would be two deliveries on replay.
+                headers.insert("Nats-Msg-Id", format!("dead-{id:016x}").as_str());
+                match self.to_dead(d, headers, m.payload.clone(), id, reason, 0, None).await {
+                    Ok(()) => {}
+                    Err(e) if in_process(&e) => return Ok(false),
+                    Err(e) => return Err(e),
+                }
                 status.state = STATE_DEAD;
                 status.finished_at = now_ms();
                 status.reason = Some(reason.to_string());
@@ -510,7 +524,7 @@ impl JetStream {
                     Ok(_) => {}
                     // The holder's pass is releasing it this very moment
                     // (error 10158): that release finishes the move.
-                    Err(e) if e.to_string().contains("duplicate message id is in process") => return Ok(false),
+                    Err(e) if in_process(&e) => return Ok(false),
                     Err(e) => return Err(e),
                 }
             }
