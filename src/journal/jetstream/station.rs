@@ -484,6 +484,7 @@ impl JetStream {
         // Taken for a move to the queue (a dead letter is not in the
         // depth; `to_dead` counts, and takes it itself).
         let mut _moving = None;
+        let mut again = false;
         let received_at = h("Tg-Received").and_then(|s| s.parse().ok()).unwrap_or(0);
         let mut status = Finished {
             dest: d.name.clone(),
@@ -521,7 +522,7 @@ impl JetStream {
                 headers.insert("Nats-Msg-Id", format!("rel-{id:016x}").as_str());
                 _moving = Some(d.moving.read().await);
                 match self.publish(&d.subject, headers, body).await {
-                    Ok(_) => {}
+                    Ok(ack) => again = ack.duplicate,
                     // The holder's pass is releasing it this very moment
                     // (error 10158): that release finishes the move.
                     Err(e) if in_process(&e) => return Ok(false),
@@ -529,7 +530,12 @@ impl JetStream {
                 }
             }
         }
-        put_json(&self.inner.status, format!("s.{id:016x}"), &status).await?;
+        // A release finished a second time (after a crash, or beside
+        // another) leaves the status alone: the message may be delivered
+        // by now, and its dispatcher writes the status that stays.
+        if !again {
+            put_json(&self.inner.status, format!("s.{id:016x}"), &status).await?;
+        }
         self.delete(&d.held, m.sequence).await?;
         let held = d.counts.held.load(Ordering::Relaxed);
         d.counts.held.store(held.saturating_sub(1), Ordering::Relaxed);
