@@ -18,9 +18,7 @@ DURATION=${2:-10s}
 [ -n "${TIDEGATE_BIN:-}" ] || cargo build --release --quiet
 export TIDEGATE_BIN=${TIDEGATE_BIN:-$PWD/target/release/tidegate}
 start_nats_cluster 3
-js() {
-  printf 'backend = "jetstream"\n[storage.jetstream]\nurls = %s\nreplicas = 3\nstream_prefix = "V%s"\n' "$NATS_URLS" "$1"
-}
+js() { jetstream_storage "V$1"; }
 # Prints "ingest_req_per_s delivered".
 relay() {
   NO_PERF=1 loadtests/relay-profile.sh "$DURATION" 32 | awk '

@@ -17,9 +17,7 @@ DURATION=${2:-10s}
 [ -n "${TIDEGATE_BIN:-}" ] || cargo build --release --quiet
 export TIDEGATE_BIN=${TIDEGATE_BIN:-$PWD/target/release/tidegate}
 start_nats_cluster 3
-js() {
-  printf 'backend = "jetstream"\n[storage.jetstream]\nurls = %s\nreplicas = 3\nstream_prefix = "B%s"\n' "$NATS_URLS" "$1"
-}
+js() { jetstream_storage "B$1"; }
 ingest() { SKIP_NGINX=1 loadtests/ingest.sh "$DURATION" 32 | awk '/^tidegate durable ingest/ {print $4}'; }
 relay() { NO_PERF=1 loadtests/relay-profile.sh "$DURATION" 32 | awk '/^delivered during the run/ {gsub(";","",$5); print $5}'; }
 si=(); ji=(); sr=(); jr=()

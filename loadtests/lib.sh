@@ -73,6 +73,13 @@ CONF
 # target/ci-tools: scripts/install-test-deps.sh) in one JetStream cluster on
 # free loopback ports, fsync before every acknowledgement; sets NATS_URLS
 # (a TOML array) and waits until the cluster has a JetStream meta leader.
+# jetstream_storage PREFIX: the [storage] keys for the cluster that
+# start_nats_cluster started (replicas 3), streams under PREFIX; put in
+# $STORAGE_TOML.
+jetstream_storage() {
+  printf 'backend = "jetstream"\n[storage.jetstream]\nurls = %s\nreplicas = 3\nstream_prefix = "%s"\n' "$NATS_URLS" "$1"
+}
+
 start_nats_cluster() {
   local n=$1 i j routes
   local nats=${NATS_SERVER:-./target/ci-tools/bin/nats-server}
