@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use tidegate::journal::{now_ms, Appended, Journal, Limits, NewMessage};
+use tidegate::queue::sqlite::Journal;
+use tidegate::queue::{now_ms, Appended, Limits, NewMessage, Queue};
 
 const LIMITS: Limits = Limits {
     max_messages: u64::MAX,
@@ -60,7 +61,7 @@ fn append(c: &mut Criterion) {
                         let body = body.clone();
                         tasks.push(tokio::spawn(async move {
                             for _ in 0..per {
-                                let r = j.append(message(&body), LIMITS).await.unwrap();
+                                let r = j.append(std::sync::Arc::new(message(&body)), LIMITS).await.unwrap();
                                 assert!(matches!(r, Appended::Stored { .. }));
                             }
                         }));

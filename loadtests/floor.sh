@@ -20,7 +20,7 @@ DURATION=${2:-10s}
 . loadtests/lib.sh
 need wrk wrk
 need nginx nginx-light
-cargo build --release --quiet
+[ -n "${TIDEGATE_BIN:-}" ] || cargo build --release --quiet  # an A/B brings its own binaries
 CARGO_TARGET_DIR=target/durable-floor cargo build --release --quiet --manifest-path loadtests/durable-floor/Cargo.toml
 
 start_nginx_202

@@ -1,8 +1,8 @@
 //! Wiring and lifecycle: bind the admin listener (it answers probes while
-//! the rest starts), open the journal, start dispatch, bind the ingress
+//! the rest starts), open the queues, start dispatch, bind the ingress
 //! listener, then wait for a signal and shut down in order: stop taking
 //! requests, let attempts in flight finish (up to `shutdown_timeout`), flush
-//! and close the journal.
+//! and close the queues.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -11,14 +11,17 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio::net::TcpListener;
 
-use crate::admin::{self, Admin};
-use crate::config::{Backend, Config};
+use crate::admin;
+use crate::config::Config;
+use crate::config::{current, Live};
+use crate::console::{self, Console};
 use crate::delivery::HttpDeliverer;
 use crate::dispatch::Dispatcher;
 use crate::ingress::{self, Ingress};
-use crate::journal::{self, Journal};
 use crate::metrics::Metrics;
-use crate::reload::{current, Live, Reloader};
+use crate::ops::Ops;
+use crate::queue;
+use crate::reload::Reloader;
 
 /// Runs tidegate until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -32,10 +35,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // Before any port: a second tidegate on the same storage is told so,
     // not that a port the first one holds is taken.
     // Cluster mode keeps nothing on local disk: there is nothing to lock.
-    let storage_lock = match &config.storage.backend {
-        Backend::Sqlite => Some(Journal::lock(&config.storage.path).with_context(opening)?),
-        Backend::JetStream(_) => None,
-    };
+    let taken = queue::lock(&config).with_context(opening)?;
     // The admin listener first: probes must see a live process while the
     // journal opens (minutes, when a large journal is salvaged). It serves
     // the full admin API once everything below is up.
@@ -66,12 +66,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config = %config_path.display(),
         "starting: admin listener up, opening the journal"
     );
-    let journal = open_queue(&config, storage_lock).await?;
+    let queues = queue::open(&config, taken).await.map_err(anyhow::Error::msg)?;
     let metrics = Metrics::new();
     let deliver = Arc::new(HttpDeliverer::new().context("building the HTTP client")?);
-    let dispatcher = Dispatcher::start(&config, journal.clone(), metrics.clone(), deliver).await?;
-    for name in journal.known_destinations() {
-        let depth = journal.queue(&name).depth.load(Ordering::Relaxed);
+    let dispatcher = Dispatcher::start(&config, queues.clone(), metrics.clone(), deliver).await?;
+    for name in queues.known_destinations() {
+        let depth = queues.queue(&name).depth.load(Ordering::Relaxed);
         if dispatcher.destination(&name).is_none() && depth > 0 {
             tracing::warn!(destination = %name, depth, "the journal holds messages for a destination that is no longer configured; they are kept, not delivered");
         }
@@ -87,25 +87,26 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config_path,
         live.clone(),
         dispatcher.clone(),
-        journal.clone(),
+        queues.clone(),
     ));
     let ingress_app = ingress::router(Ingress {
-        journal: journal.clone(),
+        queues: queues.clone(),
         dispatcher: dispatcher.clone(),
         metrics: metrics.clone(),
         live: live.clone(),
         shutting_down: shutting_down.clone(),
     });
-    let station = crate::review::Station::new(journal.clone(), dispatcher.clone(), metrics.clone(), live.clone());
-    let admin_app = admin::router(Admin {
+    let station = crate::review::Station::new(queues.clone(), dispatcher.clone(), metrics.clone(), live.clone());
+    let ops = Ops {
         station: station.clone(),
-        console: Arc::default(),
-        journal: journal.clone(),
+        queues: queues.clone(),
         dispatcher: dispatcher.clone(),
         metrics: metrics.clone(),
         reloader: reloader.clone(),
         shutting_down: shutting_down.clone(),
-    });
+    };
+    // The admin API and the console share the listener, not each other.
+    let admin_app = admin::router(ops.clone()).merge(console::router(Console::new(ops)));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let max_connections = ingress::listener::connection_budget(config.ingress.max_connections);
@@ -123,12 +124,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // The admin listener stays up until the very end so probes and metrics
     // see the drain.
     let _ = admin_up.set(admin_app);
-    let sweeper = tokio::spawn(sweep_history(journal.clone(), live.clone(), stop_rx.clone()));
+    let sweeper = tokio::spawn(sweep_history(queues.clone(), live.clone(), stop_rx.clone()));
     let station_loop = tokio::spawn(station.run(stop_rx.clone()));
-    if journal.shared() {
+    if queues.shared() {
         tokio::spawn(dispatcher.clone().follow_records(stop_rx.clone()));
     }
-    if let Some(asked) = journal.reload_asked() {
+    if let Some(asked) = queues.reload_asked() {
         let (reloader, mut stop) = (reloader.clone(), stop_rx.clone());
         tokio::spawn(async move {
             loop {
@@ -157,7 +158,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             writeln!(out, "tidegate listening ingress={ingress_addr} admin={admin_addr}").and_then(|()| out.flush());
     }
 
-    let stats = journal.stats().clone();
+    let stats = queues.stats().clone();
     let poisoned = tokio::select! {
         _ = signals.stop_requested(Some(&reloader)) => false,
         _ = async {
@@ -191,7 +192,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(5), ingress_server).await;
     sweeper.abort();
     station_loop.abort();
-    let j = journal.clone();
+    let j = queues.clone();
     tokio::task::spawn_blocking(move || j.close()).await?;
     let _ = admin_stop_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_server).await;
@@ -250,44 +251,9 @@ impl Signals {
     }
 }
 
-/// The queue of `[storage] backend`: the SQLite journal on the locked
-/// directory, or the JetStream cluster with every configured destination's
-/// streams prepared.
-async fn open_queue(config: &Config, storage_lock: Option<journal::StorageLock>) -> anyhow::Result<journal::Queues> {
-    match (&config.storage.backend, storage_lock) {
-        (Backend::JetStream(js), _) => {
-            let prepared = config
-                .destinations
-                .iter()
-                .map(|d| journal::jetstream::Prepared {
-                    name: d.name.clone(),
-                    max_messages: d.queue.max_messages,
-                    max_bytes: d.queue.max_bytes,
-                })
-                .collect();
-            let retention = config.storage.history_retention;
-            let queue = journal::jetstream::JetStream::open(js, prepared, retention, retention)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))
-                .context("opening the queue on NATS JetStream (storage.backend = \"jetstream\")")?;
-            tracing::info!(urls = %js.urls.join(","), instance = queue.instance(), "queue on NATS JetStream");
-            Ok(Arc::new(queue))
-        }
-        (Backend::Sqlite, lock) => {
-            let lock = lock.context("the storage directory was not locked")?;
-            let max_disk = config.storage.max_disk;
-            let path = config.storage.path.clone();
-            let journal = tokio::task::spawn_blocking(move || Journal::open_locked(lock, max_disk))
-                .await?
-                .with_context(|| format!("opening the journal in {}", path.display()))?;
-            Ok(Arc::new(journal))
-        }
-    }
-}
-
 /// Forgets finished messages past `history_retention` and review records
 /// past `[review] retention`, and returns the space.
-async fn sweep_history(journal: journal::Queues, live: Live, mut stop: tokio::sync::watch::Receiver<bool>) {
+async fn sweep_history(queues: queue::Queues, live: Live, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         let config = current(&live);
         let retention = config.storage.history_retention;
@@ -298,7 +264,7 @@ async fn sweep_history(journal: journal::Queues, live: Live, mut stop: tokio::sy
             _ = stop.changed() => return,
         }
         loop {
-            match journal.sweep(retention.as_millis() as i64, review_retention).await {
+            match queues.sweep(retention.as_millis() as i64, review_retention).await {
                 Ok(n) if n >= 5000 => continue,
                 Ok(_) => break,
                 Err(e) => {

@@ -22,7 +22,7 @@
 
 use axum::http::{header, HeaderMap};
 
-use crate::config::{IngressConfig, Secret};
+use crate::config::{BrowserPolicy, IngressConfig, Secret};
 use crate::problem::Problem;
 
 /// The `producer` label of a request that carried the shared
@@ -100,43 +100,30 @@ pub fn bearer_matches(headers: &HeaderMap, expected: &Secret) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The browser-facing policy of one listener.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct BrowserPolicy {
-    /// The listener is bound to a loopback address: only loopback `Host`s.
-    pub loopback: bool,
-    /// Origins allowed besides the listener's own, lower-case, no trailing `/`.
-    pub allowed_origins: Vec<String>,
-    /// Host names (no port) accepted on a loopback listener besides the
-    /// loopback ones, lower-case.
-    pub allowed_hosts: Vec<String>,
-}
-
-impl BrowserPolicy {
-    /// Refuses a request a web page could have sent on its own behalf.
-    pub fn check(&self, headers: &HeaderMap) -> Result<(), Problem> {
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-        if self.loopback {
-            if let Some(h) = host {
-                let name = host_name(h);
-                if !is_loopback_name(&name) && !self.allowed_hosts.contains(&name) {
-                    return Err(Problem::forbidden_host(&name));
-                }
+/// Refuses a request a web page could have sent on its own behalf, by the
+/// listener's `policy`.
+pub fn check_browser(policy: &BrowserPolicy, headers: &HeaderMap) -> Result<(), Problem> {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if policy.loopback {
+        if let Some(h) = host {
+            let name = host_name(h);
+            if !is_loopback_name(&name) && !policy.allowed_hosts.contains(&name) {
+                return Err(Problem::forbidden_host(&name));
             }
         }
-        if let Some(origin) = headers.get(header::ORIGIN) {
-            let origin = origin.to_str().unwrap_or("").trim_end_matches('/').to_ascii_lowercase();
-            // The listener's own origin: a page it served (the console)
-            // calling it back. Safe only together with the Host check: a
-            // rebound name is refused above on a loopback listener, and a
-            // non-loopback one needs a token for anything that matters.
-            let same_origin = host.is_some_and(|h| origin == format!("http://{}", h.to_ascii_lowercase()));
-            if !same_origin && !self.allowed_origins.contains(&origin) {
-                return Err(Problem::forbidden_origin(&origin));
-            }
-        }
-        Ok(())
     }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("").trim_end_matches('/').to_ascii_lowercase();
+        // The listener's own origin: a page it served (the console)
+        // calling it back. Safe only together with the Host check: a
+        // rebound name is refused above on a loopback listener, and a
+        // non-loopback one needs a token for anything that matters.
+        let same_origin = host.is_some_and(|h| origin == format!("http://{}", h.to_ascii_lowercase()));
+        if !same_origin && !policy.allowed_origins.contains(&origin) {
+            return Err(Problem::forbidden_origin(&origin));
+        }
+    }
+    Ok(())
 }
 
 /// `Host` without its port, lower-case: `[::1]:9090` → `[::1]`.
@@ -198,7 +185,7 @@ mod tests {
             "127.1.2.3",
         ] {
             let h = HeaderMap::from_iter([(header::HOST, HeaderValue::from_static(ok))]);
-            assert_eq!(code(p.check(&h)), "ok", "{ok}");
+            assert_eq!(code(check_browser(&p, &h)), "ok", "{ok}");
         }
         for bad in [
             "evil.example:9090",
@@ -208,17 +195,23 @@ mod tests {
             "10.0.0.1",
         ] {
             let h = HeaderMap::from_iter([(header::HOST, HeaderValue::from_static(bad))]);
-            assert_eq!(code(p.check(&h)), "forbidden_host", "{bad}");
+            assert_eq!(code(check_browser(&p, &h)), "forbidden_host", "{bad}");
         }
         let p = BrowserPolicy {
             loopback: true,
             allowed_hosts: vec!["tidegate.internal".into()],
             ..Default::default()
         };
-        assert_eq!(code(p.check(&headers(&[("host", "tidegate.internal:9090")]))), "ok");
+        assert_eq!(
+            code(check_browser(&p, &headers(&[("host", "tidegate.internal:9090")]))),
+            "ok"
+        );
         // Not on loopback: any Host (a token guards it).
         assert_eq!(
-            code(BrowserPolicy::default().check(&headers(&[("host", "evil.example")]))),
+            code(check_browser(
+                &BrowserPolicy::default(),
+                &headers(&[("host", "evil.example")])
+            )),
             "ok"
         );
     }
@@ -252,7 +245,7 @@ mod tests {
             ),
         ];
         for (h, want) in cases {
-            assert_eq!(code(p.check(&headers(h))), want, "{h:?}");
+            assert_eq!(code(check_browser(&p, &headers(h))), want, "{h:?}");
         }
     }
 

@@ -201,7 +201,7 @@ impl Problem {
         )
     }
     /// The body fails the destination's JSON Schema; `errors` lists how.
-    pub fn schema_violation(detail: impl Into<String>, errors: &[crate::handoff::Violation]) -> Self {
+    pub fn schema_violation(detail: impl Into<String>, errors: &[impl serde::Serialize]) -> Self {
         let mut p = Self::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "schema_violation",

@@ -11,20 +11,13 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use crate::config::Config;
+use crate::config::{current, Config, Live};
 use crate::dispatch::Dispatcher;
-use crate::journal;
-
-/// The configuration in force; swapped whole by a reload.
-pub type Live = Arc<RwLock<Arc<Config>>>;
-
-pub fn current(live: &Live) -> Arc<Config> {
-    live.read().unwrap_or_else(|e| e.into_inner()).clone()
-}
+use crate::queue;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
@@ -40,7 +33,7 @@ pub struct Reloader {
     pub path: PathBuf,
     pub live: Live,
     pub dispatcher: Arc<Dispatcher>,
-    pub journal: journal::Queues,
+    pub queues: queue::Queues,
     /// The config the process started with: what its listeners, storage
     /// and logging really use. A setting that needs a restart is reported
     /// while it differs from this, not from the last reload.
@@ -50,13 +43,13 @@ pub struct Reloader {
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, live: Live, dispatcher: Arc<Dispatcher>, journal: journal::Queues) -> Self {
+    pub fn new(path: PathBuf, live: Live, dispatcher: Arc<Dispatcher>, queues: queue::Queues) -> Self {
         Reloader {
             path,
             started: current(&live),
             live,
             dispatcher,
-            journal,
+            queues,
             lock: tokio::sync::Mutex::new(()),
         }
     }
@@ -65,7 +58,7 @@ impl Reloader {
     /// instance to reload its own (`Queue::announce_reload`).
     pub async fn reload(&self) -> Result<Value, ReloadError> {
         let out = self.reload_file().await?;
-        self.journal.announce_reload().await;
+        self.queues.announce_reload().await;
         Ok(out)
     }
 
@@ -106,7 +99,7 @@ impl Reloader {
             restart_required.push("log");
         }
         let changes = self.dispatcher.apply(&new).map_err(ReloadError::Refused)?;
-        self.journal
+        self.queues
             .stats()
             .max_disk
             .store(new.storage.max_disk, Ordering::Relaxed);

@@ -6,6 +6,6 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let path = std::env::temp_dir().join(format!("tidegate-fuzz-leaves-{}.db", std::process::id()));
     if std::fs::write(&path, data).is_ok() {
-        let _ = tidegate::journal::count_leaf_rows(&path);
+        let _ = tidegate::queue::sqlite::count_leaf_rows(&path);
     }
 });

@@ -11,8 +11,8 @@ fuzz_target!(|data: &[u8]| {
     let split = data[4] as usize % (data.len() - 4) + 4;
     let (headers, body) = data[5..].split_at((split - 4).min(data.len() - 5));
     let method = String::from_utf8_lossy(&body[..body.len().min(8)]);
-    let _ = tidegate::journal::decode_record(&method, "/p", headers, body, crc);
+    let _ = tidegate::queue::sqlite::decode_record(&method, "/p", headers, body, crc);
     // A record whose checksum is right still decodes or is refused cleanly.
-    let right = tidegate::journal::checksum(&method, "/p", headers, body);
-    let _ = tidegate::journal::decode_record(&method, "/p", headers, body, right);
+    let right = tidegate::queue::sqlite::checksum(&method, "/p", headers, body);
+    let _ = tidegate::queue::sqlite::decode_record(&method, "/p", headers, body, right);
 });

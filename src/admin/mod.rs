@@ -1,13 +1,14 @@
 //! The admin listener: probes, Prometheus exposition and the `/v1`
-//! operations API. It reads dispatch and journal state and asks dispatch to
-//! change it; it never touches the queue's rows itself except through the
-//! journal's operations (replay, purge).
+//! operations API (SPEC §6, §10). Its handlers turn requests into the
+//! operations of `crate::ops` (shared with the console) and the review
+//! station's calls, and their answers into JSON or problem+json; the rules
+//! live there, not here.
 //!
 //! It listens from the first moment of start-up (`during_start_up`), so
 //! that probes see a live process while the journal opens, which takes
 //! minutes when a large journal is salvaged.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::{FromRequestParts, Path, Query, Request, State};
@@ -21,25 +22,16 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::dispatch::{self, DispatchError, Dispatcher};
-use crate::journal::{self, MessageStatus};
-use crate::metrics::Metrics;
+use crate::dispatch;
+use crate::ops::{internal, DestinationView, Ops};
 use crate::problem::Problem;
+use crate::queue::{self, MessageState};
 
 mod reviews;
 
-#[derive(Clone)]
-pub struct Admin {
-    pub station: Arc<crate::review::Station>,
-    pub console: Arc<crate::console::Console>,
-    pub journal: journal::Queues,
-    pub dispatcher: Arc<Dispatcher>,
-    pub metrics: Metrics,
-    pub reloader: Arc<crate::reload::Reloader>,
-    pub shutting_down: Arc<AtomicBool>,
-}
-
-pub fn router(state: Admin) -> Router {
+/// The admin API on `ops`. The console's pages are another router on the
+/// same listener (`app` merges them); neither imports the other.
+pub fn router(state: Ops) -> Router {
     let v1 = Router::new()
         .route("/v1/destinations", get(list_destinations))
         .route("/v1/destinations/{name}", get(one_destination))
@@ -63,7 +55,6 @@ pub fn router(state: Admin) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .merge(v1)
-        .merge(crate::console::router())
         .fallback(|| async { Problem::not_found("no such admin endpoint") })
         .method_not_allowed_fallback(|| async { Problem::method_not_allowed_here() })
         .with_state(state)
@@ -102,12 +93,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
 ///
 /// Every request, from the first, passes the admin listener's browser
 /// checks (`crate::auth`) against the config in force.
-pub fn during_start_up(up: Arc<OnceLock<Router>>, live: crate::reload::Live) -> Router {
+pub fn during_start_up(up: Arc<OnceLock<Router>>, live: crate::config::Live) -> Router {
     use tower::ServiceExt as _;
     let guard = move |req: Request, next: Next| {
-        let policy = crate::reload::current(&live);
+        let policy = crate::config::current(&live);
         async move {
-            match policy.admin.browser.check(req.headers()) {
+            match crate::auth::check_browser(&policy.admin.browser, req.headers()) {
                 Ok(()) => next.run(req).await,
                 Err(p) => p.into_response(),
             }
@@ -133,8 +124,8 @@ pub fn during_start_up(up: Arc<OnceLock<Router>>, live: crate::reload::Live) -> 
         .layer(middleware::from_fn(guard))
 }
 
-async fn require_token(State(a): State<Admin>, req: Request, next: Next) -> Response {
-    let live = crate::reload::current(&a.reloader.live);
+async fn require_token(State(a): State<Ops>, req: Request, next: Next) -> Response {
+    let live = a.config();
     if let Some(token) = &live.admin.token {
         if !crate::auth::bearer_matches(req.headers(), token) {
             return Problem::unauthorized().into_response();
@@ -143,8 +134,8 @@ async fn require_token(State(a): State<Admin>, req: Request, next: Next) -> Resp
     next.run(req).await
 }
 
-async fn readyz(State(a): State<Admin>) -> Response {
-    let open = a.journal.stats().open.load(Ordering::Relaxed);
+async fn readyz(State(a): State<Ops>) -> Response {
+    let open = a.queues.stats().open.load(Ordering::Relaxed);
     if open && !a.shutting_down.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -161,9 +152,9 @@ fn not_ready() -> Response {
 }
 
 /// Refreshes the gauges that mirror journal and dispatch state, then renders.
-async fn metrics(State(a): State<Admin>) -> Response {
+async fn metrics(State(a): State<Ops>) -> Response {
     let m = &a.metrics;
-    let stats = a.journal.stats();
+    let stats = a.queues.stats();
     m.journal_disk_bytes
         .set(stats.disk_bytes.load(Ordering::Relaxed) as i64);
     let fsyncs = stats.fsyncs.load(Ordering::Relaxed);
@@ -188,8 +179,8 @@ async fn metrics(State(a): State<Admin>) -> Response {
         m.halted_keys.with_label_values(&[n]).set(d.halted_keys().len() as i64);
         m.dispatching
             .with_label_values(&[n])
-            .set(i64::from(a.journal.may_dispatch(n)));
-        let oldest = journal::age_seconds(a.journal.oldest_pending(n).await.ok().flatten());
+            .set(i64::from(a.queues.may_dispatch(n)));
+        let oldest = queue::age_seconds(a.queues.oldest_pending(n).await.ok().flatten());
         m.oldest_age.with_label_values(&[n]).set(oldest);
         match d.config().latency_objective {
             Some(o) => m.latency_objective.with_label_values(&[n]).set(o.as_secs_f64()),
@@ -200,7 +191,7 @@ async fn metrics(State(a): State<Admin>) -> Response {
         let open_reviews = d.queue.open_reviews.load(Ordering::Relaxed);
         m.review_pending.with_label_values(&[n]).set(open_reviews as i64);
         if open_reviews > 0 || d.config().review.is_some() {
-            let oldest = journal::age_seconds(a.journal.oldest_open_review(n).await.ok().flatten());
+            let oldest = queue::age_seconds(a.queues.oldest_open_review(n).await.ok().flatten());
             m.review_oldest_pending.with_label_values(&[n]).set(oldest);
         }
         m.rate_limit
@@ -224,124 +215,37 @@ async fn metrics(State(a): State<Admin>) -> Response {
     r
 }
 
-/// `objective {latency_seconds, met}`: met while the oldest message waiting
-/// is younger than the objective; `null` without one.
-fn objective(objective: Option<std::time::Duration>, oldest_received: Option<i64>) -> Value {
-    let Some(o) = objective else { return Value::Null };
-    let age = journal::age_seconds(oldest_received);
-    json!({"latency_seconds": o.as_secs_f64(), "met": age <= o.as_secs_f64()})
-}
-
-/// A destination as `GET /v1/destinations/{name}` answers.
-pub(crate) async fn describe(a: &Admin, d: &dispatch::Destination) -> Result<Value, Problem> {
-    let mut v = describe_state(a, d).await?;
-    let m = &a.metrics;
-    let n = d.name.as_str();
-    let failed_attempts = crate::metrics::sum_where(&m.attempts, n, |labels| {
-        !labels.iter().any(|l| l.name() == "outcome" && l.value() == "success")
-    });
-    v["counters"] = json!({
-        "received": crate::metrics::sum(&m.received, n),
-        "delivered": m.delivered.with_label_values(&[n]).get(),
-        "failed_attempts": failed_attempts,
-        "dead_lettered": crate::metrics::sum(&m.dead_lettered, n),
-        "dropped": crate::metrics::sum(&m.dropped, n),
-        "rejected": crate::metrics::sum(&m.rejected, n),
-    });
-    Ok(v)
-}
-
-/// Everything `describe` answers but the counters summed over their
-/// series (a pass over every series of each family): what the console's
-/// overview refreshes every two seconds, plus `counters.delivered`, which
-/// is one lookup.
-pub(crate) async fn describe_state(a: &Admin, d: &dispatch::Destination) -> Result<Value, Problem> {
-    let cfg = d.config();
-    let info = d.state();
-    let (oldest, scheduled) = a.journal.queue_detail(&d.name).await.map_err(internal)?;
-    Ok(json!({
-        "name": d.name,
-        "url": cfg.redacted_url(),
-        "owner": cfg.owner,
-        "on_failure": cfg.on_failure.as_str(),
-        "state": info.state.as_str(),
-        "state_reason": info.reason,
-        "ordering": cfg.queue.ordering.as_str(),
-        "objective": objective(cfg.latency_objective, oldest),
-        "halted_keys": d.halted_keys().iter().map(|k| json!({
-            "key": k.key,
-            "message_id": a.journal.message_id(k.seq),
-            "reason": k.reason,
-        })).collect::<Vec<_>>(),
-        "queue": {
-            "depth": d.queue.depth.load(Ordering::Relaxed),
-            "bytes": d.queue.bytes.load(Ordering::Relaxed),
-            "in_flight": d.in_flight.load(Ordering::Relaxed),
-            "scheduled": scheduled,
-            "dead_letters": d.queue.dead_letters.load(Ordering::Relaxed),
-            "held": d.queue.held.load(Ordering::Relaxed),
-            "reviews_pending": d.queue.open_reviews.load(Ordering::Relaxed),
-            "oldest_age_seconds": journal::age_seconds(oldest),
-        },
-        "rate_limit": {
-            "configured_per_second": d.limiter.configured(),
-            "effective_per_second": d.limiter.effective(),
-            "burst": cfg.rate_limit.burst,
-            "max_in_flight": cfg.rate_limit.max_in_flight,
-        },
-        "counters": {
-            "delivered": a.metrics.delivered.with_label_values(&[d.name.as_str()]).get(),
-        },
-    }))
-}
-
-pub(crate) fn internal(e: impl std::fmt::Display) -> Problem {
-    tracing::error!(error = %e, "admin request failed");
-    Problem::internal()
-}
-
-fn dispatch_error(e: DispatchError) -> Problem {
-    match e {
-        DispatchError::UnknownDestination(n) => Problem::unknown_destination(&n),
-        e @ DispatchError::KeyNotHalted { .. } => Problem::key_not_halted(e.to_string()),
-        DispatchError::Journal(e) => internal(e),
-    }
-}
-
-pub(crate) fn find(a: &Admin, name: &str) -> Result<Arc<dispatch::Destination>, Problem> {
-    a.dispatcher
-        .destination(name)
-        .ok_or_else(|| Problem::unknown_destination(name))
-}
-
-async fn list_destinations(State(a): State<Admin>) -> Result<Json<Value>, Problem> {
+async fn list_destinations(State(a): State<Ops>) -> Result<Json<Value>, Problem> {
     let mut out = Vec::new();
     for d in a.dispatcher.destinations() {
-        out.push(describe(&a, &d).await?);
+        out.push(a.describe(&d).await?);
     }
     Ok(Json(json!({ "destinations": out })))
 }
 
-async fn one_destination(State(a): State<Admin>, ApiPath(name): ApiPath<String>) -> Result<Json<Value>, Problem> {
-    let d = find(&a, &name)?;
-    Ok(Json(describe(&a, &d).await?))
+async fn one_destination(
+    State(a): State<Ops>,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<DestinationView>, Problem> {
+    let d = a.find(&name)?;
+    Ok(Json(a.describe(&d).await?))
 }
 
-async fn pause(State(a): State<Admin>, ApiPath(name): ApiPath<String>) -> Result<Json<Value>, Problem> {
-    a.dispatcher.pause(&name).await.map_err(dispatch_error)?;
+async fn pause(State(a): State<Ops>, ApiPath(name): ApiPath<String>) -> Result<Json<DestinationView>, Problem> {
+    a.pause(&name).await?;
     one_destination(State(a), ApiPath(name)).await
 }
 
 /// What the handoff would do with a producer body sent to `name`; stores
 /// nothing (see `handoff::preview`).
 async fn preview(
-    State(a): State<Admin>,
+    State(a): State<Ops>,
     ApiPath(name): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Problem> {
-    let entry = find(&a, &name)?.config();
+    let entry = a.find(&name)?.config();
     let lookup = |n: &str| a.dispatcher.destination(n).map(|d| d.config());
-    match crate::handoff::preview(&entry, &body, lookup).await {
+    match crate::ops::preview(&entry, &body, lookup).await {
         Ok(v) => Ok(Json(v)),
         Err(e) => {
             tracing::error!(destination = %name, error = %e, "preview failed");
@@ -362,67 +266,28 @@ struct ResumeQuery {
 }
 
 async fn resume(
-    State(a): State<Admin>,
+    State(a): State<Ops>,
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<ResumeQuery>,
-) -> Result<Json<Value>, Problem> {
-    match &q.key {
-        Some(key) => a
-            .dispatcher
-            .resume_key(&name, key, q.skip_head)
-            .await
-            .map(drop)
-            .map_err(dispatch_error)?,
-        None => {
-            find(&a, &name)?;
-            a.station
-                .resume(&name, q.skip_head, q.by, q.reason)
-                .await
-                .map_err(reviews::problem)?
-        }
-    }
+) -> Result<Json<DestinationView>, Problem> {
+    a.resume(&name, q.skip_head, q.key.as_deref(), q.by, q.reason).await?;
     one_destination(State(a), ApiPath(name)).await
 }
 
-/// The sequence number behind an id taken from a request, as everywhere an
-/// id is taken: one that is not an id is a bad request (400); a well-formed
-/// one of another instance is `None`, which the caller answers as names
-/// nothing (404) or skips.
-pub(crate) fn seq_of(a: &Admin, id: &str) -> Result<Option<u64>, Problem> {
-    if !journal::is_message_id(id) {
-        return Err(Problem::invalid_request(format!("{id:?} is not a message id")));
-    }
-    Ok(a.journal.parse_id(id))
-}
-
-/// The state a message is in, as the API names it.
-pub fn state_name(s: &MessageStatus, in_flight: bool) -> &'static str {
-    match s.state {
-        0 if in_flight => "in_flight",
-        0 if s.visible_at > journal::now_ms() => "scheduled",
-        0 => "queued",
-        1 => "dead_lettered",
-        2 => "delivered",
-        3 => "dropped",
-        journal::STATE_HELD => "held",
-        _ => "quarantined",
-    }
-}
-
-async fn message(State(a): State<Admin>, ApiPath(id): ApiPath<String>) -> Result<Json<Value>, Problem> {
+async fn message(State(a): State<Ops>, ApiPath(id): ApiPath<String>) -> Result<Json<Value>, Problem> {
     let not_found = || Problem::not_found(format!("no message {id:?} (unknown, or past history_retention)"));
-    let seq = seq_of(&a, &id)?.ok_or_else(not_found)?;
-    let s = a.journal.status(seq).await.map_err(internal)?.ok_or_else(not_found)?;
+    let seq = a.seq_of(&id)?.ok_or_else(not_found)?;
+    let s = a.queues.status(seq).await.map_err(internal)?.ok_or_else(not_found)?;
     let in_flight = a.dispatcher.destination(&s.dest).is_some_and(|d| d.is_in_flight(seq));
-    let state = state_name(&s, in_flight);
+    let state = s.state.with_in_flight(in_flight);
     Ok(Json(json!({
         "id": id,
         "destination": s.dest,
-        "state": state,
+        "state": state.as_str(),
         "attempts": s.attempts,
-        "received_at": journal::rfc3339(s.received_at),
-        "delivered_at": if s.state == 2 { s.finished_at.map(journal::rfc3339).unwrap_or(Value::Null) } else { Value::Null },
-        "next_attempt_at": if state == "scheduled" { journal::rfc3339(s.visible_at) } else { Value::Null },
+        "received_at": queue::rfc3339(s.received_at),
+        "delivered_at": if state == MessageState::Delivered { s.finished_at.map(queue::rfc3339).unwrap_or(Value::Null) } else { Value::Null },
+        "next_attempt_at": if state == MessageState::Scheduled { queue::rfc3339(s.visible_at) } else { Value::Null },
         "last_error": s.last_error,
         "reason": s.reason,
         "producer": s.producer,
@@ -440,11 +305,11 @@ struct DeadLetterQuery {
 }
 
 async fn dead_letters(
-    State(a): State<Admin>,
+    State(a): State<Ops>,
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<DeadLetterQuery>,
 ) -> Result<Json<Value>, Problem> {
-    find(&a, &name)?;
+    a.find(&name)?;
     let limit = match q.limit.as_deref() {
         None => 100,
         Some(l) => l
@@ -456,27 +321,23 @@ async fn dead_letters(
     let after = match &q.after {
         None => None,
         Some(id) => Some(
-            seq_of(&a, id)?
+            a.seq_of(id)?
                 .ok_or_else(|| Problem::not_found(format!("after={id:?} names no message of this instance")))?,
         ),
     };
-    let items = a
-        .journal
-        .dead_letters(&name, after, limit + 1)
-        .await
-        .map_err(internal)?;
+    let items = a.queues.dead_letters(&name, after, limit + 1).await.map_err(internal)?;
     let more = items.len() > limit;
     let items: Vec<Value> = items
         .iter()
         .take(limit)
         .map(|dl| {
             json!({
-                "id": a.journal.message_id(dl.seq),
+                "id": a.queues.message_id(dl.seq),
                 "reason": dl.reason,
                 "attempts": dl.attempts,
                 "last_error": dl.last_error,
-                "received_at": journal::rfc3339(dl.received_at),
-                "dead_lettered_at": journal::rfc3339(dl.dead_lettered_at),
+                "received_at": queue::rfc3339(dl.received_at),
+                "dead_lettered_at": queue::rfc3339(dl.dead_lettered_at),
                 "size_bytes": dl.size_bytes,
             })
         })
@@ -503,11 +364,11 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>
 }
 
 async fn replay(
-    State(a): State<Admin>,
+    State(a): State<Ops>,
     ApiPath(name): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Problem> {
-    find(&a, &name)?;
+    a.find(&name)?;
     let req: ReplayBody = if body.iter().all(|b| b.is_ascii_whitespace()) {
         ReplayBody::default()
     } else {
@@ -520,36 +381,20 @@ async fn replay(
         // like an id already replayed, it is not counted.
         Some(ids) => Some(
             ids.iter()
-                .filter_map(|id| seq_of(&a, id).transpose())
+                .filter_map(|id| a.seq_of(id).transpose())
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
-    let n = replay_dead_letters(&a, &name, seqs).await?;
+    let n = a.replay_dead_letters(&name, seqs).await?;
     Ok(Json(json!({ "replayed": n })))
 }
 
-/// Dead letters back into the queue (all, or these): the API's and the
-/// console's one way to do it.
-pub(crate) async fn replay_dead_letters(a: &Admin, name: &str, seqs: Option<Vec<u64>>) -> Result<u64, Problem> {
-    find(a, name)?;
-    let n = a.journal.replay(name, seqs).await.map_err(internal)?;
-    tracing::warn!(destination = %name, replayed = n, "dead letters replayed by an operator");
-    Ok(n)
-}
-
-async fn purge(State(a): State<Admin>, ApiPath(name): ApiPath<String>) -> Result<Json<Value>, Problem> {
-    let n = purge_dead_letters(&a, &name).await?;
+async fn purge(State(a): State<Ops>, ApiPath(name): ApiPath<String>) -> Result<Json<Value>, Problem> {
+    let n = a.purge_dead_letters(&name).await?;
     Ok(Json(json!({ "purged": n })))
 }
 
-pub(crate) async fn purge_dead_letters(a: &Admin, name: &str) -> Result<u64, Problem> {
-    find(a, name)?;
-    let n = a.journal.purge_dead_letters(name).await.map_err(internal)?;
-    tracing::warn!(destination = %name, purged = n, "dead letters purged by an operator");
-    Ok(n)
-}
-
-async fn reload(State(a): State<Admin>) -> Result<Json<Value>, Problem> {
+async fn reload(State(a): State<Ops>) -> Result<Json<Value>, Problem> {
     match a.reloader.reload().await {
         Ok(v) => Ok(Json(v)),
         Err(crate::reload::ReloadError::Invalid(reason)) => {

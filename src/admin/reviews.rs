@@ -10,33 +10,12 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{internal, seq_of, Admin, ApiPath, ApiQuery};
+use super::{ApiPath, ApiQuery};
 use crate::config::HumanDuration;
-use crate::journal::review::Verdict;
+use crate::ops::{internal, review_problem as problem, Ops};
 use crate::problem::Problem;
-use crate::review::{DecisionRequest, FeedbackRequest, ReviewError};
-
-pub(super) fn problem(e: ReviewError) -> Problem {
-    match e {
-        ReviewError::NotFound(_) => Problem::not_found(e.to_string()),
-        ReviewError::NotHeld { .. } => Problem::not_held(e.to_string()),
-        ReviewError::NotDelivered { .. } => Problem::not_delivered(e.to_string()),
-        ReviewError::AlreadyDecided { .. } => Problem::already_decided(e.to_string()),
-        ReviewError::Invalid(m) => Problem::invalid_request(m),
-        ReviewError::ReasonRequired(m) => Problem::reason_required(m),
-        ReviewError::Schema(f) => Problem::schema_violation(
-            format!("the correction fails {}'s schema: {}", f.destination, f.message),
-            &f.violations,
-        ),
-        ReviewError::Transform(f) => Problem::transform_failed(format!(
-            "the correction cannot be delivered to {} ({}): {}",
-            f.destination,
-            f.stage.as_str(),
-            f.message
-        )),
-        e @ (ReviewError::Unavailable(_) | ReviewError::Journal(_)) => internal(e),
-    }
-}
+use crate::queue::review::Verdict;
+use crate::review::{DecisionRequest, FeedbackRequest};
 
 /// Most of an oversized body read and thrown away before answering 413, so
 /// that the client, still sending, reads the answer instead of a reset.
@@ -44,9 +23,9 @@ const DRAIN_LIMIT: usize = 64 << 20;
 
 /// A JSON request body, read up to the ingress body limit (a correction is
 /// a producer body) plus room for the decision around it.
-async fn json_body<T: serde::de::DeserializeOwned>(a: &Admin, body: axum::body::Body) -> Result<T, Problem> {
+async fn json_body<T: serde::de::DeserializeOwned>(a: &Ops, body: axum::body::Body) -> Result<T, Problem> {
     use futures_util::StreamExt as _;
-    let limit = crate::reload::current(&a.reloader.live).ingress.max_body;
+    let limit = a.config().ingress.max_body;
     let cap = (limit + 64 * 1024) as usize;
     let mut stream = body.into_data_stream();
     let mut bytes = Vec::new();
@@ -80,16 +59,16 @@ fn page_size(limit: Option<&str>) -> Result<usize, Problem> {
     }
 }
 
-fn after_seq(a: &Admin, after: Option<&str>) -> Result<u64, Problem> {
+fn after_seq(a: &Ops, after: Option<&str>) -> Result<u64, Problem> {
     match after {
         None => Ok(0),
-        Some(id) => {
-            seq_of(a, id)?.ok_or_else(|| Problem::not_found(format!("after={id:?} names no message of this instance")))
-        }
+        Some(id) => a
+            .seq_of(id)?
+            .ok_or_else(|| Problem::not_found(format!("after={id:?} names no message of this instance"))),
     }
 }
 
-fn known(a: &Admin, dest: &Option<String>) -> Result<(), Problem> {
+fn known(a: &Ops, dest: &Option<String>) -> Result<(), Problem> {
     if let Some(d) = dest {
         if a.dispatcher.destination(d).is_none() {
             return Err(Problem::unknown_destination(d));
@@ -115,7 +94,7 @@ pub(super) struct ListQuery {
     after: Option<String>,
 }
 
-pub(super) async fn list(State(a): State<Admin>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Value>, Problem> {
+pub(super) async fn list(State(a): State<Ops>, ApiQuery(q): ApiQuery<ListQuery>) -> Result<Json<Value>, Problem> {
     known(&a, &q.destination)?;
     let limit = page_size(q.limit.as_deref())?;
     let after = after_seq(&a, q.after.as_deref())?;
@@ -134,14 +113,16 @@ pub(super) async fn list(State(a): State<Admin>, ApiQuery(q): ApiQuery<ListQuery
     Ok(Json(json!({ "items": items, "next": next })))
 }
 
-async fn decide(a: Admin, id: String, verdict: Verdict, body: axum::body::Body) -> Result<Json<Value>, Problem> {
-    let seq = seq_of(&a, &id)?.ok_or_else(|| Problem::not_found(format!("no message {id:?}")))?;
+async fn decide(a: Ops, id: String, verdict: Verdict, body: axum::body::Body) -> Result<Json<Value>, Problem> {
+    let seq = a
+        .seq_of(&id)?
+        .ok_or_else(|| Problem::not_found(format!("no message {id:?}")))?;
     let req: DecisionRequest = json_body(&a, body).await?;
     a.station.decide(seq, verdict, req).await.map(Json).map_err(problem)
 }
 
 pub(super) async fn approve(
-    State(a): State<Admin>,
+    State(a): State<Ops>,
     ApiPath(id): ApiPath<String>,
     body: axum::body::Body,
 ) -> Result<Json<Value>, Problem> {
@@ -149,7 +130,7 @@ pub(super) async fn approve(
 }
 
 pub(super) async fn edit(
-    State(a): State<Admin>,
+    State(a): State<Ops>,
     ApiPath(id): ApiPath<String>,
     body: axum::body::Body,
 ) -> Result<Json<Value>, Problem> {
@@ -157,7 +138,7 @@ pub(super) async fn edit(
 }
 
 pub(super) async fn reject(
-    State(a): State<Admin>,
+    State(a): State<Ops>,
     ApiPath(id): ApiPath<String>,
     body: axum::body::Body,
 ) -> Result<Json<Value>, Problem> {
@@ -165,11 +146,13 @@ pub(super) async fn reject(
 }
 
 pub(super) async fn feedback(
-    State(a): State<Admin>,
+    State(a): State<Ops>,
     ApiPath(id): ApiPath<String>,
     body: axum::body::Body,
 ) -> Result<Json<Value>, Problem> {
-    let seq = seq_of(&a, &id)?.ok_or_else(|| Problem::not_found(format!("no message {id:?}")))?;
+    let seq = a
+        .seq_of(&id)?
+        .ok_or_else(|| Problem::not_found(format!("no message {id:?}")))?;
     let req: FeedbackRequest = json_body(&a, body).await?;
     a.station.feedback(seq, req).await.map(Json).map_err(problem)
 }
@@ -181,10 +164,7 @@ pub(super) struct QualityQuery {
     window: Option<String>,
 }
 
-pub(super) async fn quality(
-    State(a): State<Admin>,
-    ApiQuery(q): ApiQuery<QualityQuery>,
-) -> Result<Json<Value>, Problem> {
+pub(super) async fn quality(State(a): State<Ops>, ApiQuery(q): ApiQuery<QualityQuery>) -> Result<Json<Value>, Problem> {
     known(&a, &q.destination)?;
     let text = q.window.as_deref().unwrap_or("7d");
     let window = duration("window", text)?;
@@ -203,7 +183,7 @@ pub(super) struct CorrectionsQuery {
 /// Every edit and override since `since` (default 30d), as JSON Lines or
 /// CSV: the training data. Read in pages, written as one body.
 pub(super) async fn corrections(
-    State(a): State<Admin>,
+    State(a): State<Ops>,
     ApiQuery(q): ApiQuery<CorrectionsQuery>,
 ) -> Result<Response, Problem> {
     known(&a, &q.destination)?;
@@ -217,7 +197,7 @@ pub(super) async fn corrections(
             )))
         }
     };
-    let since = crate::journal::now_ms() - since.as_millis().min(i64::MAX as u128) as i64;
+    let since = crate::queue::now_ms() - since.as_millis().min(i64::MAX as u128) as i64;
     let mut rows = Vec::new();
     let mut after = 0;
     loop {
@@ -230,7 +210,7 @@ pub(super) async fn corrections(
         if let Some(last) = page.last() {
             after = last["id"]
                 .as_str()
-                .and_then(|id| a.journal.parse_id(id))
+                .and_then(|id| a.queues.parse_id(id))
                 .unwrap_or(u64::MAX);
         }
         rows.extend(page);

@@ -122,7 +122,7 @@ fn jetstream(raw: &Spanned<RawJetStream>, loc: &Locator) -> Result<JetStreamConf
     if let (Some(_), Some(t)) = (&r.credentials_file, &r.token_env) {
         return Err(loc.error(t.span(), "set credentials_file or token_env, not both".into()));
     }
-    let token = super::secret_from_env(&r.token_env, loc)?;
+    let token = super::locate::secret_from_env(&r.token_env, loc)?;
     Ok(JetStreamConfig {
         urls,
         replicas,

@@ -1,5 +1,5 @@
 //! Dispatch: one worker per destination takes deliverable messages from the
-//! journal and runs delivery attempts at the pace the downstream can take.
+//! queue and runs delivery attempts at the pace the downstream can take.
 //!
 //! # What a worker guarantees
 //!
@@ -8,7 +8,7 @@
 //! - With `ordering = "key"`, at most one attempt per key at once, and a
 //!   key's messages in the order they were accepted: only the oldest
 //!   pending message of a key is ever fetched, and never while one of its
-//!   key is in flight (`Journal::fetch_keyed`). In halt mode a permanent
+//!   key is in flight (`Queue::fetch_keyed`). In halt mode a permanent
 //!   failure stops its key alone, durably (`Disposition::HaltKey`), until an
 //!   operator resumes that key.
 //! - A message is never attempted twice at once: a fetched message is
@@ -16,7 +16,7 @@
 //!   leased messages. Leases are not on disk, so a crash makes every leased
 //!   message deliverable again (at-least-once).
 //! - What follows an attempt is decided only by [`policy::decide`], a pure
-//!   function; this module carries the decision out (journal change, state
+//!   function; this module carries the decision out (queue change, state
 //!   change, metrics, log line, waiting producer).
 //!
 //! # States
@@ -25,7 +25,7 @@
 //! nothing and keep the queue; `degraded` (buffer mode, downstream failing)
 //! delivers only one probe at a time, the oldest message, with back-off, and
 //! the first success returns to `running`. States survive restarts: they
-//! are stored in the journal.
+//! are stored in the queue.
 
 pub mod completions;
 pub mod limiter;
@@ -41,8 +41,8 @@ use tokio::sync::{watch, Notify};
 
 use crate::config;
 use crate::delivery::Deliver;
-use crate::journal::{self, DestinationRecord, Disposition, HaltedKey, JournalError, QueueCounts};
 use crate::metrics::Metrics;
+use crate::queue::{self, DestinationRecord, Disposition, HaltedKey, QueueCounts, QueueError};
 
 pub use completions::{Completion, Completions};
 
@@ -96,7 +96,7 @@ pub struct Destination {
     consecutive_transient: AtomicU32,
     pub queue: Arc<QueueCounts>,
     /// Keys halt mode stopped (key-ordered destinations): key → the
-    /// message it stopped on and why. A copy of the journal's record.
+    /// message it stopped on and why. A copy of the queue's record.
     halted_keys: Mutex<BTreeMap<String, HaltedKey>>,
 }
 
@@ -154,12 +154,12 @@ pub enum DispatchError {
     #[error("destination {destination:?} has no halted key {key:?}")]
     KeyNotHalted { destination: String, key: String },
     #[error(transparent)]
-    Journal(#[from] JournalError),
+    Queue(#[from] QueueError),
 }
 
 /// Everything attempts need, shared by all workers.
 pub(crate) struct Context {
-    pub journal: journal::Queues,
+    pub queues: queue::Queues,
     pub metrics: Metrics,
     pub deliver: Arc<dyn Deliver>,
     pub completions: Arc<Completions>,
@@ -189,11 +189,11 @@ impl Dispatcher {
     /// persisted state.
     pub async fn start(
         cfg: &config::Config,
-        journal: journal::Queues,
+        queues: queue::Queues,
         metrics: Metrics,
         deliver: Arc<dyn Deliver>,
-    ) -> Result<Arc<Dispatcher>, JournalError> {
-        let restored = journal
+    ) -> Result<Arc<Dispatcher>, QueueError> {
+        let restored = queues
             .destination_records()
             .await?
             .into_iter()
@@ -210,12 +210,12 @@ impl Dispatcher {
             })
             .collect();
         let mut restored_keys: HashMap<String, Vec<HaltedKey>> = HashMap::new();
-        for k in journal.halted_keys().await? {
+        for k in queues.halted_keys().await? {
             restored_keys.entry(k.dest.clone()).or_default().push(k);
         }
         let dispatcher = Arc::new(Dispatcher {
             ctx: Arc::new(Context {
-                journal,
+                queues,
                 metrics,
                 deliver,
                 completions: Arc::new(Completions::default()),
@@ -255,7 +255,7 @@ impl Dispatcher {
             in_flight_seqs: Mutex::new(HashSet::new()),
             limiter: limiter::Limiter::new(rl.rate, rl.burst, rl.adaptive),
             consecutive_transient: AtomicU32::new(0),
-            queue: self.ctx.journal.queue(&d.name),
+            queue: self.ctx.queues.queue(&d.name),
             halted_keys: Mutex::new(
                 self.restored_keys
                     .get(&d.name)
@@ -387,13 +387,13 @@ impl Dispatcher {
             if let Some(seq) = info.head_seq {
                 // The dead letter keeps the failure that halted the
                 // destination: it is what the operator replays it after fixing.
-                let (attempts, last_error) = match self.ctx.journal.status(seq).await? {
+                let (attempts, last_error) = match self.ctx.queues.status(seq).await? {
                     Some(s) => (s.attempts, s.last_error),
                     None => (0, None),
                 };
                 let reason = "skipped_by_operator".to_string();
                 self.ctx
-                    .journal
+                    .queues
                     .settle(seq, name, attempts, last_error, Disposition::DeadLetter { reason })
                     .await?;
                 self.ctx
@@ -401,7 +401,7 @@ impl Dispatcher {
                     .dead_lettered
                     .with_label_values(&[name, "skipped_by_operator"])
                     .inc();
-                tracing::warn!(id = %self.ctx.journal.message_id(seq), destination = name, "halted head message dead-lettered by operator");
+                tracing::warn!(id = %self.ctx.queues.message_id(seq), destination = name, "halted head message dead-lettered by operator");
             }
         }
         d.consecutive_transient.store(0, Ordering::Relaxed);
@@ -427,11 +427,11 @@ impl Dispatcher {
         else {
             return Err(not_halted());
         };
-        if self.ctx.journal.release_key(name, key, skip_head).await?.is_none() {
+        if self.ctx.queues.release_key(name, key, skip_head).await?.is_none() {
             return Err(not_halted());
         }
         d.halted_keys.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
-        let id = self.ctx.journal.message_id(halted.seq);
+        let id = self.ctx.queues.message_id(halted.seq);
         if skip_head {
             self.ctx
                 .metrics
@@ -469,12 +469,12 @@ impl Dispatcher {
     /// Cluster mode: a producer waiting (`Prefer: wait`) on one instance
     /// hears how its message finished on whichever instance delivered it.
     fn relay_outcomes(&self) {
-        let Some(mut incoming) = self.ctx.journal.outcomes() else {
+        let Some(mut incoming) = self.ctx.queues.outcomes() else {
             return;
         };
-        let journal = self.ctx.journal.clone();
+        let queues = self.ctx.queues.clone();
         self.ctx.completions.relay_to(Box::new(move |seq, c| {
-            journal.announce_outcome(journal::Outcome {
+            queues.announce_outcome(queue::Outcome {
                 seq,
                 state: c.state.to_string(),
                 detail: c.detail.clone(),
@@ -525,7 +525,7 @@ impl Dispatcher {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
                 _ = stop.changed() => return,
             }
-            let records = match self.ctx.journal.destination_records().await {
+            let records = match self.ctx.queues.destination_records().await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::debug!(error = %e, "could not read destination records");
@@ -564,7 +564,7 @@ impl Dispatcher {
             if !keyed {
                 continue;
             }
-            let Ok(halted) = self.ctx.journal.halted_keys().await else {
+            let Ok(halted) = self.ctx.queues.halted_keys().await else {
                 continue;
             };
             let mut by_dest: HashMap<String, HashMap<String, HaltedKey>> = HashMap::new();
@@ -594,7 +594,7 @@ pub(crate) async fn set_state(
     state: State,
     reason: &str,
     head_seq: Option<u64>,
-) -> Result<(), JournalError> {
+) -> Result<(), QueueError> {
     let previous = {
         let mut s = d.state.lock().unwrap_or_else(|e| e.into_inner());
         let prev = s.state;
@@ -624,5 +624,5 @@ pub(crate) async fn set_state(
         reason: reason.to_string(),
         head_seq,
     };
-    ctx.journal.set_destination_record(&d.name, record).await
+    ctx.queues.set_destination_record(&d.name, record).await
 }

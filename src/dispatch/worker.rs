@@ -13,7 +13,7 @@ use super::{set_state, Completion, Context, Destination, State};
 use crate::config::Ordering as QueueOrdering;
 use crate::delivery::{self, join_url, put_header, Outcome};
 use crate::handoff::{Rendered, RunError};
-use crate::journal::{now_ms, Disposition, HaltedKey, LastError, Message};
+use crate::queue::{now_ms, Disposition, HaltedKey, LastError, Message};
 
 /// Longest a worker sleeps without re-checking the queue; a safety net for
 /// wake-ups, not the mechanism (commits and state changes wake it).
@@ -86,7 +86,7 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
             let fetched = if keyed {
                 let in_flight = d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 let fetched = ctx
-                    .journal
+                    .queues
                     .fetch_keyed(&d.name, prefetch, in_flight, d.halted_key_names(), key_cursor.clone())
                     .await;
                 fetched.map(|(due, cursor)| {
@@ -94,7 +94,7 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
                     due
                 })
             } else {
-                ctx.journal.fetch_ready(&d.name, prefetch, &leased).await
+                ctx.queues.fetch_ready(&d.name, prefetch, &leased).await
             };
             match fetched {
                 Ok(due) if !due.messages.is_empty() => buffer.extend(due.messages),
@@ -146,7 +146,7 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
         }
         // Cluster mode: a dispatcher that lost its lease attempts nothing
         // more, not even what it fetched while it held it.
-        if !ctx.journal.may_dispatch(&d.name) {
+        if !ctx.queues.may_dispatch(&d.name) {
             give_back(&ctx, &d, &mut buffer);
             continue;
         }
@@ -190,7 +190,7 @@ async fn serial_step(
         return true;
     }
     let ready = d.queue.ready.notified();
-    let head = match ctx.journal.head(&d.name).await {
+    let head = match ctx.queues.head(&d.name).await {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(destination = %d.name, error = %e, "reading the queue head failed; retrying");
@@ -224,7 +224,7 @@ async fn serial_step(
         _ = kick.changed() => return true,
         _ = shutdown.changed() => return false,
     }
-    if d.current_state() == State::Paused || d.current_state() == State::Halted || !ctx.journal.may_dispatch(&d.name) {
+    if d.current_state() == State::Paused || d.current_state() == State::Halted || !ctx.queues.may_dispatch(&d.name) {
         return true;
     }
     lease(d, msg.seq);
@@ -238,7 +238,7 @@ async fn serial_step(
 /// (paused, halted, serial) keeps no new messages in memory.
 fn give_back(ctx: &Context, d: &Destination, buffer: &mut VecDeque<Message>) {
     buffer.clear();
-    ctx.journal.give_back(&d.name);
+    ctx.queues.give_back(&d.name);
 }
 
 fn lease(d: &Destination, seq: u64) {
@@ -255,7 +255,7 @@ fn release(ctx: &Context, d: &Destination, seq: u64, finished: bool) {
     d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
     d.in_flight.fetch_sub(1, Ordering::Relaxed);
     if !finished {
-        ctx.journal.give_back(&d.name);
+        ctx.queues.give_back(&d.name);
     }
     d.settled.notify_waiters();
     ctx.any_settled.notify_waiters();
@@ -347,7 +347,7 @@ fn body_detail(r: &delivery::Response) -> String {
 async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
     let cfg = d.config();
     let n = msg.attempts + 1;
-    let id = ctx.journal.message_id(msg.seq);
+    let id = ctx.queues.message_id(msg.seq);
     let span = tracing::info_span!("delivery", id = %id, destination = %d.name, attempt = n);
     let finished = async {
         let m = &ctx.metrics;
@@ -488,7 +488,7 @@ async fn unsendable(ctx: &Context, d: &Destination, msg: &Message, id: &str, n: 
     };
     let dead = matches!(disposition, Disposition::DeadLetter { .. });
     if let Err(err) = ctx
-        .journal
+        .queues
         .settle(msg.seq, &d.name, attempts, last_error, disposition)
         .await
     {
@@ -579,7 +579,7 @@ async fn carry_out(
         },
     };
     if let Err(e) = ctx
-        .journal
+        .queues
         .settle(msg.seq, &d.name, attempts, last_error.clone(), disposition.clone())
         .await
     {

@@ -22,7 +22,7 @@
 
 mod format;
 pub mod jq;
-mod preview;
+
 mod sandbox;
 
 use std::collections::HashMap;
@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use format::{CsvLayout, Format};
-pub use preview::{preview, render_preview};
+
 pub use sandbox::{worker_main, RunError, Runner, WORKER_ARG};
 
 /// At most this many schema errors are reported.

@@ -1,11 +1,10 @@
-//! Ingress: the producer-facing listener. A request passes through small
-//! stages, each of which can refuse it with a problem+json answer and store
-//! nothing: shutdown → auth → destination → method → path → halted →
-//! body size → headers → journal (with backpressure). Only a committed
-//! journal append yields a 2xx; there is no third case.
-//!
-//! Later stages (transforms, validation, routing) slot in between "headers"
-//! and "journal".
+//! Ingress: the producer-facing listener (SPEC §3). A request passes
+//! through small stages, each of which can refuse it with a problem+json
+//! answer and store nothing: shutdown → browser checks → auth →
+//! destination → method → path → halted → body size → headers → handoff
+//! (parse, schema, route, category, hold) → queue append (with
+//! backpressure). Only a durable append yields a 2xx; there is no third
+//! case.
 
 mod headers;
 pub mod listener;
@@ -24,9 +23,9 @@ use axum::Router;
 use crate::config::{self, WhenFull};
 use crate::dispatch::{self, Dispatcher};
 use crate::handoff;
-use crate::journal::{self, Appended, JournalError, Limits, NewMessage};
 use crate::metrics::Metrics;
 use crate::problem::Problem;
+use crate::queue::{self, Appended, Limits, NewMessage, QueueError};
 
 pub use headers::{forwardable, prefer_wait};
 
@@ -36,11 +35,11 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// What the ingress handler needs; cheap to clone.
 #[derive(Clone)]
 pub struct Ingress {
-    pub journal: journal::Queues,
+    pub queues: queue::Queues,
     pub dispatcher: Arc<Dispatcher>,
     pub metrics: Metrics,
     /// `max_body`, the producer token and `history_retention` come from here.
-    pub live: crate::reload::Live,
+    pub live: crate::config::Live,
     pub shutting_down: Arc<AtomicBool>,
 }
 
@@ -48,7 +47,7 @@ pub fn router(state: Ingress) -> Router {
     // Counter handles resolved once: a label lookup per request is a hash
     // and a lock on the hot path. One per destination and each sender that
     // may send to it, so those series also exist from the start.
-    let cfg = crate::reload::current(&state.live);
+    let cfg = crate::config::current(&state.live);
     let mut senders: Vec<(&str, Option<&[String]>)> = cfg
         .ingress
         .producers
@@ -120,8 +119,8 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
         return Err(Problem::shutting_down());
     }
     let (parts, body) = req.into_parts();
-    let live = crate::reload::current(&ing.live);
-    live.ingress.browser.check(&parts.headers)?;
+    let live = crate::config::current(&ing.live);
+    crate::auth::check_browser(&live.ingress.browser, &parts.headers)?;
     let max_body = live.ingress.max_body;
     let sender = crate::auth::sender(&parts.headers, &live.ingress)?;
     let raw_path = parts.uri.path();
@@ -209,7 +208,7 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
         body,
         idempotency_key,
         wants_reply: wait.is_some(),
-        received_at: journal::now_ms(),
+        received_at: queue::now_ms(),
         producer: sender.recorded(),
         category,
         routed_from,
@@ -233,7 +232,7 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
         }
         Appended::Duplicate { seq } => (seq, true, false),
         Appended::KeyReused { seq } => {
-            let first = ing.journal.message_id(seq);
+            let first = ing.queues.message_id(seq);
             return Err(reject(
                 ing,
                 name,
@@ -243,10 +242,10 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
         }
         Appended::QueueFull => unreachable!("handled by append_with_backpressure"),
     };
-    let id = ing.journal.message_id(seq);
+    let id = ing.queues.message_id(seq);
     if duplicate {
-        let status = match ing.journal.status(seq).await {
-            Ok(Some(s)) => crate::admin::state_name(&s, dest.is_in_flight(seq)),
+        let status = match ing.queues.status(seq).await {
+            Ok(Some(s)) => s.state.with_in_flight(dest.is_in_flight(seq)).as_str(),
             _ => "queued",
         };
         let body = serde_json::json!({"id": id, "destination": name, "status": status, "duplicate": true});
@@ -478,7 +477,7 @@ async fn append_with_backpressure(
     // not missed.
     let mut room = None;
     loop {
-        match ing.journal.append(msg.clone(), limits).await {
+        match ing.queues.append(msg.clone(), limits).await {
             Ok(Appended::QueueFull) => {
                 if cfg.queue.when_full == WhenFull::Block && tokio::time::Instant::now() < deadline {
                     match room.take() {
@@ -497,11 +496,11 @@ async fn append_with_backpressure(
                 return Err(reject(ing, name, "queue_full", Problem::queue_full(name, retry_after)));
             }
             Ok(a) => return Ok(a),
-            Err(JournalError::StorageFull) => {
+            Err(QueueError::StorageFull) => {
                 return Err(reject(ing, name, "storage_full", Problem::storage_full()));
             }
-            Err(JournalError::Closed) => return Err(Problem::shutting_down()),
-            Err(JournalError::Unavailable(e)) => {
+            Err(QueueError::Closed) => return Err(Problem::shutting_down()),
+            Err(QueueError::Unavailable(e)) => {
                 tracing::warn!(destination = name, error = %e, "queue storage unavailable; refused with 503");
                 let mut p = Problem::storage_unavailable();
                 p.retry_after = Some(1);

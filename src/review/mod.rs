@@ -2,19 +2,19 @@
 //! decided, measured and enforced.
 //!
 //! - Ingress asks [`intent`] what the station wants of a new message
-//!   (held by predicate or route, sampled, audited); the journal's writer
+//!   (held by predicate or route, sampled, audited); the queue (on SQLite, the journal's writer)
 //!   decides sampling on the message id and lists the item, in the commit
 //!   that stores the message.
 //! - [`Station::decide`] and [`Station::feedback`] check a decision
 //!   (reviewer named, a correction valid against the destination's schema
-//!   and transform) and record it through the journal, which applies it to
+//!   and transform) and record it through the queue, which applies it to
 //!   the held message in the same commit: the first decision wins.
 //! - After each decision the category's override rate over the governance
 //!   window is judged ([`Station::govern`]); crossing the owner's threshold
 //!   pauses the destination (or only alerts). A loop does the same for the
 //!   downstream's permanent-failure rate, ends holds that time out, and
 //!   watches for halted and long-degraded destinations.
-//! - Alerts are messages on an internal destination ([`ALERTS`], from
+//! - Alerts are messages on an internal destination ([`config::ALERTS`], from
 //!   `[alerts] webhook_url`): durable before they count as raised, retried,
 //!   and measured like any other delivery. The station never talks HTTP.
 
@@ -28,17 +28,12 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 
 use crate::config::{self, OnHoldTimeout, OnThreshold};
+use crate::config::{current, Live};
 use crate::dispatch::{Dispatcher, State};
 use crate::handoff::{self, Hold};
-use crate::journal::review::{Decided, Decision, Item, Verdict};
-use crate::journal::{self, JournalError, NewMessage, ReviewIntent};
 use crate::metrics::Metrics;
-use crate::reload::{current, Live};
-
-/// The internal destination alerts are queued on. Its name cannot be a
-/// configured one (names start with a letter or digit), and ingress
-/// refuses to take messages for it.
-pub const ALERTS: &str = "_alerts";
+use crate::queue::review::{Decided, Decision, Item, Verdict};
+use crate::queue::{self, MessageState, NewMessage, QueueError, ReviewIntent};
 
 /// A destination continuously degraded this long raises an alert.
 const DEGRADED_ALERT_AFTER: Duration = Duration::from_secs(300);
@@ -67,10 +62,10 @@ pub enum ReviewError {
     NotFound(String),
     /// A decision on a message that is not held or listed for audit.
     #[error("message {id} is {state}, not waiting for review")]
-    NotHeld { id: String, state: &'static str },
+    NotHeld { id: String, state: MessageState },
     /// Feedback on a message not delivered yet.
     #[error("message {id} is {state}; feedback is for delivered messages")]
-    NotDelivered { id: String, state: &'static str },
+    NotDelivered { id: String, state: MessageState },
     #[error("message {id} was already decided: {decision} by {reviewer}")]
     AlreadyDecided {
         id: String,
@@ -92,7 +87,7 @@ pub enum ReviewError {
     #[error("the handoff sandbox is unavailable: {0}")]
     Unavailable(String),
     #[error(transparent)]
-    Journal(#[from] JournalError),
+    Queue(#[from] QueueError),
 }
 
 /// A decision on a review item, as the API takes it.
@@ -118,7 +113,7 @@ pub struct FeedbackRequest {
 }
 
 pub struct Station {
-    journal: journal::Queues,
+    queues: queue::Queues,
     dispatcher: Arc<Dispatcher>,
     metrics: Metrics,
     live: Live,
@@ -132,9 +127,9 @@ pub struct Station {
 }
 
 impl Station {
-    pub fn new(journal: journal::Queues, dispatcher: Arc<Dispatcher>, metrics: Metrics, live: Live) -> Arc<Station> {
+    pub fn new(queues: queue::Queues, dispatcher: Arc<Dispatcher>, metrics: Metrics, live: Live) -> Arc<Station> {
         Arc::new(Station {
-            journal,
+            queues,
             dispatcher,
             metrics,
             live,
@@ -144,7 +139,7 @@ impl Station {
     }
 
     fn id(&self, seq: u64) -> String {
-        self.journal.message_id(seq)
+        self.queues.message_id(seq)
     }
 
     /// Review items awaiting a decision, oldest first, each with what its
@@ -156,7 +151,7 @@ impl Station {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Value>, ReviewError> {
-        let items = self.journal.open_reviews(dest, category, after, limit).await?;
+        let items = self.queues.open_reviews(dest, category, after, limit).await?;
         let mut out = Vec::with_capacity(items.len());
         for it in items {
             let preview = self.preview(&it).await;
@@ -166,7 +161,7 @@ impl Station {
                 "category": it.category,
                 "kind": it.kind,
                 "reason": it.reason,
-                "received_at": journal::rfc3339(it.received_at),
+                "received_at": queue::rfc3339(it.received_at),
                 "original": body_value(it.original.as_ref()),
                 "preview": preview,
             }));
@@ -198,7 +193,7 @@ impl Station {
     pub async fn decide(&self, seq: u64, verdict: Verdict, req: DecisionRequest) -> Result<Value, ReviewError> {
         let reviewer = reviewer(req.reviewer)?;
         let id = self.id(seq);
-        let item = self.journal.review_item(seq).await?;
+        let item = self.queues.review_item(seq).await?;
         let (corrected, patch) = match verdict {
             Verdict::Edit => {
                 let Some(body) = req.body else {
@@ -237,7 +232,7 @@ impl Station {
                     "a correction goes with verdict \"overridden\"".into(),
                 ))
             }
-            (Some(c), _) => match self.journal.review_item(seq).await? {
+            (Some(c), _) => match self.queues.review_item(seq).await? {
                 Some(item) => correction(&item, c),
                 None => (Some(Bytes::from(c.to_string())), None),
             },
@@ -258,7 +253,7 @@ impl Station {
         corrected: Option<Bytes>,
         patch: Option<String>,
     ) -> Result<Value, ReviewError> {
-        let at = journal::now_ms();
+        let at = queue::now_ms();
         let decision = Decision {
             verdict,
             reviewer: reviewer.clone(),
@@ -267,7 +262,7 @@ impl Station {
             patch: patch.clone(),
             at,
         };
-        match self.journal.decide(seq, decision).await? {
+        match self.queues.decide(seq, decision).await? {
             Decided::Done { dest, category, kind } => {
                 self.metrics
                     .review_decisions
@@ -289,7 +284,7 @@ impl Station {
                     "decision": verdict.as_str(),
                     "reviewer": reviewer,
                     "note": note,
-                    "decided_at": journal::rfc3339(at),
+                    "decided_at": queue::rfc3339(at),
                     "patch": patch.and_then(|p| serde_json::from_str::<Value>(&p).ok()),
                 }))
             }
@@ -314,13 +309,13 @@ impl Station {
 
     /// Why a message without a review record cannot be decided.
     async fn not_held(&self, seq: u64, id: &str) -> ReviewError {
-        match self.journal.status(seq).await {
+        match self.queues.status(seq).await {
             Ok(Some(s)) => ReviewError::NotHeld {
                 id: id.to_string(),
-                state: crate::admin::state_name(&s, false),
+                state: s.state,
             },
             Ok(None) => ReviewError::NotFound(id.to_string()),
-            Err(e) => ReviewError::Journal(e),
+            Err(e) => ReviewError::Queue(e),
         }
     }
 
@@ -342,9 +337,9 @@ impl Station {
 
     /// Quality rows over `window` (`GET /v1/quality`, `tidegate report`).
     pub async fn quality(&self, dest: Option<String>, window: Duration) -> Result<Vec<quality::Row>, ReviewError> {
-        let since = journal::now_ms() - window.as_millis().min(i64::MAX as u128) as i64;
-        let volumes = self.journal.volumes(dest.clone(), since).await?;
-        let tallies = self.journal.review_tallies(dest, since).await?;
+        let since = queue::now_ms() - window.as_millis().min(i64::MAX as u128) as i64;
+        let volumes = self.queues.volumes(dest.clone(), since).await?;
+        let tallies = self.queues.review_tallies(dest, since).await?;
         let config = current(&self.live);
         let threshold = |name: &str| {
             let d = config.destinations.iter().find(|d| d.name == name)?;
@@ -360,9 +355,9 @@ impl Station {
     /// Each destination's override rate over `window` from the decisions
     /// alone (no message volumes): cheap enough for a page refreshed live.
     pub async fn override_rates(&self, window: Duration) -> Result<HashMap<String, f64>, ReviewError> {
-        let since = journal::now_ms() - window.as_millis().min(i64::MAX as u128) as i64;
+        let since = queue::now_ms() - window.as_millis().min(i64::MAX as u128) as i64;
         let mut sums: HashMap<String, (u64, u64)> = HashMap::new();
-        for ((dest, _), t) in self.journal.review_tallies(None, since).await? {
+        for ((dest, _), t) in self.queues.review_tallies(None, since).await? {
             let s = sums.entry(dest).or_default();
             s.0 += t.overrides();
             s.1 += t.reviewed();
@@ -382,7 +377,7 @@ impl Station {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Value>, ReviewError> {
-        let items = self.journal.corrections(dest, since, after, limit).await?;
+        let items = self.queues.corrections(dest, since, after, limit).await?;
         Ok(items
             .iter()
             .map(|it| {
@@ -396,7 +391,7 @@ impl Station {
                     "patch": it.patch.as_deref().and_then(|p| serde_json::from_str::<Value>(p).ok()),
                     "reviewer": it.reviewer,
                     "note": it.note,
-                    "decided_at": it.decided_at.map(journal::rfc3339),
+                    "decided_at": it.decided_at.map(queue::rfc3339),
                 })
             })
             .collect())
@@ -411,9 +406,9 @@ impl Station {
         let cfg = d.config();
         let Some(g) = &cfg.governance else { return };
         let Some(rate) = g.error_threshold else { return };
-        let now = journal::now_ms();
+        let now = queue::now_ms();
         let since = self.window_start(dest, g.window, now);
-        let tally = match self.journal.review_tally(dest, category, since).await {
+        let tally = match self.queues.review_tally(dest, category, since).await {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(destination = dest, error = %e, "governance: cannot read the review tally");
@@ -499,7 +494,7 @@ impl Station {
     }
 
     fn first_in_window(&self, dest: &str, event: &str, subject: &str, window: Duration) -> bool {
-        let now = journal::now_ms();
+        let now = queue::now_ms();
         let key = (dest.to_string(), event.to_string(), subject.to_string());
         let mut alerted = self.alerted.lock().unwrap_or_else(|e| e.into_inner());
         match alerted.get(&key) {
@@ -543,13 +538,13 @@ impl Station {
             self.judged_from
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(dest.to_string(), journal::now_ms());
+                .insert(dest.to_string(), queue::now_ms());
         }
         self.dispatcher
             .resume_because(dest, skip_head, &reason)
             .await
             .map_err(|e| match e {
-                crate::dispatch::DispatchError::Journal(e) => ReviewError::Journal(e),
+                crate::dispatch::DispatchError::Queue(e) => ReviewError::Queue(e),
                 e => ReviewError::Invalid(e.to_string()),
             })?;
         Ok(())
@@ -560,7 +555,7 @@ impl Station {
     pub async fn alert(&self, event: &str, dest: &str, owner: &str, text: String, figures: Value) {
         self.metrics.alerts.with_label_values(&[event]).inc();
         tracing::warn!(event, destination = dest, %text, "alert");
-        let Some(alerts) = self.dispatcher.destination(ALERTS) else {
+        let Some(alerts) = self.dispatcher.destination(config::ALERTS) else {
             return;
         };
         let body = json!({
@@ -569,31 +564,31 @@ impl Station {
             "owner": owner,
             "event": event,
             "figures": figures,
-            "at": journal::rfc3339(journal::now_ms()),
+            "at": queue::rfc3339(queue::now_ms()),
         });
         let cfg = alerts.config();
         let msg = NewMessage {
-            dest: ALERTS.to_string(),
+            dest: config::ALERTS.to_string(),
             method: "POST".into(),
             path: String::new(),
             headers: vec![("content-type".into(), "application/json".into())],
             body: Bytes::from(body.to_string()),
             idempotency_key: None,
             wants_reply: false,
-            received_at: journal::now_ms(),
+            received_at: queue::now_ms(),
             producer: None,
             category: Some(event.to_string()),
             routed_from: None,
             order_key: None,
             review: None,
         };
-        let limits = journal::Limits {
+        let limits = queue::Limits {
             max_messages: cfg.queue.max_messages,
             max_bytes: cfg.queue.max_bytes,
             idempotency_window_ms: 0,
         };
-        match self.journal.append(Arc::new(msg), limits).await {
-            Ok(journal::Appended::Stored { seq, .. }) => {
+        match self.queues.append(Arc::new(msg), limits).await {
+            Ok(queue::Appended::Stored { seq, .. }) => {
                 tracing::info!(id = %self.id(seq), event, destination = dest, "alert queued for the webhook")
             }
             Ok(other) => {
@@ -629,7 +624,7 @@ impl Station {
             }
             let deliver = policy.on_hold_timeout == OnHoldTimeout::Deliver;
             loop {
-                match self.journal.expire_holds(&d.name, deliver, journal::now_ms()).await {
+                match self.queues.expire_holds(&d.name, deliver, queue::now_ms()).await {
                     Ok(0) => break,
                     Ok(n) => {
                         tracing::info!(destination = %d.name, count = n, outcome = if deliver { "delivered" } else { "rejected" }, "holds timed out");
@@ -655,7 +650,7 @@ impl Station {
     async fn watch_states(&self, watch: &mut Watch) {
         let now = std::time::Instant::now();
         for d in self.dispatcher.destinations() {
-            if d.name == ALERTS {
+            if d.name == config::ALERTS {
                 continue;
             }
             let info = d.state();
@@ -692,10 +687,10 @@ impl Station {
                 watch.breached.remove(&d.name);
                 continue;
             };
-            let Ok(oldest) = self.journal.oldest_pending(&d.name).await else {
+            let Ok(oldest) = self.queues.oldest_pending(&d.name).await else {
                 continue;
             };
-            let age = journal::age_seconds(oldest);
+            let age = queue::age_seconds(oldest);
             let breached = age > objective.as_secs_f64();
             let was = watch.breached.insert(d.name.clone(), breached).unwrap_or(false);
             if breached && !was {

@@ -1,12 +1,12 @@
 //! Quality arithmetic: override rates with their 95% Wilson interval, and
-//! the owner's report built from the journal's counts. Pure functions, no
+//! the owner's report built from the queue's counts. Pure functions, no
 //! I/O, so the maths is tested on its own.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::journal::review::Tally;
+use crate::queue::review::Tally;
 
 /// z for a two-sided 95% interval.
 const Z95: f64 = 1.959_963_984_540_054;
@@ -144,11 +144,10 @@ pub fn crosses(t: &Tally, threshold: Threshold) -> bool {
 /// tallies into rows: categories over their threshold first, then by
 /// destination and category.
 pub fn rows(
-    volumes: &[(String, String, i64, u64)],
+    volumes: &[(String, String, crate::queue::MessageState, u64)],
     tallies: &[((String, String), Tally)],
     threshold: impl Fn(&str) -> Option<Threshold>,
 ) -> Vec<Row> {
-    use crate::journal::{STATE_DEAD, STATE_DELIVERED, STATE_HELD};
     let mut by: BTreeMap<(String, String), Row> = BTreeMap::new();
     for (dest, category, state, n) in volumes {
         let r = by
@@ -156,9 +155,9 @@ pub fn rows(
             .or_insert_with(|| Row::new(dest, category));
         r.messages += n;
         match *state {
-            STATE_DELIVERED => r.delivered += n,
-            STATE_DEAD => r.dead_letters += n,
-            STATE_HELD => r.held += n,
+            crate::queue::MessageState::Delivered => r.delivered += n,
+            crate::queue::MessageState::DeadLettered => r.dead_letters += n,
+            crate::queue::MessageState::Held => r.held += n,
             _ => {}
         }
     }
@@ -300,10 +299,11 @@ mod tests {
 
     #[test]
     fn rows_put_categories_over_threshold_first() {
+        use crate::queue::MessageState;
         let volumes = vec![
-            ("d".to_string(), "nda".to_string(), 2, 90),
-            ("d".to_string(), "contract".to_string(), 2, 40),
-            ("d".to_string(), "contract".to_string(), 1, 3),
+            ("d".to_string(), "nda".to_string(), MessageState::Delivered, 90),
+            ("d".to_string(), "contract".to_string(), MessageState::Delivered, 40),
+            ("d".to_string(), "contract".to_string(), MessageState::DeadLettered, 3),
         ];
         let tallies = vec![
             (

@@ -433,7 +433,7 @@ async fn journal_verify_reports_counts_and_finds_a_damaged_row() {
     assert!(text.contains("integrity_check: ok"), "{text}");
     assert!(
         text.lines()
-            .any(|l| l.starts_with("crm") && l.contains("pending") && l.contains(" 5 ")),
+            .any(|l| l.starts_with("crm") && l.contains("queued") && l.contains(" 5 ")),
         "{text}"
     );
     assert!(text.contains("verdict: healthy"), "{text}");

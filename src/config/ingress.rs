@@ -1,0 +1,166 @@
+//! `[ingress]` and `[[ingress.producer]]`: where producers send, how big
+//! and how slow a request may be, and who may send where (SPEC §3, §15).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::browser::browser_policy;
+use super::locate::{positive, secret_from_env, socket_addr};
+use super::{valid_name, BrowserPolicy, ByteSize, ConfigError, Destination, EnvString, HumanDuration, Locator, Secret};
+
+#[derive(Clone, Debug)]
+pub struct IngressConfig {
+    pub listen: SocketAddr,
+    pub max_body: u64,
+    /// Open producer connections beyond this get a 503 and are closed.
+    pub max_connections: usize,
+    /// How long a producer may take to send a request's headers.
+    pub header_read_timeout: Duration,
+    pub auth_token: Option<Secret>,
+    /// Which browser requests the listener refuses (see `auth`).
+    pub browser: BrowserPolicy,
+    /// Named producers, each with its own token and destinations. When any
+    /// is configured, every request needs one of their tokens (or the
+    /// shared `auth_token`).
+    pub producers: Vec<Producer>,
+    /// A non-loopback ingress with no token at all is refused at load
+    /// unless this says so on purpose.
+    pub allow_anonymous: bool,
+}
+
+/// A producer identity (`[[ingress.producer]]`).
+#[derive(Clone, Debug)]
+pub struct Producer {
+    pub name: String,
+    pub token: Secret,
+    /// The destinations it may send to; `None`: all.
+    pub destinations: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawIngress {
+    pub(super) listen: Option<Spanned<EnvString>>,
+    pub(super) max_body: Option<ByteSize>,
+    pub(super) max_connections: Option<Spanned<i64>>,
+    pub(super) header_read_timeout: Option<HumanDuration>,
+    pub(super) auth_token_env: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) allowed_origins: Vec<Spanned<EnvString>>,
+    #[serde(default)]
+    pub(super) allowed_hosts: Vec<Spanned<EnvString>>,
+    pub(super) allow_anonymous: Option<bool>,
+    #[serde(default)]
+    pub(super) producer: Vec<RawProducer>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProducer {
+    pub(super) name: Spanned<String>,
+    pub(super) token_env: Spanned<String>,
+    pub(super) destinations: Option<Vec<Spanned<String>>>,
+}
+
+/// `[ingress]` without its producers, which name destinations and so are
+/// read once those are known ([`producers`]).
+pub(super) fn build(raw: &RawIngress, loc: &Locator) -> Result<IngressConfig, ConfigError> {
+    let listen = socket_addr(&raw.listen, "0.0.0.0:8080", loc)?;
+    Ok(IngressConfig {
+        listen,
+        browser: browser_policy(listen, &raw.allowed_origins, &raw.allowed_hosts, loc)?,
+        max_body: raw.max_body.map(|b| b.0).unwrap_or(1 << 20),
+        max_connections: positive(&raw.max_connections, 4096usize, loc, "max_connections")?,
+        header_read_timeout: raw.header_read_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
+        auth_token: secret_from_env(&raw.auth_token_env, loc)?,
+        producers: Vec::new(),
+        allow_anonymous: raw.allow_anonymous.unwrap_or(false),
+    })
+}
+
+/// Refuses an ingress that anyone who reaches it could send through: not
+/// on loopback, and no token of any kind, unless `allow_anonymous` says
+/// that is meant.
+pub(super) fn refuse_open(ingress: &IngressConfig, raw: &RawIngress, loc: &Locator) -> Result<(), ConfigError> {
+    if ingress.listen.ip().is_loopback()
+        || !ingress.producers.is_empty()
+        || ingress.auth_token.is_some()
+        || ingress.allow_anonymous
+    {
+        return Ok(());
+    }
+    let span = raw.listen.as_ref().map(|s| s.span()).unwrap_or(0..0);
+    // The default listen has no span: the error still names its key.
+    Err(loc.error_at_key(
+        span,
+        "ingress.listen",
+        format!(
+            "{} is not a loopback address and no [[ingress.producer]] or auth_token_env is \
+             configured: anyone who reaches it could send with the destinations' credentials; configure \
+             producers, or set ingress.allow_anonymous = true if that is meant",
+            ingress.listen
+        ),
+    ))
+}
+
+/// Validates `[[ingress.producer]]`: names like destinations', unique;
+/// tokens set and distinct (a token must say who sent a request); listed
+/// destinations configured.
+pub(super) fn producers(
+    raw: &[RawProducer],
+    destinations: &[Destination],
+    loc: &Locator,
+) -> Result<Vec<Producer>, ConfigError> {
+    let mut out: Vec<Producer> = Vec::new();
+    for p in raw {
+        let name = p.name.get_ref().clone();
+        if !valid_name(&name) {
+            return Err(loc.error(
+                p.name.span(),
+                format!("producer name {name:?} must match [a-z0-9][a-z0-9_-]{{0,62}}"),
+            ));
+        }
+        if out.iter().any(|o| o.name == name) {
+            return Err(loc.error(p.name.span(), format!("producer {name:?} is defined twice")));
+        }
+        let token = secret_from_env(&Some(p.token_env.clone()), loc)?
+            .ok_or_else(|| loc.error(p.token_env.span(), "token_env is required".to_string()))?;
+        if let Some(other) = out.iter().find(|o| o.token == token) {
+            return Err(loc.error(
+                p.token_env.span(),
+                format!(
+                    "producers {:?} and {name:?} have the same token: each needs its own",
+                    other.name
+                ),
+            ));
+        }
+        let dests = match &p.destinations {
+            None => None,
+            Some(list) => {
+                let mut names = Vec::new();
+                for d in list {
+                    if !destinations.iter().any(|x| x.name == *d.get_ref()) {
+                        return Err(loc.error(
+                            d.span(),
+                            format!(
+                                "producer {name:?} names destination {:?}, which is not configured",
+                                d.get_ref()
+                            ),
+                        ));
+                    }
+                    names.push(d.get_ref().clone());
+                }
+                Some(names)
+            }
+        };
+        out.push(Producer {
+            name,
+            token,
+            destinations: dests,
+        });
+    }
+    Ok(out)
+}

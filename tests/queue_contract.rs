@@ -1,0 +1,419 @@
+//! The queue's contract (`tidegate::queue`), run against both backends
+//! from one source: the SQLite journal on a temporary directory, and
+//! JetStream on a real `nats-server` (one per test process, each queue
+//! under a stream prefix of its own). `contract!` writes the same tests
+//! for each, as apalis' `generic_storage_test!` does for its storages.
+//!
+//! Each queue is opened as tidegate opens it (`queue::lock`, then
+//! `queue::open` on a parsed config), and every expectation is the
+//! contract's, stated on the traits in `src/queue/contract.rs`.
+
+#[path = "it/support/nats.rs"]
+#[allow(dead_code)]
+mod nats;
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tidegate::config::Config;
+use tidegate::queue::review::{Decided, Decision, Verdict};
+use tidegate::queue::{
+    self, now_ms, Appended, DestinationRecord, Disposition, Limits, MessageState, NewMessage, Queues, ReviewIntent,
+};
+
+/// A queue on a backend, the directory its config lives in, kept as long
+/// as the queue is.
+struct Opened {
+    queues: Queues,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.queues.close();
+    }
+}
+
+async fn open(storage: &str, destinations: &[&str]) -> Opened {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = format!(
+        "[ingress]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[storage]\npath = \"{}\"\n{storage}\n",
+        dir.path().join("data").display()
+    );
+    for d in destinations {
+        text.push_str(&format!(
+            "[[destination]]\nname = \"{d}\"\nurl = \"http://127.0.0.1:9/\"\nowner = \"t@example.com\"\n[destination.queue]\nmax_messages = 5\nmax_bytes = \"1MiB\"\n"
+        ));
+    }
+    let path = dir.path().join("tidegate.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = Config::load(&path).unwrap();
+    let taken = queue::lock(&config).unwrap();
+    let queues = queue::open(&config, taken).await.unwrap();
+    Opened { queues, _dir: dir }
+}
+
+async fn sqlite() -> Opened {
+    open("", &["d", "e"]).await
+}
+
+async fn jetstream() -> Opened {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let prefix = format!("C{}x{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    let url = tokio::task::spawn_blocking(nats::shared_url).await.unwrap();
+    let storage = format!(
+        "backend = \"jetstream\"\n[storage.jetstream]\nurls = [\"{url}\"]\nreplicas = 1\nstream_prefix = \"{prefix}\"\n"
+    );
+    let q = open(&storage, &["d", "e"]).await;
+    // One instance dispatches a destination at a time: wait for the lease.
+    for dest in ["d", "e"] {
+        until(&format!("the lease on {dest}"), || async {
+            q.queues.may_dispatch(dest)
+        })
+        .await;
+    }
+    q
+}
+
+const LIMITS: Limits = Limits {
+    max_messages: 5,
+    max_bytes: 1 << 20,
+    idempotency_window_ms: 86_400_000,
+};
+
+fn msg(dest: &str, body: &str) -> NewMessage {
+    NewMessage {
+        dest: dest.into(),
+        method: "POST".into(),
+        path: "/x?y=1".into(),
+        headers: vec![("content-type".into(), "application/json".into())],
+        body: Bytes::from(body.to_string()),
+        idempotency_key: None,
+        wants_reply: false,
+        received_at: now_ms(),
+        producer: Some("p".into()),
+        category: None,
+        routed_from: None,
+        order_key: None,
+        review: None,
+    }
+}
+
+async fn until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cond().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn stored(q: &Queues, m: NewMessage) -> u64 {
+    match q.append(Arc::new(m), LIMITS).await.unwrap() {
+        Appended::Stored { seq, .. } => seq,
+        other => panic!("expected stored, got {other:?}"),
+    }
+}
+
+/// Everything due now, fetched as dispatch fetches: each read skips what
+/// earlier reads handed out (in flight), until a read brings nothing new.
+async fn due(q: &Queues, dest: &str) -> Vec<tidegate::queue::Message> {
+    let mut all: Vec<tidegate::queue::Message> = Vec::new();
+    for _ in 0..5 {
+        let leased: Vec<u64> = all.iter().map(|m| m.seq).collect();
+        let got = q
+            .fetch_ready(dest, 100, &move || leased.clone())
+            .await
+            .unwrap()
+            .messages;
+        if got.is_empty() && !all.is_empty() {
+            break;
+        }
+        all.extend(got);
+    }
+    all
+}
+
+fn depth(q: &Queues, dest: &str) -> u64 {
+    q.queue(dest).depth.load(Ordering::Relaxed)
+}
+
+async fn appended_messages_come_back_in_order_and_leave_when_delivered(q: &Queues) {
+    let a = stored(q, msg("d", "a")).await;
+    let b = stored(q, msg("d", "b")).await;
+    assert_eq!(depth(q, "d"), 2, "counts are exact after this process's own changes");
+    let got = due(q, "d").await;
+    assert_eq!(got.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![a, b]);
+    assert_eq!(&got[0].body[..], b"a");
+    assert_eq!(got[0].path, "/x?y=1");
+    assert_eq!(q.parse_id(&q.message_id(a)), Some(a), "ids round-trip");
+    q.settle(a, "d", 1, None, Disposition::Delivered).await.unwrap();
+    assert_eq!(depth(q, "d"), 1);
+    let s = q.status(a).await.unwrap().unwrap();
+    assert_eq!(
+        (s.state, s.dest.as_str(), s.attempts),
+        (MessageState::Delivered, "d", 1)
+    );
+    assert_eq!(s.producer.as_deref(), Some("p"));
+    q.settle(b, "d", 1, None, Disposition::Delivered).await.unwrap();
+    assert_eq!(depth(q, "d"), 0);
+    assert!(due(q, "d").await.is_empty());
+}
+
+async fn an_idempotency_key_stores_once_and_refuses_a_different_request(q: &Queues) {
+    let mut m = msg("d", "one");
+    m.idempotency_key = Some("k1".into());
+    let first = stored(q, m.clone()).await;
+    assert_eq!(
+        q.append(Arc::new(m.clone()), LIMITS).await.unwrap(),
+        Appended::Duplicate { seq: first }
+    );
+    m.body = Bytes::from_static(b"other");
+    assert_eq!(
+        q.append(Arc::new(m), LIMITS).await.unwrap(),
+        Appended::KeyReused { seq: first }
+    );
+    assert_eq!(depth(q, "d"), 1, "nothing more stored");
+}
+
+async fn a_full_queue_refuses_and_stores_nothing(q: &Queues) {
+    for i in 0..5 {
+        stored(q, msg("e", &i.to_string())).await;
+    }
+    assert_eq!(
+        q.append(Arc::new(msg("e", "6")), LIMITS).await.unwrap(),
+        Appended::QueueFull
+    );
+    assert_eq!(depth(q, "e"), 5);
+}
+
+async fn a_rescheduled_message_waits_and_its_time_is_reported(q: &Queues) {
+    let a = stored(q, msg("d", "a")).await;
+    let got = due(q, "d").await;
+    assert_eq!(got.len(), 1);
+    let later = now_ms() + 60_000;
+    let err = tidegate::queue::LastError {
+        kind: "http_5xx".into(),
+        status: Some(503),
+        detail: "busy".into(),
+    };
+    q.settle(
+        a,
+        "d",
+        1,
+        Some(err.clone()),
+        Disposition::Reschedule { visible_at: later },
+    )
+    .await
+    .unwrap();
+    q.give_back("d");
+    let d = q.fetch_ready("d", 10, &Vec::new).await.unwrap();
+    assert!(d.messages.is_empty(), "not due before its time");
+    let s = q.status(a).await.unwrap().unwrap();
+    assert_eq!(s.state, MessageState::Scheduled);
+    assert_eq!(s.attempts, 1);
+    assert_eq!(s.last_error, Some(err));
+    assert_eq!(depth(q, "d"), 1, "a scheduled message is in the depth");
+}
+
+async fn a_message_given_back_is_handed_out_again(q: &Queues) {
+    let a = stored(q, msg("d", "a")).await;
+    assert_eq!(due(q, "d").await.len(), 1);
+    q.give_back("d");
+    let again = due(q, "d").await;
+    assert_eq!(again.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![a]);
+    let leased = move || vec![a];
+    q.give_back("d");
+    assert!(
+        q.fetch_ready("d", 10, &leased).await.unwrap().messages.is_empty(),
+        "a message in flight is skipped"
+    );
+}
+
+async fn dead_letters_are_listed_replayed_and_purged(q: &Queues) {
+    let a = stored(q, msg("d", "a")).await;
+    let b = stored(q, msg("d", "b")).await;
+    due(q, "d").await;
+    for seq in [a, b] {
+        q.settle(
+            seq,
+            "d",
+            2,
+            None,
+            Disposition::DeadLetter {
+                reason: "http_4xx".into(),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    until("two dead letters counted", || async {
+        q.queue("d").dead_letters.load(Ordering::Relaxed) == 2
+    })
+    .await;
+    assert_eq!(depth(q, "d"), 0);
+    let listed = q.dead_letters("d", None, 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|l| l.seq).collect::<HashSet<_>>(),
+        HashSet::from([a, b])
+    );
+    assert!(listed.iter().all(|l| l.reason == "http_4xx" && l.attempts == 2));
+    let s = q.status(a).await.unwrap().unwrap();
+    assert_eq!(
+        (s.state, s.reason.as_deref()),
+        (MessageState::DeadLettered, Some("http_4xx"))
+    );
+    assert_eq!(q.replay("d", Some(vec![a])).await.unwrap(), 1);
+    q.give_back("d");
+    until("the replayed message due again", || async {
+        due(q, "d").await.iter().any(|m| m.seq == a || m.body[..] == b"a"[..])
+    })
+    .await;
+    assert_eq!(q.purge_dead_letters("d").await.unwrap(), 1);
+    until("no dead letters", || async {
+        q.queue("d").dead_letters.load(Ordering::Relaxed) == 0
+    })
+    .await;
+}
+
+async fn a_key_ordered_fetch_gives_each_keys_oldest_only(q: &Queues) {
+    let keyed = |k: &str, body: &str| NewMessage {
+        order_key: Some(k.to_string()),
+        ..msg("d", body)
+    };
+    let k1 = stored(q, keyed("k", "1")).await;
+    let _k2 = stored(q, keyed("k", "2")).await;
+    let j1 = stored(q, keyed("j", "1")).await;
+    let heads = || async {
+        let (due, _) = q
+            .fetch_keyed("d", 10, HashSet::new(), HashSet::new(), String::new())
+            .await
+            .unwrap();
+        due.messages.iter().map(|m| m.seq).collect::<HashSet<_>>()
+    };
+    until("each key's head", || async { heads().await == HashSet::from([k1, j1]) }).await;
+    let (due, _) = q
+        .fetch_keyed(
+            "d",
+            10,
+            HashSet::from([k1]),
+            HashSet::from(["j".to_string()]),
+            String::new(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        due.messages.is_empty(),
+        "a key in flight and a halted key hand out nothing"
+    );
+}
+
+async fn destination_records_are_kept(q: &Queues) {
+    let rec = DestinationRecord {
+        state: "paused".into(),
+        reason: "operator".into(),
+        head_seq: None,
+    };
+    q.set_destination_record("d", rec.clone()).await.unwrap();
+    until("the record read back", || async {
+        q.destination_records().await.unwrap().get("d") == Some(&rec)
+    })
+    .await;
+}
+
+async fn a_held_message_waits_for_a_decision_and_the_first_decision_wins(q: &Queues) {
+    let mut m = msg("d", r#"{"x": 1}"#);
+    m.review = Some(ReviewIntent {
+        hold: Some("predicate"),
+        ..ReviewIntent::default()
+    });
+    let seq = match q.append(Arc::new(m), LIMITS).await.unwrap() {
+        Appended::Stored { seq, held } => {
+            assert_eq!(held, Some("predicate"));
+            seq
+        }
+        other => panic!("{other:?}"),
+    };
+    // Nothing held is handed out (JetStream parks it as it meets it).
+    for _ in 0..3 {
+        assert!(due(q, "d").await.iter().all(|m| m.seq != seq));
+    }
+    until("the item open for review", || async {
+        q.open_reviews(Some("d".into()), None, 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.seq == seq)
+    })
+    .await;
+    let decision = |verdict, who: &str| Decision {
+        verdict,
+        reviewer: who.to_string(),
+        note: None,
+        corrected: None,
+        patch: None,
+        at: now_ms(),
+    };
+    match q.decide(seq, decision(Verdict::Approve, "ann")).await.unwrap() {
+        Decided::Done { dest, kind, .. } => assert_eq!((dest.as_str(), kind.as_str()), ("d", "held")),
+        other => panic!("{other:?}"),
+    }
+    match q.decide(seq, decision(Verdict::Reject, "bob")).await.unwrap() {
+        Decided::AlreadyDecided { decision, reviewer } => {
+            assert_eq!((decision.as_str(), reviewer.as_deref()), ("approve", Some("ann")))
+        }
+        other => panic!("{other:?}"),
+    }
+    q.give_back("d");
+    until("the approved message handed out", || async {
+        due(q, "d")
+            .await
+            .iter()
+            .any(|m| q.message_id(m.seq) == q.message_id(seq))
+    })
+    .await;
+    let item = q.review_item(seq).await.unwrap().unwrap();
+    assert_eq!(
+        (item.decision.as_deref(), item.reviewer.as_deref()),
+        (Some("approve"), Some("ann"))
+    );
+}
+
+macro_rules! contract {
+    ($backend:ident: $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let q = super::$backend().await;
+                    super::$case(&q.queues).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! on_both {
+    ($($case:ident),* $(,)?) => {
+        contract!(sqlite: $($case),*);
+        contract!(jetstream: $($case),*);
+    };
+}
+
+on_both!(
+    appended_messages_come_back_in_order_and_leave_when_delivered,
+    an_idempotency_key_stores_once_and_refuses_a_different_request,
+    a_full_queue_refuses_and_stores_nothing,
+    a_rescheduled_message_waits_and_its_time_is_reported,
+    a_message_given_back_is_handed_out_again,
+    dead_letters_are_listed_replayed_and_purged,
+    a_key_ordered_fetch_gives_each_keys_oldest_only,
+    destination_records_are_kept,
+    a_held_message_waits_for_a_decision_and_the_first_decision_wins,
+);
