@@ -18,6 +18,7 @@ use crate::console::{self, Console};
 use crate::delivery::HttpDeliverer;
 use crate::dispatch::Dispatcher;
 use crate::ingress::{self, Ingress};
+use crate::listener;
 use crate::metrics::Metrics;
 use crate::ops::Ops;
 use crate::queue;
@@ -29,6 +30,13 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     // a SIGTERM during start-up (opening a large journal takes a second or
     // two) would kill the process instead of stopping it cleanly once up.
     let mut signals = Signals::catch();
+    // Everything tidegate creates (the journal and its WAL, salt, lock and
+    // marks) holds what producers sent: readable by its user only, whatever
+    // umask it was started with (SPEC §17).
+    // SAFETY: umask only sets the process's file mode mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
     let config_path = config.source.clone();
     let started = std::time::Instant::now();
     let opening = || format!("opening the journal in {}", config.storage.path.display());
@@ -46,16 +54,24 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_up: Arc<std::sync::OnceLock<axum::Router>> = Arc::default();
     // The config in force, for every listener from its first request.
     let live: Live = Arc::new(std::sync::RwLock::new(Arc::new(config.clone())));
-    let (admin_stop_tx, admin_stop_rx) = tokio::sync::oneshot::channel::<()>();
+    // Each listener's share of the file descriptors, fixed at start: one
+    // can never take the other's.
+    let (ingress_max, admin_max) = listener::budgets(
+        config.ingress.connections.max_connections,
+        config.admin.connections.max_connections,
+    );
+    let (admin_stop_tx, admin_stop_rx) = tokio::sync::watch::channel(false);
     let admin_server = {
         let app = admin::during_start_up(admin_up.clone(), live.clone());
-        tokio::spawn(async move {
-            axum::serve(admin_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = admin_stop_rx.await;
-                })
-                .await
-        })
+        let limits = limits_of(&config.admin.connections, admin_max);
+        tokio::spawn(listener::serve(
+            "admin",
+            admin_listener,
+            app,
+            limits,
+            admin_stop_rx,
+            Duration::from_secs(2),
+        ))
     };
     for w in &config.warnings {
         tracing::warn!("{w}");
@@ -109,18 +125,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let admin_app = admin::router(ops.clone()).merge(console::router(Console::new(ops)));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let max_connections = ingress::listener::connection_budget(config.ingress.max_connections);
-    let ingress_server = {
-        let rx = stop_rx.clone();
-        let config = config.clone();
-        tokio::spawn(async move {
-            let limits = ingress::listener::Limits {
-                max_connections,
-                header_read_timeout: config.ingress.header_read_timeout,
-            };
-            ingress::listener::serve(ingress_listener, ingress_app, limits, rx).await
-        })
-    };
+    let ingress_server = tokio::spawn(listener::serve(
+        "ingress",
+        ingress_listener,
+        ingress_app,
+        limits_of(&config.ingress.connections, ingress_max),
+        stop_rx.clone(),
+        Duration::from_secs(5),
+    ));
     // The admin listener stays up until the very end so probes and metrics
     // see the drain.
     let _ = admin_up.set(admin_app);
@@ -194,13 +206,22 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     station_loop.abort();
     let j = queues.clone();
     tokio::task::spawn_blocking(move || j.close()).await?;
-    let _ = admin_stop_tx.send(());
+    let _ = admin_stop_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), admin_server).await;
     if poisoned {
         anyhow::bail!("the journal reported corruption while running; restart tidegate to check and salvage it");
     }
     tracing::info!("tidegate stopped cleanly");
     Ok(())
+}
+
+/// A listener's limits: its connection budget and its timeouts.
+fn limits_of(c: &crate::config::Connections, max_connections: usize) -> listener::Limits {
+    listener::Limits {
+        max_connections,
+        header_read_timeout: c.header_read_timeout,
+        idle_timeout: c.idle_timeout,
+    }
 }
 
 /// SIGTERM and SIGINT (stop) and SIGHUP (reload), caught from the start of

@@ -101,6 +101,31 @@ impl Problem {
             "this path does not take that method; Allow lists the ones it does",
         )
     }
+    /// The body did not arrive within `body_timeout` (SPEC §17).
+    pub fn body_timeout(timeout: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "Body timeout",
+            format!(
+                "the body was not received within {:?} (body_timeout); nothing was stored",
+                timeout
+            ),
+        )
+    }
+    /// A path that could be read as another one downstream (SPEC §17).
+    pub fn invalid_path(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_path", "Invalid path", detail)
+    }
+    /// A producer's query repeats a name the destination's URL sets.
+    pub fn forbidden_query(name: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "forbidden_query",
+            "Forbidden query",
+            format!("the destination's URL sets the query parameter {name:?}; a producer may not send it again"),
+        )
+    }
     pub fn payload_too_large(limit: u64) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -212,6 +237,18 @@ impl Problem {
         extra.insert("errors".into(), serde_json::to_value(errors).unwrap_or_default());
         p.extra = Some(Box::new(extra));
         p
+    }
+    /// The category program's answer cannot be a category (SPEC §17).
+    pub fn invalid_category(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_category",
+            "Invalid category",
+            format!(
+                "{}; a category is at most 128 characters of printable text",
+                detail.into()
+            ),
+        )
     }
     /// A route, category or transform program failed on the body, or its
     /// output cannot be written in the destination's format.

@@ -104,7 +104,7 @@ impl Reloader {
             .max_disk
             .store(new.storage.max_disk, Ordering::Relaxed);
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
-        tracing::warn!(
+        tracing::info!(
             added = ?changes.added,
             removed = ?changes.removed,
             changed = ?changes.changed,

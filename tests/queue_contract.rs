@@ -153,7 +153,9 @@ async fn appended_messages_come_back_in_order_and_leave_when_delivered(q: &Queue
     assert_eq!(&got[0].body[..], b"a");
     assert_eq!(got[0].path, "/x?y=1");
     assert_eq!(q.parse_id(&q.message_id(a)), Some(a), "ids round-trip");
-    q.settle(a, "d", 1, None, Disposition::Delivered).await.unwrap();
+    q.settle(a, "d", 1, None, Disposition::Delivered { keep_body: false })
+        .await
+        .unwrap();
     assert_eq!(depth(q, "d"), 1);
     let s = q.status(a).await.unwrap().unwrap();
     assert_eq!(
@@ -161,7 +163,9 @@ async fn appended_messages_come_back_in_order_and_leave_when_delivered(q: &Queue
         (MessageState::Delivered, "d", 1)
     );
     assert_eq!(s.producer.as_deref(), Some("p"));
-    q.settle(b, "d", 1, None, Disposition::Delivered).await.unwrap();
+    q.settle(b, "d", 1, None, Disposition::Delivered { keep_body: false })
+        .await
+        .unwrap();
     assert_eq!(depth(q, "d"), 0);
     assert!(due(q, "d").await.is_empty());
 }
@@ -385,6 +389,89 @@ async fn a_held_message_waits_for_a_decision_and_the_first_decision_wins(q: &Que
     );
 }
 
+async fn late_feedback_finds_its_original_and_an_override_replaces_an_approval(q: &Queues) {
+    let decision = |verdict, who: &str, corrected: Option<&str>| Decision {
+        verdict,
+        reviewer: who.to_string(),
+        note: None,
+        corrected: corrected.map(|c| Bytes::from(c.to_string())),
+        patch: None,
+        at: now_ms(),
+    };
+    // Delivered on a destination under review: the body is kept.
+    let kept = stored(q, msg("d", r#"{"a": 1}"#)).await;
+    let gone = stored(q, msg("d", r#"{"b": 1}"#)).await;
+    let fetched = due(q, "d").await;
+    assert_eq!(fetched.len(), 2);
+    q.settle(kept, "d", 1, None, Disposition::Delivered { keep_body: true })
+        .await
+        .unwrap();
+    q.settle(gone, "d", 1, None, Disposition::Delivered { keep_body: false })
+        .await
+        .unwrap();
+    assert_eq!(q.kept_body(kept).await.unwrap().as_deref(), Some(&br#"{"a": 1}"#[..]));
+    assert_eq!(q.kept_body(gone).await.unwrap(), None);
+    // Feedback with a correction on it: the original is on the record.
+    match q
+        .decide(kept, decision(Verdict::Overridden, "ops", Some(r#"{"a": 2}"#)))
+        .await
+        .unwrap()
+    {
+        Decided::Done { kind, .. } => assert_eq!(kind, "feedback"),
+        other => panic!("{other:?}"),
+    }
+    let item = q.review_item(kept).await.unwrap().unwrap();
+    assert_eq!(item.original.as_deref(), Some(&br#"{"a": 1}"#[..]));
+    assert_eq!(item.corrected.as_deref(), Some(&br#"{"a": 2}"#[..]));
+
+    // An approved item overridden downstream counts as overridden.
+    let mut m = msg("e", r#"{"c": 1}"#);
+    m.review = Some(ReviewIntent {
+        hold: Some("predicate"),
+        ..ReviewIntent::default()
+    });
+    let held = stored(q, m).await;
+    until("the item open for review", || async {
+        q.open_reviews(Some("e".into()), None, 0, 10)
+            .await
+            .unwrap()
+            .iter()
+            .any(|i| i.seq == held)
+    })
+    .await;
+    assert!(matches!(
+        q.decide(held, decision(Verdict::Approve, "ann", None)).await.unwrap(),
+        Decided::Done { .. }
+    ));
+    // "correct" says nothing the approval did not.
+    assert!(matches!(
+        q.decide(held, decision(Verdict::Correct, "ops", None)).await.unwrap(),
+        Decided::AlreadyDecided { .. }
+    ));
+    assert!(matches!(
+        q.decide(held, decision(Verdict::Overridden, "ops", None))
+            .await
+            .unwrap(),
+        Decided::Done { .. }
+    ));
+    let item = q.review_item(held).await.unwrap().unwrap();
+    assert_eq!(item.decision.as_deref(), Some("overridden"));
+    assert_eq!(item.note.as_deref(), Some("approved by ann"));
+    // And a second override is refused: the first decision wins again.
+    assert!(matches!(
+        q.decide(held, decision(Verdict::Overridden, "bob", None))
+            .await
+            .unwrap(),
+        Decided::AlreadyDecided { .. }
+    ));
+    let category = item.category.clone();
+    until("the tally to count the override", || async {
+        let t = q.review_tally("e", &category, 0).await.unwrap();
+        t.overridden == 1 && t.approved == 0 && t.reviewed() == 1
+    })
+    .await;
+}
+
 macro_rules! contract {
     ($backend:ident: $($case:ident),* $(,)?) => {
         mod $backend {
@@ -416,4 +503,5 @@ on_both!(
     a_key_ordered_fetch_gives_each_keys_oldest_only,
     destination_records_are_kept,
     a_held_message_waits_for_a_decision_and_the_first_decision_wins,
+    late_feedback_finds_its_original_and_an_override_replaces_an_approval,
 );

@@ -25,7 +25,7 @@ use serde_json::{json, Value};
 use crate::dispatch;
 use crate::ops::{internal, DestinationView, Ops};
 use crate::problem::Problem;
-use crate::queue::{self, MessageState};
+use crate::queue;
 
 mod reviews;
 
@@ -33,6 +33,7 @@ mod reviews;
 /// same listener (`app` merges them); neither imports the other.
 pub fn router(state: Ops) -> Router {
     let v1 = Router::new()
+        .route("/v1/chain", get(chain))
         .route("/v1/destinations", get(list_destinations))
         .route("/v1/destinations/{name}", get(one_destination))
         .route("/v1/destinations/{name}/pause", post(pause))
@@ -135,7 +136,10 @@ async fn require_token(State(a): State<Ops>, req: Request, next: Next) -> Respon
 }
 
 async fn readyz(State(a): State<Ops>) -> Response {
-    let open = a.queues.stats().open.load(Ordering::Relaxed);
+    let stats = a.queues.stats();
+    // Ready means ingress would take a message now: the queue open and
+    // reachable (in cluster mode, NATS connected), not shutting down.
+    let open = stats.open.load(Ordering::Relaxed) && !stats.unreachable.load(Ordering::Relaxed);
     if open && !a.shutting_down.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
@@ -215,6 +219,12 @@ async fn metrics(State(a): State<Ops>) -> Response {
     r
 }
 
+/// The chain as the running config declares it (`tidegate map` and
+/// `plan` with `--admin` and no config file of their own).
+async fn chain(State(a): State<Ops>) -> Json<crate::chain::Chain> {
+    Json(crate::chain::Chain::of(&a.config()))
+}
+
 async fn list_destinations(State(a): State<Ops>) -> Result<Json<Value>, Problem> {
     let mut out = Vec::new();
     for d in a.dispatcher.destinations() {
@@ -236,16 +246,44 @@ async fn pause(State(a): State<Ops>, ApiPath(name): ApiPath<String>) -> Result<J
     one_destination(State(a), ApiPath(name)).await
 }
 
-/// What the handoff would do with a producer body sent to `name`; stores
-/// nothing (see `handoff::preview`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PreviewQuery {
+    /// The producer's path after the destination's name, with its query.
+    #[serde(default)]
+    path: String,
+    method: Option<String>,
+}
+
+/// What the handoff would do with a producer body sent to `name` (with its
+/// `Content-Type`, to `?path=`); stores nothing (see `ops::preview`).
 async fn preview(
     State(a): State<Ops>,
     ApiPath(name): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PreviewQuery>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Problem> {
     let entry = a.find(&name)?.config();
     let lookup = |n: &str| a.dispatcher.destination(n).map(|d| d.config());
-    match crate::ops::preview(&entry, &body, lookup).await {
+    if !q.path.is_empty() && !q.path.starts_with('/') {
+        return Err(Problem::invalid_request(format!(
+            "path={:?}: the path after the destination's name starts with '/'",
+            q.path
+        )));
+    }
+    let method = q.method.as_deref().unwrap_or("POST").to_ascii_uppercase();
+    if !matches!(method.as_str(), "POST" | "PUT" | "PATCH" | "DELETE") {
+        return Err(Problem::invalid_request(format!(
+            "method={method:?}: producers send POST, PUT, PATCH or DELETE"
+        )));
+    }
+    let sent = crate::ops::Sent {
+        method: &method,
+        path: &q.path,
+        content_type: headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+    };
+    match crate::ops::preview(&entry, &sent, &body, lookup).await {
         Ok(v) => Ok(Json(v)),
         Err(e) => {
             tracing::error!(destination = %name, error = %e, "preview failed");
@@ -279,23 +317,7 @@ async fn message(State(a): State<Ops>, ApiPath(id): ApiPath<String>) -> Result<J
     let seq = a.seq_of(&id)?.ok_or_else(not_found)?;
     let s = a.queues.status(seq).await.map_err(internal)?.ok_or_else(not_found)?;
     let in_flight = a.dispatcher.destination(&s.dest).is_some_and(|d| d.is_in_flight(seq));
-    let state = s.state.with_in_flight(in_flight);
-    Ok(Json(json!({
-        "id": id,
-        "destination": s.dest,
-        "state": state.as_str(),
-        "attempts": s.attempts,
-        "received_at": queue::rfc3339(s.received_at),
-        "delivered_at": if state == MessageState::Delivered { s.finished_at.map(queue::rfc3339).unwrap_or(Value::Null) } else { Value::Null },
-        "next_attempt_at": if state == MessageState::Scheduled { queue::rfc3339(s.visible_at) } else { Value::Null },
-        "last_error": s.last_error,
-        "reason": s.reason,
-        "producer": s.producer,
-        "category": s.category,
-        "routed_from": s.routed_from.as_ref().map(|r| &r.0),
-        "route_rule": s.routed_from.as_ref().map(|r| r.1),
-        "ordering_key": s.order_key,
-    })))
+    Ok(Json(s.view(&id, in_flight)))
 }
 
 #[derive(Deserialize)]

@@ -242,6 +242,7 @@ mod tests {
             feeds: vec!["WMS \"east\" <|> #1".into()],
             max_messages: 1,
             max_bytes: 1,
+            max_in_flight: 8,
             live: None,
         }
     }

@@ -10,7 +10,7 @@ pub mod map;
 pub mod plan;
 pub mod svg;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Destination};
 
@@ -18,7 +18,7 @@ use crate::config::{Config, Destination};
 pub const ASSUMED_MEAN_SIZE: f64 = 1024.0;
 
 /// The chain of one config.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Chain {
     /// Named producers (`[[ingress.producer]]`); empty: anyone with access.
     pub producers: Vec<String>,
@@ -26,7 +26,7 @@ pub struct Chain {
 }
 
 /// One destination and what it takes and feeds.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Link {
     pub destination: String,
     pub owner: String,
@@ -47,12 +47,14 @@ pub struct Link {
     pub feeds: Vec<String>,
     pub max_messages: u64,
     pub max_bytes: u64,
+    /// Deliveries at once: what bounds an unlimited rate.
+    pub max_in_flight: u32,
     /// Figures of a running instance, when asked for.
     pub live: Option<Live>,
 }
 
 /// What a running instance says of a destination.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Live {
     pub state: String,
     pub depth: u64,
@@ -158,6 +160,7 @@ fn link(d: &Destination) -> Link {
         feeds: d.feeds.clone(),
         max_messages: d.queue.max_messages,
         max_bytes: d.queue.max_bytes,
+        max_in_flight: d.rate_limit.max_in_flight,
         live: None,
     }
 }

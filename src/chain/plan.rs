@@ -43,10 +43,16 @@ pub struct Plan {
     pub first_breach_after: Option<f64>,
     /// The delivery rate that meets the objective at the declared peak.
     pub rate_needed: Option<f64>,
-    /// Backlog after a one-hour outage at peak.
+    /// Backlog after a one-hour outage at peak: at most what the queue
+    /// holds (`max_messages`, `max_bytes`).
     pub outage_backlog: Option<f64>,
+    /// Of a one-hour outage at peak, the messages refused (429
+    /// `queue_full`) once the queue is full.
+    pub outage_refused: Option<f64>,
     /// How long that backlog takes to drain once the downstream is back;
-    /// `None` when it never does (volume at or above the rate).
+    /// `None` when it never does (volume at or above the rate) or when it
+    /// cannot be known (no rate: it drains as fast as the downstream
+    /// answers, `max_in_flight` at a time).
     pub outage_drain: Option<f64>,
     /// Disk that backlog takes (messages times the mean size).
     pub outage_disk_bytes: Option<f64>,
@@ -65,10 +71,20 @@ pub enum Verdict {
     Meets,
     /// Volume above the rate with an objective: it will be breached.
     Breaches,
-    /// Volume above the rate, no objective: the queue grows without bound.
+    /// Volume above the rate, no objective: the queue grows until it is
+    /// full, and producers are then refused. A failure too: a flow that
+    /// will refuse its producers is not ready to go live.
     Grows,
     /// No `expected_volume`: nothing to check.
     Undeclared,
+}
+
+impl Verdict {
+    /// Whether `tidegate plan` fails for it (exit 1): an objective broken,
+    /// or a queue that fills and refuses producers.
+    pub fn fails(self) -> bool {
+        matches!(self, Verdict::Breaches | Verdict::Grows)
+    }
 }
 
 const HOUR: f64 = 3600.0;
@@ -80,12 +96,14 @@ const HOUR: f64 = 3600.0;
 /// not grow). An outage of an hour leaves `v·3600` messages, drained at
 /// `r − v`.
 pub fn plan(i: &Inputs) -> Plan {
+    // (The queue's capacity in messages: what fills it at one a second.)
     let Some(v) = i.volume.filter(|v| *v > 0.0) else {
         return Plan {
             growth_per_hour: 0.0,
             first_breach_after: None,
             rate_needed: None,
             outage_backlog: None,
+            outage_refused: None,
             outage_drain: None,
             outage_disk_bytes: None,
             full_after: None,
@@ -113,9 +131,11 @@ pub fn plan(i: &Inputs) -> Plan {
         };
         Some(by_count.min(by_bytes))
     };
-    let backlog = v * HOUR;
+    let capacity = until_full(1.0).unwrap_or(f64::INFINITY);
+    let arrived = v * HOUR;
+    let backlog = arrived.min(capacity);
     let outage_drain = match i.rate {
-        None => Some(0.0),
+        None => None,
         Some(r) if r > v => Some(backlog / (r - v)),
         Some(_) => None,
     };
@@ -129,6 +149,7 @@ pub fn plan(i: &Inputs) -> Plan {
         first_breach_after,
         rate_needed: Some(v),
         outage_backlog: Some(backlog),
+        outage_refused: Some((arrived - backlog).max(0.0)),
         outage_drain,
         outage_disk_bytes: Some(backlog * i.mean_size),
         full_after: until_full(excess),
@@ -212,10 +233,12 @@ mod tests {
         // of 1 KiB messages is 1,048,576 of them, later.
         assert!(close(p.full_after, 2500.0), "{p:?}");
         assert!(close(p.full_during_outage_after, 2000.0));
-        // An hour's outage: 1.8 million queued, never drained at 100/s.
-        assert!(close(p.outage_backlog, 1_800_000.0));
+        // An hour's outage: 1.8 million arrive, the queue holds a million
+        // (max_messages) and the rest are refused; never drained at 100/s.
+        assert!(close(p.outage_backlog, 1_000_000.0), "{p:?}");
+        assert!(close(p.outage_refused, 800_000.0), "{p:?}");
         assert_eq!(p.outage_drain, None);
-        assert!(close(p.outage_disk_bytes, 1_800_000.0 * 1024.0));
+        assert!(close(p.outage_disk_bytes, 1_000_000.0 * 1024.0));
     }
 
     #[test]
@@ -239,7 +262,10 @@ mod tests {
         assert_eq!(equal.outage_drain, None, "but an outage's backlog never drains");
         let unlimited = plan(&inputs(Some(1e6), None, Some(1.0)));
         assert_eq!(unlimited.verdict, Verdict::Meets);
-        assert_eq!(unlimited.outage_drain, Some(0.0));
+        assert_eq!(
+            unlimited.outage_drain, None,
+            "not known before it runs: max_in_flight bounds it"
+        );
         let undeclared = plan(&inputs(None, Some(10.0), Some(60.0)));
         assert_eq!(undeclared.verdict, Verdict::Undeclared);
         assert_eq!(undeclared.rate_needed, None);

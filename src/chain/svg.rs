@@ -209,6 +209,7 @@ mod tests {
             feeds: vec!["ledger & co".into()],
             max_messages: 1,
             max_bytes: 1,
+            max_in_flight: 8,
             live: Some(Live {
                 state: state.into(),
                 ..Live::default()

@@ -18,12 +18,26 @@ pub struct Args {
 
 #[derive(ClapArgs)]
 pub struct Admin {
-    /// The admin API of the running instance.
-    #[arg(long, env = "TIDEGATE_ADMIN", default_value = "http://127.0.0.1:9090", global = true)]
-    pub admin: String,
+    /// The admin API of the running instance [default: $TIDEGATE_ADMIN,
+    /// else http://127.0.0.1:9090].
+    // Not clap's `env`: clap would print `--admin <ADMIN>` as required in
+    // every usage line whenever the variable is set.
+    #[arg(long, global = true)]
+    admin: Option<String>,
     /// Print the API's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+}
+
+impl Admin {
+    /// The admin API's base URL: `--admin`, else `$TIDEGATE_ADMIN`, else
+    /// the default listen address.
+    pub fn url(&self) -> String {
+        self.admin
+            .clone()
+            .or_else(|| std::env::var("TIDEGATE_ADMIN").ok().filter(|v| !v.trim().is_empty()))
+            .unwrap_or_else(|| "http://127.0.0.1:9090".to_string())
+    }
 }
 
 #[derive(Subcommand)]
@@ -32,6 +46,14 @@ pub enum Command {
     Serve {
         #[arg(long, env = "TIDEGATE_CONFIG", default_value = "config/tidegate.toml")]
         config: PathBuf,
+        /// Listen for producers here instead of at `ingress.listen` (two
+        /// instances from one config file; also TIDEGATE_INGRESS_LISTEN).
+        #[arg(long)]
+        ingress_listen: Option<String>,
+        /// Listen for operators here instead of at `admin.listen` (also
+        /// TIDEGATE_ADMIN_LISTEN).
+        #[arg(long)]
+        admin_listen: Option<String>,
     },
     /// Validate a config and print its effective values.
     Check {
@@ -91,8 +113,10 @@ pub enum Command {
     /// Draw the chain: producers → tidegate → each destination → what it
     /// feeds, every edge annotated; live state and rates with --admin.
     Map {
-        #[arg(long, env = "TIDEGATE_CONFIG", default_value = "config/tidegate.toml")]
-        config: PathBuf,
+        /// The config to draw (default config/tidegate.toml; with --admin
+        /// alone, the running instance's own).
+        #[arg(long, env = "TIDEGATE_CONFIG")]
+        config: Option<PathBuf>,
         /// A running instance's admin API, for live figures.
         #[arg(long)]
         admin: Option<String>,
@@ -103,8 +127,10 @@ pub enum Command {
     /// against the rate, queue growth, latency objective, outage drain and
     /// disk. Exit 1 when an objective cannot be met.
     Plan {
-        #[arg(long, env = "TIDEGATE_CONFIG", default_value = "config/tidegate.toml")]
-        config: PathBuf,
+        /// The config to check (default config/tidegate.toml; with --admin
+        /// alone, the running instance's own).
+        #[arg(long, env = "TIDEGATE_CONFIG")]
+        config: Option<PathBuf>,
         /// A running instance's admin API, for its effective rates and
         /// message sizes.
         #[arg(long)]
@@ -169,6 +195,13 @@ pub enum HandoffAction {
         /// The body: a file, or `-` (the default) for standard input.
         #[arg(default_value = "-")]
         file: PathBuf,
+        /// The producer's path after the destination's name, with its query
+        /// (`/orders/batch?x=1`).
+        #[arg(long, default_value = "")]
+        path: String,
+        /// The body's Content-Type.
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
         /// Print the preview as JSON (as the admin API's preview answers).
         #[arg(long)]
         json: bool,

@@ -18,6 +18,26 @@ pub enum CliError {
     NotConfirmed(String),
 }
 
+/// A problem+json refusal as the CLI reports it: its detail, then each of
+/// its `errors` (a schema violation lists every one, not the first).
+fn problem(status: u16, v: &Value, text: &str) -> CliError {
+    let mut detail = crate::text::for_terminal(v["detail"].as_str().unwrap_or(text)).into_owned();
+    for e in v["errors"].as_array().into_iter().flatten() {
+        let at = e["instance_path"].as_str().filter(|p| !p.is_empty()).unwrap_or("/");
+        let message = e["message"].as_str().unwrap_or_default();
+        detail.push_str(&format!(
+            "\n  at {}: {}",
+            crate::text::for_terminal(at),
+            crate::text::for_terminal(message)
+        ));
+    }
+    CliError::Problem {
+        status,
+        code: v["code"].as_str().unwrap_or("error").to_string(),
+        detail,
+    }
+}
+
 /// What an operator does about a refusal the server gave.
 fn hint(status: u16) -> &'static str {
     match status {
@@ -76,11 +96,7 @@ impl Client {
         let text = resp.text().await.map_err(|e| CliError::BadAnswer(e.to_string()))?;
         let v: Value = serde_json::from_str(&text).map_err(|_| CliError::BadAnswer(text.clone()))?;
         if status >= 400 {
-            return Err(CliError::Problem {
-                status,
-                code: v["code"].as_str().unwrap_or("error").to_string(),
-                detail: v["detail"].as_str().unwrap_or(&text).to_string(),
-            });
+            return Err(problem(status, &v, &text));
         }
         Ok(v)
     }
@@ -113,17 +129,20 @@ impl Client {
         let text = resp.text().await.map_err(|e| CliError::BadAnswer(e.to_string()))?;
         if status >= 400 {
             let v: Value = serde_json::from_str(&text).unwrap_or_default();
-            return Err(CliError::Problem {
-                status,
-                code: v["code"].as_str().unwrap_or("error").to_string(),
-                detail: v["detail"].as_str().unwrap_or(&text).to_string(),
-            });
+            return Err(problem(status, &v, &text));
         }
         Ok(text)
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, CliError> {
         self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// A GET read as `T`; an answer of another shape says so.
+    pub async fn get_as<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, CliError> {
+        let v = self.get(path).await?;
+        serde_json::from_value(v)
+            .map_err(|e| CliError::BadAnswer(format!("GET {path}: {e} (is it the same tidegate version?)")))
     }
 
     pub async fn post(&self, path: &str, body: Option<Value>) -> Result<Value, CliError> {

@@ -15,30 +15,54 @@ use crate::config::LogFormat;
 /// instance's figures when `admin` is given; `show` renders it and says
 /// whether the command succeeds.
 pub(super) fn chain_command(
-    config: PathBuf,
+    config: Option<PathBuf>,
     admin: Option<String>,
     show: impl FnOnce(&crate::chain::Chain, &str, bool) -> (String, bool),
 ) -> ExitCode {
-    let loaded = match load(&config) {
-        Ok(c) => c,
-        Err(code) => return code,
+    // A config file when one is named (or nothing else is); else the
+    // running instance's own chain, from its admin API.
+    let from_file = match (&config, &admin) {
+        (Some(path), _) => Some(path.clone()),
+        (None, None) => Some(PathBuf::from(super::DEFAULT_CONFIG)),
+        (None, Some(_)) => None,
     };
-    let mut chain = crate::chain::Chain::of(&loaded);
+    let mut chain = None;
+    if let Some(path) = &from_file {
+        match load(path) {
+            Ok(c) => chain = Some(crate::chain::Chain::of(&c)),
+            Err(code) => return code,
+        }
+    }
+    let source = match (&from_file, &admin) {
+        (Some(path), _) => path.display().to_string(),
+        (None, Some(url)) => format!("the instance at {url}"),
+        (None, None) => String::new(),
+    };
     if let Some(url) = &admin {
         let rt = match runtime(tokio::runtime::Builder::new_current_thread()) {
             Ok(rt) => rt,
             Err(code) => return code,
         };
         let client = Client::new(url, std::env::var("TIDEGATE_ADMIN_TOKEN").ok());
-        match rt.block_on(super::client::live_chain(&client, chain, Duration::from_secs(1))) {
-            Ok(c) => chain = c,
+        let live = rt.block_on(async {
+            let declared = match chain.take() {
+                Some(c) => c,
+                None => client.get_as::<crate::chain::Chain>("/v1/chain").await?,
+            };
+            super::client::live_chain(&client, declared, Duration::from_secs(1)).await
+        });
+        match live {
+            Ok(c) => chain = Some(c),
             Err(e) => {
                 eprintln!("tidegate: {e}");
                 return ExitCode::FAILURE;
             }
         }
     }
-    let (out, ok) = show(&chain, &config.display().to_string(), admin.is_some());
+    let Some(chain) = chain else {
+        return ExitCode::FAILURE;
+    };
+    let (out, ok) = show(&chain, &source, admin.is_some());
     use std::io::Write;
     let _ = std::io::stdout().lock().write_all(out.as_bytes());
     if ok {
@@ -91,7 +115,14 @@ pub(super) fn verify(config: PathBuf) -> ExitCode {
 
 /// `tidegate handoff test`: the preview the admin API would give, from the
 /// config file alone.
-pub(super) fn handoff_test(config: PathBuf, destination: &str, file: PathBuf, json: bool) -> ExitCode {
+pub(super) fn handoff_test(
+    config: PathBuf,
+    destination: &str,
+    file: PathBuf,
+    path: &str,
+    content_type: &str,
+    json: bool,
+) -> ExitCode {
     let config = match load(&config) {
         Ok(c) => c,
         Err(code) => return code,
@@ -115,7 +146,12 @@ pub(super) fn handoff_test(config: PathBuf, destination: &str, file: PathBuf, js
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let preview = rt.block_on(crate::ops::preview(entry, &body, |n| config.destination(n)));
+    let sent = crate::ops::Sent {
+        method: "POST",
+        path,
+        content_type: Some(content_type),
+    };
+    let preview = rt.block_on(crate::ops::preview(entry, &sent, &body, |n| config.destination(n)));
     match preview {
         Ok(v) => {
             let out = if json {
@@ -139,6 +175,23 @@ pub(super) fn handoff_test(config: PathBuf, destination: &str, file: PathBuf, js
     }
 }
 
+/// Standard error, one event per line whatever the event's fields hold: a
+/// field with a line break (AI text, a downstream's answer) cannot forge a
+/// log line (SPEC §17). The formatter hands each event over in one write;
+/// JSON lines escape their own line breaks already.
+struct OneLine;
+
+impl std::io::Write for OneLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        std::io::stderr().lock().write_all(&crate::text::one_line(buf))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
+
 fn init_tracing(format: LogFormat, level: &str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env()
@@ -146,7 +199,7 @@ fn init_tracing(format: LogFormat, level: &str) {
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| OneLine)
         // A log line that cannot be written (the reader of stderr has gone
         // away) is dropped. By default the subscriber reports it with
         // eprintln!, which panics on the same broken pipe, in whichever

@@ -21,6 +21,9 @@ pub use args::Args;
 use args::{Command, HandoffAction, JournalAction, MapFormat};
 pub use client::{CliError, Client};
 
+/// The config file commands read when none is named.
+const DEFAULT_CONFIG: &str = "config/tidegate.toml";
+
 /// Runs the command `args` names.
 pub fn run(args: Args) -> ExitCode {
     match args.command {
@@ -34,7 +37,23 @@ pub fn run(args: Args) -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Serve { config } => local::serve(config),
+        Command::Serve {
+            config,
+            ingress_listen,
+            admin_listen,
+        } => {
+            // Through the environment, so that a reload reads them again.
+            // Set before any thread starts.
+            for (key, value) in [
+                (crate::config::INGRESS_LISTEN_ENV, ingress_listen),
+                (crate::config::ADMIN_LISTEN_ENV, admin_listen),
+            ] {
+                if let Some(v) = value {
+                    std::env::set_var(key, v);
+                }
+            }
+            local::serve(config)
+        }
         Command::Journal {
             action: JournalAction::Verify { config },
         } => local::verify(config),
@@ -44,9 +63,11 @@ pub fn run(args: Args) -> ExitCode {
                     config,
                     destination,
                     file,
+                    path,
+                    content_type,
                     json,
                 },
-        } => local::handoff_test(config, &destination, file, json),
+        } => local::handoff_test(config, &destination, file, &path, &content_type, json),
         Command::Map { config, admin, format } => local::chain_command(config, admin, |chain, _, _| {
             let out = match format {
                 MapFormat::Mermaid => crate::chain::map::mermaid(chain),
@@ -67,10 +88,7 @@ pub fn run(args: Args) -> ExitCode {
                         "mean_size": l.plan_inputs().mean_size}, "plan": p})
                     })
                     .collect();
-                let ok = chain
-                    .plans()
-                    .iter()
-                    .all(|(_, p)| p.verdict != crate::chain::plan::Verdict::Breaches);
+                let ok = chain.plans().iter().all(|(_, p)| !p.verdict.fails());
                 (
                     serde_json::to_string_pretty(&json!({"ok": ok, "destinations": plans})).unwrap_or_default() + "\n",
                     ok,

@@ -17,7 +17,7 @@ pub(super) fn operator(cmd: Command) -> ExitCode {
         Err(code) => return code,
     };
     let token = std::env::var("TIDEGATE_ADMIN_TOKEN").ok();
-    let client = |a: &Admin| Client::new(&a.admin, token.clone());
+    let client = |a: &Admin| Client::new(&a.url(), token.clone());
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
     // An admin answer as the operator asked for it: the JSON, or the table.
     let shown = |json: bool, v: &serde_json::Value, human: fn(&serde_json::Value) -> String| {
@@ -52,7 +52,18 @@ pub(super) fn operator(cmd: Command) -> ExitCode {
                     }
                 }
                 let path = format!("/v1/destinations/{destination}/resume?{}", query.finish());
-                let v = client(&admin).post(&path, None).await?;
+                let v = client(&admin).post(&path, None).await.map_err(|e| match e {
+                    // The API names its query parameters; here they are flags.
+                    CliError::Problem { status, code, .. } if code == "reason_required" => CliError::Problem {
+                        status,
+                        code,
+                        detail: format!(
+                            "{destination} was paused by governance: say who resumes it and why \
+                             (tidegate resume {destination} --by WHO --reason WHY)"
+                        ),
+                    },
+                    e => e,
+                })?;
                 Ok(shown(admin.json, &v, render::render_destination))
             }
             Command::Reviews { action } => reviews(action, &token).await,
@@ -222,7 +233,7 @@ fn decided(json: bool, v: serde_json::Value) -> String {
 
 /// `tidegate reviews ...`.
 async fn reviews(action: ReviewAction, token: &Option<String>) -> Result<String, CliError> {
-    let client = |a: &Admin| Client::new(&a.admin, token.clone());
+    let client = |a: &Admin| Client::new(&a.url(), token.clone());
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
     let decide = |admin: &Admin, id: &str, what: &str, body: serde_json::Value| {
         let (client, path) = (client(admin), format!("/v1/reviews/{id}/{what}"));
@@ -350,22 +361,22 @@ async fn status(client: &Client, interval: Duration, json: bool) -> Result<Strin
             "{:<20} {:<9} {:>9} {:>10} {:>9} {:>21} {:>12} {:>12.1}\n",
             d["name"].as_str().unwrap_or("?"),
             d["state"].as_str().unwrap_or("?"),
-            q["depth"].to_string(),
+            crate::text::thousands(q["depth"].as_u64().unwrap_or(0)),
             age(num(&q["oldest_age_seconds"])),
-            q["in_flight"].to_string(),
+            crate::text::thousands(q["in_flight"].as_u64().unwrap_or(0)),
             format!(
                 "{}/{}",
                 rate(&rl["effective_per_second"]),
                 rate(&rl["configured_per_second"])
             ),
-            q["dead_letters"].to_string(),
+            crate::text::thousands(q["dead_letters"].as_u64().unwrap_or(0)),
             rate_of(d),
         ));
         if let Some(reason) = d["state_reason"]
             .as_str()
             .filter(|r| !r.is_empty() && d["state"] != "running")
         {
-            out.push_str(&format!("  └ {reason}\n"));
+            out.push_str(&format!("  └ {}\n", crate::text::for_terminal(reason)));
         }
     }
     Ok(out)

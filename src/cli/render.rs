@@ -5,7 +5,13 @@ use serde_json::Value;
 
 use super::CliError;
 
-/// Why a CLI call failed; printed as one line.
+/// A string field of an answer as a terminal may show it: what the API
+/// returns includes downstream answers, AI output and what reviewers
+/// typed, and none of it may move the cursor or forge a line.
+fn t(v: &Value) -> String {
+    crate::text::for_terminal(v.as_str().unwrap_or_default()).into_owned()
+}
+
 pub(super) fn num(v: &Value) -> f64 {
     v.as_f64().unwrap_or(0.0)
 }
@@ -36,8 +42,7 @@ pub fn render_destination(d: &Value) -> String {
         q["depth"],
         q["in_flight"],
         q["dead_letters"],
-        d["state_reason"]
-            .as_str()
+        Some(t(&d["state_reason"]))
             .filter(|r| !r.is_empty())
             .map(|r| format!(" — {r}"))
             .unwrap_or_default()
@@ -46,15 +51,18 @@ pub fn render_destination(d: &Value) -> String {
     for k in d["halted_keys"].as_array().into_iter().flatten() {
         out.push_str(&format!(
             "\n  key {} halted at {} — {}",
-            k["key"].as_str().unwrap_or("?"),
+            t(&k["key"]),
             k["message_id"].as_str().unwrap_or("?"),
-            k["reason"].as_str().unwrap_or("")
+            t(&k["reason"])
         ));
     }
     out
 }
 
 pub fn render_dead_letters(v: &Value) -> String {
+    if v["items"].as_array().is_none_or(|a| a.is_empty()) {
+        return "no dead letters".to_string();
+    }
     let mut out = format!(
         "{:<26} {:<22} {:>8} {:<28} {}\n",
         "ID", "REASON", "ATTEMPTS", "DEAD-LETTERED AT", "LAST ERROR"
@@ -68,13 +76,13 @@ pub fn render_dead_letters(v: &Value) -> String {
                 "{} {} {}",
                 e["kind"].as_str().unwrap_or(""),
                 e["status"],
-                e["detail"].as_str().unwrap_or("").chars().take(60).collect::<String>()
+                t(&e["detail"]).chars().take(60).collect::<String>()
             )
         };
         out.push_str(&format!(
             "{:<26} {:<22} {:>8} {:<28} {}\n",
             i["id"].as_str().unwrap_or("?"),
-            i["reason"].as_str().unwrap_or(""),
+            t(&i["reason"]),
             i["attempts"].to_string(),
             i["dead_lettered_at"].as_str().unwrap_or(""),
             err
@@ -130,7 +138,7 @@ pub fn render_message(m: &Value) -> String {
         if !v.is_null() {
             out.push_str(&format!(
                 "{key:<16} {}\n",
-                v.as_str().map(str::to_string).unwrap_or(v.to_string())
+                v.as_str().map(|_| t(v)).unwrap_or(v.to_string())
             ));
         }
     }
@@ -141,7 +149,7 @@ pub fn render_message(m: &Value) -> String {
             "last_error",
             e["kind"].as_str().unwrap_or(""),
             e["status"],
-            e["detail"].as_str().unwrap_or("")
+            t(&e["detail"])
         ));
     }
     out
@@ -183,7 +191,7 @@ pub fn render_reviews(v: &Value) -> String {
         "ID", "DESTINATION", "CATEGORY", "KIND", "REASON", "RECEIVED"
     );
     for i in &items {
-        let mut original = i["original"].to_string();
+        let mut original = crate::text::for_terminal(&i["original"].to_string()).into_owned();
         if original.len() > 60 {
             let cut = (0..=60).rev().find(|&n| original.is_char_boundary(n)).unwrap_or(0);
             original.truncate(cut);
@@ -194,9 +202,9 @@ pub fn render_reviews(v: &Value) -> String {
             "{:<24} {:<16} {:<16} {:<6} {:<9} {:<24}  {original}",
             i["id"].as_str().unwrap_or_default(),
             i["destination"].as_str().unwrap_or_default(),
-            i["category"].as_str().unwrap_or_default(),
+            t(&i["category"]),
             i["kind"].as_str().unwrap_or_default(),
-            i["reason"].as_str().unwrap_or_default(),
+            t(&i["reason"]),
             i["received_at"].as_str().unwrap_or_default(),
         );
     }
@@ -233,7 +241,16 @@ pub fn render_plan(chain: &crate::chain::Chain, source: &str, live: bool) -> (St
                 ok = false;
                 format!("CANNOT MEET {objective}")
             }
-            Verdict::Grows => "falls behind (no latency_objective to check)".to_string(),
+            Verdict::Grows => {
+                ok = false;
+                match p.full_after {
+                    Some(f) => format!(
+                        "FILLS ITS QUEUE after {} of peak: producers will then be refused",
+                        human(f)
+                    ),
+                    None => "FALLS BEHIND: the queue grows at peak".to_string(),
+                }
+            }
             Verdict::Undeclared => "not checked: no expected_volume".to_string(),
         };
         let _ = writeln!(s, "{}: {head}", l.destination);
@@ -261,15 +278,25 @@ pub fn render_plan(chain: &crate::chain::Chain, source: &str, live: bool) -> (St
             );
         }
         if let (Some(backlog), Some(disk)) = (p.outage_backlog, p.outage_disk_bytes) {
-            let drain = match p.outage_drain {
-                Some(d) => format!("drains in {} once the downstream is back", human(d)),
-                None => "never drains at this rate while the peak lasts".to_string(),
+            let drain = match (p.outage_drain, i.rate) {
+                (Some(d), _) => format!("drains in {} once the downstream is back", human(d)),
+                (None, None) => format!(
+                    "drains as fast as the downstream answers, {} at a time (run plan with --admin for a measured rate)",
+                    l.max_in_flight
+                ),
+                (None, Some(_)) => "never drains at this rate while the peak lasts".to_string(),
             };
             let _ = writeln!(
                 s,
                 "  a 1-hour outage at peak queues {backlog:.0} messages ({}) and {drain}",
                 bytes(disk)
             );
+            if let Some(refused) = p.outage_refused.filter(|r| *r >= 1.0) {
+                let _ = writeln!(
+                    s,
+                    "  the queue is full before that hour ends: {refused:.0} more are refused (429 queue_full)"
+                );
+            }
         }
         let limits = format!(
             "max_messages {}, max_bytes {}",

@@ -31,13 +31,40 @@ pub enum Backend {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct JetStreamConfig {
+    /// The servers, without any credentials they were written with (those
+    /// are in `url_credentials`): safe to print.
     pub urls: Vec<String>,
     /// Replicas of every stream and bucket tidegate creates.
     pub replicas: usize,
     pub credentials_file: Option<std::path::PathBuf>,
     pub token: Option<Secret>,
+    /// Credentials written into the URLs (`nats://user:password@host` or
+    /// `nats://token@host`), taken out of them: used to connect, never
+    /// shown.
+    pub url_credentials: Option<UrlCredentials>,
     /// Names every stream and bucket, so clusters can share a NATS account.
     pub stream_prefix: String,
+}
+
+/// A user and password, or a token alone (NATS reads `nats://t@host` as
+/// the token `t`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct UrlCredentials {
+    pub user: Secret,
+    pub password: Option<Secret>,
+}
+
+impl JetStreamConfig {
+    /// How tidegate authenticates to NATS, as `check` shows it.
+    pub fn auth_summary(&self) -> &'static str {
+        match (&self.credentials_file, &self.token, &self.url_credentials) {
+            (Some(_), _, _) => "credentials_file",
+            (_, Some(_), _) => "token_env",
+            (_, _, Some(UrlCredentials { password: Some(_), .. })) => "user and password from the URL",
+            (_, _, Some(_)) => "token from the URL",
+            _ => "none",
+        }
+    }
 }
 
 pub(super) fn backend(
@@ -83,18 +110,40 @@ fn jetstream(raw: &Spanned<RawJetStream>, loc: &Locator) -> Result<JetStreamConf
         ));
     }
     let mut urls = Vec::new();
+    let mut url_credentials: Option<UrlCredentials> = None;
     for u in &r.urls {
         let s = u.get_ref().0.trim();
-        let ok = ["nats://", "tls://"]
-            .iter()
-            .any(|p| s.strip_prefix(p).is_some_and(|rest| !rest.is_empty()));
-        if !ok {
+        let parsed = reqwest::Url::parse(s)
+            .ok()
+            .filter(|p| matches!(p.scheme(), "nats" | "tls") && p.host().is_some());
+        let Some(mut url) = parsed else {
+            // Never the text itself: it may hold a password.
             return Err(loc.error(
                 u.span(),
-                format!("{s:?} is not a NATS URL (nats://host:port or tls://host:port)"),
+                "not a NATS URL (nats://host:port or tls://host:port)".to_string(),
             ));
+        };
+        if !url.username().is_empty() {
+            let decode = |t: &str| Secret::new(crate::text::percent_decoded(t));
+            let found = UrlCredentials {
+                user: decode(url.username()),
+                password: url.password().map(decode),
+            };
+            if url_credentials.as_ref().is_some_and(|c| *c != found) {
+                return Err(loc.error(u.span(), "the URLs carry different credentials: give one set".into()));
+            }
+            url_credentials = Some(found);
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
         }
-        urls.push(s.to_string());
+        urls.push(url.as_str().trim_end_matches('/').to_string());
+    }
+    if url_credentials.is_some() && (r.credentials_file.is_some() || r.token_env.is_some()) {
+        return Err(loc.error_at_key(
+            raw.span(),
+            "storage.jetstream.urls",
+            "credentials in the URLs and credentials_file or token_env: give one".into(),
+        ));
     }
     let replicas = match &r.replicas {
         None => 3,
@@ -128,6 +177,7 @@ fn jetstream(raw: &Spanned<RawJetStream>, loc: &Locator) -> Result<JetStreamConf
         replicas,
         credentials_file: r.credentials_file.as_ref().map(|c| loc.resolve(&c.get_ref().0)),
         token,
+        url_credentials,
         stream_prefix,
     })
 }

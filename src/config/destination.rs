@@ -14,14 +14,20 @@ use super::handoff::{self, RawHandoff};
 use super::locate::positive;
 use super::review;
 use super::{
-    redact_url, ByteSize, ConfigError, EnvString, Governance, Handoff, HumanDuration, Locator, Rate, ReviewPolicy,
-    Secret,
+    redact_url, redact_url_path, ByteSize, ConfigError, EnvString, Governance, Handoff, HumanDuration, Locator, Rate,
+    ReviewPolicy, Secret,
 };
 
 /// The internal destination alerts are queued on (SPEC §10). Its name
 /// cannot be a configured one (names start with a letter or digit), and
 /// ingress refuses to take messages for it.
 pub const ALERTS: &str = "_alerts";
+
+/// Whether `name` is an internal destination (alerts): producers cannot
+/// send to it, and reports and the console's overview leave it out.
+pub fn is_internal(name: &str) -> bool {
+    name.starts_with('_')
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -144,10 +150,7 @@ impl Destination {
     /// The URL with any userinfo replaced, fit for logs and API answers.
     pub fn redacted_url(&self) -> String {
         if self.secret_url {
-            let mut u = self.url.clone();
-            u.set_path("/<redacted>");
-            u.set_query(None);
-            return redact_url(&u);
+            return redact_url_path(&self.url);
         }
         redact_url(&self.url)
     }

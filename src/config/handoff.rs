@@ -261,7 +261,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 }
 
 pub fn describe(spec: &Spec) -> String {
-    let mut parts = vec![format!("format={}", spec.format.content_type())];
+    let mut parts = vec![format!("format={}", spec.format.name())];
     if spec.schema.is_some() {
         parts.push("schema".into());
     }

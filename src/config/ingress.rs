@@ -2,23 +2,24 @@
 //! and how slow a request may be, and who may send where (SPEC §3, §15).
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::browser::browser_policy;
-use super::locate::{positive, secret_from_env, socket_addr};
+use super::connections::{self, Connections, RawConnections};
+use super::locate::{listen_addr, secret_from_env};
 use super::{valid_name, BrowserPolicy, ByteSize, ConfigError, Destination, EnvString, HumanDuration, Locator, Secret};
+
+/// Overrides `ingress.listen` (`tidegate serve --ingress-listen`).
+pub const INGRESS_LISTEN_ENV: &str = "TIDEGATE_INGRESS_LISTEN";
 
 #[derive(Clone, Debug)]
 pub struct IngressConfig {
     pub listen: SocketAddr,
     pub max_body: u64,
-    /// Open producer connections beyond this get a 503 and are closed.
-    pub max_connections: usize,
-    /// How long a producer may take to send a request's headers.
-    pub header_read_timeout: Duration,
+    /// Connection limits and timeouts (SPEC §17).
+    pub connections: Connections,
     pub auth_token: Option<Secret>,
     /// Which browser requests the listener refuses (see `auth`).
     pub browser: BrowserPolicy,
@@ -47,6 +48,8 @@ pub(super) struct RawIngress {
     pub(super) max_body: Option<ByteSize>,
     pub(super) max_connections: Option<Spanned<i64>>,
     pub(super) header_read_timeout: Option<HumanDuration>,
+    pub(super) idle_timeout: Option<HumanDuration>,
+    pub(super) body_timeout: Option<HumanDuration>,
     pub(super) auth_token_env: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) allowed_origins: Vec<Spanned<EnvString>>,
@@ -68,13 +71,23 @@ pub(super) struct RawProducer {
 /// `[ingress]` without its producers, which name destinations and so are
 /// read once those are known ([`producers`]).
 pub(super) fn build(raw: &RawIngress, loc: &Locator) -> Result<IngressConfig, ConfigError> {
-    let listen = socket_addr(&raw.listen, "0.0.0.0:8080", loc)?;
+    // Loopback unless said otherwise: a config without [ingress] must start
+    // (a public listener needs producer tokens, or allow_anonymous).
+    let listen = listen_addr(INGRESS_LISTEN_ENV, "ingress.listen", &raw.listen, "127.0.0.1:8080", loc)?;
     Ok(IngressConfig {
         listen,
         browser: browser_policy(listen, &raw.allowed_origins, &raw.allowed_hosts, loc)?,
         max_body: raw.max_body.map(|b| b.0).unwrap_or(1 << 20),
-        max_connections: positive(&raw.max_connections, 4096usize, loc, "max_connections")?,
-        header_read_timeout: raw.header_read_timeout.map(|d| d.0).unwrap_or(Duration::from_secs(10)),
+        connections: connections::build(
+            RawConnections {
+                max_connections: &raw.max_connections,
+                header_read_timeout: &raw.header_read_timeout,
+                idle_timeout: &raw.idle_timeout,
+                body_timeout: &raw.body_timeout,
+            },
+            4096,
+            loc,
+        )?,
         auth_token: secret_from_env(&raw.auth_token_env, loc)?,
         producers: Vec::new(),
         allow_anonymous: raw.allow_anonymous.unwrap_or(false),

@@ -183,11 +183,29 @@ pub(super) fn secret_from_env(name: &Option<Spanned<String>>, loc: &Locator) -> 
     }
 }
 
-pub(super) fn socket_addr(
+/// A listener's address: the environment's `env_key` when set (how two
+/// instances run from one config file: `tidegate serve --ingress-listen`
+/// sets it, and a reload reads it again), else the file's, else `default`.
+pub(super) fn listen_addr(
+    env_key: &str,
+    key: &str,
     v: &Option<Spanned<EnvString>>,
     default: &str,
     loc: &Locator,
 ) -> Result<SocketAddr, ConfigError> {
+    match std::env::var(env_key) {
+        Ok(text) if !text.trim().is_empty() => text.trim().parse().map_err(|_| {
+            loc.error_at_key(
+                0..0,
+                key,
+                format!("{env_key}={text:?} (which overrides it) is not an address like \"127.0.0.1:9090\""),
+            )
+        }),
+        _ => socket_addr(v, default, loc),
+    }
+}
+
+fn socket_addr(v: &Option<Spanned<EnvString>>, default: &str, loc: &Locator) -> Result<SocketAddr, ConfigError> {
     match v {
         None => Ok(default.parse().expect("default listen address is valid")),
         Some(s) => s.get_ref().0.parse().map_err(|_| {

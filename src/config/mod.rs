@@ -11,6 +11,7 @@
 mod admin;
 mod browser;
 mod cluster;
+mod connections;
 mod destination;
 mod handoff;
 mod ingress;
@@ -27,17 +28,19 @@ use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
 
-pub use admin::AdminConfig;
+pub use admin::{AdminConfig, ADMIN_LISTEN_ENV};
 pub use browser::BrowserPolicy;
-pub use cluster::{Backend, JetStreamConfig};
+pub use cluster::{Backend, JetStreamConfig, UrlCredentials};
+pub use connections::Connections;
 pub use destination::{
-    Destination, FailureMode, Ordering, OrderingKey, QueuePolicy, RateLimit, RetryPolicy, TrustedCa, WhenFull, ALERTS,
+    is_internal, Destination, FailureMode, Ordering, OrderingKey, QueuePolicy, RateLimit, RetryPolicy, TrustedCa,
+    WhenFull, ALERTS,
 };
 pub use handoff::Handoff;
-pub use ingress::{IngressConfig, Producer};
+pub use ingress::{IngressConfig, Producer, INGRESS_LISTEN_ENV};
 pub use process::{LogConfig, LogFormat, ServerConfig};
 pub use review::{Alerts, Governance, OnHoldTimeout, OnThreshold, ReviewPolicy, ReviewStation};
-pub use secret::{redact_url, Secret};
+pub use secret::{redact_url, redact_url_path, Secret, REDACTED};
 pub use storage::StorageConfig;
 pub use units::{expand_env, ByteSize, EnvString, HumanDuration, Rate};
 
@@ -58,6 +61,9 @@ pub enum ConfigError {
         reason: String,
     },
 }
+
+/// What one NATS publish may carry unless the servers say otherwise.
+const NATS_DEFAULT_MAX_PAYLOAD: u64 = 1 << 20;
 
 /// The configuration in force; swapped whole by a reload.
 pub type Live = Arc<RwLock<Arc<Config>>>;
@@ -165,6 +171,17 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
     ingress.producers = ingress::producers(&raw.ingress.producer, &destinations, loc)?;
     ingress::refuse_open(&ingress, &raw.ingress, loc)?;
     let mut warnings = Vec::new();
+    // The servers' own limit is read at start; what `check` can say
+    // without them is NATS's default.
+    if matches!(storage.backend, Backend::JetStream(_)) && ingress.max_body > NATS_DEFAULT_MAX_PAYLOAD {
+        warnings.push(format!(
+            "{}: ingress.max_body ({}) is above NATS's default max_payload ({}): unless the servers raise it, \
+             larger bodies are refused with 413 (the servers' limit is logged at start)",
+            loc.path.display(),
+            ByteSize(ingress.max_body),
+            ByteSize(NATS_DEFAULT_MAX_PAYLOAD)
+        ));
+    }
     if destinations.is_empty() {
         warnings.push(format!(
             "{}: no [[destination]] is configured: every producer request will get 404 unknown_destination",

@@ -54,12 +54,32 @@ pub enum OnHoldTimeout {
     Reject,
 }
 
+impl OnHoldTimeout {
+    /// As the config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnHoldTimeout::Deliver => "deliver",
+            OnHoldTimeout::Reject => "reject",
+        }
+    }
+}
+
 /// What crossing a governance threshold does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnThreshold {
     Pause,
     Alert,
+}
+
+impl OnThreshold {
+    /// As the config spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnThreshold::Pause => "pause",
+            OnThreshold::Alert => "alert",
+        }
+    }
 }
 
 /// `[destination.review]`. The predicate itself lives in the handoff spec

@@ -135,6 +135,14 @@ pub(super) async fn dead_letter_action(
     }
 }
 
+/// Why a reviewer's rejection sits among the dead letters.
+const REJECTED: &str = "rejected_by_reviewer";
+
+/// "1 message", "3 messages".
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// A queue time as the page shows it (RFC 3339).
 fn when(ms: i64) -> String {
     crate::queue::rfc3339(ms).as_str().unwrap_or_default().to_string()
@@ -155,7 +163,7 @@ fn view(p: &View) -> Markup {
             dt { "Downstream" } dd { code { (d.url) } }
             dt { "Owner" } dd { (d.owner) }
             dt { "On failure" } dd { (d.on_failure) }
-            dt { "Queue" } dd { (q.depth) " messages (" (q.held) " held for review), " (q.in_flight) " in flight, " (q.scheduled) " scheduled for a retry" }
+            dt { "Queue" } dd { (count(q.depth, "message", "messages")) " (" (q.held) " held for review), " (q.in_flight) " in flight, " (q.scheduled) " scheduled for a retry" }
             dt { "Oldest" } dd { (human(q.oldest_age_seconds))
                 @if let Some(o) = &d.objective { " (objective " (human(o.latency_seconds)) ")" } }
             dt { "Dead letters" } dd { (q.dead_letters) }
@@ -195,10 +203,13 @@ fn view(p: &View) -> Markup {
             @if p.dead_letters.is_empty() {
                 p { "None." }
             } @else {
+                @let replayable = p.dead_letters.iter().filter(|(_, l)| l.reason != REJECTED).count();
                 div.buttons {
-                    form method="post" action={ "/ui/destinations/" (name) "/dead-letters/replay" } {
-                        (csrf_field(p.csrf))
-                        button #replay-all type="submit" { "Replay all" }
+                    @if replayable > 0 {
+                        form method="post" action={ "/ui/destinations/" (name) "/dead-letters/replay" } {
+                            (csrf_field(p.csrf))
+                            button #replay-all type="submit" { "Replay all" }
+                        }
                     }
                     form method="post" action={ "/ui/destinations/" (name) "/dead-letters/purge" } {
                         (csrf_field(p.csrf))
@@ -218,10 +229,14 @@ fn view(p: &View) -> Markup {
                                     td { (l.last_error.as_ref().map_or("", |e| e.detail.as_str())) }
                                     td { (when(l.dead_lettered_at)) }
                                     td {
-                                        form method="post" action={ "/ui/destinations/" (name) "/dead-letters/replay" } {
-                                            (csrf_field(p.csrf))
-                                            input type="hidden" name="id" value=(id);
-                                            button type="submit" aria-label={ "Replay " (id) } { "Replay" }
+                                        // A reviewer's rejection is a decision, not a failure:
+                                        // it is never replayed.
+                                        @if l.reason != REJECTED {
+                                            form method="post" action={ "/ui/destinations/" (name) "/dead-letters/replay" } {
+                                                (csrf_field(p.csrf))
+                                                input type="hidden" name="id" value=(id);
+                                                button type="submit" aria-label={ "Replay " (id) } { "Replay" }
+                                            }
                                         }
                                     }
                                 }
@@ -233,7 +248,9 @@ fn view(p: &View) -> Markup {
         }
         section aria-labelledby="queued" {
             h2 #queued { "Next in the queue" }
-            @if p.queued.is_empty() {
+            @if p.queued.is_empty() && q.held > 0 {
+                p { "Nothing waits for delivery: " (count(q.held, "message is", "messages are")) " held for review (see " a href={ "/ui/reviews?destination=" (name) } { "Reviews" } ")." }
+            } @else if p.queued.is_empty() {
                 p { "The queue is empty." }
             } @else {
                 div.scroll {

@@ -27,7 +27,7 @@ mod session;
 use std::collections::HashMap;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -50,6 +50,7 @@ const FORM_LIMIT: usize = 64 * 1024;
 pub struct Console {
     ops: Ops,
     seen: Arc<Seen>,
+    sessions: Arc<session::Sessions>,
 }
 
 impl Console {
@@ -57,6 +58,7 @@ impl Console {
         Console {
             ops,
             seen: Arc::default(),
+            sessions: Arc::default(),
         }
     }
 }
@@ -76,30 +78,40 @@ struct Seen {
     overrides: Mutex<Option<(Instant, HashMap<String, f64>)>>,
 }
 
-#[derive(Clone, Copy)]
+/// Delivered counts of one destination as the console saw them, over the
+/// last minute.
+#[derive(Default)]
 struct Sample {
-    at: Instant,
-    delivered: u64,
-    rate: Option<f64>,
+    seen: std::collections::VecDeque<(Instant, u64)>,
 }
 
+/// The window the delivered rate is taken over: long enough that a few
+/// deliveries a minute do not read as none.
+const RATE_WINDOW: Duration = Duration::from_secs(60);
+
 impl Seen {
-    /// Delivered per second since the last look at least a second ago.
+    /// Delivered per second over the last minute (since the console first
+    /// looked, when that is less), once at least a second has passed.
     fn delivered_rate(&self, dest: &str, delivered: u64) -> Option<f64> {
         let now = Instant::now();
         let mut samples = self.samples.lock().unwrap_or_else(|e| e.into_inner());
-        let s = samples.entry(dest.to_string()).or_insert(Sample {
-            at: now,
-            delivered,
-            rate: None,
-        });
-        let elapsed = now.duration_since(s.at).as_secs_f64();
-        if elapsed >= 1.0 {
-            s.rate = Some(delivered.saturating_sub(s.delivered) as f64 / elapsed);
-            s.at = now;
-            s.delivered = delivered;
+        let s = samples.entry(dest.to_string()).or_default();
+        while s.seen.len() > 1
+            && s.seen
+                .get(1)
+                .is_some_and(|(at, _)| now.duration_since(*at) >= RATE_WINDOW)
+        {
+            s.seen.pop_front();
         }
-        s.rate
+        if s.seen
+            .back()
+            .is_none_or(|(at, _)| now.duration_since(*at) >= Duration::from_millis(500))
+        {
+            s.seen.push_back((now, delivered));
+        }
+        let (at, first) = *s.seen.front()?;
+        let elapsed = now.duration_since(at).as_secs_f64();
+        (elapsed >= 1.0).then(|| delivered.saturating_sub(first) as f64 / elapsed)
     }
 }
 
@@ -174,14 +186,18 @@ fn session_of(a: &Console, headers: &HeaderMap) -> Result<Session, Response> {
             signed_in: false,
         });
     };
+    let token_of = |who: &str| (who == ADMIN).then_some(token);
     match cookie(headers, session::COOKIE) {
-        Some(c) if session::valid(c, token, crate::queue::now_ms()) => Ok(Session {
+        Some(c) if a.sessions.who(c, crate::queue::now_ms(), token_of).is_some() => Ok(Session {
             value: c.to_string(),
             signed_in: true,
         }),
         _ => Err(Redirect::to("/ui/login").into_response()),
     }
 }
+
+/// Who signs in with the admin token.
+const ADMIN: &str = "admin";
 
 fn html(status: StatusCode, m: Markup) -> Response {
     let mut r = (status, m.into_string()).into_response();
@@ -246,42 +262,41 @@ struct Notice {
 impl Notice {
     fn text(&self) -> Option<(bool, String)> {
         let n = self.n.unwrap_or(0);
-        let t = match self.done.as_deref()? {
-            "paused" => "Paused: deliveries stopped, ingress keeps accepting.".to_string(),
-            "resumed" => "Resumed.".to_string(),
-            "replayed" => format!("{n} dead letter(s) back in the queue."),
-            "purged" => format!("{n} dead letter(s) deleted."),
-            "approve" => "Approved: queued for delivery.".to_string(),
-            "edit" => "Correction saved and queued for delivery.".to_string(),
-            "reject" => "Rejected: dead-lettered, never delivered.".to_string(),
-            _ => return None,
-        };
+        let t =
+            match self.done.as_deref()? {
+                "paused" => "Paused: deliveries stopped, ingress keeps accepting.".to_string(),
+                "resumed" => "Resumed.".to_string(),
+                "replayed" if n == 0 => return Some((
+                    false,
+                    "Nothing replayed: no dead letter was left to replay (a reviewer's rejection is never replayed)."
+                        .to_string(),
+                )),
+                "replayed" => format!("{n} dead letter(s) back in the queue."),
+                "purged" => format!("{n} dead letter(s) deleted."),
+                "approve" => "Approved: queued for delivery.".to_string(),
+                "edit" => "Correction saved and queued for delivery.".to_string(),
+                "reject" => "Rejected: dead-lettered, never delivered.".to_string(),
+                _ => return None,
+            };
         Some((true, t))
     }
 }
 
 /// A urlencoded form body, read up to `limit` bytes (more is 413; the rest
 /// is read and dropped so the browser sees the answer).
-async fn read_form(body: axum::body::Body, limit: usize) -> Result<HashMap<String, String>, StatusCode> {
-    use futures_util::StreamExt as _;
-    let mut stream = body.into_data_stream();
-    let mut bytes = Vec::new();
-    let mut seen = 0usize;
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| StatusCode::BAD_REQUEST)?;
-        seen += chunk.len();
-        if seen > limit {
-            if seen > 64 << 20 {
-                break;
-            }
-            continue;
-        }
-        bytes.extend_from_slice(&chunk);
+async fn read_form(
+    body: axum::body::Body,
+    limit: usize,
+    timeout: Duration,
+    linger: usize,
+) -> Result<HashMap<String, String>, StatusCode> {
+    use crate::listener::body::{read_within, BodyError};
+    match read_within(body, limit, timeout, linger).await {
+        Ok(bytes) => Ok(form_urlencoded::parse(&bytes).into_owned().collect()),
+        Err(BodyError::TooLarge) => Err(StatusCode::PAYLOAD_TOO_LARGE),
+        Err(BodyError::TimedOut) => Err(StatusCode::REQUEST_TIMEOUT),
+        Err(BodyError::Broken(_)) => Err(StatusCode::BAD_REQUEST),
     }
-    if seen > limit {
-        return Err(StatusCode::PAYLOAD_TOO_LARGE);
-    }
-    Ok(form_urlencoded::parse(&bytes).into_owned().collect())
 }
 
 /// The session and the form of a POST, its CSRF value checked.
@@ -292,13 +307,21 @@ async fn checked_form(
     limit: usize,
 ) -> Result<(Session, HashMap<String, String>), Response> {
     let s = session_of(a, headers)?;
-    let form = match read_form(body, limit).await {
+    let timeout = a.config().admin.connections.body_timeout;
+    let form = match read_form(body, limit, timeout, crate::listener::body::LINGER_BYTES).await {
         Ok(f) => f,
         Err(StatusCode::PAYLOAD_TOO_LARGE) => {
             return Err(failure(
                 &s,
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("That form is over {limit} bytes."),
+            ))
+        }
+        Err(StatusCode::REQUEST_TIMEOUT) => {
+            return Err(failure(
+                &s,
+                StatusCode::REQUEST_TIMEOUT,
+                "That form took too long to arrive.",
             ))
         }
         Err(status) => return Err(failure(&s, status, "That form could not be read.")),

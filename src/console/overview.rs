@@ -20,6 +20,9 @@ use crate::problem::Problem;
 pub(super) async fn data(a: &Console) -> Result<(Vec<DestinationView>, HashMap<String, f64>), Problem> {
     let mut dests = Vec::new();
     for d in a.dispatcher.destinations() {
+        if crate::config::is_internal(&d.name) {
+            continue;
+        }
         dests.push(a.describe_state(&d).await?);
     }
     let overrides = {

@@ -39,11 +39,19 @@ pub(super) async fn page(State(a): State<Console>, headers: HeaderMap, Query(q):
         &s,
         &headers,
         q.destination,
-        HashMap::new(),
+        Refused::default(),
         notice.text(),
         StatusCode::OK,
     )
     .await
+}
+
+/// What a refused decision leaves on the page: its error in place with
+/// the draft (by item id), and who was deciding.
+#[derive(Default)]
+struct Refused {
+    errors: HashMap<String, ((String, Vec<String>), String)>,
+    reviewer: Option<String>,
 }
 
 async fn reviews_page(
@@ -51,7 +59,7 @@ async fn reviews_page(
     s: &Session,
     headers: &HeaderMap,
     destination: Option<String>,
-    errors: HashMap<String, ((String, Vec<String>), String)>,
+    refused: Refused,
     notice: Option<(bool, String)>,
     status: StatusCode,
 ) -> Response {
@@ -64,14 +72,18 @@ async fn reviews_page(
         Ok(items) => items,
         Err(e) => return failure(s, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
-    let reviewer = cookie(headers, REVIEWER_COOKIE)
-        .map(|r| {
-            form_urlencoded::parse(format!("r={r}").as_bytes())
-                .map(|(_, v)| v.into_owned())
-                .next()
-                .unwrap_or_default()
-        })
-        .unwrap_or_default();
+    let errors = refused.errors;
+    // Who was deciding, when a decision was refused: kept, not cleared.
+    let reviewer = refused.reviewer.unwrap_or_else(|| {
+        cookie(headers, REVIEWER_COOKIE)
+            .map(|r| {
+                form_urlencoded::parse(format!("r={r}").as_bytes())
+                    .map(|(_, v)| v.into_owned())
+                    .next()
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default()
+    });
     let rendered: Vec<ReviewItem> = items
         .iter()
         .map(|item| {
@@ -132,7 +144,11 @@ pub(super) async fn decide(
                     vec![],
                     StatusCode::BAD_REQUEST,
                 );
-                return reviews_page(&a, &s, &headers, None, errors, None, status).await;
+                let refused = Refused {
+                    errors,
+                    reviewer: Some(reviewer),
+                };
+                return reviews_page(&a, &s, &headers, None, refused, None, status).await;
             }
         },
         _ => None,
@@ -179,7 +195,11 @@ pub(super) async fn decide(
                 _ => (StatusCode::INTERNAL_SERVER_ERROR, vec![]),
             };
             let (errors, status) = in_place(e.to_string(), paths, status);
-            reviews_page(&a, &s, &headers, None, errors, None, status).await
+            let refused = Refused {
+                errors,
+                reviewer: Some(reviewer),
+            };
+            reviews_page(&a, &s, &headers, None, refused, None, status).await
         }
     }
 }

@@ -369,6 +369,9 @@ impl Dispatcher {
     pub async fn pause_because(&self, name: &str, reason: &str) -> Result<StateInfo, DispatchError> {
         let d = self.get(name)?;
         set_state(&self.ctx, &d, State::Paused, reason, None).await?;
+        // In cluster mode another instance may be the one dispatching: the
+        // pause is answered only once it is in force there too.
+        self.ctx.queues.announce_state(name).await;
         Ok(d.state())
     }
 
@@ -406,6 +409,7 @@ impl Dispatcher {
         }
         d.consecutive_transient.store(0, Ordering::Relaxed);
         set_state(&self.ctx, &d, State::Running, reason, None).await?;
+        self.ctx.queues.announce_state(name).await;
         Ok(d.state())
     }
 
@@ -466,6 +470,12 @@ impl Dispatcher {
 }
 
 impl Dispatcher {
+    /// The state `name` was in when this process started (restored from
+    /// the queue), before anything it did since.
+    pub fn started_in(&self, name: &str) -> State {
+        self.restored.get(name).map_or(State::Running, |i| i.state)
+    }
+
     /// Cluster mode: a producer waiting (`Prefer: wait`) on one instance
     /// hears how its message finished on whichever instance delivered it.
     fn relay_outcomes(&self) {
@@ -520,68 +530,93 @@ impl Dispatcher {
     /// `stop`. What this instance changes itself is recorded first, so it
     /// reads back its own change.
     pub async fn follow_records(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut asked = self.ctx.queues.state_asked();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                Some((dest, applied)) = async {
+                    match asked.as_mut() {
+                        Some(rx) => rx.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // Another instance paused (or resumed) a destination
+                    // this one dispatches, and waits until it is in force.
+                    self.apply_records(Some(&dest)).await;
+                    let _ = applied.send(());
+                    continue;
+                }
                 _ = stop.changed() => return,
             }
-            let records = match self.ctx.queues.destination_records().await {
-                Ok(r) => r,
-                Err(e) => {
-                    tracing::debug!(error = %e, "could not read destination records");
-                    continue;
-                }
+            self.apply_records(None).await;
+            self.follow_halted_keys().await;
+        }
+    }
+
+    /// Applies the recorded state of every destination (or of `only`).
+    async fn apply_records(&self, only: Option<&str>) {
+        let records = match self.ctx.queues.destination_records().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "could not read destination records");
+                return;
+            }
+        };
+        for (name, r) in records {
+            if only.is_some_and(|o| o != name) {
+                continue;
+            }
+            let (Some(d), Some(state)) = (self.destination(&name), State::parse(&r.state)) else {
+                continue;
             };
-            for (name, r) in records {
-                let (Some(d), Some(state)) = (self.destination(&name), State::parse(&r.state)) else {
-                    continue;
-                };
-                let changed = {
-                    let mut s = d.state.lock().unwrap_or_else(|e| e.into_inner());
-                    let changed = s.state != state || s.reason != r.reason;
-                    if changed {
-                        tracing::warn!(destination = %name, from = s.state.as_str(), to = state.as_str(), reason = %r.reason,
-                            "destination state changed by another instance");
-                        *s = StateInfo {
-                            state,
-                            reason: r.reason,
-                            head_seq: r.head_seq,
-                        };
-                    }
-                    changed
-                };
+            let changed = {
+                let mut s = d.state.lock().unwrap_or_else(|e| e.into_inner());
+                let changed = s.state != state || s.reason != r.reason;
                 if changed {
-                    d.kick();
+                    tracing::warn!(destination = %name, from = s.state.as_str(), to = state.as_str(), reason = %r.reason,
+                        "destination state changed by another instance");
+                    *s = StateInfo {
+                        state,
+                        reason: r.reason,
+                        head_seq: r.head_seq,
+                    };
                 }
-            }
-            // Halted keys, so that whichever instance dispatches next
-            // keeps them halted, and any instance's admin API can resume one.
-            // Only key-ordered destinations have any: the others skip the read.
-            let keyed = self
-                .destinations()
-                .iter()
-                .any(|d| d.config().queue.ordering == config::Ordering::Key);
-            if !keyed {
-                continue;
-            }
-            let Ok(halted) = self.ctx.queues.halted_keys().await else {
-                continue;
+                changed
             };
-            let mut by_dest: HashMap<String, HashMap<String, HaltedKey>> = HashMap::new();
-            for k in halted {
-                by_dest.entry(k.dest.clone()).or_default().insert(k.key.clone(), k);
+            if changed {
+                d.kick();
             }
-            for d in self.destinations() {
-                let now = by_dest.remove(&d.name).unwrap_or_default();
-                let released = {
-                    let mut mine = d.halted_keys.lock().unwrap_or_else(|e| e.into_inner());
-                    let released = mine.keys().any(|k| !now.contains_key(k));
-                    *mine = now.into_iter().collect();
-                    released
-                };
-                if released {
-                    d.kick();
-                }
+        }
+    }
+
+    /// Halted keys, so that whichever instance dispatches next keeps them
+    /// halted, and any instance's admin API can resume one. Only
+    /// key-ordered destinations have any: the others skip the read.
+    async fn follow_halted_keys(&self) {
+        let keyed = self
+            .destinations()
+            .iter()
+            .any(|d| d.config().queue.ordering == config::Ordering::Key);
+        if !keyed {
+            return;
+        }
+        let Ok(halted) = self.ctx.queues.halted_keys().await else {
+            return;
+        };
+        let mut by_dest: HashMap<String, HashMap<String, HaltedKey>> = HashMap::new();
+        for k in halted {
+            by_dest.entry(k.dest.clone()).or_default().insert(k.key.clone(), k);
+        }
+        for d in self.destinations() {
+            let now = by_dest.remove(&d.name).unwrap_or_default();
+            let released = {
+                let mut mine = d.halted_keys.lock().unwrap_or_else(|e| e.into_inner());
+                let released = mine.keys().any(|k| !now.contains_key(k));
+                *mine = now.into_iter().collect();
+                released
+            };
+            if released {
+                d.kick();
             }
         }
     }

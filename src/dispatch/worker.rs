@@ -530,7 +530,13 @@ async fn carry_out(
     let m = &ctx.metrics;
     let status = outcome.response().map(|r| r.status);
     let (disposition, finished) = match &step {
-        Step::Ack => (Disposition::Delivered, Some("delivered")),
+        // Under review, the body stays for late feedback (SPEC §10).
+        Step::Ack => (
+            Disposition::Delivered {
+                keep_body: d.config().review.is_some(),
+            },
+            Some("delivered"),
+        ),
         Step::Retry { delay } => {
             tracing::debug!(
                 status,

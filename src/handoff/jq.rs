@@ -60,11 +60,31 @@ impl Program {
                         format!("expected {}, found {:?}", expect.as_str(), truncate(s, 20))
                     },
                 }),
-                Some(Error::Io(v)) => CompileError {
-                    offset: 0,
-                    message: v.first().map_or("cannot load a module".to_string(), |(_, m)| m.clone()),
-                },
+                // `include` and `import` of modules: nothing is read from
+                // files (the loader has no reader).
+                Some(Error::Io(v)) => v.first().map_or_else(unknown, |(path, _)| CompileError {
+                    offset: at(path),
+                    message: "modules (include, import) are not supported: put the definitions in the program"
+                        .to_string(),
+                }),
                 None => unknown(),
+            }
+        })?;
+        // Data imports (`import "f" as $x;`) would be read at run time, by
+        // the worker, from files it has no business reading: refused here,
+        // so `check` says so rather than every message failing.
+        jaq_core::load::import(&modules, |_| {
+            Err("data imports (import \"…\" as $name) are not supported: put the data in the program".into())
+        })
+        .map_err(|errs| {
+            use jaq_core::load::Error;
+            let first = errs.into_iter().next().map(|(_, e)| e);
+            match first {
+                Some(Error::Io(v)) => v.first().map_or_else(unknown, |(path, m)| CompileError {
+                    offset: at(path),
+                    message: m.clone(),
+                }),
+                _ => unknown(),
             }
         })?;
         let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
@@ -85,11 +105,18 @@ impl Program {
     /// nothing, `Err` with jq's message when its first result is an error.
     pub fn first(&self, input: Val) -> Result<Option<Val>, String> {
         let ctx = Ctx::<Data>::new(&self.filter.lut, Vars::new([]));
-        let mut out = self.filter.id.run((ctx, input)).map(jaq_core::unwrap_valr);
+        let mut out = self.filter.id.run((ctx, input));
         match out.next() {
             None => Ok(None),
             Some(Ok(v)) => Ok(Some(v)),
-            Some(Err(e)) => Err(e.to_string()),
+            // Not `jaq_core::unwrap_valr`: on `halt` it exits the process.
+            Some(Err(exn)) => Err(match exn.get_err() {
+                Ok(e) => e.to_string(),
+                Err(exn) => match exn.get_halt() {
+                    Ok(code) => format!("the program halted (halt or halt_error, exit code {code})"),
+                    Err(_) => "the program failed".to_string(),
+                },
+            }),
         }
     }
 }
@@ -115,10 +142,19 @@ pub fn from_json(v: &Value) -> Val {
     match v {
         Value::Null => Val::Null,
         Value::Bool(b) => Val::Bool(*b),
-        Value::Number(n) => match (n.as_i64(), n.as_f64()) {
-            (Some(i), _) if isize::try_from(i).is_ok() => Val::from(i as isize),
-            (_, Some(f)) => Val::from(f),
-            _ => Val::Null,
+        // Numbers keep the digits they were written with (SPEC §17): an id
+        // of 20 digits passes a transform as those 20 digits, and a
+        // decimal as its text, until the program computes with it.
+        // (serde_json keeps each number's text: `arbitrary_precision`.)
+        Value::Number(n) => match n.as_i64().and_then(|i| isize::try_from(i).ok()) {
+            Some(i) => Val::from(i),
+            None => {
+                let text = n.to_string();
+                match Num::from_str_radix(&text, 10) {
+                    Some(big) => Val::Num(big),
+                    None => Val::Num(Num::Dec(std::rc::Rc::new(text))),
+                }
+            }
         },
         Value::String(s) => Val::from(s.clone()),
         Value::Array(a) => a.iter().map(from_json).collect(),
@@ -200,12 +236,51 @@ mod tests {
     }
 
     #[test]
+    fn modules_and_data_imports_are_refused_when_compiled() {
+        for code in [
+            "include \"lib\"; .",
+            "import \"lib\" as l; .",
+            "import \"data\" as $d; .",
+        ] {
+            let e = Program::compile(code)
+                .err()
+                .unwrap_or_else(|| panic!("{code} compiled"));
+            assert!(e.message.contains("not supported"), "{code}: {e:?}");
+        }
+    }
+
+    #[test]
+    fn halt_fails_the_message_instead_of_ending_the_process() {
+        let e = run("\"bye\" | halt_error", json!(null)).unwrap_err();
+        assert!(e.contains("halted"), "{e}");
+        let e = run("halt", json!(null)).unwrap_err();
+        assert!(e.contains("exit code 0"), "{e}");
+    }
+
+    #[test]
     fn compile_errors_point_into_the_program() {
         let e = Program::compile("{name: .a,, }").err().unwrap();
         assert!(e.offset > 0 && e.offset <= 12, "{e:?}");
         let e = Program::compile(".a | nosuchfn(1)").err().unwrap();
         assert_eq!(e.offset, 5, "{e:?}");
         assert!(e.message.contains("nosuchfn"), "{e:?}");
+    }
+
+    #[test]
+    fn numbers_pass_through_as_written_unless_computed_with() {
+        let body: Value =
+            serde_json::from_str(r#"{"account_id": 12345678901234567890123, "price": 19.90, "tiny": 1e-400, "n": 7}"#)
+                .unwrap();
+        let out = run("{account: .account_id, price, tiny, n}", body.clone())
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            out.to_string(),
+            r#"{"account":12345678901234567890123,"price":19.90,"tiny":1e-400,"n":7}"#
+        );
+        // Arithmetic is jq's, in floating point.
+        let sum = run(".price + 1", body).unwrap().unwrap();
+        assert_eq!(sum.as_f64(), Some(20.9));
     }
 
     #[test]

@@ -110,6 +110,9 @@ pub enum Stage {
     Schema,
     Transform,
     Format,
+    /// The category program gave what cannot be a category (too long, or
+    /// not printable: it becomes a metric label and a report column).
+    Category,
 }
 
 impl Stage {
@@ -119,8 +122,16 @@ impl Stage {
             Stage::Schema => "schema",
             Stage::Transform => "transform",
             Stage::Format => "format",
+            Stage::Category => "category",
         }
     }
+}
+
+/// Whether a `Content-Type` says JSON: what a handoff reads (ingress answers
+/// 415 otherwise, and preview says so).
+pub fn is_json(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// One JSON Schema violation, as the 422 lists it.
@@ -332,6 +343,14 @@ impl Table {
         }
         let category =
             text_of(name, "category", &compiled.category, &input)?.unwrap_or_else(|| UNCATEGORISED.to_string());
+        if let Some(why) = crate::text::category_problem(&category) {
+            return Err(Failure {
+                stage: Stage::Category,
+                destination: name.to_string(),
+                message: why,
+                violations: Vec::new(),
+            });
+        }
         let key = text_of(name, "key", &compiled.key, &input)?;
         if hold.is_none() {
             if let Some(p) = &compiled.hold_when {

@@ -53,6 +53,15 @@ const ADDRESS_SPACE: u64 = 2 << 30;
 /// Idle workers kept for the next call; more are started when needed.
 const MAX_IDLE: usize = 8;
 
+/// Resident memory past which a worker retires after its answer: a heavy
+/// program leaves its allocator holding memory it will not give back, and
+/// an idle worker must not keep hundreds of MiB (a fresh one starts in
+/// milliseconds).
+const RETIRE_RESIDENT: u64 = 64 << 20;
+
+/// Set on an answer's tag by a worker that exits after it.
+const TAG_RETIRING: u8 = 0x80;
+
 const OP_ADMIT: u8 = 0;
 const OP_RENDER: u8 = 1;
 const OP_CHECK: u8 = 2;
@@ -157,12 +166,13 @@ impl Runner {
         };
         match tokio::time::timeout(self.deadline, worker.call(op, dest, body)).await {
             Ok(Ok((tag, meta, bytes))) => {
-                let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-                if idle.len() < MAX_IDLE {
-                    idle.push(worker);
+                if tag & TAG_RETIRING == 0 {
+                    let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+                    if idle.len() < MAX_IDLE {
+                        idle.push(worker);
+                    }
                 }
-                drop(idle);
-                if tag == 0 {
+                if tag & !TAG_RETIRING == 0 {
                     Ok((meta, bytes))
                 } else {
                     let f: Failure = serde_json::from_slice(&meta).map_err(|e| RunError::Unavailable(e.to_string()))?;
@@ -275,6 +285,15 @@ fn read_frame(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
 /// The worker process: limits itself, compiles the specs it is sent, then
 /// answers calls until its stdin closes. Never returns normally on a
 /// runaway program: it is killed, or dies of its own limits.
+/// This process's resident memory, from `/proc/self/statm` (Linux).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * u64::try_from(page).ok()?)
+}
+
 pub fn worker_main() -> std::process::ExitCode {
     #[cfg(target_os = "linux")]
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and
@@ -334,11 +353,12 @@ pub fn worker_main() -> std::process::ExitCode {
         let Ok(meta) = meta else {
             return std::process::ExitCode::from(2);
         };
+        let retiring = resident_bytes().is_some_and(|r| r > RETIRE_RESIDENT);
         let mut frame = Vec::with_capacity(meta.len() + bytes.len() + 9);
-        frame.push(tag);
+        frame.push(if retiring { tag | TAG_RETIRING } else { tag });
         put(&mut frame, &meta);
         put(&mut frame, &bytes);
-        if output.write_all(&frame).and_then(|_| output.flush()).is_err() {
+        if output.write_all(&frame).and_then(|_| output.flush()).is_err() || retiring {
             return std::process::ExitCode::SUCCESS;
         }
     }

@@ -25,6 +25,13 @@ const NOT_FORWARDED: &[&str] = &[
     "expect",
     "prefer",
     "idempotency-key",
+    // Spoofable claims about the client or the method (SPEC §17): a
+    // downstream that trusts them would take a producer's word for who
+    // sent the request and what it asks.
+    "forwarded",
+    "x-real-ip",
+    "x-http-method-override",
+    "x-method-override",
 ];
 
 /// The headers to store with a message, in order, names lower-case.
@@ -41,7 +48,10 @@ pub fn forwardable(headers: &HeaderMap) -> Vec<(String, String)> {
         .iter()
         .filter(|(k, _)| {
             let k = k.as_str();
-            !NOT_FORWARDED.contains(&k) && !k.starts_with("x-tidegate-") && !listed.iter().any(|l| l == k)
+            !NOT_FORWARDED.contains(&k)
+                && !k.starts_with("x-tidegate-")
+                && !k.starts_with("x-forwarded-")
+                && !listed.iter().any(|l| l == k)
         })
         .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect()

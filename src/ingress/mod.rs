@@ -7,7 +7,6 @@
 //! case.
 
 mod headers;
-pub mod listener;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -23,6 +23,7 @@ use axum::Router;
 use crate::config::{self, WhenFull};
 use crate::dispatch::{self, Dispatcher};
 use crate::handoff;
+use crate::listener::body::BodyError;
 use crate::metrics::Metrics;
 use crate::problem::Problem;
 use crate::queue::{self, Appended, Limits, NewMessage, QueueError};
@@ -87,9 +88,18 @@ struct Shared {
 const ALLOW: &str = "POST, PUT, PATCH, DELETE";
 
 async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> Response {
-    match accept(&shared, req).await {
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    match accept(&shared, &parts, &mut body).await {
         Ok(r) => r,
-        Err(p) => p.into_response(),
+        Err(p) => {
+            // Refused before its body was read: read it first, so the
+            // producer reads this answer rather than a reset.
+            if let Some(unread) = body.take() {
+                crate::listener::body::linger(unread, &parts.headers).await;
+            }
+            p.into_response()
+        }
     }
 }
 
@@ -112,18 +122,22 @@ fn refuse_if_halted(ing: &Ingress, dest: &dispatch::Destination, cfg: &config::D
     Ok(())
 }
 
-async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
+async fn accept(shared: &Shared, parts: &Parts, body: &mut Option<Body>) -> Result<Response, Problem> {
     let ing = &shared.ing;
     let started = Instant::now();
     if ing.shutting_down.load(Ordering::Relaxed) {
         return Err(Problem::shutting_down());
     }
-    let (parts, body) = req.into_parts();
     let live = crate::config::current(&ing.live);
     crate::auth::check_browser(&live.ingress.browser, &parts.headers)?;
     let max_body = live.ingress.max_body;
     let sender = crate::auth::sender(&parts.headers, &live.ingress)?;
     let raw_path = parts.uri.path();
+    // The `Location` a 202 gave: a producer reads its own message's status
+    // where it was told to, with its own token (SPEC §17).
+    if let (Some(id), &Method::GET | &Method::HEAD) = (raw_path.strip_prefix("/v1/messages/"), &parts.method) {
+        return own_message(ing, &sender, id).await;
+    }
     let (dest_name, rest) = split_destination(raw_path)?;
     // Before the lookup: a producer learns nothing about destinations
     // outside its list, not even whether they exist.
@@ -132,7 +146,7 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
     let Some(dest) = ing
         .dispatcher
         .destination(dest_name)
-        .filter(|_| !dest_name.starts_with('_'))
+        .filter(|_| !config::is_internal(dest_name))
     else {
         return Err(Problem::unknown_destination(dest_name));
     };
@@ -145,6 +159,7 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
     }
     check_path(rest)?;
     let cfg = dest.config();
+    check_query(parts.uri.query(), &cfg.url)?;
     refuse_if_halted(ing, &dest, &cfg)?;
     if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) {
         if len.parse::<u64>().map_or(true, |n| n > max_body) {
@@ -156,9 +171,20 @@ async fn accept(shared: &Shared, req: Request) -> Result<Response, Problem> {
             ));
         }
     }
-    let body = axum::body::to_bytes(body, max_body as usize)
-        .await
-        .map_err(|_| reject(ing, name, "payload_too_large", Problem::payload_too_large(max_body)))?;
+    let timeout = live.ingress.connections.body_timeout;
+    let body = match crate::listener::body::read(body.take().unwrap_or_default(), max_body as usize, timeout).await {
+        Ok(b) => b,
+        Err(BodyError::TooLarge) => {
+            return Err(reject(
+                ing,
+                name,
+                "payload_too_large",
+                Problem::payload_too_large(max_body),
+            ))
+        }
+        Err(BodyError::TimedOut) => return Err(reject(ing, name, "body_timeout", Problem::body_timeout(timeout))),
+        Err(BodyError::Broken(e)) => return Err(Problem::invalid_request(format!("the body could not be read: {e}"))),
+    };
 
     let idempotency_key = match parts.headers.get("idempotency-key") {
         None => None,
@@ -326,7 +352,7 @@ async fn handoff(
 ) -> Result<handoff::Admitted, Problem> {
     let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?"));
     if let Some(ct) = content_type {
-        if !is_json(ct) {
+        if !handoff::is_json(ct) {
             ing.metrics.handoff_failures.with_label_values(&[name, "parse"]).inc();
             return Err(reject(
                 ing,
@@ -351,6 +377,10 @@ async fn handoff(
                     "schema_violation",
                     Problem::schema_violation(format!("{}: {}", f.destination, f.message), &f.violations),
                 ),
+                handoff::Stage::Category => (
+                    "invalid_category",
+                    Problem::invalid_category(format!("{}: {}", f.destination, f.message)),
+                ),
                 handoff::Stage::Transform | handoff::Stage::Format => (
                     "transform_failed",
                     Problem::transform_failed(format!("{} ({}): {}", f.destination, f.stage.as_str(), f.message)),
@@ -363,12 +393,6 @@ async fn handoff(
             Err(reject(ing, name, "internal_error", Problem::internal()))
         }
     }
-}
-
-/// `application/json`, or any `+json` type, parameters aside.
-fn is_json(content_type: &str) -> bool {
-    let essence = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// The `Idempotency-Key` value. The IETF draft makes it a structured-field
@@ -424,13 +448,26 @@ fn split_destination(path: &str) -> Result<(&str, &str), Problem> {
     Ok((name, rest))
 }
 
-/// Refuses paths that could climb out of the destination's base path once
-/// decoded (`..`, `.`), or that do not decode to UTF-8.
+/// Refuses paths that some server downstream could read as another path
+/// (SPEC §17): dot segments (`..`, `.`) and encoded slashes, which climb
+/// out of the destination's base path once decoded; `;` parameters in a
+/// segment (`/..;/` is `..` to some Java servers); NUL; an encoded `%`
+/// (`%252e` decodes twice into a dot); and what does not decode to UTF-8.
 fn check_path(rest: &str) -> Result<(), Problem> {
     for seg in rest.split('/') {
-        let decoded = percent_decode(seg).ok_or_else(|| Problem::invalid_request("the path is not valid UTF-8"))?;
+        if seg.contains(';') {
+            return Err(Problem::invalid_path("a path segment must not carry ';' parameters"));
+        }
+        if seg.to_ascii_lowercase().contains("%25") {
+            return Err(Problem::invalid_path("the path must not contain an encoded '%' (%25)"));
+        }
+        let decoded =
+            crate::text::percent_decode(seg).ok_or_else(|| Problem::invalid_path("the path is not valid UTF-8"))?;
+        if decoded.contains('\0') {
+            return Err(Problem::invalid_path("the path must not contain NUL"));
+        }
         if decoded == ".." || decoded == "." || decoded.contains('/') || decoded.contains('\\') {
-            return Err(Problem::invalid_request(
+            return Err(Problem::invalid_path(
                 "the path must not contain dot segments or encoded slashes",
             ));
         }
@@ -438,22 +475,51 @@ fn check_path(rest: &str) -> Result<(), Problem> {
     Ok(())
 }
 
-fn percent_decode(s: &str) -> Option<String> {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
+/// Refuses a producer's query that names a parameter the destination's URL
+/// already sets (its API key, its tenant): the producer's is appended after
+/// it, and a downstream that reads the last one would take the producer's.
+fn check_query(query: Option<&str>, url: &reqwest::Url) -> Result<(), Problem> {
+    let (Some(query), Some(_)) = (query, url.query()) else {
+        return Ok(());
+    };
+    let set: Vec<String> = url.query_pairs().map(|(k, _)| k.into_owned()).collect();
+    for (name, _) in form_urlencoded::parse(query.as_bytes()) {
+        if set.iter().any(|s| *s == name) {
+            return Err(Problem::forbidden_query(&name));
         }
     }
-    String::from_utf8(out).ok()
+    Ok(())
+}
+
+/// A message's status for the producer that sent it; any other sender
+/// learns nothing, not even that it exists.
+async fn own_message(ing: &Ingress, sender: &crate::auth::Sender<'_>, id: &str) -> Result<Response, Problem> {
+    let not_found = || {
+        Problem::not_found(format!(
+            "no message {id:?} of yours (unknown, or past history_retention)"
+        ))
+    };
+    if !queue::is_message_id(id) {
+        return Err(Problem::invalid_request(format!("{id:?} is not a message id")));
+    }
+    let seq = ing.queues.parse_id(id).ok_or_else(not_found)?;
+    let status = match ing.queues.status(seq).await {
+        Ok(Some(s)) if s.producer == sender.recorded() => s,
+        Ok(_) => return Err(not_found()),
+        Err(e) => {
+            tracing::error!(error = %e, "reading a message's status failed");
+            return Err(Problem::internal());
+        }
+    };
+    let in_flight = ing
+        .dispatcher
+        .destination(&status.dest)
+        .is_some_and(|d| d.is_in_flight(seq));
+    Ok(axum::Json(status.view(id, in_flight)).into_response())
+}
+
+fn max_body_of(ing: &Ingress) -> u64 {
+    crate::config::current(&ing.live).ingress.max_body
 }
 
 /// Appends, applying the destination's `when_full` policy.
@@ -500,6 +566,11 @@ async fn append_with_backpressure(
                 return Err(reject(ing, name, "storage_full", Problem::storage_full()));
             }
             Err(QueueError::Closed) => return Err(Problem::shutting_down()),
+            Err(e @ QueueError::TooLarge { .. }) => {
+                let mut p = Problem::payload_too_large(max_body_of(ing));
+                p.detail = format!("{e} (in cluster mode, the NATS servers' max_payload bounds a message)");
+                return Err(reject(ing, name, "payload_too_large", p));
+            }
             Err(QueueError::Unavailable(e)) => {
                 tracing::warn!(destination = name, error = %e, "queue storage unavailable; refused with 503");
                 let mut p = Problem::storage_unavailable();

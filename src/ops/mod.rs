@@ -24,7 +24,7 @@ use crate::reload::Reloader;
 use crate::review::{ReviewError, Station};
 
 pub use describe::{Counters, DestinationView, HaltedKeyView, Objective, QueueView, RateView};
-pub use preview::preview;
+pub use preview::{preview, Sent};
 
 /// What the operations act on; cheap to clone.
 #[derive(Clone)]
@@ -135,7 +135,7 @@ pub fn review_problem(e: ReviewError) -> Problem {
         ReviewError::Invalid(m) => Problem::invalid_request(m),
         ReviewError::ReasonRequired(m) => Problem::reason_required(m),
         ReviewError::Schema(f) => Problem::schema_violation(
-            format!("the correction fails {}'s schema: {}", f.destination, f.message),
+            format!("the correction fails the schema of {}: {}", f.destination, f.message),
             &f.violations,
         ),
         ReviewError::Transform(f) => Problem::transform_failed(format!(

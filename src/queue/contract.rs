@@ -158,6 +158,11 @@ pub trait ReviewStore: Send + Sync + 'static {
     /// call again while it answers a full one).
     async fn expire_holds(&self, dest: &str, deliver: bool, now: i64) -> Result<u64>;
     async fn review_item(&self, seq: u64) -> Result<Option<Item>>;
+    /// The producer's body of delivered message `seq`, when its
+    /// destination kept it for late feedback
+    /// (`Disposition::Delivered { keep_body }`) and history has not swept
+    /// it.
+    async fn kept_body(&self, seq: u64) -> Result<Option<bytes::Bytes>>;
     /// Review items awaiting a decision, oldest first.
     async fn open_reviews(
         &self,
@@ -209,4 +214,19 @@ pub trait Cluster: Send + Sync + 'static {
     fn reload_asked(&self) -> Option<Arc<tokio::sync::Notify>> {
         None
     }
+    /// Returns once the instance that dispatches `dest` has applied the
+    /// destination record this one just wrote (a pause is then in force
+    /// everywhere: SPEC §17), or cannot be dispatching any more (its lease
+    /// is past `LEASE_SAFE`). At once when this instance dispatches it, or
+    /// nobody does.
+    async fn announce_state(&self, _dest: &str) {}
+    /// Asks from other instances (and from this one's lease, when it takes
+    /// a destination) to apply a destination's record now; each is
+    /// answered once applied. Taken once, by the dispatcher.
+    fn state_asked(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<StateAsked>> {
+        None
+    }
 }
+
+/// An ask to apply destination `0`'s record; `1` is answered once it is.
+pub type StateAsked = (String, tokio::sync::oneshot::Sender<()>);

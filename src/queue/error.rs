@@ -28,6 +28,11 @@ pub enum QueueError {
     /// confirm in time): nothing was stored, the caller may retry.
     #[error("storage unavailable: {0}")]
     Unavailable(String),
+    /// The message, as the storage would write it, is over what the storage
+    /// takes in one piece (the NATS servers' `max_payload`): it can never
+    /// be stored, so a retry is pointless.
+    #[error("the message is {size} bytes as stored, over the storage's limit of {limit} bytes")]
+    TooLarge { size: u64, limit: u64 },
     /// The storage cannot do this (a feature the backend does not have).
     #[error("{0}")]
     Unsupported(&'static str),

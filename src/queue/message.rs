@@ -211,7 +211,12 @@ pub struct LastError {
 /// How a message ends up, for commands that finish or move it.
 #[derive(Clone, Debug)]
 pub enum Disposition {
-    Delivered,
+    /// Delivered. `keep_body`: the producer's body stays until
+    /// `history_retention` (a destination under review: late feedback can
+    /// still correct it, and its correction is exported beside it).
+    Delivered {
+        keep_body: bool,
+    },
     Reschedule {
         visible_at: i64,
     },
@@ -283,6 +288,8 @@ pub struct Stats {
     pub poisoned: AtomicBool,
     /// Signalled when `poisoned` is set.
     pub poison: Notify,
+    /// The shared storage cannot be reached now (cluster mode): not ready.
+    pub unreachable: AtomicBool,
 }
 
 impl Stats {
@@ -317,6 +324,35 @@ pub struct MessageStatus {
     /// The destination it was addressed to and the route rule's index.
     pub routed_from: Option<(String, u32)>,
     pub order_key: Option<String>,
+}
+
+impl MessageStatus {
+    /// The message as `GET /v1/messages/{id}` answers it, on the admin
+    /// listener and (for its own producer) on ingress: `in_flight` when the
+    /// dispatcher is attempting it now.
+    pub fn view(&self, id: &str, in_flight: bool) -> serde_json::Value {
+        use serde_json::Value;
+        let state = self.state.with_in_flight(in_flight);
+        serde_json::json!({
+            "id": id,
+            "destination": self.dest,
+            "state": state.as_str(),
+            "attempts": self.attempts,
+            "received_at": rfc3339(self.received_at),
+            "delivered_at": match (state, self.finished_at) {
+                (MessageState::Delivered, Some(at)) => rfc3339(at),
+                _ => Value::Null,
+            },
+            "next_attempt_at": if state == MessageState::Scheduled { rfc3339(self.visible_at) } else { Value::Null },
+            "last_error": self.last_error,
+            "reason": self.reason,
+            "producer": self.producer,
+            "category": self.category,
+            "routed_from": self.routed_from.as_ref().map(|r| &r.0),
+            "route_rule": self.routed_from.as_ref().map(|r| r.1),
+            "ordering_key": self.order_key,
+        })
+    }
 }
 
 /// A dead letter as operators list it (no body).

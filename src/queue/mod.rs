@@ -29,7 +29,7 @@ mod state;
 
 use std::sync::Arc;
 
-pub use contract::{Backend, Cluster, Operations, Queue, Queues, ReviewStore};
+pub use contract::{Backend, Cluster, Operations, Queue, Queues, ReviewStore, StateAsked};
 pub use error::{QueueError, Result};
 pub(crate) use message::id_of;
 pub use message::{
@@ -75,7 +75,20 @@ pub async fn open(config: &Config, taken: Taken) -> std::result::Result<Queues, 
             let queue = jetstream::JetStream::open(js, prepared, retention, retention)
                 .await
                 .map_err(|e| format!("opening the queue on NATS JetStream (storage.backend = \"jetstream\"): {e}"))?;
-            tracing::info!(urls = %js.urls.join(","), instance = queue.instance(), "queue on NATS JetStream");
+            tracing::info!(
+                urls = %js.urls.join(","),
+                instance = queue.instance(),
+                max_payload = queue.max_payload(),
+                "queue on NATS JetStream"
+            );
+            if config.ingress.max_body > queue.max_payload() {
+                tracing::warn!(
+                    max_body = config.ingress.max_body,
+                    max_payload = queue.max_payload(),
+                    "ingress.max_body is above the NATS servers' max_payload: larger bodies are refused with 413; \
+                     lower max_body or raise max_payload on the servers"
+                );
+            }
             Ok(Arc::new(queue))
         }
         (StorageBackend::Sqlite, lock) => {

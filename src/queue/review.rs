@@ -47,6 +47,32 @@ impl Verdict {
     pub(crate) fn is_feedback(self) -> bool {
         matches!(self, Verdict::Correct | Verdict::Overridden)
     }
+
+    /// Whether this verdict takes the place of `earlier`, the decision a
+    /// review row already holds: any human feedback replaces a hold's
+    /// timeout (nobody had looked), and an override found downstream
+    /// replaces an approval (the approved output was reworked after all,
+    /// which is what the override rate must count). Otherwise the first
+    /// decision wins.
+    pub(crate) fn replaces(self, earlier: &str) -> bool {
+        match earlier {
+            "timed_out" => self.is_feedback(),
+            "approve" => self == Verdict::Overridden,
+            _ => false,
+        }
+    }
+}
+
+/// The note a row keeps when feedback replaces its `earlier` decision: an
+/// approval's reviewer is kept on the record.
+pub(crate) fn replacing_note(earlier: &str, approver: Option<&str>, note: Option<&str>) -> Option<String> {
+    match (earlier, approver) {
+        ("approve", Some(who)) => Some(match note {
+            Some(n) => format!("approved by {who}; {n}"),
+            None => format!("approved by {who}"),
+        }),
+        _ => note.map(str::to_string),
+    }
 }
 
 /// The answer to a decision.

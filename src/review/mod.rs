@@ -205,7 +205,7 @@ impl Station {
                     return Err(self.not_held(seq, &id).await);
                 };
                 self.checked(&item.dest, &body).await?;
-                correction(item, &body)
+                correction(item.original.as_ref(), &body)
             }
             _ => (None, None),
         };
@@ -232,10 +232,15 @@ impl Station {
                     "a correction goes with verdict \"overridden\"".into(),
                 ))
             }
-            (Some(c), _) => match self.queues.review_item(seq).await? {
-                Some(item) => correction(&item, c),
-                None => (Some(Bytes::from(c.to_string())), None),
-            },
+            // The patch is from the original: the review item's, or the
+            // body a destination under review kept after delivery.
+            (Some(c), _) => {
+                let original = match self.queues.review_item(seq).await? {
+                    Some(item) => item.original,
+                    None => self.queues.kept_body(seq).await?,
+                };
+                correction(original.as_ref(), c)
+            }
             (None, _) => (None, None),
         };
         self.record(seq, &id, verdict, reviewer, req.note, corrected, patch)
@@ -338,7 +343,10 @@ impl Station {
     /// Quality rows over `window` (`GET /v1/quality`, `tidegate report`).
     pub async fn quality(&self, dest: Option<String>, window: Duration) -> Result<Vec<quality::Row>, ReviewError> {
         let since = queue::now_ms() - window.as_millis().min(i64::MAX as u128) as i64;
-        let volumes = self.queues.volumes(dest.clone(), since).await?;
+        // Internal destinations (alerts) are tidegate's own traffic, not an
+        // AI flow's output: no row of theirs.
+        let mut volumes = self.queues.volumes(dest.clone(), since).await?;
+        volumes.retain(|(d, ..)| !config::is_internal(d));
         let tallies = self.queues.review_tallies(dest, since).await?;
         let config = current(&self.live);
         let threshold = |name: &str| {
@@ -486,9 +494,11 @@ impl Station {
             OnThreshold::Alert if !self.first_in_window(dest, event, subject, window) => return,
             OnThreshold::Alert => {}
         }
+        // The reason names an AI-made category: shown, never markup.
+        let shown = crate::text::for_webhook(reason);
         let text = match action {
-            OnThreshold::Pause => format!("tidegate paused {dest} (owner {}): {reason}", cfg.owner),
-            OnThreshold::Alert => format!("tidegate: {dest} (owner {}) crossed its threshold: {reason}", cfg.owner),
+            OnThreshold::Pause => format!("tidegate paused {dest} (owner {}): {shown}", cfg.owner),
+            OnThreshold::Alert => format!("tidegate: {dest} (owner {}) crossed its threshold: {shown}", cfg.owner),
         };
         self.alert(event, dest, &cfg.owner, text, figures).await;
     }
@@ -654,7 +664,15 @@ impl Station {
                 continue;
             }
             let info = d.state();
-            let spell = watch.states.entry(d.name.clone()).or_default();
+            // First seen as it was when this process started: a halt from
+            // before a restart was alerted then, one since is new.
+            let spell = watch.states.entry(d.name.clone()).or_insert_with(|| {
+                Some(Spell {
+                    state: self.dispatcher.started_in(&d.name),
+                    since: now,
+                    alerted: false,
+                })
+            });
             let Some(event) = state_event(spell, info.state, now) else {
                 continue;
             };
@@ -662,14 +680,21 @@ impl Station {
             let (name, text, figures) = match event {
                 StateEvent::Halted => (
                     "halted",
-                    format!("tidegate halted {} (owner {}): {}", d.name, cfg.owner, info.reason),
+                    format!(
+                        "tidegate halted {} (owner {}): {}",
+                        d.name,
+                        cfg.owner,
+                        crate::text::for_webhook(&info.reason)
+                    ),
                     json!({"reason": info.reason}),
                 ),
                 StateEvent::Degraded { minutes } => (
                     "degraded",
                     format!(
                         "tidegate: {} (owner {}) has been degraded for {minutes} minutes: {}",
-                        d.name, cfg.owner, info.reason
+                        d.name,
+                        cfg.owner,
+                        crate::text::for_webhook(&info.reason)
                     ),
                     json!({"reason": info.reason, "minutes": minutes}),
                 ),
@@ -787,9 +812,9 @@ enum StateEvent {
 
 /// What seeing a destination in `state` at `now` raises, given the spell
 /// it was last seen in: `Halted` on entering halted; `Degraded` once a
-/// degraded spell has lasted `DEGRADED_ALERT_AFTER`, once per spell. The
-/// first sighting (at start-up) starts a spell and raises nothing: a halt
-/// from before a restart was alerted then.
+/// degraded spell has lasted `DEGRADED_ALERT_AFTER`, once per spell. A
+/// destination seen for the first time starts a spell and raises nothing
+/// (the watch seeds it with the state the process started in).
 fn state_event(spell: &mut Option<Spell>, state: State, now: std::time::Instant) -> Option<StateEvent> {
     let fresh = Spell {
         state,
@@ -831,10 +856,8 @@ fn reviewer(r: Option<String>) -> Result<String, ReviewError> {
 
 /// The corrected bytes and the RFC 6902 patch from the item's original to
 /// them (no patch when the original is gone or not JSON).
-fn correction(item: &Item, corrected: &Value) -> (Option<Bytes>, Option<String>) {
-    let patch = item
-        .original
-        .as_ref()
+fn correction(original: Option<&Bytes>, corrected: &Value) -> (Option<Bytes>, Option<String>) {
+    let patch = original
         .and_then(|o| serde_json::from_slice::<Value>(o).ok())
         .map(|o| json_patch::diff(&o, corrected))
         .and_then(|p| serde_json::to_string(&p).ok());
@@ -869,10 +892,11 @@ pub fn corrections_csv(rows: &[Value]) -> Result<Vec<u8>, csv::Error> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(CORRECTION_COLUMNS)?;
     for r in rows {
+        // Every cell may hold AI output or what a reviewer typed.
         w.write_record(CORRECTION_COLUMNS.iter().map(|c| match &r[*c] {
             Value::Null => String::new(),
-            Value::String(s) => s.clone(),
-            v => v.to_string(),
+            Value::String(s) => crate::text::csv_cell(s).into_owned(),
+            v => crate::text::csv_cell(&v.to_string()).into_owned(),
         }))?;
     }
     w.into_inner().map_err(|e| csv::Error::from(e.into_error()))

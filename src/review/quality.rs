@@ -84,8 +84,8 @@ impl Row {
 /// A row flattened for CSV (no nested interval).
 #[derive(Serialize)]
 pub struct Flat<'a> {
-    pub destination: &'a str,
-    pub category: &'a str,
+    pub destination: std::borrow::Cow<'a, str>,
+    pub category: std::borrow::Cow<'a, str>,
     pub messages: u64,
     pub delivered: u64,
     pub dead_letters: u64,
@@ -105,9 +105,10 @@ pub struct Flat<'a> {
 
 impl<'a> From<&'a Row> for Flat<'a> {
     fn from(r: &'a Row) -> Self {
+        // For a spreadsheet: the category is AI output.
         Flat {
-            destination: &r.destination,
-            category: &r.category,
+            destination: crate::text::csv_cell(&r.destination),
+            category: crate::text::csv_cell(&r.category),
             messages: r.messages,
             delivered: r.delivered,
             dead_letters: r.dead_letters,
@@ -238,13 +239,13 @@ pub fn table(rows: &[Row], since: &str) -> String {
         let ci = r.override_rate_ci95.map_or("-".to_string(), |(lo, hi)| {
             format!("{:.0}–{:.0}%", lo * 100.0, hi * 100.0)
         });
-        let n = |x: u64| x.to_string();
+        let n = crate::text::thousands;
         let _ = writeln!(
             s,
             "{}",
             line([
                 &r.destination,
-                &r.category,
+                &crate::text::for_terminal(&r.category),
                 &n(r.messages),
                 &n(r.delivered),
                 &n(r.dead_letters),

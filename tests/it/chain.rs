@@ -149,10 +149,12 @@ fn plan_fails_the_fulfilment_case_and_passes_a_healthy_one() {
         out.contains("passes 15m after 19m of peak; a rate of 500.0/s would meet it"),
         "{out}"
     );
+    // The outage queues what the queue can hold, and says what it refuses.
     assert!(
-        out.contains("queues 1800000 messages (1.7 GiB) and never drains"),
+        out.contains("queues 1000000 messages (976.6 MiB) and never drains"),
         "{out}"
     );
+    assert!(out.contains("800000 more are refused (429 queue_full)"), "{out}");
     assert!(out.contains("crm: meets its 15m objective"), "{out}");
     assert!(out.contains("billing: not checked: no expected_volume"), "{out}");
     let (code, json, _) = tidegate(&["plan", "--config", path.to_str().unwrap(), "--json"]);

@@ -303,6 +303,11 @@ async fn nats_lost_at_run_time_gets_503_storage_unavailable_and_ingest_recovers_
     };
     assert!(refused.headers().contains_key("retry-after"));
     problem(refused, 503, "storage_unavailable").await;
+    // Not ready while producers are refused.
+    eventually(Duration::from_secs(10), "/readyz 503 while NATS is down", || async {
+        tg.client.get(tg.admin_url("/readyz")).send().await.unwrap().status() == 503
+    })
+    .await;
     let r = tg.post("/crm/during", "{}").await;
     problem(r, 503, "storage_unavailable").await;
     let m = tg.metrics_text().await;
@@ -321,6 +326,10 @@ async fn nats_lost_at_run_time_gets_503_storage_unavailable_and_ingest_recovers_
         assert!(Instant::now() < deadline, "ingest did not resume after NATS came back");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    eventually(Duration::from_secs(10), "/readyz 200 again", || async {
+        tg.client.get(tg.admin_url("/readyz")).send().await.unwrap().status() == 200
+    })
+    .await;
     crate::support::all_delivered(&ds, &acked, Duration::from_secs(30)).await;
 }
 
@@ -958,4 +967,176 @@ async fn the_review_station_is_one_station_across_instances() {
     for id in &more {
         assert_eq!(by_id.get(id), Some(&1), "{id} delivered once");
     }
+}
+
+#[tokio::test]
+async fn credentials_in_a_nats_url_are_used_to_connect_and_printed_nowhere() {
+    let nats = Nats::single_with(
+        "authorization {\n  user: tidegate\n  password: \"s3cret-nats-pw\"\n}\n",
+        Some(("tidegate", "s3cret-nats-pw")),
+    )
+    .await;
+    let ds = Downstream::start().await;
+    let storage = format!(
+        "backend = \"jetstream\"\n[storage.jetstream]\nurls = [\"nats://tidegate:s3cret-nats-pw@127.0.0.1:{}\"]\nreplicas = 1\n",
+        nats.client_ports[0]
+    );
+    let tg = Tidegate::start_with(
+        &destination("crm", &ds.url(), ""),
+        Extra {
+            storage: &storage,
+            ..Extra::default()
+        },
+    )
+    .await;
+    let id = tg.send("/crm/x", "{}").await;
+    tg.wait_message_state(&id, "delivered").await;
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+        .args(["check", "--config"])
+        .arg(&tg.config_path)
+        .output()
+        .unwrap();
+    let summary = String::from_utf8_lossy(&check.stdout);
+    assert!(summary.contains("auth=user and password from the URL"), "{summary}");
+    for text in [tg.log(), summary.into_owned()] {
+        assert!(!text.contains("s3cret-nats-pw"), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn a_body_over_the_servers_max_payload_is_refused_with_413_and_the_rest_flow() {
+    let nats = Nats::single_with("max_payload: 65536\n", None).await;
+    let ds = Downstream::start().await;
+    let tg = Tidegate::start_with(
+        &destination("crm", &ds.url(), ""),
+        Extra {
+            storage: &Nats::storage_at(nats.client_ports[0]),
+            ..Extra::default()
+        },
+    )
+    .await;
+    let log = tg.log();
+    assert!(log.contains("max_payload=65536"), "the limit is stated at start: {log}");
+    assert!(
+        log.contains("ingress.max_body is above the NATS servers' max_payload"),
+        "{log}"
+    );
+    let started = Instant::now();
+    let r = tg
+        .post("/crm/big", &format!("{{\"x\": \"{}\"}}", "a".repeat(100_000)))
+        .await;
+    let v = problem(r, 413, "payload_too_large").await;
+    assert!(v["detail"].as_str().unwrap().contains("max_payload"), "{v}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "refused at once, not after a timeout"
+    );
+    // The connection to NATS is fine: the next message is stored at once.
+    let id = tg.send("/crm/small", "{}").await;
+    tg.wait_message_state(&id, "delivered").await;
+}
+
+#[tokio::test]
+async fn a_pause_through_one_instance_is_in_force_where_the_destination_is_dispatched_before_it_is_answered() {
+    let nats = Nats::cluster(1).await;
+    let ds = Downstream::start().await;
+    ds.respond(|_, _| Reply::status(200).delay(Duration::from_millis(20)));
+    let dests = destination(
+        "crm",
+        &ds.url(),
+        "[destination.rate_limit]\nrate = \"unlimited\"\nmax_in_flight = 1",
+    );
+    let a = instance(&nats, &dests).await;
+    let b = instance(&nats, &dests).await;
+    for i in 0..400 {
+        let via = if i % 2 == 0 { &a } else { &b };
+        via.send(&format!("/crm/{i}"), "{}").await;
+    }
+    eventually(Duration::from_secs(20), "deliveries flowing", || async {
+        ds.count() >= 20
+    })
+    .await;
+    let h = holder(&[&a, &b]).expect("someone dispatches");
+    let other = if h == 0 { &b } else { &a };
+    let r = other.admin_post("/v1/destinations/crm/pause", "").await;
+    assert_eq!(r.status(), 200);
+    let answered = Instant::now();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // One attempt may have been in flight when the pause took hold; none
+    // starts after the API answered.
+    let late: Vec<Duration> = ds
+        .seen()
+        .iter()
+        .filter(|s| s.at > answered + Duration::from_millis(30))
+        .map(|s| s.at - answered)
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} attempts arrived after the pause was answered: {late:?}",
+        late.len()
+    );
+}
+
+#[tokio::test]
+async fn two_instances_run_from_one_config_file_with_their_listen_addresses_given_on_the_command_line() {
+    let nats = Nats::cluster(1).await;
+    let ds = Downstream::start().await;
+    let (_dir, path) = crate::support::config_file(
+        "[ingress]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        &format!(
+            "{}{}",
+            Nats::storage_at(nats.client_ports[0]),
+            destination("crm", &ds.url(), "")
+        ),
+    );
+    let free = || crate::support::nats::free_port();
+    let (ingress_b, admin_b) = (free(), free());
+    let spawn = |extra: Vec<String>| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .args(extra)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut a = crate::support::RawTidegate(spawn(vec![]));
+    let mut b = crate::support::RawTidegate(spawn(vec![
+        format!("--ingress-listen=127.0.0.1:{ingress_b}"),
+        format!("--admin-listen=127.0.0.1:{admin_b}"),
+    ]));
+    let listening = |child: &mut std::process::Child| {
+        use std::io::BufRead;
+        let out = child.stdout.take().unwrap();
+        let line = std::io::BufReader::new(out)
+            .lines()
+            .map_while(Result::ok)
+            .find(|l| l.contains("listening"))
+            .expect("a listening line");
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix("ingress="))
+            .unwrap()
+            .to_string()
+    };
+    let ingress_a = listening(&mut a.0);
+    assert_eq!(listening(&mut b.0), format!("127.0.0.1:{ingress_b}"));
+    let c = reqwest::Client::new();
+    for ingress in [ingress_a, format!("127.0.0.1:{ingress_b}")] {
+        let r = c
+            .post(format!("http://{ingress}/crm/x"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    eventually(Duration::from_secs(20), "both delivered", || async { ds.count() == 2 }).await;
+    let health = c
+        .get(format!("http://127.0.0.1:{admin_b}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
 }

@@ -49,7 +49,7 @@ async fn each_refusal_is_problem_json_with_its_stable_code() {
     for path in ["/crm/a/../b", "/crm/a/%2e%2E/b", "/crm/a%2Fb"] {
         let head = raw_request(tg.ingress, &format!("POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: {auth}\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{{}}")).await;
         assert!(head.starts_with("HTTP/1.1 400"), "{path}: {head}");
-        assert!(head.contains("invalid_request"), "{path}: {head}");
+        assert!(head.contains("invalid_path"), "{path}: {head}");
     }
     // 404: unknown destination.
     let r = c

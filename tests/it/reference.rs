@@ -253,6 +253,14 @@ fn every_shipped_config_passes_check() {
             .collect();
         configs.push((p.to_string(), block.join("\n")));
     }
+    // The README's local cluster recipe writes its config with a heredoc.
+    let readme = repo("README.md");
+    let start = readme
+        .find("cat > /tmp/cluster.toml <<'EOF'\n")
+        .expect("README: the local cluster recipe")
+        + 32;
+    let end = start + readme[start..].find("\nEOF\n").expect("README: the recipe's EOF");
+    configs.push(("README.md (cluster recipe)".into(), readme[start..end].to_string()));
     let dir = tempfile::tempdir().unwrap();
     for (name, text) in configs {
         // Every variable a config names gets a value, as its deployment

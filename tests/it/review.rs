@@ -319,8 +319,16 @@ async fn holds_time_out_audits_are_graded_after_delivery_and_late_feedback_count
     )
     .await)
     .await;
-    // Late feedback from the downstream's people, on a graded item
-    // (refused: decided) and on the lenient destination's delivered one.
+    // Late feedback from the downstream's people: an override of the
+    // approved audit item replaces the approval (once: a second is
+    // refused), and on the lenient destination's delivered one.
+    let r = tg
+        .admin_post(
+            &format!("/v1/messages/{a1}/feedback"),
+            r#"{"reviewer": "crm-user", "verdict": "overridden"}"#,
+        )
+        .await;
+    ok(r).await;
     let r = tg
         .admin_post(
             &format!("/v1/messages/{a1}/feedback"),
@@ -347,10 +355,15 @@ async fn holds_time_out_audits_are_graded_after_delivery_and_late_feedback_count
     };
     let audited = row("audited", "invoice");
     assert_eq!(
-        (audited["reviewed"].as_u64(), audited["edited"].as_u64()),
-        (Some(2), Some(1))
+        (
+            audited["reviewed"].as_u64(),
+            audited["edited"].as_u64(),
+            audited["overridden"].as_u64(),
+            audited["approved"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1), Some(0))
     );
-    assert_eq!(audited["override_rate"].as_f64(), Some(0.5));
+    assert_eq!(audited["override_rate"].as_f64(), Some(1.0));
     let lenient = row("lenient", "uncategorised");
     assert_eq!(
         (lenient["feedback"].as_u64(), lenient["overridden"].as_u64()),
@@ -836,6 +849,24 @@ async fn bad_decisions_are_refused_with_a_clear_problem_and_change_nothing() {
         .map(|e| e["instance_path"].as_str().unwrap())
         .collect();
     assert!(paths.contains(&"/name") && paths.contains(&"/confidence"), "{p}");
+    // The CLI says every violation, in plain words.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), r#"{"name": "", "confidence": "high"}"#).unwrap();
+    let (succeeded, _, err) = cli(
+        &tg,
+        &[
+            "reviews",
+            "edit",
+            &held,
+            "--reviewer",
+            "r",
+            "--body",
+            file.path().to_str().unwrap(),
+        ],
+    );
+    assert!(!succeeded);
+    assert!(err.contains("at /name:") && err.contains("at /confidence:"), "{err}");
+    assert!(err.contains("the schema of crm") && !err.contains("crm's"), "{err}");
     let huge = format!(r#"{{"reviewer": "r", "body": {{"name": "{}"}}}}"#, "x".repeat(10 << 20));
     problem(
         tg.admin_post(&format!("/v1/reviews/{held}/edit"), &huge).await,
@@ -939,4 +970,64 @@ async fn a_downstream_refusing_for_good_pauses_its_flow_and_a_halt_alerts() {
         metrics.contains("tidegate_alerts_total{event=\"halted\"} 1"),
         "{metrics}"
     );
+}
+
+/// The human-override loop keeps what it learns from (issue 29, item 20):
+/// a correction given after delivery is exported with its original and
+/// patch, and an override of an approved message counts as an override.
+#[tokio::test]
+async fn late_corrections_keep_their_original_and_an_override_after_approval_counts() {
+    let ds = Downstream::start().await;
+    let tg = reviewed_crm(&ds, "hold_when = \".confidence < 0.5\"").await;
+    // Delivered at once (not held): its body is kept for late feedback.
+    let r = tg
+        .post("/crm/contacts", r#"{"name": "Ann", "kind": "lead", "confidence": 0.9}"#)
+        .await;
+    assert_eq!(r.status(), 202);
+    let delivered: Value = r.json().await.unwrap();
+    let delivered = delivered["id"].as_str().unwrap().to_string();
+    tg.wait_message_state(&delivered, "delivered").await;
+    let fb = tg
+        .admin_post(
+            &format!("/v1/messages/{delivered}/feedback"),
+            r#"{"reviewer": "sales", "verdict": "overridden", "correction": {"name": "Anne", "kind": "lead", "confidence": 0.9}}"#,
+        )
+        .await;
+    assert_eq!(fb.status(), 200, "{}", fb.text().await.unwrap());
+    let r = tg.client_get(&tg.admin_url("/v1/corrections?destination=crm")).await;
+    let row: Value = serde_json::from_str(r.lines().next().unwrap()).unwrap();
+    assert_eq!(row["id"], delivered.as_str());
+    assert_eq!(row["original"]["name"], "Ann", "{row}");
+    assert_eq!(row["corrected"]["name"], "Anne");
+    assert_eq!(row["patch"][0]["path"], "/name", "{row}");
+
+    // Approved by a reviewer, then overridden downstream.
+    let held = held_id(&tg, r#"{"name": "Bo", "kind": "partner", "confidence": 0.2}"#).await;
+    ok(decide(&tg, &held, "approve", json!({"reviewer": "ann"})).await).await;
+    tg.wait_message_state(&held, "delivered").await;
+    let fb = tg
+        .admin_post(
+            &format!("/v1/messages/{held}/feedback"),
+            r#"{"reviewer": "sales", "verdict": "overridden", "note": "wrong partner"}"#,
+        )
+        .await;
+    assert_eq!(fb.status(), 200, "{}", fb.text().await.unwrap());
+    let q = tg.admin_get("/v1/quality?destination=crm").await;
+    let partner = q["categories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["category"] == "partner")
+        .cloned()
+        .unwrap_or_else(|| panic!("{q}"));
+    assert_eq!(
+        (
+            partner["reviewed"].as_u64(),
+            partner["approved"].as_u64(),
+            partner["overridden"].as_u64()
+        ),
+        (Some(1), Some(0), Some(1)),
+        "{partner}"
+    );
+    assert_eq!(partner["override_rate"], 1.0);
 }

@@ -5,6 +5,7 @@
 //! other on core NATS.
 
 use async_nats::HeaderMap;
+use bytes::Bytes;
 
 use serde::{Deserialize, Serialize};
 
@@ -33,6 +34,10 @@ pub(super) struct Finished {
     pub(super) category: Option<String>,
     #[serde(default)]
     pub(super) order_key: Option<String>,
+    /// The producer's body, kept after delivery on a destination under
+    /// review (late feedback's original); swept with the record.
+    #[serde(default, with = "base64_body", skip_serializing_if = "Option::is_none")]
+    pub(super) original: Option<Bytes>,
 }
 
 /// An `Idempotency-Key` record.
@@ -98,4 +103,29 @@ pub(super) fn decode_outcome(m: &async_nats::Message, me: &str) -> Option<Outcom
             .and_then(|s| s.parse().ok())
             .map(|status| (status, get("Tg-Content-Type"), m.payload.clone())),
     })
+}
+
+/// Bodies inside JSON records, as base64 text.
+pub(super) mod base64_body {
+    use base64::Engine as _;
+    use bytes::Bytes;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Bytes>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&base64::engine::general_purpose::STANDARD.encode(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Bytes>, D::Error> {
+        let text: Option<String> = Option::deserialize(d)?;
+        text.map(|t| {
+            base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .map(Bytes::from)
+                .map_err(serde::de::Error::custom)
+        })
+        .transpose()
+    }
 }

@@ -41,6 +41,10 @@ pub(super) async fn lease_loop(q: JetStream, d: Arc<Dest>) {
                 if revision.is_none() {
                     d.epoch.fetch_add(1, Ordering::SeqCst);
                     tracing::info!(destination = %d.name, instance = %q.inner.instance, "took the dispatch lease");
+                    // The state last recorded (a pause through another
+                    // instance) is in force before the first attempt.
+                    q.apply_state(&d.name).await;
+                    *lock(&d.answering) = Some(tokio::spawn(answer_states(q.clone(), d.clone())));
                 }
                 revision = Some(r);
                 *lock(&d.refreshed) = Some(now);
@@ -55,6 +59,9 @@ pub(super) async fn lease_loop(q: JetStream, d: Arc<Dest>) {
                     if stale || e.contains("wrong last sequence") || e.contains("revision") {
                         tracing::warn!(destination = %d.name, error = %e, "lost the dispatch lease; stopped dispatching");
                         d.holding.store(false, Ordering::SeqCst);
+                        if let Some(t) = lock(&d.answering).take() {
+                            t.abort();
+                        }
                         d.epoch.fetch_add(1, Ordering::SeqCst);
                         revision = None;
                     }
@@ -66,10 +73,47 @@ pub(super) async fn lease_loop(q: JetStream, d: Arc<Dest>) {
             _ = stop.changed() => break,
         }
     }
+    if let Some(t) = lock(&d.answering).take() {
+        t.abort();
+    }
     if revision.is_some() {
         d.holding.store(false, Ordering::SeqCst);
         // Let go at once on a clean stop, so another takes over now.
         let _ = q.inner.lease.purge(&key).await;
+    }
+}
+
+/// While this instance holds `d`'s lease: answers each state announcement
+/// once the dispatcher has applied the record it announces.
+async fn answer_states(q: JetStream, d: Arc<Dest>) {
+    use futures_util::StreamExt as _;
+    let subject = format!("{}.state.{}", q.inner.cfg.stream_prefix, d.name);
+    let mut asks = match q.inner.client.subscribe(subject).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(destination = %d.name, error = %e, "cannot answer state announcements; pauses through other instances take effect within a second");
+            return;
+        }
+    };
+    while let Some(m) = asks.next().await {
+        q.apply_state(&d.name).await;
+        if let Some(reply) = m.reply {
+            let _ = q.inner.client.publish(reply, Bytes::new()).await;
+        }
+    }
+}
+
+impl JetStream {
+    /// Has the dispatcher apply `dest`'s record now, and waits (a bounded
+    /// while) until it has; nothing to wait for before a dispatcher follows.
+    async fn apply_state(&self, dest: &str) {
+        if !self.inner.following.load(Ordering::SeqCst) {
+            return;
+        }
+        let (done, applied) = tokio::sync::oneshot::channel();
+        if self.inner.state_tx.send((dest.to_string(), done)).is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), applied).await;
+        }
     }
 }
 
@@ -245,5 +289,36 @@ impl Cluster for JetStream {
 
     fn reload_asked(&self) -> Option<Arc<tokio::sync::Notify>> {
         Some(self.inner.reload_asked.clone())
+    }
+
+    async fn announce_state(&self, dest: &str) {
+        if self.may_dispatch(dest) {
+            return;
+        }
+        // Only the holder answers (it subscribes while it holds the
+        // lease): nobody dispatching is "no responders", at once. A holder
+        // that does not answer in time has either applied the record by
+        // its own reading or stopped: past LEASE_SAFE it hands out nothing.
+        let subject = format!("{}.state.{dest}", self.inner.cfg.stream_prefix);
+        let wait = LEASE_SAFE + std::time::Duration::from_millis(500);
+        match tokio::time::timeout(wait, self.inner.client.request(subject, Bytes::new())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {}
+            Ok(Err(e)) => {
+                tracing::warn!(destination = dest, error = %e, "the dispatching instance did not confirm a state change")
+            }
+            Err(_) => tracing::warn!(
+                destination = dest,
+                "the dispatching instance did not confirm a state change in time"
+            ),
+        }
+    }
+
+    fn state_asked(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<crate::queue::StateAsked>> {
+        let rx = lock(&self.inner.state_rx).take();
+        if rx.is_some() {
+            self.inner.following.store(true, Ordering::SeqCst);
+        }
+        rx
     }
 }

@@ -159,6 +159,9 @@ struct Dest {
     /// Key ordering: the pending messages read so far, with their keys.
     keys: Mutex<KeyIndex>,
     handed: Mutex<HashMap<u64, Handed>>,
+    /// While this instance holds the lease: its answer to other instances'
+    /// state announcements (`P.state.<dest>`).
+    answering: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Dest {
@@ -224,6 +227,8 @@ struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
     cfg: JetStreamConfig,
+    /// The servers' `max_payload`: the most one publish may carry.
+    max_payload: u64,
     instance: String,
     salt: u32,
     state: kv::Store,
@@ -244,6 +249,11 @@ struct Inner {
     reload_asked: Arc<tokio::sync::Notify>,
     /// Outcomes other instances announced (`P.done`), until taken.
     outcomes: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Outcome>>>,
+    /// Asks to apply a destination's record, for the dispatcher.
+    state_tx: tokio::sync::mpsc::UnboundedSender<crate::queue::StateAsked>,
+    /// Their receiving end, until the dispatcher takes it (`following`).
+    state_rx: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<crate::queue::StateAsked>>>,
+    following: AtomicBool,
 }
 
 /// A destination to prepare at start: its name and queue limits.
@@ -255,6 +265,12 @@ pub struct Prepared {
 
 impl JetStream {
     /// This instance's name in leases.
+    /// The most one message may take as stored (headers and body): the
+    /// servers' `max_payload`.
+    pub fn max_payload(&self) -> u64 {
+        self.inner.max_payload
+    }
+
     pub fn instance(&self) -> &str {
         &self.inner.instance
     }

@@ -16,7 +16,7 @@ use super::lease::{count_loop, lease_loop};
 use super::{
     lock, station, unavailable, Ahead, Dest, Inner, JetStream, KeyIndex, Prepared, Reading, LEASE_TTL, MIN_SERVER,
 };
-use crate::config::JetStreamConfig;
+use crate::config::{JetStreamConfig, UrlCredentials};
 use crate::queue::{QueueError, Result, Stats};
 
 impl JetStream {
@@ -28,8 +28,22 @@ impl JetStream {
         history_retention: Duration,
         idempotency_window: Duration,
     ) -> std::result::Result<JetStream, String> {
+        // Built before the connection, so the client's events can say when
+        // NATS is out of reach (`/readyz` answers 503 meanwhile).
+        let stats = Arc::new(Stats::default());
+        let seen = stats.clone();
         let mut opts = async_nats::ConnectOptions::new()
             .name("tidegate")
+            .event_callback(move |event| {
+                let seen = seen.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => seen.unreachable.store(true, Ordering::Relaxed),
+                        async_nats::Event::Connected => seen.unreachable.store(false, Ordering::Relaxed),
+                        _ => {}
+                    }
+                }
+            })
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(5)));
         if let Some(path) = &cfg.credentials_file {
@@ -41,13 +55,28 @@ impl JetStream {
         if let Some(t) = &cfg.token {
             opts = opts.token(t.expose().to_string());
         }
+        // Credentials written into the URLs, taken out of them by the
+        // config (the client would not use them, and they must not be
+        // printed with the URLs).
+        match &cfg.url_credentials {
+            Some(UrlCredentials {
+                user,
+                password: Some(p),
+            }) => opts = opts.user_and_password(user.expose().to_string(), p.expose().to_string()),
+            Some(UrlCredentials { user, password: None }) => opts = opts.token(user.expose().to_string()),
+            None => {}
+        }
         let urls = cfg.urls.join(",");
         let client = opts
             .connect(cfg.urls.as_slice())
             .await
             .map_err(|e| format!("cannot reach NATS at {urls}: {e}"))?;
-        let version = client.server_info().version;
+        let info = client.server_info();
+        let version = info.version.clone();
         check_version(&version)?;
+        // What one publish may carry (SPEC §17): a message over it is
+        // refused at ingress with 413, never half-tried.
+        let max_payload = info.max_payload as u64;
         let js = jetstream::ContextBuilder::new()
             .timeout(Duration::from_secs(5))
             .build(client.clone());
@@ -85,11 +114,13 @@ impl JetStream {
         let review = make(bucket("REVIEW", Duration::ZERO, 1)).await?;
         let salt = cluster_salt(&state).await?;
         let (stop, _) = tokio::sync::watch::channel(false);
+        let (state_tx, state_rx) = tokio::sync::mpsc::unbounded_channel();
         let js_queue = JetStream {
             inner: Arc::new(Inner {
                 client,
                 js,
                 cfg: cfg.clone(),
+                max_payload,
                 instance: format!("{:016x}", rand::random::<u64>()),
                 salt,
                 state,
@@ -101,11 +132,14 @@ impl JetStream {
                 dests: RwLock::new(HashMap::new()),
                 by_index: RwLock::new(HashMap::new()),
                 queues: RwLock::new(HashMap::new()),
-                stats: Arc::new(Stats::default()),
+                stats,
                 stop,
                 creating: tokio::sync::Mutex::new(()),
                 reload_asked: Arc::new(tokio::sync::Notify::new()),
                 outcomes: Mutex::new(None),
+                state_tx,
+                state_rx: Mutex::new(Some(state_rx)),
+                following: AtomicBool::new(false),
             }),
         };
         tokio::spawn(js_queue.clone().mirror_loop());
@@ -222,6 +256,7 @@ impl JetStream {
             moving: tokio::sync::RwLock::new(()),
             keys: Mutex::new(KeyIndex::default()),
             handed: Mutex::new(HashMap::new()),
+            answering: Mutex::new(None),
         });
         self.inner
             .dests

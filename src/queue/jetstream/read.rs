@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use super::codec::{encode, KeyRecord, Retry};
+use super::settle::Ending;
 use super::station::Screened;
 use super::{
     hex, lock, no_message, put_json, station, unavailable, Dest, Halted, Handed, JetStream, KeyIndex, SEQ_MASK,
@@ -158,6 +159,18 @@ async fn next_raw(s: &stream::Stream, subject: &str, from: u64) -> Result<Option
     }
 }
 
+/// What NATS counts of a message's headers toward `max_payload`: the
+/// `NATS/1.0` line and each `name: value` line.
+fn headers_len(h: &HeaderMap) -> usize {
+    let mut n = "NATS/1.0\r\n\r\n".len();
+    for (name, values) in h.iter() {
+        for v in values {
+            n += name.to_string().len() + 2 + v.as_str().len() + 2;
+        }
+    }
+    n
+}
+
 #[async_trait]
 impl Queue for JetStream {
     fn message_id(&self, seq: u64) -> String {
@@ -234,6 +247,15 @@ impl Queue for JetStream {
             // key within its window (two minutes); the record above covers
             // the rest of the configured window.
             headers.insert("Nats-Msg-Id", name.as_str());
+        }
+        // Over the servers' max_payload the publish could never succeed (and
+        // the client would drop its connection): refused here, for a 413.
+        let size = (msg.body.len() + headers_len(&headers)) as u64;
+        if size > self.inner.max_payload {
+            return Err(QueueError::TooLarge {
+                size,
+                limit: self.inner.max_payload,
+            });
         }
         // Held until the local count is raised: a count (the write side)
         // sees the publish and the increment together or neither.
@@ -543,17 +565,58 @@ impl Queue for JetStream {
         let handed = lock(&d.handed).get(&seq).cloned();
         let stream_seq = handed.as_ref().map_or(seq & SEQ_MASK, |h| h.stream_seq);
         let result = match disposition {
-            Disposition::Delivered => {
-                self.finish(&d, seq, stored::DELIVERED, attempts, last_error, None)
-                    .await
+            Disposition::Delivered { keep_body } => {
+                // Under review: the body goes into the status record, for
+                // late feedback, before the message leaves its stream.
+                let original = if keep_body {
+                    match d.queue.get_raw_message(stream_seq).await {
+                        Ok(m) => Some(m.payload),
+                        Err(e) if no_message(&e) => None,
+                        Err(e) => return Err(unavailable(e)),
+                    }
+                } else {
+                    None
+                };
+                self.finish(
+                    &d,
+                    seq,
+                    Ending {
+                        state: stored::DELIVERED,
+                        attempts,
+                        last_error,
+                        reason: None,
+                        original,
+                    },
+                )
+                .await
             }
             Disposition::Dropped { reason } => {
-                self.finish(&d, seq, stored::DROPPED, attempts, last_error, Some(reason))
-                    .await
+                self.finish(
+                    &d,
+                    seq,
+                    Ending {
+                        state: stored::DROPPED,
+                        attempts,
+                        last_error,
+                        reason: Some(reason),
+                        original: None,
+                    },
+                )
+                .await
             }
             Disposition::Quarantined { reason } => {
-                self.finish(&d, seq, stored::QUARANTINED, attempts, last_error, Some(reason))
-                    .await
+                self.finish(
+                    &d,
+                    seq,
+                    Ending {
+                        state: stored::QUARANTINED,
+                        attempts,
+                        last_error,
+                        reason: Some(reason),
+                        original: None,
+                    },
+                )
+                .await
             }
             Disposition::Reschedule { visible_at } => {
                 let retry = Retry {
@@ -583,8 +646,18 @@ impl Queue for JetStream {
                     last_error.as_ref(),
                 )
                 .await?;
-                self.finish(&d, seq, stored::DEAD, attempts, last_error, Some(reason))
-                    .await
+                self.finish(
+                    &d,
+                    seq,
+                    Ending {
+                        state: stored::DEAD,
+                        attempts,
+                        last_error,
+                        reason: Some(reason),
+                        original: None,
+                    },
+                )
+                .await
             }
             Disposition::HaltKey { key, reason } => {
                 // Stays pending, due at once, with its attempts kept; its

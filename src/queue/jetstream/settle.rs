@@ -19,16 +19,25 @@ use crate::queue::{
     Operations, Queue, QueueError, Queued, Result,
 };
 
+/// How a message ended, as its status record will say.
+pub(super) struct Ending {
+    pub(super) state: i64,
+    pub(super) attempts: u32,
+    pub(super) last_error: Option<LastError>,
+    pub(super) reason: Option<String>,
+    /// The body, kept for late feedback (`Delivered { keep_body }`).
+    pub(super) original: Option<Bytes>,
+}
+
 impl JetStream {
-    pub(super) async fn finish(
-        &self,
-        d: &Dest,
-        id: u64,
-        state: i64,
-        attempts: u32,
-        last_error: Option<LastError>,
-        reason: Option<String>,
-    ) -> Result<()> {
+    pub(super) async fn finish(&self, d: &Dest, id: u64, ending: Ending) -> Result<()> {
+        let Ending {
+            state,
+            attempts,
+            last_error,
+            reason,
+            original,
+        } = ending;
         let handed = lock(&d.handed).get(&id).cloned();
         let handed = match handed {
             Some(h) => h,
@@ -51,6 +60,7 @@ impl JetStream {
             producer: handed.producer,
             category: handed.category,
             order_key: handed.order_key,
+            original,
         };
         put_json(&self.inner.status, format!("s.{id:016x}"), &rec).await?;
         {
@@ -310,6 +320,7 @@ impl Operations for JetStream {
                     .headers
                     .get("Tg-Key")
                     .and_then(|v| serde_json::from_str(v.as_str()).ok()),
+                original: None,
             };
             put_json(&self.inner.status, format!("s.{id:016x}"), &again).await?;
             self.delete(&d.dead, dead_seq).await?;

@@ -56,12 +56,12 @@ pub(super) struct Record {
     reason: String,
     received_at: i64,
     created_at: i64,
-    #[serde(default, with = "base64_body")]
+    #[serde(default, with = "super::codec::base64_body")]
     original: Option<Bytes>,
     decision: Option<String>,
     reviewer: Option<String>,
     note: Option<String>,
-    #[serde(default, with = "base64_body")]
+    #[serde(default, with = "super::codec::base64_body")]
     corrected: Option<Bytes>,
     patch: Option<String>,
     decided_at: Option<i64>,
@@ -99,30 +99,6 @@ impl Record {
             patch: self.patch,
             decided_at: self.decided_at,
         }
-    }
-}
-
-mod base64_body {
-    use base64::Engine as _;
-    use bytes::Bytes;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(v: &Option<Bytes>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(b) => s.serialize_some(&base64::engine::general_purpose::STANDARD.encode(b)),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Bytes>, D::Error> {
-        let text: Option<String> = Option::deserialize(d)?;
-        text.map(|t| {
-            base64::engine::general_purpose::STANDARD
-                .decode(t)
-                .map(Bytes::from)
-                .map_err(serde::de::Error::custom)
-        })
-        .transpose()
     }
 }
 
@@ -299,6 +275,17 @@ impl JetStream {
 
     /// The record of `id`, read from the bucket (not the mirror), with its
     /// revision.
+    /// Message `id`'s status record, as `P_STATUS` holds it.
+    async fn finished(&self, id: u64) -> Result<Option<Finished>> {
+        let v = self
+            .inner
+            .status
+            .get(format!("s.{id:016x}"))
+            .await
+            .map_err(unavailable)?;
+        Ok(v.and_then(|v| serde_json::from_slice::<Finished>(&v).ok()))
+    }
+
     pub(super) async fn record(&self, id: u64) -> Result<Option<(Record, u64)>> {
         let e = self.inner.review.entry(key(id)).await.map_err(unavailable)?;
         Ok(match e {
@@ -438,6 +425,7 @@ impl JetStream {
             producer: m.headers.get("Tg-Producer").map(|v| v.as_str().to_string()),
             category: m.headers.get("Tg-Category").map(|v| v.as_str().to_string()),
             order_key: msg.order_key.clone(),
+            original: None,
         };
         put_json(&self.inner.status, format!("s.{id:016x}"), &status).await?;
         self.delete(&d.queue, m.sequence).await?;
@@ -500,6 +488,7 @@ impl JetStream {
             producer: h("Tg-Producer"),
             category: h("Tg-Category"),
             order_key: h("Tg-Key").and_then(|k| serde_json::from_str(&k).ok()),
+            original: None,
         };
         match rejected {
             Some(reason) => {
@@ -695,11 +684,15 @@ impl ReviewStore for JetStream {
                 // replica a few milliseconds behind the winner.
                 tokio::time::sleep(Duration::from_millis(5 * attempt)).await;
             }
+            let mut note = dn.note.clone();
             let (mut rec, revision, open) = match self.record(id).await? {
                 Some((rec, revision)) => match rec.decision.as_deref() {
-                    // Nobody looked before its hold ran out: a human's
-                    // later verdict is the first real one.
-                    Some("timed_out") if feedback => (rec, Some(revision), false),
+                    // A timeout nobody looked at, or an approval
+                    // overridden downstream: see `Verdict::replaces`.
+                    Some(decision) if dn.verdict.replaces(decision) => {
+                        note = review::replacing_note(decision, rec.reviewer.as_deref(), dn.note.as_deref());
+                        (rec, Some(revision), false)
+                    }
                     Some(decision) => {
                         return Ok(Decided::AlreadyDecided {
                             decision: decision.to_string(),
@@ -720,10 +713,12 @@ impl ReviewStore for JetStream {
                     if !feedback || st.state != MessageState::Delivered {
                         return Ok(Decided::NotReviewable { state: st.state });
                     }
-                    // Feedback on a message nobody reviewed before: its
-                    // body is gone (delivered), so the record has no
-                    // original.
+                    // Feedback on a message nobody reviewed before: the
+                    // original is its body, kept after delivery on a
+                    // destination under review (else gone).
+                    let original = self.kept_body(id).await?;
                     let rec = Record {
+                        original,
                         dest: st.dest,
                         category: st.category.unwrap_or_else(|| crate::handoff::UNCATEGORISED.to_string()),
                         kind: "feedback".into(),
@@ -737,7 +732,7 @@ impl ReviewStore for JetStream {
             };
             rec.decision = Some(dn.verdict.as_str().to_string());
             rec.reviewer = Some(dn.reviewer.clone());
-            rec.note = dn.note.clone();
+            rec.note = note;
             rec.corrected = dn.corrected.clone();
             rec.patch = dn.patch.clone();
             rec.decided_at = Some(dn.at);
@@ -781,6 +776,10 @@ impl ReviewStore for JetStream {
 
     async fn review_item(&self, id: u64) -> Result<Option<review::Item>> {
         Ok(self.record(id).await?.map(|(r, _)| r.item(id)))
+    }
+
+    async fn kept_body(&self, id: u64) -> Result<Option<Bytes>> {
+        Ok(self.finished(id).await?.and_then(|f| f.original))
     }
 
     async fn open_reviews(

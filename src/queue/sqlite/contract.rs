@@ -283,6 +283,10 @@ impl ReviewStore for Journal {
         self.read(move |r| review::get(r.conn(), seq)).await
     }
 
+    async fn kept_body(&self, seq: u64) -> Result<Option<bytes::Bytes>> {
+        self.read(move |r| review::kept_body(r.conn(), seq)).await
+    }
+
     async fn open_reviews(
         &self,
         dest: Option<String>,

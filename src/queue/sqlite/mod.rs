@@ -179,10 +179,11 @@ impl Journal {
         let opened = match checked {
             Ok(o) => {
                 if new_journal {
-                    // Said loudly: a storage.path that points somewhere new
-                    // (a typo, another working directory) looks like a queue
-                    // that emptied itself.
-                    tracing::warn!(path = %db.display(), "no journal here: created a new, empty one");
+                    // Said with the path: a storage.path that points
+                    // somewhere new (a typo, another working directory)
+                    // looks like a queue that emptied itself. Not a warning:
+                    // every first start does it.
+                    tracing::info!(path = %db.display(), "no journal here: created a new, empty one");
                 }
                 o
             }

@@ -21,7 +21,7 @@ use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
 use super::effect::{Answer, Effect};
 use super::record::checksum;
-use crate::queue::review::{Decided, Decision, Item, OnAppend, Tally, Verdict};
+use crate::queue::review::{replacing_note, Decided, Decision, Item, OnAppend, Tally, Verdict};
 use crate::queue::{stored, MessageState, NewMessage};
 
 /// Lists a new message for review when the station took it; returns the
@@ -69,11 +69,13 @@ pub(super) fn decide(tx: &Transaction<'_>, seq: u64, d: &Decision) -> rusqlite::
         .optional()?;
     // Whether the row still counts as awaiting a decision.
     let mut open = true;
+    let mut note = d.note.clone();
     let (dest, category, kind) = match (row, &message) {
-        (Some((dest, category, kind, Some(decision), _)), _) if decision == "timed_out" && d.verdict.is_feedback() => {
-            // Nobody looked before its hold ran out: a human's later
-            // verdict is the first real one, and replaces the timeout.
+        (Some((dest, category, kind, Some(decision), earlier_reviewer)), _) if d.verdict.replaces(&decision) => {
+            // A timeout nobody looked at, or an approval overridden
+            // downstream: see `Verdict::replaces`.
             open = false;
+            note = replacing_note(&decision, earlier_reviewer.as_deref(), d.note.as_deref());
             (dest, category, kind)
         }
         (Some((_, _, _, Some(decision), reviewer)), _) => {
@@ -95,14 +97,15 @@ pub(super) fn decide(tx: &Transaction<'_>, seq: u64, d: &Decision) -> rusqlite::
                     state: MessageState::from_stored(*state, 0, 0),
                 });
             }
-            // Feedback on a message nobody reviewed before: its body is
-            // gone (delivered), so the row has no original.
+            // Feedback on a message nobody reviewed before: the original
+            // is its body, kept after delivery on a destination under
+            // review (else gone, and the row has none).
             let category = category
                 .clone()
                 .unwrap_or_else(|| crate::handoff::UNCATEGORISED.to_string());
             tx.prepare_cached(
-                "INSERT INTO reviews (seq, dest, category, kind, reason, received_at, created_at)
-                 SELECT seq, dest, ?2, 'feedback', 'feedback', received_at, ?3 FROM messages WHERE seq = ?1",
+                "INSERT INTO reviews (seq, dest, category, kind, reason, received_at, created_at, original)
+                 SELECT seq, dest, ?2, 'feedback', 'feedback', received_at, ?3, body FROM messages WHERE seq = ?1",
             )?
             .execute(params![seq, category, d.at])?;
             (dest.clone(), category, "feedback".to_string())
@@ -131,7 +134,7 @@ pub(super) fn decide(tx: &Transaction<'_>, seq: u64, d: &Decision) -> rusqlite::
         seq,
         d.verdict.as_str(),
         d.reviewer,
-        d.note,
+        note,
         d.corrected.as_deref(),
         d.patch,
         d.at
@@ -267,6 +270,17 @@ fn item(r: &rusqlite::Row<'_>) -> rusqlite::Result<Item> {
         patch: r.get(11)?,
         decided_at: r.get(12)?,
     })
+}
+
+pub(super) fn kept_body(conn: &Connection, seq: u64) -> rusqlite::Result<Option<Bytes>> {
+    Ok(conn
+        .prepare_cached("SELECT body FROM messages WHERE seq = ?1 AND state = ?2")?
+        .query_row(params![seq as i64, stored::DELIVERED], |r| {
+            r.get::<_, Option<Vec<u8>>>(0)
+        })
+        .optional()?
+        .flatten()
+        .map(Bytes::from))
 }
 
 pub(super) fn get(conn: &Connection, seq: u64) -> rusqlite::Result<Option<Item>> {

@@ -76,7 +76,9 @@ async fn appended_messages_come_back_in_order_and_leave_on_ack() {
     assert_eq!(seqs_of(&got), vec![a, b]);
     assert_eq!(&got[0].body[..], b"a");
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 2);
-    j.settle(a, "d", 1, None, Disposition::Delivered).await.unwrap();
+    j.settle(a, "d", 1, None, Disposition::Delivered { keep_body: false })
+        .await
+        .unwrap();
     let got = j.fetch_ready("d", 10, &Vec::new).await.unwrap().messages;
     assert_eq!(got.len(), 1);
     assert_eq!(j.queue("d").depth.load(Ordering::Relaxed), 1);
@@ -130,7 +132,9 @@ async fn a_keyed_fetch_gives_each_keys_head_and_only_when_its_key_is_free() {
     assert_eq!(seqs_of(&due.messages), vec![b1, c1]);
     assert_eq!(due.next_due, Some(later));
     // Once a1 is done, a2 is a's head.
-    j.settle(a1, "d", 2, None, Disposition::Delivered).await.unwrap();
+    j.settle(a1, "d", 2, None, Disposition::Delivered { keep_body: false })
+        .await
+        .unwrap();
     assert_eq!(seqs_of(&fetch(vec![none, b1, c1], vec![]).await.messages), vec![a2]);
     j.close();
 }
@@ -226,7 +230,9 @@ async fn a_fetch_skips_leased_messages_and_says_when_the_next_is_due() {
     let due = j.fetch_ready("d", 10, &|| vec![a, b]).await.unwrap();
     assert!(due.messages.is_empty());
     assert_eq!(due.next_due, Some(later));
-    j.settle(c, "d", 2, None, Disposition::Delivered).await.unwrap();
+    j.settle(c, "d", 2, None, Disposition::Delivered { keep_body: false })
+        .await
+        .unwrap();
     assert_eq!(j.fetch_ready("d", 10, &|| vec![a, b]).await.unwrap().next_due, None);
     j.close();
 }
@@ -575,7 +581,9 @@ async fn disk_limit_refuses_appends() {
 async fn sweep_forgets_finished_history() {
     let (_dir, j) = fresh();
     let a = stored(&j, msg("d", "a")).await;
-    j.settle(a, "d", 1, None, Disposition::Delivered).await.unwrap();
+    j.settle(a, "d", 1, None, Disposition::Delivered { keep_body: false })
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await; // history must be strictly older than the cutoff
     assert_eq!(j.sweep(0, i64::MAX).await.unwrap(), 1);
     assert!(j.status(a).await.unwrap().is_none());
@@ -706,7 +714,9 @@ async fn with_the_queue_index_damaged_too_finished_messages_stay_finished() {
     let all_pending = std::fs::read(&db).unwrap();
     let j = Journal::open(dir.path(), u64::MAX).unwrap();
     for &seq in &seqs[..100] {
-        j.settle(seq, "d", 1, None, Disposition::Delivered).await.unwrap();
+        j.settle(seq, "d", 1, None, Disposition::Delivered { keep_body: false })
+            .await
+            .unwrap();
     }
     j.close();
     drop(j);
@@ -905,7 +915,7 @@ mod model {
                         }
                         Op::Ack { pick: p } => {
                             if let Some((seq, d)) = pick(&model, p, |m| matches!(m.st, St::Ready | St::Later)) {
-                                j.settle(seq, &d, 1, None, Disposition::Delivered).await.unwrap();
+                                j.settle(seq, &d, 1, None, Disposition::Delivered { keep_body: false }).await.unwrap();
                                 model.get_mut(&seq).unwrap().st = St::Done;
                             }
                         }
@@ -996,7 +1006,9 @@ async fn once_caught_up_new_messages_are_handed_out_once_and_settled_ones_never(
         j.fetch_ready("d", 10, &|| vec![a]).await.unwrap().messages.is_empty(),
         "handed out once"
     );
-    j.settle(a, "d", 1, None, Disposition::Delivered).await.unwrap();
+    j.settle(a, "d", 1, None, Disposition::Delivered { keep_body: false })
+        .await
+        .unwrap();
 
     let b = stored(&j, msg("d", "b")).await;
     let c = stored(&j, msg("d", "c")).await;
@@ -1063,7 +1075,7 @@ async fn under_concurrent_appends_and_settles_every_message_is_delivered_exactly
                 let disposition = if retry {
                     Disposition::Reschedule { visible_at: now_ms() }
                 } else {
-                    Disposition::Delivered
+                    Disposition::Delivered { keep_body: false }
                 };
                 j.settle(m.seq, "d", m.attempts + 1, None, disposition).await.unwrap();
                 leased.lock().unwrap().remove(&m.seq);
@@ -1256,7 +1268,9 @@ async fn decisions_on_what_is_not_held_are_refused_and_feedback_needs_a_delivery
             state: MessageState::Queued
         }
     );
-    j.settle(plain, "d", 1, None, Disposition::Delivered).await.unwrap();
+    j.settle(plain, "d", 1, None, Disposition::Delivered { keep_body: false })
+        .await
+        .unwrap();
     let done = j
         .decide(plain, decision(Verdict::Overridden, "dee", Some("{}")))
         .await

@@ -700,12 +700,15 @@ fn settle(
     // Only a pending row can be settled: a message purged or already settled
     // (a duplicate delivery after replay) must not be counted twice.
     let size: Option<i64> = match disposition {
-        Disposition::Delivered => tx
+        Disposition::Delivered { keep_body } => tx
             .prepare_cached(
-                "UPDATE messages SET state = ?2, attempts = ?3, last_error = ?4, finished_at = ?5, body = NULL,
-                 headers = NULL WHERE seq = ?1 AND state = 0 RETURNING size",
+                "UPDATE messages SET state = ?2, attempts = ?3, last_error = ?4, finished_at = ?5,
+                 body = CASE WHEN ?6 THEN body END, headers = NULL WHERE seq = ?1 AND state = 0 RETURNING size",
             )?
-            .query_row(params![seq, stored::DELIVERED, attempts, last_error, now], |r| r.get(0))
+            .query_row(
+                params![seq, stored::DELIVERED, attempts, last_error, now, keep_body],
+                |r| r.get(0),
+            )
             .optional()?,
         Disposition::Dropped { reason } => tx
             .prepare_cached(

@@ -16,6 +16,10 @@ pub struct Nats {
     pub client_ports: Vec<u16>,
     cluster_ports: Vec<u16>,
     max_file_store: &'static str,
+    /// More lines for each server's config (authorization, max_payload).
+    extra: String,
+    /// The user and password the servers ask for, if they ask.
+    auth: Option<(String, String)>,
 }
 
 /// What the test servers may reserve on disk. JetStream reserves a stream's
@@ -47,6 +51,23 @@ impl Nats {
     }
 
     /// As [`Nats::cluster`], with the servers' `max_file_store`.
+    /// One server with `extra` config lines, asking clients for `auth`.
+    pub async fn single_with(extra: &str, auth: Option<(&str, &str)>) -> Nats {
+        let dir = tempfile::tempdir().unwrap();
+        let mut nats = Nats {
+            dir,
+            servers: vec![None],
+            client_ports: vec![free_port()],
+            cluster_ports: vec![free_port()],
+            max_file_store: TEST_MAX_FILE_STORE,
+            extra: extra.to_string(),
+            auth: auth.map(|(u, p)| (u.to_string(), p.to_string())),
+        };
+        nats.start(0);
+        nats.wait_ready().await;
+        nats
+    }
+
     pub async fn cluster_with(n: usize, max_file_store: &'static str) -> Nats {
         let dir = tempfile::tempdir().unwrap();
         let client_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
@@ -57,6 +78,8 @@ impl Nats {
             client_ports,
             cluster_ports,
             max_file_store,
+            extra: String::new(),
+            auth: None,
         };
         for i in 0..n {
             nats.start(i);
@@ -85,6 +108,7 @@ impl Nats {
                 routes.join(", ")
             ));
         }
+        c.push_str(&self.extra);
         let path = self.dir.path().join(format!("n{i}.conf"));
         std::fs::write(&path, c).unwrap();
         path
@@ -151,11 +175,11 @@ impl Nats {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let ok = async {
-                let c = async_nats::ConnectOptions::new()
-                    .connection_timeout(Duration::from_secs(1))
-                    .connect(urls.clone())
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let mut opts = async_nats::ConnectOptions::new().connection_timeout(Duration::from_secs(1));
+                if let Some((u, p)) = &self.auth {
+                    opts = opts.user_and_password(u.clone(), p.clone());
+                }
+                let c = opts.connect(urls.clone()).await.map_err(|e| e.to_string())?;
                 let js = async_nats::jetstream::new(c);
                 let kv = js
                     .create_or_update_key_value(async_nats::jetstream::kv::Config {
@@ -234,6 +258,8 @@ pub fn shared_url() -> String {
                 client_ports: vec![port],
                 cluster_ports: vec![0],
                 max_file_store: TEST_MAX_FILE_STORE,
+                extra: String::new(),
+                auth: None,
             };
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
