@@ -385,10 +385,13 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
 
         let response = outcome.response();
         if let Some(r) = response {
-            if r.status == 429 || r.status == 503 {
-                let in_flight = u32::try_from(d.in_flight.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
-                d.limiter
-                    .slow_down(r.retry_after, tokio::time::Instant::from_std(started), in_flight);
+            let sent = tokio::time::Instant::from_std(started);
+            let in_flight = u32::try_from(d.in_flight.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+            if r.status == 429 && r.retry_after.is_none() && r.quota_pause.is_none() {
+                // Says neither when nor how much: see `limiter`.
+                d.limiter.refused_bare(sent, in_flight);
+            } else if r.status == 429 || r.status == 503 {
+                d.limiter.slow_down(r.retry_after, sent, in_flight);
             } else if let Some(p) = r.quota_pause {
                 d.limiter.pause_for(p);
             }

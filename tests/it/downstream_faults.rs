@@ -361,7 +361,14 @@ async fn a_429_storm_is_backed_off_from_and_every_message_is_delivered_once() {
         (storms as f64) < blind / 2.0,
         "{storms} 429s during a {STORM:?} storm (blind sending: {blind})"
     );
-    assert!(lowest <= RATE / 8.0, "effective rate only fell to {lowest}/s");
+    // Bare 429s pause the destination and probe one attempt at a time, so
+    // the rate needs cutting only once: probes, not the rate, bound the
+    // load on a downstream that refuses everything.
+    assert!(lowest <= RATE / 2.0, "effective rate only fell to {lowest}/s");
+    assert!(
+        storms <= 40,
+        "{storms} 429s: more than the probes and the first attempts in flight"
+    );
     assert_eq!(tg.destination("crm").await["state"], "running");
 }
 

@@ -167,3 +167,69 @@ async fn spent_rate_limit_quota_pauses_the_destination_until_reset() {
         "second delivery came {gap:?} after the quota ran out"
     );
 }
+
+/// A downstream that counts requests in fixed windows and answers a bare
+/// 429 past its limit (PocketBase's shipped rule is 20 per 5 s): tidegate
+/// pauses the destination on the first refusal, probes one at a time, and
+/// learns the rate the window sustains: once learned (two windows), the
+/// downstream refuses next to nothing (issue 35: 48% of all attempts
+/// before).
+#[tokio::test]
+async fn bare_429s_from_a_windowed_limit_pause_the_destination_and_teach_its_rate() {
+    const N: usize = 50;
+    const LIMIT: u32 = 10;
+    const WINDOW: Duration = Duration::from_secs(2);
+    let ds = Downstream::start().await;
+    let window = std::sync::Mutex::new((None::<Instant>, 0u32));
+    ds.respond(move |_, _| {
+        let mut w = window.lock().unwrap();
+        let now = Instant::now();
+        let start = *w.0.get_or_insert(now);
+        let turns = (now - start).as_secs_f64() / WINDOW.as_secs_f64();
+        let this = start + WINDOW.mul_f64(turns.floor());
+        if w.0 != Some(this) {
+            *w = (Some(this), 0);
+        }
+        w.1 += 1;
+        if w.1 <= LIMIT {
+            crate::support::Reply::status(200)
+        } else {
+            crate::support::Reply::status(429)
+        }
+    });
+    let tg = Tidegate::start(&destination(
+        "crm",
+        &ds.url(),
+        "[destination.rate_limit]\nrate = \"50/s\"\nburst = 10\nmax_in_flight = 8\n\
+         [destination.retry]\nmax_attempts = 1000\ninitial_backoff = \"100ms\"\nmax_backoff = \"2s\"",
+    ))
+    .await;
+    tg.admin_post("/v1/destinations/crm/pause", "").await;
+    for i in 0..N {
+        tg.send(&format!("/crm/{i}"), "{}").await;
+    }
+    tg.admin_post("/v1/destinations/crm/resume", "").await;
+    crate::support::eventually(Duration::from_secs(60), "all delivered", || async {
+        tg.destination("crm").await["counters"]["delivered"] == N as u64
+    })
+    .await;
+    let seen = ds.seen();
+    let ok = ds.ok_by_id();
+    assert_eq!(ok.len(), N, "every message delivered: {ok:?}");
+    assert!(ok.values().all(|n| *n == 1), "each once: {ok:?}");
+    // The last 25 attempts, two windows and more after the first: at
+    // most a probe's refusal or two.
+    let late = seen.iter().rev().take(25).filter(|s| s.status == 429).count();
+    let refused = seen.iter().filter(|s| s.status == 429).count();
+    assert!(
+        late <= 2,
+        "{late} of the last 25 attempts refused ({refused} of {} in all)",
+        seen.len()
+    );
+    // What it learned: about the 5/s the window sustains, not the 50/s
+    // configured.
+    let effective = tg.destination("crm").await["rate_limit"]["effective_per_second"]
+        .as_f64()
+        .unwrap();
+    assert!(effective <= 6.0, "effective {effective}/s");
+}

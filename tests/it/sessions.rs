@@ -209,3 +209,67 @@ async fn the_sign_in_page_refuses_a_large_body_without_reading_all_of_it() {
     // And it still serves.
     assert_eq!(c.get(tg.admin_url("/healthz")).send().await.unwrap().status(), 200);
 }
+
+/// The destination page says what is true (issue 29, item 24): messages
+/// held for review are counted as such, not as "the queue is empty", and
+/// a reviewer's rejection (a decision, not a failure) is offered no
+/// Replay.
+#[tokio::test]
+async fn the_console_counts_what_is_held_and_offers_no_replay_of_a_reviewers_rejection() {
+    let ds = Downstream::start().await;
+    let tg = Tidegate::start_with(
+        &destination(
+            "crm",
+            &ds.url(),
+            "[destination.review]\nhold_when = \"true\"\nhold_timeout = \"1h\"",
+        ),
+        Extra {
+            admin: "token_env = \"CONSOLE_TOKEN\"",
+            env: &[("CONSOLE_TOKEN", TOKEN)],
+            ..Extra::default()
+        },
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let r = tg.post(&format!("/crm/{i}"), "{\"n\": 1}").await;
+        assert_eq!(r.status(), 202);
+        let v: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(v["status"], "held", "{v}");
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    let c = no_redirects();
+    let (_, cookie) = sign_in(&tg, &c).await;
+    let page = |c: reqwest::Client, cookie: String| {
+        let url = tg.admin_url("/ui/destinations/crm");
+        async move {
+            let r = c.get(url).header("cookie", cookie).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            r.text().await.unwrap()
+        }
+    };
+    let held = page(c.clone(), cookie.clone()).await;
+    assert!(held.contains("2 messages are held for review"), "{held}");
+    assert!(!held.contains("The queue is empty"), "{held}");
+
+    let r = c
+        .post(tg.admin_url(&format!("/v1/reviews/{}/reject", ids[0])))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/json")
+        .body(r#"{"reviewer": "ann@ops", "reason": "spam"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    let rejected = page(c, cookie).await;
+    assert!(rejected.contains("rejected_by_reviewer"), "{rejected}");
+    assert!(
+        !rejected.contains("replay-all"),
+        "no Replay all for a rejection: {rejected}"
+    );
+    assert!(
+        !rejected.contains(&format!("Replay {}", ids[0])),
+        "no Replay for a rejection: {rejected}"
+    );
+    assert!(rejected.contains("1 message is held for review"), "{rejected}");
+}

@@ -113,6 +113,8 @@ struct Ahead {
     /// dropped.
     generation: u64,
     running: bool,
+    /// Where the read in progress began.
+    running_from: u64,
     /// From this cursor: the messages read, and the cursor after them.
     batch: Option<(u64, Vec<jetstream::message::StreamMessage>, u64)>,
 }
@@ -169,6 +171,21 @@ impl Dest {
         let mut a = lock(&self.ahead);
         a.generation += 1;
         a.batch = None;
+    }
+
+    /// A message being settled leaves what was read ahead: read before
+    /// its attempt ended (after a rewind, or as a retry handed out from
+    /// the schedule while the stream still held it), a copy there would go
+    /// out again once it is delivered and deleted. A read in progress that
+    /// may hold it is dropped.
+    fn settling(&self, stream_seq: u64) {
+        let mut a = lock(&self.ahead);
+        if let Some((_, msgs, _)) = a.batch.as_mut() {
+            msgs.retain(|m| m.sequence != stream_seq);
+        }
+        if a.running && a.running_from <= stream_seq {
+            a.generation += 1;
+        }
     }
 
     /// Up to `want` messages read ahead from `cursor`, with the cursor

@@ -128,6 +128,7 @@ impl JetStream {
                 return;
             }
             a.running = true;
+            a.running_from = from;
             a.generation
         };
         let (q, d) = (self.clone(), d.clone());
@@ -564,6 +565,7 @@ impl Queue for JetStream {
         let d = self.dest(dest).await?;
         let handed = lock(&d.handed).get(&seq).cloned();
         let stream_seq = handed.as_ref().map_or(seq & SEQ_MASK, |h| h.stream_seq);
+        d.settling(stream_seq);
         let result = match disposition {
             Disposition::Delivered { keep_body } => {
                 // Under review: the body goes into the status record, for
