@@ -33,7 +33,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=full
-BINARY=target/release/tidegate
+BINARY=${CARGO_TARGET_DIR:-target}/release/tidegate
 if [ "${1:-}" = "--runtime" ]; then
   MODE=runtime
   BINARY=${2:-$BINARY}
@@ -117,7 +117,10 @@ EOF
 else
   # The runtime stage around the binary CI already built: the build stage
   # is a stand-in image holding it where the Dockerfile's COPY finds it.
-  [ -x "$BINARY" ] || cargo build --release --locked --quiet
+  if [ ! -x "$BINARY" ]; then
+    cargo build --release --locked --quiet
+    BINARY=${CARGO_TARGET_DIR:-target}/release/tidegate
+  fi
   say "the runtime stage around $BINARY"
   mkdir -p "$work/ctx/deploy"
   sed -n '/^FROM debian:bookworm-slim$/,$p' Dockerfile > "$work/ctx/Dockerfile.runtime"
