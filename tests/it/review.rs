@@ -587,6 +587,12 @@ on_threshold = "pause""#
         ],
     );
     assert!(okay, "{err}");
+    // On JetStream a resume reaches the dispatching instance through the
+    // shared state, a moment after it is answered: polled for.
+    eventually(Duration::from_secs(10), "the resume in force", || async {
+        tg.destination("contracts").await["state"] == "running"
+    })
+    .await;
     let d = tg.destination("contracts").await;
     assert_eq!(d["state"], "running");
     assert_eq!(
