@@ -18,15 +18,6 @@ pub(super) fn operator(cmd: Command) -> ExitCode {
     };
     let token = std::env::var("TIDEGATE_ADMIN_TOKEN").ok();
     let client = |a: &Admin| Client::new(&a.url(), token.clone());
-    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
-    // An admin answer as the operator asked for it: the JSON, or the table.
-    let shown = |json: bool, v: &serde_json::Value, human: fn(&serde_json::Value) -> String| {
-        if json {
-            pretty(v)
-        } else {
-            human(v)
-        }
-    };
     let result = rt.block_on(async {
         match cmd {
             Command::Status { admin, interval } => status(&client(&admin), interval, admin.json).await,
@@ -43,48 +34,14 @@ pub(super) fn operator(cmd: Command) -> ExitCode {
                 by,
                 reason,
                 admin,
-            } => {
-                let mut query = form_urlencoded::Serializer::new(String::new());
-                query.append_pair("skip_head", &skip_head.to_string());
-                for (k, v) in [("key", &key), ("by", &by), ("reason", &reason)] {
-                    if let Some(v) = v {
-                        query.append_pair(k, v);
-                    }
-                }
-                let path = format!("/v1/destinations/{destination}/resume?{}", query.finish());
-                let v = client(&admin).post(&path, None).await.map_err(|e| match e {
-                    // The API names its query parameters; here they are flags.
-                    CliError::Problem { status, code, .. } if code == "reason_required" => CliError::Problem {
-                        status,
-                        code,
-                        detail: format!(
-                            "{destination} was paused by governance: say who resumes it and why \
-                             (tidegate resume {destination} --by WHO --reason WHY)"
-                        ),
-                    },
-                    e => e,
-                })?;
-                Ok(shown(admin.json, &v, render::render_destination))
-            }
+            } => resume(&client(&admin), &destination, skip_head, [key, by, reason], admin.json).await,
             Command::Reviews { action } => reviews(action, &token).await,
             Command::Report {
                 since,
                 destination,
                 format,
                 admin,
-            } => {
-                let mut query = form_urlencoded::Serializer::new(String::new());
-                query.append_pair("window", &since);
-                if let Some(d) = &destination {
-                    query.append_pair("destination", d);
-                }
-                let v = client(&admin).get(&format!("/v1/quality?{}", query.finish())).await?;
-                match (admin.json, format) {
-                    (true, _) | (_, ReportFormat::Json) => Ok(pretty(&v)),
-                    (_, ReportFormat::Table) => render::render_report(&v, &since),
-                    (_, ReportFormat::Csv) => render::report_csv(&v),
-                }
-            }
+            } => report(&client(&admin), &since, destination.as_deref(), format, admin.json).await,
             Command::Corrections {
                 action:
                     CorrectionAction::Export {
@@ -93,99 +50,17 @@ pub(super) fn operator(cmd: Command) -> ExitCode {
                         format,
                         admin,
                     },
-            } => {
-                let mut query = form_urlencoded::Serializer::new(String::new());
-                query.append_pair("since", &since);
-                query.append_pair(
-                    "format",
-                    match format {
-                        ExportFormat::Jsonl => "jsonl",
-                        ExportFormat::Csv => "csv",
-                    },
-                );
-                if let Some(d) = &destination {
-                    query.append_pair("destination", d);
-                }
-                client(&admin)
-                    .get_text(&format!("/v1/corrections?{}", query.finish()))
-                    .await
-            }
+            } => export_corrections(&client(&admin), &since, destination.as_deref(), format).await,
             Command::Message { id, admin } => {
                 let v = client(&admin).get(&format!("/v1/messages/{id}")).await?;
                 Ok(shown(admin.json, &v, render::render_message))
             }
-            Command::Healthcheck { ready, admin } => {
-                let path = if ready { "/readyz" } else { "/healthz" };
-                let status = client(&admin).probe(path).await?;
-                if status == 200 {
-                    Ok(format!("{path}: ok"))
-                } else {
-                    Err(CliError::Problem {
-                        status,
-                        code: "unhealthy".into(),
-                        detail: format!("{path} answered {status}"),
-                    })
-                }
-            }
+            Command::Healthcheck { ready, admin } => healthcheck(&client(&admin), ready).await,
             Command::Reload { admin } => {
                 let v = client(&admin).post("/v1/reload", None).await?;
                 Ok(shown(admin.json, &v, render::render_reload))
             }
-            Command::DeadLetters { action } => match action {
-                DeadLetterAction::List {
-                    destination,
-                    limit,
-                    after,
-                    admin,
-                } => {
-                    let mut path = format!("/v1/destinations/{destination}/dead-letters?limit={limit}");
-                    if let Some(a) = after {
-                        path.push_str(&format!("&after={a}"));
-                    }
-                    let v = client(&admin).get(&path).await?;
-                    Ok(shown(admin.json, &v, render::render_dead_letters))
-                }
-                DeadLetterAction::Replay {
-                    destination,
-                    ids,
-                    admin,
-                } => {
-                    let body = if ids.is_empty() {
-                        json!({})
-                    } else {
-                        json!({ "ids": ids })
-                    };
-                    let path = format!("/v1/destinations/{destination}/dead-letters/replay");
-                    let v = client(&admin).post(&path, Some(body)).await?;
-                    Ok(if admin.json {
-                        pretty(&v)
-                    } else {
-                        format!("replayed {}", v["replayed"])
-                    })
-                }
-                DeadLetterAction::Purge {
-                    destination,
-                    yes,
-                    admin,
-                } => {
-                    let c = client(&admin);
-                    if !yes {
-                        let d = c.get(&format!("/v1/destinations/{destination}")).await?;
-                        let n = d["queue"]["dead_letters"].as_u64().unwrap_or(0);
-                        confirm(&format!(
-                            "purge {n} dead letter{} of destination {destination} for good",
-                            if n == 1 { "" } else { "s" }
-                        ))?;
-                    }
-                    let path = format!("/v1/destinations/{destination}/dead-letters");
-                    let v = c.call(reqwest::Method::DELETE, &path, None).await?;
-                    Ok(if admin.json {
-                        pretty(&v)
-                    } else {
-                        format!("purged {}", v["purged"])
-                    })
-                }
-            },
+            Command::DeadLetters { action } => dead_letters(action, &token).await,
             Command::Serve { .. }
             | Command::Check { .. }
             | Command::Journal { .. }
@@ -196,6 +71,24 @@ pub(super) fn operator(cmd: Command) -> ExitCode {
             }
         }
     });
+    print_answer(result)
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
+}
+
+/// An admin answer as the operator asked for it: the JSON, or the table.
+fn shown(json: bool, v: &Value, human: fn(&Value) -> String) -> String {
+    if json {
+        pretty(v)
+    } else {
+        human(v)
+    }
+}
+
+/// The answer on stdout, or the error on stderr; the exit code.
+fn print_answer(result: Result<String, CliError>) -> ExitCode {
     match result {
         Ok(out) => {
             use std::io::Write;
@@ -212,6 +105,155 @@ pub(super) fn operator(cmd: Command) -> ExitCode {
         Err(e) => {
             eprintln!("tidegate: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `resume`: `[key, by, reason]` as the API's query.
+async fn resume(
+    c: &Client,
+    destination: &str,
+    skip_head: bool,
+    [key, by, reason]: [Option<String>; 3],
+    json: bool,
+) -> Result<String, CliError> {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("skip_head", &skip_head.to_string());
+    for (k, v) in [("key", &key), ("by", &by), ("reason", &reason)] {
+        if let Some(v) = v {
+            query.append_pair(k, v);
+        }
+    }
+    let path = format!("/v1/destinations/{destination}/resume?{}", query.finish());
+    let v = c.post(&path, None).await.map_err(|e| match e {
+        // The API names its query parameters; here they are flags.
+        CliError::Problem { status, code, .. } if code == "reason_required" => CliError::Problem {
+            status,
+            code,
+            detail: format!(
+                "{destination} was paused by governance: say who resumes it and why \
+                 (tidegate resume {destination} --by WHO --reason WHY)"
+            ),
+        },
+        e => e,
+    })?;
+    Ok(shown(json, &v, render::render_destination))
+}
+
+/// `report`: quality over `since`, as a table, CSV or JSON.
+async fn report(
+    c: &Client,
+    since: &str,
+    destination: Option<&str>,
+    format: ReportFormat,
+    json: bool,
+) -> Result<String, CliError> {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("window", since);
+    if let Some(d) = destination {
+        query.append_pair("destination", d);
+    }
+    let v = c.get(&format!("/v1/quality?{}", query.finish())).await?;
+    match (json, format) {
+        (true, _) | (_, ReportFormat::Json) => Ok(pretty(&v)),
+        (_, ReportFormat::Table) => render::render_report(&v, since),
+        (_, ReportFormat::Csv) => render::report_csv(&v),
+    }
+}
+
+/// `corrections export`: the API's export, passed through as it comes.
+async fn export_corrections(
+    c: &Client,
+    since: &str,
+    destination: Option<&str>,
+    format: ExportFormat,
+) -> Result<String, CliError> {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.append_pair("since", since);
+    query.append_pair(
+        "format",
+        match format {
+            ExportFormat::Jsonl => "jsonl",
+            ExportFormat::Csv => "csv",
+        },
+    );
+    if let Some(d) = destination {
+        query.append_pair("destination", d);
+    }
+    c.get_text(&format!("/v1/corrections?{}", query.finish())).await
+}
+
+/// `healthcheck`: exit 0 when the probe answers 200.
+async fn healthcheck(c: &Client, ready: bool) -> Result<String, CliError> {
+    let path = if ready { "/readyz" } else { "/healthz" };
+    let status = c.probe(path).await?;
+    if status == 200 {
+        Ok(format!("{path}: ok"))
+    } else {
+        Err(CliError::Problem {
+            status,
+            code: "unhealthy".into(),
+            detail: format!("{path} answered {status}"),
+        })
+    }
+}
+
+/// `dead-letters list|replay|purge`.
+async fn dead_letters(action: DeadLetterAction, token: &Option<String>) -> Result<String, CliError> {
+    let client = |a: &Admin| Client::new(&a.url(), token.clone());
+    match action {
+        DeadLetterAction::List {
+            destination,
+            limit,
+            after,
+            admin,
+        } => {
+            let mut path = format!("/v1/destinations/{destination}/dead-letters?limit={limit}");
+            if let Some(a) = after {
+                path.push_str(&format!("&after={a}"));
+            }
+            let v = client(&admin).get(&path).await?;
+            Ok(shown(admin.json, &v, render::render_dead_letters))
+        }
+        DeadLetterAction::Replay {
+            destination,
+            ids,
+            admin,
+        } => {
+            let body = if ids.is_empty() {
+                json!({})
+            } else {
+                json!({ "ids": ids })
+            };
+            let path = format!("/v1/destinations/{destination}/dead-letters/replay");
+            let v = client(&admin).post(&path, Some(body)).await?;
+            Ok(if admin.json {
+                pretty(&v)
+            } else {
+                format!("replayed {}", v["replayed"])
+            })
+        }
+        DeadLetterAction::Purge {
+            destination,
+            yes,
+            admin,
+        } => {
+            let c = client(&admin);
+            if !yes {
+                let d = c.get(&format!("/v1/destinations/{destination}")).await?;
+                let n = d["queue"]["dead_letters"].as_u64().unwrap_or(0);
+                confirm(&format!(
+                    "purge {n} dead letter{} of destination {destination} for good",
+                    if n == 1 { "" } else { "s" }
+                ))?;
+            }
+            let path = format!("/v1/destinations/{destination}/dead-letters");
+            let v = c.call(reqwest::Method::DELETE, &path, None).await?;
+            Ok(if admin.json {
+                pretty(&v)
+            } else {
+                format!("purged {}", v["purged"])
+            })
         }
     }
 }
