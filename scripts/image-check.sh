@@ -141,8 +141,9 @@ user=$(podman image inspect "$IMAGE" --format '{{.Config.User}}')
 # --- a downstream on the host -----------------------------------------------
 # Records each delivered message id; answers 503 while $work/down exists,
 # and takes $work/slow's seconds per answer when it exists.
-ds_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-in_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ds_port=$(free_port)
+in_port=$(free_port)
 python3 - "$ds_port" "$work" <<'PY' &
 import http.server, os, sys, time
 port, work = int(sys.argv[1]), sys.argv[2]

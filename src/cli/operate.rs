@@ -17,7 +17,7 @@ pub(super) fn operator(cmd: Command) -> ExitCode {
         Err(code) => return code,
     };
     let token = std::env::var("TIDEGATE_ADMIN_TOKEN").ok();
-    let client = |a: &Admin| Client::new(&a.url(), token.clone());
+    let client = |a: &Admin| admin_client(a, &token);
     let result = rt.block_on(async {
         match cmd {
             Command::Status { admin, interval } => status(&client(&admin), interval, admin.json).await,
@@ -72,6 +72,12 @@ pub(super) fn operator(cmd: Command) -> ExitCode {
         }
     });
     print_answer(result)
+}
+
+/// A client for the admin API `a` names, with the token from the
+/// environment.
+fn admin_client(a: &Admin, token: &Option<String>) -> Client {
+    Client::new(&a.url(), token.clone())
 }
 
 fn pretty(v: &Value) -> String {
@@ -200,7 +206,7 @@ async fn healthcheck(c: &Client, ready: bool) -> Result<String, CliError> {
 
 /// `dead-letters list|replay|purge`.
 async fn dead_letters(action: DeadLetterAction, token: &Option<String>) -> Result<String, CliError> {
-    let client = |a: &Admin| Client::new(&a.url(), token.clone());
+    let client = |a: &Admin| admin_client(a, token);
     match action {
         DeadLetterAction::List {
             destination,
@@ -275,7 +281,7 @@ fn decided(json: bool, v: serde_json::Value) -> String {
 
 /// `tidegate reviews ...`.
 async fn reviews(action: ReviewAction, token: &Option<String>) -> Result<String, CliError> {
-    let client = |a: &Admin| Client::new(&a.url(), token.clone());
+    let client = |a: &Admin| admin_client(a, token);
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).unwrap_or_default();
     let decide = |admin: &Admin, id: &str, what: &str, body: serde_json::Value| {
         let (client, path) = (client(admin), format!("/v1/reviews/{id}/{what}"));
