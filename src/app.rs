@@ -37,21 +37,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     unsafe {
         libc::umask(0o077);
     }
-    let config_path = config.source.clone();
     let started = std::time::Instant::now();
     let opening = || format!("opening the journal in {}", config.storage.path.display());
     // Before any port: a second tidegate on the same storage is told so,
     // not that a port the first one holds is taken.
     // Cluster mode keeps nothing on local disk: there is nothing to lock.
     let taken = queue::lock(&config).with_context(opening)?;
-    // The admin listener first: probes must see a live process while the
-    // journal opens (minutes, when a large journal is salvaged). It serves
-    // the full admin API once everything below is up.
-    let admin_listener = TcpListener::bind(config.admin.listen)
-        .await
-        .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
-    let admin_addr = admin_listener.local_addr()?;
-    let admin_up: Arc<std::sync::OnceLock<axum::Router>> = Arc::default();
     // The config in force, for every listener from its first request.
     let live: Live = Arc::new(std::sync::RwLock::new(Arc::new(config.clone())));
     // Each listener's share of the file descriptors, fixed at start: one
@@ -60,38 +51,21 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.ingress.connections.max_connections,
         config.admin.connections.max_connections,
     );
-    let (admin_stop_tx, admin_stop_rx) = tokio::sync::watch::channel(false);
-    let admin_server = {
-        let app = admin::during_start_up(admin_up.clone(), live.clone());
-        let limits = limits_of(&config.admin.connections, admin_max);
-        tokio::spawn(listener::serve(
-            "admin",
-            admin_listener,
-            app,
-            limits,
-            admin_stop_rx,
-            Duration::from_secs(2),
-        ))
-    };
+    let admin = AdminListener::bind(&config, &live, admin_max).await?;
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
     tracing::info!(
-        admin = %admin_addr,
+        admin = %admin.addr,
         storage = %config.storage.path.display(),
-        config = %config_path.display(),
+        config = %config.source.display(),
         "starting: admin listener up, opening the journal"
     );
     let queues = queue::open(&config, taken).await.map_err(anyhow::Error::msg)?;
     let metrics = Metrics::new();
     let deliver = Arc::new(HttpDeliverer::new().context("building the HTTP client")?);
     let dispatcher = Dispatcher::start(&config, queues.clone(), metrics.clone(), deliver).await?;
-    for name in queues.known_destinations() {
-        let depth = queues.queue(&name).depth.load(Ordering::Relaxed);
-        if dispatcher.destination(&name).is_none() && depth > 0 {
-            tracing::warn!(destination = %name, depth, "the journal holds messages for a destination that is no longer configured; they are kept, not delivered");
-        }
-    }
+    warn_of_unconfigured(&queues, &dispatcher);
 
     let shutting_down = Arc::new(AtomicBool::new(false));
     let ingress_listener = TcpListener::bind(config.ingress.listen)
@@ -100,7 +74,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let ingress_addr = ingress_listener.local_addr()?;
 
     let reloader = Arc::new(Reloader::new(
-        config_path,
+        config.source.clone(),
         live.clone(),
         dispatcher.clone(),
         queues.clone(),
@@ -121,8 +95,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         reloader: reloader.clone(),
         shutting_down: shutting_down.clone(),
     };
-    // The admin API and the console share the listener, not each other.
-    let admin_app = admin::router(ops.clone()).merge(console::router(Console::new(ops)));
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let ingress_server = tokio::spawn(listener::serve(
@@ -133,46 +105,135 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         stop_rx.clone(),
         Duration::from_secs(5),
     ));
-    // The admin listener stays up until the very end so probes and metrics
-    // see the drain.
-    let _ = admin_up.set(admin_app);
+    // The admin API and the console share the listener, not each other.
+    admin.serve_in_full(admin::router(ops.clone()).merge(console::router(Console::new(ops))));
     let sweeper = tokio::spawn(sweep_history(queues.clone(), live.clone(), stop_rx.clone()));
     let station_loop = tokio::spawn(station.run(stop_rx.clone()));
     if queues.shared() {
         tokio::spawn(dispatcher.clone().follow_records(stop_rx.clone()));
     }
     if let Some(asked) = queues.reload_asked() {
-        let (reloader, mut stop) = (reloader.clone(), stop_rx.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = asked.notified() => reloader.follow().await,
-                    _ = stop.changed() => return,
-                }
-            }
-        });
+        tokio::spawn(follow_reloads(asked, reloader.clone(), stop_rx.clone()));
+    }
+    announce_ready(ingress_addr, admin.addr, config.destinations.len(), started);
+
+    let poisoned = wait_for_stop(&mut signals, &reloader, &queues).await;
+    tracing::info!("shutdown requested: refusing new requests, draining deliveries in flight");
+    shutting_down.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    drain(&mut signals, &dispatcher, &live).await;
+    // Give the ingress server a moment to finish replies already committed.
+    let _ = tokio::time::timeout(Duration::from_secs(5), ingress_server).await;
+    sweeper.abort();
+    station_loop.abort();
+    let j = queues.clone();
+    tokio::task::spawn_blocking(move || j.close()).await?;
+    admin.stop().await;
+    if poisoned {
+        anyhow::bail!("the journal reported corruption while running; restart tidegate to check and salvage it");
+    }
+    tracing::info!("tidegate stopped cleanly");
+    Ok(())
+}
+
+/// The admin listener, bound first: probes must see a live process while
+/// the journal opens (minutes, when a large journal is salvaged). It serves
+/// the full admin API once everything is up (`serve_in_full`), and stays up
+/// until the very end so that probes and metrics see the drain.
+struct AdminListener {
+    addr: std::net::SocketAddr,
+    full: Arc<std::sync::OnceLock<axum::Router>>,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl AdminListener {
+    async fn bind(config: &Config, live: &Live, max_connections: usize) -> anyhow::Result<AdminListener> {
+        let listener = TcpListener::bind(config.admin.listen)
+            .await
+            .with_context(|| format!("binding admin.listen {}", config.admin.listen))?;
+        let addr = listener.local_addr()?;
+        let full: Arc<std::sync::OnceLock<axum::Router>> = Arc::default();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let app = admin::during_start_up(full.clone(), live.clone());
+        let server = tokio::spawn(listener::serve(
+            "admin",
+            listener,
+            app,
+            limits_of(&config.admin.connections, max_connections),
+            stopped,
+            Duration::from_secs(2),
+        ));
+        Ok(AdminListener {
+            addr,
+            full,
+            stop,
+            server,
+        })
     }
 
+    fn serve_in_full(&self, app: axum::Router) {
+        let _ = self.full.set(app);
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.server).await;
+    }
+}
+
+/// Messages kept for a destination no longer configured are kept, not
+/// delivered: said once at start so that nobody waits for them.
+fn warn_of_unconfigured(queues: &queue::Queues, dispatcher: &Dispatcher) {
+    for name in queues.known_destinations() {
+        let depth = queues.queue(&name).depth.load(Ordering::Relaxed);
+        if dispatcher.destination(&name).is_none() && depth > 0 {
+            tracing::warn!(destination = %name, depth, "the journal holds messages for a destination that is no longer configured; they are kept, not delivered");
+        }
+    }
+}
+
+/// Reloads whenever another instance of the cluster asks for it.
+async fn follow_reloads(
+    asked: Arc<tokio::sync::Notify>,
+    reloader: Arc<Reloader>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = asked.notified() => reloader.follow().await,
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+fn announce_ready(
+    ingress: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+    destinations: usize,
+    started: std::time::Instant,
+) {
     tracing::info!(
-        ingress = %ingress_addr,
-        admin = %admin_addr,
-        destinations = config.destinations.len(),
+        %ingress,
+        %admin,
+        destinations,
         startup_ms = started.elapsed().as_millis() as u64,
         "tidegate ready"
     );
     // One machine-readable line for scripts and tests that bind port 0.
     // Not println!: a reader of stdout that has gone away must not panic a
     // running tidegate.
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        let _ =
-            writeln!(out, "tidegate listening ingress={ingress_addr} admin={admin_addr}").and_then(|()| out.flush());
-    }
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "tidegate listening ingress={ingress} admin={admin}").and_then(|()| out.flush());
+}
 
+/// Waits for a stop signal (reloading on SIGHUP meanwhile) or for the
+/// journal to report corruption; true for the latter.
+async fn wait_for_stop(signals: &mut Signals, reloader: &Reloader, queues: &queue::Queues) -> bool {
     let stats = queues.stats().clone();
-    let poisoned = tokio::select! {
-        _ = signals.stop_requested(Some(&reloader)) => false,
+    tokio::select! {
+        _ = signals.stop_requested(Some(reloader)) => false,
         _ = async {
             loop {
                 let n = stats.poison.notified();
@@ -180,15 +241,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
                 n.await;
             }
         } => true,
-    };
-    tracing::info!("shutdown requested: refusing new requests, draining deliveries in flight");
-    shutting_down.store(true, Ordering::Relaxed);
-    let _ = stop_tx.send(true);
-    // A second stop signal cuts the wait short, as if `shutdown_timeout` had
-    // run out: the journal still closes cleanly, and what was in flight is
-    // still pending in it, to be delivered again after the restart.
+    }
+}
+
+/// Lets attempts in flight finish, up to `shutdown_timeout`. A second stop
+/// signal cuts the wait short, as if it had run out: the journal still
+/// closes cleanly, and what was in flight is still pending in it, to be
+/// delivered again after the restart.
+async fn drain(signals: &mut Signals, dispatcher: &Dispatcher, live: &Live) {
     let left = tokio::select! {
-        left = dispatcher.shutdown(current(&live).server.shutdown_timeout) => left,
+        left = dispatcher.shutdown(current(live).server.shutdown_timeout) => left,
         _ = signals.stop_requested(None) => {
             tracing::warn!("second stop signal: not waiting for attempts in flight");
             dispatcher.shutdown(Duration::ZERO).await
@@ -200,19 +262,6 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             "shutdown_timeout passed with attempts in flight; they will be delivered again after restart"
         );
     }
-    // Give the ingress server a moment to finish replies already committed.
-    let _ = tokio::time::timeout(Duration::from_secs(5), ingress_server).await;
-    sweeper.abort();
-    station_loop.abort();
-    let j = queues.clone();
-    tokio::task::spawn_blocking(move || j.close()).await?;
-    let _ = admin_stop_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), admin_server).await;
-    if poisoned {
-        anyhow::bail!("the journal reported corruption while running; restart tidegate to check and salvage it");
-    }
-    tracing::info!("tidegate stopped cleanly");
-    Ok(())
 }
 
 /// A listener's limits: its connection budget and its timeouts.

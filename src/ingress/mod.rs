@@ -122,6 +122,8 @@ fn refuse_if_halted(ing: &Ingress, dest: &dispatch::Destination, cfg: &config::D
     Ok(())
 }
 
+/// Takes one producer request: who sent it and where to, its body, the
+/// handoff, then the append (or a duplicate's earlier answer) and the reply.
 async fn accept(shared: &Shared, parts: &Parts, body: &mut Option<Body>) -> Result<Response, Problem> {
     let ing = &shared.ing;
     let started = Instant::now();
@@ -130,7 +132,6 @@ async fn accept(shared: &Shared, parts: &Parts, body: &mut Option<Body>) -> Resu
     }
     let live = crate::config::current(&ing.live);
     crate::auth::check_browser(&live.ingress.browser, &parts.headers)?;
-    let max_body = live.ingress.max_body;
     let sender = crate::auth::sender(&parts.headers, &live.ingress)?;
     let raw_path = parts.uri.path();
     // The `Location` a 202 gave: a producer reads its own message's status
@@ -138,54 +139,8 @@ async fn accept(shared: &Shared, parts: &Parts, body: &mut Option<Body>) -> Resu
     if let (Some(id), &Method::GET | &Method::HEAD) = (raw_path.strip_prefix("/v1/messages/"), &parts.method) {
         return own_message(ing, &sender, id).await;
     }
-    let (dest_name, rest) = split_destination(raw_path)?;
-    // Before the lookup: a producer learns nothing about destinations
-    // outside its list, not even whether they exist.
-    sender.may_send_to(dest_name)?;
-    // Internal destinations (alerts) take no producer's messages.
-    let Some(dest) = ing
-        .dispatcher
-        .destination(dest_name)
-        .filter(|_| !config::is_internal(dest_name))
-    else {
-        return Err(Problem::unknown_destination(dest_name));
-    };
-    let name = dest.name.as_str();
-    if !matches!(
-        parts.method,
-        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
-    ) {
-        return Err(Problem::method_not_allowed(ALLOW));
-    }
-    check_path(rest)?;
-    let cfg = dest.config();
-    check_query(parts.uri.query(), &cfg.url)?;
-    refuse_if_halted(ing, &dest, &cfg)?;
-    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) {
-        if len.parse::<u64>().map_or(true, |n| n > max_body) {
-            return Err(reject(
-                ing,
-                name,
-                "payload_too_large",
-                Problem::payload_too_large(max_body),
-            ));
-        }
-    }
-    let timeout = live.ingress.connections.body_timeout;
-    let body = match crate::listener::body::read(body.take().unwrap_or_default(), max_body as usize, timeout).await {
-        Ok(b) => b,
-        Err(BodyError::TooLarge) => {
-            return Err(reject(
-                ing,
-                name,
-                "payload_too_large",
-                Problem::payload_too_large(max_body),
-            ))
-        }
-        Err(BodyError::TimedOut) => return Err(reject(ing, name, "body_timeout", Problem::body_timeout(timeout))),
-        Err(BodyError::Broken(e)) => return Err(Problem::invalid_request(format!("the body could not be read: {e}"))),
-    };
-
+    let (dest, cfg, rest) = addressed(ing, parts, &sender)?;
+    let body = read_body(ing, &dest.name, parts, body, &live).await?;
     let idempotency_key = match parts.headers.get("idempotency-key") {
         None => None,
         Some(v) => Some(idempotency_key(v.as_bytes())?),
@@ -195,34 +150,28 @@ async fn accept(shared: &Shared, parts: &Parts, body: &mut Option<Body>) -> Resu
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_string(),
     };
-    // The handoff may move the message to another destination (a route),
-    // which then owns it: its queue, limits and state apply from here on.
-    let (dest, cfg, category, routed_from, key, hold) = match &cfg.handoff {
-        None => (dest, cfg, None, None, None, None),
+    let handed = match &cfg.handoff {
+        None => Handed {
+            dest,
+            cfg,
+            category: None,
+            routed_from: None,
+            key: None,
+            hold: None,
+        },
         Some(h) => {
-            let admitted = handoff(ing, name, h, &parts.headers, &body).await?;
-            match admitted.routed_from {
-                None => (dest, cfg, Some(admitted.category), None, admitted.key, admitted.hold),
-                Some((from, rule)) => {
-                    let Some(target) = ing.dispatcher.destination(&admitted.destination) else {
-                        // Config validation guarantees the target exists.
-                        return Err(Problem::internal());
-                    };
-                    ing.metrics.routed.with_label_values(&[&from, &target.name]).inc();
-                    let target_cfg = target.config();
-                    refuse_if_halted(ing, &target, &target_cfg)?;
-                    (
-                        target,
-                        target_cfg,
-                        Some(admitted.category),
-                        Some((from, rule as u32)),
-                        admitted.key,
-                        admitted.hold,
-                    )
-                }
-            }
+            let admitted = handoff(ing, &dest.name, h, &parts.headers, &body).await?;
+            Handed::from_admitted(ing, dest, cfg, admitted)?
         }
     };
+    let Handed {
+        dest,
+        cfg,
+        category,
+        routed_from,
+        key,
+        hold,
+    } = handed;
     let name = dest.name.as_str();
     let order_key = ordering_key(ing, name, &cfg, &parts.headers, key)?;
     let review = crate::review::intent(&cfg, hold, category.as_deref().unwrap_or(handoff::UNCATEGORISED));
@@ -244,7 +193,7 @@ async fn accept(shared: &Shared, parts: &Parts, body: &mut Option<Body>) -> Resu
     let window = live.storage.history_retention;
     let appended = append_with_backpressure(ing, &dest, &cfg, msg, window).await?;
     ing.metrics.ingest_duration.observe(started.elapsed().as_secs_f64());
-    let (seq, duplicate, held) = match appended {
+    let (seq, held) = match appended {
         Appended::Stored { seq, held } => {
             if let Some(why) = held {
                 ing.metrics.held.with_label_values(&[name, why]).inc();
@@ -254,9 +203,9 @@ async fn accept(shared: &Shared, parts: &Parts, body: &mut Option<Body>) -> Resu
                 // A destination or producer added by a reload.
                 None => ing.metrics.received.with_label_values(&[name, sender.name]).inc(),
             }
-            (seq, false, held.is_some())
+            (seq, held.is_some())
         }
-        Appended::Duplicate { seq } => (seq, true, false),
+        Appended::Duplicate { seq } => return Ok(duplicate_answer(ing, &dest, seq).await),
         Appended::KeyReused { seq } => {
             let first = ing.queues.message_id(seq);
             return Err(reject(
@@ -269,14 +218,6 @@ async fn accept(shared: &Shared, parts: &Parts, body: &mut Option<Body>) -> Resu
         Appended::QueueFull => unreachable!("handled by append_with_backpressure"),
     };
     let id = ing.queues.message_id(seq);
-    if duplicate {
-        let status = match ing.queues.status(seq).await {
-            Ok(Some(s)) => s.state.with_in_flight(dest.is_in_flight(seq)).as_str(),
-            _ => "queued",
-        };
-        let body = serde_json::json!({"id": id, "destination": name, "status": status, "duplicate": true});
-        return Ok(json_response(StatusCode::OK, body.to_string(), &id));
-    }
     // A held message has no outcome to wait for until somebody decides.
     if let Some(wait) = wait.filter(|_| !held) {
         if let Some(done) = ing.dispatcher.completions().wait(seq, wait).await {
@@ -287,6 +228,125 @@ async fn accept(shared: &Shared, parts: &Parts, body: &mut Option<Body>) -> Resu
     let status = if held { "held" } else { "queued" };
     let body = format!(r#"{{"id":"{id}","destination":"{name}","status":"{status}"}}"#);
     Ok(json_response(StatusCode::ACCEPTED, body, &id))
+}
+
+/// The destination a request addresses and the rest of its path, once the
+/// sender may send there, it exists, takes producers' messages and this
+/// method, and is not halted.
+fn addressed<'p>(
+    ing: &Ingress,
+    parts: &'p Parts,
+    sender: &crate::auth::Sender<'_>,
+) -> Result<(Arc<dispatch::Destination>, Arc<config::Destination>, &'p str), Problem> {
+    let (dest_name, rest) = split_destination(parts.uri.path())?;
+    // Before the lookup: a producer learns nothing about destinations
+    // outside its list, not even whether they exist.
+    sender.may_send_to(dest_name)?;
+    // Internal destinations (alerts) take no producer's messages.
+    let Some(dest) = ing
+        .dispatcher
+        .destination(dest_name)
+        .filter(|_| !config::is_internal(dest_name))
+    else {
+        return Err(Problem::unknown_destination(dest_name));
+    };
+    if !matches!(
+        parts.method,
+        Method::POST | Method::PUT | Method::PATCH | Method::DELETE
+    ) {
+        return Err(Problem::method_not_allowed(ALLOW));
+    }
+    check_path(rest)?;
+    let cfg = dest.config();
+    check_query(parts.uri.query(), &cfg.url)?;
+    refuse_if_halted(ing, &dest, &cfg)?;
+    Ok((dest, cfg, rest))
+}
+
+/// The whole body, within `ingress.max_body` and `body_timeout`. Refused
+/// on a `Content-Length` over the limit before it is taken, so that it is
+/// left for `handle` to read out (the producer then reads the 413, not a
+/// reset).
+async fn read_body(
+    ing: &Ingress,
+    name: &str,
+    parts: &Parts,
+    body: &mut Option<Body>,
+    live: &config::Config,
+) -> Result<bytes::Bytes, Problem> {
+    let max_body = live.ingress.max_body;
+    let too_large = || reject(ing, name, "payload_too_large", Problem::payload_too_large(max_body));
+    if let Some(len) = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()) {
+        if len.parse::<u64>().map_or(true, |n| n > max_body) {
+            return Err(too_large());
+        }
+    }
+    let timeout = live.ingress.connections.body_timeout;
+    match crate::listener::body::read(body.take().unwrap_or_default(), max_body as usize, timeout).await {
+        Ok(b) => Ok(b),
+        Err(BodyError::TooLarge) => Err(too_large()),
+        Err(BodyError::TimedOut) => Err(reject(ing, name, "body_timeout", Problem::body_timeout(timeout))),
+        Err(BodyError::Broken(e)) => Err(Problem::invalid_request(format!("the body could not be read: {e}"))),
+    }
+}
+
+/// What the handoff made of a message: the destination that owns it from
+/// here on (a route may move it to another, whose queue, limits and state
+/// then apply), its category, route, ordering key and hold.
+struct Handed {
+    dest: Arc<dispatch::Destination>,
+    cfg: Arc<config::Destination>,
+    category: Option<String>,
+    routed_from: Option<(String, u32)>,
+    key: Option<String>,
+    hold: Option<handoff::Hold>,
+}
+
+impl Handed {
+    fn from_admitted(
+        ing: &Ingress,
+        dest: Arc<dispatch::Destination>,
+        cfg: Arc<config::Destination>,
+        admitted: handoff::Admitted,
+    ) -> Result<Handed, Problem> {
+        let Some((from, rule)) = admitted.routed_from else {
+            return Ok(Handed {
+                dest,
+                cfg,
+                category: Some(admitted.category),
+                routed_from: None,
+                key: admitted.key,
+                hold: admitted.hold,
+            });
+        };
+        let Some(target) = ing.dispatcher.destination(&admitted.destination) else {
+            // Config validation guarantees the target exists.
+            return Err(Problem::internal());
+        };
+        ing.metrics.routed.with_label_values(&[&from, &target.name]).inc();
+        let target_cfg = target.config();
+        refuse_if_halted(ing, &target, &target_cfg)?;
+        Ok(Handed {
+            dest: target,
+            cfg: target_cfg,
+            category: Some(admitted.category),
+            routed_from: Some((from, rule as u32)),
+            key: admitted.key,
+            hold: admitted.hold,
+        })
+    }
+}
+
+/// A repeated idempotency key's answer: 200 with the first message's id
+/// and its state now.
+async fn duplicate_answer(ing: &Ingress, dest: &dispatch::Destination, seq: u64) -> Response {
+    let id = ing.queues.message_id(seq);
+    let status = match ing.queues.status(seq).await {
+        Ok(Some(s)) => s.state.with_in_flight(dest.is_in_flight(seq)).as_str(),
+        _ => "queued",
+    };
+    let body = serde_json::json!({"id": id, "destination": dest.name, "status": status, "duplicate": true});
+    json_response(StatusCode::OK, body.to_string(), &id)
 }
 
 /// Longest ordering key taken, in bytes.

@@ -31,46 +31,8 @@ impl JetStream {
         // Built before the connection, so the client's events can say when
         // NATS is out of reach (`/readyz` answers 503 meanwhile).
         let stats = Arc::new(Stats::default());
-        let seen = stats.clone();
-        let mut opts = async_nats::ConnectOptions::new()
-            .name("tidegate")
-            .event_callback(move |event| {
-                let seen = seen.clone();
-                async move {
-                    match event {
-                        async_nats::Event::Disconnected => seen.unreachable.store(true, Ordering::Relaxed),
-                        async_nats::Event::Connected => seen.unreachable.store(false, Ordering::Relaxed),
-                        _ => {}
-                    }
-                }
-            })
-            .connection_timeout(Duration::from_secs(5))
-            .request_timeout(Some(Duration::from_secs(5)));
-        if let Some(path) = &cfg.credentials_file {
-            opts = opts
-                .credentials_file(path)
-                .await
-                .map_err(|e| format!("reading storage.jetstream.credentials_file {}: {e}", path.display()))?;
-        }
-        if let Some(t) = &cfg.token {
-            opts = opts.token(t.expose().to_string());
-        }
-        // Credentials written into the URLs, taken out of them by the
-        // config (the client would not use them, and they must not be
-        // printed with the URLs).
-        match &cfg.url_credentials {
-            Some(UrlCredentials {
-                user,
-                password: Some(p),
-            }) => opts = opts.user_and_password(user.expose().to_string(), p.expose().to_string()),
-            Some(UrlCredentials { user, password: None }) => opts = opts.token(user.expose().to_string()),
-            None => {}
-        }
+        let client = connect(cfg, &stats).await?;
         let urls = cfg.urls.join(",");
-        let client = opts
-            .connect(cfg.urls.as_slice())
-            .await
-            .map_err(|e| format!("cannot reach NATS at {urls}: {e}"))?;
         let info = client.server_info();
         let version = info.version.clone();
         check_version(&version)?;
@@ -83,36 +45,8 @@ impl JetStream {
         js.query_account().await.map_err(|e| {
             format!("NATS {version} at {urls} answered, but JetStream is not available to this account: {e}")
         })?;
-        let p = &cfg.stream_prefix;
-        let bucket = |name: &str, max_age: Duration, history: i64| kv::Config {
-            bucket: format!("{p}_{name}"),
-            history,
-            max_age,
-            storage: stream::StorageType::File,
-            num_replicas: cfg.replicas,
-            ..Default::default()
-        };
-        let make = |c: kv::Config| {
-            let js = js.clone();
-            async move {
-                let name = c.bucket.clone();
-                match js.get_key_value(&name).await {
-                    Ok(s) => Ok(s),
-                    Err(_) => js
-                        .create_key_value(c)
-                        .await
-                        .map_err(|e| replicas_hint(&name, e, cfg.replicas)),
-                }
-            }
-        };
-        let state = make(bucket("STATE", Duration::ZERO, 1)).await?;
-        let status = make(bucket("STATUS", history_retention, 1)).await?;
-        let idem = make(bucket("IDEM", idempotency_window.max(Duration::from_secs(1)), 1)).await?;
-        let lease = make(bucket("LEASE", LEASE_TTL, 1)).await?;
-        // Swept by `[review] retention`, not by age: a held item's
-        // decision is owed however old it is.
-        let review = make(bucket("REVIEW", Duration::ZERO, 1)).await?;
-        let salt = cluster_salt(&state).await?;
+        let buckets = Buckets::make(&js, cfg, history_retention, idempotency_window).await?;
+        let salt = cluster_salt(&buckets.state).await?;
         let (stop, _) = tokio::sync::watch::channel(false);
         let (state_tx, state_rx) = tokio::sync::mpsc::unbounded_channel();
         let js_queue = JetStream {
@@ -123,11 +57,11 @@ impl JetStream {
                 max_payload,
                 instance: format!("{:016x}", rand::random::<u64>()),
                 salt,
-                state,
-                status,
-                idem,
-                lease,
-                review,
+                state: buckets.state,
+                status: buckets.status,
+                idem: buckets.idem,
+                lease: buckets.lease,
+                review: buckets.review,
                 mirror: Mutex::new(station::Mirror::default()),
                 dests: RwLock::new(HashMap::new()),
                 by_index: RwLock::new(HashMap::new()),
@@ -143,15 +77,35 @@ impl JetStream {
             }),
         };
         tokio::spawn(js_queue.clone().mirror_loop());
+        js_queue.follow_outcomes().await?;
+        js_queue.follow_reload_requests().await?;
+        for d in destinations {
+            js_queue
+                .dest_with(&d.name, Some((d.max_messages, d.max_bytes)))
+                .await
+                .map_err(|e| format!("preparing the streams of destination {:?}: {e}", d.name))?;
+        }
+        js_queue.inner.stats.open.store(true, Ordering::Relaxed);
+        tracing::warn!(
+            "cluster mode: a publish is acknowledged once a quorum of replicas holds it; \
+             for an fsync before every acknowledgement, run nats-server with jetstream {{ sync_interval: always }} \
+             (tidegate cannot read that setting over the client protocol)"
+        );
+        Ok(js_queue)
+    }
+
+    /// Outcomes other instances announce (`<prefix>.done`), passed on to
+    /// `outcomes` until the queue stops.
+    async fn follow_outcomes(&self) -> std::result::Result<(), String> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        *lock(&js_queue.inner.outcomes) = Some(rx);
-        let mut done = js_queue
+        *lock(&self.inner.outcomes) = Some(rx);
+        let mut done = self
             .inner
             .client
-            .subscribe(format!("{}.done", cfg.stream_prefix))
+            .subscribe(format!("{}.done", self.inner.cfg.stream_prefix))
             .await
             .map_err(|e| format!("subscribing to outcome announcements: {e}"))?;
-        let (me, mut stop) = (js_queue.inner.instance.clone(), js_queue.inner.stop.subscribe());
+        let (me, mut stop) = (self.inner.instance.clone(), self.inner.stop.subscribe());
         tokio::spawn(async move {
             use futures_util::StreamExt as _;
             loop {
@@ -168,16 +122,22 @@ impl JetStream {
                 }
             }
         });
-        let mut reloads = js_queue
+        Ok(())
+    }
+
+    /// Reloads other instances ask for (`<prefix>.reload`; not our own),
+    /// signalled on `reload_asked`.
+    async fn follow_reload_requests(&self) -> std::result::Result<(), String> {
+        let mut reloads = self
             .inner
             .client
-            .subscribe(format!("{}.reload", cfg.stream_prefix))
+            .subscribe(format!("{}.reload", self.inner.cfg.stream_prefix))
             .await
             .map_err(|e| format!("subscribing to reload announcements: {e}"))?;
         let (asked, me, mut stop) = (
-            js_queue.inner.reload_asked.clone(),
-            js_queue.inner.instance.clone(),
-            js_queue.inner.stop.subscribe(),
+            self.inner.reload_asked.clone(),
+            self.inner.instance.clone(),
+            self.inner.stop.subscribe(),
         );
         tokio::spawn(async move {
             use futures_util::StreamExt as _;
@@ -192,19 +152,7 @@ impl JetStream {
                 }
             }
         });
-        for d in destinations {
-            js_queue
-                .dest_with(&d.name, Some((d.max_messages, d.max_bytes)))
-                .await
-                .map_err(|e| format!("preparing the streams of destination {:?}: {e}", d.name))?;
-        }
-        js_queue.inner.stats.open.store(true, Ordering::Relaxed);
-        tracing::warn!(
-            "cluster mode: a publish is acknowledged once a quorum of replicas holds it; \
-             for an fsync before every acknowledgement, run nats-server with jetstream {{ sync_interval: always }} \
-             (tidegate cannot read that setting over the client protocol)"
-        );
-        Ok(js_queue)
+        Ok(())
     }
 
     /// The destination's streams, created (or their limits updated) as
@@ -437,6 +385,97 @@ fn replicas_hint(name: &str, e: impl std::fmt::Display, replicas: usize) -> Stri
         )
     } else {
         format!("creating {name}: {text}")
+    }
+}
+
+/// The client, connected with the configured credentials; its events keep
+/// `stats.unreachable` true while NATS is out of reach.
+async fn connect(cfg: &JetStreamConfig, stats: &Arc<Stats>) -> std::result::Result<async_nats::Client, String> {
+    let seen = stats.clone();
+    let mut opts = async_nats::ConnectOptions::new()
+        .name("tidegate")
+        .event_callback(move |event| {
+            let seen = seen.clone();
+            async move {
+                match event {
+                    async_nats::Event::Disconnected => seen.unreachable.store(true, Ordering::Relaxed),
+                    async_nats::Event::Connected => seen.unreachable.store(false, Ordering::Relaxed),
+                    _ => {}
+                }
+            }
+        })
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(5)));
+    if let Some(path) = &cfg.credentials_file {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| format!("reading storage.jetstream.credentials_file {}: {e}", path.display()))?;
+    }
+    if let Some(t) = &cfg.token {
+        opts = opts.token(t.expose().to_string());
+    }
+    // Credentials written into the URLs, taken out of them by the config
+    // (the client would not use them, and they must not be printed with
+    // the URLs).
+    match &cfg.url_credentials {
+        Some(UrlCredentials {
+            user,
+            password: Some(p),
+        }) => opts = opts.user_and_password(user.expose().to_string(), p.expose().to_string()),
+        Some(UrlCredentials { user, password: None }) => opts = opts.token(user.expose().to_string()),
+        None => {}
+    }
+    opts.connect(cfg.urls.as_slice())
+        .await
+        .map_err(|e| format!("cannot reach NATS at {}: {e}", cfg.urls.join(",")))
+}
+
+/// The key-value buckets every instance shares, found or made.
+struct Buckets {
+    state: kv::Store,
+    status: kv::Store,
+    idem: kv::Store,
+    lease: kv::Store,
+    review: kv::Store,
+}
+
+impl Buckets {
+    async fn make(
+        js: &jetstream::Context,
+        cfg: &JetStreamConfig,
+        history_retention: Duration,
+        idempotency_window: Duration,
+    ) -> std::result::Result<Buckets, String> {
+        let make = |name: &str, max_age: Duration| {
+            let c = kv::Config {
+                bucket: format!("{}_{name}", cfg.stream_prefix),
+                history: 1,
+                max_age,
+                storage: stream::StorageType::File,
+                num_replicas: cfg.replicas,
+                ..Default::default()
+            };
+            async move {
+                let name = c.bucket.clone();
+                match js.get_key_value(&name).await {
+                    Ok(s) => Ok(s),
+                    Err(_) => js
+                        .create_key_value(c)
+                        .await
+                        .map_err(|e| replicas_hint(&name, e, cfg.replicas)),
+                }
+            }
+        };
+        Ok(Buckets {
+            state: make("STATE", Duration::ZERO).await?,
+            status: make("STATUS", history_retention).await?,
+            idem: make("IDEM", idempotency_window.max(Duration::from_secs(1))).await?,
+            lease: make("LEASE", LEASE_TTL).await?,
+            // Swept by `[review] retention`, not by age: a held item's
+            // decision is owed however old it is.
+            review: make("REVIEW", Duration::ZERO).await?,
+        })
     }
 }
 

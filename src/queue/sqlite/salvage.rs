@@ -186,6 +186,9 @@ fn remove_if_there(path: &Path) -> std::io::Result<()> {
 /// high-water mark are counted lost without being read.
 const PROBE_PAST_END: i64 = 1 << 22;
 
+/// Copies what the damaged journal still holds into the fresh one, in one
+/// transaction: the messages (see `copy_messages`), then the side tables
+/// whose loss costs no acknowledged message (see `copy_side_tables`).
 fn copy_rows(
     old: &Connection,
     old_path: &Path,
@@ -200,6 +203,36 @@ fn copy_rows(
             schema::set_meta(new, "salt", &salt)?;
         }
     }
+    new.execute_batch("BEGIN")?;
+    copy_messages(old, old_path, new, hwm, report)?;
+    copy_side_tables(old, new);
+    new.execute_batch("COMMIT")
+}
+
+/// What the copy of the messages has seen so far.
+#[derive(Default)]
+struct Copied {
+    recovered: SeqSet,
+    lost: HashSet<i64>,
+    highest_seen: i64,
+}
+
+impl Copied {
+    fn insert(&mut self, new: &Connection, rows: Vec<RawRow>) -> rusqlite::Result<()> {
+        insert_rows(new, rows, &mut self.recovered, &mut self.lost, &mut self.highest_seen)
+    }
+}
+
+/// Copies every message row that can be read, through the b-tree and then
+/// from the leaf pages, and counts the acknowledged ones that could not be
+/// (`report.lost`) against the high-water mark `hwm`.
+fn copy_messages(
+    old: &Connection,
+    old_path: &Path,
+    new: &Connection,
+    hwm: i64,
+    report: &mut Report,
+) -> rusqlite::Result<()> {
     // The pending and dead-letter indexes list every message still owed a
     // delivery, independently of the table's b-tree: they say what a damaged
     // table lost.
@@ -223,65 +256,29 @@ fn copy_rows(
     );
     let top = last.max(hwm.min(last.saturating_add(PROBE_PAST_END)));
 
-    let mut recovered = SeqSet::default();
-    let mut lost: HashSet<i64> = HashSet::new();
-    let mut unreadable = SeqSet::default();
-    let mut highest_seen = 0;
-    new.execute_batch("BEGIN")?;
-    let mut lo = 1;
-    while lo <= top {
-        let hi = (lo + CHUNK - 1).min(top);
-        match read_range(old, lo, hi) {
-            Ok(rows) => insert_rows(new, rows, &mut recovered, &mut lost, &mut highest_seen)?,
-            Err(_) => {
-                for seq in lo..=hi {
-                    match read_range(old, seq, seq) {
-                        Ok(rows) => insert_rows(new, rows, &mut recovered, &mut lost, &mut highest_seen)?,
-                        Err(_) => unreadable.insert(seq),
-                    }
-                }
-            }
-        }
-        lo = hi + 1;
-    }
+    let mut copied = Copied::default();
+    let unreadable = copy_through_btree(old, new, top, &mut copied)?;
     // Owed messages the b-tree no longer leads to, and (without a complete
     // index to say they were not owed) rows it could not read: look for
     // them on the leaf pages themselves.
-    owed.pending.retain(|s| !recovered.contains(s));
-    owed.dead.retain(|s| !recovered.contains(s));
-    owed.held.retain(|s| !recovered.contains(s));
+    owed.pending.retain(|s| !copied.recovered.contains(s));
+    owed.dead.retain(|s| !copied.recovered.contains(s));
+    owed.held.retain(|s| !copied.recovered.contains(s));
     let unwitnessed = if index_complete {
         SeqSet::default()
     } else {
         let mut u = unreadable;
-        u.retain(|s| !recovered.contains(s));
+        u.retain(|s| !copied.recovered.contains(s));
         u
     };
     if !owed.is_empty() || !unwitnessed.is_empty() {
-        let mut failed = None;
-        rows_from_leaves(old, old_path, &owed, &unwitnessed, &mut |row| {
-            use rusqlite::types::Value;
-            if failed.is_some() {
-                return;
-            }
-            if let (Value::Integer(seq), Value::Integer(state)) = (&row[0], &row[2]) {
-                let finished = (stored::DELIVERED..=stored::QUARANTINED).contains(state);
-                if finished && owed.state_of(*seq).is_none() {
-                    // A finished copy replaces a live one kept before it.
-                    if let Err(e) = new.execute("DELETE FROM messages WHERE seq = ?1 AND state IN (0, 1, 5)", [seq]) {
-                        failed = Some(e);
-                        return;
-                    }
-                }
-            }
-            if let Err(e) = insert_rows(new, vec![row], &mut recovered, &mut lost, &mut highest_seen) {
-                failed = Some(e);
-            }
-        });
-        if let Some(e) = failed {
-            return Err(e);
-        }
+        copy_from_leaves(old, old_path, new, &owed, &unwitnessed, &mut copied)?;
     }
+    let Copied {
+        recovered,
+        mut lost,
+        highest_seen,
+    } = copied;
     lost.extend(
         owed.pending
             .iter()
@@ -299,91 +296,141 @@ fn copy_rows(
     report.lost = lost.len() as u64 + tail - already;
     report.salvaged = recovered.len() as u64;
     // Ids are never reused, lost or not.
-    schema::set_meta(new, "seq_floor", &floor.max(top).max(hwm).to_string())?;
-    // Idempotency keys, destination states and halted keys are best
-    // effort (a halted key lost is delivered again: at-least-once holds).
+    schema::set_meta(new, "seq_floor", &floor.max(top).max(hwm).to_string())
+}
+
+/// Reads sequence numbers 1..=`top` through the table's b-tree, a chunk at
+/// a time and one by one where a chunk fails; returns those it could not
+/// read.
+fn copy_through_btree(old: &Connection, new: &Connection, top: i64, copied: &mut Copied) -> rusqlite::Result<SeqSet> {
+    let mut unreadable = SeqSet::default();
+    let mut lo = 1;
+    while lo <= top {
+        let hi = (lo + CHUNK - 1).min(top);
+        match read_range(old, lo, hi) {
+            Ok(rows) => copied.insert(new, rows)?,
+            Err(_) => {
+                for seq in lo..=hi {
+                    match read_range(old, seq, seq) {
+                        Ok(rows) => copied.insert(new, rows)?,
+                        Err(_) => unreadable.insert(seq),
+                    }
+                }
+            }
+        }
+        lo = hi + 1;
+    }
+    Ok(unreadable)
+}
+
+/// Copies the rows `owed` and `unwitnessed` name from the leaf pages, where
+/// a finished copy replaces a live one kept before it.
+fn copy_from_leaves(
+    old: &Connection,
+    old_path: &Path,
+    new: &Connection,
+    owed: &Owed,
+    unwitnessed: &SeqSet,
+    copied: &mut Copied,
+) -> rusqlite::Result<()> {
+    let mut failed = None;
+    rows_from_leaves(old, old_path, owed, unwitnessed, &mut |row| {
+        use rusqlite::types::Value;
+        if failed.is_some() {
+            return;
+        }
+        if let (Value::Integer(seq), Value::Integer(state)) = (&row[0], &row[2]) {
+            let finished = (stored::DELIVERED..=stored::QUARANTINED).contains(state);
+            if finished && owed.state_of(*seq).is_none() {
+                if let Err(e) = new.execute("DELETE FROM messages WHERE seq = ?1 AND state IN (0, 1, 5)", [seq]) {
+                    failed = Some(e);
+                    return;
+                }
+            }
+        }
+        if let Err(e) = copied.insert(new, vec![row]) {
+            failed = Some(e);
+        }
+    });
+    failed.map_or(Ok(()), Err)
+}
+
+/// Idempotency keys, destination states, halted keys and review records:
+/// best effort (a halted key lost is delivered again: at-least-once holds;
+/// a held message whose review record is lost is listed again by
+/// `review_gaps`).
+fn copy_side_tables(old: &Connection, new: &Connection) {
     // A file from before fingerprints has no such column: its keys come
     // over without one.
     let keys = old
         .prepare("SELECT dest, key, seq, created_at, fingerprint FROM idempotency")
         .or_else(|_| old.prepare("SELECT dest, key, seq, created_at, NULL FROM idempotency"));
-    if let Ok(mut stmt) = keys {
-        if let Ok(rows) = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, Option<Vec<u8>>>(4)?,
-            ))
-        }) {
-            for (d, k, s, c, f) in rows.flatten() {
-                let _ = new.execute(
-                    "INSERT OR IGNORE INTO idempotency (dest, key, seq, created_at, fingerprint)
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
-                    params![d, k, s, c, f],
-                );
-            }
-        }
+    if let Ok(stmt) = keys {
+        copy_each(
+            stmt,
+            5,
+            new,
+            "INSERT OR IGNORE INTO idempotency (dest, key, seq, created_at, fingerprint) VALUES (?1, ?2, ?3, ?4, ?5)",
+        );
     }
-    if let Ok(mut stmt) = old.prepare("SELECT dest, key, seq, reason FROM halted_keys") {
-        if let Ok(rows) = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, String>(3)?,
-            ))
-        }) {
-            for (d, k, s, why) in rows.flatten() {
-                let _ = new.execute(
-                    "INSERT OR IGNORE INTO halted_keys (dest, key, seq, reason) VALUES (?1, ?2, ?3, ?4)",
-                    params![d, k, s, why],
-                );
-            }
-        }
+    if let Ok(stmt) = old.prepare("SELECT dest, key, seq, reason FROM halted_keys") {
+        copy_each(
+            stmt,
+            4,
+            new,
+            "INSERT OR IGNORE INTO halted_keys (dest, key, seq, reason) VALUES (?1, ?2, ?3, ?4)",
+        );
     }
-    // Review records: best effort too, and whole rows or nothing. A held
-    // message whose record is lost is still held, and listed again (with
-    // no original) by `review_gaps` below.
-    if let Ok(mut stmt) = old.prepare(
+    // Whole review rows or nothing.
+    if let Ok(stmt) = old.prepare(
         "SELECT seq, dest, category, kind, reason, received_at, created_at, original, decision, reviewer, note,
          corrected, patch, decided_at FROM reviews",
     ) {
-        if let Ok(rows) = stmt.query_map([], |r| {
-            (0..14)
-                .map(|i| r.get::<_, rusqlite::types::Value>(i))
-                .collect::<rusqlite::Result<Vec<_>>>()
-        }) {
-            for row in rows.flatten() {
-                let _ = new.execute(
-                    "INSERT OR IGNORE INTO reviews (seq, dest, category, kind, reason, received_at, created_at,
-                     original, decision, reviewer, note, corrected, patch, decided_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
-                    rusqlite::params_from_iter(row),
-                );
-            }
-        }
+        copy_each(
+            stmt,
+            14,
+            new,
+            "INSERT OR IGNORE INTO reviews (seq, dest, category, kind, reason, received_at, created_at,
+             original, decision, reviewer, note, corrected, patch, decided_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        );
     }
     review_gaps(new);
-    if let Ok(mut stmt) = old.prepare("SELECT dest, state, reason, head_seq FROM destinations") {
-        if let Ok(rows) = stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, Option<i64>>(3)?,
-            ))
-        }) {
-            for (d, s, why, h) in rows.flatten() {
-                let _ = new.execute(
-                    "INSERT OR IGNORE INTO destinations (dest, state, reason, head_seq) VALUES (?1, ?2, ?3, ?4)",
-                    params![d, s, why, h],
-                );
-            }
-        }
+    if let Ok(stmt) = old.prepare("SELECT dest, state, reason, head_seq FROM destinations") {
+        copy_each(
+            stmt,
+            4,
+            new,
+            "INSERT OR IGNORE INTO destinations (dest, state, reason, head_seq) VALUES (?1, ?2, ?3, ?4)",
+        );
     }
-    new.execute_batch("COMMIT")
+}
+
+/// Runs `insert` for each row of `select` that reads whole (its first
+/// `columns` columns); rows that do not are skipped, and so is a failed
+/// insert.
+fn copy_each(mut select: rusqlite::Statement<'_>, columns: usize, new: &Connection, insert: &str) {
+    use rusqlite::types::{Type, Value, ValueRef};
+    let Ok(rows) = select.query_map([], |r| {
+        (0..columns)
+            .map(|i| {
+                // Not `Value::from`: it panics on text that is not UTF-8,
+                // which is what damage produces; such a row is skipped.
+                Ok(match r.get_ref(i)? {
+                    ValueRef::Text(t) => match std::str::from_utf8(t) {
+                        Ok(t) => Value::Text(t.to_string()),
+                        Err(e) => return Err(rusqlite::Error::FromSqlConversionFailure(i, Type::Text, Box::new(e))),
+                    },
+                    other => Value::from(other),
+                })
+            })
+            .collect::<rusqlite::Result<Vec<_>>>()
+    }) else {
+        return;
+    };
+    for row in rows.flatten() {
+        let _ = new.execute(insert, rusqlite::params_from_iter(row));
+    }
 }
 
 type RawRow = Vec<rusqlite::types::Value>;
