@@ -32,11 +32,15 @@ producers() {
   export TIDEGATE_BENCH_TOKEN="bench-token-$PRODUCERS-0123456789abcdef"
 }
 # HANDOFF=1 (handoff.sh): the destination validates against a schema of 10
-# properties and maps 10 fields, as benches/handoff.rs does.
+# properties and maps 10 fields, as benches/handoff.rs does (a mapping: it
+# runs natively). HANDOFF=general: the same with a general jq program (map,
+# select, string interpolation), which runs in the sandbox's workers.
 handoff() {
   [ -n "${HANDOFF:-}" ] || return 0
+  local program=mapping.jq
+  [ "$HANDOFF" != general ] || program=general.jq
   printf '[destination.handoff]\nschema = "%s"\ntransform_file = "%s"\ncategory = ".document_type"\n' \
-    "$PWD/loadtests/handoff/schema.json" "$PWD/loadtests/handoff/mapping.jq"
+    "$PWD/loadtests/handoff/schema.json" "$PWD/loadtests/handoff/$program"
 }
 # REVIEW=1 (review.sh): the destination has a review station whose
 # predicate and sampling hold none of the load's messages (the body's

@@ -205,6 +205,10 @@ pub enum HandoffAction {
         /// Print the preview as JSON (as the admin API's preview answers).
         #[arg(long)]
         json: bool,
+        /// Instead of a preview: how each of the destination's programs
+        /// runs, compiled (in place, no sandbox) or in the sandbox, and why.
+        #[arg(long)]
+        explain: bool,
     },
 }
 

@@ -113,6 +113,27 @@ pub(super) fn verify(config: PathBuf) -> ExitCode {
     }
 }
 
+/// `tidegate handoff test --explain`: how the destination's programs run.
+pub(super) fn handoff_explain(config: PathBuf, destination: &str) -> ExitCode {
+    let config = match load(&config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(entry) = config.destination(destination) else {
+        let names: Vec<&str> = config.destinations.iter().map(|d| d.name.as_str()).collect();
+        eprintln!(
+            "tidegate: no destination {destination:?} in the config (it has: {})",
+            names.join(", ")
+        );
+        return ExitCode::FAILURE;
+    };
+    let explanation = entry.handoff.as_ref().map(|h| h.runner.explain(destination));
+    use std::io::Write;
+    let out = render::render_explanation(destination, explanation.as_ref());
+    let _ = std::io::stdout().lock().write_all(out.as_bytes());
+    ExitCode::SUCCESS
+}
+
 /// `tidegate handoff test`: the preview the admin API would give, from the
 /// config file alone.
 pub(super) fn handoff_test(

@@ -66,8 +66,12 @@ pub fn run(args: Args) -> ExitCode {
                     path,
                     content_type,
                     json,
+                    explain,
                 },
-        } => local::handoff_test(config, &destination, file, &path, &content_type, json),
+        } => match explain {
+            true => local::handoff_explain(config, &destination),
+            false => local::handoff_test(config, &destination, file, &path, &content_type, json),
+        },
         Command::Map { config, admin, format } => local::chain_command(config, admin, |chain, _, _| {
             let out = match format {
                 MapFormat::Mermaid => crate::chain::map::mermaid(chain),

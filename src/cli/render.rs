@@ -331,6 +331,34 @@ pub fn render_plan(chain: &crate::chain::Chain, source: &str, live: bool) -> (St
     (s, ok)
 }
 
+/// How a destination's programs run (for `tidegate handoff test
+/// --explain`).
+pub fn render_explanation(dest: &str, e: Option<&crate::handoff::Explanation>) -> String {
+    let Some(e) = e.filter(|e| !e.programs.is_empty()) else {
+        return format!("{dest}: no programs; bodies are not run through jq\n");
+    };
+    let mut out = format!("{dest}:\n");
+    let width = e.programs.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (key, why) in &e.programs {
+        match why {
+            None => out.push_str(&format!("  {key:width$}  compiled\n")),
+            Some(why) => out.push_str(&format!("  {key:width$}  sandbox: {why}\n")),
+        }
+    }
+    let place = |native: bool, held_by: Option<&str>| match (native, held_by) {
+        (true, _) => "in place (compiled)".to_string(),
+        (false, Some(key)) => format!("in the sandbox (for its {key})"),
+        (false, None) => "in the sandbox".to_string(),
+    };
+    let held_by = e.admission_held_by.as_deref();
+    out.push_str(&format!("at ingress:   {}\n", place(e.admits_natively, held_by)));
+    out.push_str(&format!(
+        "at delivery:  {}\n",
+        place(e.renders_natively, Some("transform").filter(|_| !e.renders_natively))
+    ));
+    out
+}
+
 /// A preview as a person reads it (for `tidegate handoff test`).
 pub fn render_preview(v: &Value) -> String {
     let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();

@@ -4,7 +4,9 @@
 //!
 //! Nothing here bounds a program's time, memory or stack: jaq has no such
 //! limits, so programs run inside the sandbox's worker processes
-//! (`super::sandbox`), which the server kills when they run away.
+//! (`super::sandbox`), which the server kills when they run away. The one
+//! exception is a mapping (the `native` module's subset), which terminates
+//! by construction: jaq runs it in place when the native evaluator defers.
 
 use jaq_core::data::JustLut;
 use jaq_core::load::{Arena, File, Loader};

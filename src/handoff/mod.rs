@@ -10,11 +10,15 @@
 //!   no I/O, used by the tests and benches directly. [`Table::admit`] is
 //!   the ingress pipeline (parse → schema → route → category → transform +
 //!   format); [`Table::render`] is what each delivery attempt runs.
+//! - Each program is a [`program::Code`]: compiled for jaq, and natively
+//!   (`native`) when it is a mapping of paths and literals, which then runs
+//!   without the jq engine; jaq's answer stays the contract.
 //! - [`Runner`] (in `sandbox`) runs a table in worker processes that are
 //!   killed when a program runs too long, and die alone when it recurses too
 //!   deep or takes too much memory. Every caller in the server goes through
 //!   it: jq has no limits of its own, and this is the one place they are
-//!   enforced.
+//!   enforced. Calls whose programs are all native (and so terminate by
+//!   construction) it runs in place.
 //!
 //! Invariants: the stored body is always the producer's original; the same
 //! table and body give the same bytes every time; a failure names its stage
@@ -22,6 +26,8 @@
 
 mod format;
 pub mod jq;
+mod native;
+mod program;
 
 mod sandbox;
 
@@ -30,9 +36,11 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use program::{Code, Input};
+
 pub use format::{CsvLayout, Format};
 
-pub use sandbox::{worker_main, RunError, Runner, WORKER_ARG};
+pub use sandbox::{worker_main, Explanation, RunError, Runner, WORKER_ARG};
 
 /// At most this many schema errors are reported.
 pub const MAX_SCHEMA_ERRORS: usize = 20;
@@ -233,11 +241,32 @@ pub const UNCATEGORISED: &str = "uncategorised";
 struct Compiled {
     spec: Spec,
     schema: Option<jsonschema::Validator>,
-    transform: Option<jq::Program>,
-    category: Option<jq::Program>,
-    key: Option<jq::Program>,
-    hold_when: Option<jq::Program>,
-    routes: Vec<(jq::Program, String)>,
+    transform: Option<Code>,
+    category: Option<Code>,
+    key: Option<Code>,
+    hold_when: Option<Code>,
+    routes: Vec<(Code, String)>,
+}
+
+impl Compiled {
+    /// Each program with the key it is configured under.
+    fn programs(&self) -> impl Iterator<Item = (String, &Code)> {
+        let named = [
+            ("transform", &self.transform),
+            ("category", &self.category),
+            ("key", &self.key),
+            ("hold_when", &self.hold_when),
+        ];
+        named
+            .into_iter()
+            .filter_map(|(k, c)| c.as_ref().map(|c| (k.to_string(), c)))
+            .chain(
+                self.routes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (c, _))| (format!("route[{i}].when"), c)),
+            )
+    }
 }
 
 /// Every destination's handoff, compiled.
@@ -265,7 +294,7 @@ impl Table {
             };
             let program = |key: &str, code: &Option<String>| {
                 code.as_deref()
-                    .map(jq::Program::compile)
+                    .map(Code::compile)
                     .transpose()
                     .map_err(|e| fail(key.to_string(), e))
             };
@@ -283,7 +312,7 @@ impl Table {
             };
             let mut routes = Vec::new();
             for (i, r) in spec.routes.iter().enumerate() {
-                let p = jq::Program::compile(&r.when).map_err(|e| fail(format!("route[{i}].when"), e))?;
+                let p = Code::compile(&r.when).map_err(|e| fail(format!("route[{i}].when"), e))?;
                 routes.push((p, r.to.clone()));
             }
             by_name.insert(
@@ -313,15 +342,15 @@ impl Table {
         };
         let value = parse(dest, body)?;
         validate(dest, addressed, &value)?;
-        let input = jq::from_json(&value);
+        let input = Input::new(&value);
         let mut owner = (dest, addressed);
         let mut routed_from = None;
         let mut hold = None;
         for (i, (when, to)) in addressed.routes.iter().enumerate() {
             let hit = when
-                .first(input.clone())
+                .holds(&input)
                 .map_err(|e| transform_failure(dest, format!("route {i} (when): {e}")))?;
-            if hit.as_ref().is_some_and(jq::truthy) {
+            if hit {
                 if to == REVIEW {
                     // Held where it was addressed, for a human to decide.
                     hold = Some(Hold::Route);
@@ -355,15 +384,15 @@ impl Table {
         if hold.is_none() {
             if let Some(p) = &compiled.hold_when {
                 let hit = p
-                    .first(input.clone())
+                    .holds(&input)
                     .map_err(|e| transform_failure(name, format!("hold_when: {e}")))?;
-                if hit.as_ref().is_some_and(jq::truthy) {
+                if hit {
                     hold = Some(Hold::Predicate);
                 }
             }
         }
         let rendered = if compiled.spec.renders() {
-            Some(render_value(name, compiled, &value, input)?)
+            Some(render_value(name, compiled, &input)?)
         } else {
             None
         };
@@ -385,8 +414,50 @@ impl Table {
             return Ok(None);
         };
         let value = parse(dest, body)?;
-        let input = jq::from_json(&value);
-        render_value(dest, compiled, &value, input).map(Some)
+        render_value(dest, compiled, &Input::new(&value)).map(Some)
+    }
+}
+
+impl Table {
+    /// Whether a body addressed to `dest` is admitted without the sandbox:
+    /// every program its admission may run (its own, and those of the
+    /// destinations its routes lead to) is native, so it terminates by
+    /// construction. A destination without a handoff runs nothing.
+    pub fn admits_natively(&self, dest: &str) -> bool {
+        self.why_admitted_in_sandbox(dest).is_none()
+    }
+
+    /// The first program that keeps `dest`'s admissions in the sandbox, as
+    /// `key` or `key of target` (a route's target).
+    pub fn why_admitted_in_sandbox(&self, dest: &str) -> Option<String> {
+        let c = self.by_name.get(dest)?;
+        if let Some((key, _)) = c.programs().find(|(_, p)| !p.is_native()) {
+            return Some(key);
+        }
+        c.routes.iter().find_map(|(_, to)| {
+            let target = self.by_name.get(to.as_str())?;
+            let (key, _) = target.programs().find(|(_, p)| !p.is_native())?;
+            Some(format!("{key} of {to}, where a route leads"))
+        })
+    }
+
+    /// Whether a delivery's (or a correction's) rendering for `dest` runs
+    /// without the sandbox: its transform, if any, is native.
+    pub fn renders_natively(&self, dest: &str) -> bool {
+        self.by_name
+            .get(dest)
+            .and_then(|c| c.transform.as_ref())
+            .is_none_or(Code::is_native)
+    }
+
+    /// Each of `dest`'s programs (by its config key) and, when it runs in
+    /// the sandbox, why (`tidegate handoff test --explain`).
+    pub fn explain(&self, dest: &str) -> Vec<(String, Option<String>)> {
+        self.by_name.get(dest).map_or_else(Vec::new, |c| {
+            c.programs()
+                .map(|(key, p)| (key, p.why_not_native().map(str::to_string)))
+                .collect()
+        })
     }
 }
 
@@ -403,29 +474,20 @@ impl Table {
         if !compiled.spec.renders() {
             return Ok(None);
         }
-        let input = jq::from_json(&value);
-        render_value(dest, compiled, &value, input).map(Some)
+        render_value(dest, compiled, &Input::new(&value)).map(Some)
     }
 }
 
 /// What a labelling program (category, key) makes of a body, as text: a
 /// string as it is, any other value as its JSON; `None` when it yields
 /// nothing or `null`.
-fn text_of(
-    dest: &str,
-    what: &str,
-    program: &Option<jq::Program>,
-    input: &jaq_json::Val,
-) -> Result<Option<String>, Failure> {
+fn text_of(dest: &str, what: &str, program: &Option<Code>, input: &Input<'_>) -> Result<Option<String>, Failure> {
     let Some(p) = program else { return Ok(None) };
-    match p.first(input.clone()) {
+    match p.output(input) {
         Err(e) => Err(transform_failure(dest, format!("{what}: {e}"))),
-        Ok(None) | Ok(Some(jaq_json::Val::Null)) => Ok(None),
-        Ok(Some(v)) => match jq::to_json(&v) {
-            Ok(Value::String(s)) => Ok(Some(s)),
-            Ok(other) => Ok(Some(other.to_string())),
-            Err(e) => Err(transform_failure(dest, format!("{what}: {e}"))),
-        },
+        Ok(None) | Ok(Some(Value::Null)) => Ok(None),
+        Ok(Some(Value::String(s))) => Ok(Some(s)),
+        Ok(Some(other)) => Ok(Some(other.to_string())),
     }
 }
 
@@ -493,16 +555,15 @@ fn transform_failure(dest: &str, message: String) -> Failure {
     }
 }
 
-fn render_value(dest: &str, c: &Compiled, value: &Value, input: jaq_json::Val) -> Result<Rendered, Failure> {
+fn render_value(dest: &str, c: &Compiled, input: &Input<'_>) -> Result<Rendered, Failure> {
     let transformed;
     let out = match &c.transform {
-        None => value,
+        None => input.value(),
         Some(p) => {
-            let v = p
-                .first(input)
+            transformed = p
+                .output(input)
                 .map_err(|e| transform_failure(dest, e))?
                 .ok_or_else(|| transform_failure(dest, "the transform produced no output".to_string()))?;
-            transformed = jq::to_json(&v).map_err(|e| transform_failure(dest, e))?;
             &transformed
         }
     };

@@ -1,5 +1,8 @@
 //! The sandbox: handoff tables run in worker processes (`tidegate
-//! __handoff-worker`, this same binary), never in the server's own threads.
+//! __handoff-worker`, this same binary), never in the server's own threads,
+//! unless every program a call may run is native (the `native` module: it
+//! terminates by construction, and needs no limits) and the body is of
+//! ordinary size; such a call runs in place, in microseconds.
 //!
 //! Why processes: jq programs have no step, memory or stack limits (jaq has
 //! none to set), and a thread cannot be stopped from outside. A worker that
@@ -10,10 +13,12 @@
 //! started for the next call.
 //!
 //! Invariants:
-//! - a worker serves one call at a time, over its stdin and stdout, and is
-//!   owned by that call while it runs: a call abandoned half-way (its
-//!   producer hung up) drops the worker, which kills it, so no worker is
-//!   ever reused in an unknown state;
+//! - a worker serves one batch of calls at a time, over its stdin and
+//!   stdout, and is owned by that batch while it runs; a worker that misses
+//!   the deadline or breaks the protocol is dropped (which kills it), so no
+//!   worker is ever reused in an unknown state. A caller that goes away
+//!   (its producer hung up) leaves its call to finish; the answer is
+//!   dropped;
 //! - each destination may occupy at most `per_destination` workers at once,
 //!   so a destination whose program runs away cannot take every worker;
 //! - workers get an empty environment (a transform cannot read secrets with
@@ -23,8 +28,10 @@
 //! the specs (`len, JSON`). A call: `op (0 admit, 1 render), len, dest,
 //! len, body`. An answer: `tag (0 ok, 1 failure), len, JSON, len, bytes`,
 //! where the JSON is the result without the rendered bytes, which follow.
+//! A batch is calls written back to back; the answers come in the same
+//! order, flushed together once the worker has read all it was sent.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -34,7 +41,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use super::{Admitted, Failure, Rendered, Specs, Stage, Table};
 
@@ -80,20 +87,74 @@ pub enum RunError {
 /// Runs one config's handoff table in worker processes. Built with the
 /// config, so a reload swaps programs and workers together; dropping it
 /// kills its idle workers.
+///
+/// Calls to the workers are batched per destination: a call joins its
+/// destination's queue, and each time one of the destination's
+/// `per_destination` slots is free, everything queued (up to
+/// [`MAX_BATCH`] calls, [`MAX_BATCH_BYTES`]) goes to one worker in one
+/// write, with one deadline. Under load a batch costs one round trip for
+/// many messages; a call alone waits for nothing. When a batch times out or
+/// its worker dies, the calls it had not answered are run again one at a
+/// time, so that only the message at fault fails.
 pub struct Runner {
-    specs: Arc<Vec<u8>>,
-    idle: Mutex<Vec<Worker>>,
-    permits: HashMap<String, Arc<Semaphore>>,
-    deadline: Duration,
+    /// The same table, for destinations whose programs are all native
+    /// (`Table::admits_natively`): they run here, not in a worker.
+    table: Option<Table>,
+    /// By destination: (admit, render) run here.
+    native: HashMap<String, (bool, bool)>,
+    pool: Arc<Pool>,
+    queues: HashMap<String, Queue>,
 }
 
 impl std::fmt::Debug for Runner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Runner")
-            .field("destinations", &self.permits.len())
+            .field("destinations", &self.queues.len())
             .finish()
     }
 }
+
+/// How a destination's handoff runs: each program (by its config key) with
+/// why it runs in the sandbox, if it does (`None`: compiled), and whether
+/// admissions (at ingress) and renderings (at delivery) run in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    pub programs: Vec<(String, Option<String>)>,
+    pub admits_natively: bool,
+    /// The program that keeps admissions in the sandbox, when one does.
+    pub admission_held_by: Option<String>,
+    pub renders_natively: bool,
+}
+
+/// Most calls one batch carries, and most bytes of their bodies (a batch
+/// reaches this only under load: a call alone goes alone).
+pub const MAX_BATCH: usize = 64;
+const MAX_BATCH_BYTES: usize = 1 << 20;
+
+/// The worker processes of one runner.
+struct Pool {
+    specs: Vec<u8>,
+    idle: Mutex<Vec<Worker>>,
+    deadline: Duration,
+}
+
+/// One destination's calls waiting for a worker. Its batcher task starts
+/// with the first call and ends with the runner (when the sender drops).
+struct Queue {
+    tx: mpsc::UnboundedSender<Call>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Call>>>,
+    slots: Arc<Semaphore>,
+}
+
+struct Call {
+    op: u8,
+    dest: String,
+    body: Vec<u8>,
+    answer: oneshot::Sender<Result<Answer, RunError>>,
+}
+
+/// A worker's answer: tag, JSON, rendered bytes.
+type Answer = (u8, Vec<u8>, Vec<u8>);
 
 struct Worker {
     /// Killed when dropped.
@@ -112,19 +173,42 @@ impl Runner {
     /// workers do not fail to compile them).
     pub fn new(specs: &Specs) -> Runner {
         let per_destination = std::thread::available_parallelism().map_or(2, |n| n.get()).max(2);
-        Runner {
-            specs: Arc::new(serde_json::to_vec(specs).unwrap_or_default()),
-            idle: Mutex::new(Vec::new()),
-            permits: specs
+        let table = Table::compile(specs).ok();
+        let native = match &table {
+            None => HashMap::new(),
+            Some(t) => specs
                 .iter()
-                .map(|(name, _)| (name.clone(), Arc::new(Semaphore::new(per_destination))))
+                .map(|(name, _)| (name.clone(), (t.admits_natively(name), t.renders_natively(name))))
                 .collect(),
-            deadline: DEADLINE,
+        };
+        Runner {
+            table,
+            native,
+            pool: Arc::new(Pool {
+                specs: serde_json::to_vec(specs).unwrap_or_default(),
+                idle: Mutex::new(Vec::new()),
+                deadline: DEADLINE,
+            }),
+            queues: specs
+                .iter()
+                .map(|(name, _)| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let queue = Queue {
+                        tx,
+                        rx: Mutex::new(Some(rx)),
+                        slots: Arc::new(Semaphore::new(per_destination)),
+                    };
+                    (name.clone(), queue)
+                })
+                .collect(),
         }
     }
 
     /// The ingress pipeline (`Table::admit`) for a body sent to `dest`.
     pub async fn admit(&self, dest: &str, body: &[u8]) -> Result<Admitted, RunError> {
+        if let Some(t) = self.here(dest, body, |(admit, _)| admit) {
+            return t.admit(dest, body).map_err(RunError::Failed);
+        }
         let (meta, bytes) = self.call(OP_ADMIT, dest, body).await?;
         let mut a: Admitted = serde_json::from_slice(&meta).map_err(|e| RunError::Unavailable(e.to_string()))?;
         if let Some(r) = a.rendered.as_mut() {
@@ -135,13 +219,37 @@ impl Runner {
 
     /// What a delivery attempt sends (`Table::render`).
     pub async fn render(&self, dest: &str, body: &[u8]) -> Result<Option<Rendered>, RunError> {
+        if let Some(t) = self.here(dest, body, |(_, render)| render) {
+            return t.render(dest, body).map_err(RunError::Failed);
+        }
         self.rendered(OP_RENDER, dest, body).await
     }
 
     /// A reviewer's correction checked (`Table::check`): the schema, then
     /// what it would send.
     pub async fn check(&self, dest: &str, body: &[u8]) -> Result<Option<Rendered>, RunError> {
+        if let Some(t) = self.here(dest, body, |(_, render)| render) {
+            return t.check(dest, body).map_err(RunError::Failed);
+        }
         self.rendered(OP_CHECK, dest, body).await
+    }
+
+    /// How `dest`'s programs run (`tidegate handoff test --explain`).
+    pub fn explain(&self, dest: &str) -> Explanation {
+        let (admits, renders) = self.native.get(dest).copied().unwrap_or((false, false));
+        Explanation {
+            programs: self.table.as_ref().map(|t| t.explain(dest)).unwrap_or_default(),
+            admits_natively: admits,
+            admission_held_by: self.table.as_ref().and_then(|t| t.why_admitted_in_sandbox(dest)),
+            renders_natively: renders,
+        }
+    }
+
+    /// The table, when `dest`'s call of that kind on `body` runs in this
+    /// process.
+    fn here(&self, dest: &str, body: &[u8], which: impl Fn((bool, bool)) -> bool) -> Option<&Table> {
+        let native = body.len() <= IN_LINE_BODY && self.native.get(dest).copied().is_some_and(which);
+        self.table.as_ref().filter(|_| native)
     }
 
     async fn rendered(&self, op: u8, dest: &str, body: &[u8]) -> Result<Option<Rendered>, RunError> {
@@ -153,60 +261,157 @@ impl Runner {
         }))
     }
 
+    /// One call through `dest`'s queue (a destination the config does not
+    /// know has none, and goes alone): the answer's JSON and bytes, or
+    /// the message's failure.
     async fn call(&self, op: u8, dest: &str, body: &[u8]) -> Result<(Vec<u8>, Vec<u8>), RunError> {
-        let permits = self.permits.get(dest).cloned();
-        let _permit = match &permits {
-            Some(p) => Some(p.acquire().await.map_err(|e| RunError::Unavailable(e.to_string()))?),
-            None => None,
+        let (answer, answered) = oneshot::channel();
+        let call = Call {
+            op,
+            dest: dest.to_string(),
+            body: body.to_vec(),
+            answer,
         };
-        let popped = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut worker = match popped {
-            Some(w) => w,
-            None => self.spawn().await?,
+        match self.queues.get(dest) {
+            Some(q) => {
+                if let Some(rx) = q.rx.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                    tokio::spawn(batcher(self.pool.clone(), rx, q.slots.clone()));
+                }
+                if q.tx.send(call).is_err() {
+                    return Err(RunError::Unavailable("the handoff batcher stopped".into()));
+                }
+            }
+            None => self.pool.run(VecDeque::from([call])).await,
+        }
+        let (tag, meta, bytes) = answered
+            .await
+            .map_err(|_| RunError::Unavailable("the handoff batcher dropped a call".into()))??;
+        if tag & !TAG_RETIRING == 0 {
+            Ok((meta, bytes))
+        } else {
+            let f: Failure = serde_json::from_slice(&meta).map_err(|e| RunError::Unavailable(e.to_string()))?;
+            Err(RunError::Failed(f))
+        }
+    }
+}
+
+/// Takes what a destination's queue holds whenever one of its slots is
+/// free, and runs it as one batch.
+async fn batcher(pool: Arc<Pool>, mut rx: mpsc::UnboundedReceiver<Call>, slots: Arc<Semaphore>) {
+    while let Some(first) = rx.recv().await {
+        // Calls that arrive while every slot is busy join this batch.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
         };
-        match tokio::time::timeout(self.deadline, worker.call(op, dest, body)).await {
-            Ok(Ok((tag, meta, bytes))) => {
-                if tag & TAG_RETIRING == 0 {
+        let mut bytes = first.body.len();
+        let mut calls = VecDeque::from([first]);
+        while calls.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
+            match rx.try_recv() {
+                Ok(c) => {
+                    bytes += c.body.len();
+                    calls.push_back(c);
+                }
+                Err(_) => break,
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.run(calls).await;
+            drop(slot);
+        });
+    }
+}
+
+/// Why a worker left calls of its batch unanswered (they are still in
+/// the batch).
+enum Fault {
+    /// It died (how, as its exit status says).
+    Died(String),
+    /// The deadline passed.
+    TimedOut,
+}
+
+impl Pool {
+    /// Answers every call of `calls`, in as few worker round trips as it
+    /// can.
+    async fn run(&self, mut calls: VecDeque<Call>) {
+        while !calls.is_empty() {
+            let mut worker = match self.take_worker().await {
+                Ok(w) => w,
+                Err(e) => {
+                    for c in calls {
+                        let _ = c.answer.send(Err(RunError::Unavailable(e.clone())));
+                    }
+                    return;
+                }
+            };
+            let alone = calls.len() == 1;
+            let ended = match tokio::time::timeout(self.deadline, worker.exchange(&mut calls)).await {
+                Ok(Ok(false)) => {
                     let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
                     if idle.len() < MAX_IDLE {
                         idle.push(worker);
                     }
+                    return;
                 }
-                if tag & !TAG_RETIRING == 0 {
-                    Ok((meta, bytes))
-                } else {
-                    let f: Failure = serde_json::from_slice(&meta).map_err(|e| RunError::Unavailable(e.to_string()))?;
-                    Err(RunError::Failed(f))
-                }
-            }
-            Ok(Err(e)) => {
-                let status = worker.finish().await;
-                tracing::warn!(destination = dest, error = %e, status, "handoff worker died during a call");
-                Err(RunError::Failed(Failure {
-                    stage: Stage::Transform,
-                    destination: dest.to_string(),
-                    message: format!("the transform ran out of stack or memory and was stopped ({status})"),
-                    violations: Vec::new(),
-                }))
-            }
-            Err(_) => {
+                Ok(Ok(true)) => continue,
+                Ok(Err(_)) => Fault::Died(worker.finish().await),
                 // Dropping the worker kills it.
-                drop(worker);
-                Err(RunError::Failed(Failure {
-                    stage: Stage::Transform,
-                    destination: dest.to_string(),
-                    message: format!(
-                        "the transform ran longer than {} s and was stopped",
-                        self.deadline.as_secs()
-                    ),
-                    violations: Vec::new(),
-                }))
+                Err(_) => Fault::TimedOut,
+            };
+            match ended {
+                fault if alone => {
+                    if let Some(c) = calls.pop_front() {
+                        let message = match fault {
+                            Fault::Died(status) => {
+                                tracing::warn!(destination = %c.dest, %status, "handoff worker died during a call");
+                                format!("the transform ran out of stack or memory and was stopped ({status})")
+                            }
+                            Fault::TimedOut => format!(
+                                "the transform ran longer than {} s and was stopped",
+                                self.deadline.as_secs()
+                            ),
+                        };
+                        let _ = c.answer.send(Err(RunError::Failed(Failure {
+                            stage: Stage::Transform,
+                            destination: c.dest,
+                            message,
+                            violations: Vec::new(),
+                        })));
+                    }
+                    return;
+                }
+                // Which unanswered call was at fault is not certain from
+                // here: each goes again alone, with a deadline of its own.
+                fault => {
+                    let why = match fault {
+                        Fault::Died(status) => status,
+                        Fault::TimedOut => "deadline passed".to_string(),
+                    };
+                    tracing::warn!(
+                        unanswered = calls.len(),
+                        reason = %why,
+                        "a handoff batch failed; running its unanswered calls one at a time"
+                    );
+                    for c in calls.drain(..) {
+                        Box::pin(self.run(VecDeque::from([c]))).await;
+                    }
+                    return;
+                }
             }
         }
     }
 
-    async fn spawn(&self) -> Result<Worker, RunError> {
-        let exe: PathBuf = std::env::current_exe().map_err(|e| RunError::Unavailable(e.to_string()))?;
+    async fn take_worker(&self) -> Result<Worker, String> {
+        let popped = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match popped {
+            Some(w) => Ok(w),
+            None => self.spawn().await,
+        }
+    }
+
+    async fn spawn(&self) -> Result<Worker, String> {
+        let exe: PathBuf = std::env::current_exe().map_err(|e| e.to_string())?;
         let mut child = Command::new(&exe)
             .arg(WORKER_ARG)
             .env_clear()
@@ -215,16 +420,16 @@ impl Runner {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| RunError::Unavailable(format!("cannot start {}: {e}", exe.display())))?;
+            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
         let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err(RunError::Unavailable("worker pipes missing".into()));
+            return Err("worker pipes missing".into());
         };
         let mut frame = Vec::with_capacity(self.specs.len() + 4);
         put(&mut frame, &self.specs);
         stdin
             .write_all(&frame)
             .await
-            .map_err(|e| RunError::Unavailable(format!("cannot start a handoff worker: {e}")))?;
+            .map_err(|e| format!("cannot start a handoff worker: {e}"))?;
         Ok(Worker {
             child,
             stdin,
@@ -233,18 +438,49 @@ impl Runner {
     }
 }
 
+/// Largest body a native call runs on the caller's (async) thread: a
+/// larger one's parse and schema check would hold up the other tasks
+/// there, so it goes to a worker like any other call.
+const IN_LINE_BODY: usize = 64 << 10;
+
 impl Worker {
-    async fn call(&mut self, op: u8, dest: &str, body: &[u8]) -> std::io::Result<(u8, Vec<u8>, Vec<u8>)> {
-        let mut frame = Vec::with_capacity(body.len() + dest.len() + 9);
-        frame.push(op);
-        put(&mut frame, dest.as_bytes());
-        put(&mut frame, body);
-        self.stdin.write_all(&frame).await?;
-        self.stdin.flush().await?;
-        let tag = self.stdout.read_u8().await?;
-        let meta = read_async(&mut self.stdout).await?;
-        let bytes = read_async(&mut self.stdout).await?;
-        Ok((tag, meta, bytes))
+    /// Sends every call of `calls` in one write and answers them in order
+    /// as the answers come (reading while writing: a batch larger than the
+    /// pipes must not wait on itself). An answered call leaves `calls`.
+    /// `Ok(true)`: the worker retires after the last answer it gave.
+    async fn exchange(&mut self, calls: &mut VecDeque<Call>) -> std::io::Result<bool> {
+        let mut frame = Vec::with_capacity(calls.iter().map(|c| c.body.len() + c.dest.len() + 9).sum());
+        for c in calls.iter() {
+            frame.push(c.op);
+            put(&mut frame, c.dest.as_bytes());
+            put(&mut frame, &c.body);
+        }
+        let (stdin, stdout) = (&mut self.stdin, &mut self.stdout);
+        let write = async {
+            stdin.write_all(&frame).await?;
+            stdin.flush().await
+        };
+        let read = async {
+            while !calls.is_empty() {
+                let tag = stdout.read_u8().await?;
+                let meta = read_async(stdout).await?;
+                let bytes = read_async(stdout).await?;
+                if let Some(c) = calls.pop_front() {
+                    let _ = c.answer.send(Ok((tag, meta, bytes)));
+                }
+                if tag & TAG_RETIRING != 0 {
+                    return Ok::<bool, std::io::Error>(true);
+                }
+            }
+            Ok(false)
+        };
+        let (written, retired) = tokio::join!(write, read);
+        // A worker that retired mid-batch stops reading: the write's error
+        // then says nothing.
+        match retired? {
+            true => Ok(true),
+            false => written.map(|()| false),
+        }
     }
 
     /// How the worker ended, for the log and the failure's message.
@@ -302,8 +538,8 @@ pub fn worker_main() -> std::process::ExitCode {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
     let _ = rlimit::setrlimit(rlimit::Resource::AS, ADDRESS_SPACE, ADDRESS_SPACE);
-    let mut input = std::io::BufReader::new(std::io::stdin().lock());
-    let mut output = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut input = std::io::BufReader::with_capacity(64 << 10, std::io::stdin().lock());
+    let mut output = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
     let table = match read_frame(&mut input)
         .ok()
         .and_then(|f| serde_json::from_slice::<Specs>(&f).ok())
@@ -353,12 +589,21 @@ pub fn worker_main() -> std::process::ExitCode {
         let Ok(meta) = meta else {
             return std::process::ExitCode::from(2);
         };
-        let retiring = resident_bytes().is_some_and(|r| r > RETIRE_RESIDENT);
+        // The rest of a batch already read: its answers go out together,
+        // and the worker retires only between batches (one that retires
+        // mid-batch still leaves the server nothing lost: it sends the rest
+        // to another worker).
+        let batch_done = input.buffer().is_empty();
+        let retiring = batch_done && resident_bytes().is_some_and(|r| r > RETIRE_RESIDENT);
         let mut frame = Vec::with_capacity(meta.len() + bytes.len() + 9);
         frame.push(if retiring { tag | TAG_RETIRING } else { tag });
         put(&mut frame, &meta);
         put(&mut frame, &bytes);
-        if output.write_all(&frame).and_then(|_| output.flush()).is_err() || retiring {
+        let sent = output
+            .write_all(&frame)
+            .and_then(|_| if batch_done { output.flush() } else { Ok(()) });
+        if sent.is_err() || retiring {
+            let _ = output.flush();
             return std::process::ExitCode::SUCCESS;
         }
     }

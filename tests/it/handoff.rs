@@ -323,6 +323,55 @@ async fn runaway_programs_at_ingress_fail_their_message_and_nothing_else() {
     problem(r, 422, "transform_failed").await;
 }
 
+/// Sandboxed calls go to the workers in batches; a message that runs away
+/// inside a batch fails alone: its batch's other calls are answered (those
+/// before it by the worker that timed out, those after it by another, one
+/// at a time), and every sound message is stored and delivered.
+#[tokio::test]
+async fn a_runaway_message_in_a_batch_fails_alone() {
+    let ds = Downstream::start().await;
+    // A general program (in the sandbox), which spins on request.
+    let program = r#"if .spin then (def f: f; f) else {v: .v, at: "\(.v)"} end"#;
+    let tg = Tidegate::start(&destination(
+        "mixed",
+        &ds.url(),
+        &format!("[destination.handoff]\ntransform = '''{program}'''"),
+    ))
+    .await;
+    let tg_ref = &tg;
+    // Two spinning messages hold both of the destination's worker slots
+    // while the rest queue up behind them, to go as one batch with a third
+    // spinning message in its middle.
+    let spin = || async move {
+        let r = tg_ref.post("/mixed/x", r#"{"spin": true}"#).await;
+        let v = problem(r, 422, "transform_failed").await;
+        assert!(v["detail"].as_str().unwrap().contains("stopped"), "{v}");
+    };
+    let sound = |i: usize| async move {
+        let r = tg_ref.post("/mixed/x", &format!("{{\"v\": {i}}}")).await;
+        assert_eq!(r.status(), 202, "message {i}");
+    };
+    let first = futures_util::future::join(spin(), spin());
+    let queued = async {
+        let before = futures_util::future::join_all((0..10).map(sound));
+        let after = futures_util::future::join_all((10..20).map(sound));
+        futures_util::future::join3(before, spin(), after).await;
+    };
+    futures_util::future::join(first, queued).await;
+    eventually(Duration::from_secs(30), "the 20 sound messages delivered", || async {
+        ds.seen().len() >= 20
+    })
+    .await;
+    let mut seen: Vec<String> = ds
+        .seen()
+        .iter()
+        .map(|s| String::from_utf8(s.body.to_vec()).unwrap())
+        .collect();
+    seen.sort_by_key(|b| serde_json::from_str::<serde_json::Value>(b).unwrap()["v"].as_u64());
+    let expected: Vec<String> = (0..20).map(|i| format!(r#"{{"v":{i},"at":"{i}"}}"#)).collect();
+    assert_eq!(seen, expected);
+}
+
 #[tokio::test]
 async fn a_transform_broken_by_a_reload_dead_letters_and_a_fixed_one_delivers_the_replay() {
     let ds = Downstream::start().await;

@@ -1,0 +1,676 @@
+//! Compiled mappings: the jq programs that handoffs mostly are (objects of
+//! paths and literals, `path // default`, predicates such as `.confidence <
+//! 0.8 and .kind == "nda"`) evaluated directly on the parsed body, with no
+//! jq engine and no sandbox.
+//!
+//! What compiles here: paths (`.`, `.a`, `."a b"`, `.["a"]`, `.[2]`, and
+//! chains of them), literals (null, booleans, numbers, strings without
+//! interpolation), objects (`{a: f, "b": g, c}`) and arrays (`[f, g]`) of
+//! such, `f // g`, comparisons (`==`, `!=`, `<`, `<=`, `>`, `>=`), `and`,
+//! `or`, `f | not`, `f | ascii_downcase`, `f | ascii_upcase`, `if f then g
+//! else h end` (with `elif`), and parentheses.
+//! Each of these yields exactly one value and touches each input node at
+//! most once per mention, so a program made of them terminates by
+//! construction and needs none of the sandbox's limits. Anything else (a
+//! function, a variable, `..`, `reduce`, string interpolation) is refused
+//! with the reason, and the program runs in jq as before.
+//!
+//! Invariant: jq's answer is the contract. Where this evaluator is not sure
+//! to give exactly what jaq gives (an index into the wrong type, which is an
+//! error whose wording is jaq's; a `-0` that jaq prints as `0`; an output
+//! nested deeper than [`jq::MAX_DEPTH`]) it answers [`Unsure`] and the
+//! caller asks jaq. Literals are evaluated by jaq itself when compiled, and
+//! comparisons use jaq's own ordering of values, so neither can drift.
+//! `tests/it/…` and this module's tests compare both on random JSON.
+
+use std::borrow::Cow;
+use std::cmp::Ordering;
+
+use serde_json::Value;
+
+use super::jq;
+
+/// A program in the subset above.
+#[derive(Debug, Clone)]
+pub struct Expr(Node);
+
+#[derive(Debug, Clone)]
+enum Node {
+    Path(Vec<Step>),
+    /// The literal's value as jaq makes it, and as a jaq value for
+    /// comparisons.
+    Literal(Value),
+    Object(Vec<(String, Node)>),
+    Array(Vec<Node>),
+    Alt(Box<Node>, Box<Node>),
+    Compare(Box<Node>, Op, Box<Node>),
+    And(Box<Node>, Box<Node>),
+    Or(Box<Node>, Box<Node>),
+    /// `f | not`, `f | ascii_downcase`, `f | ascii_upcase`.
+    Then(Box<Node>, Builtin),
+    If(Box<Node>, Box<Node>, Box<Node>),
+}
+
+#[derive(Debug, Clone)]
+enum Step {
+    Key(String),
+    Index(i64),
+}
+
+/// The builtins a mapping may pipe into: pure, one output, linear time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Builtin {
+    Not,
+    AsciiDowncase,
+    AsciiUpcase,
+}
+
+impl Builtin {
+    fn named(name: &str) -> Option<Builtin> {
+        Some(match name {
+            "not" => Builtin::Not,
+            "ascii_downcase" => Builtin::AsciiDowncase,
+            "ascii_upcase" => Builtin::AsciiUpcase,
+            _ => return None,
+        })
+    }
+
+    /// jq's `ascii_downcase` and `ascii_upcase` change ASCII letters only,
+    /// and fail on anything but a string (in jaq's words: `Unsure`).
+    fn apply<'a>(self, v: Cow<'a, Value>) -> Result<Cow<'a, Value>, Unsure> {
+        Ok(Cow::Owned(match (self, &*v) {
+            (Builtin::Not, v) => Value::Bool(!truthy(v)),
+            (Builtin::AsciiDowncase, Value::String(s)) => Value::String(s.to_ascii_lowercase()),
+            (Builtin::AsciiUpcase, Value::String(s)) => Value::String(s.to_ascii_uppercase()),
+            _ => return Err(Unsure),
+        }))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+/// This input is one the evaluator cannot answer for exactly: ask jq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsure;
+
+static NULL: Value = Value::Null;
+
+impl Expr {
+    /// The program compiled, or why it is not in the subset (a sentence
+    /// for `handoff test --explain`). Only for programs jaq compiles: the
+    /// grammar here is a subset of jq's, not a judge of it.
+    pub fn compile(code: &str) -> Result<Expr, String> {
+        let tokens = lex(code)?;
+        let mut p = Parser { tokens, at: 0 };
+        let node = p.pipe()?;
+        match p.peek() {
+            None => Ok(Expr(node)),
+            Some(t) => Err(format!("{} is not compiled", t.describe())),
+        }
+    }
+
+    /// The program's one output for `input`, or [`Unsure`].
+    pub fn eval(&self, input: &Value) -> Result<Value, Unsure> {
+        let out = eval(&self.0, input)?.into_owned();
+        check_output(&out, 0)?;
+        Ok(out)
+    }
+
+    /// jq's truthiness of the program's output (for routes and `hold_when`,
+    /// whose output is never rendered, so never checked for depth).
+    pub fn holds(&self, input: &Value) -> Result<bool, Unsure> {
+        Ok(truthy(&*eval(&self.0, input)?))
+    }
+}
+
+fn truthy(v: &Value) -> bool {
+    !matches!(v, Value::Null | Value::Bool(false))
+}
+
+fn eval<'a>(node: &'a Node, input: &'a Value) -> Result<Cow<'a, Value>, Unsure> {
+    Ok(match node {
+        Node::Path(steps) => {
+            let mut v = input;
+            for step in steps {
+                v = index(v, step)?;
+            }
+            Cow::Borrowed(v)
+        }
+        Node::Literal(v) => Cow::Borrowed(v),
+        Node::Object(entries) => {
+            let mut m = serde_json::Map::with_capacity(entries.len());
+            for (k, n) in entries {
+                m.insert(k.clone(), eval(n, input)?.into_owned());
+            }
+            Cow::Owned(Value::Object(m))
+        }
+        Node::Array(items) => Cow::Owned(Value::Array(
+            items
+                .iter()
+                .map(|n| eval(n, input).map(Cow::into_owned))
+                .collect::<Result<_, _>>()?,
+        )),
+        Node::Alt(l, r) => {
+            let left = eval(l, input)?;
+            if truthy(&left) {
+                left
+            } else {
+                eval(r, input)?
+            }
+        }
+        Node::Compare(l, op, r) => {
+            let (l, r) = (eval(l, input)?, eval(r, input)?);
+            let ord = compare(&l, &r);
+            Cow::Owned(Value::Bool(match op {
+                Op::Eq => ord == Ordering::Equal,
+                Op::Ne => ord != Ordering::Equal,
+                Op::Lt => ord == Ordering::Less,
+                Op::Le => ord != Ordering::Greater,
+                Op::Gt => ord == Ordering::Greater,
+                Op::Ge => ord != Ordering::Less,
+            }))
+        }
+        Node::And(l, r) => Cow::Owned(Value::Bool(truthy(&*eval(l, input)?) && truthy(&*eval(r, input)?))),
+        Node::Or(l, r) => Cow::Owned(Value::Bool(truthy(&*eval(l, input)?) || truthy(&*eval(r, input)?))),
+        Node::Then(f, builtin) => builtin.apply(eval(f, input)?)?,
+        Node::If(c, t, e) => {
+            if truthy(&*eval(c, input)?) {
+                eval(t, input)?
+            } else {
+                eval(e, input)?
+            }
+        }
+    })
+}
+
+/// `.key` and `.[n]` as jq has them on null, objects and arrays; on
+/// anything else jq fails, in its own words.
+fn index<'a>(v: &'a Value, step: &Step) -> Result<&'a Value, Unsure> {
+    match (v, step) {
+        (Value::Null, _) => Ok(&NULL),
+        (Value::Object(m), Step::Key(k)) => Ok(m.get(k).unwrap_or(&NULL)),
+        (Value::Array(a), Step::Index(i)) => {
+            let i = if *i < 0 { a.len() as i64 + i } else { *i };
+            Ok(usize::try_from(i).ok().and_then(|i| a.get(i)).unwrap_or(&NULL))
+        }
+        _ => Err(Unsure),
+    }
+}
+
+/// jq's order of values, by jaq's own comparison: scalars cost a
+/// conversion each, containers (rare in predicates) a whole one.
+fn compare(l: &Value, r: &Value) -> Ordering {
+    match (l, r) {
+        (Value::Null, Value::Null) => Ordering::Equal,
+        (Value::Bool(a), Value::Bool(b)) => a.cmp(b),
+        (Value::String(a), Value::String(b)) => a.as_bytes().cmp(b.as_bytes()),
+        _ => jq::from_json(l).cmp(&jq::from_json(r)),
+    }
+}
+
+/// What jaq's conversion back to JSON would refuse or rewrite: nesting past
+/// [`jq::MAX_DEPTH`], and `-0`, which jaq reads as the integer 0.
+fn check_output(v: &Value, depth: usize) -> Result<(), Unsure> {
+    if depth > jq::MAX_DEPTH {
+        return Err(Unsure);
+    }
+    match v {
+        Value::Number(n) if n.as_str() == "-0" => Err(Unsure),
+        Value::Array(a) => a.iter().try_for_each(|x| check_output(x, depth + 1)),
+        Value::Object(m) => m.values().try_for_each(|x| check_output(x, depth + 1)),
+        _ => Ok(()),
+    }
+}
+
+// ---- the grammar ---------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+enum Token {
+    Dot,
+    /// `.name` (a field right after a dot, no space).
+    Field(String),
+    Ident(String),
+    /// A string literal's source text, quotes included.
+    Str(String),
+    /// A number literal's source text.
+    Num(String),
+    Punct(&'static str),
+}
+
+impl Token {
+    fn describe(&self) -> String {
+        match self {
+            Token::Ident(w) if is_keyword(w) => format!("`{w}`"),
+            Token::Ident(w) => format!("`{w}` (a function or builtin)"),
+            Token::Punct(p) => format!("`{p}`"),
+            Token::Dot | Token::Field(_) => "a path here".to_string(),
+            Token::Str(_) | Token::Num(_) => "a literal here".to_string(),
+        }
+    }
+}
+
+const KEYWORDS: &[&str] = &[
+    "and", "or", "not", "if", "then", "elif", "else", "end", "as", "def", "reduce", "foreach", "try", "catch", "label",
+    "import", "include", "__loc__", "null", "true", "false",
+];
+
+fn is_keyword(w: &str) -> bool {
+    KEYWORDS.contains(&w)
+}
+
+fn lex(code: &str) -> Result<Vec<Token>, String> {
+    let b = code.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    let ident_start = |c: u8| c.is_ascii_alphabetic() || c == b'_';
+    let ident_char = |c: u8| c.is_ascii_alphanumeric() || c == b'_';
+    while i < b.len() {
+        let c = b[i];
+        match c {
+            b' ' | b'\t' | b'\n' | b'\r' => i += 1,
+            b'#' => {
+                while i < b.len() && b[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'.' => {
+                if b.get(i + 1) == Some(&b'.') {
+                    return Err("`..` (recursion) is not compiled".to_string());
+                }
+                let start = i + 1;
+                let mut j = start;
+                if j < b.len() && ident_start(b[j]) {
+                    while j < b.len() && ident_char(b[j]) {
+                        j += 1;
+                    }
+                    out.push(Token::Field(code[start..j].to_string()));
+                    i = j;
+                } else if b.get(j).is_some_and(u8::is_ascii_digit) {
+                    // `.5`: a number jq reads its own way.
+                    return Err("a number written `.5` is not compiled".to_string());
+                } else {
+                    out.push(Token::Dot);
+                    i += 1;
+                }
+            }
+            b'"' => {
+                let mut j = i + 1;
+                loop {
+                    match b.get(j) {
+                        None => return Err("an unterminated string".to_string()),
+                        Some(b'\\') => {
+                            if b.get(j + 1) == Some(&b'(') {
+                                return Err("string interpolation is not compiled".to_string());
+                            }
+                            j += 2;
+                        }
+                        Some(b'"') => break,
+                        Some(_) => j += 1,
+                    }
+                }
+                out.push(Token::Str(code[i..=j].to_string()));
+                i = j + 1;
+            }
+            b'0'..=b'9' => {
+                let mut j = i;
+                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'.') {
+                    // Exponents with a sign: `1e-3`.
+                    if (b[j] == b'e' || b[j] == b'E') && matches!(b.get(j + 1), Some(b'+' | b'-')) {
+                        j += 1;
+                    }
+                    j += 1;
+                }
+                out.push(Token::Num(code[i..j].to_string()));
+                i = j;
+            }
+            c if ident_start(c) => {
+                let mut j = i;
+                while j < b.len() && (ident_char(b[j]) || (b[j] == b':' && b.get(j + 1) == Some(&b':'))) {
+                    j += if b[j] == b':' { 2 } else { 1 };
+                }
+                out.push(Token::Ident(code[i..j].to_string()));
+                i = j;
+            }
+            _ => {
+                const PUNCT: &[&str] = &[
+                    "//=", "//", "==", "!=", "<=", ">=", "|=", "+=", "-=", "*=", "/=", "%=", "?//", "<", ">", "(", ")",
+                    "{", "}", "[", "]", ",", ":", "|", "?", "=", "+", "-", "*", "/", "%", "$", ";", "@",
+                ];
+                match PUNCT.iter().find(|p| code[i..].starts_with(**p)) {
+                    Some(p) => {
+                        out.push(Token::Punct(p));
+                        i += p.len();
+                    }
+                    None => {
+                        let c = code[i..].chars().next().unwrap_or(' ');
+                        return Err(format!("{c:?} is not compiled"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+struct Parser {
+    tokens: Vec<Token>,
+    at: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.at)
+    }
+
+    fn next(&mut self) -> Option<Token> {
+        let t = self.tokens.get(self.at).cloned();
+        self.at += 1;
+        t
+    }
+
+    fn eat(&mut self, p: &str) -> bool {
+        if self.peek() == Some(&Token::Punct(leak(p))) {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn eat_word(&mut self, w: &str) -> bool {
+        if matches!(self.peek(), Some(Token::Ident(x)) if x == w) {
+            self.at += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect(&mut self, p: &str) -> Result<(), String> {
+        if self.eat(p) {
+            Ok(())
+        } else {
+            Err(match self.peek() {
+                Some(t) => format!("{} is not compiled", t.describe()),
+                None => "the program ends early".to_string(),
+            })
+        }
+    }
+
+    fn expect_word(&mut self, w: &str) -> Result<(), String> {
+        if self.eat_word(w) {
+            Ok(())
+        } else {
+            Err(format!("expected `{w}`"))
+        }
+    }
+
+    /// `f | not`, `f | ascii_downcase | not`: the only pipes compiled,
+    /// into a [`Builtin`].
+    fn pipe(&mut self) -> Result<Node, String> {
+        let mut node = self.alt()?;
+        while self.eat("|") {
+            let builtin = match self.peek() {
+                Some(Token::Ident(w)) => Builtin::named(w),
+                _ => None,
+            };
+            let Some(builtin) = builtin else {
+                return Err(match self.peek() {
+                    Some(t) => format!("a pipe into {} is not compiled", t.describe()),
+                    None => "the program ends early".to_string(),
+                });
+            };
+            self.at += 1;
+            node = Node::Then(Box::new(node), builtin);
+        }
+        if matches!(self.peek(), Some(Token::Punct(","))) {
+            return Err("`,` (more than one output) is not compiled".to_string());
+        }
+        Ok(node)
+    }
+
+    /// `f // g`, right-associative as in jq.
+    fn alt(&mut self) -> Result<Node, String> {
+        let left = self.or()?;
+        if self.eat("//") {
+            let right = self.alt()?;
+            return Ok(Node::Alt(Box::new(left), Box::new(right)));
+        }
+        Ok(left)
+    }
+
+    fn or(&mut self) -> Result<Node, String> {
+        let mut left = self.and()?;
+        while self.eat_word("or") {
+            left = Node::Or(Box::new(left), Box::new(self.and()?));
+        }
+        Ok(left)
+    }
+
+    fn and(&mut self) -> Result<Node, String> {
+        let mut left = self.compare()?;
+        while self.eat_word("and") {
+            left = Node::And(Box::new(left), Box::new(self.compare()?));
+        }
+        Ok(left)
+    }
+
+    /// Comparisons do not chain in jq: `a < b < c` does not compile there.
+    fn compare(&mut self) -> Result<Node, String> {
+        let left = self.postfix()?;
+        let op = match self.peek() {
+            Some(Token::Punct("==")) => Op::Eq,
+            Some(Token::Punct("!=")) => Op::Ne,
+            Some(Token::Punct("<")) => Op::Lt,
+            Some(Token::Punct("<=")) => Op::Le,
+            Some(Token::Punct(">")) => Op::Gt,
+            Some(Token::Punct(">=")) => Op::Ge,
+            _ => return Ok(left),
+        };
+        self.at += 1;
+        let right = self.postfix()?;
+        Ok(Node::Compare(Box::new(left), op, Box::new(right)))
+    }
+
+    /// A term and the path steps after it: `.a.b`, `(f).c`, `.a[0]`.
+    fn postfix(&mut self) -> Result<Node, String> {
+        let mut node = self.term()?;
+        loop {
+            let step = match self.peek() {
+                Some(Token::Field(f)) => {
+                    let s = Step::Key(f.clone());
+                    self.at += 1;
+                    s
+                }
+                Some(Token::Dot) if matches!(self.tokens.get(self.at + 1), Some(Token::Str(_))) => {
+                    self.at += 1;
+                    let Some(Token::Str(s)) = self.next() else {
+                        unreachable!()
+                    };
+                    Step::Key(string_literal(&s)?)
+                }
+                Some(Token::Punct("[")) => {
+                    self.at += 1;
+                    let s = self.bracket_step()?;
+                    self.expect("]")?;
+                    s
+                }
+                Some(Token::Dot) if matches!(self.tokens.get(self.at + 1), Some(Token::Punct("["))) => {
+                    self.at += 2;
+                    let s = self.bracket_step()?;
+                    self.expect("]")?;
+                    s
+                }
+                Some(Token::Punct("?")) => return Err("`?` (errors suppressed) is not compiled".to_string()),
+                _ => return Ok(node),
+            };
+            node = match node {
+                Node::Path(mut steps) => {
+                    steps.push(step);
+                    Node::Path(steps)
+                }
+                // Indexing a computed value: not compiled (rare in
+                // mappings, and it would need its own evaluation).
+                _ => return Err("indexing a computed value is not compiled".to_string()),
+            };
+        }
+    }
+
+    /// Inside `[...]` after a path: a string key or an integer index.
+    fn bracket_step(&mut self) -> Result<Step, String> {
+        let negative = self.eat("-");
+        match self.next() {
+            Some(Token::Str(s)) if !negative => Ok(Step::Key(string_literal(&s)?)),
+            Some(Token::Num(n)) => match n.parse::<i64>() {
+                Ok(i) => Ok(Step::Index(if negative { -i } else { i })),
+                Err(_) => Err(format!("the index {n} is not compiled")),
+            },
+            Some(t) => Err(format!("{} inside [] is not compiled", t.describe())),
+            None => Err("the program ends early".to_string()),
+        }
+    }
+
+    fn term(&mut self) -> Result<Node, String> {
+        match self.next() {
+            Some(Token::Dot) => {
+                if matches!(self.peek(), Some(Token::Str(_))) {
+                    let Some(Token::Str(s)) = self.next() else {
+                        unreachable!()
+                    };
+                    return Ok(Node::Path(vec![Step::Key(string_literal(&s)?)]));
+                }
+                Ok(Node::Path(Vec::new()))
+            }
+            Some(Token::Field(f)) => Ok(Node::Path(vec![Step::Key(f)])),
+            Some(Token::Str(s)) => literal(&s),
+            Some(Token::Num(n)) => literal(&n),
+            Some(Token::Punct("-")) => match self.next() {
+                Some(Token::Num(n)) => literal(&format!("-{n}")),
+                _ => Err("`-` (arithmetic) is not compiled".to_string()),
+            },
+            Some(Token::Ident(w)) if matches!(w.as_str(), "null" | "true" | "false") => literal(&w),
+            Some(Token::Ident(w)) if w == "if" => self.if_rest(),
+            Some(Token::Punct("(")) => {
+                let node = self.pipe()?;
+                self.expect(")")?;
+                Ok(node)
+            }
+            Some(Token::Punct("{")) => self.object(),
+            Some(Token::Punct("[")) => {
+                let mut items = Vec::new();
+                if self.eat("]") {
+                    return Ok(Node::Array(items));
+                }
+                loop {
+                    items.push(self.alt()?);
+                    if self.eat("]") {
+                        return Ok(Node::Array(items));
+                    }
+                    self.expect(",")?;
+                }
+            }
+            Some(t) => Err(format!("{} is not compiled", t.describe())),
+            None => Err("the program ends early".to_string()),
+        }
+    }
+
+    /// After `if`: `c then t (elif c then t)* (else e)? end`.
+    fn if_rest(&mut self) -> Result<Node, String> {
+        let cond = self.pipe()?;
+        self.expect_word("then")?;
+        let then = self.pipe()?;
+        let otherwise = if self.eat_word("elif") {
+            // The rest of the chain, which consumes the one `end`.
+            self.if_rest()?
+        } else if self.eat_word("else") {
+            let e = self.pipe()?;
+            self.expect_word("end")?;
+            e
+        } else {
+            // jq 1.7: `if c then t end` means `else .`.
+            self.expect_word("end")?;
+            Node::Path(Vec::new())
+        };
+        Ok(Node::If(Box::new(cond), Box::new(then), Box::new(otherwise)))
+    }
+
+    /// After `{`: `key: term`, `"key": term`, `key` (for `key: .key`).
+    fn object(&mut self) -> Result<Node, String> {
+        let mut entries = Vec::new();
+        if self.eat("}") {
+            return Ok(Node::Object(entries));
+        }
+        loop {
+            let key = match self.next() {
+                Some(Token::Ident(w)) if !is_keyword(&w) && !w.contains("::") => w,
+                Some(Token::Str(s)) => string_literal(&s)?,
+                Some(t) => return Err(format!("{} as an object key is not compiled", t.describe())),
+                None => return Err("the program ends early".to_string()),
+            };
+            let value = if self.eat(":") {
+                self.object_value()?
+            } else {
+                Node::Path(vec![Step::Key(key.clone())])
+            };
+            entries.push((key, value));
+            if self.eat("}") {
+                return Ok(Node::Object(entries));
+            }
+            self.expect(",")?;
+        }
+    }
+
+    /// An object's value is a term with its path steps (jq's grammar):
+    /// anything wider is written in parentheses.
+    fn object_value(&mut self) -> Result<Node, String> {
+        let node = self.postfix()?;
+        match self.peek() {
+            Some(Token::Punct(",")) | Some(Token::Punct("}")) => Ok(node),
+            Some(t) => Err(format!("{} in an object value is not compiled", t.describe())),
+            None => Err("the program ends early".to_string()),
+        }
+    }
+}
+
+/// The `&'static str` a punctuation token holds, for comparison.
+fn leak(p: &str) -> &'static str {
+    const ALL: &[&str] = &[
+        "//", "==", "!=", "<=", ">=", "<", ">", "(", ")", "{", "}", "[", "]", ",", ":", "|", "?", "-",
+    ];
+    ALL.iter().find(|x| **x == p).copied().unwrap_or("")
+}
+
+/// A literal as jaq evaluates it: whatever it makes of `1.0`, `1e3` or
+/// `"\u00e9"`, the compiled program makes too.
+fn literal(code: &str) -> Result<Node, String> {
+    let program =
+        jq::Program::compile(code).map_err(|e| format!("the literal {code} does not compile: {}", e.message))?;
+    let v = program
+        .first(jaq_json::Val::Null)
+        .ok()
+        .flatten()
+        .ok_or_else(|| format!("the literal {code} has no value"))?;
+    let v = jq::to_json(&v)?;
+    if check_output(&v, 0).is_err() {
+        return Err(format!("the literal {code} is not compiled"));
+    }
+    Ok(Node::Literal(v))
+}
+
+fn string_literal(code: &str) -> Result<String, String> {
+    match literal(code)? {
+        Node::Literal(Value::String(s)) => Ok(s),
+        _ => Err(format!("{code} is not a string")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

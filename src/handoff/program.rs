@@ -1,0 +1,89 @@
+//! One handoff program (a transform, category, key, route or `hold_when`),
+//! compiled twice: for jaq, always, and natively where it is a mapping
+//! (`super::native`). It runs natively when it can, and in jaq when the
+//! program is outside the native subset or the evaluator is unsure of an
+//! input; the answer is the same either way (jaq's is the contract).
+//!
+//! The body is parsed once per message ([`Input`]); jaq's copy of it is
+//! made only when a program actually runs in jaq.
+
+use std::cell::OnceCell;
+
+use serde_json::Value;
+
+use super::jq;
+use super::native;
+
+/// A compiled program.
+pub struct Code {
+    jq: jq::Program,
+    native: Result<native::Expr, String>,
+}
+
+impl Code {
+    pub fn compile(code: &str) -> Result<Code, jq::CompileError> {
+        let jq = jq::Program::compile(code)?;
+        Ok(Code {
+            jq,
+            native: native::Expr::compile(code),
+        })
+    }
+
+    /// Whether it runs natively: a mapping that terminates by construction
+    /// and needs no sandbox.
+    pub fn is_native(&self) -> bool {
+        self.native.is_ok()
+    }
+
+    /// Why it runs in jq (and so in the sandbox), if it does.
+    pub fn why_not_native(&self) -> Option<&str> {
+        self.native.as_ref().err().map(String::as_str)
+    }
+
+    /// The first output as JSON (`Ok(None)` when there is none), or jq's
+    /// error message.
+    pub fn output(&self, input: &Input<'_>) -> Result<Option<Value>, String> {
+        if let Ok(expr) = &self.native {
+            if let Ok(v) = expr.eval(input.value) {
+                return Ok(Some(v));
+            }
+        }
+        match self.jq.first(input.val())? {
+            None => Ok(None),
+            Some(v) => jq::to_json(&v).map(Some),
+        }
+    }
+
+    /// Whether the first output is truthy (none is not), or jq's error.
+    pub fn holds(&self, input: &Input<'_>) -> Result<bool, String> {
+        if let Ok(expr) = &self.native {
+            if let Ok(b) = expr.holds(input.value) {
+                return Ok(b);
+            }
+        }
+        Ok(self.jq.first(input.val())?.as_ref().is_some_and(jq::truthy))
+    }
+}
+
+/// A parsed body, and jaq's copy of it once a program needs one.
+pub struct Input<'a> {
+    value: &'a Value,
+    val: OnceCell<jaq_json::Val>,
+}
+
+impl<'a> Input<'a> {
+    pub fn new(value: &'a Value) -> Input<'a> {
+        Input {
+            value,
+            val: OnceCell::new(),
+        }
+    }
+
+    pub fn value(&self) -> &'a Value {
+        self.value
+    }
+
+    fn val(&self) -> jaq_json::Val {
+        self.val.get_or_init(|| jq::from_json(self.value)).clone()
+    }
+}
