@@ -54,13 +54,19 @@ fn body() -> Vec<u8> {
     b
 }
 
-/// A general jq program on the same body (map, select, string
-/// interpolation): outside the native subset, so jq runs it.
-const GENERAL: &str = include_str!("../loadtests/handoff/general.jq");
+/// The README's fourth example, a general jq program (map, select, string
+/// interpolation) outside the native subset, so jq runs it; on a 1 KiB
+/// meeting summary.
+const GENERAL: &str = include_str!("../examples/handoff/activity.jq");
+const MEETING: &[u8] = include_bytes!("../loadtests/handoff/meeting-1k.json");
 
 fn specs() -> Specs {
-    let mut general = spec(Format::Json);
-    general.transform = Some(GENERAL.into());
+    let general = Spec {
+        transform: Some(GENERAL.into()),
+        category: Some(".account".into()),
+        passthrough: false,
+        ..Spec::passthrough()
+    };
     // The mapping forced through jq (a pipe into `.` is not compiled
     // natively): the engine's cost, for comparison in the same run.
     let mut via_jq = spec(Format::Json);
@@ -79,6 +85,11 @@ fn pipeline(c: &mut Criterion) {
     let mut g = c.benchmark_group("handoff");
     g.throughput(Throughput::Elements(1));
     for dest in ["json", "csv", "json_via_jq", "general"] {
+        let body = if dest == "general" {
+            MEETING.to_vec()
+        } else {
+            body.clone()
+        };
         let a = table.admit(dest, &body).unwrap();
         assert!(a.rendered.is_some() && a.routed_from.is_none());
         g.bench_function(format!("admit_1KiB_to_{dest}"), |b| {
@@ -123,6 +134,11 @@ fn sandboxed(c: &mut Criterion) {
     let mut g = c.benchmark_group("handoff_runner");
     g.throughput(Throughput::Elements(1));
     for dest in ["json", "general"] {
+        let body = if dest == "general" {
+            MEETING.to_vec()
+        } else {
+            body.clone()
+        };
         rt.block_on(runner.admit(dest, &body)).unwrap();
         g.bench_function(format!("admit_1KiB_to_{dest}"), |b| {
             b.iter(|| rt.block_on(runner.admit(dest, &body)).unwrap())

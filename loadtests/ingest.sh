@@ -33,14 +33,17 @@ producers() {
 }
 # HANDOFF=1 (handoff.sh): the destination validates against a schema of 10
 # properties and maps 10 fields, as benches/handoff.rs does (a mapping: it
-# runs natively). HANDOFF=general: the same with a general jq program (map,
-# select, string interpolation), which runs in the sandbox's workers.
+# runs natively). HANDOFF=general: the README's fourth example, a general jq
+# program (map, select, string interpolation) that runs in the sandbox's
+# workers, with its category.
 handoff() {
-  [ -n "${HANDOFF:-}" ] || return 0
-  local program=mapping.jq
-  [ "$HANDOFF" != general ] || program=general.jq
-  printf '[destination.handoff]\nschema = "%s"\ntransform_file = "%s"\ncategory = ".document_type"\n' \
-    "$PWD/loadtests/handoff/schema.json" "$PWD/loadtests/handoff/$program"
+  case "${HANDOFF:-}" in
+    "") ;;
+    general) printf '[destination.handoff]\ntransform_file = "%s"\ncategory = ".account"\n' \
+      "$PWD/examples/handoff/activity.jq" ;;
+    *) printf '[destination.handoff]\nschema = "%s"\ntransform_file = "%s"\ncategory = ".document_type"\n' \
+      "$PWD/loadtests/handoff/schema.json" "$PWD/loadtests/handoff/mapping.jq" ;;
+  esac
 }
 # REVIEW=1 (review.sh): the destination has a review station whose
 # predicate and sampling hold none of the load's messages (the body's
