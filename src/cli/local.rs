@@ -113,19 +113,30 @@ pub(super) fn verify(config: PathBuf) -> ExitCode {
     }
 }
 
+/// The destination `name` of `config`, or exit 1 naming those it has.
+fn named_destination<'c>(
+    config: &'c crate::config::Config,
+    name: &str,
+) -> Result<&'c crate::config::Destination, ExitCode> {
+    config.destination(name).ok_or_else(|| {
+        let names: Vec<&str> = config.destinations.iter().map(|d| d.name.as_str()).collect();
+        eprintln!(
+            "tidegate: no destination {name:?} in the config (it has: {})",
+            names.join(", ")
+        );
+        ExitCode::FAILURE
+    })
+}
+
 /// `tidegate handoff test --explain`: how the destination's programs run.
 pub(super) fn handoff_explain(config: PathBuf, destination: &str) -> ExitCode {
     let config = match load(&config) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let Some(entry) = config.destination(destination) else {
-        let names: Vec<&str> = config.destinations.iter().map(|d| d.name.as_str()).collect();
-        eprintln!(
-            "tidegate: no destination {destination:?} in the config (it has: {})",
-            names.join(", ")
-        );
-        return ExitCode::FAILURE;
+    let entry = match named_destination(&config, destination) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let explanation = entry.handoff.as_ref().map(|h| h.runner.explain(destination));
     use std::io::Write;
@@ -148,13 +159,9 @@ pub(super) fn handoff_test(
         Ok(c) => c,
         Err(code) => return code,
     };
-    let Some(entry) = config.destination(destination) else {
-        let names: Vec<&str> = config.destinations.iter().map(|d| d.name.as_str()).collect();
-        eprintln!(
-            "tidegate: no destination {destination:?} in the config (it has: {})",
-            names.join(", ")
-        );
-        return ExitCode::FAILURE;
+    let entry = match named_destination(&config, destination) {
+        Ok(d) => d,
+        Err(code) => return code,
     };
     let body = match read_input(&file) {
         Ok(b) => b,
