@@ -84,6 +84,11 @@ pub struct Destination {
     pub name: String,
     config: RwLock<Arc<config::Destination>>,
     state: Mutex<StateInfo>,
+    /// Bumped when this instance changes `state` itself (under its lock)
+    /// and again once the change's record is written: a shared record read
+    /// across either may be older than the change, and must not undo it
+    /// (cluster mode, `apply_records`).
+    local_changes: AtomicU64,
     /// Bumped on every state or config change so the worker re-evaluates.
     kick: watch::Sender<u64>,
     /// Set to stop the worker (shutdown, or removed by a reload).
@@ -248,6 +253,7 @@ impl Dispatcher {
             name: d.name.clone(),
             config: RwLock::new(Arc::new(d.clone())),
             state: Mutex::new(info),
+            local_changes: AtomicU64::new(0),
             kick: watch::channel(0).0,
             stop: watch::channel(false).0,
             settled: Notify::new(),
@@ -553,8 +559,17 @@ impl Dispatcher {
         }
     }
 
-    /// Applies the recorded state of every destination (or of `only`).
+    /// Applies the recorded state of every destination (or of `only`),
+    /// except where this instance changed the state itself while the
+    /// records were being read: its own record may not be among them yet,
+    /// and applying the older one would undo a pause or resume that was
+    /// just acknowledged. The next round reads the change.
     async fn apply_records(&self, only: Option<&str>) {
+        let before: HashMap<String, u64> = self
+            .destinations()
+            .iter()
+            .map(|d| (d.name.clone(), d.local_changes.load(Ordering::SeqCst)))
+            .collect();
         let records = match self.ctx.queues.destination_records().await {
             Ok(r) => r,
             Err(e) => {
@@ -571,6 +586,9 @@ impl Dispatcher {
             };
             let changed = {
                 let mut s = d.state.lock().unwrap_or_else(|e| e.into_inner());
+                if before.get(&name) != Some(&d.local_changes.load(Ordering::SeqCst)) {
+                    continue;
+                }
                 let changed = s.state != state || s.reason != r.reason;
                 if changed {
                     tracing::warn!(destination = %name, from = s.state.as_str(), to = state.as_str(), reason = %r.reason,
@@ -632,6 +650,7 @@ pub(crate) async fn set_state(
 ) -> Result<(), QueueError> {
     let previous = {
         let mut s = d.state.lock().unwrap_or_else(|e| e.into_inner());
+        d.local_changes.fetch_add(1, Ordering::SeqCst);
         let prev = s.state;
         *s = StateInfo {
             state,
@@ -659,5 +678,9 @@ pub(crate) async fn set_state(
         reason: reason.to_string(),
         head_seq,
     };
-    ctx.queues.set_destination_record(&d.name, record).await
+    let written = ctx.queues.set_destination_record(&d.name, record).await;
+    // Again once the record is written: a read of the records that began
+    // while it was being written may hold the one before.
+    d.local_changes.fetch_add(1, Ordering::SeqCst);
+    written
 }

@@ -650,3 +650,21 @@ fn operator_commands_say_what_went_wrong_and_what_to_do() {
         assert!(line.trim().len() > sub.len() + 5, "no help for {sub}: {help}");
     }
 }
+
+/// A pause or resume the admin API acknowledged is the state read back at
+/// once, every time. In cluster mode each instance also applies the shared
+/// records every half second; one read just before a change here must not
+/// undo the change.
+#[tokio::test]
+async fn an_acknowledged_pause_or_resume_is_never_undone_by_an_older_record() {
+    let ds = Downstream::start().await;
+    let tg = Tidegate::start(&destination("crm", &ds.url(), "")).await;
+    for round in 0..150 {
+        for (action, state) in [("pause", "paused"), ("resume", "running")] {
+            let r = tg.admin_post(&format!("/v1/destinations/crm/{action}"), "").await;
+            assert_eq!(r.status(), 200, "round {round}: {action}");
+            let read = tg.destination("crm").await;
+            assert_eq!(read["state"], state, "round {round}: right after {action}: {read}");
+        }
+    }
+}
