@@ -651,8 +651,9 @@ async fn kill_9_between_decisions_loses_no_decision_and_a_down_webhook_gets_ever
     let ingress = Arc::new(std::sync::Mutex::new(tg.url("")));
     let admin = Arc::new(std::sync::Mutex::new(tg.admin_url("")));
     let stop = Arc::new(AtomicBool::new(false));
+    let acked_so_far = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let producer = {
-        let (ingress, stop) = (ingress.clone(), stop.clone());
+        let (ingress, stop, acked_so_far) = (ingress.clone(), stop.clone(), acked_so_far.clone());
         tokio::spawn(async move {
             let client = reqwest::Client::new();
             let mut acked = Vec::new();
@@ -671,6 +672,7 @@ async fn kill_9_between_decisions_loses_no_decision_and_a_down_webhook_gets_ever
                     if r.status() == 202 {
                         let v: Value = r.json().await.unwrap();
                         acked.push((v["id"].as_str().unwrap().to_string(), v["status"] == "held"));
+                        acked_so_far.fetch_add(1, Ordering::SeqCst);
                     }
                 }
             }
@@ -733,6 +735,14 @@ async fn kill_9_between_decisions_loses_no_decision_and_a_down_webhook_gets_ever
         recorded_before_kill += u.len();
         decided.extend(u);
     }
+    // The producer goes on after the restart (it is stopped, not timed).
+    let before_stop = acked_so_far.load(Ordering::SeqCst);
+    eventually(
+        Duration::from_secs(30),
+        "the producer acknowledged after the restart",
+        || async { acked_so_far.load(Ordering::SeqCst) > before_stop.max(10) },
+    )
+    .await;
     stop.store(true, Ordering::SeqCst);
     let acked = producer.await.unwrap();
     assert_eq!(decided.len(), 60);
