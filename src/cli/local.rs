@@ -113,36 +113,38 @@ pub(super) fn verify(config: PathBuf) -> ExitCode {
     }
 }
 
-/// The destination `name` of `config`, or exit 1 naming those it has.
-fn named_destination<'c>(
-    config: &'c crate::config::Config,
+/// Runs `run` on the config at `path` and its destination `name`; exits 1
+/// when the config does not load or has no such destination (naming those
+/// it has).
+fn with_destination(
+    path: PathBuf,
     name: &str,
-) -> Result<&'c crate::config::Destination, ExitCode> {
-    config.destination(name).ok_or_else(|| {
+    run: impl FnOnce(&crate::config::Config, &crate::config::Destination) -> ExitCode,
+) -> ExitCode {
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let Some(entry) = config.destination(name) else {
         let names: Vec<&str> = config.destinations.iter().map(|d| d.name.as_str()).collect();
         eprintln!(
             "tidegate: no destination {name:?} in the config (it has: {})",
             names.join(", ")
         );
-        ExitCode::FAILURE
-    })
+        return ExitCode::FAILURE;
+    };
+    run(&config, entry)
 }
 
 /// `tidegate handoff test --explain`: how the destination's programs run.
 pub(super) fn handoff_explain(config: PathBuf, destination: &str) -> ExitCode {
-    let config = match load(&config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let entry = match named_destination(&config, destination) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
-    let explanation = entry.handoff.as_ref().map(|h| h.runner.explain(destination));
-    use std::io::Write;
-    let out = render::render_explanation(destination, explanation.as_ref());
-    let _ = std::io::stdout().lock().write_all(out.as_bytes());
-    ExitCode::SUCCESS
+    with_destination(config, destination, |_, entry| {
+        let explanation = entry.handoff.as_ref().map(|h| h.runner.explain(destination));
+        use std::io::Write;
+        let out = render::render_explanation(destination, explanation.as_ref());
+        let _ = std::io::stdout().lock().write_all(out.as_bytes());
+        ExitCode::SUCCESS
+    })
 }
 
 /// `tidegate handoff test`: the preview the admin API would give, from the
@@ -155,14 +157,20 @@ pub(super) fn handoff_test(
     content_type: &str,
     json: bool,
 ) -> ExitCode {
-    let config = match load(&config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let entry = match named_destination(&config, destination) {
-        Ok(d) => d,
-        Err(code) => return code,
-    };
+    with_destination(config, destination, |config, entry| {
+        preview_file(config, entry, file, path, content_type, json)
+    })
+}
+
+/// The preview of `file` sent to `entry`, printed.
+fn preview_file(
+    config: &crate::config::Config,
+    entry: &crate::config::Destination,
+    file: PathBuf,
+    path: &str,
+    content_type: &str,
+    json: bool,
+) -> ExitCode {
     let body = match read_input(&file) {
         Ok(b) => b,
         Err(e) => {

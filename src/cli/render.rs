@@ -345,16 +345,15 @@ pub fn render_explanation(dest: &str, e: Option<&crate::handoff::Explanation>) -
             Some(why) => out.push_str(&format!("  {key:width$}  sandbox: {why}\n")),
         }
     }
-    let place = |native: bool, held_by: Option<&str>| match (native, held_by) {
-        (true, _) => "in place (compiled)".to_string(),
-        (false, Some(key)) => format!("in the sandbox (for its {key})"),
-        (false, None) => "in the sandbox".to_string(),
+    let place = |held_by: Option<&str>| match held_by {
+        None => "in place (compiled)".to_string(),
+        Some(key) => format!("in the sandbox (for its {key})"),
     };
-    let held_by = e.admission_held_by.as_deref();
-    out.push_str(&format!("at ingress:   {}\n", place(e.admits_natively, held_by)));
+    let transform_sandboxed = e.programs.iter().any(|(k, why)| k == "transform" && why.is_some());
+    out.push_str(&format!("at ingress:   {}\n", place(e.admission_held_by.as_deref())));
     out.push_str(&format!(
         "at delivery:  {}\n",
-        place(e.renders_natively, Some("transform").filter(|_| !e.renders_natively))
+        place(Some("transform").filter(|_| transform_sandboxed))
     ));
     out
 }

@@ -37,8 +37,7 @@ pub struct Expr(Node);
 #[derive(Debug, Clone)]
 enum Node {
     Path(Vec<Step>),
-    /// The literal's value as jaq makes it, and as a jaq value for
-    /// comparisons.
+    /// The literal's value as jaq makes it.
     Literal(Value),
     Object(Vec<(String, Node)>),
     Array(Vec<Node>),
@@ -376,8 +375,8 @@ impl Parser {
         t
     }
 
-    fn eat(&mut self, p: &str) -> bool {
-        if self.peek() == Some(&Token::Punct(leak(p))) {
+    fn eat(&mut self, p: &'static str) -> bool {
+        if self.peek() == Some(&Token::Punct(p)) {
             self.at += 1;
             true
         } else {
@@ -394,7 +393,7 @@ impl Parser {
         }
     }
 
-    fn expect(&mut self, p: &str) -> Result<(), String> {
+    fn expect(&mut self, p: &'static str) -> Result<(), String> {
         if self.eat(p) {
             Ok(())
         } else {
@@ -638,14 +637,6 @@ impl Parser {
             None => Err("the program ends early".to_string()),
         }
     }
-}
-
-/// The `&'static str` a punctuation token holds, for comparison.
-fn leak(p: &str) -> &'static str {
-    const ALL: &[&str] = &[
-        "//", "==", "!=", "<=", ">=", "<", ">", "(", ")", "{", "}", "[", "]", ",", ":", "|", "?", "-",
-    ];
-    ALL.iter().find(|x| **x == p).copied().unwrap_or("")
 }
 
 /// A literal as jaq evaluates it: whatever it makes of `1.0`, `1e3` or

@@ -115,15 +115,14 @@ impl std::fmt::Debug for Runner {
 }
 
 /// How a destination's handoff runs: each program (by its config key) with
-/// why it runs in the sandbox, if it does (`None`: compiled), and whether
-/// admissions (at ingress) and renderings (at delivery) run in place.
+/// why it runs in the sandbox, if it does (`None`: compiled), and the
+/// program that keeps admissions (at ingress) in the sandbox, if one does.
+/// Renderings (at delivery) run only the transform: in place when it is
+/// compiled.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Explanation {
     pub programs: Vec<(String, Option<String>)>,
-    pub admits_natively: bool,
-    /// The program that keeps admissions in the sandbox, when one does.
     pub admission_held_by: Option<String>,
-    pub renders_natively: bool,
 }
 
 /// Most calls one batch carries, and most bytes of their bodies (a batch
@@ -236,12 +235,9 @@ impl Runner {
 
     /// How `dest`'s programs run (`tidegate handoff test --explain`).
     pub fn explain(&self, dest: &str) -> Explanation {
-        let (admits, renders) = self.native.get(dest).copied().unwrap_or((false, false));
         Explanation {
             programs: self.table.as_ref().map(|t| t.explain(dest)).unwrap_or_default(),
-            admits_natively: admits,
             admission_held_by: self.table.as_ref().and_then(|t| t.why_admitted_in_sandbox(dest)),
-            renders_natively: renders,
         }
     }
 
