@@ -310,8 +310,14 @@ impl Signals {
                 _ = hup.recv() => match reloader {
                     Some(reloader) => {
                         tracing::info!("SIGHUP: reloading the configuration");
-                        if let Err(e) = reloader.reload().await {
-                            tracing::error!(reason = %e, "reload refused; nothing changed");
+                        match reloader.reload().await {
+                            Ok(changed) => {
+                                let act = queue::audit::Act::now(queue::audit::SIGNAL, "reload", None, None, changed);
+                                if let Err(e) = reloader.queues.record_act(act).await {
+                                    tracing::error!(error = %e, "reloaded, but the audit trail could not record it");
+                                }
+                            }
+                            Err(e) => tracing::error!(reason = %e, "reload refused; nothing changed"),
                         }
                     }
                     None => tracing::info!("SIGHUP while shutting down: not reloading"),
@@ -321,8 +327,9 @@ impl Signals {
     }
 }
 
-/// Forgets finished messages past `history_retention` and review records
-/// past `[review] retention`, and returns the space.
+/// Forgets finished messages past `history_retention`, review records
+/// past `[review] retention` and acts past `[admin] audit_retention`, and
+/// returns the space.
 async fn sweep_history(queues: queue::Queues, live: Live, mut stop: tokio::sync::watch::Receiver<bool>) {
     loop {
         let config = current(&live);
@@ -339,6 +346,17 @@ async fn sweep_history(queues: queue::Queues, live: Live, mut stop: tokio::sync:
                 Ok(_) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "history sweep failed");
+                    break;
+                }
+            }
+        }
+        let before = queue::now_ms() - config.admin.audit_retention.as_millis().min(i64::MAX as u128) as i64;
+        loop {
+            match queues.sweep_acts(before).await {
+                Ok(n) if n >= 5000 => continue,
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "audit trail sweep failed");
                     break;
                 }
             }

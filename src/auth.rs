@@ -1,6 +1,7 @@
-//! Who may call tidegate: bearer tokens, and the checks that keep web pages
-//! out of listeners meant for programs and operators. Used by ingress and
-//! admin alike, so that neither imports the other for it.
+//! Who may call tidegate: bearer tokens (a producer's, SPEC §15; a
+//! person's and their role, SPEC §18), and the checks that keep web pages
+//! out of listeners meant for programs and operators. Used by ingress,
+//! admin and the console alike, so that none imports another for it.
 //!
 //! A browser lets any page send "simple" cross-origin requests (a POST with
 //! `text/plain`) to any address, loopback included, and through DNS
@@ -22,14 +23,175 @@
 
 use axum::http::{header, HeaderMap};
 
-use crate::config::{BrowserPolicy, IngressConfig, Secret};
+use crate::config::{AdminConfig, BrowserPolicy, IngressConfig, Role, Secret};
 use crate::problem::Problem;
 
 /// The `producer` label of a request that carried the shared
 /// `ingress.auth_token_env` token.
 pub const SHARED: &str = "shared";
-/// The `producer` label of a request when ingress asks for no token.
-pub const ANONYMOUS: &str = "anonymous";
+/// The `producer` label of a request when ingress asks for no token, and
+/// the actor of an admin request when the admin listener asks for none.
+pub const ANONYMOUS: &str = crate::config::ANONYMOUS;
+
+/// Who made an admin or console request, as far as its token says, and
+/// what they may do (SPEC §18).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Actor {
+    /// A person's name, [`crate::config::ROOT`] for the admin token, or
+    /// [`ANONYMOUS`] where no token is asked for.
+    pub name: String,
+    pub role: Role,
+    /// The destinations they may act on; `None`: all.
+    destinations: Option<Vec<String>>,
+    /// A person's own token: their decisions are recorded under their
+    /// name, whatever a request body says.
+    pub personal: bool,
+}
+
+/// What an admin request does, for [`Actor::may`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// Reads, and previews (which store nothing): every role.
+    Read,
+    /// Decides a review item, sends feedback: reviewers and operators.
+    Decide,
+    /// Pauses, resumes, replays, purges, reloads: operators.
+    Operate,
+}
+
+impl Act {
+    fn needs(self) -> Role {
+        match self {
+            Act::Read => Role::Viewer,
+            Act::Decide => Role::Reviewer,
+            Act::Operate => Role::Operator,
+        }
+    }
+}
+
+impl Actor {
+    /// The root operator: the admin token, or no token on a loopback
+    /// listener that asks for none.
+    pub fn root(name: &str) -> Actor {
+        Actor {
+            name: name.to_string(),
+            role: Role::Operator,
+            destinations: None,
+            personal: false,
+        }
+    }
+
+    /// Refuses `act` on `dest` (`None`: every destination, as a reload
+    /// acts) when the role lacks it (403 `forbidden_role`) or the
+    /// destination is outside the actor's list (403 `forbidden_destination`).
+    pub fn may(&self, act: Act, dest: Option<&str>) -> Result<(), Problem> {
+        if self.role < act.needs() {
+            return Err(Problem::forbidden_role(
+                &self.name,
+                self.role.as_str(),
+                act.needs().as_str(),
+            ));
+        }
+        if act == Act::Read {
+            return Ok(());
+        }
+        match (&self.destinations, dest) {
+            (None, _) => Ok(()),
+            (Some(list), Some(d)) if list.iter().any(|x| x == d) => Ok(()),
+            (Some(_), Some(d)) => Err(Problem::forbidden_destination(format!(
+                "user {:?} may not act on destination {d:?}",
+                self.name
+            ))),
+            (Some(_), None) => Err(Problem::forbidden_destination(format!(
+                "user {:?} acts on some destinations only, and this acts on every one",
+                self.name
+            ))),
+        }
+    }
+
+    /// Whether `may(act, dest)` would pass: what the console offers.
+    pub fn can(&self, act: Act, dest: Option<&str>) -> bool {
+        self.may(act, dest).is_ok()
+    }
+
+    /// The reviewer a decision is recorded under: a person's own name (a
+    /// body that names someone else is refused, 400 `reviewer_mismatch`);
+    /// with the root token, the name the body gives.
+    pub fn reviewer(&self, named: Option<String>) -> Result<Option<String>, Problem> {
+        if !self.personal {
+            return Ok(named);
+        }
+        match named.as_deref().map(str::trim) {
+            Some(n) if !n.is_empty() && n != self.name => Err(Problem::reviewer_mismatch(&self.name, n)),
+            _ => Ok(Some(self.name.clone())),
+        }
+    }
+}
+
+/// Identifies who made an admin request from its bearer token: a person
+/// (`[[admin.user]]`), the root operator (`admin.token_env`), or, when
+/// neither is configured, the anonymous operator of a loopback listener.
+/// Every token is compared, in constant time and without stopping at a
+/// match.
+pub fn actor(headers: &HeaderMap, cfg: &AdminConfig) -> Result<Actor, Problem> {
+    if !cfg.needs_token() {
+        return Ok(Actor::root(ANONYMOUS));
+    }
+    let presented = presented(headers).ok_or_else(Problem::unauthorized)?;
+    actor_of_token(presented, cfg).ok_or_else(Problem::unauthorized)
+}
+
+/// The person or root operator whose token `presented` is, if any (the
+/// console's sign-in takes a typed token through here too).
+pub fn actor_of_token(presented: &str, cfg: &AdminConfig) -> Option<Actor> {
+    let mut found = None;
+    for u in &cfg.users {
+        if same(presented, u.token.expose()) {
+            found = person(&u.name, cfg).map(|(a, _)| a);
+        }
+    }
+    if let Some(root) = &cfg.token {
+        if same(presented, root.expose()) && found.is_none() {
+            found = Some(Actor::root(crate::config::ROOT));
+        }
+    }
+    found
+}
+
+/// The person (or root operator) named `name` and the token they hold
+/// now: a console session names who signed in, and ends when that token
+/// changes or goes.
+pub fn person<'a>(name: &str, cfg: &'a AdminConfig) -> Option<(Actor, &'a Secret)> {
+    if name == crate::config::ROOT {
+        return cfg.token.as_ref().map(|t| (Actor::root(name), t));
+    }
+    cfg.users.iter().find(|u| u.name == name).map(|u| {
+        (
+            Actor {
+                name: u.name.clone(),
+                role: u.role,
+                destinations: u.destinations.clone(),
+                personal: true,
+            },
+            &u.token,
+        )
+    })
+}
+
+/// The token a request presents as `Authorization: Bearer`.
+fn presented(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+/// Equal, without an early exit on the first differing byte (the length
+/// is not secret).
+pub fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
 
 /// Who sent a producer request, as far as its token says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,7 +211,10 @@ impl Sender<'_> {
     /// Refuses a destination outside the producer's list.
     pub fn may_send_to(&self, dest: &str) -> Result<(), Problem> {
         match self.destinations {
-            Some(list) if !list.iter().any(|d| d == dest) => Err(Problem::forbidden_destination(self.name, dest)),
+            Some(list) if !list.iter().any(|d| d == dest) => Err(Problem::forbidden_destination(format!(
+                "producer {:?} may not send to destination {dest:?}",
+                self.name
+            ))),
             _ => Ok(()),
         }
     }
@@ -88,16 +253,7 @@ pub fn sender<'a>(headers: &HeaderMap, cfg: &'a IngressConfig) -> Result<Sender<
 
 /// Constant-time comparison of a presented bearer token with the expected one.
 pub fn bearer_matches(headers: &HeaderMap, expected: &Secret) -> bool {
-    let Some(presented) = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-    else {
-        return false;
-    };
-    let (a, b) = (presented.as_bytes(), expected.expose().as_bytes());
-    // Length is not secret; the bytes are compared without early exit.
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    presented(headers).is_some_and(|p| same(p, expected.expose()))
 }
 
 /// Refuses a request a web page could have sent on its own behalf, by the
@@ -247,6 +403,41 @@ mod tests {
         for (h, want) in cases {
             assert_eq!(code(check_browser(&p, &headers(h))), want, "{h:?}");
         }
+    }
+
+    #[test]
+    fn roles_are_ordered_and_lists_limit_acts_not_reads() {
+        let person = |role, destinations: Option<&[&str]>| Actor {
+            name: "p".into(),
+            role,
+            destinations: destinations.map(|d| d.iter().map(|s| s.to_string()).collect()),
+            personal: true,
+        };
+        let code = |r: Result<(), Problem>| r.err().map_or("ok", |p| p.code);
+        let viewer = person(Role::Viewer, None);
+        assert_eq!(code(viewer.may(Act::Read, Some("a"))), "ok");
+        assert_eq!(code(viewer.may(Act::Decide, Some("a"))), "forbidden_role");
+        let reviewer = person(Role::Reviewer, Some(&["a"]));
+        assert_eq!(code(reviewer.may(Act::Read, Some("b"))), "ok", "reads are not limited");
+        assert_eq!(code(reviewer.may(Act::Decide, Some("a"))), "ok");
+        assert_eq!(code(reviewer.may(Act::Decide, Some("b"))), "forbidden_destination");
+        assert_eq!(code(reviewer.may(Act::Operate, Some("a"))), "forbidden_role");
+        let operator = person(Role::Operator, Some(&["a"]));
+        assert_eq!(code(operator.may(Act::Operate, Some("a"))), "ok");
+        assert_eq!(
+            code(operator.may(Act::Operate, None)),
+            "forbidden_destination",
+            "no reload"
+        );
+        assert_eq!(code(Actor::root("admin").may(Act::Operate, None)), "ok");
+        // A person decides as themselves; the root names anyone.
+        assert_eq!(reviewer.reviewer(None).unwrap().as_deref(), Some("p"));
+        assert_eq!(reviewer.reviewer(Some(" p ".into())).unwrap().as_deref(), Some("p"));
+        assert_eq!(code(reviewer.reviewer(Some("q".into())).map(drop)), "reviewer_mismatch");
+        assert_eq!(
+            Actor::root("admin").reviewer(Some("q".into())).unwrap().as_deref(),
+            Some("q")
+        );
     }
 
     #[test]

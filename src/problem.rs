@@ -62,13 +62,35 @@ impl Problem {
             format!("host {host:?} is not a loopback name of this listener (see allowed_hosts)"),
         )
     }
-    /// A producer's token does not cover this destination.
-    pub fn forbidden_destination(producer: &str, dest: &str) -> Self {
+    /// A producer's or a person's token does not cover this destination;
+    /// `detail` says whose and what.
+    pub fn forbidden_destination(detail: impl Into<String>) -> Self {
         Self::new(
             StatusCode::FORBIDDEN,
             "forbidden_destination",
             "Forbidden destination",
-            format!("producer {producer:?} may not send to destination {dest:?}"),
+            detail,
+        )
+    }
+    /// A person's role does not include this act (SPEC §18).
+    pub fn forbidden_role(who: &str, role: &str, needs: &str) -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden_role",
+            "Forbidden for this role",
+            format!("{who:?} is a {role}; this needs a {needs} or above"),
+        )
+    }
+    /// A decision made with a person's token that names someone else.
+    pub fn reviewer_mismatch(who: &str, named: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "reviewer_mismatch",
+            "Reviewer is not the token's holder",
+            format!(
+                "this token is {who:?}'s; a decision made with it is recorded as theirs, not {:?}",
+                named.chars().take(64).collect::<String>()
+            ),
         )
     }
     pub fn unknown_destination(name: &str) -> Self {

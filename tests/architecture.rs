@@ -36,7 +36,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("review", &["config", "queue", "dispatch", "handoff", "metrics", "text"]),
     ("chain", &["config", "handoff"]),
     ("reload", &["config", "queue", "dispatch"]),
-    ("ops", &["config", "queue", "dispatch", "delivery", "handoff", "metrics", "problem", "reload", "review"]),
+    ("ops", &["auth", "config", "queue", "dispatch", "delivery", "handoff", "metrics", "problem", "reload", "review"]),
     ("ingress", &["listener", "text", "auth", "config", "queue", "dispatch", "handoff", "metrics", "problem", "review"]),
     ("admin", &["ops", "listener", "auth", "chain", "config", "queue", "dispatch", "metrics", "problem", "reload", "review"]),
     ("console", &["ops", "listener", "text", "auth", "chain", "config", "queue", "dispatch", "problem", "review"]),

@@ -2,7 +2,8 @@
 //! (forwarding, idempotency, `Prefer: wait`, retries and `Retry-After`, the
 //! four failure modes, dead letters and replay, pause and resume, rate and
 //! in-flight limits, backpressure, order per key and halted keys, problem
-//! codes, reload, metrics, the review station and governance), run
+//! codes, reload, metrics, the review station and governance, people,
+//! roles and the audit trail), run
 //! again from the same source with the queue on NATS JetStream (SPEC §13):
 //! `support::backend_storage` gives every tidegate of this binary
 //! `storage.backend = "jetstream"` on one real `nats-server` started for
@@ -23,6 +24,8 @@ mod forwarding;
 mod operations;
 #[path = "it/ordering.rs"]
 mod ordering;
+#[path = "it/people.rs"]
+mod people;
 #[path = "it/problems.rs"]
 mod problems;
 #[path = "it/rate.rs"]

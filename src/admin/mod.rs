@@ -22,11 +22,13 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::auth::Actor;
 use crate::dispatch;
 use crate::ops::{internal, DestinationView, Ops};
 use crate::problem::Problem;
 use crate::queue;
 
+mod audit;
 mod reviews;
 
 /// The admin API on `ops`. The console's pages are another router on the
@@ -50,7 +52,8 @@ pub fn router(state: Ops) -> Router {
         .route("/v1/quality", get(reviews::quality))
         .route("/v1/corrections", get(reviews::corrections))
         .route("/v1/reload", post(reload))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route("/v1/audit", get(audit::list))
+        .route_layer(middleware::from_fn_with_state(state.clone(), identify));
     Router::new()
         .route("/healthz", get(|| async { ALIVE }))
         .route("/readyz", get(readyz))
@@ -125,14 +128,30 @@ pub fn during_start_up(up: Arc<OnceLock<Router>>, live: crate::config::Live) -> 
         .layer(middleware::from_fn(guard))
 }
 
-async fn require_token(State(a): State<Ops>, req: Request, next: Next) -> Response {
-    let live = a.config();
-    if let Some(token) = &live.admin.token {
-        if !crate::auth::bearer_matches(req.headers(), token) {
-            return Problem::unauthorized().into_response();
+/// Who the request is from (`auth::actor`: a person, the root token, or
+/// anyone on a loopback listener that asks for no token), put where the
+/// handlers find it ([`Who`]); a token that names nobody is 401.
+async fn identify(State(a): State<Ops>, mut req: Request, next: Next) -> Response {
+    match crate::auth::actor(req.headers(), &a.config().admin) {
+        Ok(actor) => {
+            req.extensions_mut().insert(actor);
+            next.run(req).await
         }
+        Err(p) => p.into_response(),
     }
-    next.run(req).await
+}
+
+/// The request's [`Actor`], as `identify` found it.
+struct Who(Actor);
+
+impl<S: Send + Sync> FromRequestParts<S> for Who {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Problem> {
+        parts.extensions.get::<Actor>().cloned().map(Who).ok_or_else(|| {
+            tracing::error!("an admin handler ran without the identify layer");
+            Problem::internal()
+        })
+    }
 }
 
 async fn readyz(State(a): State<Ops>) -> Response {
@@ -241,8 +260,12 @@ async fn one_destination(
     Ok(Json(a.describe(&d).await?))
 }
 
-async fn pause(State(a): State<Ops>, ApiPath(name): ApiPath<String>) -> Result<Json<DestinationView>, Problem> {
-    a.pause(&name).await?;
+async fn pause(
+    State(a): State<Ops>,
+    Who(who): Who,
+    ApiPath(name): ApiPath<String>,
+) -> Result<Json<DestinationView>, Problem> {
+    a.pause(&who, &name).await?;
     one_destination(State(a), ApiPath(name)).await
 }
 
@@ -305,10 +328,12 @@ struct ResumeQuery {
 
 async fn resume(
     State(a): State<Ops>,
+    Who(who): Who,
     ApiPath(name): ApiPath<String>,
     ApiQuery(q): ApiQuery<ResumeQuery>,
 ) -> Result<Json<DestinationView>, Problem> {
-    a.resume(&name, q.skip_head, q.key.as_deref(), q.by, q.reason).await?;
+    a.resume(&who, &name, q.skip_head, q.key.as_deref(), q.by, q.reason)
+        .await?;
     one_destination(State(a), ApiPath(name)).await
 }
 
@@ -387,6 +412,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>
 
 async fn replay(
     State(a): State<Ops>,
+    Who(who): Who,
     ApiPath(name): ApiPath<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, Problem> {
@@ -407,25 +433,15 @@ async fn replay(
                 .collect::<Result<Vec<_>, _>>()?,
         ),
     };
-    let n = a.replay_dead_letters(&name, seqs).await?;
+    let n = a.replay_dead_letters(&who, &name, seqs).await?;
     Ok(Json(json!({ "replayed": n })))
 }
 
-async fn purge(State(a): State<Ops>, ApiPath(name): ApiPath<String>) -> Result<Json<Value>, Problem> {
-    let n = a.purge_dead_letters(&name).await?;
+async fn purge(State(a): State<Ops>, Who(who): Who, ApiPath(name): ApiPath<String>) -> Result<Json<Value>, Problem> {
+    let n = a.purge_dead_letters(&who, &name).await?;
     Ok(Json(json!({ "purged": n })))
 }
 
-async fn reload(State(a): State<Ops>) -> Result<Json<Value>, Problem> {
-    match a.reloader.reload().await {
-        Ok(v) => Ok(Json(v)),
-        Err(crate::reload::ReloadError::Invalid(reason)) => {
-            tracing::error!(%reason, "reload refused: invalid configuration; nothing changed");
-            Err(Problem::invalid_config(reason))
-        }
-        Err(crate::reload::ReloadError::Refused(reason)) => {
-            tracing::error!(%reason, "reload refused; nothing changed");
-            Err(Problem::reload_refused(reason))
-        }
-    }
+async fn reload(State(a): State<Ops>, Who(who): Who) -> Result<Json<Value>, Problem> {
+    a.reload(&who).await.map(Json)
 }

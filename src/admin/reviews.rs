@@ -10,7 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{ApiPath, ApiQuery};
+use super::{ApiPath, ApiQuery, Who};
 use crate::config::HumanDuration;
 use crate::ops::{internal, review_problem as problem, Ops};
 use crate::problem::Problem;
@@ -113,40 +113,53 @@ pub(super) async fn list(State(a): State<Ops>, ApiQuery(q): ApiQuery<ListQuery>)
     Ok(Json(json!({ "items": items, "next": next })))
 }
 
-async fn decide(a: Ops, id: String, verdict: Verdict, body: axum::body::Body) -> Result<Json<Value>, Problem> {
+async fn decide(
+    a: Ops,
+    who: Who,
+    id: String,
+    verdict: Verdict,
+    body: axum::body::Body,
+) -> Result<Json<Value>, Problem> {
     let seq = a
         .seq_of(&id)?
         .ok_or_else(|| Problem::not_found(format!("no message {id:?}")))?;
     let req: DecisionRequest = json_body(&a, body).await?;
-    a.station.decide(seq, verdict, req).await.map(Json).map_err(problem)
+    a.decide(&who.0, seq, verdict, req)
+        .await
+        .map(Json)
+        .map_err(Problem::from)
 }
 
 pub(super) async fn approve(
     State(a): State<Ops>,
+    who: Who,
     ApiPath(id): ApiPath<String>,
     body: axum::body::Body,
 ) -> Result<Json<Value>, Problem> {
-    decide(a, id, Verdict::Approve, body).await
+    decide(a, who, id, Verdict::Approve, body).await
 }
 
 pub(super) async fn edit(
     State(a): State<Ops>,
+    who: Who,
     ApiPath(id): ApiPath<String>,
     body: axum::body::Body,
 ) -> Result<Json<Value>, Problem> {
-    decide(a, id, Verdict::Edit, body).await
+    decide(a, who, id, Verdict::Edit, body).await
 }
 
 pub(super) async fn reject(
     State(a): State<Ops>,
+    who: Who,
     ApiPath(id): ApiPath<String>,
     body: axum::body::Body,
 ) -> Result<Json<Value>, Problem> {
-    decide(a, id, Verdict::Reject, body).await
+    decide(a, who, id, Verdict::Reject, body).await
 }
 
 pub(super) async fn feedback(
     State(a): State<Ops>,
+    Who(who): Who,
     ApiPath(id): ApiPath<String>,
     body: axum::body::Body,
 ) -> Result<Json<Value>, Problem> {
@@ -154,7 +167,7 @@ pub(super) async fn feedback(
         .seq_of(&id)?
         .ok_or_else(|| Problem::not_found(format!("no message {id:?}")))?;
     let req: FeedbackRequest = json_body(&a, body).await?;
-    a.station.feedback(seq, req).await.map(Json).map_err(problem)
+    a.feedback(&who, seq, req).await.map(Json).map_err(Problem::from)
 }
 
 #[derive(Deserialize)]
@@ -162,12 +175,32 @@ pub(super) async fn feedback(
 pub(super) struct QualityQuery {
     destination: Option<String>,
     window: Option<String>,
+    /// `reviewer`: one row per reviewer, with their agreement.
+    by: Option<String>,
 }
 
 pub(super) async fn quality(State(a): State<Ops>, ApiQuery(q): ApiQuery<QualityQuery>) -> Result<Json<Value>, Problem> {
     known(&a, &q.destination)?;
     let text = q.window.as_deref().unwrap_or("7d");
     let window = duration("window", text)?;
+    match q.by.as_deref() {
+        None | Some("category") => {}
+        Some("reviewer") => {
+            let (rows, agreement) = a
+                .station
+                .quality_by_reviewer(q.destination, window)
+                .await
+                .map_err(problem)?;
+            return Ok(Json(
+                json!({ "window": text, "by": "reviewer", "reviewers": rows, "agreement": agreement }),
+            ));
+        }
+        Some(other) => {
+            return Err(Problem::invalid_request(format!(
+                "by={other:?}: \"category\" (the default) or \"reviewer\""
+            )))
+        }
+    }
     let rows = a.station.quality(q.destination, window).await.map_err(problem)?;
     Ok(Json(json!({ "window": text, "categories": rows })))
 }

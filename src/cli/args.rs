@@ -107,6 +107,31 @@ pub enum Command {
         destination: Option<String>,
         #[arg(long, value_enum, default_value_t = ReportFormat::Table)]
         format: ReportFormat,
+        /// `reviewer`: one row per reviewer, with how far reviewers of one
+        /// category agree.
+        #[arg(long, value_enum, default_value_t = ReportBy::Category)]
+        by: ReportBy,
+        #[command(flatten)]
+        admin: Admin,
+    },
+    /// The audit trail: who paused, resumed, lifted a halt, replayed,
+    /// purged, reloaded, decided or sent feedback, and when.
+    Audit {
+        /// How far back: "24h", "7d", or an RFC 3339 time (default: all
+        /// that is kept).
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        actor: Option<String>,
+        /// pause, resume, lift_halt, replay, purge, reload, approve, edit,
+        /// reject or feedback.
+        #[arg(long)]
+        action: Option<String>,
+        #[arg(long)]
+        destination: Option<String>,
+        /// Print every matching act as JSON Lines (the export).
+        #[arg(long)]
+        jsonl: bool,
         #[command(flatten)]
         admin: Admin,
     },
@@ -233,6 +258,12 @@ pub enum ReportFormat {
     Table,
     Json,
     Csv,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportBy {
+    Category,
+    Reviewer,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]

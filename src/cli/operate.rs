@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::args::{Admin, Command, CorrectionAction, DeadLetterAction, ExportFormat, ReportFormat, ReviewAction};
+use super::args::{
+    Admin, Command, CorrectionAction, DeadLetterAction, ExportFormat, ReportBy, ReportFormat, ReviewAction,
+};
 use super::render::{self, age, num, rate};
 use super::{read_input, runtime, CliError, Client};
 use std::process::ExitCode;
@@ -40,8 +42,25 @@ pub(super) fn operator(cmd: Command) -> ExitCode {
                 since,
                 destination,
                 format,
+                by,
                 admin,
-            } => report(&client(&admin), &since, destination.as_deref(), format, admin.json).await,
+            } => report(&client(&admin), &since, destination.as_deref(), format, by, admin.json).await,
+            Command::Audit {
+                since,
+                actor,
+                action,
+                destination,
+                jsonl,
+                admin,
+            } => {
+                let filters = [
+                    ("since", since),
+                    ("actor", actor),
+                    ("action", action),
+                    ("destination", destination),
+                ];
+                audit(&client(&admin), filters, jsonl, admin.json).await
+            }
             Command::Corrections {
                 action:
                     CorrectionAction::Export {
@@ -152,6 +171,7 @@ async fn report(
     since: &str,
     destination: Option<&str>,
     format: ReportFormat,
+    by: ReportBy,
     json: bool,
 ) -> Result<String, CliError> {
     let mut query = form_urlencoded::Serializer::new(String::new());
@@ -159,12 +179,34 @@ async fn report(
     if let Some(d) = destination {
         query.append_pair("destination", d);
     }
-    let v = c.get(&format!("/v1/quality?{}", query.finish())).await?;
-    match (json, format) {
-        (true, _) | (_, ReportFormat::Json) => Ok(pretty(&v)),
-        (_, ReportFormat::Table) => render::render_report(&v, since),
-        (_, ReportFormat::Csv) => render::report_csv(&v),
+    if by == ReportBy::Reviewer {
+        query.append_pair("by", "reviewer");
     }
+    let v = c.get(&format!("/v1/quality?{}", query.finish())).await?;
+    match (json, format, by) {
+        (true, ..) | (_, ReportFormat::Json, _) => Ok(pretty(&v)),
+        (_, ReportFormat::Table, ReportBy::Category) => render::render_report(&v, since),
+        (_, ReportFormat::Csv, ReportBy::Category) => render::report_csv(&v),
+        (_, ReportFormat::Table, ReportBy::Reviewer) => render::render_reviewers(&v, since),
+        (_, ReportFormat::Csv, ReportBy::Reviewer) => render::reviewers_csv(&v),
+    }
+}
+
+/// `audit`: a table of the acts, or (`--jsonl`) the export as it comes.
+async fn audit(c: &Client, filters: [(&str, Option<String>); 4], jsonl: bool, json: bool) -> Result<String, CliError> {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in &filters {
+        if let Some(v) = v {
+            query.append_pair(k, v);
+        }
+    }
+    if jsonl {
+        query.append_pair("format", "jsonl");
+        return c.get_text(&format!("/v1/audit?{}", query.finish())).await;
+    }
+    query.append_pair("limit", "1000");
+    let v = c.get(&format!("/v1/audit?{}", query.finish())).await?;
+    Ok(shown(json, &v, render::render_audit))
 }
 
 /// `corrections export`: the API's export, passed through as it comes.

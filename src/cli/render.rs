@@ -177,6 +177,151 @@ pub fn report_csv(v: &Value) -> Result<String, CliError> {
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
+fn reviewer_rows(
+    v: &Value,
+) -> Result<
+    (
+        Vec<crate::review::quality::ReviewerRow>,
+        Vec<crate::review::quality::Agreement>,
+    ),
+    CliError,
+> {
+    let bad = |e: serde_json::Error| CliError::BadAnswer(format!("the quality answer is not the expected shape: {e}"));
+    Ok((
+        serde_json::from_value(v["reviewers"].clone()).map_err(bad)?,
+        serde_json::from_value(v["agreement"].clone()).map_err(bad)?,
+    ))
+}
+
+/// `tidegate report --by reviewer`: each reviewer's override rate per
+/// category, then how far the reviewers of one category agree.
+pub fn render_reviewers(v: &Value, since: &str) -> Result<String, CliError> {
+    use std::fmt::Write;
+    let (rows, agreement) = reviewer_rows(v)?;
+    let mut s = format!("quality by reviewer over the last {since}\n\n");
+    let pct = |x: f64| format!("{:.1}%", x * 100.0);
+    let _ = writeln!(
+        s,
+        "{:<16} {:<16} {:<16} {:>8} {:>8} {:>6} {:>8} {:>10} {:>8}  95% CI",
+        "DESTINATION", "CATEGORY", "REVIEWER", "REVIEWED", "APPROVED", "EDITED", "REJECTED", "OVERRIDDEN", "OVERRIDE"
+    );
+    for r in &rows {
+        let ci = r.override_rate_ci95.map_or("-".to_string(), |(lo, hi)| {
+            format!("{:.0}–{:.0}%", lo * 100.0, hi * 100.0)
+        });
+        let _ = writeln!(
+            s,
+            "{:<16} {:<16} {:<16} {:>8} {:>8} {:>6} {:>8} {:>10} {:>8}  {ci}",
+            r.destination,
+            crate::text::for_terminal(&r.category),
+            crate::text::for_terminal(&r.reviewer),
+            r.reviewed,
+            r.approved,
+            r.edited,
+            r.rejected,
+            r.overridden,
+            r.override_rate.map_or("-".to_string(), pct),
+        );
+    }
+    if !agreement.is_empty() {
+        let _ = writeln!(
+            s,
+            "\nagreement: the difference of two reviewers' override rates on one category, with its 95% interval\n"
+        );
+        for a in &agreement {
+            let _ = writeln!(
+                s,
+                "{} / {}: {} {} vs {} {}: {:+.1} points ({:+.1} to {:+.1}): {}",
+                a.destination,
+                crate::text::for_terminal(&a.category),
+                crate::text::for_terminal(&a.reviewers.0),
+                pct(a.override_rates.0),
+                crate::text::for_terminal(&a.reviewers.1),
+                pct(a.override_rates.1),
+                a.difference * 100.0,
+                a.difference_ci95.0 * 100.0,
+                a.difference_ci95.1 * 100.0,
+                if a.consistent { "consistent" } else { "DIFFER" },
+            );
+        }
+    }
+    Ok(s.trim_end().to_string())
+}
+
+/// `tidegate report --by reviewer --format csv`: the reviewer rows.
+pub fn reviewers_csv(v: &Value) -> Result<String, CliError> {
+    let (rows, _) = reviewer_rows(v)?;
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "destination",
+        "category",
+        "reviewer",
+        "reviewed",
+        "approved",
+        "edited",
+        "rejected",
+        "feedback",
+        "overridden",
+        "override_rate",
+        "override_rate_low",
+        "override_rate_high",
+    ])
+    .map_err(|e| CliError::BadAnswer(e.to_string()))?;
+    let opt = |x: Option<f64>| x.map_or(String::new(), |x| x.to_string());
+    for r in &rows {
+        w.write_record([
+            crate::text::csv_cell(&r.destination).into_owned(),
+            crate::text::csv_cell(&r.category).into_owned(),
+            crate::text::csv_cell(&r.reviewer).into_owned(),
+            r.reviewed.to_string(),
+            r.approved.to_string(),
+            r.edited.to_string(),
+            r.rejected.to_string(),
+            r.feedback.to_string(),
+            r.overridden.to_string(),
+            opt(r.override_rate),
+            opt(r.override_rate_ci95.map(|c| c.0)),
+            opt(r.override_rate_ci95.map(|c| c.1)),
+        ])
+        .map_err(|e| CliError::BadAnswer(e.to_string()))?;
+    }
+    let bytes = w.into_inner().map_err(|e| CliError::BadAnswer(e.to_string()))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `tidegate audit`: one line per act, oldest first; what people typed
+/// (reasons, notes) made safe for a terminal.
+pub fn render_audit(v: &Value) -> String {
+    use std::fmt::Write;
+    let items = v["items"].as_array().cloned().unwrap_or_default();
+    if items.is_empty() {
+        return "nothing on record".to_string();
+    }
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<25} {:<16} {:<10} {:<16} {:<24}  DETAIL",
+        "WHEN", "ACTOR", "ACTION", "DESTINATION", "TARGET"
+    );
+    for i in &items {
+        let text = |k: &str| crate::text::for_terminal(i[k].as_str().unwrap_or("")).into_owned();
+        let _ = writeln!(
+            s,
+            "{:<25} {:<16} {:<10} {:<16} {:<24}  {}",
+            text("at"),
+            text("actor"),
+            text("action"),
+            text("destination"),
+            text("target"),
+            crate::text::for_terminal(&i["detail"].to_string()),
+        );
+    }
+    if !v["next"].is_null() {
+        let _ = writeln!(s, "(more: narrow the filters, or use --jsonl for everything)");
+    }
+    s.trim_end().to_string()
+}
+
 /// `tidegate reviews list`.
 pub fn render_reviews(v: &Value) -> String {
     use std::fmt::Write;

@@ -1,5 +1,7 @@
-//! `[admin]`: where operators, Prometheus and probes reach tidegate, and
-//! the token that guards it when it is not on loopback.
+//! `[admin]`: where operators, Prometheus and probes reach tidegate, the
+//! token that guards it when it is not on loopback, the people with tokens
+//! of their own (`[[admin.user]]`, SPEC §18, validated in `people`) and how
+//! long their acts stay on record.
 
 use std::net::SocketAddr;
 
@@ -9,6 +11,7 @@ use toml::Spanned;
 use super::browser::browser_policy;
 use super::connections::{self, Connections, RawConnections};
 use super::locate::{listen_addr, secret_from_env};
+use super::people::{RawUser, User};
 use super::{BrowserPolicy, ConfigError, EnvString, HumanDuration, Locator, Secret};
 
 /// Overrides `admin.listen` (`tidegate serve --admin-listen`).
@@ -25,6 +28,19 @@ pub struct AdminConfig {
     /// address (behind a TLS terminator): its origin is accepted, and an
     /// `https` one marks the session cookie `Secure`.
     pub public_url: Option<reqwest::Url>,
+    /// People with their own tokens and roles; filled once destinations
+    /// are known (`people::users`).
+    pub users: Vec<User>,
+    /// How long the audit trail keeps an act (default 365 days).
+    pub audit_retention: std::time::Duration,
+}
+
+impl AdminConfig {
+    /// Whether every admin request must carry a token: a root token or
+    /// any person's is configured.
+    pub fn needs_token(&self) -> bool {
+        self.token.is_some() || !self.users.is_empty()
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -41,6 +57,9 @@ pub(super) struct RawAdmin {
     pub(super) allowed_origins: Vec<Spanned<EnvString>>,
     #[serde(default)]
     pub(super) allowed_hosts: Vec<Spanned<EnvString>>,
+    #[serde(default)]
+    pub(super) user: Vec<RawUser>,
+    pub(super) audit_retention: Option<HumanDuration>,
 }
 
 pub(super) fn build(raw: &RawAdmin, loc: &Locator) -> Result<AdminConfig, ConfigError> {
@@ -75,6 +94,11 @@ pub(super) fn build(raw: &RawAdmin, loc: &Locator) -> Result<AdminConfig, Config
         token: secret_from_env(&raw.token_env, loc)?,
         browser,
         public_url,
+        users: Vec::new(),
+        audit_retention: raw
+            .audit_retention
+            .map(|d| d.0)
+            .unwrap_or(std::time::Duration::from_secs(365 * 86400)),
         connections: connections::build(
             RawConnections {
                 max_connections: &raw.max_connections,
@@ -86,12 +110,12 @@ pub(super) fn build(raw: &RawAdmin, loc: &Locator) -> Result<AdminConfig, Config
             loc,
         )?,
     };
-    if !admin.listen.ip().is_loopback() && admin.token.is_none() {
+    if !admin.listen.ip().is_loopback() && admin.token.is_none() && raw.user.is_empty() {
         let span = raw.listen.as_ref().map(|s| s.span()).unwrap_or(0..0);
         return Err(loc.error(
             span,
             format!(
-                "admin.listen {} is not a loopback address; set admin.token_env so the admin API requires a token",
+                "admin.listen {} is not a loopback address; set admin.token_env (or [[admin.user]]) so the admin API requires a token",
                 admin.listen
             ),
         ));

@@ -9,7 +9,8 @@ use toml::Spanned;
 use super::browser::browser_policy;
 use super::connections::{self, Connections, RawConnections};
 use super::locate::{listen_addr, secret_from_env};
-use super::{valid_name, BrowserPolicy, ByteSize, ConfigError, Destination, EnvString, HumanDuration, Locator, Secret};
+use super::people::{holders, RawHolder};
+use super::{BrowserPolicy, ByteSize, ConfigError, Destination, EnvString, HumanDuration, Locator, Secret};
 
 /// Overrides `ingress.listen` (`tidegate serve --ingress-listen`).
 pub const INGRESS_LISTEN_ENV: &str = "TIDEGATE_INGRESS_LISTEN";
@@ -119,61 +120,29 @@ pub(super) fn refuse_open(ingress: &IngressConfig, raw: &RawIngress, loc: &Locat
     ))
 }
 
-/// Validates `[[ingress.producer]]`: names like destinations', unique;
-/// tokens set and distinct (a token must say who sent a request); listed
-/// destinations configured.
+/// Validates `[[ingress.producer]]` (`people::holders`).
 pub(super) fn producers(
     raw: &[RawProducer],
     destinations: &[Destination],
     loc: &Locator,
 ) -> Result<Vec<Producer>, ConfigError> {
-    let mut out: Vec<Producer> = Vec::new();
-    for p in raw {
-        let name = p.name.get_ref().clone();
-        if !valid_name(&name) {
-            return Err(loc.error(
-                p.name.span(),
-                format!("producer name {name:?} must match [a-z0-9][a-z0-9_-]{{0,62}}"),
-            ));
-        }
-        if out.iter().any(|o| o.name == name) {
-            return Err(loc.error(p.name.span(), format!("producer {name:?} is defined twice")));
-        }
-        let token = secret_from_env(&Some(p.token_env.clone()), loc)?
-            .ok_or_else(|| loc.error(p.token_env.span(), "token_env is required".to_string()))?;
-        if let Some(other) = out.iter().find(|o| o.token == token) {
-            return Err(loc.error(
-                p.token_env.span(),
-                format!(
-                    "producers {:?} and {name:?} have the same token: each needs its own",
-                    other.name
-                ),
-            ));
-        }
-        let dests = match &p.destinations {
-            None => None,
-            Some(list) => {
-                let mut names = Vec::new();
-                for d in list {
-                    if !destinations.iter().any(|x| x.name == *d.get_ref()) {
-                        return Err(loc.error(
-                            d.span(),
-                            format!(
-                                "producer {name:?} names destination {:?}, which is not configured",
-                                d.get_ref()
-                            ),
-                        ));
-                    }
-                    names.push(d.get_ref().clone());
-                }
-                Some(names)
-            }
-        };
-        out.push(Producer {
-            name,
-            token,
-            destinations: dests,
-        });
-    }
-    Ok(out)
+    let held = holders(
+        "producer",
+        raw.iter().map(|p| RawHolder {
+            name: &p.name,
+            token_env: &p.token_env,
+            destinations: &p.destinations,
+        }),
+        (&[super::ANONYMOUS, "shared"], None),
+        destinations,
+        loc,
+    )?;
+    Ok(held
+        .into_iter()
+        .map(|h| Producer {
+            name: h.name,
+            token: h.token,
+            destinations: h.destinations,
+        })
+        .collect())
 }

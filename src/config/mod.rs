@@ -16,6 +16,7 @@ mod destination;
 mod handoff;
 mod ingress;
 mod locate;
+mod people;
 mod process;
 mod review;
 mod secret;
@@ -38,13 +39,13 @@ pub use destination::{
 };
 pub use handoff::Handoff;
 pub use ingress::{IngressConfig, Producer, INGRESS_LISTEN_ENV};
+pub use people::{Role, User, ANONYMOUS, ROOT};
 pub use process::{LogConfig, LogFormat, ServerConfig};
 pub use review::{Alerts, Governance, OnHoldTimeout, OnThreshold, ReviewPolicy, ReviewStation};
 pub use secret::{redact_url, redact_url_path, Secret, REDACTED};
 pub use storage::StorageConfig;
 pub use units::{expand_env, ByteSize, EnvString, HumanDuration, Rate};
 
-use destination::valid_name;
 use locate::Locator;
 
 /// A config that could not be loaded, with where and why.
@@ -159,7 +160,7 @@ impl Config {
 /// errors are reported.
 fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
     let mut ingress = ingress::build(&raw.ingress, loc)?;
-    let admin = admin::build(&raw.admin, loc)?;
+    let mut admin = admin::build(&raw.admin, loc)?;
     let storage = storage::build(raw.storage, loc)?;
     let log = process::log(raw.log, loc)?;
     let server = process::server(raw.server);
@@ -169,6 +170,7 @@ fn build(raw: RawConfig, loc: &Locator) -> Result<Config, ConfigError> {
         destinations.push(destination::alerts_destination(url.clone()));
     }
     ingress.producers = ingress::producers(&raw.ingress.producer, &destinations, loc)?;
+    admin.users = people::users(&raw.admin.user, admin.token.as_ref(), &destinations, loc)?;
     ingress::refuse_open(&ingress, &raw.ingress, loc)?;
     let mut warnings = Vec::new();
     // The servers' own limit is read at start; what `check` can say

@@ -41,7 +41,7 @@ impl Config {
             "admin    listen={} {} auth={}{}",
             a.listen,
             connections(&a.connections),
-            if a.token.is_some() {
+            if a.needs_token() {
                 "bearer token"
             } else {
                 "none (loopback)"
@@ -50,6 +50,16 @@ impl Config {
                 .as_ref()
                 .map_or(String::new(), |u| format!(" public_url={}", super::redact_url(u)))
         );
+        let _ = writeln!(s, "  audit_retention={}", super::HumanDuration(a.audit_retention));
+        for u in &a.users {
+            let _ = writeln!(
+                s,
+                "  user {:?} role={} token=<redacted> destinations={}",
+                u.name,
+                u.role.as_str(),
+                u.destinations.as_ref().map_or("all".to_string(), |d| d.join(","))
+            );
+        }
         let st = &self.storage;
         let backend = match &st.backend {
             Backend::Sqlite => "sqlite".to_string(),

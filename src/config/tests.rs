@@ -316,3 +316,40 @@ fn userinfo_is_redacted() {
     let c = parse(&MIN.replace("http://127.0.0.1:9/api", "http://user:pw@127.0.0.1:9/api")).unwrap();
     assert!(!c.destinations[0].redacted_url().contains("pw"));
 }
+
+#[test]
+fn admin_users_are_checked_where_they_are_written() {
+    std::env::set_var("TG_CFG_ROOT", "root-token-aaaa");
+    std::env::set_var("TG_CFG_ANA", "ana-token-aaaa");
+    std::env::set_var("TG_CFG_BO", "bo-token-aaaa");
+    let with = |users: &str| parse(&format!("{MIN}[admin]\ntoken_env = \"TG_CFG_ROOT\"\n{users}"));
+    let ana =
+        "[[admin.user]]\nname = \"ana\"\ntoken_env = \"TG_CFG_ANA\"\nrole = \"reviewer\"\ndestinations = [\"crm\"]\n";
+    let c = with(ana).unwrap();
+    let u = &c.admin.users[0];
+    assert_eq!((u.name.as_str(), u.role), ("ana", Role::Reviewer));
+    assert_eq!(u.destinations.as_deref(), Some(&["crm".to_string()][..]));
+    assert_eq!(c.admin.audit_retention, std::time::Duration::from_secs(365 * 86400));
+    assert!(!format!("{c:?}").contains("ana-token-aaaa"), "a token in Debug");
+    let err = |users: &str| with(users).unwrap_err().to_string();
+    let cases = [
+        (ana.replace("\"ana\"", "\"admin\""), "reserved"),
+        (ana.replace("\"ana\"", "\"Ana Lopez\""), "must match"),
+        (
+            format!("{ana}{}", ana.replace("TG_CFG_ANA", "TG_CFG_BO")),
+            "defined twice",
+        ),
+        (format!("{ana}{}", ana.replace("\"ana\"", "\"bo\"")), "same token"),
+        (ana.replace("TG_CFG_ANA", "TG_CFG_ROOT"), "admin token"),
+        (ana.replace("[\"crm\"]", "[\"erp\"]"), "not configured"),
+        (ana.replace("reviewer", "superuser"), "unknown variant"),
+        (ana.replace("TG_CFG_ANA", "TG_CFG_NOBODY_SET"), "TG_CFG_NOBODY_SET"),
+    ];
+    for (text, says) in cases {
+        let e = err(&text);
+        assert!(e.starts_with("t.toml:") && e.contains(says), "{says}: {e}");
+    }
+    // People guard a public admin listener as a root token does.
+    let public = format!("{MIN}[admin]\nlisten = \"0.0.0.0:9090\"\n{ana}");
+    assert!(parse(&public).is_ok());
+}

@@ -9,7 +9,7 @@ use axum::response::Response;
 use maud::{html, Markup};
 
 use super::layout::{csrf_field, state};
-use super::{back, checked_form, failure, render, session_of, Console, Notice, FORM_LIMIT};
+use super::{back, checked_form, failure, render, session_of, Act, Actor, Console, Notice, FORM_LIMIT};
 use crate::chain::plan::human;
 use crate::ops::DestinationView;
 use crate::queue::{DeadLetter, Queued};
@@ -22,6 +22,9 @@ struct View<'a> {
     csrf: &'a str,
     /// Paused by governance: resuming names who and why.
     governed: bool,
+    /// Who is looking: the actions are offered to an operator of this
+    /// destination only, and a person resumes under their own name.
+    actor: &'a Actor,
 }
 
 pub(super) async fn page(
@@ -58,6 +61,7 @@ pub(super) async fn page(
         queued: &queued,
         csrf: &csrf,
         governed,
+        actor: &s.actor,
     });
     render(&s, &name, "overview", n.text(), page)
 }
@@ -77,7 +81,7 @@ pub(super) async fn action(
     }
     let page = format!("/ui/destinations/{name}");
     match action.as_str() {
-        "pause" => match a.pause(&name).await {
+        "pause" => match a.pause(&s.actor, &name).await {
             Ok(()) => back(&page, "paused", None),
             Err(p) => failure(&s, p.status, &p.detail),
         },
@@ -85,7 +89,7 @@ pub(super) async fn action(
             let skip = form.get("skip_head").is_some_and(|v| v == "true");
             let by = form.get("by").cloned();
             let why = form.get("reason").cloned();
-            match a.resume(&name, skip, None, by, why).await {
+            match a.resume(&s.actor, &name, skip, None, by, why).await {
                 Ok(()) => back(&page, "resumed", None),
                 Err(p) => failure(&s, p.status, &p.detail),
             }
@@ -115,7 +119,9 @@ pub(super) async fn dead_letter_action(
                     Err(p) => return failure(&s, p.status, &p.detail),
                 },
             };
-            a.replay_dead_letters(&name, seqs).await.map(|n| ("replayed", n))
+            a.replay_dead_letters(&s.actor, &name, seqs)
+                .await
+                .map(|n| ("replayed", n))
         }
         "purge" => {
             if form.get("confirm").map(String::as_str) != Some("yes") {
@@ -125,7 +131,7 @@ pub(super) async fn dead_letter_action(
                     "Purging needs the confirmation box ticked.",
                 );
             }
-            a.purge_dead_letters(&name).await.map(|n| ("purged", n))
+            a.purge_dead_letters(&s.actor, &name).await.map(|n| ("purged", n))
         }
         _ => return failure(&s, StatusCode::NOT_FOUND, "No such action."),
     };
@@ -153,6 +159,7 @@ fn view(p: &View) -> Markup {
     let name = d.name.as_str();
     let st = d.state;
     let q = &d.queue;
+    let operates = p.actor.can(Act::Operate, Some(name));
     html! {
         h1 { (name) " " (state(st)) }
         @if !d.state_reason.is_empty() {
@@ -168,6 +175,7 @@ fn view(p: &View) -> Markup {
                 @if let Some(o) = &d.objective { " (objective " (human(o.latency_seconds)) ")" } }
             dt { "Dead letters" } dd { (q.dead_letters) }
         }
+        @if operates {
         section.actions aria-label="Actions" {
             h2 { "Actions" }
             div.buttons {
@@ -180,7 +188,11 @@ fn view(p: &View) -> Markup {
                 @if st != "running" {
                     form method="post" action={ "/ui/destinations/" (name) "/resume" } {
                         (csrf_field(p.csrf))
-                        @if p.governed {
+                        @if p.governed && p.actor.personal {
+                            input type="hidden" name="by" value=(p.actor.name);
+                            label for="why" { "Why it is safe now" }
+                            input #why name="reason" required maxlength="1000";
+                        } @else if p.governed {
                             label for="by" { "Resumed by" }
                             input #by name="by" required maxlength="200";
                             label for="why" { "Why it is safe now" }
@@ -198,12 +210,14 @@ fn view(p: &View) -> Markup {
                 }
             }
         }
+        }
         section aria-labelledby="dl" {
             h2 #dl { "Dead letters" }
             @if p.dead_letters.is_empty() {
                 p { "None." }
             } @else {
                 @let replayable = p.dead_letters.iter().filter(|(_, l)| l.reason != REJECTED).count();
+                @if operates {
                 div.buttons {
                     @if replayable > 0 {
                         form method="post" action={ "/ui/destinations/" (name) "/dead-letters/replay" } {
@@ -216,6 +230,7 @@ fn view(p: &View) -> Markup {
                         label { input type="checkbox" name="confirm" value="yes" required; " I mean it" }
                         button.danger #purge type="submit" { "Purge all for good" }
                     }
+                }
                 }
                 div.scroll {
                     table {
@@ -231,7 +246,7 @@ fn view(p: &View) -> Markup {
                                     td {
                                         // A reviewer's rejection is a decision, not a failure:
                                         // it is never replayed.
-                                        @if l.reason != REJECTED {
+                                        @if operates && l.reason != REJECTED {
                                             form method="post" action={ "/ui/destinations/" (name) "/dead-letters/replay" } {
                                                 (csrf_field(p.csrf))
                                                 input type="hidden" name="id" value=(id);

@@ -12,8 +12,8 @@ pub struct Frame<'a> {
     pub section: &'a str,
     /// The CSRF value for this session's forms.
     pub csrf: &'a str,
-    /// A login is in force (show "sign out").
-    pub signed_in: bool,
+    /// Who is signed in, when a login is in force (shown, with "sign out").
+    pub signed_in: Option<&'a crate::auth::Actor>,
     /// A one-line notice at the top (what the last action did, or why not).
     pub notice: Option<(bool, String)>,
 }
@@ -37,6 +37,7 @@ pub fn page(f: &Frame, content: Markup) -> Markup {
         ("map", "/ui/map", "Chain map", "m"),
         ("reviews", "/ui/reviews", "Reviews", "v"),
         ("quality", "/ui/quality", "Quality", "q"),
+        ("audit", "/ui/audit", "Audit", "u"),
     ];
     html! {
         (DOCTYPE)
@@ -57,7 +58,8 @@ pub fn page(f: &Frame, content: Markup) -> Markup {
                             }
                         }
                     }
-                    @if f.signed_in {
+                    @if let Some(who) = f.signed_in {
+                        span.who #who { (who.name) " · " (who.role.as_str()) }
                         form.signout method="post" action="/ui/logout" {
                             input type="hidden" name="csrf" value=(f.csrf);
                             button type="submit" { "Sign out" }
@@ -70,7 +72,7 @@ pub fn page(f: &Frame, content: Markup) -> Markup {
                     }
                     (content)
                 }
-                footer { "Keys: " kbd { "g o" } " overview · " kbd { "g m" } " map · " kbd { "g v" } " reviews · " kbd { "g q" } " quality · " kbd { "j" } "/" kbd { "k" } " next/previous item" }
+                footer { "Keys: " kbd { "g o" } " overview · " kbd { "g m" } " map · " kbd { "g v" } " reviews · " kbd { "g q" } " quality · " kbd { "g u" } " audit · " kbd { "j" } "/" kbd { "k" } " next/previous item" }
             }
         }
     }

@@ -1,4 +1,5 @@
-//! Signing in with the admin token, and out.
+//! Signing in, each person with their own token (or the admin token),
+//! and out.
 
 use axum::body::Body;
 use std::net::SocketAddr;
@@ -9,7 +10,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{html, Markup, DOCTYPE};
 
 use super::layout::head;
-use super::{checked_form, cookie, html, read_form, session, session_of, Console, ADMIN, FORM_LIMIT};
+use super::{checked_form, cookie, html, read_form, session, session_of, Console, FORM_LIMIT};
 
 pub(super) async fn page(State(a): State<Console>, headers: HeaderMap) -> Response {
     match session_of(&a, &headers) {
@@ -28,9 +29,9 @@ pub(super) async fn sign_in(
     body: Body,
 ) -> Response {
     let live = a.config();
-    let Some(token) = &live.admin.token else {
+    if !live.admin.needs_token() {
         return Redirect::to("/ui/").into_response();
-    };
+    }
     let now = crate::queue::now_ms();
     if let Some(wait_ms) = a.sessions.wait(client.ip(), now) {
         tracing::warn!(client = %client.ip(), "console sign-in refused: too many wrong tokens from this address");
@@ -50,14 +51,16 @@ pub(super) async fn sign_in(
         Err(status) => return html(status, view(Some("That is not a token."))),
     };
     let typed = form.get("token").map(String::as_str).unwrap_or("");
-    if !session::token_matches(typed, token) {
+    let Some((who, token)) =
+        crate::auth::actor_of_token(typed, &live.admin).and_then(|actor| crate::auth::person(&actor.name, &live.admin))
+    else {
         a.sessions.failed(client.ip(), now);
         tracing::warn!(client = %client.ip(), "console sign-in refused: wrong token");
         return html(StatusCode::UNAUTHORIZED, view(Some("Wrong token.")));
-    }
+    };
     a.sessions.succeeded(client.ip());
-    let value = a.sessions.open(ADMIN, token, now);
-    tracing::info!(client = %client.ip(), who = ADMIN, "console sign-in");
+    let value = a.sessions.open(&who.name, token, now);
+    tracing::info!(client = %client.ip(), who = %who.name, role = who.role.as_str(), "console sign-in");
     let mut r = Redirect::to("/ui/").into_response();
     if let Ok(v) = HeaderValue::from_str(&format!(
         "{}={value}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
@@ -108,14 +111,14 @@ fn view(error: Option<&str>) -> Markup {
                 main #main {
                     h1 { "tidegate" }
                     form method="post" action="/ui/login" {
-                        label for="token" { "Admin token" }
+                        label for="token" { "Your token" }
                         input #token type="password" name="token" autocomplete="current-password" required autofocus;
                         @if let Some(e) = error {
                             p.notice.bad role="alert" { (e) }
                         }
                         button type="submit" { "Sign in" }
                     }
-                    p.hint { "The token named by " code { "admin.token_env" } " in tidegate's config." }
+                    p.hint { "Your own token (" code { "[[admin.user]]" } "), or the admin token (" code { "admin.token_env" } ")." }
                 }
             }
         }

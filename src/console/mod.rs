@@ -15,6 +15,7 @@
 // form): a handler returns that page as it is, so boxing it buys nothing.
 #![allow(clippy::result_large_err)]
 
+mod audit;
 mod destination;
 mod layout;
 mod login;
@@ -36,6 +37,7 @@ use axum::Router;
 use maud::Markup;
 use serde::Deserialize;
 
+use crate::auth::{Act, Actor};
 use crate::ops::Ops;
 
 const CSS: &str = include_str!("console.css");
@@ -133,6 +135,7 @@ pub fn router(console: Console) -> Router {
         .route("/ui/reviews", get(reviews::page))
         .route("/ui/reviews/{id}/{action}", post(reviews::decide))
         .route("/ui/quality", get(quality::page))
+        .route("/ui/audit", get(audit::page))
         .route(
             "/ui/static/console.css",
             get(|| async { asset(CSS, "text/css; charset=utf-8") }),
@@ -153,11 +156,12 @@ fn asset(body: &'static str, content_type: &'static str) -> Response {
     r
 }
 
-/// A signed-in (or open) session: its cookie value and whether a login is
-/// in force.
+/// A signed-in (or open) session: its cookie value, whether a login is
+/// in force, and who holds it (what the pages offer follows their role).
 struct Session {
     value: String,
     signed_in: bool,
+    actor: Actor,
 }
 
 impl Session {
@@ -177,27 +181,30 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v)
 }
 
-/// The request's session, or the way to the login page.
+/// The request's session, or the way to the login page. Each person
+/// signs in with their own token (SPEC §18); a session ends when its
+/// holder's token changes or they are removed (a reload).
 fn session_of(a: &Console, headers: &HeaderMap) -> Result<Session, Response> {
     let live = a.config();
-    let Some(token) = &live.admin.token else {
+    if !live.admin.needs_token() {
         return Ok(Session {
             value: String::new(),
             signed_in: false,
+            actor: Actor::root(crate::auth::ANONYMOUS),
         });
-    };
-    let token_of = |who: &str| (who == ADMIN).then_some(token);
-    match cookie(headers, session::COOKIE) {
-        Some(c) if a.sessions.who(c, crate::queue::now_ms(), token_of).is_some() => Ok(Session {
+    }
+    let token_of = |who: &str| crate::auth::person(who, &live.admin).map(|(_, t)| t);
+    let who =
+        cookie(headers, session::COOKIE).and_then(|c| Some((c, a.sessions.who(c, crate::queue::now_ms(), token_of)?)));
+    match who.and_then(|(c, name)| Some((c, crate::auth::person(&name, &live.admin)?.0))) {
+        Some((c, actor)) => Ok(Session {
             value: c.to_string(),
             signed_in: true,
+            actor,
         }),
-        _ => Err(Redirect::to("/ui/login").into_response()),
+        None => Err(Redirect::to("/ui/login").into_response()),
     }
 }
-
-/// Who signs in with the admin token.
-const ADMIN: &str = "admin";
 
 fn html(status: StatusCode, m: Markup) -> Response {
     let mut r = (status, m.into_string()).into_response();
@@ -230,7 +237,7 @@ fn frame<'a>(
         title,
         section,
         csrf,
-        signed_in: s.signed_in,
+        signed_in: s.signed_in.then_some(&s.actor),
         notice,
     }
 }

@@ -13,7 +13,10 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::layout::{self, csrf_field};
-use super::{back, checked_form, cookie, failure, frame, html, session_of, Console, Notice, Session, FORM_LIMIT};
+use super::{
+    back, checked_form, cookie, failure, frame, html, session_of, Act, Actor, Console, Notice, Session, FORM_LIMIT,
+};
+use crate::ops::Refused as Refusal;
 use crate::queue::review::Verdict;
 use crate::review::{DecisionRequest, ReviewError};
 
@@ -97,7 +100,7 @@ async fn reviews_page(
         })
         .collect();
     let csrf = s.csrf();
-    let content = view(&rendered, &reviewer, &csrf, destination.as_deref());
+    let content = view(&rendered, &s.actor, &reviewer, &csrf, destination.as_deref());
     let mut r = html(
         status,
         layout::page(&frame(s, &csrf, "Reviews", "reviews", notice), content),
@@ -159,7 +162,8 @@ pub(super) async fn decide(
         body,
         reason: form.get("reason").cloned().filter(|r| !r.is_empty()),
     };
-    match a.station.decide(seq, verdict, req).await {
+    let e = match a.decide(&s.actor, seq, verdict, req).await {
+        Ok(_) if s.actor.personal => return back("/ui/reviews", verdict.as_str(), None),
         Ok(_) => {
             let mut r = back("/ui/reviews", verdict.as_str(), None);
             let value: String = form_urlencoded::byte_serialize(reviewer.as_bytes()).collect();
@@ -168,40 +172,40 @@ pub(super) async fn decide(
             )) {
                 r.headers_mut().insert(header::SET_COOKIE, v);
             }
-            r
+            return r;
         }
-        Err(e) => {
-            let (status, paths) = match &e {
-                ReviewError::Schema(f) => (
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    f.violations
-                        .iter()
-                        .map(|v| {
-                            let at = if v.instance_path.is_empty() {
-                                "/"
-                            } else {
-                                &v.instance_path
-                            };
-                            format!("{at}: {}", v.message)
-                        })
-                        .collect(),
-                ),
-                ReviewError::Transform(_) => (StatusCode::UNPROCESSABLE_ENTITY, vec![]),
-                ReviewError::Invalid(_) => (StatusCode::BAD_REQUEST, vec![]),
-                ReviewError::NotFound(_) => (StatusCode::NOT_FOUND, vec![]),
-                ReviewError::AlreadyDecided { .. } | ReviewError::NotHeld { .. } | ReviewError::NotDelivered { .. } => {
-                    (StatusCode::CONFLICT, vec![])
-                }
-                _ => (StatusCode::INTERNAL_SERVER_ERROR, vec![]),
-            };
-            let (errors, status) = in_place(e.to_string(), paths, status);
-            let refused = Refused {
-                errors,
-                reviewer: Some(reviewer),
-            };
-            reviews_page(&a, &s, &headers, None, refused, None, status).await
+        Err(Refusal::Problem(p)) => return failure(&s, p.status, &p.detail),
+        Err(Refusal::Review(e)) => e,
+    };
+    let (status, paths) = match &e {
+        ReviewError::Schema(f) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            f.violations
+                .iter()
+                .map(|v| {
+                    let at = if v.instance_path.is_empty() {
+                        "/"
+                    } else {
+                        &v.instance_path
+                    };
+                    format!("{at}: {}", v.message)
+                })
+                .collect(),
+        ),
+        ReviewError::Transform(_) => (StatusCode::UNPROCESSABLE_ENTITY, vec![]),
+        ReviewError::Invalid(_) => (StatusCode::BAD_REQUEST, vec![]),
+        ReviewError::NotFound(_) => (StatusCode::NOT_FOUND, vec![]),
+        ReviewError::AlreadyDecided { .. } | ReviewError::NotHeld { .. } | ReviewError::NotDelivered { .. } => {
+            (StatusCode::CONFLICT, vec![])
         }
-    }
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, vec![]),
+    };
+    let (errors, status) = in_place(e.to_string(), paths, status);
+    let refused = Refused {
+        errors,
+        reviewer: Some(reviewer),
+    };
+    reviews_page(&a, &s, &headers, None, refused, None, status).await
 }
 
 /// One review item, with the error its last decision met, if any.
@@ -212,7 +216,10 @@ struct ReviewItem<'a> {
     draft: Option<&'a str>,
 }
 
-fn view(items: &[ReviewItem], reviewer: &str, csrf: &str, destination: Option<&str>) -> Markup {
+/// The items and, where `who` may decide them, the decision forms: a
+/// person decides under their own name; the admin token's holder names
+/// the reviewer.
+fn view(items: &[ReviewItem], who: &Actor, reviewer: &str, csrf: &str, destination: Option<&str>) -> Markup {
     html! {
         h1 { "Reviews" @if let Some(d) = destination { " · " (d) } }
         p.lede { "Held and audit items awaiting a decision, oldest first. Keys on the selected item: "
@@ -220,9 +227,13 @@ fn view(items: &[ReviewItem], reviewer: &str, csrf: &str, destination: Option<&s
         @if items.is_empty() {
             p { "Nothing awaits review." }
         }
+        @if who.personal && who.role >= crate::config::Role::Reviewer {
+            p #deciding-as { "Deciding as " strong { (who.name) } "." }
+        }
         @for it in items {
             @let v = it.item;
             @let id = v["id"].as_str().unwrap_or("");
+            @let decides = who.can(Act::Decide, v["destination"].as_str());
             @let original = serde_json::to_string_pretty(&v["original"]).unwrap_or_default();
             article.item tabindex="0" id={ "item-" (id) } data-item=(id) {
                 h2 { code { (id) } " · " (v["destination"].as_str().unwrap_or("")) " · " (v["category"].as_str().unwrap_or(""))
@@ -245,10 +256,15 @@ fn view(items: &[ReviewItem], reviewer: &str, csrf: &str, destination: Option<&s
                         @if !paths.is_empty() { ul { @for p in paths { li { (p) } } } }
                     }
                 }
+                @if decides {
                 div.decide {
                     form method="post" action={ "/ui/reviews/" (id) "/approve" } {
                         (csrf_field(csrf))
-                        label { "Reviewer " input name="reviewer" value=(reviewer) required maxlength="200"; }
+                        @if who.personal {
+                            input type="hidden" name="reviewer" value=(who.name);
+                        } @else {
+                            label { "Reviewer " input name="reviewer" value=(reviewer) required maxlength="200"; }
+                        }
                         button.approve type="submit" data-action="a" { "Approve" }
                     }
                     form method="post" action={ "/ui/reviews/" (id) "/edit" } {
@@ -263,6 +279,7 @@ fn view(items: &[ReviewItem], reviewer: &str, csrf: &str, destination: Option<&s
                         label { "Reason " input name="reason" maxlength="1000" data-action="r"; }
                         button.danger type="submit" { "Reject" }
                     }
+                }
                 }
             }
         }

@@ -1,9 +1,10 @@
 //! Console sessions and cross-site request protection. With an admin token
-//! configured, the operator enters it once on the login page and gets a
-//! session cookie: an expiry and a MAC over it and a digest of the token,
-//! under a key drawn at start-up. Nothing is stored server-side; a restart
-//! or a token change (reload) ends every session. Without a token (a
-//! loopback admin listener) there is no login, only the form check.
+//! or people (`[[admin.user]]`) configured, each person enters their own
+//! token once on the login page and gets a session cookie: a random id
+//! naming a session kept here, with who holds it and a digest of their
+//! token. A restart, signing out, or a change to that person's token (a
+//! reload) ends it. Without any token (a loopback admin listener) there is
+//! no login, only the form check.
 //!
 //! Every form carries a CSRF value, a MAC of the session, checked on POST;
 //! the admin listener's Origin and Host checks (`crate::auth`) and a
@@ -53,10 +54,7 @@ fn token_digest(token: &Secret) -> [u8; 32] {
     Sha256::digest(token.expose().as_bytes()).into()
 }
 
-/// Equal, without an early exit on the first difference.
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+use crate::auth::same;
 
 /// The console's sessions, kept on the server: a cookie is a random id
 /// that names one, so signing out ends it for whoever holds a copy, and a
@@ -163,11 +161,6 @@ pub fn csrf_ok(session: &str, presented: &str) -> bool {
     same(presented, &csrf(session))
 }
 
-/// Whether the token typed on the login page is the admin token.
-pub fn token_matches(typed: &str, token: &Secret) -> bool {
-    same(typed, token.expose())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +206,5 @@ mod tests {
         assert!(csrf_ok("a", &csrf("a")));
         assert!(!csrf_ok("b", &csrf("a")));
         assert!(!csrf_ok("a", ""));
-        assert!(token_matches("x", &Secret::new("x".into())) && !token_matches("x ", &Secret::new("x".into())));
     }
 }

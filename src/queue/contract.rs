@@ -1,8 +1,9 @@
 //! The queue's contract: a small core trait that every caller needs
 //! ([`Queue`]: append, hand out, settle), and capability traits for the
 //! rest ([`Operations`] for operators and dispatch's records,
-//! [`ReviewStore`] for the review station, [`Cluster`] for instances that
-//! share one queue). [`Backend`] is all four; callers hold one as
+//! [`ReviewStore`] for the review station, [`AuditLog`] for the record of
+//! who did what, [`Cluster`] for instances that share one queue).
+//! [`Backend`] is all five; callers hold one as
 //! [`Queues`]. The model is apalis' backend traits: one contract, several
 //! storages, one behaviour suite run against each (`tests/queue_contract.rs`).
 //!
@@ -24,6 +25,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
+use super::audit::{Act, Entry, Filter};
 use super::review::{Decided, Decision, Item, Tally};
 use super::{
     Appended, DeadLetter, DestinationRecord, Disposition, Due, HaltedKey, LastError, Limits, Message, MessageState,
@@ -34,8 +36,8 @@ use super::{
 pub type Queues = Arc<dyn Backend>;
 
 /// Every capability of a queue backend, as one object.
-pub trait Backend: Queue + Operations + ReviewStore + Cluster {}
-impl<T: Queue + Operations + ReviewStore + Cluster> Backend for T {}
+pub trait Backend: Queue + Operations + ReviewStore + AuditLog + Cluster {}
+impl<T: Queue + Operations + ReviewStore + AuditLog + Cluster> Backend for T {}
 
 /// What ingress and dispatch need: identity, counts, append, hand-out and
 /// settlement.
@@ -175,12 +177,32 @@ pub trait ReviewStore: Send + Sync + 'static {
     async fn oldest_open_review(&self, dest: &str) -> Result<Option<i64>>;
     /// Decisions since `since` (ms), by destination and category.
     async fn review_tallies(&self, dest: Option<String>, since: i64) -> Result<Vec<((String, String), Tally)>>;
+    /// Decisions since `since` (ms), by destination, category and reviewer
+    /// (holds that timed out have none and are left out).
+    async fn reviewer_tallies(
+        &self,
+        dest: Option<String>,
+        since: i64,
+    ) -> Result<Vec<(crate::queue::review::ReviewerKey, Tally)>>;
     /// One destination and category's decisions since `since` (ms).
     async fn review_tally(&self, dest: &str, category: &str, since: i64) -> Result<Tally>;
     /// Messages received since `since` (ms): `(dest, category, state, n)`.
     async fn volumes(&self, dest: Option<String>, since: i64) -> Result<Vec<(String, String, MessageState, u64)>>;
     /// Edits and overrides decided since `since` (ms), after seq `after`.
     async fn corrections(&self, dest: Option<String>, since: i64, after: u64, limit: usize) -> Result<Vec<Item>>;
+}
+
+/// The audit trail (SPEC §18, `super::audit`).
+#[async_trait]
+pub trait AuditLog: Send + Sync + 'static {
+    /// Records `act` durably: once this answers, a crash does not lose it.
+    async fn record_act(&self, act: Act) -> Result<()>;
+    /// The acts `filter` asks for, oldest first.
+    async fn acts(&self, filter: Filter) -> Result<Vec<Entry>>;
+    /// Forgets acts older than `before` (ms); how many went (a chunk at a
+    /// time: call again while it answers a full one). A backend whose
+    /// storage ages them out by itself answers 0.
+    async fn sweep_acts(&self, before: i64) -> Result<u64>;
 }
 
 /// What instances sharing one queue (cluster mode) tell each other. A

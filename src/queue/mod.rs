@@ -19,6 +19,7 @@
 //! in [`open`], and add it to the contract suite (`tests/queue_contract.rs`)
 //! and the end-to-end suite (`tests/cluster_suite.rs` shows how).
 
+pub mod audit;
 mod contract;
 mod error;
 pub mod jetstream;
@@ -29,7 +30,7 @@ mod state;
 
 use std::sync::Arc;
 
-pub use contract::{Backend, Cluster, Operations, Queue, Queues, ReviewStore, StateAsked};
+pub use contract::{AuditLog, Backend, Cluster, Operations, Queue, Queues, ReviewStore, StateAsked};
 pub use error::{QueueError, Result};
 pub(crate) use message::id_of;
 pub use message::{
@@ -72,7 +73,7 @@ pub async fn open(config: &Config, taken: Taken) -> std::result::Result<Queues, 
                 })
                 .collect();
             let retention = config.storage.history_retention;
-            let queue = jetstream::JetStream::open(js, prepared, retention, retention)
+            let queue = jetstream::JetStream::open(js, prepared, retention, retention, config.admin.audit_retention)
                 .await
                 .map_err(|e| format!("opening the queue on NATS JetStream (storage.backend = \"jetstream\"): {e}"))?;
             tracing::info!(

@@ -114,6 +114,9 @@ pub struct Item {
     pub decided_at: Option<i64>,
 }
 
+/// (destination, category, reviewer): what per-reviewer tallies are keyed by.
+pub type ReviewerKey = (String, String, String);
+
 /// Decision counts of one destination and category.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Tally {

@@ -25,6 +25,19 @@ impl Station {
         Ok(quality::rows(&volumes, &tallies, threshold))
     }
 
+    /// Quality split by reviewer over `window`, with the agreement of
+    /// reviewers of one category (`quality::by_reviewer`).
+    pub async fn quality_by_reviewer(
+        &self,
+        dest: Option<String>,
+        window: Duration,
+    ) -> Result<(Vec<quality::ReviewerRow>, Vec<quality::Agreement>), ReviewError> {
+        let since = queue::now_ms() - window.as_millis().min(i64::MAX as u128) as i64;
+        let mut tallies = self.queues.reviewer_tallies(dest, since).await?;
+        tallies.retain(|((d, ..), _)| !config::is_internal(d));
+        Ok(quality::by_reviewer(&tallies))
+    }
+
     /// Each destination's override rate over `window` from the decisions
     /// alone (no message volumes): cheap enough for a page refreshed live.
     pub async fn override_rates(&self, window: Duration) -> Result<HashMap<String, f64>, ReviewError> {
@@ -126,6 +139,17 @@ impl Station {
             OnThreshold::Pause => {
                 if let Err(e) = self.dispatcher.pause_because(dest, reason).await {
                     tracing::error!(destination = dest, error = %e, "governance: cannot pause");
+                } else {
+                    let act = queue::audit::Act::now(
+                        queue::audit::TIDEGATE,
+                        "pause",
+                        Some(dest),
+                        None,
+                        serde_json::json!({ "reason": reason }),
+                    );
+                    if let Err(e) = self.queues.record_act(act).await {
+                        tracing::error!(destination = dest, error = %e, "governance paused, but the audit trail could not record it");
+                    }
                 }
             }
             OnThreshold::Alert if !self.first_in_window(dest, event, subject, window) => return,

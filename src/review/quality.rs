@@ -30,6 +30,115 @@ pub fn wilson(k: u64, n: u64) -> Option<(f64, f64)> {
     ))
 }
 
+/// Newcombe's interval (his method 10, from two Wilson intervals) for the
+/// difference `k1/n1 − k2/n2` of two independent proportions at 95%.
+/// `None` when either has no trials.
+pub fn newcombe(k1: u64, n1: u64, k2: u64, n2: u64) -> Option<(f64, f64)> {
+    let (l1, u1) = wilson(k1, n1)?;
+    let (l2, u2) = wilson(k2, n2)?;
+    let (p1, p2) = (k1.min(n1) as f64 / n1 as f64, k2.min(n2) as f64 / n2 as f64);
+    let d = p1 - p2;
+    Some((
+        d - ((p1 - l1).powi(2) + (u2 - p2).powi(2)).sqrt(),
+        d + ((u1 - p1).powi(2) + (p2 - l2).powi(2)).sqrt(),
+    ))
+}
+
+/// One reviewer's decisions on one destination and category over a
+/// window (`GET /v1/quality?by=reviewer`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReviewerRow {
+    pub destination: String,
+    pub category: String,
+    pub reviewer: String,
+    pub reviewed: u64,
+    pub approved: u64,
+    pub edited: u64,
+    pub rejected: u64,
+    /// Late feedback: `correct` plus `overridden`.
+    pub feedback: u64,
+    pub overridden: u64,
+    pub override_rate: Option<f64>,
+    pub override_rate_ci95: Option<(f64, f64)>,
+}
+
+/// How far two reviewers of one destination and category agree. Each item
+/// is decided once, so no item carries both verdicts and Cohen's kappa
+/// (which needs the same items rated twice) cannot be computed; what can
+/// is whether they override their samples of the same stream at the same
+/// rate: the difference of their override rates with its 95% interval
+/// (`newcombe`). An interval that excludes 0 means they judge the category
+/// differently: a guideline to settle, or a reviewer to calibrate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Agreement {
+    pub destination: String,
+    pub category: String,
+    pub reviewers: (String, String),
+    pub override_rates: (f64, f64),
+    /// First reviewer's rate minus the second's.
+    pub difference: f64,
+    pub difference_ci95: (f64, f64),
+    /// The interval holds 0: no evidence that they judge differently.
+    pub consistent: bool,
+}
+
+/// The per-reviewer rows of `tallies` (keyed by destination, category and
+/// reviewer), most reviewed first within each category, and the agreement
+/// of every pair of reviewers who both decided the same category.
+pub fn by_reviewer(tallies: &[(crate::queue::review::ReviewerKey, Tally)]) -> (Vec<ReviewerRow>, Vec<Agreement>) {
+    let mut rows: Vec<ReviewerRow> = tallies
+        .iter()
+        .filter(|(_, t)| t.reviewed() > 0)
+        .map(|((d, c, r), t)| {
+            let reviewed = t.reviewed();
+            ReviewerRow {
+                destination: d.clone(),
+                category: c.clone(),
+                reviewer: r.clone(),
+                reviewed,
+                approved: t.approved,
+                edited: t.edited,
+                rejected: t.rejected,
+                feedback: t.correct + t.overridden,
+                overridden: t.overridden,
+                override_rate: Some(t.overrides() as f64 / reviewed as f64),
+                override_rate_ci95: wilson(t.overrides(), reviewed),
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        (&a.destination, &a.category, std::cmp::Reverse(a.reviewed), &a.reviewer).cmp(&(
+            &b.destination,
+            &b.category,
+            std::cmp::Reverse(b.reviewed),
+            &b.reviewer,
+        ))
+    });
+    let overrides = |r: &ReviewerRow| r.edited + r.rejected + r.overridden;
+    let mut agreement = Vec::new();
+    for (i, a) in rows.iter().enumerate() {
+        for b in rows[i + 1..]
+            .iter()
+            .take_while(|b| b.destination == a.destination && b.category == a.category)
+        {
+            let Some(ci) = newcombe(overrides(a), a.reviewed, overrides(b), b.reviewed) else {
+                continue;
+            };
+            let (ra, rb) = (a.override_rate.unwrap_or(0.0), b.override_rate.unwrap_or(0.0));
+            agreement.push(Agreement {
+                destination: a.destination.clone(),
+                category: a.category.clone(),
+                reviewers: (a.reviewer.clone(), b.reviewer.clone()),
+                override_rates: (ra, rb),
+                difference: ra - rb,
+                difference_ci95: ci,
+                consistent: ci.0 <= 0.0 && 0.0 <= ci.1,
+            });
+        }
+    }
+    (rows, agreement)
+}
+
 /// One destination and category over a window (`GET /v1/quality`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Row {
@@ -267,6 +376,59 @@ pub fn table(rows: &[Row], since: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn newcombe_matches_his_published_example() {
+        // Newcombe (1998), table II, example (a): 56/70 against 48/80,
+        // method 10: 0.0524 to 0.3339.
+        let (lo, hi) = newcombe(56, 70, 48, 80).unwrap();
+        assert!((lo - 0.0524).abs() < 5e-4 && (hi - 0.3339).abs() < 5e-4, "{lo} {hi}");
+        assert_eq!(newcombe(1, 2, 0, 0), None);
+    }
+
+    #[test]
+    fn reviewers_of_one_category_are_compared_pairwise() {
+        let t = |approved, edited| Tally {
+            approved,
+            edited,
+            ..Tally::default()
+        };
+        let key = |d: &str, c: &str, r: &str| (d.to_string(), c.to_string(), r.to_string());
+        let tallies = vec![
+            (key("crm", "nda", "ana"), t(45, 5)),
+            (key("crm", "nda", "bo"), t(20, 30)),
+            (key("crm", "nda", "cy"), t(9, 1)),
+            (key("crm", "invoice", "ana"), t(10, 0)),
+        ];
+        let (rows, agree) = by_reviewer(&tallies);
+        assert_eq!(rows.len(), 4);
+        assert_eq!(
+            rows.iter().map(|r| r.reviewer.as_str()).collect::<Vec<_>>(),
+            ["ana", "ana", "bo", "cy"],
+            "by destination, category, most reviewed first"
+        );
+        // Three reviewers of nda: three pairs; one of invoice: none.
+        assert_eq!(agree.len(), 3);
+        let ana_bo = agree
+            .iter()
+            .find(|a| a.reviewers == ("ana".into(), "bo".into()))
+            .unwrap();
+        assert!((ana_bo.difference - (0.1 - 0.6)).abs() < 1e-9);
+        assert!(
+            !ana_bo.consistent,
+            "10% against 60% of 50 each differ: {:?}",
+            ana_bo.difference_ci95
+        );
+        let ana_cy = agree
+            .iter()
+            .find(|a| a.reviewers == ("ana".into(), "cy".into()))
+            .unwrap();
+        assert!(
+            ana_cy.consistent,
+            "10% of 50 and 10% of 10 agree: {:?}",
+            ana_cy.difference_ci95
+        );
+    }
 
     #[test]
     fn wilson_matches_published_values_and_stays_in_bounds() {

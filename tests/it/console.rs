@@ -513,3 +513,124 @@ async fn console_forms_refuse_bad_input_and_show_hostile_text_as_text() {
     })
     .await;
 }
+
+/// SPEC §18 in the console: a reviewer signs in with their own token,
+/// sees who they are, no pause, resume, replay or purge, decides without
+/// typing a name, and the decision is theirs (in the item and the audit
+/// trail); a destination outside their list offers no decision.
+#[tokio::test]
+async fn a_reviewer_signs_in_with_their_own_token_and_decides_under_their_name_only() {
+    const RITA: &str = "rita-console-token-0123456789";
+    let ds = Downstream::start().await;
+    let held = "[destination.review]\nhold_when = \"true\"";
+    let tg = Tidegate::start_with(
+        &format!(
+            "{}{}",
+            destination("contracts", &ds.url(), held),
+            destination("invoices", &ds.url(), held)
+        ),
+        Extra {
+            admin: "token_env = \"CONSOLE_TOKEN\"\n[[admin.user]]\nname = \"rita\"\ntoken_env = \"RITA_TOKEN\"\nrole = \"reviewer\"\ndestinations = [\"contracts\"]",
+            env: &[("CONSOLE_TOKEN", TOKEN), ("RITA_TOKEN", RITA)],
+            ..Extra::default()
+        },
+    )
+    .await;
+    let Some(browser) = browser().await else { return };
+    let b = &browser.client;
+    let id = {
+        let r = tg.post("/contracts/x", r#"{"name": "c"}"#).await;
+        assert_eq!(r.status(), 202);
+        crate::support::accepted_id(r).await
+    };
+    let other = {
+        let r = tg.post("/invoices/x", r#"{"name": "i"}"#).await;
+        assert_eq!(r.status(), 202);
+        crate::support::accepted_id(r).await
+    };
+
+    b.goto(&tg.admin_url("/ui/login")).await.unwrap();
+    type_into(b, "#token", RITA).await;
+    click(b, "button[type=submit]").await;
+    wait_for(b, "table#overview").await;
+    assert_eq!(text_of(b, "#who").await, "rita · reviewer");
+
+    // A destination page: facts, no actions.
+    b.goto(&tg.admin_url("/ui/destinations/contracts")).await.unwrap();
+    wait_for(b, "dl.facts").await;
+    for css in ["#pause", "#resume", "#skip-head", "#replay-all", "#purge"] {
+        assert!(b.find(Locator::Css(css)).await.is_err(), "{css} offered to a reviewer");
+    }
+    // Posting the form anyway is refused: the role is the server's.
+    let cookie = b.get_named_cookie("tidegate_session").await.unwrap();
+    let cookie = format!("tidegate_session={}", cookie.value());
+    let page = tg
+        .client
+        .get(tg.admin_url("/ui/reviews"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let r = tg
+        .client
+        .post(tg.admin_url("/ui/destinations/contracts/pause"))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(api(&tg, "/v1/destinations/contracts").await["state"], "running");
+
+    // The reviews: deciding as rita, no name to type; the invoice (not
+    // hers) is shown without decision forms.
+    b.goto(&tg.admin_url("/ui/reviews")).await.unwrap();
+    wait_for(b, "#deciding-as").await;
+    assert_eq!(text_of(b, "#deciding-as").await, "Deciding as rita.");
+    assert!(b
+        .find(Locator::Css("input[name=reviewer]:not([type=hidden])"))
+        .await
+        .is_err());
+    let theirs = b.find(Locator::Css(&format!("#item-{other}"))).await.unwrap();
+    assert!(
+        theirs.find(Locator::Css("form")).await.is_err(),
+        "no decision on invoices"
+    );
+    screenshot(b, "reviews-as-reviewer").await;
+    b.find(Locator::Css(&format!("#item-{id} form[action$='/approve'] button")))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "approved", || async {
+        api(&tg, &format!("/v1/messages/{id}")).await["state"] != "held"
+    })
+    .await;
+    let trail = api(&tg, "/v1/audit?action=approve").await;
+    let items = trail["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{trail}");
+    assert_eq!(items[0]["actor"], "rita");
+    assert_eq!(items[0]["target"], id.as_str());
+    assert_eq!(items[0]["detail"]["reviewer"], "rita");
+    assert_eq!(api(&tg, &format!("/v1/messages/{other}")).await["state"], "held");
+
+    // The audit page shows it.
+    b.goto(&tg.admin_url("/ui/audit")).await.unwrap();
+    wait_for(b, "table#audit").await;
+    let table = text_of(b, "table#audit").await;
+    assert!(
+        table.contains("rita") && table.contains("approve") && table.contains(&id),
+        "{table}"
+    );
+}

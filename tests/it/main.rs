@@ -26,6 +26,7 @@ mod lifecycle;
 mod openapi;
 mod operations;
 mod ordering;
+mod people;
 mod problems;
 mod producers;
 mod rate;

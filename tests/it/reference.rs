@@ -44,6 +44,7 @@ fn every_config_key_is_in_the_reference() {
         ("[ingress]", "ingress"),
         ("[[ingress.producer]]", "ingress.producer"),
         ("[admin]", "admin"),
+        ("[[admin.user]]", "admin.user"),
         ("[storage]", "storage"),
         (
             "[storage]\nbackend = \"jetstream\"\n[storage.jetstream]",

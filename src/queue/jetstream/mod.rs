@@ -14,6 +14,7 @@
 //! | dispatch leases | KV bucket `P_LEASE`, `max_age` = [`LEASE_TTL`] | `l.<dest>` |
 //! | review items (held, audit, feedback) and their decisions | KV bucket `P_REVIEW`, swept by `[review] retention` | `v.<id>` (module `station`) |
 //! | held messages awaiting a decision | stream `P_HELD_<dest>`, subject `P.held.<dest>.<id>` | |
+//! | the audit trail (who did what) | stream `P_AUDIT`, subject `P.audit` | `max_age` = `[admin] audit_retention` (module `audit`) |
 //! | reloads, outcomes for `Prefer: wait` | core NATS subjects `P.reload`, `P.done` | at most once |
 //!
 //! # Invariants
@@ -48,6 +49,7 @@
 //!   due, its key not halted and nothing of its key in flight. A halted key
 //!   is recorded in `h.<dest>.<hex key>` in the same way, for every instance.
 
+mod audit;
 mod codec;
 mod lease;
 mod open;
@@ -87,6 +89,20 @@ const HELD_SWEEP_TICKS: u64 = 10;
 /// The stream sequence's bits in a message id.
 const SEQ_BITS: u32 = 40;
 const SEQ_MASK: u64 = (1 << SEQ_BITS) - 1;
+
+/// A stream or bucket that could not be made, with what to do when it is
+/// for want of servers.
+fn replicas_hint(name: &str, e: impl std::fmt::Display, replicas: usize) -> String {
+    let text = e.to_string();
+    if text.contains("insufficient resources") || text.contains("replicas") {
+        format!(
+            "creating {name}: {text}: storage.jetstream.replicas = {replicas} needs a JetStream cluster of at least \
+             {replicas} servers"
+        )
+    } else {
+        format!("creating {name}: {text}")
+    }
+}
 
 fn unavailable(e: impl std::fmt::Display) -> QueueError {
     QueueError::Unavailable(e.to_string())
@@ -253,6 +269,8 @@ struct Inner {
     idem: kv::Store,
     lease: kv::Store,
     review: kv::Store,
+    /// The audit trail (`audit`).
+    audit: stream::Stream,
     /// `review`'s records without bodies, kept by a watch.
     mirror: Mutex<station::Mirror>,
     dests: RwLock<HashMap<String, Arc<Dest>>>,

@@ -14,7 +14,8 @@ use bytes::Bytes;
 use super::codec::decode_outcome;
 use super::lease::{count_loop, lease_loop};
 use super::{
-    lock, station, unavailable, Ahead, Dest, Inner, JetStream, KeyIndex, Prepared, Reading, LEASE_TTL, MIN_SERVER,
+    lock, replicas_hint, station, unavailable, Ahead, Dest, Inner, JetStream, KeyIndex, Prepared, Reading, LEASE_TTL,
+    MIN_SERVER,
 };
 use crate::config::{JetStreamConfig, UrlCredentials};
 use crate::queue::{QueueError, Result, Stats};
@@ -27,6 +28,7 @@ impl JetStream {
         destinations: Vec<Prepared>,
         history_retention: Duration,
         idempotency_window: Duration,
+        audit_retention: Duration,
     ) -> std::result::Result<JetStream, String> {
         // Built before the connection, so the client's events can say when
         // NATS is out of reach (`/readyz` answers 503 meanwhile).
@@ -47,6 +49,7 @@ impl JetStream {
         })?;
         let buckets = Buckets::make(&js, cfg, history_retention, idempotency_window).await?;
         let salt = cluster_salt(&buckets.state).await?;
+        let audit = super::audit::prepare(&js, &cfg.stream_prefix, cfg.replicas, audit_retention).await?;
         let (stop, _) = tokio::sync::watch::channel(false);
         let (state_tx, state_rx) = tokio::sync::mpsc::unbounded_channel();
         let js_queue = JetStream {
@@ -62,6 +65,7 @@ impl JetStream {
                 idem: buckets.idem,
                 lease: buckets.lease,
                 review: buckets.review,
+                audit,
                 mirror: Mutex::new(station::Mirror::default()),
                 dests: RwLock::new(HashMap::new()),
                 by_index: RwLock::new(HashMap::new()),
@@ -373,18 +377,6 @@ impl JetStream {
             "the stream is gone (deleted by hand?); made again, empty: the messages it held are lost");
         self.stream_from(name, subject, limits.0, limits.1, Some(first)).await?;
         Ok(())
-    }
-}
-
-fn replicas_hint(name: &str, e: impl std::fmt::Display, replicas: usize) -> String {
-    let text = e.to_string();
-    if text.contains("insufficient resources") || text.contains("replicas") {
-        format!(
-            "creating {name}: {text}: storage.jetstream.replicas = {replicas} needs a JetStream cluster of at least \
-             {replicas} servers"
-        )
-    } else {
-        format!("creating {name}: {text}")
     }
 }
 

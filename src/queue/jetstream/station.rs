@@ -651,6 +651,30 @@ impl JetStream {
         Ok(out.into_iter().collect())
     }
 
+    /// Decisions since `since` by destination, category and reviewer, from
+    /// the mirror.
+    pub(super) async fn reviewer_tallies_of(
+        &self,
+        dest: Option<&str>,
+        since: i64,
+    ) -> Result<Vec<(review::ReviewerKey, review::Tally)>> {
+        self.mirror_ready().await?;
+        let m = lock(&self.inner.mirror);
+        let mut out: BTreeMap<review::ReviewerKey, review::Tally> = BTreeMap::new();
+        for r in m.records.values() {
+            let (Some(decision), Some(reviewer)) = (&r.decision, &r.reviewer) else {
+                continue;
+            };
+            if r.decided_at.unwrap_or(0) < since || dest.is_some_and(|d| d != r.dest) {
+                continue;
+            }
+            out.entry((r.dest.clone(), r.category.clone(), reviewer.clone()))
+                .or_default()
+                .count(decision, 1);
+        }
+        Ok(out.into_iter().collect())
+    }
+
     /// Deletes review records created before `cutoff`, except those of
     /// messages still held (their decision is still owed).
     pub(super) async fn sweep_reviews(&self, cutoff: i64) -> Result<u64> {
@@ -808,6 +832,14 @@ impl ReviewStore for JetStream {
 
     async fn review_tallies(&self, dest: Option<String>, since: i64) -> Result<Vec<((String, String), review::Tally)>> {
         self.tallies_of(dest.as_deref(), None, since).await
+    }
+
+    async fn reviewer_tallies(
+        &self,
+        dest: Option<String>,
+        since: i64,
+    ) -> Result<Vec<(review::ReviewerKey, review::Tally)>> {
+        self.reviewer_tallies_of(dest.as_deref(), since).await
     }
 
     async fn review_tally(&self, dest: &str, category: &str, since: i64) -> Result<review::Tally> {

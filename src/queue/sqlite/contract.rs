@@ -1,5 +1,5 @@
 //! The SQLite journal behind the queue's contract (`crate::queue`): each
-//! method of the four traits, applied through the writer thread (changes)
+//! method of the five traits, applied through the writer thread (changes)
 //! or the read pool (looks). What a method guarantees is said once, on the
 //! trait; what is said here is how the journal keeps it.
 
@@ -9,12 +9,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use super::{review, writer, Journal};
+use super::{audit, review, writer, Journal};
+use crate::queue::audit::{Act, Entry, Filter};
 use crate::queue::review::{Decided, Decision, Item, Tally};
 use crate::queue::{
-    id_of, is_message_id, now_ms, Appended, Cluster, DeadLetter, DestinationRecord, Disposition, Due, HaltedKey,
-    LastError, Limits, Message, MessageState, MessageStatus, NewMessage, Operations, Queue, QueueCounts, Queued,
-    Result, ReviewStore, Stats,
+    id_of, is_message_id, now_ms, Appended, AuditLog, Cluster, DeadLetter, DestinationRecord, Disposition, Due,
+    HaltedKey, LastError, Limits, Message, MessageState, MessageStatus, NewMessage, Operations, Queue, QueueCounts,
+    Queued, Result, ReviewStore, Stats,
 };
 
 #[async_trait]
@@ -308,6 +309,15 @@ impl ReviewStore for Journal {
             .await
     }
 
+    async fn reviewer_tallies(
+        &self,
+        dest: Option<String>,
+        since: i64,
+    ) -> Result<Vec<(crate::queue::review::ReviewerKey, Tally)>> {
+        self.read(move |r| review::reviewer_tallies(r.conn(), dest.as_deref(), since))
+            .await
+    }
+
     async fn review_tally(&self, dest: &str, category: &str, since: i64) -> Result<Tally> {
         let (dest, category) = (dest.to_string(), category.to_string());
         self.read(move |r| review::tally(r.conn(), &dest, &category, since))
@@ -326,4 +336,19 @@ impl ReviewStore for Journal {
 }
 
 /// A journal is one process's own: the defaults (nothing shared).
+#[async_trait]
+impl AuditLog for Journal {
+    async fn record_act(&self, act: Act) -> Result<()> {
+        self.call(|reply| writer::Command::RecordAct { act, reply }).await
+    }
+
+    async fn acts(&self, filter: Filter) -> Result<Vec<Entry>> {
+        self.read(move |r| audit::read(r.conn(), &filter)).await
+    }
+
+    async fn sweep_acts(&self, before: i64) -> Result<u64> {
+        self.call(|reply| writer::Command::SweepActs { before, reply }).await
+    }
+}
+
 impl Cluster for Journal {}

@@ -78,6 +78,7 @@
 //! it: a worker that keeps up reads nothing back. `tail` says what stops
 //! that and why the journal stays the truth.
 
+mod audit;
 mod contract;
 mod effect;
 mod leaves;

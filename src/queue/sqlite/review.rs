@@ -349,6 +349,32 @@ pub(super) fn tallies(
     Ok(out.into_iter().collect())
 }
 
+/// Decisions since `since`, by destination, category and reviewer.
+pub(super) fn reviewer_tallies(
+    conn: &Connection,
+    dest: Option<&str>,
+    since: i64,
+) -> rusqlite::Result<Vec<(crate::queue::review::ReviewerKey, Tally)>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT dest, category, reviewer, decision, count(*) FROM reviews INDEXED BY reviews_decided
+         WHERE decision IS NOT NULL AND reviewer IS NOT NULL AND decided_at >= ?2 AND (?1 IS NULL OR dest = ?1)
+         GROUP BY dest, category, reviewer, decision",
+    )?;
+    let rows = stmt.query_map(params![dest, since], |r| {
+        Ok((
+            (r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?),
+            r.get::<_, String>(3)?,
+            r.get::<_, i64>(4)?,
+        ))
+    })?;
+    let mut out: std::collections::BTreeMap<crate::queue::review::ReviewerKey, Tally> = Default::default();
+    for row in rows {
+        let (key, decision, n) = row?;
+        out.entry(key).or_default().count(&decision, n as u64);
+    }
+    Ok(out.into_iter().collect())
+}
+
 /// One destination and category's decisions since `since`.
 pub(super) fn tally(conn: &Connection, dest: &str, category: &str, since: i64) -> rusqlite::Result<Tally> {
     let mut stmt = conn.prepare_cached(

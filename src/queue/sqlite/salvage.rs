@@ -396,6 +396,17 @@ fn copy_side_tables(old: &Connection, new: &Connection) {
         );
     }
     review_gaps(new);
+    if let Ok(stmt) = old.prepare(&format!("SELECT {} FROM audit", super::audit::COLUMNS)) {
+        copy_each(
+            stmt,
+            7,
+            new,
+            &format!(
+                "INSERT OR IGNORE INTO audit ({}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                super::audit::COLUMNS
+            ),
+        );
+    }
     if let Ok(stmt) = old.prepare("SELECT dest, state, reason, head_seq FROM destinations") {
         copy_each(
             stmt,

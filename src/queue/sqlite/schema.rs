@@ -215,6 +215,7 @@ pub fn open_checked(path: &Path) -> Result<Opened, OpenError> {
     .map_err(e("open"))?;
     configure(&conn, true).map_err(e("pragmas"))?;
     conn.execute_batch(CREATE).map_err(e("schema"))?;
+    conn.execute_batch(super::audit::CREATE).map_err(e("schema"))?;
     // Columns added after the first release, to journals that predate them.
     add_column(&conn, "idempotency", "fingerprint", "BLOB").map_err(e("schema"))?;
     add_column(&conn, "messages", "producer", "TEXT").map_err(e("schema"))?;

@@ -82,6 +82,16 @@ pub enum Command {
         review_retention_ms: i64,
         reply: oneshot::Sender<Result<u64>>,
     },
+    /// One act for the audit trail.
+    RecordAct {
+        act: crate::queue::audit::Act,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Acts older than `before` (ms) forgotten, a chunk at a time.
+    SweepActs {
+        before: i64,
+        reply: oneshot::Sender<Result<u64>>,
+    },
     Close {
         reply: std::sync::mpsc::Sender<()>,
     },
@@ -411,12 +421,15 @@ fn error_of(code: Option<rusqlite::ErrorCode>, e: &rusqlite::Error) -> QueueErro
 fn pending_of(cmd: Command, ans: Answer) -> Pending {
     match (cmd, ans) {
         (Command::Append { reply, .. }, Answer::Append(r)) => Pending::Append(reply, r),
-        (Command::Settle { reply, .. }, _) | (Command::SetDestination { reply, .. }, _) => Pending::Unit(reply, Ok(())),
+        (Command::Settle { reply, .. }, _)
+        | (Command::SetDestination { reply, .. }, _)
+        | (Command::RecordAct { reply, .. }, _) => Pending::Unit(reply, Ok(())),
         (Command::Replay { reply, .. }, Answer::Count(n))
         | (Command::Purge { reply, .. }, Answer::Count(n))
         | (Command::ReleaseKey { reply, .. }, Answer::Count(n))
         | (Command::ExpireHolds { reply, .. }, Answer::Count(n))
-        | (Command::Sweep { reply, .. }, Answer::Count(n)) => Pending::Count(reply, Ok(n)),
+        | (Command::Sweep { reply, .. }, Answer::Count(n))
+        | (Command::SweepActs { reply, .. }, Answer::Count(n)) => Pending::Count(reply, Ok(n)),
         (Command::Decide { reply, .. }, Answer::Decided(d)) => Pending::Decided(reply, Ok(d)),
         (cmd, _) => {
             reject(cmd);
@@ -432,12 +445,15 @@ fn reject(cmd: Command) {
 fn reject_with(cmd: Command, err: impl Fn() -> QueueError) {
     let p = match cmd {
         Command::Append { reply, .. } => Pending::Append(reply, Ok(Appended::QueueFull)),
-        Command::Settle { reply, .. } | Command::SetDestination { reply, .. } => Pending::Unit(reply, Ok(())),
+        Command::Settle { reply, .. } | Command::SetDestination { reply, .. } | Command::RecordAct { reply, .. } => {
+            Pending::Unit(reply, Ok(()))
+        }
         Command::Replay { reply, .. }
         | Command::Purge { reply, .. }
         | Command::ReleaseKey { reply, .. }
         | Command::ExpireHolds { reply, .. }
-        | Command::Sweep { reply, .. } => Pending::Count(reply, Ok(0)),
+        | Command::Sweep { reply, .. }
+        | Command::SweepActs { reply, .. } => Pending::Count(reply, Ok(0)),
         Command::Decide { reply, .. } => Pending::Decided(reply, Ok(Decided::NotFound)),
         Command::Close { reply } => {
             let _ = reply.send(());
@@ -557,6 +573,14 @@ fn apply(
             )?;
             keep_floor(tx, *next_seq)?;
             tx.execute_batch("PRAGMA incremental_vacuum(2000)")?;
+            Ok((Answer::Count(n), Effect::default()))
+        }
+        Command::RecordAct { act, .. } => {
+            super::audit::record(tx, act)?;
+            Ok((Answer::Unit, Effect::default()))
+        }
+        Command::SweepActs { before, .. } => {
+            let n = super::audit::sweep(tx, *before, SWEEP_CHUNK)?;
             Ok((Answer::Count(n), Effect::default()))
         }
         Command::Close { .. } => Ok((Answer::Unit, Effect::default())),
