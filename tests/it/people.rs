@@ -522,3 +522,77 @@ async fn the_audit_trail_holds_every_acknowledged_decision_once_across_a_kill_9(
         on_record.len()
     );
 }
+
+/// A reload adds, removes and re-roles people: the removed one's token
+/// names nobody any more (401), the added one acts at once, and the reload
+/// itself is on the trail under who asked for it. No token is ever in the
+/// log.
+#[tokio::test]
+async fn a_reload_adds_removes_and_re_roles_people() {
+    let ds = Downstream::start().await;
+    let tg = start(&ds).await;
+    let ok = |r: reqwest::Response| async move {
+        let s = r.status();
+        assert_eq!(s, 200, "{}", r.text().await.unwrap_or_default());
+    };
+    ok(call(&tg, Some("vera"), "GET", "/v1/destinations", json!(null)).await).await;
+    problem(
+        call(&tg, Some("vera"), "POST", "/v1/destinations/a/pause", json!(null)).await,
+        403,
+        "forbidden_role",
+    )
+    .await;
+
+    // vera becomes an operator; rita goes.
+    let text = std::fs::read_to_string(&tg.config_path).unwrap();
+    let next = text
+        .replace(
+            "name = \"vera\"\ntoken_env = \"VERA_TOKEN\"\nrole = \"viewer\"",
+            "name = \"vera\"\ntoken_env = \"VERA_TOKEN\"\nrole = \"operator\"",
+        )
+        .replace(
+            "[[admin.user]]\nname = \"rita\"\ntoken_env = \"RITA_TOKEN\"\nrole = \"reviewer\"\ndestinations = [\"a\"]\n",
+            "",
+        );
+    assert_ne!(text, next);
+    assert!(!next.contains("rita"), "{next}");
+    std::fs::write(&tg.config_path, next).unwrap();
+    ok(call(&tg, Some("otto"), "POST", "/v1/reload", json!(null)).await).await;
+
+    ok(call(&tg, Some("vera"), "POST", "/v1/destinations/a/pause", json!(null)).await).await;
+    problem(
+        call(&tg, Some("rita"), "GET", "/v1/destinations", json!(null)).await,
+        401,
+        "unauthorized",
+    )
+    .await;
+    let v: Value = call(&tg, Some("otto"), "GET", "/v1/audit", json!(null))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let acts: Vec<(String, String)> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["actor"].as_str().unwrap().into(),
+                i["action"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        acts,
+        [
+            ("otto".to_string(), "reload".to_string()),
+            ("vera".into(), "pause".into())
+        ],
+        "{v}"
+    );
+    let log = tg.log();
+    for (_, token, _) in PEOPLE {
+        assert!(!log.contains(token), "a token in the log");
+    }
+    assert!(!log.contains(ROOT));
+}
