@@ -70,14 +70,7 @@ pub(super) async fn list(State(a): State<Ops>, ApiQuery(q): ApiQuery<AuditQuery>
             )))
         }
     };
-    let limit = match q.limit.as_deref() {
-        None => 100,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| Problem::invalid_request(format!("limit={l:?}: the page size is 1 to 1000")))?,
-    };
+    let limit = super::page_size(q.limit.as_deref())?;
     let after = match q.after.as_deref() {
         None => 0,
         // An entry's seq, as JSON carries integers exactly (below 2^53).

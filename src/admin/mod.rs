@@ -78,6 +78,18 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath
     }
 }
 
+/// `limit=` of a paged list: 1 to 1000, 100 when absent.
+fn page_size(limit: Option<&str>) -> Result<usize, Problem> {
+    match limit {
+        None => Ok(100),
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| Problem::invalid_request(format!("limit={l:?}: the page size is 1 to 1000"))),
+    }
+}
+
 /// axum's `Query`, refusing with problem+json.
 struct ApiQuery<T>(T);
 
@@ -357,14 +369,7 @@ async fn dead_letters(
     ApiQuery(q): ApiQuery<DeadLetterQuery>,
 ) -> Result<Json<Value>, Problem> {
     a.find(&name)?;
-    let limit = match q.limit.as_deref() {
-        None => 100,
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| Problem::invalid_request(format!("limit={l:?}: the page size is 1 to 1000")))?,
-    };
+    let limit = page_size(q.limit.as_deref())?;
     let after = match &q.after {
         None => None,
         Some(id) => Some(

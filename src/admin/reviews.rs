@@ -10,7 +10,7 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{ApiPath, ApiQuery, Who};
+use super::{page_size, ApiPath, ApiQuery, Who};
 use crate::config::HumanDuration;
 use crate::ops::{internal, review_problem as problem, Ops};
 use crate::problem::Problem;
@@ -46,17 +46,6 @@ async fn json_body<T: serde::de::DeserializeOwned>(a: &Ops, body: axum::body::Bo
     }
     serde_json::from_slice(&bytes)
         .map_err(|e| Problem::invalid_request(format!("the body is not the JSON expected: {e}")))
-}
-
-fn page_size(limit: Option<&str>) -> Result<usize, Problem> {
-    match limit {
-        None => Ok(100),
-        Some(l) => l
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=1000).contains(n))
-            .ok_or_else(|| Problem::invalid_request(format!("limit={l:?}: the page size is 1 to 1000"))),
-    }
 }
 
 fn after_seq(a: &Ops, after: Option<&str>) -> Result<u64, Problem> {

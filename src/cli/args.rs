@@ -290,8 +290,10 @@ pub enum ReviewAction {
     /// Deliver a held message as it is.
     Approve {
         id: String,
+        /// Who decided: required with the admin token; with a person's own
+        /// token it is them (naming someone else is refused).
         #[arg(long)]
-        reviewer: String,
+        reviewer: Option<String>,
         #[arg(long)]
         note: Option<String>,
         #[command(flatten)]
@@ -300,8 +302,10 @@ pub enum ReviewAction {
     /// Deliver a corrected body instead (checked against the schema).
     Edit {
         id: String,
+        /// Who decided: required with the admin token; with a person's own
+        /// token it is them (naming someone else is refused).
         #[arg(long)]
-        reviewer: String,
+        reviewer: Option<String>,
         /// The corrected producer body: a JSON file, or `-` for standard input.
         #[arg(long, default_value = "-")]
         body: PathBuf,
@@ -313,8 +317,10 @@ pub enum ReviewAction {
     /// Never deliver it: dead-lettered as rejected_by_reviewer.
     Reject {
         id: String,
+        /// Who decided: required with the admin token; with a person's own
+        /// token it is them (naming someone else is refused).
         #[arg(long)]
-        reviewer: String,
+        reviewer: Option<String>,
         #[arg(long)]
         reason: Option<String>,
         #[command(flatten)]

@@ -150,6 +150,30 @@ async fn text_now(b: &Client, css: &str) -> Option<String> {
     b.find(Locator::Css(css)).await.ok()?.text().await.ok()
 }
 
+/// The browser's session cookie (as a `Cookie` header) and a CSRF value
+/// of its session, for posting forms the page would not offer.
+async fn session_and_csrf(b: &Client, tg: &Tidegate) -> (String, String) {
+    let cookie = b.get_named_cookie("tidegate_session").await.unwrap();
+    let cookie = format!("tidegate_session={}", cookie.value());
+    let page = tg
+        .client
+        .get(tg.admin_url("/ui/reviews"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    (cookie, csrf)
+}
+
 async fn no_script_ran(b: &Client) {
     let ran = b.execute("return window.__pwned === undefined;", vec![]).await.unwrap();
     assert_eq!(ran, json!(true), "a script from the data ran in the console");
@@ -447,24 +471,7 @@ async fn console_forms_refuse_bad_input_and_show_hostile_text_as_text() {
     no_script_ran(b).await;
 
     // With a session cookie but bad fields: empty reviewer, 5 MiB field.
-    let cookie = b.get_named_cookie("tidegate_session").await.unwrap();
-    let cookie = format!("tidegate_session={}", cookie.value());
-    let page = tg
-        .client
-        .get(tg.admin_url("/ui/reviews"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_string();
+    let (cookie, csrf) = session_and_csrf(b, &tg).await;
     let post = |path: String, body: String| {
         let (c, cookie) = (tg.client.clone(), cookie.clone());
         async move {
@@ -562,24 +569,7 @@ async fn a_reviewer_signs_in_with_their_own_token_and_decides_under_their_name_o
         assert!(b.find(Locator::Css(css)).await.is_err(), "{css} offered to a reviewer");
     }
     // Posting the form anyway is refused: the role is the server's.
-    let cookie = b.get_named_cookie("tidegate_session").await.unwrap();
-    let cookie = format!("tidegate_session={}", cookie.value());
-    let page = tg
-        .client
-        .get(tg.admin_url("/ui/reviews"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_string();
+    let (cookie, csrf) = session_and_csrf(b, &tg).await;
     let r = tg
         .client
         .post(tg.admin_url("/ui/destinations/contracts/pause"))
