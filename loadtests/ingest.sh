@@ -33,14 +33,17 @@ producers() {
 }
 # HANDOFF=1 (handoff.sh): the destination validates against a schema of 10
 # properties and maps 10 fields, as benches/handoff.rs does (a mapping: it
-# runs natively). HANDOFF=general: the README's fourth example, a general jq
-# program (map, select, string interpolation) that runs in the sandbox's
-# workers, with its category.
+# runs natively). HANDOFF=general: the README's fourth example (map,
+# select, string interpolation: compiled), with its category.
+# HANDOFF=sandbox: the same output from a program the compiled subset does
+# not take (a variable, `.[]`), run in the sandbox's workers.
 handoff() {
   case "${HANDOFF:-}" in
     "") ;;
     general) printf '[destination.handoff]\ntransform_file = "%s"\ncategory = ".account"\n' \
       "$PWD/examples/handoff/activity.jq" ;;
+    sandbox) printf '[destination.handoff]\ntransform_file = "%s"\ncategory = ".account"\n' \
+      "$PWD/loadtests/handoff/activity-sandboxed.jq" ;;
     *) printf '[destination.handoff]\nschema = "%s"\ntransform_file = "%s"\ncategory = ".document_type"\n' \
       "$PWD/loadtests/handoff/schema.json" "$PWD/loadtests/handoff/mapping.jq" ;;
   esac

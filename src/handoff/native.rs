@@ -4,16 +4,20 @@
 //! jq engine and no sandbox.
 //!
 //! What compiles here: paths (`.`, `.a`, `."a b"`, `.["a"]`, `.[2]`, and
-//! chains of them), literals (null, booleans, numbers, strings without
-//! interpolation), objects (`{a: f, "b": g, c}`) and arrays (`[f, g]`) of
-//! such, `f // g`, comparisons (`==`, `!=`, `<`, `<=`, `>`, `>=`), `and`,
-//! `or`, `f | not`, `f | ascii_downcase`, `f | ascii_upcase`, `if f then g
+//! chains of them), literals (null, booleans, numbers, strings), strings
+//! with interpolation (`"\(.who): \(.text)"`), objects (`{a: f, "b": g,
+//! c}`) and arrays (`[f, g]`) of such, `f // g`, comparisons (`==`, `!=`,
+//! `<`, `<=`, `>`, `>=`), `and`, `or`, pipes `f | g`, `not`,
+//! `ascii_downcase`, `ascii_upcase`, `map(f)`, `select(f)`, `if f then g
 //! else h end` (with `elif`), and parentheses.
-//! Each of these yields exactly one value and touches each input node at
-//! most once per mention, so a program made of them terminates by
-//! construction and needs none of the sandbox's limits. Anything else (a
-//! function, a variable, `..`, `reduce`, string interpolation) is refused
-//! with the reason, and the program runs in jq as before.
+//! Each of these yields at most one value (`select` none or one, and `map`
+//! one array), and none recurses or loops but over the elements of an
+//! array it is given, so a program made of them terminates by construction
+//! and needs none of the sandbox's time limit. Its memory is bounded too:
+//! compiling refuses a program that could copy its input more than
+//! [`MAX_COPIES`] times (pipes multiply: `[., .] | [., .]` copies it four
+//! times). Anything else (a function, a variable, `..`, `.[]`, `reduce`,
+//! `,`) is refused with the reason, and the program runs in jq as before.
 //!
 //! Invariant: jq's answer is the contract. Where this evaluator is not sure
 //! to give exactly what jaq gives (an index into the wrong type, which is an
@@ -30,6 +34,11 @@ use serde_json::Value;
 
 use super::jq;
 
+/// The most copies of its input a compiled program may make (see
+/// [`Node::copies`]): what keeps its output, and so its memory, within a
+/// small multiple of the body's size.
+pub const MAX_COPIES: u64 = 64;
+
 /// A program in the subset above.
 #[derive(Debug, Clone)]
 pub struct Expr(Node);
@@ -45,9 +54,50 @@ enum Node {
     Compare(Box<Node>, Op, Box<Node>),
     And(Box<Node>, Box<Node>),
     Or(Box<Node>, Box<Node>),
-    /// `f | not`, `f | ascii_downcase`, `f | ascii_upcase`.
-    Then(Box<Node>, Builtin),
+    /// `f | g`: `g` on `f`'s output.
+    Pipe(Box<Node>, Box<Node>),
+    /// `not`, `ascii_downcase`, `ascii_upcase` on the input.
+    Builtin(Builtin),
     If(Box<Node>, Box<Node>, Box<Node>),
+    /// `map(f)`: `f` on each element of an array, its outputs collected.
+    Map(Box<Node>),
+    /// `select(f)`: the input when `f` holds, else nothing.
+    Select(Box<Node>),
+    /// A string with interpolations: literal text and values made text as
+    /// jq's `tostring` makes them.
+    Format(Vec<Part>),
+}
+
+#[derive(Debug, Clone)]
+enum Part {
+    Text(String),
+    Value(Node),
+}
+
+impl Node {
+    /// At most how many copies of its input the node's output holds: a
+    /// path, one; a literal or a boolean, none; an object or array, the
+    /// sum of its parts; a pipe, the product of its two sides.
+    fn copies(&self) -> u64 {
+        match self {
+            Node::Path(_) | Node::Select(_) => 1,
+            Node::Literal(_) | Node::Compare(..) | Node::And(..) | Node::Or(..) => 0,
+            Node::Builtin(b) => u64::from(*b != Builtin::Not),
+            Node::Object(entries) => entries.iter().map(|(_, n)| n.copies()).fold(0, u64::saturating_add),
+            Node::Array(items) => items.iter().map(Node::copies).fold(0, u64::saturating_add),
+            Node::Format(parts) => parts
+                .iter()
+                .map(|p| match p {
+                    Part::Text(_) => 0,
+                    Part::Value(n) => n.copies(),
+                })
+                .fold(0, u64::saturating_add),
+            Node::Alt(l, r) => l.copies().max(r.copies()),
+            Node::If(_, t, e) => t.copies().max(e.copies()),
+            Node::Map(f) => f.copies(),
+            Node::Pipe(f, g) => f.copies().saturating_mul(g.copies()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -76,8 +126,8 @@ impl Builtin {
 
     /// jq's `ascii_downcase` and `ascii_upcase` change ASCII letters only,
     /// and fail on anything but a string (in jaq's words: `Unsure`).
-    fn apply<'a>(self, v: Cow<'a, Value>) -> Result<Cow<'a, Value>, Unsure> {
-        Ok(Cow::Owned(match (self, &*v) {
+    fn apply<'a>(self, v: &Value) -> Result<Cow<'a, Value>, Unsure> {
+        Ok(Cow::Owned(match (self, v) {
             (Builtin::Not, v) => Value::Bool(!truthy(v)),
             (Builtin::AsciiDowncase, Value::String(s)) => Value::String(s.to_ascii_lowercase()),
             (Builtin::AsciiUpcase, Value::String(s)) => Value::String(s.to_ascii_uppercase()),
@@ -107,18 +157,20 @@ impl Expr {
     /// for `handoff test --explain`). Only for programs jaq compiles: the
     /// grammar here is a subset of jq's, not a judge of it.
     pub fn compile(code: &str) -> Result<Expr, String> {
-        let tokens = lex(code)?;
-        let mut p = Parser { tokens, at: 0 };
-        let node = p.pipe()?;
-        match p.peek() {
-            None => Ok(Expr(node)),
-            Some(t) => Err(format!("{} is not compiled", t.describe())),
+        let node = Parser::whole(lex(code)?)?;
+        let copies = node.copies();
+        if copies > MAX_COPIES {
+            return Err(format!(
+                "the program may copy its input {copies} times (more than {MAX_COPIES})"
+            ));
         }
+        Ok(Expr(node))
     }
 
-    /// The program's one output for `input`, or [`Unsure`].
+    /// The program's one output for `input`, or [`Unsure`] (also when it
+    /// has none: what then is jq's to say).
     pub fn eval(&self, input: &Value) -> Result<Value, Unsure> {
-        let out = eval(&self.0, input)?.into_owned();
+        let out = eval(&self.0, input)?.ok_or(Unsure)?.into_owned();
         check_output(&out, 0)?;
         Ok(out)
     }
@@ -126,7 +178,7 @@ impl Expr {
     /// jq's truthiness of the program's output (for routes and `hold_when`,
     /// whose output is never rendered, so never checked for depth).
     pub fn holds(&self, input: &Value) -> Result<bool, Unsure> {
-        Ok(truthy(&*eval(&self.0, input)?))
+        Ok(truthy(&*eval(&self.0, input)?.ok_or(Unsure)?))
     }
 }
 
@@ -134,8 +186,23 @@ fn truthy(v: &Value) -> bool {
     !matches!(v, Value::Null | Value::Bool(false))
 }
 
-fn eval<'a>(node: &'a Node, input: &'a Value) -> Result<Cow<'a, Value>, Unsure> {
-    Ok(match node {
+/// What a node made: one value, or none (`select` that did not hold, and
+/// whatever was built from it: jq's `empty`).
+type Out<'a> = Result<Option<Cow<'a, Value>>, Unsure>;
+
+/// `Some(v)`, or return `Ok(None)` from the caller: an empty part makes
+/// the whole empty, as in jq.
+macro_rules! one {
+    ($e:expr) => {
+        match $e? {
+            Some(v) => v,
+            None => return Ok(None),
+        }
+    };
+}
+
+fn eval<'a>(node: &'a Node, input: &'a Value) -> Out<'a> {
+    Ok(Some(match node {
         Node::Path(steps) => {
             let mut v = input;
             for step in steps {
@@ -147,26 +214,26 @@ fn eval<'a>(node: &'a Node, input: &'a Value) -> Result<Cow<'a, Value>, Unsure> 
         Node::Object(entries) => {
             let mut m = serde_json::Map::with_capacity(entries.len());
             for (k, n) in entries {
-                m.insert(k.clone(), eval(n, input)?.into_owned());
+                m.insert(k.clone(), one!(eval(n, input)).into_owned());
             }
             Cow::Owned(Value::Object(m))
         }
-        Node::Array(items) => Cow::Owned(Value::Array(
-            items
-                .iter()
-                .map(|n| eval(n, input).map(Cow::into_owned))
-                .collect::<Result<_, _>>()?,
-        )),
-        Node::Alt(l, r) => {
-            let left = eval(l, input)?;
-            if truthy(&left) {
-                left
-            } else {
-                eval(r, input)?
+        // `[f, g]` collects what its parts make: an empty one adds nothing.
+        Node::Array(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for n in items {
+                if let Some(v) = eval(n, input)? {
+                    out.push(v.into_owned());
+                }
             }
+            Cow::Owned(Value::Array(out))
         }
+        Node::Alt(l, r) => match eval(l, input)? {
+            Some(left) if truthy(&left) => left,
+            _ => one!(eval(r, input)),
+        },
         Node::Compare(l, op, r) => {
-            let (l, r) = (eval(l, input)?, eval(r, input)?);
+            let (l, r) = (one!(eval(l, input)), one!(eval(r, input)));
             let ord = compare(&l, &r);
             Cow::Owned(Value::Bool(match op {
                 Op::Eq => ord == Ordering::Equal,
@@ -177,17 +244,75 @@ fn eval<'a>(node: &'a Node, input: &'a Value) -> Result<Cow<'a, Value>, Unsure> 
                 Op::Ge => ord != Ordering::Less,
             }))
         }
-        Node::And(l, r) => Cow::Owned(Value::Bool(truthy(&*eval(l, input)?) && truthy(&*eval(r, input)?))),
-        Node::Or(l, r) => Cow::Owned(Value::Bool(truthy(&*eval(l, input)?) || truthy(&*eval(r, input)?))),
-        Node::Then(f, builtin) => builtin.apply(eval(f, input)?)?,
+        Node::And(l, r) => {
+            let held = truthy(&*one!(eval(l, input))) && truthy(&*one!(eval(r, input)));
+            Cow::Owned(Value::Bool(held))
+        }
+        Node::Or(l, r) => {
+            let held = truthy(&*one!(eval(l, input))) || truthy(&*one!(eval(r, input)));
+            Cow::Owned(Value::Bool(held))
+        }
+        Node::Pipe(f, g) => match one!(eval(f, input)) {
+            Cow::Borrowed(mid) => one!(eval(g, mid)),
+            Cow::Owned(mid) => Cow::Owned(one!(eval(g, &mid)).into_owned()),
+        },
+        Node::Builtin(b) => b.apply(input)?,
         Node::If(c, t, e) => {
-            if truthy(&*eval(c, input)?) {
-                eval(t, input)?
+            if truthy(&*one!(eval(c, input))) {
+                one!(eval(t, input))
             } else {
-                eval(e, input)?
+                one!(eval(e, input))
             }
         }
-    })
+        // jq maps an object's values too; that is left to jq.
+        Node::Map(f) => {
+            let Value::Array(items) = input else { return Err(Unsure) };
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                if let Some(v) = eval(f, item)? {
+                    out.push(v.into_owned());
+                }
+            }
+            Cow::Owned(Value::Array(out))
+        }
+        Node::Select(c) => {
+            if truthy(&*one!(eval(c, input))) {
+                Cow::Borrowed(input)
+            } else {
+                return Ok(None);
+            }
+        }
+        Node::Format(parts) => {
+            let mut text = String::new();
+            for p in parts {
+                match p {
+                    Part::Text(t) => text.push_str(t),
+                    Part::Value(n) => match &*one!(eval(n, input)) {
+                        Value::String(s) => text.push_str(s),
+                        Value::Null => text.push_str("null"),
+                        Value::Bool(b) => text.push_str(if *b { "true" } else { "false" }),
+                        Value::Number(n) if plain_integer(n) => text.push_str(&n.to_string()),
+                        // How jaq writes other numbers (`1e3`, `19.90`)
+                        // depends on where they came from; and arrays and
+                        // objects hold numbers: jaq's to say.
+                        _ => return Err(Unsure),
+                    },
+                }
+            }
+            Cow::Owned(Value::String(text))
+        }
+    }))
+}
+
+/// An integer written with digits only that fits an `i64` (not `-0`):
+/// written the same by jq, jaq and serde.
+fn plain_integer(n: &serde_json::Number) -> bool {
+    n.as_i64().is_some()
+        && n.to_string() != "-0"
+        && n.to_string()
+            .trim_start_matches('-')
+            .bytes()
+            .all(|b| b.is_ascii_digit())
 }
 
 /// `.key` and `.[n]` as jq has them on null, objects and arrays; on
@@ -239,6 +364,9 @@ enum Token {
     Ident(String),
     /// A string literal's source text, quotes included.
     Str(String),
+    /// A string with interpolations: its literal pieces' source text
+    /// (without quotes) and the tokens of each `\(...)`.
+    Template(Vec<Piece>),
     /// A number literal's source text.
     Num(String),
     Punct(&'static str),
@@ -252,8 +380,81 @@ impl Token {
             Token::Punct(p) => format!("`{p}`"),
             Token::Dot | Token::Field(_) => "a path here".to_string(),
             Token::Str(_) | Token::Num(_) => "a literal here".to_string(),
+            Token::Template(_) => "an interpolated string here".to_string(),
         }
     }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Piece {
+    Text(String),
+    Code(Vec<Token>),
+}
+
+/// Where the string literal opening at `b[i]` (a `"`) ends: the index
+/// after its closing quote, past any `\(...)` inside it.
+fn string_end(b: &[u8], i: usize) -> Result<usize, String> {
+    let mut j = i + 1;
+    loop {
+        match b.get(j) {
+            None => return Err("an unterminated string".to_string()),
+            Some(b'\\') if b.get(j + 1) == Some(&b'(') => j = group_end(b, j + 2)?,
+            Some(b'\\') => j += 2,
+            Some(b'"') => return Ok(j + 1),
+            Some(_) => j += 1,
+        }
+    }
+}
+
+/// Where the group opened just before `b[i]` (by `(`) ends: the index
+/// after its `)`, past nested groups and strings.
+fn group_end(b: &[u8], i: usize) -> Result<usize, String> {
+    let (mut j, mut depth) = (i, 1usize);
+    while depth > 0 {
+        match b.get(j) {
+            None => return Err("an unterminated interpolation".to_string()),
+            Some(b'"') => {
+                j = string_end(b, j)?;
+                continue;
+            }
+            Some(b'(') => depth += 1,
+            Some(b')') => depth -= 1,
+            _ => {}
+        }
+        j += 1;
+    }
+    Ok(j)
+}
+
+/// The string literal `code[i..end]` (quotes included) as a token: plain,
+/// or a template of its pieces.
+fn string_token(code: &str, i: usize, end: usize) -> Result<Token, String> {
+    let b = code.as_bytes();
+    let inner = (i + 1, end - 1);
+    let mut pieces = Vec::new();
+    let (mut j, mut text_from) = (inner.0, inner.0);
+    while j < inner.1 {
+        if b[j] == b'\\' && b.get(j + 1) == Some(&b'(') {
+            if text_from < j {
+                pieces.push(Piece::Text(code[text_from..j].to_string()));
+            }
+            let close = group_end(b, j + 2)?;
+            pieces.push(Piece::Code(lex(&code[j + 2..close - 1])?));
+            j = close;
+            text_from = j;
+        } else if b[j] == b'\\' {
+            j += 2;
+        } else {
+            j += 1;
+        }
+    }
+    if pieces.is_empty() {
+        return Ok(Token::Str(code[i..end].to_string()));
+    }
+    if text_from < inner.1 {
+        pieces.push(Piece::Text(code[text_from..inner.1].to_string()));
+    }
+    Ok(Token::Template(pieces))
 }
 
 const KEYWORDS: &[&str] = &[
@@ -301,22 +502,9 @@ fn lex(code: &str) -> Result<Vec<Token>, String> {
                 }
             }
             b'"' => {
-                let mut j = i + 1;
-                loop {
-                    match b.get(j) {
-                        None => return Err("an unterminated string".to_string()),
-                        Some(b'\\') => {
-                            if b.get(j + 1) == Some(&b'(') {
-                                return Err("string interpolation is not compiled".to_string());
-                            }
-                            j += 2;
-                        }
-                        Some(b'"') => break,
-                        Some(_) => j += 1,
-                    }
-                }
-                out.push(Token::Str(code[i..=j].to_string()));
-                i = j + 1;
+                let end = string_end(b, i)?;
+                out.push(string_token(code, i, end)?);
+                i = end;
             }
             b'0'..=b'9' => {
                 let mut j = i;
@@ -365,6 +553,16 @@ struct Parser {
 }
 
 impl Parser {
+    /// The whole of `tokens` as one program.
+    fn whole(tokens: Vec<Token>) -> Result<Node, String> {
+        let mut p = Parser { tokens, at: 0 };
+        let node = p.pipe()?;
+        match p.peek() {
+            None => Ok(node),
+            Some(t) => Err(format!("{} is not compiled", t.describe())),
+        }
+    }
+
     fn peek(&self) -> Option<&Token> {
         self.tokens.get(self.at)
     }
@@ -412,23 +610,11 @@ impl Parser {
         }
     }
 
-    /// `f | not`, `f | ascii_downcase | not`: the only pipes compiled,
-    /// into a [`Builtin`].
+    /// `f | g | h`: the loosest binding, as in jq.
     fn pipe(&mut self) -> Result<Node, String> {
         let mut node = self.alt()?;
         while self.eat("|") {
-            let builtin = match self.peek() {
-                Some(Token::Ident(w)) => Builtin::named(w),
-                _ => None,
-            };
-            let Some(builtin) = builtin else {
-                return Err(match self.peek() {
-                    Some(t) => format!("a pipe into {} is not compiled", t.describe()),
-                    None => "the program ends early".to_string(),
-                });
-            };
-            self.at += 1;
-            node = Node::Then(Box::new(node), builtin);
+            node = Node::Pipe(Box::new(node), Box::new(self.alt()?));
         }
         if matches!(self.peek(), Some(Token::Punct(","))) {
             return Err("`,` (more than one output) is not compiled".to_string());
@@ -557,6 +743,19 @@ impl Parser {
             },
             Some(Token::Ident(w)) if matches!(w.as_str(), "null" | "true" | "false") => literal(&w),
             Some(Token::Ident(w)) if w == "if" => self.if_rest(),
+            Some(Token::Ident(w)) if Builtin::named(&w).is_some() || matches!(w.as_str(), "map" | "select") => {
+                self.function(&w)
+            }
+            Some(Token::Template(pieces)) => {
+                let mut parts = Vec::with_capacity(pieces.len());
+                for piece in pieces {
+                    parts.push(match piece {
+                        Piece::Text(t) => Part::Text(string_literal(&format!("\"{t}\""))?),
+                        Piece::Code(tokens) => Part::Value(Parser::whole(tokens)?),
+                    });
+                }
+                Ok(Node::Format(parts))
+            }
             Some(Token::Punct("(")) => {
                 let node = self.pipe()?;
                 self.expect(")")?;
@@ -579,6 +778,19 @@ impl Parser {
             Some(t) => Err(format!("{} is not compiled", t.describe())),
             None => Err("the program ends early".to_string()),
         }
+    }
+
+    /// A builtin applied to the input (`not`), or `map(f)`, `select(f)`.
+    fn function(&mut self, name: &str) -> Result<Node, String> {
+        if let Some(b) = Builtin::named(name) {
+            return Ok(Node::Builtin(b));
+        }
+        if !self.eat("(") {
+            return Err(format!("`{name}` without its argument is not compiled"));
+        }
+        let f = Box::new(self.pipe()?);
+        self.expect(")")?;
+        Ok(if name == "map" { Node::Map(f) } else { Node::Select(f) })
     }
 
     /// After `if`: `c then t (elif c then t)* (else e)? end`.

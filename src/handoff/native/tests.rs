@@ -64,6 +64,12 @@ fn mappings_give_what_jaq_gives() {
         "{price, tiny, request_id}",
         "12345678901234567890123 == .request_id",
         "{name: (.person.name | ascii_downcase), up: (.\"é\" | ascii_upcase)}",
+        ".person.tags | map(ascii_upcase)",
+        ".person.tags | map(select(. != \"x\"))",
+        "\"id \\(.person.name): \\(.n) \\(.person.name == \"Ada\") \\(-12) \\u00e9\\n\"",
+        "{s: \"\\(.person | .name | ascii_downcase) (\\(\"nested \\(.confidence < 1)\"))\"}",
+        ".person | select(.name == \"Ada\") | .tags",
+        "[(.person | select(.name == \"Bob\")), .n]",
     ] {
         assert!(agree(code, &body), "{code} deferred to jaq");
     }
@@ -102,8 +108,14 @@ fn programs_outside_the_subset_say_why() {
             "{email: (.person.email | ascii_downcase | ltrimstr(\"x\"))}",
             "ltrimstr",
         ),
-        (".lines | map(.sku)", "map"),
-        ("\"\\(.a) and \\(.b)\"", "interpolation"),
+        (".lines | map(.sku) | add", "`add`"),
+        ("\"\\(.a, .b)\"", "more than one output"),
+        ("{\"\\(.k)\": 1}", "object key"),
+        (
+            "[., .] | [., .] | [., .] | [., .] | [., .] | [., .] | [., .]",
+            "copy its input 128 times",
+        ),
+        ("map", "without its argument"),
         (".a + 1", "`+`"),
         ("[.[] | select(.ok)]", "inside []"),
         (".. | numbers", "recursion"),
@@ -229,7 +241,12 @@ fn arb_program() -> impl Strategy<Value = String> {
                 prop::sample::select(vec!["ascii_downcase", "ascii_upcase"])
             )
                 .prop_map(|(f, b)| format!("({f}) | {b}")),
-            (inner.clone(), inner.clone(), inner).prop_map(|(c, t, e)| format!("if {c} then {t} else {e} end")),
+            (inner.clone(), inner.clone(), inner.clone()).prop_map(|(c, t, e)| format!("if {c} then {t} else {e} end")),
+            (inner.clone(), inner.clone()).prop_map(|(f, g)| format!("({f}) | ({g})")),
+            inner.clone().prop_map(|f| format!("map({f})")),
+            inner.clone().prop_map(|f| format!("select({f})")),
+            (inner.clone(), inner.clone()).prop_map(|(f, c)| format!("({f}) | map(select({c}))")),
+            (inner.clone(), "[a-z :é]{0,4}", inner).prop_map(|(f, t, g)| format!("\"{t}\\({f}){t}\\({g})\"")),
         ]
     })
 }
