@@ -466,7 +466,8 @@ async fn the_audit_trail_holds_every_acknowledged_decision_once_across_a_kill_9(
     let ds = Downstream::start().await;
     let mut tg = start(&ds).await;
     let mut ids = Vec::new();
-    for _ in 0..60 {
+    // Enough that the kill comes before the last of them.
+    for _ in 0..200 {
         ids.push(held(&tg, "a").await);
     }
     let tg_admin = tg.admin_url("");
