@@ -517,19 +517,67 @@ fn read_frame(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// The most resident memory this process has had (`getrusage`: one system
-/// call, where reading `/proc/self/statm` after every batch cost a tenth
-/// of a busy worker's time). A worker that once grew past the limit
-/// retires at its next answer, whatever its allocator has given back since.
-fn peak_resident_bytes() -> Option<u64> {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a `rusage` into the pointer it is given,
-    // which points to one.
-    let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0;
-    // SAFETY: zeroed is a valid `rusage`, and getrusage filled it when ok.
-    let usage = unsafe { usage.assume_init() };
-    // Linux reports kibibytes.
-    ok.then(|| u64::try_from(usage.ru_maxrss).unwrap_or(0) * 1024)
+/// Faulted-in memory after which a worker looks at its resident size.
+const LOOK_AFTER_FAULTS: u64 = 16 << 20;
+
+/// How a worker knows it holds too much memory, cheaply. Its resident size
+/// (`/proc/self/statm`) is what matters, but reading it after every batch
+/// cost a tenth of a busy worker's time; `getrusage`'s peak (`ru_maxrss`)
+/// is one system call but wrong here: Linux carries the parent's peak into
+/// a child across `exec`, so every worker of a tidegate that once held more
+/// than the limit would retire after every batch. So the count of pages
+/// first touched (`ru_minflt`, one system call) says when the worker has
+/// grown by [`LOOK_AFTER_FAULTS`] since it last looked, and only then is
+/// the resident size read.
+struct Memory {
+    faults_at_last_look: u64,
+    page: u64,
+}
+
+impl Memory {
+    fn new() -> Memory {
+        // SAFETY: sysconf takes a constant and touches no memory.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let mut m = Memory {
+            faults_at_last_look: 0,
+            page: u64::try_from(page).unwrap_or(4096).max(1),
+        };
+        m.faults_at_last_look = m.faults();
+        m
+    }
+
+    /// Pages this process has touched for the first time (minor faults).
+    fn faults(&self) -> u64 {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage writes a `rusage` into the pointer it is given,
+        // which points to one.
+        let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) } == 0;
+        // SAFETY: zeroed is a valid `rusage`, and getrusage filled it when ok.
+        let usage = unsafe { usage.assume_init() };
+        if ok {
+            u64::try_from(usage.ru_minflt).unwrap_or(0)
+        } else {
+            0
+        }
+    }
+
+    /// Resident bytes now, from `/proc/self/statm` (its second field).
+    fn resident(&self) -> Option<u64> {
+        let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+        Some(pages * self.page)
+    }
+
+    /// Whether the worker holds more than `limit` now (looked at only after
+    /// it has grown by [`LOOK_AFTER_FAULTS`] since the last look).
+    fn over(&mut self, limit: u64) -> bool {
+        let faults = self.faults();
+        if faults.saturating_sub(self.faults_at_last_look) * self.page < LOOK_AFTER_FAULTS {
+            return false;
+        }
+        self.faults_at_last_look = faults;
+        self.resident().is_some_and(|r| r > limit)
+    }
 }
 
 /// The worker process: limits itself, compiles the specs it is sent, then
@@ -543,6 +591,7 @@ pub fn worker_main() -> std::process::ExitCode {
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
     }
     let _ = rlimit::setrlimit(rlimit::Resource::AS, ADDRESS_SPACE, ADDRESS_SPACE);
+    let mut memory = Memory::new();
     let mut input = std::io::BufReader::with_capacity(64 << 10, std::io::stdin().lock());
     let mut output = std::io::BufWriter::with_capacity(64 << 10, std::io::stdout().lock());
     let table = match read_frame(&mut input)
@@ -599,7 +648,7 @@ pub fn worker_main() -> std::process::ExitCode {
         // mid-batch still leaves the server nothing lost: it sends the rest
         // to another worker).
         let batch_done = input.buffer().is_empty();
-        let retiring = batch_done && peak_resident_bytes().is_some_and(|r| r > RETIRE_RESIDENT);
+        let retiring = batch_done && memory.over(RETIRE_RESIDENT);
         let mut frame = Vec::with_capacity(meta.len() + bytes.len() + 9);
         frame.push(if retiring { tag | TAG_RETIRING } else { tag });
         put(&mut frame, &meta);
@@ -611,5 +660,29 @@ pub fn worker_main() -> std::process::ExitCode {
             let _ = output.flush();
             return std::process::ExitCode::SUCCESS;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_is_looked_at_after_growth_and_judged_by_what_is_resident() {
+        let mut m = Memory::new();
+        // No growth since: not looked at, whatever the limit.
+        assert!(!m.over(0));
+        // Touch 48 MiB and keep it: looked at, and over a limit below what
+        // this process holds.
+        let held: Vec<u8> = vec![1; 48 << 20];
+        let resident = m.resident().unwrap();
+        assert!(resident >= 48 << 20, "{resident}");
+        assert!(m.over(resident / 2));
+        // Looked at just now: the next call does not read again.
+        assert!(!m.over(0));
+        // Not over a limit above what is resident.
+        let _more: Vec<u8> = vec![1; 32 << 20];
+        assert!(!m.over(u64::MAX));
+        drop(held);
     }
 }

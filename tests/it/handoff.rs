@@ -588,3 +588,59 @@ transform = "{doubled: (.n * 2)}"
     assert!(err.contains("cannot read /no/such/body.json"), "{err}");
     assert!(!dir.path().join("queue").exists(), "handoff test created the queue");
 }
+
+/// The sandbox's workers (tidegate's child processes), by pid.
+fn workers(tg: &Tidegate) -> std::collections::BTreeSet<u32> {
+    let mut out = std::collections::BTreeSet::new();
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", tg.pid())) else {
+        return out;
+    };
+    for t in tasks.flatten() {
+        if let Ok(children) = std::fs::read_to_string(t.path().join("children")) {
+            out.extend(children.split_whitespace().filter_map(|p| p.parse::<u32>().ok()));
+        }
+    }
+    out
+}
+
+/// A worker retires when it holds too much memory itself, not because the
+/// tidegate that started it once did: Linux carries a parent's peak
+/// resident size into its child across exec, so a worker that judged by
+/// `getrusage`'s peak retired after every batch of a tidegate that had once
+/// held a large body. Seen from outside, as the workers' pids.
+/// (`sandbox::tests::memory_is_looked_at_after_growth_and_judged_by_what_is_resident`
+/// covers the retiring itself.)
+#[tokio::test]
+async fn a_large_server_does_not_make_its_workers_retire_after_every_call() {
+    let ds = Downstream::start().await;
+    let tg = Tidegate::start_with(
+        &format!(
+            "{}{}",
+            destination("big", &ds.url(), "[destination.queue]\nmax_bytes = \"1GiB\""),
+            destination(
+                "s",
+                &ds.url(),
+                "[destination.handoff]\ntransform = '.a as $x | {x: $x}'",
+            )
+        ),
+        Extra {
+            ingress: "max_body = \"200MiB\"",
+            ..Extra::default()
+        },
+    )
+    .await;
+    // The server holds a 120 MiB body once: its peak passes any limit.
+    let big = format!("\"{}\"", "x".repeat(120 << 20));
+    let r = tg.post("/big/x", &big).await;
+    assert_eq!(r.status(), 202);
+    drop(big);
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..8 {
+        tg.send("/s/x", &format!("{{\"a\": {i}}}")).await;
+        seen.extend(workers(&tg));
+    }
+    assert!(
+        !seen.is_empty() && seen.len() <= 2,
+        "light calls one after another are answered by the same worker or two, not one each: {seen:?}"
+    );
+}
