@@ -124,10 +124,8 @@ fn engine(c: &mut Criterion) {
 }
 
 /// Admits through the runner, one call at a time: the mapping and the
-/// general program, compiled, run in place. (A sandboxed program's cost is
-/// the worker round trip under load: `loadtests/handoff.sh sandbox`; one
-/// call at a time from this single-threaded harness measures the
-/// scheduling of the harness, not the sandbox.)
+/// general program (compiled: in place) and the sandboxed one (in a worker
+/// process: the sandbox's cost per message at ingress, one round trip).
 fn sandboxed(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -137,8 +135,8 @@ fn sandboxed(c: &mut Criterion) {
     let body = body();
     let mut g = c.benchmark_group("handoff_runner");
     g.throughput(Throughput::Elements(1));
-    for dest in ["json", "general"] {
-        let body = if dest == "general" {
+    for dest in ["json", "general", "sandboxed"] {
+        let body = if dest == "general" || dest == "sandboxed" {
             MEETING.to_vec()
         } else {
             body.clone()

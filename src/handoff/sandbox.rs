@@ -517,8 +517,11 @@ fn read_frame(r: &mut impl Read) -> std::io::Result<Vec<u8>> {
     Ok(buf)
 }
 
-/// Faulted-in memory after which a worker looks at its resident size.
-const LOOK_AFTER_FAULTS: u64 = 16 << 20;
+/// Pages first touched after which a worker looks at its resident size: a
+/// fault maps 4 KiB, or 2 MiB with transparent huge pages (which the
+/// allocator asks for), so the count cannot be turned into bytes; 32 is
+/// 128 KiB of small pages or 64 MiB of huge ones.
+const LOOK_AFTER_FAULTS: u64 = 32;
 
 /// How a worker knows it holds too much memory, cheaply. Its resident size
 /// (`/proc/self/statm`) is what matters, but reading it after every batch
@@ -527,8 +530,9 @@ const LOOK_AFTER_FAULTS: u64 = 16 << 20;
 /// a child across `exec`, so every worker of a tidegate that once held more
 /// than the limit would retire after every batch. So the count of pages
 /// first touched (`ru_minflt`, one system call) says when the worker has
-/// grown by [`LOOK_AFTER_FAULTS`] since it last looked, and only then is
-/// the resident size read.
+/// grown since it last looked ([`LOOK_AFTER_FAULTS`]), and only then is
+/// the resident size read: a worker that reuses what its allocator holds
+/// does not look at all.
 struct Memory {
     faults_at_last_look: u64,
     page: u64,
@@ -569,10 +573,10 @@ impl Memory {
     }
 
     /// Whether the worker holds more than `limit` now (looked at only after
-    /// it has grown by [`LOOK_AFTER_FAULTS`] since the last look).
+    /// [`LOOK_AFTER_FAULTS`] new pages since the last look).
     fn over(&mut self, limit: u64) -> bool {
         let faults = self.faults();
-        if faults.saturating_sub(self.faults_at_last_look) * self.page < LOOK_AFTER_FAULTS {
+        if faults.saturating_sub(self.faults_at_last_look) < LOOK_AFTER_FAULTS {
             return false;
         }
         self.faults_at_last_look = faults;
