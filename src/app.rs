@@ -327,6 +327,26 @@ impl Signals {
     }
 }
 
+/// Runs a sweep until it answers less than a full chunk (the journal
+/// deletes at most [`queue::SWEEP_CHUNK`] rows a call, so the writer is
+/// never held long), or fails.
+async fn in_chunks<F, Fut>(what: &str, mut sweep: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = queue::Result<u64>>,
+{
+    loop {
+        match sweep().await {
+            Ok(n) if n >= queue::SWEEP_CHUNK => continue,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed");
+                return;
+            }
+        }
+    }
+}
+
 /// Forgets finished messages past `history_retention`, review records
 /// past `[review] retention` and acts past `[admin] audit_retention`, and
 /// returns the space.
@@ -340,26 +360,9 @@ async fn sweep_history(queues: queue::Queues, live: Live, mut stop: tokio::sync:
             _ = tokio::time::sleep(every) => {}
             _ = stop.changed() => return,
         }
-        loop {
-            match queues.sweep(retention.as_millis() as i64, review_retention).await {
-                Ok(n) if n >= 5000 => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "history sweep failed");
-                    break;
-                }
-            }
-        }
+        let history_ms = retention.as_millis().min(i64::MAX as u128) as i64;
+        in_chunks("history sweep", || queues.sweep(history_ms, review_retention)).await;
         let before = queue::now_ms() - config.admin.audit_retention.as_millis().min(i64::MAX as u128) as i64;
-        loop {
-            match queues.sweep_acts(before).await {
-                Ok(n) if n >= 5000 => continue,
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "audit trail sweep failed");
-                    break;
-                }
-            }
-        }
+        in_chunks("audit trail sweep", || queues.sweep_acts(before)).await;
     }
 }

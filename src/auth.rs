@@ -23,7 +23,7 @@
 
 use axum::http::{header, HeaderMap};
 
-use crate::config::{AdminConfig, BrowserPolicy, IngressConfig, Role, Secret};
+use crate::config::{AdminConfig, BrowserPolicy, IngressConfig, Role, Secret, User};
 use crate::problem::Problem;
 
 /// The `producer` label of a request that carried the shared
@@ -138,21 +138,24 @@ pub fn actor(headers: &HeaderMap, cfg: &AdminConfig) -> Result<Actor, Problem> {
         return Ok(Actor::root(ANONYMOUS));
     }
     let presented = presented(headers).ok_or_else(Problem::unauthorized)?;
-    actor_of_token(presented, cfg).ok_or_else(Problem::unauthorized)
+    holder_of(presented, cfg)
+        .map(|(a, _)| a)
+        .ok_or_else(Problem::unauthorized)
 }
 
-/// The person or root operator whose token `presented` is, if any (the
-/// console's sign-in takes a typed token through here too).
-pub fn actor_of_token(presented: &str, cfg: &AdminConfig) -> Option<Actor> {
+/// The person or root operator whose token `presented` is, with that
+/// token, if any (the console's sign-in takes a typed token through here
+/// too).
+pub fn holder_of<'a>(presented: &str, cfg: &'a AdminConfig) -> Option<(Actor, &'a Secret)> {
     let mut found = None;
     for u in &cfg.users {
         if same(presented, u.token.expose()) {
-            found = person(&u.name, cfg).map(|(a, _)| a);
+            found = Some((Actor::from(u), &u.token));
         }
     }
     if let Some(root) = &cfg.token {
         if same(presented, root.expose()) && found.is_none() {
-            found = Some(Actor::root(crate::config::ROOT));
+            found = Some((Actor::root(crate::config::ROOT), root));
         }
     }
     found
@@ -165,17 +168,21 @@ pub fn person<'a>(name: &str, cfg: &'a AdminConfig) -> Option<(Actor, &'a Secret
     if name == crate::config::ROOT {
         return cfg.token.as_ref().map(|t| (Actor::root(name), t));
     }
-    cfg.users.iter().find(|u| u.name == name).map(|u| {
-        (
-            Actor {
-                name: u.name.clone(),
-                role: u.role,
-                destinations: u.destinations.clone(),
-                personal: true,
-            },
-            &u.token,
-        )
-    })
+    cfg.users
+        .iter()
+        .find(|u| u.name == name)
+        .map(|u| (Actor::from(u), &u.token))
+}
+
+impl From<&User> for Actor {
+    fn from(u: &User) -> Actor {
+        Actor {
+            name: u.name.clone(),
+            role: u.role,
+            destinations: u.destinations.clone(),
+            personal: true,
+        }
+    }
 }
 
 /// The token a request presents as `Authorization: Bearer`.

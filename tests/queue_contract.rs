@@ -472,6 +472,84 @@ async fn late_feedback_finds_its_original_and_an_override_replaces_an_approval(q
     .await;
 }
 
+/// Acts come back in the order recorded, filtered, from the front or (the
+/// newest) from the back, across more than one read chunk.
+async fn the_audit_trail_keeps_acts_in_order_and_filters_them(q: &Queues) {
+    use tidegate::queue::audit::{Act, Filter};
+    let now = now_ms();
+    for i in 0..600u64 {
+        let actor = if i % 3 == 0 { "ana" } else { "bo" };
+        let act = Act::now(
+            actor,
+            "pause",
+            Some("d"),
+            Some(i.to_string()),
+            serde_json::json!({ "i": i }),
+        );
+        q.record_act(Act { at: now, ..act }).await.unwrap();
+    }
+    let targets = |acts: &[tidegate::queue::audit::Entry]| -> Vec<u64> {
+        acts.iter()
+            .map(|e| e.act.target.as_deref().unwrap().parse().unwrap())
+            .collect()
+    };
+    let all = q
+        .acts(Filter {
+            limit: 1000,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(targets(&all), (0..600).collect::<Vec<_>>());
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq));
+    let ana = q
+        .acts(Filter {
+            actor: Some("ana".into()),
+            limit: 1000,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(targets(&ana), (0..600).step_by(3).collect::<Vec<_>>());
+    let page = q
+        .acts(Filter {
+            after: all[299].seq,
+            limit: 3,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(targets(&page), [300, 301, 302]);
+    let newest = q
+        .acts(Filter {
+            limit: 5,
+            newest: true,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(targets(&newest), [595, 596, 597, 598, 599]);
+    let newest_ana = q
+        .acts(Filter {
+            actor: Some("ana".into()),
+            limit: 2,
+            newest: true,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(targets(&newest_ana), [594, 597]);
+    let none = q
+        .acts(Filter {
+            since: now + 1,
+            limit: 10,
+            ..Filter::default()
+        })
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+}
+
 macro_rules! contract {
     ($backend:ident: $($case:ident),* $(,)?) => {
         mod $backend {
@@ -504,4 +582,5 @@ on_both!(
     destination_records_are_kept,
     a_held_message_waits_for_a_decision_and_the_first_decision_wins,
     late_feedback_finds_its_original_and_an_override_replaces_an_approval,
+    the_audit_trail_keeps_acts_in_order_and_filters_them,
 );

@@ -33,7 +33,7 @@ pub(super) struct AuditQuery {
 }
 
 /// The JSON view of one entry.
-pub fn view(e: &Entry) -> Value {
+fn view(e: &Entry) -> Value {
     json!({
         "seq": e.seq,
         "at": crate::queue::rfc3339(e.act.at),
@@ -46,7 +46,7 @@ pub fn view(e: &Entry) -> Value {
 }
 
 /// `since=` as ms since the epoch: a duration back from now or a time.
-pub fn since_ms(text: Option<&str>) -> Result<i64, Problem> {
+fn since_ms(text: Option<&str>) -> Result<i64, Problem> {
     let Some(text) = text else { return Ok(0) };
     if let Ok(d) = text.parse::<crate::config::HumanDuration>() {
         return Ok(crate::queue::now_ms() - d.0.as_millis().min(i64::MAX as u128) as i64);
@@ -87,6 +87,7 @@ pub(super) async fn list(State(a): State<Ops>, ApiQuery(q): ApiQuery<AuditQuery>
         destination: q.destination,
         after,
         limit: limit + 1,
+        newest: false,
     };
     if !jsonl {
         let mut items = a.queues.acts(filter).await.map_err(internal)?;

@@ -206,7 +206,7 @@ pub fn render_reviewers(v: &Value, since: &str) -> Result<String, CliError> {
         "DESTINATION", "CATEGORY", "REVIEWER", "REVIEWED", "APPROVED", "EDITED", "REJECTED", "OVERRIDDEN", "OVERRIDE"
     );
     for r in &rows {
-        let ci = r.override_rate_ci95.map_or("-".to_string(), |(lo, hi)| {
+        let ci = r.reviews.override_rate_ci95.map_or("-".to_string(), |(lo, hi)| {
             format!("{:.0}–{:.0}%", lo * 100.0, hi * 100.0)
         });
         let _ = writeln!(
@@ -215,12 +215,12 @@ pub fn render_reviewers(v: &Value, since: &str) -> Result<String, CliError> {
             r.destination,
             crate::text::for_terminal(&r.category),
             crate::text::for_terminal(&r.reviewer),
-            r.reviewed,
-            r.approved,
-            r.edited,
-            r.rejected,
-            r.overridden,
-            r.override_rate.map_or("-".to_string(), pct),
+            r.reviews.reviewed,
+            r.reviews.approved,
+            r.reviews.edited,
+            r.reviews.rejected,
+            r.reviews.overridden,
+            r.reviews.override_rate.map_or("-".to_string(), pct),
         );
     }
     if !agreement.is_empty() {
@@ -273,15 +273,15 @@ pub fn reviewers_csv(v: &Value) -> Result<String, CliError> {
             crate::text::csv_cell(&r.destination).into_owned(),
             crate::text::csv_cell(&r.category).into_owned(),
             crate::text::csv_cell(&r.reviewer).into_owned(),
-            r.reviewed.to_string(),
-            r.approved.to_string(),
-            r.edited.to_string(),
-            r.rejected.to_string(),
-            r.feedback.to_string(),
-            r.overridden.to_string(),
-            opt(r.override_rate),
-            opt(r.override_rate_ci95.map(|c| c.0)),
-            opt(r.override_rate_ci95.map(|c| c.1)),
+            r.reviews.reviewed.to_string(),
+            r.reviews.approved.to_string(),
+            r.reviews.edited.to_string(),
+            r.reviews.rejected.to_string(),
+            r.reviews.feedback.to_string(),
+            r.reviews.overridden.to_string(),
+            opt(r.reviews.override_rate),
+            opt(r.reviews.override_rate_ci95.map(|c| c.0)),
+            opt(r.reviews.override_rate_ci95.map(|c| c.1)),
         ])
         .map_err(|e| CliError::BadAnswer(e.to_string()))?;
     }

@@ -32,35 +32,15 @@ pub(super) async fn page(State(a): State<Console>, headers: HeaderMap, Query(q):
         actor: nonempty(q.actor),
         action: nonempty(q.action),
         destination: nonempty(q.destination),
-        limit: usize::MAX,
+        limit: PAGE,
+        newest: true,
         ..Filter::default()
     };
-    // The trail is read forward; the page shows its last acts.
-    let mut last: std::collections::VecDeque<Entry> = std::collections::VecDeque::with_capacity(PAGE);
-    let mut f = Filter {
-        limit: 1000,
-        ..filter.clone()
+    let acts = match a.queues.acts(filter.clone()).await {
+        Ok(acts) => acts,
+        Err(e) => return failure(&s, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
     };
-    loop {
-        let page = match a.queues.acts(f.clone()).await {
-            Ok(p) => p,
-            Err(e) => return failure(&s, StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
-        };
-        let full = page.len() == f.limit;
-        if let Some(e) = page.last() {
-            f.after = e.seq;
-        }
-        for e in page {
-            if last.len() == PAGE {
-                last.pop_front();
-            }
-            last.push_back(e);
-        }
-        if !full {
-            break;
-        }
-    }
-    render(&s, "Audit", "audit", None, view(&filter, last.make_contiguous()))
+    render(&s, "Audit", "audit", None, view(&filter, &acts))
 }
 
 fn view(f: &Filter, acts: &[Entry]) -> Markup {

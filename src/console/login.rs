@@ -51,9 +51,7 @@ pub(super) async fn sign_in(
         Err(status) => return html(status, view(Some("That is not a token."))),
     };
     let typed = form.get("token").map(String::as_str).unwrap_or("");
-    let Some((who, token)) =
-        crate::auth::actor_of_token(typed, &live.admin).and_then(|actor| crate::auth::person(&actor.name, &live.admin))
-    else {
+    let Some((who, token)) = crate::auth::holder_of(typed, &live.admin) else {
         a.sessions.failed(client.ip(), now);
         tracing::warn!(client = %client.ip(), "console sign-in refused: wrong token");
         return html(StatusCode::UNAUTHORIZED, view(Some("Wrong token.")));

@@ -46,10 +46,10 @@ fn view(windows: &[(&str, Vec<crate::review::quality::Row>)]) -> Markup {
                                 @for r in rows {
                                     tr.over[r.over_threshold] {
                                         td { (r.destination) } td { (r.category) } td.num { (r.messages) }
-                                        td.num { (r.reviewed) } td.num { (r.approved) } td.num { (r.edited) }
-                                        td.num { (r.rejected) } td.num { (r.overridden) }
+                                        td.num { (r.reviews.reviewed) } td.num { (r.reviews.approved) } td.num { (r.reviews.edited) }
+                                        td.num { (r.reviews.rejected) } td.num { (r.reviews.overridden) }
                                         td.num {
-                                            @match (r.override_rate, r.override_rate_ci95) {
+                                            @match (r.reviews.override_rate, r.reviews.override_rate_ci95) {
                                                 (Some(x), Some((lo, hi))) => { (format!("{:.1}% ({:.0}–{:.0}%)", x * 100.0, lo * 100.0, hi * 100.0)) }
                                                 _ => "–",
                                             }

@@ -107,7 +107,7 @@ impl Ops {
         by: Option<String>,
         reason: Option<String>,
     ) -> Result<(), Problem> {
-        self.find(name)?;
+        let d = self.find(name)?;
         who.may(Act::Operate, Some(name))?;
         match key {
             Some(key) => {
@@ -121,7 +121,7 @@ impl Ops {
             }
             None => {
                 let by = who.reviewer(by)?;
-                let from = self.find(name)?.state();
+                let from = d.state();
                 self.station
                     .resume(name, skip_head, by.clone(), reason.clone())
                     .await
@@ -163,15 +163,20 @@ impl Ops {
         Ok(n)
     }
 
-    /// The destination of message `seq`, for a decision on it: 404 when it
-    /// names nothing stored.
+    /// The destination of message `seq`, for a decision on it: its status
+    /// (no body read), or, past `history_retention`, its review item (kept
+    /// for `[review] retention`); 404 when neither is stored.
     async fn destination_of(&self, seq: u64) -> Result<String, Problem> {
-        let not_found = || Problem::not_found(format!("no message {:?}", self.queues.message_id(seq)));
-        if let Some(item) = self.queues.review_item(seq).await.map_err(internal)? {
-            return Ok(item.dest);
+        if let Some(s) = self.queues.status(seq).await.map_err(internal)? {
+            return Ok(s.dest);
         }
-        let s = self.queues.status(seq).await.map_err(internal)?.ok_or_else(not_found)?;
-        Ok(s.dest)
+        match self.queues.review_item(seq).await.map_err(internal)? {
+            Some(item) => Ok(item.dest),
+            None => Err(Problem::not_found(format!(
+                "no message {:?}",
+                self.queues.message_id(seq)
+            ))),
+        }
     }
 
     /// Approves, edits or rejects review item `seq`, as `who` (a person's

@@ -58,7 +58,8 @@ pub struct Entry {
 }
 
 /// Which acts to read: at or after `since` (ms), after `after` (a seq),
-/// matching each filter given, oldest first, at most `limit`.
+/// matching each filter given, at most `limit`: the oldest such, or with
+/// `newest`, the newest (still in ascending order).
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
     pub since: i64,
@@ -67,6 +68,7 @@ pub struct Filter {
     pub destination: Option<String>,
     pub after: u64,
     pub limit: usize,
+    pub newest: bool,
 }
 
 impl Filter {

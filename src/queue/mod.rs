@@ -42,6 +42,10 @@ pub use state::{stored, MessageState};
 
 use crate::config::{Backend as StorageBackend, Config};
 
+/// Rows a sweep (`Operations::sweep`, `AuditLog::sweep_acts`) deletes at
+/// most per call: a caller calls again while it answers this many.
+pub const SWEEP_CHUNK: u64 = 5000;
+
 /// The local storage a backend needs taken before anything else starts
 /// (see [`lock`]); nothing in cluster mode.
 pub struct Taken(Option<sqlite::StorageLock>);

@@ -44,13 +44,10 @@ pub fn newcombe(k1: u64, n1: u64, k2: u64, n2: u64) -> Option<(f64, f64)> {
     ))
 }
 
-/// One reviewer's decisions on one destination and category over a
-/// window (`GET /v1/quality?by=reviewer`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct ReviewerRow {
-    pub destination: String,
-    pub category: String,
-    pub reviewer: String,
+/// What people's reviews of a category said (all of them, or one
+/// reviewer's): the counts and the override rate with its interval.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Reviews {
     pub reviewed: u64,
     pub approved: u64,
     pub edited: u64,
@@ -58,8 +55,41 @@ pub struct ReviewerRow {
     /// Late feedback: `correct` plus `overridden`.
     pub feedback: u64,
     pub overridden: u64,
+    /// (edited + rejected + overridden) / reviewed; `None` with no reviews.
     pub override_rate: Option<f64>,
+    /// The 95% Wilson interval around `override_rate`.
     pub override_rate_ci95: Option<(f64, f64)>,
+}
+
+impl Reviews {
+    pub fn of(t: &Tally) -> Reviews {
+        let reviewed = t.reviewed();
+        Reviews {
+            reviewed,
+            approved: t.approved,
+            edited: t.edited,
+            rejected: t.rejected,
+            feedback: t.correct + t.overridden,
+            overridden: t.overridden,
+            override_rate: (reviewed > 0).then(|| t.overrides() as f64 / reviewed as f64),
+            override_rate_ci95: wilson(t.overrides(), reviewed),
+        }
+    }
+
+    fn overrides(&self) -> u64 {
+        self.edited + self.rejected + self.overridden
+    }
+}
+
+/// One reviewer's decisions on one destination and category over a
+/// window (`GET /v1/quality?by=reviewer`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReviewerRow {
+    pub destination: String,
+    pub category: String,
+    pub reviewer: String,
+    #[serde(flatten)]
+    pub reviews: Reviews,
 }
 
 /// How far two reviewers of one destination and category agree. Each item
@@ -89,42 +119,38 @@ pub fn by_reviewer(tallies: &[(crate::queue::review::ReviewerKey, Tally)]) -> (V
     let mut rows: Vec<ReviewerRow> = tallies
         .iter()
         .filter(|(_, t)| t.reviewed() > 0)
-        .map(|((d, c, r), t)| {
-            let reviewed = t.reviewed();
-            ReviewerRow {
-                destination: d.clone(),
-                category: c.clone(),
-                reviewer: r.clone(),
-                reviewed,
-                approved: t.approved,
-                edited: t.edited,
-                rejected: t.rejected,
-                feedback: t.correct + t.overridden,
-                overridden: t.overridden,
-                override_rate: Some(t.overrides() as f64 / reviewed as f64),
-                override_rate_ci95: wilson(t.overrides(), reviewed),
-            }
+        .map(|((d, c, r), t)| ReviewerRow {
+            destination: d.clone(),
+            category: c.clone(),
+            reviewer: r.clone(),
+            reviews: Reviews::of(t),
         })
         .collect();
     rows.sort_by(|a, b| {
-        (&a.destination, &a.category, std::cmp::Reverse(a.reviewed), &a.reviewer).cmp(&(
-            &b.destination,
-            &b.category,
-            std::cmp::Reverse(b.reviewed),
-            &b.reviewer,
-        ))
+        (
+            &a.destination,
+            &a.category,
+            std::cmp::Reverse(a.reviews.reviewed),
+            &a.reviewer,
+        )
+            .cmp(&(
+                &b.destination,
+                &b.category,
+                std::cmp::Reverse(b.reviews.reviewed),
+                &b.reviewer,
+            ))
     });
-    let overrides = |r: &ReviewerRow| r.edited + r.rejected + r.overridden;
     let mut agreement = Vec::new();
     for (i, a) in rows.iter().enumerate() {
         for b in rows[i + 1..]
             .iter()
             .take_while(|b| b.destination == a.destination && b.category == a.category)
         {
-            let Some(ci) = newcombe(overrides(a), a.reviewed, overrides(b), b.reviewed) else {
+            let (x, y) = (&a.reviews, &b.reviews);
+            let Some(ci) = newcombe(x.overrides(), x.reviewed, y.overrides(), y.reviewed) else {
                 continue;
             };
-            let (ra, rb) = (a.override_rate.unwrap_or(0.0), b.override_rate.unwrap_or(0.0));
+            let (ra, rb) = (x.override_rate.unwrap_or(0.0), y.override_rate.unwrap_or(0.0));
             agreement.push(Agreement {
                 destination: a.destination.clone(),
                 category: a.category.clone(),
@@ -150,19 +176,10 @@ pub struct Row {
     pub dead_letters: u64,
     /// Held now (received in the window).
     pub held: u64,
-    pub reviewed: u64,
-    pub approved: u64,
-    pub edited: u64,
-    pub rejected: u64,
-    /// Late feedback: `correct` plus `overridden`.
-    pub feedback: u64,
-    pub overridden: u64,
+    #[serde(flatten)]
+    pub reviews: Reviews,
     /// Holds that timed out with nobody deciding.
     pub timed_out: u64,
-    /// (edited + rejected + overridden) / reviewed; `None` with no reviews.
-    pub override_rate: Option<f64>,
-    /// The 95% Wilson interval around `override_rate`.
-    pub override_rate_ci95: Option<(f64, f64)>,
     /// The owner's threshold crossed (with at least `min_reviews`).
     pub over_threshold: bool,
 }
@@ -176,15 +193,8 @@ impl Row {
             delivered: 0,
             dead_letters: 0,
             held: 0,
-            reviewed: 0,
-            approved: 0,
-            edited: 0,
-            rejected: 0,
-            feedback: 0,
-            overridden: 0,
+            reviews: Reviews::default(),
             timed_out: 0,
-            override_rate: None,
-            override_rate_ci95: None,
             over_threshold: false,
         }
     }
@@ -222,16 +232,16 @@ impl<'a> From<&'a Row> for Flat<'a> {
             delivered: r.delivered,
             dead_letters: r.dead_letters,
             held: r.held,
-            reviewed: r.reviewed,
-            approved: r.approved,
-            edited: r.edited,
-            rejected: r.rejected,
-            feedback: r.feedback,
-            overridden: r.overridden,
+            reviewed: r.reviews.reviewed,
+            approved: r.reviews.approved,
+            edited: r.reviews.edited,
+            rejected: r.reviews.rejected,
+            feedback: r.reviews.feedback,
+            overridden: r.reviews.overridden,
             timed_out: r.timed_out,
-            override_rate: r.override_rate,
-            override_rate_low: r.override_rate_ci95.map(|c| c.0),
-            override_rate_high: r.override_rate_ci95.map(|c| c.1),
+            override_rate: r.reviews.override_rate,
+            override_rate_low: r.reviews.override_rate_ci95.map(|c| c.0),
+            override_rate_high: r.reviews.override_rate_ci95.map(|c| c.1),
             over_threshold: r.over_threshold,
         }
     }
@@ -275,17 +285,8 @@ pub fn rows(
         let r = by
             .entry((dest.clone(), category.clone()))
             .or_insert_with(|| Row::new(dest, category));
-        r.reviewed = t.reviewed();
-        r.approved = t.approved;
-        r.edited = t.edited;
-        r.rejected = t.rejected;
-        r.feedback = t.correct + t.overridden;
-        r.overridden = t.overridden;
+        r.reviews = Reviews::of(t);
         r.timed_out = t.timed_out;
-        if r.reviewed > 0 {
-            r.override_rate = Some(t.overrides() as f64 / r.reviewed as f64);
-            r.override_rate_ci95 = wilson(t.overrides(), r.reviewed);
-        }
         r.over_threshold = threshold(dest).is_some_and(|th| crosses(t, th));
     }
     let mut out: Vec<Row> = by.into_values().collect();
@@ -294,9 +295,10 @@ pub fn rows(
         b.over_threshold
             .cmp(&a.over_threshold)
             .then(
-                b.override_rate
+                b.reviews
+                    .override_rate
                     .unwrap_or(-1.0)
-                    .partial_cmp(&a.override_rate.unwrap_or(-1.0))
+                    .partial_cmp(&a.reviews.override_rate.unwrap_or(-1.0))
                     .unwrap_or(std::cmp::Ordering::Equal),
             )
             .then(a.destination.cmp(&b.destination))
@@ -343,9 +345,10 @@ pub fn table(rows: &[Row], since: &str) -> String {
     );
     for r in rows {
         let rate = r
+            .reviews
             .override_rate
             .map_or("-".to_string(), |x| format!("{:.1}%", x * 100.0));
-        let ci = r.override_rate_ci95.map_or("-".to_string(), |(lo, hi)| {
+        let ci = r.reviews.override_rate_ci95.map_or("-".to_string(), |(lo, hi)| {
             format!("{:.0}–{:.0}%", lo * 100.0, hi * 100.0)
         });
         let n = crate::text::thousands;
@@ -359,11 +362,11 @@ pub fn table(rows: &[Row], since: &str) -> String {
                 &n(r.delivered),
                 &n(r.dead_letters),
                 &n(r.held),
-                &n(r.reviewed),
-                &n(r.approved),
-                &n(r.edited),
-                &n(r.rejected),
-                &n(r.overridden),
+                &n(r.reviews.reviewed),
+                &n(r.reviews.approved),
+                &n(r.reviews.edited),
+                &n(r.reviews.rejected),
+                &n(r.reviews.overridden),
                 &rate,
                 &ci,
                 if r.over_threshold { "OVER THRESHOLD" } else { "" },
@@ -497,8 +500,8 @@ mod tests {
         assert_eq!(r[0].category, "contract");
         assert!(r[0].over_threshold);
         assert_eq!((r[0].messages, r[0].delivered, r[0].dead_letters), (43, 40, 3));
-        assert_eq!(r[0].override_rate, Some(0.8));
+        assert_eq!(r[0].reviews.override_rate, Some(0.8));
         assert!(!r[1].over_threshold);
-        assert_eq!(r[1].override_rate, Some(0.05));
+        assert_eq!(r[1].reviews.override_rate, Some(0.05));
     }
 }

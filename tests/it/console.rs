@@ -155,22 +155,7 @@ async fn text_now(b: &Client, css: &str) -> Option<String> {
 async fn session_and_csrf(b: &Client, tg: &Tidegate) -> (String, String) {
     let cookie = b.get_named_cookie("tidegate_session").await.unwrap();
     let cookie = format!("tidegate_session={}", cookie.value());
-    let page = tg
-        .client
-        .get(tg.admin_url("/ui/reviews"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = page
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .unwrap()
-        .to_string();
+    let csrf = crate::support::console_csrf(tg, &tg.client, &cookie).await;
     (cookie, csrf)
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::support::{destination, eventually, problem, Downstream, Extra, Tidegate};
+use crate::support::{cli_with_token, destination, eventually, problem, Downstream, Extra, Tidegate};
 
 const ROOT: &str = "root-token-0123456789abcdef";
 /// (name, token, role line, destinations line)
@@ -76,6 +76,13 @@ async fn start(ds: &Downstream) -> Tidegate {
         },
     )
     .await
+}
+
+/// The CLI run with `who`'s token: its standard output, asserting success.
+fn cli_as(tg: &Tidegate, who: &str, args: &[&str]) -> String {
+    let (ok, stdout, stderr) = cli_with_token(tg, Some(token_of(who)), args);
+    assert!(ok, "{args:?} as {who}: {stdout} {stderr}");
+    stdout
 }
 
 async fn call(tg: &Tidegate, who: Option<&str>, method: &str, path: &str, body: Value) -> reqwest::Response {
@@ -302,18 +309,7 @@ async fn each_role_may_do_what_it_may_on_its_destinations_and_every_act_is_on_re
     .await;
     problem(r, 400, "reviewer_mismatch").await;
     // The CLI needs no --reviewer with a person's token.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args(["reviews", "approve", &id, "--json", "--admin"])
-        .arg(tg.admin_url(""))
-        .env("TIDEGATE_ADMIN_TOKEN", token_of("rita"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = cli_as(&tg, "rita", &["reviews", "approve", &id, "--json"]);
     assert_eq!(
         serde_json::from_str::<Value>(&stdout).unwrap()["reviewer"],
         "rita",
@@ -409,18 +405,7 @@ async fn each_role_may_do_what_it_may_on_its_destinations_and_every_act_is_on_re
         serde_json::from_str::<Value>(l).expect("a JSON line");
     }
     // And the CLI.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args(["audit", "--actor", "otto", "--action", "pause", "--admin"])
-        .arg(tg.admin_url(""))
-        .env("TIDEGATE_ADMIN_TOKEN", token_of("vera"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = cli_as(&tg, "vera", &["audit", "--actor", "otto", "--action", "pause"]);
     assert!(
         stdout.starts_with("WHEN") && stdout.contains("otto") && stdout.contains("pause"),
         "{stdout}"
@@ -445,17 +430,8 @@ async fn each_role_may_do_what_it_may_on_its_destinations_and_every_act_is_on_re
     names.sort();
     assert_eq!(names, ["olga", "otto", "rita", "root-reviewer"], "{v}");
     assert_eq!(v["agreement"].as_array().unwrap().len(), 6, "{v}");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args(["report", "--by", "reviewer", "--destination", "a", "--admin"])
-        .arg(tg.admin_url(""))
-        .env("TIDEGATE_ADMIN_TOKEN", token_of("rita"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && stdout.contains("REVIEWER") && stdout.contains("agreement"),
-        "{stdout}"
-    );
+    let stdout = cli_as(&tg, "rita", &["report", "--by", "reviewer", "--destination", "a"]);
+    assert!(stdout.contains("REVIEWER") && stdout.contains("agreement"), "{stdout}");
 }
 
 /// Decisions by two people at once while tidegate is killed with -9: once

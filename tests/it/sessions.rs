@@ -54,21 +54,6 @@ async fn overview(tg: &Tidegate, c: &reqwest::Client, cookie: &str) -> u16 {
         .as_u16()
 }
 
-/// The CSRF value on a page the session loaded.
-async fn csrf(tg: &Tidegate, c: &reqwest::Client, cookie: &str) -> String {
-    let page = c
-        .get(tg.admin_url("/ui/"))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let at = page.find("name=\"csrf\" value=\"").expect("a form with a CSRF value") + 19;
-    page[at..].split('"').next().unwrap().to_string()
-}
-
 #[tokio::test]
 async fn signing_out_ends_the_session_for_every_copy_of_its_cookie() {
     let ds = Downstream::start().await;
@@ -77,7 +62,7 @@ async fn signing_out_ends_the_session_for_every_copy_of_its_cookie() {
     let (_, cookie) = sign_in(&tg, &c).await;
     assert_eq!(overview(&tg, &c, &cookie).await, 200);
     let copy = cookie.clone();
-    let token = csrf(&tg, &c, &cookie).await;
+    let token = crate::support::console_csrf(&tg, &c, &cookie).await;
     let out = c
         .post(tg.admin_url("/ui/logout"))
         .header("cookie", &cookie)
@@ -140,7 +125,7 @@ async fn behind_a_tls_terminator_the_cookie_is_secure_and_the_public_origin_acce
     let c = no_redirects();
     let (set, cookie) = sign_in(&tg, &c).await;
     assert!(set.contains("; Secure"), "{set}");
-    let token = csrf(&tg, &c, &cookie).await;
+    let token = crate::support::console_csrf(&tg, &c, &cookie).await;
     // The console's own form, as the browser posts it through the proxy.
     let r = c
         .post(tg.admin_url("/ui/destinations/crm/pause"))

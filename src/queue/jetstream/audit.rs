@@ -70,11 +70,28 @@ impl AuditLog for JetStream {
     async fn acts(&self, filter: Filter) -> Result<Vec<Entry>> {
         let mut s = self.inner.audit.clone();
         let state = s.info().await.map_err(unavailable)?.state.clone();
+        let (first, last) = ((filter.after + 1).max(state.first_sequence), state.last_sequence);
+        let step = READ_CHUNK as usize;
+        // Chunks of sequences from the front, or for the newest from the back.
+        let chunks: Vec<(u64, u64)> = if filter.newest {
+            (first..=last)
+                .rev()
+                .step_by(step)
+                .map(|hi| ((hi + 1).saturating_sub(READ_CHUNK).max(first), hi))
+                .collect()
+        } else {
+            (first..=last)
+                .step_by(step)
+                .map(|lo| (lo, (lo + READ_CHUNK - 1).min(last)))
+                .collect()
+        };
         let mut out = Vec::new();
-        let mut from = (filter.after + 1).max(state.first_sequence);
-        while from <= state.last_sequence && out.len() < filter.limit {
-            let upto = (from + READ_CHUNK - 1).min(state.last_sequence);
-            let got = futures_util::future::join_all((from..=upto).map(|n| s.get_raw_message(n))).await;
+        for (lo, hi) in chunks {
+            if out.len() >= filter.limit {
+                break;
+            }
+            let got = futures_util::future::join_all((lo..=hi).map(|n| s.get_raw_message(n))).await;
+            let mut chunk = Vec::new();
             for r in got {
                 let m = match r {
                     Ok(m) => m,
@@ -86,11 +103,19 @@ impl AuditLog for JetStream {
                     continue;
                 };
                 let e = Entry { seq: m.sequence, act };
-                if filter.matches(&e) && out.len() < filter.limit {
-                    out.push(e);
+                if filter.matches(&e) {
+                    chunk.push(e);
                 }
             }
-            from = upto + 1;
+            let room = filter.limit - out.len();
+            if filter.newest {
+                out.extend(chunk.into_iter().rev().take(room));
+            } else {
+                out.extend(chunk.into_iter().take(room));
+            }
+        }
+        if filter.newest {
+            out.reverse();
         }
         Ok(out)
     }

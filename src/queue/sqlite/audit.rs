@@ -47,11 +47,14 @@ pub(super) fn sweep(tx: &Transaction<'_>, before: i64, chunk: i64) -> rusqlite::
 }
 
 pub(super) fn read(conn: &Connection, f: &Filter) -> rusqlite::Result<Vec<Entry>> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT seq, at, actor, action, destination, target, detail FROM audit
+    const SELECT: &str = "SELECT seq, at, actor, action, destination, target, detail FROM audit
          WHERE seq > ?1 AND at >= ?2 AND (?3 IS NULL OR actor = ?3) AND (?4 IS NULL OR action = ?4)
-         AND (?5 IS NULL OR destination = ?5) ORDER BY seq LIMIT ?6",
-    )?;
+         AND (?5 IS NULL OR destination = ?5)";
+    let mut stmt = if f.newest {
+        conn.prepare_cached(&format!("{SELECT} ORDER BY seq DESC LIMIT ?6"))?
+    } else {
+        conn.prepare_cached(&format!("{SELECT} ORDER BY seq LIMIT ?6"))?
+    };
     let rows = stmt.query_map(
         params![
             f.after.min(i64::MAX as u64) as i64,
@@ -76,5 +79,9 @@ pub(super) fn read(conn: &Connection, f: &Filter) -> rusqlite::Result<Vec<Entry>
             })
         },
     )?;
-    rows.collect()
+    let mut out = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+    if f.newest {
+        out.reverse();
+    }
+    Ok(out)
 }

@@ -1348,6 +1348,19 @@ async fn holds_time_out_into_delivery_or_a_dead_letter() {
 }
 
 /// Held messages and their records survive a restart and a salvage.
+/// `j` marked damaged, closed and opened again: the open salvages it.
+fn salvaged(dir: &tempfile::TempDir, j: Journal) -> Journal {
+    j.inner.health.note_error(&QueueError::Corrupt("test".into()));
+    j.close();
+    drop(j);
+    let j = Journal::open(dir.path(), u64::MAX).unwrap();
+    assert!(
+        dir.path().join("quarantine").read_dir().unwrap().next().is_some(),
+        "salvaged"
+    );
+    j
+}
+
 #[tokio::test]
 async fn held_messages_survive_reopening_and_salvage() {
     let (dir, j) = fresh();
@@ -1362,14 +1375,7 @@ async fn held_messages_survive_reopening_and_salvage() {
         (2, 1)
     );
     assert_eq!(q.open_reviews.load(Ordering::Relaxed), 1);
-    j.inner.health.note_error(&QueueError::Corrupt("test".into()));
-    j.close();
-    drop(j);
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
-    assert!(
-        dir.path().join("quarantine").read_dir().unwrap().next().is_some(),
-        "salvaged"
-    );
+    let j = salvaged(&dir, j);
     assert_eq!(j.status(a).await.unwrap().unwrap().state, MessageState::Held);
     let items = j.open_reviews(None, None, 0, 10).await.unwrap();
     assert_eq!(items.iter().map(|i| i.seq).collect::<Vec<_>>(), vec![a]);
@@ -1435,14 +1441,7 @@ async fn the_audit_trail_survives_reopening_and_salvage_and_is_swept_by_age() {
     };
     let before = all(&j).await;
     assert_eq!(before.len(), 2);
-    j.inner.health.note_error(&QueueError::Corrupt("test".into()));
-    j.close();
-    drop(j);
-    let j = Journal::open(dir.path(), u64::MAX).unwrap();
-    assert!(
-        dir.path().join("quarantine").read_dir().unwrap().next().is_some(),
-        "salvaged"
-    );
+    let j = salvaged(&dir, j);
     assert_eq!(all(&j).await, before, "every act, with its number, after salvage");
     // Numbers are never handed out again, and filters hold.
     j.record_act(act("ana", "purge", now)).await.unwrap();

@@ -23,7 +23,7 @@ const MAX_BATCH: usize = 2048;
 /// Most body bytes folded into one transaction.
 const MAX_BATCH_BYTES: usize = 32 << 20;
 /// Rows deleted per sweep chunk, so a sweep never holds the writer long.
-const SWEEP_CHUNK: i64 = 5000;
+const SWEEP_CHUNK: i64 = crate::queue::SWEEP_CHUNK as i64;
 
 pub enum Command {
     Append {

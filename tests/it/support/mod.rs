@@ -547,14 +547,35 @@ pub async fn problem(r: reqwest::Response, status: u16, code: &str) -> serde_jso
     v
 }
 
+/// The CSRF value on a console page loaded with the session `cookie` (a
+/// `Cookie` header's value).
+pub async fn console_csrf(tg: &Tidegate, c: &reqwest::Client, cookie: &str) -> String {
+    let page = c
+        .get(tg.admin_url("/ui/"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let at = page.find("name=\"csrf\" value=\"").expect("a form with a CSRF value") + 19;
+    page[at..].split('"').next().unwrap().to_string()
+}
+
 /// Runs the `tidegate` CLI against `tg`'s admin API: (success, stdout, stderr).
 pub fn cli(tg: &Tidegate, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tidegate"))
-        .args(args)
-        .arg("--admin")
-        .arg(tg.admin_url(""))
-        .output()
-        .unwrap();
+    cli_with_token(tg, None, args)
+}
+
+/// The same, with `TIDEGATE_ADMIN_TOKEN` set to `token`.
+pub fn cli_with_token(tg: &Tidegate, token: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tidegate"));
+    cmd.args(args).arg("--admin").arg(tg.admin_url(""));
+    if let Some(t) = token {
+        cmd.env("TIDEGATE_ADMIN_TOKEN", t);
+    }
+    let out = cmd.output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
