@@ -766,9 +766,11 @@ async fn a_worker_that_grew_large_on_one_message_does_not_stay_large_when_idle()
     let tg = Tidegate::start(&destination(
         "crm",
         &ds.url(),
-        // 1.5 million small strings: the worker's heap grows past 64 MiB
-        // and (freed in pieces) would not shrink again by itself.
-        "[destination.handoff]\ntransform = 'if .big then {n: ((\"a,\" * 1500000) | split(\",\") | length)} else . end'",
+        // 200,000 strings of 400 bytes: the worker's heap grows past 64
+        // MiB and (freed in pieces) would not shrink again by itself; in
+        // well under the sandbox's 2 s even in a debug build on a busy
+        // machine (1.5 million one-byte strings took half of it).
+        "[destination.handoff]\ntransform = 'if .big then {n: ((\"x\" * 400 + \",\") * 200000 | split(\",\") | length)} else . end'",
     ))
     .await;
     let r = tg.post("/crm/x", r#"{"big": true}"#).await;
