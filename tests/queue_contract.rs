@@ -318,14 +318,22 @@ async fn a_key_ordered_fetch_gives_each_keys_oldest_only(q: &Queues) {
     );
 }
 
+/// A record reads back with the revision its write got, and a later write
+/// gets a later revision (or 0 throughout, where reads are always current):
+/// what lets a follower tell a replica's stale answer from a new change.
 async fn destination_records_are_kept(q: &Queues) {
-    let rec = DestinationRecord {
+    let mut rec = DestinationRecord {
         state: "paused".into(),
         reason: "operator".into(),
         head_seq: None,
+        revision: 0,
     };
-    q.set_destination_record("d", rec.clone()).await.unwrap();
-    until("the record read back", || async {
+    let first = q.set_destination_record("d", rec.clone()).await.unwrap();
+    rec.state = "running".into();
+    let second = q.set_destination_record("d", rec.clone()).await.unwrap();
+    assert!(second > first || second == 0 && first == 0, "{first} then {second}");
+    rec.revision = second;
+    until("the newer record read back", || async {
         q.destination_records().await.unwrap().get("d") == Some(&rec)
     })
     .await;

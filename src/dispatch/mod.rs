@@ -84,11 +84,14 @@ pub struct Destination {
     pub name: String,
     config: RwLock<Arc<config::Destination>>,
     state: Mutex<StateInfo>,
-    /// Bumped when this instance changes `state` itself (under its lock)
-    /// and again once the change's record is written: a shared record read
-    /// across either may be older than the change, and must not undo it
-    /// (cluster mode, `apply_records`).
-    local_changes: AtomicU64,
+    /// Cluster mode (`apply_records`): a shared record must never undo a
+    /// change this instance made. While this instance writes its own
+    /// change (counted here, raised under the `state` lock), every record
+    /// read is at best the one before; once written, a record older than
+    /// `record_revision` (the newest written or applied here) is one a
+    /// replica answered before it caught up.
+    writes_in_flight: AtomicU64,
+    record_revision: AtomicU64,
     /// Bumped on every state or config change so the worker re-evaluates.
     kick: watch::Sender<u64>,
     /// Set to stop the worker (shutdown, or removed by a reload).
@@ -253,7 +256,8 @@ impl Dispatcher {
             name: d.name.clone(),
             config: RwLock::new(Arc::new(d.clone())),
             state: Mutex::new(info),
-            local_changes: AtomicU64::new(0),
+            writes_in_flight: AtomicU64::new(0),
+            record_revision: AtomicU64::new(0),
             kick: watch::channel(0).0,
             stop: watch::channel(false).0,
             settled: Notify::new(),
@@ -560,16 +564,10 @@ impl Dispatcher {
     }
 
     /// Applies the recorded state of every destination (or of `only`),
-    /// except where this instance changed the state itself while the
-    /// records were being read: its own record may not be among them yet,
-    /// and applying the older one would undo a pause or resume that was
-    /// just acknowledged. The next round reads the change.
+    /// except a record older than this instance's own change: applying it
+    /// would undo a pause or resume that was just acknowledged. The next
+    /// round reads the change.
     async fn apply_records(&self, only: Option<&str>) {
-        let before: HashMap<String, u64> = self
-            .destinations()
-            .iter()
-            .map(|d| (d.name.clone(), d.local_changes.load(Ordering::SeqCst)))
-            .collect();
         let records = match self.ctx.queues.destination_records().await {
             Ok(r) => r,
             Err(e) => {
@@ -586,9 +584,12 @@ impl Dispatcher {
             };
             let changed = {
                 let mut s = d.state.lock().unwrap_or_else(|e| e.into_inner());
-                if before.get(&name) != Some(&d.local_changes.load(Ordering::SeqCst)) {
+                if d.writes_in_flight.load(Ordering::SeqCst) > 0
+                    || r.revision < d.record_revision.load(Ordering::SeqCst)
+                {
                     continue;
                 }
+                d.record_revision.fetch_max(r.revision, Ordering::SeqCst);
                 let changed = s.state != state || s.reason != r.reason;
                 if changed {
                     tracing::warn!(destination = %name, from = s.state.as_str(), to = state.as_str(), reason = %r.reason,
@@ -650,7 +651,7 @@ pub(crate) async fn set_state(
 ) -> Result<(), QueueError> {
     let previous = {
         let mut s = d.state.lock().unwrap_or_else(|e| e.into_inner());
-        d.local_changes.fetch_add(1, Ordering::SeqCst);
+        d.writes_in_flight.fetch_add(1, Ordering::SeqCst);
         let prev = s.state;
         *s = StateInfo {
             state,
@@ -659,6 +660,15 @@ pub(crate) async fn set_state(
         };
         prev
     };
+    // Counted down however this ends, a dropped future included: a count
+    // left up would stop this instance following the others for good.
+    struct Written<'a>(&'a AtomicU64);
+    impl Drop for Written<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let _written = Written(&d.writes_in_flight);
     d.kick();
     if previous != state {
         match state {
@@ -677,10 +687,9 @@ pub(crate) async fn set_state(
         state: state.as_str().to_string(),
         reason: reason.to_string(),
         head_seq,
+        revision: 0,
     };
-    let written = ctx.queues.set_destination_record(&d.name, record).await;
-    // Again once the record is written: a read of the records that began
-    // while it was being written may hold the one before.
-    d.local_changes.fetch_add(1, Ordering::SeqCst);
-    written
+    let revision = ctx.queues.set_destination_record(&d.name, record).await?;
+    d.record_revision.fetch_max(revision, Ordering::SeqCst);
+    Ok(())
 }

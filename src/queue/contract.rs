@@ -127,7 +127,9 @@ pub trait Operations: Send + Sync + 'static {
     async fn release_key(&self, dest: &str, key: &str, skip_head: bool) -> Result<Option<u64>>;
     /// Every destination's saved state (paused, halted...).
     async fn destination_records(&self) -> Result<HashMap<String, DestinationRecord>>;
-    async fn set_destination_record(&self, dest: &str, record: DestinationRecord) -> Result<()>;
+    /// Saves `record` (its `revision` is ignored); returns the revision
+    /// the write got.
+    async fn set_destination_record(&self, dest: &str, record: DestinationRecord) -> Result<u64>;
 
     /// Dead letters back into the queue as fresh attempts; `None` = all.
     /// Reviewer rejections stay where they are.

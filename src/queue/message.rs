@@ -254,6 +254,11 @@ pub struct DestinationRecord {
     pub state: String,
     pub reason: String,
     pub head_seq: Option<u64>,
+    /// Where this record stands among the writes to it: a record read
+    /// with a lower revision than one already written or applied is older
+    /// (a replica that had not caught up) and must not replace it. 0 on a
+    /// backend whose reads always see the latest write.
+    pub revision: u64,
 }
 
 /// Live counts for one destination, exact after every commit, plus the

@@ -349,10 +349,10 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Writes `value` as JSON under `key`, durably (a quorum of the bucket's
 /// replicas) before it returns.
-async fn put_json(store: &kv::Store, key: String, value: &impl Serialize) -> Result<()> {
+/// Writes `value` as JSON under `key`; the write's revision.
+async fn put_json(store: &kv::Store, key: String, value: &impl Serialize) -> Result<u64> {
     let body = serde_json::to_vec(value).map_err(unavailable)?;
-    store.put(key, body.into()).await.map_err(unavailable)?;
-    Ok(())
+    store.put(key, body.into()).await.map_err(unavailable)
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -240,30 +240,34 @@ impl Operations for JetStream {
         // so it must not list the whole bucket (retry schedules live there).
         let mut out = HashMap::new();
         for name in self.known_destinations() {
-            if let Some(v) = self.inner.state.get(format!("d.{name}")).await.map_err(unavailable)? {
-                if let Ok(r) = serde_json::from_slice::<Record>(&v) {
-                    out.insert(
-                        name,
-                        DestinationRecord {
-                            state: r.state,
-                            reason: r.reason,
-                            head_seq: r.head_seq,
-                        },
-                    );
-                }
+            // A direct read may be answered by a replica behind the
+            // leader: the entry's revision lets the reader tell.
+            let entry = self.inner.state.entry(format!("d.{name}")).await.map_err(unavailable)?;
+            let Some(entry) = entry.filter(|e| e.operation == jetstream::kv::Operation::Put) else {
+                continue;
+            };
+            if let Ok(r) = serde_json::from_slice::<Record>(&entry.value) {
+                out.insert(
+                    name,
+                    DestinationRecord {
+                        state: r.state,
+                        reason: r.reason,
+                        head_seq: r.head_seq,
+                        revision: entry.revision,
+                    },
+                );
             }
         }
         Ok(out)
     }
 
-    async fn set_destination_record(&self, dest: &str, record: DestinationRecord) -> Result<()> {
+    async fn set_destination_record(&self, dest: &str, record: DestinationRecord) -> Result<u64> {
         let r = Record {
             state: record.state,
             reason: record.reason,
             head_seq: record.head_seq,
         };
-        put_json(&self.inner.state, format!("d.{dest}"), &r).await?;
-        Ok(())
+        put_json(&self.inner.state, format!("d.{dest}"), &r).await
     }
 
     async fn replay(&self, dest: &str, seqs: Option<Vec<u64>>) -> Result<u64> {

@@ -211,10 +211,12 @@ impl Operations for Journal {
         self.read(|r| r.destination_records()).await
     }
 
-    async fn set_destination_record(&self, dest: &str, record: DestinationRecord) -> Result<()> {
+    async fn set_destination_record(&self, dest: &str, record: DestinationRecord) -> Result<u64> {
         let dest = dest.to_string();
         self.call(|reply| writer::Command::SetDestination { dest, record, reply })
-            .await
+            .await?;
+        // One process reads what its writer committed: nothing is older.
+        Ok(0)
     }
 
     async fn replay(&self, dest: &str, seqs: Option<Vec<u64>>) -> Result<u64> {

@@ -137,6 +137,7 @@ fn destination_record(r: &Row<'_>) -> Option<(String, DestinationRecord)> {
             state: r.get(1).ok()?,
             reason: r.get(2).ok()?,
             head_seq: r.get::<_, Option<i64>>(3).ok()?.map(|s| s as u64),
+            revision: 0,
         },
     ))
 }

@@ -441,6 +441,7 @@ async fn an_unreadable_destination_state_is_left_out_not_fatal() {
             state: "paused".into(),
             reason: "paused by an operator".into(),
             head_seq: None,
+            revision: 0,
         };
         j.set_destination_record(name, record).await.unwrap();
     }
