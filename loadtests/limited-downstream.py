@@ -38,7 +38,7 @@ p.add_argument("--headers", choices=["none", "x", "ietf"], default="none")
 a = p.parse_args()
 
 lock = threading.Lock()
-state = {"first": None, "last_ok": None, "ok": 0, "refused": 0, "in_flight": 0,
+state = {"first": None, "last_ok": None, "first_refused": None, "ok": 0, "refused": 0, "in_flight": 0,
          "tokens": float(a.burst), "refilled": None, "window_start": None, "count": 0, "log": []}
 
 
@@ -94,6 +94,15 @@ def allowance():
     return a.limit * (t * 1000 / a.service_ms + 1)
 
 
+def allowed_per_second():
+    """The model's sustained allowance, per second."""
+    if a.model == "token_bucket":
+        return a.rate
+    if a.model in ("fixed_window", "sliding_window"):
+        return a.limit / a.window
+    return a.limit * 1000 / a.service_ms
+
+
 class Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
@@ -102,7 +111,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
             s = state
             span = (s["last_ok"] - s["first"]) if s["first"] and s["last_ok"] else 0
             body = json.dumps({"ok": s["ok"], "refused": s["refused"], "span_s": span,
-                               "allowance": allowance()}).encode()
+                               "allowance": allowance(), "allowed_per_second": allowed_per_second(),
+                               "first_refused": s["first_refused"]}).encode()
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
@@ -125,6 +135,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 state["last_ok"] = time.time()
             else:
                 state["refused"] += 1
+                if state["first_refused"] is None:
+                    state["first_refused"] = now
         self.send_response(200 if ok else 429)
         if not ok and a.retry_after:
             self.send_header("retry-after", str(max(1, math.ceil(wait))))

@@ -14,6 +14,9 @@
 //! remembered as a ceiling; calm seconds win the rate back quickly up to
 //! 90% of that ceiling and only slowly beyond it, because with a downstream
 //! that answers `Retry-After` each probe that fails costs a whole pause.
+//! From far above, a second of refusals measures what the downstream
+//! accepts, and the rate goes straight to 95% of it (SPEC §14) instead of
+//! halving once a round, and holds there.
 //! After any pause, sending resumes with an empty bucket: a bucket that
 //! refilled during the pause would spend its burst into a downstream whose
 //! own allowance has just started again.
@@ -55,12 +58,13 @@ const PROBE_SHARE: f64 = 0.01;
 /// Recovery is fast up to this share of the ceiling.
 const FAST_UP_TO: f64 = 0.9;
 /// Below a ceiling drawn by a refusal that paused the destination
-/// (`Retry-After`, or a bare 429 with a long wait), the rate climbs to this
-/// share of it and holds there for `CEILING_MEMORY`: there, each probe past
-/// the limit costs a whole pause (one `Retry-After: 1` a few seconds is a
-/// fifth of the allowance), so the limit is probed once per
-/// `CEILING_MEMORY`, not every few seconds.
-const HOLD_BELOW_PAUSING: f64 = 0.95;
+/// (`Retry-After`, or a bare 429 with a long wait), or measured by a whole
+/// second of refusals, the rate climbs to this share of it and holds there
+/// for `CEILING_MEMORY`: there, each probe past the limit costs a whole
+/// pause (one `Retry-After: 1` a few seconds is a fifth of the
+/// allowance), so the limit is probed once per `CEILING_MEMORY`, not every
+/// few seconds.
+const HOLD_BELOW: f64 = 0.95;
 /// ...provided the downstream took at least this share of that rate over
 /// the horizon.
 const HELD_WHEN_ACCEPTED: f64 = 0.5;
@@ -93,6 +97,9 @@ const LONG_WAIT: Duration = Duration::from_millis(500);
 /// The rate that met a bare 429 was "far above" the sustainable one when
 /// over this multiple of it.
 const FAR_ABOVE: f64 = 1.5;
+/// Refusals this long (none this far apart), without a pause among them:
+/// what the downstream accepted over the horizon is what it allows.
+const SATURATED_AFTER: Duration = Duration::from_secs(1);
 
 pub struct Limiter {
     inner: Mutex<State>,
@@ -140,11 +147,18 @@ impl Pacer {
         self.tat = self.tat.checked_sub(self.period).unwrap_or(self.tat);
     }
 
-    /// Takes a cell now, or says when one is due.
+    /// Takes a cell now, or says when one is due. A cell taken late (a
+    /// timer wakes up to a millisecond after the due time) keeps the
+    /// schedule: up to half a period late, the next cell is due a period
+    /// after this one was due, not after now. Otherwise each wake-up's
+    /// delay would be lost: at 50/s with a burst of 1, 4% of the rate.
+    /// Later than that (idle), the schedule starts again from now.
     fn take(&mut self, now: Instant) -> Result<(), Instant> {
         let due = self.tat.checked_sub(self.tolerance).unwrap_or(self.tat);
         if now >= due {
-            self.tat = self.tat.max(now) + self.period;
+            let late = now.saturating_duration_since(self.tat);
+            let from = if late <= self.period / 2 { self.tat } else { now };
+            self.tat = from + self.period;
             Ok(())
         } else {
             Err(due)
@@ -169,8 +183,9 @@ struct State {
     recovered: bool,
     /// The effective rate in force when the downstream last pushed back.
     ceiling: Option<f64>,
-    /// Whether that push-back paused the destination: the rate holds below.
-    ceiling_paused: bool,
+    /// Whether that push-back paused the destination (or a second of
+    /// refusals measured it): the rate holds below.
+    ceiling_held: bool,
     /// A held ceiling that outlived `CEILING_MEMORY`: probed past slowly,
     /// following the rate up.
     ceiling_stale: bool,
@@ -190,6 +205,11 @@ struct State {
     epoch: Instant,
     /// The first attempt: where the first window began, as far as we know.
     first_sent: Option<Instant>,
+    /// The first refusal of the refusals in progress (none a second
+    /// apart): a second after it, the downstream has been refusing what
+    /// it does not take for a whole horizon, so what it accepted over that
+    /// second is what it allows (see `cut`).
+    refusing_since: Option<Instant>,
     bare: Bare,
 }
 
@@ -237,7 +257,14 @@ impl State {
             .sum();
         let since_epoch = now.duration_since(self.epoch).as_secs_f64();
         let into_current = since_epoch - cur as f64 * SLOT.as_secs_f64();
-        let window = ((slots - 1) as f64 * SLOT.as_secs_f64() + into_current).min(since_epoch);
+        // Not counting the time before anything was sent, which would
+        // read a downstream that took all it allows as one that took less.
+        let first = self.first_sent.unwrap_or(self.epoch);
+        let sending = now
+            .saturating_duration_since(first)
+            .as_secs_f64()
+            .max(SLOT.as_secs_f64());
+        let window = ((slots - 1) as f64 * SLOT.as_secs_f64() + into_current).min(sending);
         if window <= 0.0 {
             0.0
         } else {
@@ -310,7 +337,7 @@ impl State {
         if waited < LONG_WAIT {
             // A bucket or a concurrency limit catching up: probing past
             // the ceiling is cheap.
-            self.ceiling_paused = false;
+            self.ceiling_held = false;
         } else {
             let from = self.bare.turned.or(self.first_sent);
             if let Some(from) = from.filter(|f| turned > *f) {
@@ -346,10 +373,10 @@ impl State {
                     };
                     if let Some(c) = self.configured {
                         self.ceiling = ceiling;
-                        self.ceiling_paused = ceiling.is_some();
+                        self.ceiling_held = ceiling.is_some();
                         self.ceiling_stale = false;
                         let k = ceiling.unwrap_or(sustainable);
-                        let held = (k * HOLD_BELOW_PAUSING).max(c * FLOOR_SHARE).min(c);
+                        let held = (k * HOLD_BELOW).max(c * FLOOR_SHARE).min(c);
                         if one_window.is_some() || self.effective.is_some_and(|e| held < e) {
                             self.set_effective(held);
                         }
@@ -405,7 +432,7 @@ impl Limiter {
                 last_decrease: None,
                 recovered: false,
                 ceiling: None,
-                ceiling_paused: false,
+                ceiling_held: false,
                 ceiling_stale: false,
                 in_flight_cap: None,
                 in_flight_ceiling: None,
@@ -414,6 +441,7 @@ impl Limiter {
                 horizon: Duration::from_secs(1),
                 epoch: now,
                 first_sent: None,
+                refusing_since: None,
                 bare: Bare::default(),
             }),
         }
@@ -611,9 +639,9 @@ impl Limiter {
     pub fn tick(&self) {
         let mut s = self.state();
         if s.last_slowdown.is_none_or(|t| t.elapsed() >= CEILING_MEMORY) {
-            if s.ceiling.is_some() && (s.ceiling_paused || s.ceiling_stale) {
+            if s.ceiling.is_some() && (s.ceiling_held || s.ceiling_stale) {
                 // Held long enough: probe past it, slowly.
-                s.ceiling_paused = false;
+                s.ceiling_held = false;
                 s.ceiling_stale = true;
             } else {
                 s.ceiling = None;
@@ -638,11 +666,7 @@ impl Limiter {
                 r
             }
             Some(k) if e >= k * FAST_UP_TO => {
-                let up_to = if s.ceiling_paused {
-                    k * HOLD_BELOW_PAUSING
-                } else {
-                    f64::INFINITY
-                };
+                let up_to = if s.ceiling_held { k * HOLD_BELOW } else { f64::INFINITY };
                 (e + k * PROBE_SHARE).min(up_to.max(e))
             }
             Some(k) => (e + c * RECOVERY_SHARE).min(k * FAST_UP_TO),
@@ -666,7 +690,10 @@ impl State {
     /// accepted nothing, so it is halved all the way down; one that pushes
     /// back at its limit is held just under the limit instead of
     /// saw-toothing between half of it and all of it. Every cut is at least
-    /// 10%.
+    /// 10%. After a whole second of refusals with no pause among them, the
+    /// downstream has shown what it allows: the cut goes straight to 95% of
+    /// what it accepted over that second, however far above it the rate
+    /// was (SPEC §14), and holds there.
     ///
     /// `in_flight` is the number of attempts in flight when the refusal
     /// came (this one included): the cut also caps attempts in flight one
@@ -674,6 +701,12 @@ impl State {
     /// `pausing`: the refusal paused the destination, so the rate holds
     /// below the ceiling it draws.
     fn cut(&mut self, pausing: bool, sent: Instant, in_flight: u32, now: Instant) {
+        if self
+            .last_slowdown
+            .is_none_or(|t| now.duration_since(t) >= SATURATED_AFTER)
+        {
+            self.refusing_since = Some(now);
+        }
         self.last_slowdown = Some(now);
         self.ceiling_stale = false;
         if let Some(t) = self.last_decrease {
@@ -701,21 +734,33 @@ impl State {
         }
         if let (Some(c), Some(e)) = (self.configured, self.effective) {
             let accepted = self.accepted_per_second(now);
-            let cut = (e / 2.0)
+            // Refused for a whole second without a pause in it, the
+            // downstream took what it allows over that second: straight
+            // there (SPEC §14), however far above it the rate was.
+            let saturated = self
+                .refusing_since
+                .is_some_and(|t| now.duration_since(t) >= SATURATED_AFTER)
+                && self
+                    .paused_until
+                    .is_none_or(|p| now.saturating_duration_since(p) >= SATURATED_AFTER);
+            let jump = saturated && accepted > 0.0;
+            let halved = if jump { 0.0 } else { e / 2.0 };
+            let cut = halved
                 .max((accepted * ACCEPTED_SHARE).min(e * LEAST_CUT))
                 .max(c * FLOOR_SHARE);
             if cut < e {
                 // Held below only when the downstream had been taking
-                // about that rate: a refusal of the first attempts says
-                // nothing of where its limit is. When it had, what it took
-                // is the better ceiling: it refused the rest.
-                let held = pausing && accepted >= e * HELD_WHEN_ACCEPTED;
+                // about that rate (or a whole second of refusals measured
+                // it): a refusal of the first attempts says nothing of
+                // where its limit is. When it had, what it took is the
+                // better ceiling: it refused the rest.
+                let held = jump || pausing && accepted >= e * HELD_WHEN_ACCEPTED;
                 let drawn = if held { accepted.min(e) } else { e };
                 self.ceiling = match self.ceiling {
                     Some(k) if !informative => Some(k.max(drawn)),
                     _ => Some(drawn),
                 };
-                self.ceiling_paused = held;
+                self.ceiling_held = held;
                 self.set_effective(cut);
             }
         }
