@@ -335,9 +335,18 @@ impl State {
         };
         let waited = turned.saturating_duration_since(began);
         if waited < LONG_WAIT {
-            // A bucket or a concurrency limit catching up: probing past
-            // the ceiling is cheap.
-            self.ceiling_held = false;
+            // A bucket or a concurrency limit catching up: it says nothing
+            // of a window's rate, and a probe past the limit costs little.
+            // A held ceiling near the rate it refused becomes that rate,
+            // which is above its limit: held at 95% of it, the next refusal
+            // brings it closer, where what it accepted over a second can
+            // read low and hold the rate there. Far above, that rate says
+            // little, and what it accepted stands.
+            if let (true, Some(r), Some(k)) = (self.ceiling_held, rate_then, self.ceiling) {
+                if r <= k * FAR_ABOVE {
+                    self.ceiling = Some(r);
+                }
+            }
         } else {
             let from = self.bare.turned.or(self.first_sent);
             if let Some(from) = from.filter(|f| turned > *f) {
@@ -665,10 +674,10 @@ impl Limiter {
                 s.ceiling = Some(k.max(r));
                 r
             }
-            Some(k) if e >= k * FAST_UP_TO => {
-                let up_to = if s.ceiling_held { k * HOLD_BELOW } else { f64::INFINITY };
-                (e + k * PROBE_SHARE).min(up_to.max(e))
-            }
+            // Below a held ceiling, 95% of it is known to be taken: as fast
+            // as below any ceiling, up to there.
+            Some(k) if s.ceiling_held => (e + c * RECOVERY_SHARE).min(k * HOLD_BELOW).max(e),
+            Some(k) if e >= k * FAST_UP_TO => e + k * PROBE_SHARE,
             Some(k) => (e + c * RECOVERY_SHARE).min(k * FAST_UP_TO),
             None => e + c * RECOVERY_SHARE,
         }
@@ -752,10 +761,19 @@ impl State {
                 // Held below only when the downstream had been taking
                 // about that rate (or a whole second of refusals measured
                 // it): a refusal of the first attempts says nothing of
-                // where its limit is. When it had, what it took is the
-                // better ceiling: it refused the rest.
-                let held = jump || pausing && accepted >= e * HELD_WHEN_ACCEPTED;
-                let drawn = if held { accepted.min(e) } else { e };
+                // where its limit is, and probing on finds it. Held, the
+                // rate stays within 90-100% of the limit (SPEC §14). The
+                // rate refused is the ceiling; after a pause (a probe past
+                // it costs a whole one) or a measured second, what the
+                // downstream took, the safer of the two: it refused the
+                // rest.
+                let took_most = accepted >= e * HELD_WHEN_ACCEPTED;
+                let held = jump || took_most;
+                let drawn = if jump || pausing && took_most {
+                    accepted.min(e)
+                } else {
+                    e
+                };
                 self.ceiling = match self.ceiling {
                     Some(k) if !informative => Some(k.max(drawn)),
                     _ => Some(drawn),
