@@ -14,9 +14,12 @@
 //! remembered as a ceiling; calm seconds win the rate back quickly up to
 //! 90% of that ceiling and only slowly beyond it, because with a downstream
 //! that answers `Retry-After` each probe that fails costs a whole pause.
-//! From far above, a second of refusals measures what the downstream
-//! accepts, and the rate goes straight to 95% of it (SPEC §14) instead of
-//! halving once a round, and holds there.
+//! A ceiling the downstream showed (it took at least half the rate it
+//! refused) is held: the rate climbs fast to 95% of it and stays there for
+//! a minute, within 90-100% of the limit (SPEC §14), instead of
+//! saw-toothing past it. From far above, a second of refusals measures
+//! what the downstream accepts, and the rate goes straight to 95% of that
+//! instead of halving once a round.
 //! After any pause, sending resumes with an empty bucket: a bucket that
 //! refilled during the pause would spend its burst into a downstream whose
 //! own allowance has just started again.
@@ -57,13 +60,11 @@ const ROUND_AT_MOST: Duration = Duration::from_secs(1);
 const PROBE_SHARE: f64 = 0.01;
 /// Recovery is fast up to this share of the ceiling.
 const FAST_UP_TO: f64 = 0.9;
-/// Below a ceiling drawn by a refusal that paused the destination
-/// (`Retry-After`, or a bare 429 with a long wait), or measured by a whole
-/// second of refusals, the rate climbs to this share of it and holds there
-/// for `CEILING_MEMORY`: there, each probe past the limit costs a whole
-/// pause (one `Retry-After: 1` a few seconds is a fifth of the
-/// allowance), so the limit is probed once per `CEILING_MEMORY`, not every
-/// few seconds.
+/// Below a held ceiling (see `ceiling_held`), the rate climbs to this share
+/// of it and holds there for `CEILING_MEMORY`: within 90-100% of the
+/// limit, as SPEC §14 asks, and where a probe past the limit costs a whole
+/// pause (one `Retry-After: 1` a few seconds is a fifth of the allowance),
+/// the limit is probed once per `CEILING_MEMORY`, not every few seconds.
 const HOLD_BELOW: f64 = 0.95;
 /// ...provided the downstream took at least this share of that rate over
 /// the horizon.
@@ -183,8 +184,9 @@ struct State {
     recovered: bool,
     /// The effective rate in force when the downstream last pushed back.
     ceiling: Option<f64>,
-    /// Whether that push-back paused the destination (or a second of
-    /// refusals measured it): the rate holds below.
+    /// Whether the downstream showed that ceiling (it took at least half
+    /// the rate it refused, or a second of refusals measured it): the rate
+    /// holds below.
     ceiling_held: bool,
     /// A held ceiling that outlived `CEILING_MEMORY`: probed past slowly,
     /// following the rate up.
@@ -707,8 +709,9 @@ impl State {
     /// `in_flight` is the number of attempts in flight when the refusal
     /// came (this one included): the cut also caps attempts in flight one
     /// below it, which is what a downstream that limits concurrency needs.
-    /// `pausing`: the refusal paused the destination, so the rate holds
-    /// below the ceiling it draws.
+    /// `pausing`: the refusal paused the destination, so a held ceiling is
+    /// what the downstream accepted (each probe past it costs a pause), not
+    /// the rate it refused.
     fn cut(&mut self, pausing: bool, sent: Instant, in_flight: u32, now: Instant) {
         if self
             .last_slowdown
