@@ -98,7 +98,7 @@ fn pipeline(c: &mut Criterion) {
             b.iter(|| table.admit(dest, &body).unwrap())
         });
         g.bench_function(format!("render_1KiB_to_{dest}"), |b| {
-            b.iter(|| table.render(dest, &body).unwrap())
+            b.iter(|| table.render(dest, &body, "").unwrap())
         });
     }
     g.finish();

@@ -12,6 +12,13 @@ request to its last success):
   sliding_window  --limit N --window S        N in any S seconds
   concurrency     --limit N --service-ms M    429 beyond N in flight; each takes M ms
 
+Batches (SPEC §16): --batch B takes a JSON array of at most B items (or
+`{"inputs": [...]}`) per request, 413 beyond; the rate limit counts
+requests, not items. A 200 carries `{"results": [{"status": 201} |
+{"status": 422, "error": ...}]}`, one per item, in order; each item fails
+at random with --item-failure P (a fraction). /stats adds items_ok and
+items_failed.
+
 Signals: --retry-after (an integer Retry-After on each 429, rounded up, as
 most APIs send it), --headers none|x|ietf (X-RateLimit-Remaining/Reset, or
 the IETF RateLimit/RateLimit-Policy fields, on every answer; for the
@@ -22,6 +29,7 @@ import argparse
 import http.server
 import json
 import math
+import random
 import threading
 import time
 
@@ -35,11 +43,15 @@ p.add_argument("--window", type=float, default=1.0)
 p.add_argument("--service-ms", type=float, default=80)
 p.add_argument("--retry-after", action="store_true")
 p.add_argument("--headers", choices=["none", "x", "ietf"], default="none")
+p.add_argument("--batch", type=int, default=0)
+p.add_argument("--item-failure", type=float, default=0.0)
 a = p.parse_args()
 
 lock = threading.Lock()
 state = {"first": None, "last_ok": None, "first_refused": None, "ok": 0, "refused": 0, "in_flight": 0,
-         "tokens": float(a.burst), "refilled": None, "window_start": None, "count": 0, "log": []}
+         "tokens": float(a.burst), "refilled": None, "window_start": None, "count": 0, "log": [],
+         "items_ok": 0, "items_failed": 0}
+rng = random.Random(7)
 
 
 def decide(now):
@@ -112,14 +124,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
             span = (s["last_ok"] - s["first"]) if s["first"] and s["last_ok"] else 0
             body = json.dumps({"ok": s["ok"], "refused": s["refused"], "span_s": span,
                                "allowance": allowance(), "allowed_per_second": allowed_per_second(),
-                               "first_refused": s["first_refused"]}).encode()
+                               "first_refused": s["first_refused"], "items_ok": s["items_ok"],
+                               "items_failed": s["items_failed"]}).encode()
         self.send_response(200)
         self.send_header("content-length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
     def do_POST(self):
-        self.rfile.read(int(self.headers.get("content-length", 0)))
+        raw = self.rfile.read(int(self.headers.get("content-length", 0)))
+        items = None
+        if a.batch:
+            try:
+                doc = json.loads(raw)
+                items = doc["inputs"] if isinstance(doc, dict) else doc
+                assert isinstance(items, list)
+            except Exception:
+                return self.answer(400, b'{"error": "a batch is a JSON array of items"}')
+            if len(items) > a.batch:
+                return self.answer(413, b'{"error": "too many items"}')
         now = time.time()
         with lock:
             if state["first"] is None:
@@ -149,8 +172,27 @@ class Handler(http.server.BaseHTTPRequestHandler):
             # Delta seconds, rounded up: never earlier than the reset.
             self.send_header("ratelimit-policy", f'"default";q={a.limit};w={int(a.window)}')
             self.send_header("ratelimit", f'"default";r={remaining};t={max(0, math.ceil(wait))}')
-        self.send_header("content-length", "0")
+        body = b""
+        if ok and items is not None:
+            results = []
+            with lock:
+                for _ in items:
+                    if rng.random() < a.item_failure:
+                        state["items_failed"] += 1
+                        results.append({"status": 422, "error": "invalid record"})
+                    else:
+                        state["items_ok"] += 1
+                        results.append({"status": 201})
+            body = json.dumps({"results": results}).encode()
+        self.send_header("content-length", str(len(body)))
         self.end_headers()
+        self.wfile.write(body)
+
+    def answer(self, status, body):
+        self.send_response(status)
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def log_message(self, *args):
         pass

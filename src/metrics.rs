@@ -51,6 +51,12 @@ pub struct Metrics {
     pub delivery_duration: HistogramVec,
     pub end_to_end: HistogramVec,
     pub ingest_duration: Histogram,
+    /// Items per downstream request of a batching destination (SPEC §16).
+    pub batch_size: HistogramVec,
+    /// Batches sent, by why they left (`size`, `bytes`, `time`).
+    pub batches: IntCounterVec,
+    /// Batches split in halves after a permanent answer.
+    pub batch_splits: IntCounterVec,
 }
 
 fn exp_buckets(start: f64, end: f64, n: usize) -> Vec<f64> {
@@ -240,6 +246,22 @@ impl Metrics {
                 &["destination"],
                 exp_buckets(0.01, 86400.0, 20),
             ),
+            batch_size: hist(
+                "batch_size",
+                "Items per downstream request of a batching destination.",
+                &["destination"],
+                vec![1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0],
+            ),
+            batches: counter(
+                "batches_total",
+                "Batches sent, by what made them leave: size (max_messages), bytes (max_bytes) or time (max_wait).",
+                &["destination", "flush"],
+            ),
+            batch_splits: counter(
+                "batch_splits_total",
+                "Batches split in halves after a permanent answer, to find the items at fault.",
+                &["destination"],
+            ),
             journal_fsyncs,
             journal_corrupt_records,
             journal_disk_bytes,
@@ -348,6 +370,9 @@ impl Metrics {
         forget(&self.review_pending, dest);
         forget(&self.review_oldest_pending, dest);
         forget(&self.latency_objective, dest);
+        forget(&self.batch_size, dest);
+        forget(&self.batches, dest);
+        forget(&self.batch_splits, dest);
     }
 
     /// The Prometheus text exposition of tidegate's metrics and the standard

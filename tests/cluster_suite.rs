@@ -16,6 +16,8 @@ pub const BACKEND: support::Backend = support::Backend::JetStream;
 
 #[path = "it/backpressure.rs"]
 mod backpressure;
+#[path = "it/batching.rs"]
+mod batching;
 #[path = "it/failure_modes.rs"]
 mod failure_modes;
 #[path = "it/forwarding.rs"]

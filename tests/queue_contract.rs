@@ -206,6 +206,14 @@ async fn a_rescheduled_message_waits_and_its_time_is_reported(q: &Queues) {
         kind: "http_5xx".into(),
         status: Some(503),
         detail: "busy".into(),
+        // The batch it went in is stored with it (SPEC §16).
+        batch: Some(tidegate::queue::BatchRef {
+            id: "b1".into(),
+            size: 3,
+            position: 2,
+            status: Some(503),
+            outcome: "http_5xx".into(),
+        }),
     };
     q.settle(
         a,
@@ -224,6 +232,26 @@ async fn a_rescheduled_message_waits_and_its_time_is_reported(q: &Queues) {
     assert_eq!(s.attempts, 1);
     assert_eq!(s.last_error, Some(err));
     assert_eq!(depth(q, "d"), 1, "a scheduled message is in the depth");
+    // Delivered in a later batch: its status shows that batch, and no
+    // failure.
+    let delivered = tidegate::queue::LastError {
+        batch: Some(tidegate::queue::BatchRef {
+            id: "b2".into(),
+            size: 2,
+            position: 0,
+            status: Some(200),
+            outcome: "delivered".into(),
+        }),
+        ..Default::default()
+    };
+    q.settle(a, "d", 2, Some(delivered), Disposition::Delivered { keep_body: false })
+        .await
+        .unwrap();
+    let view = q.status(a).await.unwrap().unwrap().view("x", false);
+    assert_eq!(view["state"], "delivered");
+    assert_eq!(view["last_error"], serde_json::Value::Null, "{view}");
+    assert_eq!(view["batch"]["id"], "b2", "{view}");
+    assert_eq!(view["batch"]["outcome"], "delivered", "{view}");
 }
 
 async fn a_message_given_back_is_handed_out_again(q: &Queues) {

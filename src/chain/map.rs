@@ -16,9 +16,12 @@ pub fn edge_facts(l: &Link) -> Vec<String> {
         Some(v) => format!("peak {}", per(v)),
         None => "peak not declared".into(),
     });
-    facts.push(match l.rate {
-        Some(r) => format!("rate {}", per(r)),
-        None => "rate unlimited".into(),
+    facts.push(match (l.rate, l.batch_size) {
+        (Some(r), 0 | 1) => format!("rate {}", per(r)),
+        // The rate counts requests; what flows is items.
+        (Some(r), b) => format!("rate {} × batch {b} = {} items", per(r), per(r * f64::from(b))),
+        (None, 0 | 1) => "rate unlimited".into(),
+        (None, b) => format!("rate unlimited, batch {b}"),
     });
     if let Some(o) = l.latency_objective_seconds {
         facts.push(format!("objective {}", human(o)));
@@ -243,6 +246,7 @@ mod tests {
             max_messages: 1,
             max_bytes: 1,
             max_in_flight: 8,
+            batch_size: 1,
             live: None,
         }
     }
@@ -286,6 +290,29 @@ mod tests {
                 "delivered 48.5/s · limit 50.0/s",
                 "override 18%"
             ]
+        );
+    }
+
+    #[test]
+    fn a_batching_destination_counts_items_as_requests_times_the_batch() {
+        let mut l = link("crm");
+        l.rate = Some(10.0);
+        l.batch_size = 100;
+        let facts = edge_facts(&l).join(" | ");
+        assert!(facts.contains("rate 10.0/s × batch 100 = 1000.0/s items"), "{facts}");
+        // The plan's capacity is in messages, and the live effective rate
+        // (requests) is scaled the same way.
+        assert_eq!(l.plan_inputs().rate, Some(1000.0));
+        l.live = Some(Live {
+            effective_rate: Some(5.0),
+            ..Live::default()
+        });
+        assert_eq!(l.plan_inputs().rate, Some(500.0));
+        let p = super::super::plan::plan(&l.plan_inputs());
+        assert_eq!(
+            p.verdict,
+            super::super::plan::Verdict::Meets,
+            "500/s of capacity for a 500/s peak"
         );
     }
 }

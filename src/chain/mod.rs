@@ -49,6 +49,11 @@ pub struct Link {
     pub max_bytes: u64,
     /// Deliveries at once: what bounds an unlimited rate.
     pub max_in_flight: u32,
+    /// Messages per downstream request (`[destination.batch]
+    /// max_messages`, SPEC §16): the rate counts requests, so capacity is
+    /// the rate times this.
+    #[serde(default = "one")]
+    pub batch_size: u32,
     /// Figures of a running instance, when asked for.
     pub live: Option<Live>,
 }
@@ -103,14 +108,24 @@ impl Chain {
     }
 }
 
+fn one() -> u32 {
+    1
+}
+
 impl Link {
+    /// Messages per second the rate allows: requests per second times the
+    /// messages each request carries.
+    pub fn capacity(&self, requests_per_second: Option<f64>) -> Option<f64> {
+        requests_per_second.map(|r| r * f64::from(self.batch_size.max(1)))
+    }
+
     pub fn plan_inputs(&self) -> plan::Inputs {
         let live = self.live.as_ref();
         plan::Inputs {
             volume: self.expected_volume,
             // A live instance's effective rate is what it can deliver now
             // (the adaptive limiter may sit below the configured one).
-            rate: live.and_then(|l| l.effective_rate).or(self.rate),
+            rate: self.capacity(live.and_then(|l| l.effective_rate).or(self.rate)),
             objective: self.latency_objective_seconds,
             mean_size: live.and_then(Live::mean_size).unwrap_or(ASSUMED_MEAN_SIZE),
             max_messages: self.max_messages,
@@ -161,6 +176,7 @@ fn link(d: &Destination) -> Link {
         max_messages: d.queue.max_messages,
         max_bytes: d.queue.max_bytes,
         max_in_flight: d.rate_limit.max_in_flight,
+        batch_size: d.batch.as_ref().map_or(1, |b| b.max_messages as u32),
         live: None,
     }
 }

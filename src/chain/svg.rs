@@ -210,6 +210,7 @@ mod tests {
             max_messages: 1,
             max_bytes: 1,
             max_in_flight: 8,
+            batch_size: 1,
             live: Some(Live {
                 state: state.into(),
                 ..Live::default()

@@ -88,6 +88,7 @@ pub fn run(args: Args) -> ExitCode {
                     .map(|(l, p)| {
                         json!({"destination": l.destination, "inputs": {
                         "expected_volume": l.expected_volume, "rate": l.plan_inputs().rate,
+                        "batch_size": l.batch_size,
                         "latency_objective_seconds": l.latency_objective_seconds,
                         "mean_size": l.plan_inputs().mean_size}, "plan": p})
                     })

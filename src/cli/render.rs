@@ -376,9 +376,12 @@ pub fn render_plan(chain: &crate::chain::Chain, source: &str, live: bool) -> (St
     let mut ok = true;
     for (l, p) in chain.plans() {
         let i = l.plan_inputs();
-        let rate = i
-            .rate
-            .map_or("an unlimited rate".to_string(), |r| format!("rate {}", per(r)));
+        let rate = match (i.rate, l.batch_size) {
+            (None, _) => "an unlimited rate".to_string(),
+            (Some(r), 0 | 1) => format!("rate {}", per(r)),
+            // The limit counts requests; the plan counts messages.
+            (Some(r), b) => format!("rate {} ({} requests × batches of {b})", per(r), per(r / f64::from(b))),
+        };
         let objective = i.latency_objective_text();
         let head = match p.verdict {
             Verdict::Meets => format!("meets {objective}"),

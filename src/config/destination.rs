@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::batch::{batch, Batch, RawBatch};
 use super::handoff::{self, RawHandoff};
 use super::locate::positive;
 use super::review;
@@ -116,6 +117,8 @@ pub struct Destination {
     pub latency_objective: Option<Duration>,
     /// Systems behind this downstream, named for the chain map.
     pub feeds: Vec<String>,
+    /// `[destination.batch]`: many messages per downstream request (SPEC §16).
+    pub batch: Option<Batch>,
 }
 
 /// A PEM bundle of certificate authorities, read and checked when the config
@@ -211,6 +214,7 @@ pub(super) struct RawDestination {
     pub(super) latency_objective: Option<HumanDuration>,
     #[serde(default)]
     pub(super) feeds: Vec<Spanned<String>>,
+    pub(super) batch: Option<Spanned<RawBatch>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -359,6 +363,18 @@ fn build(d: RawDestination, earlier: &[Destination], loc: &Locator) -> Result<(D
         .map(|g| review::governance(g.into_inner(), loc))
         .transpose()?;
     let handoff = programs(d.handoff, &queue, review.as_ref(), loc)?;
+    let batch = d
+        .batch
+        .as_ref()
+        .map(|b| {
+            batch(
+                b,
+                handoff.as_ref().map(|(s, _)| s),
+                queue.ordering == Ordering::Fifo,
+                loc,
+            )
+        })
+        .transpose()?;
     let dest = Destination {
         name,
         url,
@@ -378,6 +394,7 @@ fn build(d: RawDestination, earlier: &[Destination], loc: &Locator) -> Result<(D
         expected_volume,
         latency_objective: d.latency_objective.map(|o| o.0).filter(|o| !o.is_zero()),
         feeds,
+        batch,
     };
     Ok((dest, handoff))
 }
@@ -589,5 +606,6 @@ pub(super) fn alerts_destination(url: reqwest::Url) -> Destination {
         expected_volume: None,
         latency_objective: None,
         feeds: Vec::new(),
+        batch: None,
     }
 }

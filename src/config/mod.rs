@@ -9,6 +9,7 @@
 //! [`Secret`], whose `Debug` and `Display` never print the value.
 
 mod admin;
+mod batch;
 mod browser;
 mod cluster;
 mod connections;
@@ -30,6 +31,7 @@ use std::sync::{Arc, RwLock};
 use serde::Deserialize;
 
 pub use admin::{AdminConfig, ADMIN_LISTEN_ENV};
+pub use batch::{Batch, Encoding, MAX_BATCH_MESSAGES};
 pub use browser::BrowserPolicy;
 pub use cluster::{Backend, JetStreamConfig, UrlCredentials};
 pub use connections::Connections;

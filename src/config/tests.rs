@@ -353,3 +353,54 @@ fn admin_users_are_checked_where_they_are_written() {
     let public = format!("{MIN}[admin]\nlisten = \"0.0.0.0:9090\"\n{ana}");
     assert!(parse(&public).is_ok());
 }
+
+#[test]
+fn batch_settings_are_checked_where_they_are_written() {
+    let c = parse(&format!(
+        "{MIN}[destination.batch]\nmax_messages = 100\nmax_bytes = \"512KiB\"\nmax_wait = \"1s\"\n\
+         envelope = '{{inputs: .}}'\npath = \"/v3/batch/create\"\nresults = '.results | map(.status)'\n"
+    ))
+    .unwrap();
+    let b = c.destinations[0].batch.as_ref().expect("batch");
+    assert_eq!((b.max_messages, b.max_bytes), (100, 512 << 10));
+    assert_eq!(b.max_wait, std::time::Duration::from_secs(1));
+    assert_eq!(b.encoding, Encoding::JsonArray);
+    assert_eq!(b.path.as_deref(), Some("/v3/batch/create"));
+    assert_eq!(b.envelope.as_ref().map(|p| p.source()), Some("{inputs: .}"));
+    // Defaults: one message per request, no batching table, no batch.
+    assert!(parse(MIN).unwrap().destinations[0].batch.is_none());
+    let err = |extra: &str| parse(&format!("{MIN}{extra}")).unwrap_err().to_string();
+    let e = err("[destination.batch]\nmax_messages = 0\n");
+    assert!(
+        e.starts_with("t.toml:8:") && e.contains("max_messages must be at least 1"),
+        "{e}"
+    );
+    let e = err("[destination.batch]\nmax_messages = 20000\n");
+    assert!(e.starts_with("t.toml:8:") && e.contains("at most 10000"), "{e}");
+    let e = err("[destination.batch]\nmax_wait = \"0s\"\n");
+    assert!(e.starts_with("t.toml:8:") && e.contains("max_wait"), "{e}");
+    let e = err("[destination.batch]\nencoding = \"ndjson\"\nenvelope = '{a: .}'\n");
+    assert!(
+        e.starts_with("t.toml:9:") && e.contains("only with encoding = \"json_array\""),
+        "{e}"
+    );
+    let e = err("[destination.batch]\nencoding = \"csv\"\n");
+    assert!(e.starts_with("t.toml:8:") && e.contains("format = \"csv\""), "{e}");
+    let e = err("[destination.batch]\nresults = '.results | map(.status'\n");
+    assert!(
+        e.starts_with("t.toml:8:") && e.contains("destination.batch.results"),
+        "{e}"
+    );
+    let e = err("[destination.batch]\npath = \"../admin\"\n");
+    assert!(e.starts_with("t.toml:8:") && e.contains("must be a path"), "{e}");
+    let e = err("[destination.batch]\nmax_message = 5\n");
+    assert!(e.contains("max_message"), "{e}");
+    let e = err("[destination.queue]\nordering = \"fifo\"\n[destination.batch]\nmax_messages = 5\n");
+    assert!(e.contains("fifo"), "{e}");
+    // CSV batches need the handoff to write CSV rows.
+    let c = parse(&format!(
+        "{MIN}[destination.handoff]\nformat = \"csv\"\ncsv = {{ columns = [\"a\"] }}\n[destination.batch]\nencoding = \"csv\"\n"
+    ))
+    .unwrap();
+    assert_eq!(c.destinations[0].batch.as_ref().unwrap().encoding, Encoding::Csv);
+}

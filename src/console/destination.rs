@@ -174,6 +174,18 @@ fn view(p: &View) -> Markup {
             dt { "Oldest" } dd { (human(q.oldest_age_seconds))
                 @if let Some(o) = &d.objective { " (objective " (human(o.latency_seconds)) ")" } }
             dt { "Dead letters" } dd { (q.dead_letters) }
+            @if let Some(b) = &d.batch {
+                dt { "Batches" } dd #batch {
+                    "up to " (count(b.max_messages as u64, "message", "messages")) " or " (b.max_bytes) " bytes a request, "
+                    (b.encoding) ", a partial batch leaving after " (format!("{:.0} ms", b.max_wait_seconds * 1000.0))
+                }
+                dt { "Batches sent" } dd #flushes {
+                    (b.flushes.get("size").copied().unwrap_or(0)) " full, "
+                    (b.flushes.get("bytes").copied().unwrap_or(0)) " at the byte limit, "
+                    (b.flushes.get("time").copied().unwrap_or(0)) " at max_wait; "
+                    (count(b.splits, "split", "splits")) " to isolate refused items"
+                }
+            }
         }
         @if operates {
         section.actions aria-label="Actions" {

@@ -27,6 +27,7 @@
 //! the first success returns to `running`. States survive restarts: they
 //! are stored in the queue.
 
+pub mod batch;
 pub mod completions;
 pub mod limiter;
 pub mod policy;

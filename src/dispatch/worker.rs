@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tracing::Instrument;
 
+use super::batch;
 use super::policy::{self, Class, Facts, StateChange, Step};
 use super::{set_state, Completion, Context, Destination, State};
 use crate::config::Ordering as QueueOrdering;
@@ -29,9 +30,15 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
     let mut buffered_as = d.config().queue.ordering;
     // Where the next keyed fetch starts its round of the keys.
     let mut key_cursor = String::new();
+    // When the batch now forming took its first message (SPEC §16): a
+    // partial batch leaves `max_wait` after that.
+    let mut batch_opened: Option<std::time::Instant> = None;
     loop {
         if *shutdown.borrow() {
             break;
+        }
+        if buffer.is_empty() {
+            batch_opened = None;
         }
         kick.borrow_and_update();
         let state = d.current_state();
@@ -66,7 +73,12 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
             _ => u64::from(d.limiter.in_flight_limit(cfg.rate_limit.max_in_flight)),
         };
         if buffer.is_empty() {
-            let prefetch = (max_in_flight as usize * 2).clamp(4, 128);
+            let prefetch = match &cfg.batch {
+                // Enough for two full batches, so the next one forms while
+                // one is out.
+                Some(b) => (b.max_messages * 2).max(4),
+                None => (max_in_flight as usize * 2).clamp(4, 128),
+            };
             let leased = || -> Vec<u64> {
                 d.in_flight_seqs
                     .lock()
@@ -119,6 +131,52 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
             }
         }
 
+        // A batch that is not full waits for more, up to `max_wait` (a
+        // key-ordered one takes what one keyed fetch found: a second fetch
+        // could bring a key already waiting in the buffer).
+        if let (Some(b), false) = (&cfg.batch, keyed) {
+            if !batch::ready_to_leave(&buffer, b) {
+                let deadline = *batch_opened.get_or_insert_with(std::time::Instant::now) + b.max_wait;
+                if std::time::Instant::now() < deadline {
+                    let ready = d.queue.ready.notified();
+                    tokio::pin!(ready);
+                    ready.as_mut().enable();
+                    // Buffered messages are not leased yet; a read of the
+                    // index must skip them as it skips those in flight.
+                    let buffered: Vec<u64> = buffer.iter().map(|m| m.seq).collect();
+                    let exclude = || {
+                        let mut seqs: Vec<u64> = d
+                            .in_flight_seqs
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .iter()
+                            .copied()
+                            .collect();
+                        seqs.extend_from_slice(&buffered);
+                        seqs
+                    };
+                    let room = b.max_messages.saturating_sub(buffer.len()).max(1);
+                    match ctx.queues.fetch_ready(&d.name, room, &exclude).await {
+                        Ok(due) if !due.messages.is_empty() => {
+                            buffer.extend(due.messages);
+                            continue;
+                        }
+                        Ok(_) => {
+                            tokio::select! {
+                                _ = ready => {}
+                                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+                                _ = kick.changed() => {}
+                                _ = shutdown.changed() => {}
+                            }
+                            continue;
+                        }
+                        // The batch leaves with what it has.
+                        Err(e) => tracing::warn!(destination = %d.name, error = %e, "reading more for a batch failed"),
+                    }
+                }
+            }
+        }
+
         // The in-flight cap is read from the live config, so a reload
         // changes it at once.
         if d.in_flight.load(Ordering::Relaxed) >= max_in_flight {
@@ -148,6 +206,17 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
         // more, not even what it fetched while it held it.
         if !ctx.queues.may_dispatch(&d.name) {
             give_back(&ctx, &d, &mut buffer);
+            continue;
+        }
+        if let Some(b) = &cfg.batch {
+            let (items, flush) = batch::take(&mut buffer, b);
+            if items.is_empty() {
+                continue;
+            }
+            batch_opened = None;
+            lease_all(&d, items.iter().map(|m| m.seq));
+            let (ctx, d) = (ctx.clone(), d.clone());
+            tokio::spawn(async move { batch::attempt(&ctx, &d, items, flush).await });
             continue;
         }
         let Some(msg) = buffer.pop_front() else {
@@ -228,7 +297,12 @@ async fn serial_step(
         return true;
     }
     lease(d, msg.seq);
-    attempt(ctx, d, msg).await;
+    if d.config().batch.is_some() {
+        // A batching downstream takes batches, even a probe's batch of one.
+        batch::attempt(ctx, d, vec![msg], batch::Flush::Time).await;
+    } else {
+        attempt(ctx, d, msg).await;
+    }
     true
 }
 
@@ -242,8 +316,31 @@ fn give_back(ctx: &Context, d: &Destination, buffer: &mut VecDeque<Message>) {
 }
 
 fn lease(d: &Destination, seq: u64) {
-    d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).insert(seq);
+    lease_all(d, [seq]);
+}
+
+/// Leases the messages of one downstream request: each is in flight (no
+/// fetch hands it out again), and they count once against
+/// `max_in_flight`, which counts requests.
+fn lease_all(d: &Destination, seqs: impl IntoIterator<Item = u64>) {
+    d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).extend(seqs);
     d.in_flight.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Ends the leases of one downstream request's messages; see [`release`].
+pub(super) fn release_all(ctx: &Context, d: &Destination, settled: &[(u64, bool)]) {
+    {
+        let mut leased = d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner());
+        for (seq, _) in settled {
+            leased.remove(seq);
+        }
+    }
+    d.in_flight.fetch_sub(1, Ordering::Relaxed);
+    if settled.iter().any(|(_, finished)| !finished) {
+        ctx.queues.give_back(&d.name);
+    }
+    d.settled.notify_waiters();
+    ctx.any_settled.notify_waiters();
 }
 
 /// Ends a lease. A message not `finished` is pending still (a retry, a
@@ -252,13 +349,7 @@ fn lease(d: &Destination, seq: u64) {
 /// before the worker is woken, so it does not find the journal's tail
 /// still claiming to hold everything.
 fn release(ctx: &Context, d: &Destination, seq: u64, finished: bool) {
-    d.in_flight_seqs.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
-    d.in_flight.fetch_sub(1, Ordering::Relaxed);
-    if !finished {
-        ctx.queues.give_back(&d.name);
-    }
-    d.settled.notify_waiters();
-    ctx.any_settled.notify_waiters();
+    release_all(ctx, d, &[(seq, finished)]);
 }
 
 /// Builds the downstream request for a message.
@@ -316,23 +407,25 @@ fn request_for(
     })
 }
 
-fn last_error_of(outcome: &Outcome) -> Option<LastError> {
+pub(super) fn last_error_of(outcome: &Outcome) -> Option<LastError> {
     match outcome {
         Outcome::Delivered(_) => None,
         Outcome::Transient { kind, response, detail } => Some(LastError {
             kind: kind.label().to_string(),
             status: response.as_ref().map(|r| r.status),
             detail: response.as_ref().map(body_detail).unwrap_or_else(|| detail.clone()),
+            batch: None,
         }),
         Outcome::Permanent { kind, response } => Some(LastError {
             kind: kind.label().to_string(),
             status: Some(response.status),
             detail: body_detail(response),
+            batch: None,
         }),
     }
 }
 
-fn body_detail(r: &delivery::Response) -> String {
+pub(super) fn body_detail(r: &delivery::Response) -> String {
     let end = r.body.len().min(DETAIL_LIMIT);
     let text = String::from_utf8_lossy(&r.body[..end]).into_owned();
     if text.is_empty() {
@@ -358,7 +451,7 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
         // original: a reload that fixes it applies to what is queued.
         let rendered = match &cfg.handoff {
             None => None,
-            Some(h) => match h.runner.render(&d.name, &msg.body).await {
+            Some(h) => match h.runner.render(&d.name, &msg.body, &id).await {
                 Ok(r) => r,
                 Err(e) => return unsendable(ctx, d, &msg, &id, n, e).await,
             },
@@ -384,36 +477,8 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
         }
 
         let response = outcome.response();
-        if let Some(r) = response {
-            let sent = tokio::time::Instant::from_std(started);
-            let in_flight = u32::try_from(d.in_flight.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
-            if r.status == 429 && r.retry_after.is_none() && r.quota_pause.is_none() {
-                // Says neither when nor how much: see `limiter`.
-                d.limiter.refused_bare(sent, in_flight);
-            } else if r.status == 429 || r.status == 503 {
-                d.limiter.slow_down(r.retry_after, sent, in_flight);
-            } else if let Some(p) = r.quota_pause {
-                d.limiter.pause_for(p);
-            }
-        }
-        let class = match &outcome {
-            Outcome::Delivered(_) => {
-                d.limiter.note_success(tokio::time::Instant::from_std(started));
-                Class::Delivered
-            }
-            Outcome::Transient { .. } => Class::Transient,
-            Outcome::Permanent { .. } => Class::Permanent,
-        };
+        let (class, consecutive) = learn(d, &outcome, started);
         let retry_after = response.and_then(|r| r.retry_after);
-        let consecutive = match class {
-            // Pacing (a refusal that says when), not failing: see `policy`.
-            Class::Transient if retry_after.is_some() => d.consecutive_transient.load(Ordering::Relaxed),
-            Class::Transient => d.consecutive_transient.fetch_add(1, Ordering::Relaxed) + 1,
-            _ => {
-                d.consecutive_transient.store(0, Ordering::Relaxed);
-                0
-            }
-        };
         let age = Duration::from_millis((now_ms() - msg.received_at).max(0) as u64);
         let facts = Facts {
             mode: cfg.on_failure,
@@ -428,20 +493,7 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
         let (step, change) = policy::decide(&facts);
         let last_error = last_error_of(&outcome);
         let finished = carry_out(ctx, d, &msg, &id, n, step, last_error, &outcome, age).await;
-        match change {
-            StateChange::Degrade if d.current_state() == State::Running => {
-                let reason = format!("{consecutive} consecutive transient failures");
-                if let Err(e) = set_state(ctx, d, State::Degraded, &reason, None).await {
-                    tracing::error!(error = %e, "persisting the degraded state failed");
-                }
-            }
-            StateChange::Recover if d.current_state() == State::Degraded => {
-                if let Err(e) = set_state(ctx, d, State::Running, "probe delivered", None).await {
-                    tracing::error!(error = %e, "persisting the running state failed");
-                }
-            }
-            _ => {}
-        }
+        apply_change(ctx, d, change, consecutive).await;
         finished
     }
     .instrument(span)
@@ -453,12 +505,67 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
         .set(d.in_flight.load(Ordering::Relaxed) as i64);
 }
 
+/// What one downstream answer teaches the limiter (its rate, a pause),
+/// and the attempt's class with the count of consecutive transient
+/// failures it makes. One call per downstream request, batch or not.
+pub(super) fn learn(d: &Destination, outcome: &Outcome, started: std::time::Instant) -> (Class, u32) {
+    if let Some(r) = outcome.response() {
+        let sent = tokio::time::Instant::from_std(started);
+        let in_flight = u32::try_from(d.in_flight.load(Ordering::Relaxed)).unwrap_or(u32::MAX);
+        if r.status == 429 && r.retry_after.is_none() && r.quota_pause.is_none() {
+            // Says neither when nor how much: see `limiter`.
+            d.limiter.refused_bare(sent, in_flight);
+        } else if r.status == 429 || r.status == 503 {
+            d.limiter.slow_down(r.retry_after, sent, in_flight);
+        } else if let Some(p) = r.quota_pause {
+            d.limiter.pause_for(p);
+        }
+    }
+    let class = match outcome {
+        Outcome::Delivered(_) => {
+            d.limiter.note_success(tokio::time::Instant::from_std(started));
+            Class::Delivered
+        }
+        Outcome::Transient { .. } => Class::Transient,
+        Outcome::Permanent { .. } => Class::Permanent,
+    };
+    let retry_after = outcome.response().and_then(|r| r.retry_after);
+    let consecutive = match class {
+        // Pacing (a refusal that says when), not failing: see `policy`.
+        Class::Transient if retry_after.is_some() => d.consecutive_transient.load(Ordering::Relaxed),
+        Class::Transient => d.consecutive_transient.fetch_add(1, Ordering::Relaxed) + 1,
+        _ => {
+            d.consecutive_transient.store(0, Ordering::Relaxed);
+            0
+        }
+    };
+    (class, consecutive)
+}
+
+/// Carries out the state change an attempt's decision asked for.
+pub(super) async fn apply_change(ctx: &Context, d: &Destination, change: StateChange, consecutive: u32) {
+    match change {
+        StateChange::Degrade if d.current_state() == State::Running => {
+            let reason = format!("{consecutive} consecutive transient failures");
+            if let Err(e) = set_state(ctx, d, State::Degraded, &reason, None).await {
+                tracing::error!(error = %e, "persisting the degraded state failed");
+            }
+        }
+        StateChange::Recover if d.current_state() == State::Degraded => {
+            if let Err(e) = set_state(ctx, d, State::Running, "probe delivered", None).await {
+                tracing::error!(error = %e, "persisting the running state failed");
+            }
+        }
+        _ => {}
+    }
+}
+
 /// A message whose handoff fails at delivery never reaches the downstream.
 /// A failing program is the message's fault, whatever the failure mode: it
 /// is dead-lettered (`transform_failed`) to be replayed once a reload fixes
 /// the program. A sandbox that cannot start is tidegate's: the message
 /// waits a second and is tried again, its attempts unchanged.
-async fn unsendable(ctx: &Context, d: &Destination, msg: &Message, id: &str, n: u32, e: RunError) -> bool {
+pub(super) async fn unsendable(ctx: &Context, d: &Destination, msg: &Message, id: &str, n: u32, e: RunError) -> bool {
     let (attempts, last_error, disposition) = match &e {
         RunError::Failed(f) => {
             ctx.metrics
@@ -472,6 +579,7 @@ async fn unsendable(ctx: &Context, d: &Destination, msg: &Message, id: &str, n: 
                     kind: "transform_failed".to_string(),
                     status: None,
                     detail: f.to_string(),
+                    batch: None,
                 }),
                 Disposition::DeadLetter {
                     reason: "transform_failed".to_string(),
@@ -519,7 +627,7 @@ async fn unsendable(ctx: &Context, d: &Destination, msg: &Message, id: &str, n: 
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn carry_out(
+pub(super) async fn carry_out(
     ctx: &Context,
     d: &Destination,
     msg: &Message,

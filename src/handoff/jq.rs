@@ -16,6 +16,11 @@ use serde_json::Value;
 
 type Data = JustLut<Val>;
 
+/// The one variable every program may read: the message's id (SPEC §16),
+/// so an item can carry a key its downstream de-duplicates on. Empty where
+/// no message is meant yet (ingress checks a body before it has an id).
+pub const MESSAGE_ID: &str = "$message_id";
+
 /// Deepest value a program may produce: serde_json reads no deeper either,
 /// and converting (recursively) a deeper one could overflow the stack.
 pub const MAX_DEPTH: usize = 128;
@@ -90,23 +95,33 @@ impl Program {
             }
         })?;
         let funs = jaq_core::funs().chain(jaq_std::funs()).chain(jaq_json::funs());
-        let filter = Compiler::default().with_funs(funs).compile(modules).map_err(|errs| {
-            let first = errs.into_iter().next().and_then(|(_, v)| v.into_iter().next());
-            match first {
-                Some((name, undefined)) => CompileError {
-                    offset: at(name),
-                    message: format!("undefined {} `{name}`", undefined.as_str()),
-                },
-                None => unknown(),
-            }
-        })?;
+        let filter = Compiler::default()
+            .with_funs(funs)
+            .with_global_vars([MESSAGE_ID])
+            .compile(modules)
+            .map_err(|errs| {
+                let first = errs.into_iter().next().and_then(|(_, v)| v.into_iter().next());
+                match first {
+                    Some((name, undefined)) => CompileError {
+                        offset: at(name),
+                        message: format!("undefined {} `{name}`", undefined.as_str()),
+                    },
+                    None => unknown(),
+                }
+            })?;
         Ok(Program { filter })
     }
 
     /// The program's first output for `input`: `Ok(None)` when it yields
     /// nothing, `Err` with jq's message when its first result is an error.
     pub fn first(&self, input: Val) -> Result<Option<Val>, String> {
-        let ctx = Ctx::<Data>::new(&self.filter.lut, Vars::new([]));
+        self.first_for(input, "")
+    }
+
+    /// [`Program::first`] for the message `message_id` (its `$message_id`).
+    pub fn first_for(&self, input: Val, message_id: &str) -> Result<Option<Val>, String> {
+        let id = Val::from(message_id.to_string());
+        let ctx = Ctx::<Data>::new(&self.filter.lut, Vars::new([id]));
         let mut out = self.filter.id.run((ctx, input));
         match out.next() {
             None => Ok(None),

@@ -135,6 +135,41 @@ impl Stage {
     }
 }
 
+/// An operator's jq program run in place on tidegate's own data: a batch's
+/// `envelope` (on the array of items) and `results` (on the downstream's
+/// answer), SPEC §16. Natively when it is a mapping, in jaq otherwise; the
+/// caller bounds its time (it runs off the async workers, with a deadline),
+/// since jaq bounds nothing.
+pub struct Program {
+    source: String,
+    code: Code,
+}
+
+impl Program {
+    pub fn compile(source: &str) -> Result<Program, jq::CompileError> {
+        Ok(Program {
+            source: source.to_string(),
+            code: Code::compile(source)?,
+        })
+    }
+
+    /// The program's text, as configured.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Its first output (`Ok(None)`: none), or jq's error.
+    pub fn first(&self, input: &Value) -> Result<Option<Value>, String> {
+        self.code.output(&Input::new(input))
+    }
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.source)
+    }
+}
+
 /// Whether a `Content-Type` says JSON: what a handoff reads (ingress answers
 /// 415 otherwise, and preview says so).
 pub fn is_json(content_type: &str) -> bool {
@@ -408,13 +443,14 @@ impl Table {
 
     /// What a delivery attempt to `dest` sends for a stored body: its
     /// transform and format (no schema, no routes: those were ingress's).
-    /// `Ok(None)`: no handoff, forward the body as stored.
-    pub fn render(&self, dest: &str, body: &[u8]) -> Result<Option<Rendered>, Failure> {
+    /// `Ok(None)`: no handoff, forward the body as stored. Programs read
+    /// the message's id as `$message_id`.
+    pub fn render(&self, dest: &str, body: &[u8], message_id: &str) -> Result<Option<Rendered>, Failure> {
         let Some(compiled) = self.by_name.get(dest).filter(|c| c.spec.renders()) else {
             return Ok(None);
         };
         let value = parse(dest, body)?;
-        render_value(dest, compiled, &Input::new(&value)).map(Some)
+        render_value(dest, compiled, &Input::of_message(&value, message_id)).map(Some)
     }
 }
 

@@ -48,6 +48,8 @@ enum Node {
     Path(Vec<Step>),
     /// The literal's value as jaq makes it.
     Literal(Value),
+    /// `$message_id`: the message's id (SPEC §16), a string.
+    MessageId,
     Object(Vec<(String, Node)>),
     Array(Vec<Node>),
     Alt(Box<Node>, Box<Node>),
@@ -81,7 +83,7 @@ impl Node {
     fn copies(&self) -> u64 {
         match self {
             Node::Path(_) | Node::Select(_) => 1,
-            Node::Literal(_) | Node::Compare(..) | Node::And(..) | Node::Or(..) => 0,
+            Node::Literal(_) | Node::MessageId | Node::Compare(..) | Node::And(..) | Node::Or(..) => 0,
             Node::Builtin(b) => u64::from(*b != Builtin::Not),
             Node::Object(entries) => entries.iter().map(|(_, n)| n.copies()).fold(0, u64::saturating_add),
             Node::Array(items) => items.iter().map(Node::copies).fold(0, u64::saturating_add),
@@ -169,8 +171,14 @@ impl Expr {
 
     /// The program's one output for `input`, or [`Unsure`] (also when it
     /// has none: what then is jq's to say).
+    #[cfg(test)]
     pub fn eval(&self, input: &Value) -> Result<Value, Unsure> {
-        let out = eval(&self.0, input)?.ok_or(Unsure)?.into_owned();
+        self.eval_for(input, "")
+    }
+
+    /// [`Expr::eval`] for the message `message_id` (its `$message_id`).
+    pub fn eval_for(&self, input: &Value, message_id: &str) -> Result<Value, Unsure> {
+        let out = eval(&self.0, input, message_id)?.ok_or(Unsure)?.into_owned();
         check_output(&out, 0)?;
         Ok(out)
     }
@@ -178,7 +186,7 @@ impl Expr {
     /// jq's truthiness of the program's output (for routes and `hold_when`,
     /// whose output is never rendered, so never checked for depth).
     pub fn holds(&self, input: &Value) -> Result<bool, Unsure> {
-        Ok(truthy(&*eval(&self.0, input)?.ok_or(Unsure)?))
+        Ok(truthy(&*eval(&self.0, input, "")?.ok_or(Unsure)?))
     }
 }
 
@@ -201,7 +209,7 @@ macro_rules! one {
     };
 }
 
-fn eval<'a>(node: &'a Node, input: &'a Value) -> Out<'a> {
+fn eval<'a>(node: &'a Node, input: &'a Value, id: &'a str) -> Out<'a> {
     Ok(Some(match node {
         Node::Path(steps) => {
             let mut v = input;
@@ -211,10 +219,11 @@ fn eval<'a>(node: &'a Node, input: &'a Value) -> Out<'a> {
             Cow::Borrowed(v)
         }
         Node::Literal(v) => Cow::Borrowed(v),
+        Node::MessageId => Cow::Owned(Value::String(id.to_string())),
         Node::Object(entries) => {
             let mut m = serde_json::Map::with_capacity(entries.len());
             for (k, n) in entries {
-                m.insert(k.clone(), one!(eval(n, input)).into_owned());
+                m.insert(k.clone(), one!(eval(n, input, id)).into_owned());
             }
             Cow::Owned(Value::Object(m))
         }
@@ -222,18 +231,18 @@ fn eval<'a>(node: &'a Node, input: &'a Value) -> Out<'a> {
         Node::Array(items) => {
             let mut out = Vec::with_capacity(items.len());
             for n in items {
-                if let Some(v) = eval(n, input)? {
+                if let Some(v) = eval(n, input, id)? {
                     out.push(v.into_owned());
                 }
             }
             Cow::Owned(Value::Array(out))
         }
-        Node::Alt(l, r) => match eval(l, input)? {
+        Node::Alt(l, r) => match eval(l, input, id)? {
             Some(left) if truthy(&left) => left,
-            _ => one!(eval(r, input)),
+            _ => one!(eval(r, input, id)),
         },
         Node::Compare(l, op, r) => {
-            let (l, r) = (one!(eval(l, input)), one!(eval(r, input)));
+            let (l, r) = (one!(eval(l, input, id)), one!(eval(r, input, id)));
             let ord = compare(&l, &r);
             Cow::Owned(Value::Bool(match op {
                 Op::Eq => ord == Ordering::Equal,
@@ -245,23 +254,23 @@ fn eval<'a>(node: &'a Node, input: &'a Value) -> Out<'a> {
             }))
         }
         Node::And(l, r) => {
-            let held = truthy(&*one!(eval(l, input))) && truthy(&*one!(eval(r, input)));
+            let held = truthy(&*one!(eval(l, input, id))) && truthy(&*one!(eval(r, input, id)));
             Cow::Owned(Value::Bool(held))
         }
         Node::Or(l, r) => {
-            let held = truthy(&*one!(eval(l, input))) || truthy(&*one!(eval(r, input)));
+            let held = truthy(&*one!(eval(l, input, id))) || truthy(&*one!(eval(r, input, id)));
             Cow::Owned(Value::Bool(held))
         }
-        Node::Pipe(f, g) => match one!(eval(f, input)) {
-            Cow::Borrowed(mid) => one!(eval(g, mid)),
-            Cow::Owned(mid) => Cow::Owned(one!(eval(g, &mid)).into_owned()),
+        Node::Pipe(f, g) => match one!(eval(f, input, id)) {
+            Cow::Borrowed(mid) => one!(eval(g, mid, id)),
+            Cow::Owned(mid) => Cow::Owned(one!(eval(g, &mid, id)).into_owned()),
         },
         Node::Builtin(b) => b.apply(input)?,
         Node::If(c, t, e) => {
-            if truthy(&*one!(eval(c, input))) {
-                one!(eval(t, input))
+            if truthy(&*one!(eval(c, input, id))) {
+                one!(eval(t, input, id))
             } else {
-                one!(eval(e, input))
+                one!(eval(e, input, id))
             }
         }
         // jq maps an object's values too; that is left to jq.
@@ -269,14 +278,14 @@ fn eval<'a>(node: &'a Node, input: &'a Value) -> Out<'a> {
             let Value::Array(items) = input else { return Err(Unsure) };
             let mut out = Vec::with_capacity(items.len());
             for item in items {
-                if let Some(v) = eval(f, item)? {
+                if let Some(v) = eval(f, item, id)? {
                     out.push(v.into_owned());
                 }
             }
             Cow::Owned(Value::Array(out))
         }
         Node::Select(c) => {
-            if truthy(&*one!(eval(c, input))) {
+            if truthy(&*one!(eval(c, input, id))) {
                 Cow::Borrowed(input)
             } else {
                 return Ok(None);
@@ -287,7 +296,7 @@ fn eval<'a>(node: &'a Node, input: &'a Value) -> Out<'a> {
             for p in parts {
                 match p {
                     Part::Text(t) => text.push_str(t),
-                    Part::Value(n) => match &*one!(eval(n, input)) {
+                    Part::Value(n) => match &*one!(eval(n, input, id)) {
                         Value::String(s) => text.push_str(s),
                         Value::Null => text.push_str("null"),
                         Value::Bool(b) => text.push_str(if *b { "true" } else { "false" }),
@@ -742,6 +751,10 @@ impl Parser {
                 _ => Err("`-` (arithmetic) is not compiled".to_string()),
             },
             Some(Token::Ident(w)) if matches!(w.as_str(), "null" | "true" | "false") => literal(&w),
+            Some(Token::Punct("$")) => match self.next() {
+                Some(Token::Ident(v)) if v == "message_id" => Ok(Node::MessageId),
+                _ => Err("variables other than `$message_id` are not compiled".to_string()),
+            },
             Some(Token::Ident(w)) if w == "if" => self.if_rest(),
             Some(Token::Ident(w)) if Builtin::named(&w).is_some() || matches!(w.as_str(), "map" | "select") => {
                 self.function(&w)

@@ -44,11 +44,11 @@ impl Code {
     /// error message.
     pub fn output(&self, input: &Input<'_>) -> Result<Option<Value>, String> {
         if let Ok(expr) = &self.native {
-            if let Ok(v) = expr.eval(input.value) {
+            if let Ok(v) = expr.eval_for(input.value, input.message_id) {
                 return Ok(Some(v));
             }
         }
-        match self.jq.first(input.val())? {
+        match self.jq.first_for(input.val(), input.message_id)? {
             None => Ok(None),
             Some(v) => jq::to_json(&v).map(Some),
         }
@@ -61,20 +61,31 @@ impl Code {
                 return Ok(b);
             }
         }
-        Ok(self.jq.first(input.val())?.as_ref().is_some_and(jq::truthy))
+        Ok(self
+            .jq
+            .first_for(input.val(), input.message_id)?
+            .as_ref()
+            .is_some_and(jq::truthy))
     }
 }
 
-/// A parsed body, and jaq's copy of it once a program needs one.
+/// A parsed body, the id of its message (`$message_id`; empty before it
+/// has one), and jaq's copy of the body once a program needs one.
 pub struct Input<'a> {
     value: &'a Value,
+    message_id: &'a str,
     val: OnceCell<jaq_json::Val>,
 }
 
 impl<'a> Input<'a> {
     pub fn new(value: &'a Value) -> Input<'a> {
+        Input::of_message(value, "")
+    }
+
+    pub fn of_message(value: &'a Value, message_id: &'a str) -> Input<'a> {
         Input {
             value,
+            message_id,
             val: OnceCell::new(),
         }
     }

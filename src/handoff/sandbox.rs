@@ -148,6 +148,8 @@ struct Queue {
 struct Call {
     op: u8,
     dest: String,
+    /// `$message_id` for its programs; empty before the message has one.
+    message_id: String,
     body: Vec<u8>,
     answer: oneshot::Sender<Result<Answer, RunError>>,
 }
@@ -208,7 +210,7 @@ impl Runner {
         if let Some(t) = self.here(dest, body, |(admit, _)| admit) {
             return t.admit(dest, body).map_err(RunError::Failed);
         }
-        let (meta, bytes) = self.call(OP_ADMIT, dest, body).await?;
+        let (meta, bytes) = self.call(OP_ADMIT, dest, body, "").await?;
         let mut a: Admitted = serde_json::from_slice(&meta).map_err(|e| RunError::Unavailable(e.to_string()))?;
         if let Some(r) = a.rendered.as_mut() {
             r.body = bytes;
@@ -216,12 +218,13 @@ impl Runner {
         Ok(a)
     }
 
-    /// What a delivery attempt sends (`Table::render`).
-    pub async fn render(&self, dest: &str, body: &[u8]) -> Result<Option<Rendered>, RunError> {
+    /// What a delivery attempt of message `message_id` sends
+    /// (`Table::render`).
+    pub async fn render(&self, dest: &str, body: &[u8], message_id: &str) -> Result<Option<Rendered>, RunError> {
         if let Some(t) = self.here(dest, body, |(_, render)| render) {
-            return t.render(dest, body).map_err(RunError::Failed);
+            return t.render(dest, body, message_id).map_err(RunError::Failed);
         }
-        self.rendered(OP_RENDER, dest, body).await
+        self.rendered(OP_RENDER, dest, body, message_id).await
     }
 
     /// A reviewer's correction checked (`Table::check`): the schema, then
@@ -230,7 +233,7 @@ impl Runner {
         if let Some(t) = self.here(dest, body, |(_, render)| render) {
             return t.check(dest, body).map_err(RunError::Failed);
         }
-        self.rendered(OP_CHECK, dest, body).await
+        self.rendered(OP_CHECK, dest, body, "").await
     }
 
     /// How `dest`'s programs run (`tidegate handoff test --explain`).
@@ -248,8 +251,8 @@ impl Runner {
         self.table.as_ref().filter(|_| native)
     }
 
-    async fn rendered(&self, op: u8, dest: &str, body: &[u8]) -> Result<Option<Rendered>, RunError> {
-        let (meta, bytes) = self.call(op, dest, body).await?;
+    async fn rendered(&self, op: u8, dest: &str, body: &[u8], message_id: &str) -> Result<Option<Rendered>, RunError> {
+        let (meta, bytes) = self.call(op, dest, body, message_id).await?;
         let m: RenderMeta = serde_json::from_slice(&meta).map_err(|e| RunError::Unavailable(e.to_string()))?;
         Ok(m.content_type.map(|content_type| Rendered {
             content_type,
@@ -260,11 +263,12 @@ impl Runner {
     /// One call through `dest`'s queue (a destination the config does not
     /// know has none, and goes alone): the answer's JSON and bytes, or
     /// the message's failure.
-    async fn call(&self, op: u8, dest: &str, body: &[u8]) -> Result<(Vec<u8>, Vec<u8>), RunError> {
+    async fn call(&self, op: u8, dest: &str, body: &[u8], message_id: &str) -> Result<(Vec<u8>, Vec<u8>), RunError> {
         let (answer, answered) = oneshot::channel();
         let call = Call {
             op,
             dest: dest.to_string(),
+            message_id: message_id.to_string(),
             body: body.to_vec(),
             answer,
         };
@@ -448,10 +452,16 @@ impl Worker {
     /// pipes must not wait on itself). An answered call leaves `calls`.
     /// `Ok(true)`: the worker retires after the last answer it gave.
     async fn exchange(&mut self, calls: &mut VecDeque<Call>) -> std::io::Result<bool> {
-        let mut frame = Vec::with_capacity(calls.iter().map(|c| c.body.len() + c.dest.len() + 9).sum());
+        let mut frame = Vec::with_capacity(
+            calls
+                .iter()
+                .map(|c| c.body.len() + c.dest.len() + c.message_id.len() + 13)
+                .sum(),
+        );
         for c in calls.iter() {
             frame.push(c.op);
             put(&mut frame, c.dest.as_bytes());
+            put(&mut frame, c.message_id.as_bytes());
             put(&mut frame, &c.body);
         }
         let (stdin, stdout) = (&mut self.stdin, &mut self.stdout);
@@ -611,10 +621,13 @@ pub fn worker_main() -> std::process::ExitCode {
         if input.read_exact(&mut op).is_err() {
             return std::process::ExitCode::SUCCESS;
         }
-        let (Ok(dest), Ok(body)) = (read_frame(&mut input), read_frame(&mut input)) else {
+        let (Ok(dest), Ok(message_id), Ok(body)) =
+            (read_frame(&mut input), read_frame(&mut input), read_frame(&mut input))
+        else {
             return std::process::ExitCode::from(2);
         };
         let dest = String::from_utf8_lossy(&dest);
+        let message_id = String::from_utf8_lossy(&message_id);
         let (tag, meta, bytes) = match op[0] {
             OP_ADMIT => match table.admit(&dest, &body) {
                 Ok(mut a) => {
@@ -628,7 +641,7 @@ pub fn worker_main() -> std::process::ExitCode {
                 Err(f) => (1, serde_json::to_vec(&f), Vec::new()),
             },
             op @ (OP_RENDER | OP_CHECK) => match if op == OP_RENDER {
-                table.render(&dest, &body)
+                table.render(&dest, &body, &message_id)
             } else {
                 table.check(&dest, &body)
             } {

@@ -20,7 +20,7 @@ fn a_destination_without_a_handoff_passes_bytes_through_unparsed() {
     let a = t.admit("crm", b"not json at all").unwrap();
     assert_eq!(a.destination, "crm");
     assert_eq!(a.rendered, None);
-    assert_eq!(t.render("crm", b"\xff").unwrap(), None);
+    assert_eq!(t.render("crm", b"\xff", "").unwrap(), None);
 }
 
 /// A destination whose handoff is only its ordering key: the key comes
@@ -47,7 +47,7 @@ fn a_key_only_handoff_reads_the_key_and_forwards_the_bytes() {
     let body = br#"{ "contact": {"id": "c-7"} }"#;
     let a = t.admit("crm", body).unwrap();
     assert_eq!((a.key.as_deref(), a.rendered), (Some("c-7"), None));
-    assert_eq!(t.render("crm", body).unwrap(), None);
+    assert_eq!(t.render("crm", body, "").unwrap(), None);
     assert_eq!(t.admit("crm", br#"{"contact": null}"#).unwrap().key, None);
     // Beside other handoff settings, the key changes nothing else.
     let a = t.admit("erp", br#"{ "n": 5 }"#).unwrap();
@@ -148,7 +148,7 @@ fn transform_errors_and_empty_output_fail_at_transform() {
     let t = table(vec![("d", s.clone())]);
     let f = t.admit("d", br#"{"a": {"b": "x"}}"#).unwrap_err();
     assert_eq!(f.stage, Stage::Transform);
-    let f = t.render("d", br#"{"a": {"b": "x"}}"#).unwrap_err();
+    let f = t.render("d", br#"{"a": {"b": "x"}}"#, "").unwrap_err();
     assert_eq!(f.stage, Stage::Transform);
     s.transform = Some("empty".into());
     let f = table(vec![("d", s)]).admit("d", b"{}").unwrap_err();
@@ -176,4 +176,38 @@ fn programs_that_do_not_compile_name_their_key() {
     s.schema = Some(json!({"type": 12}));
     let e = Table::compile(&vec![("d".to_string(), s)]).err().unwrap();
     assert_eq!(e.key, "schema");
+}
+
+#[test]
+fn a_transform_reads_the_message_id_natively_and_in_jaq_alike() {
+    // A mapping (native) and a program outside the subset (jaq) see the
+    // same `$message_id`; an unknown variable does not compile.
+    let t = table(vec![
+        (
+            "native",
+            Spec {
+                transform: Some("{id: $message_id, email: .email}".to_string()),
+                ..spec()
+            },
+        ),
+        (
+            "jaq",
+            Spec {
+                transform: Some("{id: $message_id, email: (.email | ltrimstr(\"x\"))}".to_string()),
+                ..spec()
+            },
+        ),
+    ]);
+    assert!(t.renders_natively("native"));
+    assert!(!t.renders_natively("jaq"));
+    for dest in ["native", "jaq"] {
+        let r = t
+            .render(dest, br#"{"email": "a@example.com"}"#, "0a1b2c3d0000000000000001")
+            .unwrap()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["id"], "0a1b2c3d0000000000000001", "{dest}");
+        assert_eq!(v["email"], "a@example.com", "{dest}");
+    }
+    assert!(jq::Program::compile("$other").is_err());
 }

@@ -150,6 +150,9 @@ async fn accept(shared: &Shared, parts: &Parts, body: &mut Option<Body>) -> Resu
         Some(q) => format!("{rest}?{q}"),
         None => rest.to_string(),
     };
+    if cfg.handoff.is_none() {
+        json_item(ing, &dest.name, &cfg, &parts.headers, &body)?;
+    }
     let handed = match &cfg.handoff {
         None => Handed {
             dest,
@@ -398,6 +401,37 @@ fn ordering_key(
         ));
     }
     Ok(Some(key))
+}
+
+/// A batching destination that sends JSON (`json_array`, `ndjson`) and
+/// has no handoff to read its bodies takes only JSON: a body that is not
+/// is refused here (415), never found at delivery (SPEC §16).
+fn json_item(
+    ing: &Ingress,
+    name: &str,
+    cfg: &config::Destination,
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Result<(), Problem> {
+    if !cfg.batch.as_ref().is_some_and(|b| b.encoding.needs_json()) {
+        return Ok(());
+    }
+    let content_type = headers.get(header::CONTENT_TYPE).map(|v| v.to_str().unwrap_or("?"));
+    let why = match content_type {
+        Some(ct) if !handoff::is_json(ct) => {
+            format!("destination {name:?} batches JSON (application/json), not {ct:?}")
+        }
+        _ => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+            Ok(_) => return Ok(()),
+            Err(e) => format!("destination {name:?} batches JSON items; the body is not JSON: {e}"),
+        },
+    };
+    Err(reject(
+        ing,
+        name,
+        "unsupported_media_type",
+        Problem::unsupported_media_type(why),
+    ))
 }
 
 /// Runs the addressed destination's handoff on a body (in the sandbox):

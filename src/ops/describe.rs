@@ -3,6 +3,7 @@
 //! destination page show, as one typed view. The API serialises it; the
 //! console reads its fields.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
 use serde::Serialize;
@@ -29,6 +30,21 @@ pub struct DestinationView {
     pub queue: QueueView,
     pub rate_limit: RateView,
     pub counters: Counters,
+    /// `[destination.batch]`, when it batches (SPEC §16).
+    pub batch: Option<BatchView>,
+}
+
+/// What a batching destination's requests carry and why its batches left.
+#[derive(Clone, Debug, Serialize)]
+pub struct BatchView {
+    pub max_messages: usize,
+    pub max_bytes: u64,
+    pub max_wait_seconds: f64,
+    pub encoding: &'static str,
+    /// Batches sent by why they left: `size`, `bytes`, `time`.
+    pub flushes: BTreeMap<&'static str, u64>,
+    /// Batches split after a permanent answer.
+    pub splits: u64,
 }
 
 /// `objective {latency_seconds, met}`: met while the oldest message waiting
@@ -150,6 +166,17 @@ impl Ops {
                 burst: cfg.rate_limit.burst,
                 max_in_flight: cfg.rate_limit.max_in_flight,
             },
+            batch: cfg.batch.as_ref().map(|b| BatchView {
+                max_messages: b.max_messages,
+                max_bytes: b.max_bytes,
+                max_wait_seconds: b.max_wait.as_secs_f64(),
+                encoding: b.encoding.as_str(),
+                flushes: ["size", "bytes", "time"]
+                    .into_iter()
+                    .map(|f| (f, self.metrics.batches.with_label_values(&[d.name.as_str(), f]).get()))
+                    .collect(),
+                splits: self.metrics.batch_splits.with_label_values(&[d.name.as_str()]).get(),
+            }),
             counters: Counters {
                 received: None,
                 delivered: self.metrics.delivered.with_label_values(&[d.name.as_str()]).get(),

@@ -93,9 +93,40 @@ pub async fn preview<D: Deref<Target = Destination>>(
             String::from_utf8_lossy(body).into_owned()
         }
     };
+    // A batching destination sends it as a batch of one (SPEC §16): the
+    // batch's encoding, envelope and path.
+    let mut path = sent.path;
+    let sent_body = match &target.batch {
+        None => sent_body,
+        Some(b) => {
+            let item = match &admitted.rendered {
+                Some(r) => r.body.clone(),
+                None => body.to_vec(),
+            };
+            match crate::dispatch::batch::encode(b, &[("", &item)]).await {
+                Ok(encoded) => {
+                    headers.insert(
+                        "content-type".into(),
+                        Value::String(crate::dispatch::batch::content_type(b.encoding).into()),
+                    );
+                    path = b.path.as_deref().unwrap_or(sent.path);
+                    String::from_utf8_lossy(&encoded).into_owned()
+                }
+                Err(e) => {
+                    return Ok(json!({
+                        "ok": false,
+                        "destination": target.name,
+                        "stage": "format",
+                        "message": e,
+                        "errors": [],
+                    }))
+                }
+            }
+        }
+    };
     // Where the first attempt goes: the destination's URL and the
-    // producer's path, joined as delivery joins them.
-    let url = crate::delivery::join_url(&target.url, sent.path)
+    // producer's path (or the batch's), joined as delivery joins them.
+    let url = crate::delivery::join_url(&target.url, path)
         .map(|u| {
             if target.secret_url {
                 crate::config::redact_url_path(&u)

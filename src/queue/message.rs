@@ -200,12 +200,43 @@ pub struct Due<M = Message> {
     pub next_due: Option<i64>,
 }
 
-/// The last failure of a message, as stored and shown to operators.
+/// The last failure of a message, as stored and shown to operators, and
+/// the batch its last attempt went in (SPEC §16). A delivered item of a
+/// batch is stored with an empty `kind`: a record of its batch, not of a
+/// failure ([`MessageStatus::view`] shows it so).
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct LastError {
     pub kind: String,
     pub status: Option<u16>,
     pub detail: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchRef>,
+}
+
+impl LastError {
+    /// A failure, for the message's status (no batch in it).
+    fn failure(&self) -> Option<LastError> {
+        (!self.kind.is_empty()).then(|| LastError {
+            batch: None,
+            ..self.clone()
+        })
+    }
+}
+
+/// The batch an item's last attempt went in (SPEC §16).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BatchRef {
+    /// Unique per downstream request; the halves of a split batch have ids
+    /// of their own.
+    pub id: String,
+    pub size: u32,
+    /// The item's place in the request, from 0.
+    pub position: u32,
+    /// What the downstream answered the whole request; none for no answer
+    /// (a timeout, a refused connection).
+    pub status: Option<u16>,
+    /// The item's own outcome: `delivered`, or its failure's kind.
+    pub outcome: String,
 }
 
 /// How a message ends up, for commands that finish or move it.
@@ -349,7 +380,8 @@ impl MessageStatus {
                 _ => Value::Null,
             },
             "next_attempt_at": if state == MessageState::Scheduled { rfc3339(self.visible_at) } else { Value::Null },
-            "last_error": self.last_error,
+            "last_error": self.last_error.as_ref().and_then(LastError::failure),
+            "batch": self.last_error.as_ref().and_then(|e| e.batch.as_ref()),
             "reason": self.reason,
             "producer": self.producer,
             "category": self.category,

@@ -34,9 +34,9 @@ pub use contract::{AuditLog, Backend, Cluster, Operations, Queue, Queues, Review
 pub use error::{QueueError, Result};
 pub(crate) use message::id_of;
 pub use message::{
-    age_seconds, is_message_id, now_ms, rfc3339, sampled, Appended, DeadLetter, DestinationRecord, Disposition, Due,
-    HaltedKey, LastError, Limits, Message, MessageStatus, NewMessage, Outcome, QueueCounts, Queued, ReviewIntent,
-    Stats,
+    age_seconds, is_message_id, now_ms, rfc3339, sampled, Appended, BatchRef, DeadLetter, DestinationRecord,
+    Disposition, Due, HaltedKey, LastError, Limits, Message, MessageStatus, NewMessage, Outcome, QueueCounts, Queued,
+    ReviewIntent, Stats,
 };
 pub use state::{stored, MessageState};
 

@@ -61,7 +61,7 @@ impl Station {
         let Some(h) = &cfg.handoff else {
             return Value::String(String::from_utf8_lossy(original).into_owned());
         };
-        match h.runner.render(&it.dest, original).await {
+        match h.runner.render(&it.dest, original, &self.id(it.seq)).await {
             Ok(Some(r)) => json!({"content_type": r.content_type, "body": String::from_utf8_lossy(&r.body)}),
             Ok(None) => Value::String(String::from_utf8_lossy(original).into_owned()),
             Err(e) => json!({"error": e.to_string()}),

@@ -122,7 +122,7 @@ fn dashboard_exprs() -> Vec<String> {
             t["expr"]
                 .as_str()
                 .unwrap()
-                .replace("$destination", "crm|erp")
+                .replace("$destination", "crm|erp|bulk")
                 .replace("$job", "tidegate")
                 .replace("$__rate_interval", "20s")
         })
@@ -147,14 +147,20 @@ async fn dashboard_and_alert_expressions_work_against_a_live_tidegate() {
     // routed series exists.
     let route = "[destination.handoff]\ncategory = \".kind\"\n[[destination.handoff.route]]\nwhen = \".triage == true\"\nto = \"triage\"\n[destination.review]\nhold_when = \".hold == true\"";
     let tg = Tidegate::start(&format!(
-        "{}{}{}",
+        "{}{}{}{}",
         destination(
             "crm",
             &format!("{u}/ok"),
             &format!("latency_objective = \"15m\"\n{route}")
         ),
         destination("triage", &format!("{u}/ok"), ""),
-        destination("erp", &format!("{u}/bad"), "on_failure = \"halt\"")
+        destination("erp", &format!("{u}/bad"), "on_failure = \"halt\""),
+        // Batches, for the batch panel.
+        destination(
+            "bulk",
+            &format!("{u}/ok"),
+            "[destination.batch]\nmax_messages = 5\nmax_wait = \"50ms\""
+        )
     ))
     .await;
     let Some(prom) = start_prometheus(tg.admin).await else {
@@ -175,6 +181,7 @@ async fn dashboard_and_alert_expressions_work_against_a_live_tidegate() {
     assert_eq!(r.status(), 200);
     // Traffic over a few scrapes, so rates and histograms have data.
     for i in 0..30 {
+        tg.send(&format!("/bulk/{i}"), "{}").await;
         let id = tg.send(&format!("/crm/{i}"), "{}").await;
         if i % 10 == 9 {
             tg.wait_message_state(&id, "delivered").await;

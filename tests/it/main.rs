@@ -8,6 +8,7 @@ mod support;
 pub const BACKEND: support::Backend = support::Backend::Sqlite;
 
 mod backpressure;
+mod batching;
 mod browser;
 mod chain;
 mod cluster;

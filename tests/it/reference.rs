@@ -56,6 +56,7 @@ fn every_config_key_is_in_the_reference() {
         ("[[destination]]\n[destination.rate_limit]", "destination.rate_limit"),
         ("[[destination]]\n[destination.retry]", "destination.retry"),
         ("[[destination]]\n[destination.queue]", "destination.queue"),
+        ("[[destination]]\n[destination.batch]", "destination.batch"),
         ("[[destination]]\n[destination.handoff]", "destination.handoff"),
         (
             "[[destination]]\n[[destination.handoff.route]]",
