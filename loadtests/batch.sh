@@ -3,16 +3,20 @@
 #
 # 1. items/s against a downstream that allows 10 requests/s and takes
 #    batches of 100 (loadtests/limited-downstream.py, token bucket, burst
-#    1, 1% of items refused at random with per-item results): N messages
+#    $BURST (5), $ITEM_FAILURE (1%) of items refused at random with
+#    per-item results; tidegate configured at 10/s, burst 1): N messages
 #    queued on a paused destination, then resumed; the figure is the items
 #    the downstream created per second from its first request to its last
 #    success, against 0.9 × 10 × 100 = 900.
 # 2. relay: ingest and delivery at once (wrk, 1 KiB JSON, 32 connections)
 #    into an unlimited destination delivering to nginx `return 200`, with
 #    batches of 100 and without, alternating ROUNDS times in one run; the
-#    figure is messages delivered per second while ingesting.
+#    figure is messages delivered per second while ingesting, beside
+#    ingest alone (the destination paused) in the same rounds: the most
+#    a relay can deliver, since it cannot deliver more than it takes in.
 #
 #   loadtests/batch.sh [N] [DURATION] [ROUNDS]
+#   SKIP_RELAY=1 / SKIP_LIMITED=1: one part only
 #
 # 127.0.0.1 only; every part stops by itself.
 set -euo pipefail
@@ -44,9 +48,10 @@ for t in ts: t.join()
 PY
 }
 
-echo "== 1. a downstream allowing 10 requests/s, batches of 100 =="
+if [ -z "${SKIP_LIMITED:-}" ]; then
+echo "== 1. a downstream allowing 10 requests/s (burst ${BURST:-5}), batches of 100 =="
 port=$(free_port)
-python3 loadtests/limited-downstream.py "$port" token_bucket --rate 10 --burst 1 --batch 100 --item-failure 0.01 &
+python3 loadtests/limited-downstream.py "$port" token_bucket --rate 10 --burst "${BURST:-5}" --batch 100 --item-failure "${ITEM_FAILURE:-0.01}" &
 pids+=("$!")
 for _ in $(seq 200); do curl -sf "http://127.0.0.1:$port/stats" >/dev/null && break; sleep 0.02; done
 { tidegate_config_head; cat <<CONF
@@ -89,6 +94,8 @@ print(f"items created {s['items_ok']} (refused per item {s['items_failed']}) in 
       f"batches by flush {d['batch']['flushes']}; tidegate dead letters {d['queue']['dead_letters']}")
 PY
 kill "$TG_PID" 2>/dev/null || true; wait "$TG_PID" 2>/dev/null || true
+fi
+[ -z "${SKIP_RELAY:-}" ] || exit 0
 
 echo "== 2. relay, batches of 100 against none, alternating =="
 start_nginx_200
@@ -97,25 +104,33 @@ relay() { # BATCH(0|1): delivered/s while wrk ingests for DURATION
   { tidegate_config_head; RELAY_EXTRA=$([ "$1" = 1 ] && printf '[destination.batch]\nmax_messages = 100\nmax_wait = "20ms"\n' || true) \
       relay_destination "http://127.0.0.1:$P_OK/relay"; } > "$work/relay.toml"
   start_tidegate "$work/relay.toml"
+  # paused: ingest alone, the ceiling delivery can follow at best.
+  [ "$1" != paused ] || curl -sf -X POST "http://$ADMIN/v1/destinations/relay/pause" >/dev/null
   local before after secs
   before=$(curl -s "http://$ADMIN/v1/destinations/relay" | python3 -c 'import json,sys; print(json.load(sys.stdin)["counters"]["delivered"])')
   wrk -t2 -c32 -d"$DURATION" -s loadtests/post-1k.lua "http://$INGRESS/relay/x" > "$work/wrk.out" 2>&1
   after=$(curl -s "http://$ADMIN/v1/destinations/relay" | python3 -c 'import json,sys; print(json.load(sys.stdin)["counters"]["delivered"])')
   secs=${DURATION%s}
+  if [ "$1" = paused ]; then
+    awk '/Requests\/sec/ {printf "%.0f (ingest alone)\n", $2}' "$work/wrk.out"
+    kill "$TG_PID" 2>/dev/null || true; wait "$TG_PID" 2>/dev/null || true
+    return
+  fi
   python3 -c "print(f'{($after - $before) / $secs:.0f}', end=' ')"
   awk '/Requests\/sec/ {printf "(ingested %s/s)\n", $2}' "$work/wrk.out"
   kill "$TG_PID" 2>/dev/null || true; wait "$TG_PID" 2>/dev/null || true
 }
-single=() batched=()
+single=() batched=() alone=()
 for r in $(seq "$ROUNDS"); do
-  s=$(relay 0); b=$(relay 1)
-  echo "round $r: one per request $s; batches of 100 $b"
-  single+=("${s%% *}"); batched+=("${b%% *}")
+  s=$(relay 0); b=$(relay 1); p=$(relay paused)
+  echo "round $r: one per request $s; batches of 100 $b; ingest alone $p"
+  single+=("${s%% *}"); batched+=("${b%% *}"); alone+=("${p%% *}")
 done
-python3 - "${single[*]}" "${batched[*]}" <<'PY'
+python3 - "${single[*]}" "${batched[*]}" "${alone[*]}" <<'PY'
 import statistics, sys
-s = [float(x) for x in sys.argv[1].split()]
-b = [float(x) for x in sys.argv[2].split()]
-print(f"relay delivered/s, median: one per request {statistics.median(s):.0f}, batches of 100 {statistics.median(b):.0f}: "
-      f"{statistics.median(b) / statistics.median(s):.2f}x (rounds: {', '.join(f'{y / x:.2f}' for x, y in zip(s, b))})")
+s, b, p = ([float(x) for x in a.split()] for a in sys.argv[1:4])
+ms, mb, mp = statistics.median(s), statistics.median(b), statistics.median(p)
+print(f"relay delivered/s, median: one per request {ms:.0f}, batches of 100 {mb:.0f}: {mb / ms:.2f}x "
+      f"(rounds: {', '.join(f'{y / x:.2f}' for x, y in zip(s, b))}); ingest alone {mp:.0f}/s: "
+      f"one per request delivers {ms / mp:.2f} of it, batches {mb / mp:.2f}")
 PY
