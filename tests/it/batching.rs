@@ -401,3 +401,62 @@ async fn kill_9_with_batches_in_flight_redelivers_at_most_the_batches_out() {
         "{duplicates} items delivered twice over {CYCLES} kills; at most {bound}"
     );
 }
+
+#[tokio::test]
+async fn a_key_ordered_destination_batches_one_message_per_key_in_key_order() {
+    let ds = Downstream::start().await;
+    // A transient refusal now and then: retried items must still keep their
+    // keys' order.
+    let calls = Arc::new(AtomicU64::new(0));
+    let c = calls.clone();
+    ds.respond(move |_, _| {
+        if c.fetch_add(1, Ordering::SeqCst) % 4 == 1 {
+            Reply::status(503)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let tg = Tidegate::start(&destination(
+        "crm",
+        &ds.url(),
+        r#"retry = { initial_backoff = "20ms", max_backoff = "50ms", jitter = false }
+[destination.queue]
+ordering = "key"
+key = ".contact"
+[destination.batch]
+max_messages = 8
+max_wait = "20ms"
+"#,
+    ))
+    .await;
+    let mut last = String::new();
+    for i in 0..60u64 {
+        let body = serde_json::json!({"contact": format!("c{}", i % 5), "n": i});
+        last = tg.send("/crm/x", &body.to_string()).await;
+    }
+    eventually(Duration::from_secs(30), "every item delivered", || async {
+        delivered_ns(&ds).len() == 60
+    })
+    .await;
+    tg.wait_message_state(&last, "delivered").await;
+    let mut order: HashMap<String, Vec<u64>> = HashMap::new();
+    for s in ds.seen().iter().filter(|s| s.status == 200) {
+        let batch = items(s);
+        let mut keys: Vec<&str> = batch.iter().map(|i| i["contact"].as_str().unwrap()).collect();
+        keys.sort_unstable();
+        let before = keys.len();
+        keys.dedup();
+        assert_eq!(keys.len(), before, "two messages of one key in a batch: {batch:?}");
+        for item in &batch {
+            let key = item["contact"].as_str().unwrap().to_string();
+            order.entry(key).or_default().push(item["n"].as_u64().unwrap());
+        }
+    }
+    for (key, ns) in &order {
+        let mut sorted = ns.clone();
+        sorted.sort_unstable();
+        assert_eq!(ns, &sorted, "key {key} delivered out of order");
+        assert_eq!(ns.len(), 12, "key {key}: each message once");
+    }
+    assert!(calls.load(Ordering::SeqCst) >= 8, "some refusals happened");
+}
