@@ -9,14 +9,15 @@
 //! c}`) and arrays (`[f, g]`) of such, `f // g`, comparisons (`==`, `!=`,
 //! `<`, `<=`, `>`, `>=`), `and`, `or`, pipes `f | g`, `not`,
 //! `ascii_downcase`, `ascii_upcase`, `map(f)`, `select(f)`, `if f then g
-//! else h end` (with `elif`), and parentheses.
+//! else h end` (with `elif`), parentheses, and `$message_id` (the one
+//! variable: the message's id, SPEC §16).
 //! Each of these yields at most one value (`select` none or one, and `map`
 //! one array), and none recurses or loops but over the elements of an
 //! array it is given, so a program made of them terminates by construction
 //! and needs none of the sandbox's time limit. Its memory is bounded too:
 //! compiling refuses a program that could copy its input more than
 //! [`MAX_COPIES`] times (pipes multiply: `[., .] | [., .]` copies it four
-//! times). Anything else (a function, a variable, `..`, `.[]`, `reduce`,
+//! times). Anything else (a function, another variable, `..`, `.[]`, `reduce`,
 //! `,`) is refused with the reason, and the program runs in jq as before.
 //!
 //! Invariant: jq's answer is the contract. Where this evaluator is not sure
