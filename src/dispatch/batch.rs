@@ -29,7 +29,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::policy::{self, Class, Facts, StateChange, Step};
-use super::worker::{apply_change, carry_out, last_error_of, learn, release_all, unsendable};
+use super::worker::{apply_change, carry_out, last_error_of, learn, put_configured_headers, release_all, unsendable};
 use super::{Context, Destination};
 use crate::config::{Batch, Encoding};
 use crate::delivery::{self, join_url, put_header, FailureKind, Outcome, Response};
@@ -379,12 +379,7 @@ fn request(
     let url = join_url(&cfg.url, b.path.as_deref().unwrap_or(&first.path))?;
     let method = http::Method::from_bytes(first.method.as_bytes()).ok()?;
     let mut headers = http::HeaderMap::new();
-    for (k, v) in &cfg.headers {
-        if let Ok(mut val) = http::HeaderValue::from_str(v.expose()) {
-            val.set_sensitive(true);
-            headers.insert(k.clone(), val);
-        }
-    }
+    put_configured_headers(cfg, &mut headers);
     put_header(&mut headers, "content-type", content_type(b.encoding));
     let mut digest = Sha256::new();
     for item in items {

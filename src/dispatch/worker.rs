@@ -376,13 +376,7 @@ fn request_for(
         }
         put_header(&mut headers, k, v);
     }
-    for (k, v) in &cfg.headers {
-        if let Ok(val) = http::HeaderValue::from_str(v.expose()) {
-            let mut val = val;
-            val.set_sensitive(true);
-            headers.insert(k.clone(), val);
-        }
-    }
+    put_configured_headers(cfg, &mut headers);
     let idem = msg.idempotency_key.as_deref().unwrap_or(id);
     headers.remove("idempotency-key");
     put_header(&mut headers, "idempotency-key", idem);
@@ -405,6 +399,17 @@ fn request_for(
         timeout: cfg.timeout,
         trust: cfg.ca_file.clone(),
     })
+}
+
+/// The destination's configured headers (secrets: marked sensitive, so
+/// no debug output shows them), over whatever `headers` holds.
+pub(super) fn put_configured_headers(cfg: &crate::config::Destination, headers: &mut http::HeaderMap) {
+    for (k, v) in &cfg.headers {
+        if let Ok(mut val) = http::HeaderValue::from_str(v.expose()) {
+            val.set_sensitive(true);
+            headers.insert(k.clone(), val);
+        }
+    }
 }
 
 pub(super) fn last_error_of(outcome: &Outcome) -> Option<LastError> {
