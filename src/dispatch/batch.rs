@@ -486,13 +486,15 @@ async fn read_results(
                 .and_then(|s| u16::try_from(s).ok())
                 .filter(|s| (100..=599).contains(s))
                 .ok_or_else(|| format!("entry {i} is not a status or {{status, error}}: {entry}"))?;
-            let body = match error {
-                Some(e) => Bytes::from(e),
-                None => Bytes::from(entry.to_string()),
+            // What a producer waiting on the item (`Prefer: wait`) is
+            // answered: its error, or its own entry.
+            let (body, content_type) = match error {
+                Some(e) => (Bytes::from(e), Some("text/plain; charset=utf-8".to_string())),
+                None => (Bytes::from(entry.to_string()), Some("application/json".to_string())),
             };
             Ok(Outcome::from_response(Response {
                 status,
-                content_type: None,
+                content_type,
                 body,
                 retry_after: resp.retry_after,
                 quota_pause: None,

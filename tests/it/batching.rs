@@ -460,3 +460,35 @@ max_wait = "20ms"
     }
     assert!(calls.load(Ordering::SeqCst) >= 8, "some refusals happened");
 }
+
+#[tokio::test]
+async fn a_producer_waiting_on_an_item_gets_its_own_result() {
+    let ds = Downstream::start().await;
+    ds.respond(|s, _| {
+        let results: Vec<serde_json::Value> = items(s)
+            .iter()
+            .map(|i| serde_json::json!({"status": 201, "crm_id": i["n"]}))
+            .collect();
+        Reply::status(200).body(&serde_json::json!({ "results": results }).to_string())
+    });
+    let tg = Tidegate::start(&destination(
+        "crm",
+        &ds.url(),
+        "[destination.batch]\nmax_messages = 50\nmax_wait = \"100ms\"\nresults = '.results'\n",
+    ))
+    .await;
+    let r = tg
+        .client
+        .post(tg.url("/crm/x"))
+        .header("prefer", "wait=10")
+        .header("content-type", "application/json")
+        .body("{\"n\": 7}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["x-tidegate-state"], "delivered");
+    assert_eq!(r.headers()["content-type"], "application/json");
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v, serde_json::json!({"status": 201, "crm_id": 7}));
+}
