@@ -254,6 +254,48 @@ async fn a_rescheduled_message_waits_and_its_time_is_reported(q: &Queues) {
     assert_eq!(view["batch"]["outcome"], "delivered", "{view}");
 }
 
+async fn a_batch_of_outcomes_is_settled_together(q: &Queues) {
+    use tidegate::queue::Settlement;
+    let a = stored(q, msg("d", "a")).await;
+    let b = stored(q, msg("d", "b")).await;
+    let c = stored(q, msg("d", "c")).await;
+    assert_eq!(due(q, "d").await.len(), 3);
+    let later = now_ms() + 60_000;
+    q.settle_many(
+        "d",
+        vec![
+            Settlement {
+                seq: a,
+                attempts: 1,
+                last_error: None,
+                disposition: Disposition::Delivered { keep_body: false },
+            },
+            Settlement {
+                seq: b,
+                attempts: 1,
+                last_error: None,
+                disposition: Disposition::DeadLetter {
+                    reason: "http_4xx".into(),
+                },
+            },
+            Settlement {
+                seq: c,
+                attempts: 1,
+                last_error: None,
+                disposition: Disposition::Reschedule { visible_at: later },
+            },
+        ],
+    )
+    .await
+    .unwrap();
+    q.give_back("d");
+    assert_eq!(q.status(a).await.unwrap().unwrap().state, MessageState::Delivered);
+    assert_eq!(q.status(b).await.unwrap().unwrap().state, MessageState::DeadLettered);
+    assert_eq!(q.status(c).await.unwrap().unwrap().state, MessageState::Scheduled);
+    assert_eq!(depth(q, "d"), 1, "the rescheduled one is still queued");
+    assert!(due(q, "d").await.is_empty(), "none is due: one waits, two are finished");
+}
+
 async fn a_message_given_back_is_handed_out_again(q: &Queues) {
     let a = stored(q, msg("d", "a")).await;
     assert_eq!(due(q, "d").await.len(), 1);
@@ -612,6 +654,7 @@ on_both!(
     an_idempotency_key_stores_once_and_refuses_a_different_request,
     a_full_queue_refuses_and_stores_nothing,
     a_rescheduled_message_waits_and_its_time_is_reported,
+    a_batch_of_outcomes_is_settled_together,
     a_message_given_back_is_handed_out_again,
     dead_letters_are_listed_replayed_and_purged,
     a_key_ordered_fetch_gives_each_keys_oldest_only,

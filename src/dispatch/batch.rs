@@ -29,7 +29,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::policy::{self, Class, Facts, StateChange, Step};
-use super::worker::{apply_change, carry_out, last_error_of, learn, put_configured_headers, release_all, unsendable};
+use super::worker::{apply_change, last_error_of, learn, put_configured_headers, release_all, unsendable, Settled};
 use super::{Context, Destination};
 use crate::config::{Batch, Encoding};
 use crate::delivery::{self, join_url, put_header, FailureKind, Outcome, Response};
@@ -112,7 +112,7 @@ struct Item {
 }
 
 /// What happened to one item.
-struct Settled {
+struct ItemOutcome {
     outcome: Outcome,
     batch: BatchRef,
 }
@@ -242,13 +242,33 @@ async fn send(
             split(group, &mut work);
             continue;
         }
-        let settled = item_outcomes(b, &group, &outcome, &batch_id).await;
+        let outcomes = item_outcomes(b, &group, &outcome, &batch_id).await;
         let mut change = StateChange::None;
-        for (item, s) in group.into_iter().zip(settled) {
-            let (finished, c) = settle(ctx, d, cfg, item, s, consecutive).await;
-            done.push(finished);
+        let mut settled = Vec::with_capacity(group.len());
+        for (item, o) in group.iter().zip(&outcomes) {
+            let (s, c) = decide(ctx, d, cfg, item, o, consecutive);
+            settled.push(s);
             if matches!(change, StateChange::None) {
                 change = c;
+            }
+        }
+        // The batch's outcomes are recorded together: one command, one
+        // commit, one answer.
+        let records = settled.iter().map(Settled::settlement).collect();
+        match ctx.queues.settle_many(&d.name, records).await {
+            Ok(()) => {
+                for s in settled {
+                    let seq = s.msg.seq;
+                    done.push((seq, s.follow(ctx, d).await));
+                }
+            }
+            Err(e) => {
+                // Pending still (or some of them recorded): delivered
+                // again (at-least-once). The leases are kept a while, as
+                // for a message sent alone.
+                tracing::error!(destination = %d.name, batch = %batch_id, error = %e, "recording a batch's outcomes failed; its items will be retried");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                done.extend(settled.iter().map(|s| (s.msg.seq, false)));
             }
         }
         apply_change(ctx, d, change, consecutive).await;
@@ -403,7 +423,7 @@ fn request(
 
 /// Each item's outcome of one request (SPEC §16): the whole answer's, or,
 /// for a 2xx with `results`, its own entry.
-async fn item_outcomes(b: &Batch, items: &[Item], outcome: &Outcome, batch_id: &str) -> Vec<Settled> {
+async fn item_outcomes(b: &Batch, items: &[Item], outcome: &Outcome, batch_id: &str) -> Vec<ItemOutcome> {
     let status = outcome.response().map(|r| r.status);
     let size = items.len() as u32;
     let at = |position: usize, outcome: Outcome| {
@@ -411,7 +431,7 @@ async fn item_outcomes(b: &Batch, items: &[Item], outcome: &Outcome, batch_id: &
             Outcome::Delivered(_) => "delivered".to_string(),
             other => other.label().to_string(),
         };
-        Settled {
+        ItemOutcome {
             outcome,
             batch: BatchRef {
                 id: batch_id.to_string(),
@@ -503,19 +523,19 @@ async fn read_results(
         .collect()
 }
 
-/// Settles one item by its own outcome; returns its seq and whether it is
-/// finished, and the state change its decision asks for.
-async fn settle(
+/// Decides what follows one item's outcome, by the rules of a message sent
+/// alone (and counts the attempt); the state change it asks for.
+fn decide<'a>(
     ctx: &Context,
     d: &Destination,
     cfg: &crate::config::Destination,
-    item: Item,
-    s: Settled,
+    item: &'a Item,
+    o: &'a ItemOutcome,
     consecutive: u32,
-) -> ((u64, bool), StateChange) {
+) -> (Settled<'a>, StateChange) {
     let m = &ctx.metrics;
-    m.attempts.with_label_values(&[&d.name, s.outcome.label()]).inc();
-    let class = match &s.outcome {
+    m.attempts.with_label_values(&[&d.name, o.outcome.label()]).inc();
+    let class = match &o.outcome {
         Outcome::Delivered(_) => Class::Delivered,
         Outcome::Transient { .. } => Class::Transient,
         Outcome::Permanent { .. } => {
@@ -524,7 +544,7 @@ async fn settle(
         }
     };
     let age = Duration::from_millis((now_ms() - item.msg.received_at).max(0) as u64);
-    let retry_after = s.outcome.response().and_then(|r| r.retry_after);
+    let retry_after = o.outcome.response().and_then(|r| r.retry_after);
     let facts = Facts {
         mode: cfg.on_failure,
         class,
@@ -536,28 +556,18 @@ async fn settle(
         jitter_draw: rand::random::<f64>(),
     };
     let (step, change): (Step, StateChange) = policy::decide(&facts);
-    let last_error = match last_error_of(&s.outcome) {
+    // The batch is recorded with the item, delivered or not.
+    let last_error = match last_error_of(&o.outcome) {
         Some(e) => LastError {
-            batch: Some(s.batch),
+            batch: Some(o.batch.clone()),
             ..e
         },
         None => LastError {
-            status: s.outcome.response().map(|r| r.status),
-            batch: Some(s.batch),
+            status: o.outcome.response().map(|r| r.status),
+            batch: Some(o.batch.clone()),
             ..Default::default()
         },
     };
-    let finished = carry_out(
-        ctx,
-        d,
-        &item.msg,
-        &item.id,
-        item.n,
-        step,
-        Some(last_error),
-        &s.outcome,
-        age,
-    )
-    .await;
-    ((item.msg.seq, finished), change)
+    let settled = Settled::decide(d, &item.msg, &item.id, item.n, step, Some(last_error), &o.outcome, age);
+    (settled, change)
 }

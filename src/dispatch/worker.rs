@@ -14,7 +14,7 @@ use super::{set_state, Completion, Context, Destination, State};
 use crate::config::Ordering as QueueOrdering;
 use crate::delivery::{self, join_url, put_header, Outcome};
 use crate::handoff::{Rendered, RunError};
-use crate::queue::{now_ms, Disposition, HaltedKey, LastError, Message};
+use crate::queue::{now_ms, Disposition, HaltedKey, LastError, Message, Settlement};
 
 /// Longest a worker sleeps without re-checking the queue; a safety net for
 /// wake-ups, not the mechanism (commits and state changes wake it).
@@ -631,6 +631,168 @@ pub(super) async fn unsendable(ctx: &Context, d: &Destination, msg: &Message, id
     dead
 }
 
+/// An attempt's decided step for one message, to be settled: what the
+/// queue records ([`Settled::disposition`]) and what follows the record.
+pub(super) struct Settled<'a> {
+    pub msg: &'a Message,
+    pub id: &'a str,
+    pub attempts: u32,
+    pub step: Step,
+    pub last_error: Option<LastError>,
+    pub outcome: &'a Outcome,
+    pub age: Duration,
+    pub disposition: Disposition,
+    /// `delivered`, `dead_lettered` or `dropped`: how a waiting producer
+    /// is told it finished; `None` while it is still pending.
+    pub finished: Option<&'static str>,
+}
+
+impl<'a> Settled<'a> {
+    /// What the queue records for `step` (and its log line).
+    #[allow(clippy::too_many_arguments)]
+    pub fn decide(
+        d: &Destination,
+        msg: &'a Message,
+        id: &'a str,
+        attempts: u32,
+        step: Step,
+        last_error: Option<LastError>,
+        outcome: &'a Outcome,
+        age: Duration,
+    ) -> Settled<'a> {
+        let status = outcome.response().map(|r| r.status);
+        let (disposition, finished) = match &step {
+            // Under review, the body stays for late feedback (SPEC §10).
+            Step::Ack => (
+                Disposition::Delivered {
+                    keep_body: d.config().review.is_some(),
+                },
+                Some("delivered"),
+            ),
+            Step::Retry { delay } => {
+                tracing::debug!(
+                    status,
+                    kind = last_error.as_ref().map_or("", |e| e.kind.as_str()),
+                    delay_ms = delay.as_millis() as u64,
+                    "attempt failed; retry scheduled"
+                );
+                (
+                    Disposition::Reschedule {
+                        visible_at: now_ms() + delay.as_millis() as i64,
+                    },
+                    None,
+                )
+            }
+            Step::DeadLetter { reason } => {
+                tracing::warn!(id, destination = %d.name, status, reason, "message dead-lettered");
+                (
+                    Disposition::DeadLetter {
+                        reason: reason.to_string(),
+                    },
+                    Some("dead_lettered"),
+                )
+            }
+            Step::Drop { reason } => {
+                let detail = last_error.as_ref().map(|e| e.kind.as_str()).unwrap_or("");
+                tracing::warn!(id, destination = %d.name, status, reason, kind = detail, "message dropped (on_failure = log)");
+                (
+                    Disposition::Dropped {
+                        reason: reason.to_string(),
+                    },
+                    Some("dropped"),
+                )
+            }
+            // The message stays at the head: due at once when resumed. Under
+            // key ordering only its key stops; a message without a key
+            // (queued before the destination ordered by key) halts it all.
+            Step::Halt { reason } => match (&d.config().queue.ordering, &msg.order_key) {
+                (QueueOrdering::Key, Some(key)) => (
+                    Disposition::HaltKey {
+                        key: key.clone(),
+                        reason: halt_reason(reason, id, status),
+                    },
+                    None,
+                ),
+                _ => (Disposition::Reschedule { visible_at: 0 }, None),
+            },
+        };
+        Settled {
+            msg,
+            id,
+            attempts,
+            step,
+            last_error,
+            outcome,
+            age,
+            disposition,
+            finished,
+        }
+    }
+
+    /// What the queue is asked to record.
+    pub fn settlement(&self) -> Settlement {
+        Settlement {
+            seq: self.msg.seq,
+            attempts: self.attempts,
+            last_error: self.last_error.clone(),
+            disposition: self.disposition.clone(),
+        }
+    }
+
+    /// What follows the record once it is committed: metrics, a halt, the
+    /// waiting producer. Returns whether the message is finished.
+    pub async fn follow(self, ctx: &Context, d: &Destination) -> bool {
+        let m = &ctx.metrics;
+        let status = self.outcome.response().map(|r| r.status);
+        let (msg, id) = (self.msg, self.id);
+        match &self.step {
+            Step::Ack => {
+                m.delivered.with_label_values(&[&d.name]).inc();
+                m.end_to_end
+                    .with_label_values(&[&d.name])
+                    .observe(self.age.as_secs_f64());
+            }
+            Step::DeadLetter { reason } => m.dead_lettered.with_label_values(&[d.name.as_str(), reason]).inc(),
+            Step::Drop { reason } => m.dropped.with_label_values(&[d.name.as_str(), reason]).inc(),
+            Step::Halt { reason } => match &self.disposition {
+                Disposition::HaltKey { key, reason } => {
+                    tracing::error!(id, destination = %d.name, key = %key, %reason, "ordering key halted; its later messages wait, other keys flow");
+                    d.halted_keys.lock().unwrap_or_else(|e| e.into_inner()).insert(
+                        key.clone(),
+                        HaltedKey {
+                            dest: d.name.clone(),
+                            key: key.clone(),
+                            seq: msg.seq,
+                            reason: reason.clone(),
+                        },
+                    );
+                }
+                _ => {
+                    let why = halt_reason(reason, id, status);
+                    if let Err(e) = set_state(ctx, d, State::Halted, &why, Some(msg.seq)).await {
+                        tracing::error!(error = %e, "persisting the halted state failed");
+                    }
+                }
+            },
+            Step::Retry { .. } => {}
+        }
+        if let (Some(state), true) = (self.finished, msg.wants_reply) {
+            let detail = self.last_error.map(|e| e.detail).unwrap_or_default();
+            ctx.completions.finish(
+                msg.seq,
+                Completion {
+                    state,
+                    response: self.outcome.response().cloned(),
+                    detail,
+                },
+            );
+        }
+        self.finished.is_some()
+    }
+}
+
+/// Records an attempt's outcome for one message and carries out what
+/// follows; returns whether the message is finished.
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn carry_out(
     ctx: &Context,
@@ -643,66 +805,11 @@ pub(super) async fn carry_out(
     outcome: &Outcome,
     age: Duration,
 ) -> bool {
-    let m = &ctx.metrics;
-    let status = outcome.response().map(|r| r.status);
-    let (disposition, finished) = match &step {
-        // Under review, the body stays for late feedback (SPEC §10).
-        Step::Ack => (
-            Disposition::Delivered {
-                keep_body: d.config().review.is_some(),
-            },
-            Some("delivered"),
-        ),
-        Step::Retry { delay } => {
-            tracing::debug!(
-                status,
-                kind = last_error.as_ref().map_or("", |e| e.kind.as_str()),
-                delay_ms = delay.as_millis() as u64,
-                "attempt failed; retry scheduled"
-            );
-            (
-                Disposition::Reschedule {
-                    visible_at: now_ms() + delay.as_millis() as i64,
-                },
-                None,
-            )
-        }
-        Step::DeadLetter { reason } => {
-            tracing::warn!(id, destination = %d.name, status, reason, "message dead-lettered");
-            (
-                Disposition::DeadLetter {
-                    reason: reason.to_string(),
-                },
-                Some("dead_lettered"),
-            )
-        }
-        Step::Drop { reason } => {
-            let detail = last_error.as_ref().map(|e| e.kind.as_str()).unwrap_or("");
-            tracing::warn!(id, destination = %d.name, status, reason, kind = detail, "message dropped (on_failure = log)");
-            (
-                Disposition::Dropped {
-                    reason: reason.to_string(),
-                },
-                Some("dropped"),
-            )
-        }
-        // The message stays at the head: due at once when resumed. Under
-        // key ordering only its key stops; a message without a key
-        // (queued before the destination ordered by key) halts it all.
-        Step::Halt { reason } => match (&d.config().queue.ordering, &msg.order_key) {
-            (QueueOrdering::Key, Some(key)) => (
-                Disposition::HaltKey {
-                    key: key.clone(),
-                    reason: halt_reason(reason, id, status),
-                },
-                None,
-            ),
-            _ => (Disposition::Reschedule { visible_at: 0 }, None),
-        },
-    };
+    let settled = Settled::decide(d, msg, id, attempts, step, last_error, outcome, age);
+    let s = settled.settlement();
     if let Err(e) = ctx
         .queues
-        .settle(msg.seq, &d.name, attempts, last_error.clone(), disposition.clone())
+        .settle(s.seq, &d.name, s.attempts, s.last_error, s.disposition)
         .await
     {
         // Nothing changed on disk: the message is still pending and will be
@@ -713,47 +820,7 @@ pub(super) async fn carry_out(
         tokio::time::sleep(Duration::from_secs(1)).await;
         return false;
     }
-    match &step {
-        Step::Ack => {
-            m.delivered.with_label_values(&[&d.name]).inc();
-            m.end_to_end.with_label_values(&[&d.name]).observe(age.as_secs_f64());
-        }
-        Step::DeadLetter { reason } => m.dead_lettered.with_label_values(&[d.name.as_str(), reason]).inc(),
-        Step::Drop { reason } => m.dropped.with_label_values(&[d.name.as_str(), reason]).inc(),
-        Step::Halt { reason } => match &disposition {
-            Disposition::HaltKey { key, reason } => {
-                tracing::error!(id, destination = %d.name, key = %key, %reason, "ordering key halted; its later messages wait, other keys flow");
-                d.halted_keys.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                    key.clone(),
-                    HaltedKey {
-                        dest: d.name.clone(),
-                        key: key.clone(),
-                        seq: msg.seq,
-                        reason: reason.clone(),
-                    },
-                );
-            }
-            _ => {
-                let why = halt_reason(reason, id, status);
-                if let Err(e) = set_state(ctx, d, State::Halted, &why, Some(msg.seq)).await {
-                    tracing::error!(error = %e, "persisting the halted state failed");
-                }
-            }
-        },
-        Step::Retry { .. } => {}
-    }
-    if let (Some(state), true) = (finished, msg.wants_reply) {
-        let detail = last_error.map(|e| e.detail).unwrap_or_default();
-        ctx.completions.finish(
-            msg.seq,
-            Completion {
-                state,
-                response: outcome.response().cloned(),
-                detail,
-            },
-        );
-    }
-    finished.is_some()
+    settled.follow(ctx, d).await
 }
 
 /// Why a destination or a key halted, as its state reason shows it.

@@ -29,7 +29,7 @@ use super::audit::{Act, Entry, Filter};
 use super::review::{Decided, Decision, Item, Tally};
 use super::{
     Appended, DeadLetter, DestinationRecord, Disposition, Due, HaltedKey, LastError, Limits, Message, MessageState,
-    MessageStatus, NewMessage, Outcome, QueueCounts, Queued, Result, Stats,
+    MessageStatus, NewMessage, Outcome, QueueCounts, Queued, Result, Settlement, Stats,
 };
 
 /// The queue every caller holds; cheap to clone.
@@ -108,6 +108,19 @@ pub trait Queue: Send + Sync + 'static {
         last_error: Option<LastError>,
         disposition: Disposition,
     ) -> Result<()>;
+
+    /// Records the outcomes of the messages of one downstream request (a
+    /// batch, SPEC §16), all of `dest`. A backend that can commits them
+    /// together; this one settles them in turn. On an error some may be
+    /// recorded and the rest not: those stay pending, and are delivered
+    /// again (at-least-once).
+    async fn settle_many(&self, dest: &str, items: Vec<Settlement>) -> Result<()> {
+        for s in items {
+            self.settle(s.seq, dest, s.attempts, s.last_error, s.disposition)
+                .await?;
+        }
+        Ok(())
+    }
 
     /// Flushes and closes; blocking (call it off the runtime's workers).
     fn close(&self);

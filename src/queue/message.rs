@@ -239,6 +239,16 @@ pub struct BatchRef {
     pub outcome: String,
 }
 
+/// The outcome of one message's attempt, for [`super::Queue::settle_many`].
+#[derive(Clone, Debug)]
+pub struct Settlement {
+    pub seq: u64,
+    /// The new total of attempts.
+    pub attempts: u32,
+    pub last_error: Option<LastError>,
+    pub disposition: Disposition,
+}
+
 /// How a message ends up, for commands that finish or move it.
 #[derive(Clone, Debug)]
 pub enum Disposition {

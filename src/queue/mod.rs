@@ -36,7 +36,7 @@ pub(crate) use message::id_of;
 pub use message::{
     age_seconds, is_message_id, now_ms, rfc3339, sampled, Appended, BatchRef, DeadLetter, DestinationRecord,
     Disposition, Due, HaltedKey, LastError, Limits, Message, MessageStatus, NewMessage, Outcome, QueueCounts, Queued,
-    ReviewIntent, Stats,
+    ReviewIntent, Settlement, Stats,
 };
 pub use state::{stored, MessageState};
 

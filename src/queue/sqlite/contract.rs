@@ -15,7 +15,7 @@ use crate::queue::review::{Decided, Decision, Item, Tally};
 use crate::queue::{
     id_of, is_message_id, now_ms, Appended, AuditLog, Cluster, DeadLetter, DestinationRecord, Disposition, Due,
     HaltedKey, LastError, Limits, Message, MessageState, MessageStatus, NewMessage, Operations, Queue, QueueCounts,
-    Queued, Result, ReviewStore, Stats,
+    Queued, Result, ReviewStore, Settlement, Stats,
 };
 
 #[async_trait]
@@ -156,6 +156,14 @@ impl Queue for Journal {
             reply,
         })
         .await
+    }
+
+    // One writer command: one trip through the writer's channel, one
+    // answer, the same commit.
+    async fn settle_many(&self, dest: &str, items: Vec<Settlement>) -> Result<()> {
+        let dest = dest.to_string();
+        self.call(|reply| writer::Command::SettleMany { dest, items, reply })
+            .await
     }
 
     // Pending commands are committed, the clean-shutdown marker is set,

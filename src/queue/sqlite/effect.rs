@@ -25,8 +25,8 @@ pub(crate) struct Effect {
     pub appended: Option<(u64, Arc<NewMessage>)>,
     /// Messages became pending again other than by an append.
     pub requeued: bool,
-    /// The message a settle changed, if any.
-    pub settled: Option<u64>,
+    /// The messages a settle changed.
+    pub settled: Vec<u64>,
 }
 
 /// Answers a command that was applied, with the answer computed for it.

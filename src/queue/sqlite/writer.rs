@@ -15,6 +15,7 @@ use super::{Health, Lanes};
 use crate::queue::review::{on_append, Decided, Decision, OnAppend};
 use crate::queue::{
     id_of, now_ms, stored, Appended, DestinationRecord, Disposition, LastError, Limits, NewMessage, QueueError, Result,
+    Settlement,
 };
 
 /// Most commands folded into one transaction; bounds the latency one batch
@@ -39,6 +40,12 @@ pub enum Command {
         attempts: u32,
         last_error: Option<LastError>,
         disposition: Disposition,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// The messages of one downstream request, settled in one command.
+    SettleMany {
+        dest: String,
+        items: Vec<Settlement>,
         reply: oneshot::Sender<Result<()>>,
     },
     Replay {
@@ -342,7 +349,7 @@ impl Writer {
         if eff.requeued {
             q.tail.stop();
         }
-        if let Some(seq) = eff.settled {
+        for seq in eff.settled {
             q.tail.settled(seq);
         }
         if eff.ready {
@@ -422,6 +429,7 @@ fn pending_of(cmd: Command, ans: Answer) -> Pending {
     match (cmd, ans) {
         (Command::Append { reply, .. }, Answer::Append(r)) => Pending::Append(reply, r),
         (Command::Settle { reply, .. }, _)
+        | (Command::SettleMany { reply, .. }, _)
         | (Command::SetDestination { reply, .. }, _)
         | (Command::RecordAct { reply, .. }, _) => Pending::Unit(reply, Ok(())),
         (Command::Replay { reply, .. }, Answer::Count(n))
@@ -445,9 +453,10 @@ fn reject(cmd: Command) {
 fn reject_with(cmd: Command, err: impl Fn() -> QueueError) {
     let p = match cmd {
         Command::Append { reply, .. } => Pending::Append(reply, Ok(Appended::QueueFull)),
-        Command::Settle { reply, .. } | Command::SetDestination { reply, .. } | Command::RecordAct { reply, .. } => {
-            Pending::Unit(reply, Ok(()))
-        }
+        Command::Settle { reply, .. }
+        | Command::SettleMany { reply, .. }
+        | Command::SetDestination { reply, .. }
+        | Command::RecordAct { reply, .. } => Pending::Unit(reply, Ok(())),
         Command::Replay { reply, .. }
         | Command::Purge { reply, .. }
         | Command::ReleaseKey { reply, .. }
@@ -493,6 +502,21 @@ fn apply(
             disposition,
             ..
         } => settle(tx, *seq, dest, *attempts, last_error.as_ref(), disposition),
+        Command::SettleMany { dest, items, .. } => {
+            let mut all = Effect {
+                dest: Some(dest.clone()),
+                ..Effect::default()
+            };
+            for s in items {
+                let (_, eff) = settle(tx, s.seq, dest, s.attempts, s.last_error.as_ref(), &s.disposition)?;
+                all.depth += eff.depth;
+                all.bytes += eff.bytes;
+                all.dead += eff.dead;
+                all.ready |= eff.ready;
+                all.settled.extend(eff.settled);
+            }
+            Ok((Answer::Unit, all))
+        }
         Command::Replay { dest, seqs, .. } => {
             // What a reviewer rejected is never delivered: replay leaves it
             // (purge removes it; its review record stays for retention).
@@ -776,7 +800,7 @@ fn settle(
             let eff = Effect {
                 dest: Some(dest.to_string()),
                 ready: n > 0,
-                settled: (n > 0).then_some(seq as u64),
+                settled: (n > 0).then_some(seq as u64).into_iter().collect(),
                 ..Effect::default()
             };
             return Ok((Answer::Unit, eff));
@@ -794,7 +818,7 @@ fn settle(
         } else {
             0
         },
-        settled: Some(seq as u64),
+        settled: vec![seq as u64],
         ..Effect::default()
     };
     Ok((Answer::Unit, eff))
@@ -832,7 +856,7 @@ fn release_key(tx: &Transaction<'_>, dest: &str, key: &str, skip_head: bool) -> 
             eff.depth = -1;
             eff.bytes = -size;
             eff.dead = 1;
-            eff.settled = Some(seq as u64);
+            eff.settled = vec![seq as u64];
         }
     }
     Ok((Answer::Count(seq as u64), eff))
