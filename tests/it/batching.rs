@@ -137,6 +137,11 @@ results = '.results | map({status, error})'
         .sum::<u64>();
     assert_eq!(sent as usize, requests.len(), "{d}");
     assert!(flushes["size"].as_u64().unwrap() >= 1, "{d}");
+    // The console's destination page says what a request carries and why
+    // batches left.
+    let page = tg.client_get(&tg.admin_url("/ui/destinations/crm")).await;
+    assert!(page.contains("up to 10 messages"), "{page}");
+    assert!(page.contains(&format!("{} full,", flushes["size"])), "{page}");
     let metrics = tg.metrics_text().await;
     assert!(
         metric(&metrics, "tidegate_batches_total{destination=\"crm\"") >= 3.0,
