@@ -302,6 +302,17 @@ pub fn join_url(base: &reqwest::Url, path_and_query: &str) -> Option<reqwest::Ur
     (url.host() == base.host() && url.port_or_known_default() == base.port_or_known_default()).then_some(url)
 }
 
+/// The destination's configured headers (secrets: marked sensitive, so
+/// no debug output shows them), over whatever `headers` holds.
+pub fn put_configured_headers(cfg: &crate::config::Destination, headers: &mut HeaderMap) {
+    for (k, v) in &cfg.headers {
+        if let Ok(mut val) = http::HeaderValue::from_str(v.expose()) {
+            val.set_sensitive(true);
+            headers.insert(k.clone(), val);
+        }
+    }
+}
+
 /// Adds a header, ignoring names or values that are not valid HTTP (they
 /// were validated at ingress and in config; this is belt and braces).
 pub fn put_header(map: &mut HeaderMap, name: &str, value: &str) {

@@ -29,7 +29,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::policy::{self, Class, Facts, StateChange, Step};
-use super::worker::{apply_change, last_error_of, learn, put_configured_headers, release_all, unsendable, Settled};
+use super::settle::{apply_change, last_error_of, learn, release_all, unsendable, Settled};
 use super::{Context, Destination};
 use crate::config::{Batch, Encoding};
 use crate::delivery::{self, join_url, put_header, FailureKind, Outcome, Response};
@@ -40,6 +40,10 @@ use crate::queue::{now_ms, BatchRef, LastError, Message};
 /// off the async workers; one that runs away is abandoned (its thread runs
 /// on, which is why the configured program, not the data, is at fault).
 const PROGRAM_DEADLINE: Duration = Duration::from_secs(2);
+
+/// The failure of an item whose batch got a 2xx the `results` program
+/// could not read: its kind in the item's status.
+const RESULTS_UNREADABLE: &str = "results_unreadable";
 
 /// Why a batch left.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -399,7 +403,7 @@ fn request(
     let url = join_url(&cfg.url, b.path.as_deref().unwrap_or(&first.path))?;
     let method = http::Method::from_bytes(first.method.as_bytes()).ok()?;
     let mut headers = http::HeaderMap::new();
-    put_configured_headers(cfg, &mut headers);
+    delivery::put_configured_headers(cfg, &mut headers);
     put_header(&mut headers, "content-type", content_type(b.encoding));
     let mut digest = Sha256::new();
     for item in items {
@@ -453,19 +457,21 @@ async fn item_outcomes(b: &Batch, items: &[Item], outcome: &Outcome, batch_id: &
             // The answer was a success, but says nothing readable about
             // each item: every item is retried (at-least-once).
             let response = outcome.response().cloned().map(|mut r| {
-                r.body = Bytes::from(format!("results_unreadable: {why}"));
+                r.body = Bytes::from(format!("{RESULTS_UNREADABLE}: {why}"));
                 r
             });
             (0..items.len())
                 .map(|i| {
-                    at(
+                    let mut o = at(
                         i,
                         Outcome::Transient {
                             kind: FailureKind::Http5xx,
                             response: response.clone(),
-                            detail: format!("results_unreadable: {why}"),
+                            detail: format!("{RESULTS_UNREADABLE}: {why}"),
                         },
-                    )
+                    );
+                    o.batch.outcome = RESULTS_UNREADABLE.to_string();
+                    o
                 })
                 .collect()
         }
@@ -559,6 +565,13 @@ fn decide<'a>(
     // The batch is recorded with the item, delivered or not.
     let last_error = match last_error_of(&o.outcome) {
         Some(e) => LastError {
+            // An answer the `results` program could not read is its own
+            // kind of failure (SPEC §16), whatever it counts as.
+            kind: if o.batch.outcome == RESULTS_UNREADABLE {
+                RESULTS_UNREADABLE.to_string()
+            } else {
+                e.kind
+            },
             batch: Some(o.batch.clone()),
             ..e
         },

@@ -4,7 +4,8 @@
 //! # What a worker guarantees
 //!
 //! - At most `max_in_flight` attempts at once (one with `ordering = "fifo"`
-//!   or while `degraded`), and no more than the token bucket allows.
+//!   or while `degraded`), and no more than the token bucket allows. An
+//!   attempt is one downstream request: a batch (`batch`) counts once.
 //! - With `ordering = "key"`, at most one attempt per key at once, and a
 //!   key's messages in the order they were accepted: only the oldest
 //!   pending message of a key is ever fetched, and never while one of its
@@ -31,6 +32,7 @@ pub mod batch;
 pub mod completions;
 pub mod limiter;
 pub mod policy;
+mod settle;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap, HashSet};

@@ -497,3 +497,28 @@ async fn a_producer_waiting_on_an_item_gets_its_own_result() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v, serde_json::json!({"status": 201, "crm_id": 7}));
 }
+
+#[tokio::test]
+async fn an_item_whose_results_stay_unreadable_says_so_when_it_gives_up() {
+    let ds = Downstream::start().await;
+    ds.respond(|_, _| Reply::status(200).body("not json at all"));
+    let tg = Tidegate::start(&destination(
+        "crm",
+        &ds.url(),
+        r#"retry = { max_attempts = 2, initial_backoff = "20ms", max_backoff = "20ms", jitter = false }
+[destination.batch]
+max_messages = 5
+max_wait = "20ms"
+results = '.results'
+"#,
+    ))
+    .await;
+    let id = tg.send("/crm/x", "{\"n\": 1}").await;
+    tg.wait_message_state(&id, "dead_lettered").await;
+    let m = tg.message(&id).await;
+    assert_eq!(m["last_error"]["kind"], "results_unreadable", "{m}");
+    assert!(m["last_error"]["detail"].as_str().unwrap().contains("not JSON"), "{m}");
+    assert_eq!(m["batch"]["outcome"], "results_unreadable", "{m}");
+    assert_eq!(m["batch"]["status"], 200, "{m}");
+    assert_eq!(ds.count(), 2, "both attempts were sent");
+}

@@ -12,9 +12,9 @@ use crate::support::{destination, eventually, Downstream, Extra, Reply, Tidegate
 const CYCLES: usize = 20;
 const PRODUCERS: usize = 8;
 const MAX_IN_FLIGHT: usize = 16;
-/// The worker logs each failed attempt it will retry (with its kind) at
+/// Dispatch logs each failed attempt it will retry (with its kind) at
 /// debug: the record of which 2xx answers tidegate never got.
-const LOG: &[(&str, &str)] = &[("RUST_LOG", "info,tidegate::dispatch::worker=debug")];
+const LOG: &[(&str, &str)] = &[("RUST_LOG", "info,tidegate::dispatch::settle=debug")];
 
 /// A cheap deterministic generator, so a failing run can be replayed.
 fn mix(mut x: u64) -> u64 {
