@@ -224,4 +224,17 @@ fn destination(s: &mut String, d: &Destination) {
         }
         None => {}
     }
+    if let Some(b) = &d.batch {
+        let _ = writeln!(
+            s,
+            "  batch max_messages={} max_bytes={} max_wait={} encoding={}{}{}{}",
+            b.max_messages,
+            ByteSize(b.max_bytes),
+            HumanDuration(b.max_wait),
+            b.encoding.as_str(),
+            b.path.as_deref().map_or(String::new(), |p| format!(" path={p}")),
+            if b.envelope.is_some() { " envelope" } else { "" },
+            if b.results.is_some() { " results" } else { "" },
+        );
+    }
 }

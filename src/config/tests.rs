@@ -367,6 +367,14 @@ fn batch_settings_are_checked_where_they_are_written() {
     assert_eq!(b.encoding, Encoding::JsonArray);
     assert_eq!(b.path.as_deref(), Some("/v3/batch/create"));
     assert_eq!(b.envelope.as_ref().map(|p| p.source()), Some("{inputs: .}"));
+    // `tidegate check` shows it.
+    assert!(
+        c.summary().contains(
+            "  batch max_messages=100 max_bytes=512KiB max_wait=1s encoding=json_array path=/v3/batch/create envelope results\n"
+        ),
+        "{}",
+        c.summary()
+    );
     // Defaults: one message per request, no batching table, no batch.
     assert!(parse(MIN).unwrap().destinations[0].batch.is_none());
     let err = |extra: &str| parse(&format!("{MIN}{extra}")).unwrap_err().to_string();
