@@ -21,8 +21,11 @@ use super::{
 };
 use crate::queue::{
     id_of, is_message_id, now_ms, stored, Appended, Disposition, Due, LastError, Limits, Message, NewMessage, Queue,
-    QueueCounts, QueueError, Result, Stats,
+    QueueCounts, QueueError, Result, Settlement, Stats,
 };
+
+/// At most this many of a batch's items settle at once (`settle_many`).
+const SETTLE_AT_ONCE: usize = 64;
 
 impl JetStream {
     pub(super) async fn publish(
@@ -691,6 +694,27 @@ impl Queue for JetStream {
             lock(&d.handed).remove(&seq);
         }
         result
+    }
+
+    // Each settle is its own round trips to NATS, and attempts of one
+    // destination already settle concurrently: a batch's items do too, a
+    // bounded number at a time. An error stops nothing already under way;
+    // the first is returned once the rest have ended.
+    async fn settle_many(&self, dest: &str, items: Vec<Settlement>) -> Result<()> {
+        let mut items = items.into_iter().peekable();
+        let mut first_error = None;
+        while items.peek().is_some() {
+            let wave: Vec<Settlement> = items.by_ref().take(SETTLE_AT_ONCE).collect();
+            let ended = futures_util::future::join_all(
+                wave.into_iter()
+                    .map(|s| self.settle(s.seq, dest, s.attempts, s.last_error, s.disposition)),
+            )
+            .await;
+            if first_error.is_none() {
+                first_error = ended.into_iter().find_map(Result::err);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     fn close(&self) {
