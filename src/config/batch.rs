@@ -67,13 +67,6 @@ pub struct Batch {
     pub csv_header: bool,
 }
 
-impl Batch {
-    /// Messages per downstream request.
-    pub fn size(&self) -> usize {
-        self.max_messages
-    }
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBatch {

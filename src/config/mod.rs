@@ -31,7 +31,7 @@ use std::sync::{Arc, RwLock};
 use serde::Deserialize;
 
 pub use admin::{AdminConfig, ADMIN_LISTEN_ENV};
-pub use batch::{Batch, Encoding, MAX_BATCH_MESSAGES};
+pub use batch::{Batch, Encoding};
 pub use browser::BrowserPolicy;
 pub use cluster::{Backend, JetStreamConfig, UrlCredentials};
 pub use connections::Connections;

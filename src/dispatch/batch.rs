@@ -29,7 +29,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::policy::{self, Class, Facts, StateChange, Step};
-use super::settle::{apply_change, last_error_of, learn, release_all, unsendable, Settled};
+use super::settle::{apply_change, invalid_request, last_error_of, learn, release_all, unsendable, Settled};
 use super::{Context, Destination};
 use crate::config::{Batch, Encoding};
 use crate::delivery::{self, join_url, put_header, FailureKind, Outcome, Response};
@@ -226,14 +226,7 @@ async fn send(
         let started = Instant::now();
         let outcome = match request(cfg, b, &group, &batch_id, body) {
             Some(req) => ctx.deliver.deliver(req).await,
-            None => Outcome::Permanent {
-                kind: FailureKind::Http4xx,
-                response: Response {
-                    status: 400,
-                    body: Bytes::from_static(b"stored request cannot be turned into a valid HTTP request"),
-                    ..Default::default()
-                },
-            },
+            None => invalid_request(),
         };
         ctx.metrics
             .delivery_duration

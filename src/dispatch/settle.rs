@@ -21,6 +21,20 @@ use crate::queue::{now_ms, Disposition, HaltedKey, LastError, Message, Settlemen
 /// Most bytes of a downstream's error body kept as the failure detail.
 const DETAIL_LIMIT: usize = 512;
 
+/// The outcome of an attempt whose stored request cannot be made into a
+/// valid HTTP request (its method, or its path against the URL): refused
+/// for good, as a 400 would be, without sending anything.
+pub(super) fn invalid_request() -> Outcome {
+    Outcome::Permanent {
+        kind: delivery::FailureKind::Http4xx,
+        response: delivery::Response {
+            status: 400,
+            body: bytes::Bytes::from_static(b"stored request cannot be turned into a valid HTTP request"),
+            ..Default::default()
+        },
+    }
+}
+
 pub(super) fn lease(d: &Destination, seq: u64) {
     lease_all(d, [seq]);
 }

@@ -12,7 +12,9 @@ use tracing::Instrument;
 
 use super::batch;
 use super::policy::{self, Facts};
-use super::settle::{apply_change, carry_out, last_error_of, learn, lease, lease_all, release, unsendable};
+use super::settle::{
+    apply_change, carry_out, invalid_request, last_error_of, learn, lease, lease_all, release, unsendable,
+};
 use super::{Context, Destination, State};
 use crate::config::Ordering as QueueOrdering;
 use crate::delivery::{self, join_url, put_header, Outcome};
@@ -389,14 +391,7 @@ async fn attempt(ctx: &Context, d: &Destination, msg: Message) {
         let started = std::time::Instant::now();
         let outcome = match request_for(&cfg, &msg, &id, n, rendered) {
             Some(req) => ctx.deliver.deliver(req).await,
-            None => Outcome::Permanent {
-                kind: delivery::FailureKind::Http4xx,
-                response: delivery::Response {
-                    status: 400,
-                    body: bytes::Bytes::from_static(b"stored request cannot be turned into a valid HTTP request"),
-                    ..Default::default()
-                },
-            },
+            None => invalid_request(),
         };
         m.delivery_duration
             .with_label_values(&[&d.name])
