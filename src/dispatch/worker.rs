@@ -164,10 +164,17 @@ pub(crate) async fn run(ctx: Arc<Context>, d: Arc<Destination>, mut shutdown: wa
                             buffer.extend(due.messages);
                             continue;
                         }
-                        Ok(_) => {
+                        Ok(due) => {
+                            // New messages signal `ready`; a retry coming
+                            // due (the rest of a batch rescheduled together)
+                            // signals nothing, so its time is a wake-up too.
+                            let wake = match due.next_due {
+                                Some(at) => deadline.min(std::time::Instant::now() + idle_wait(Some(at))),
+                                None => deadline,
+                            };
                             tokio::select! {
                                 _ = ready => {}
-                                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+                                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {}
                                 _ = kick.changed() => {}
                                 _ = shutdown.changed() => {}
                             }

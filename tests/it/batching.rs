@@ -32,6 +32,19 @@ fn delivered_ns(ds: &Downstream) -> HashMap<u64, usize> {
     out
 }
 
+/// Pauses a destination, so that what is sent next waits in its queue and
+/// the batches formed on `resumed` do not depend on how fast the test
+/// sends.
+async fn paused(tg: &Tidegate, dest: &str) {
+    let r = tg.admin_post(&format!("/v1/destinations/{dest}/pause"), "").await;
+    assert_eq!(r.status(), 200);
+}
+
+async fn resumed(tg: &Tidegate, dest: &str) {
+    let r = tg.admin_post(&format!("/v1/destinations/{dest}/resume"), "").await;
+    assert_eq!(r.status(), 200);
+}
+
 fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name))
@@ -74,11 +87,13 @@ results = '.results | map({status, error})'
 "#,
     ))
     .await;
+    paused(&tg, "crm").await;
     let mut ids = Vec::new();
     for n in 0..25u64 {
         let body = serde_json::json!({"n": n, "bad": n == 7 || n == 19, "busy": n == 3});
         ids.push(tg.send("/crm/v1/contacts", &body.to_string()).await);
     }
+    resumed(&tg, "crm").await;
     for (n, id) in ids.iter().enumerate() {
         let want = if n == 7 || n == 19 {
             "dead_lettered"
@@ -175,11 +190,13 @@ max_wait = "2s"
 "#,
     ))
     .await;
+    paused(&tg, "crm").await;
     let mut ids = Vec::new();
     for n in 0..16u64 {
         let body = serde_json::json!({"n": n, "bad": n == 11});
         ids.push(tg.send("/crm/records", &body.to_string()).await);
     }
+    resumed(&tg, "crm").await;
     for (n, id) in ids.iter().enumerate() {
         tg.wait_message_state(id, if n == 11 { "dead_lettered" } else { "delivered" })
             .await;
@@ -251,11 +268,13 @@ path = "/v3/objects/contacts/batch/create"
     let previewed: serde_json::Value = serde_json::from_str(p["request"]["body"].as_str().unwrap()).unwrap();
     assert_eq!(previewed["inputs"][0]["properties"]["email"], "p@example.com", "{p}");
     assert_eq!(ds.count(), 0, "a preview sends nothing");
+    paused(&tg, "crm").await;
     let mut ids = Vec::new();
     for (n, name) in ["Ada", "Grace", "Edsger"].iter().enumerate() {
         let body = serde_json::json!({"email": format!("{n}@example.com"), "name": name});
         ids.push(tg.send("/crm/anything", &body.to_string()).await);
     }
+    resumed(&tg, "crm").await;
     for id in &ids {
         tg.wait_message_state(id, "delivered").await;
     }
@@ -314,8 +333,10 @@ results = '.results'
 "#,
     ))
     .await;
+    paused(&tg, "crm").await;
     let a = tg.send("/crm/x", "{\"n\":1}").await;
     let b = tg.send("/crm/x", "{\"n\":2}").await;
+    resumed(&tg, "crm").await;
     tg.wait_message_state(&a, "delivered").await;
     tg.wait_message_state(&b, "delivered").await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);
@@ -521,4 +542,44 @@ results = '.results'
     assert_eq!(m["batch"]["outcome"], "results_unreadable", "{m}");
     assert_eq!(m["batch"]["status"], 200, "{m}");
     assert_eq!(ds.count(), 2, "both attempts were sent");
+}
+
+/// Items of one batch retried together become due a few milliseconds
+/// apart (jittered back-off): the partial batch the first of them starts
+/// waits for the rest to come due, rather than leaving without them at
+/// `max_wait`.
+#[tokio::test]
+async fn items_retried_together_go_out_together_again() {
+    let ds = Downstream::start().await;
+    let first = Arc::new(AtomicBool::new(true));
+    let f = first.clone();
+    ds.respond(move |_, _| {
+        if f.swap(false, Ordering::SeqCst) {
+            Reply::status(503)
+        } else {
+            Reply::status(200)
+        }
+    });
+    let tg = Tidegate::start(&destination(
+        "crm",
+        &ds.url(),
+        r#"retry = { initial_backoff = "300ms", max_backoff = "300ms", jitter = true }
+[destination.batch]
+max_messages = 3
+max_wait = "10s"
+"#,
+    ))
+    .await;
+    paused(&tg, "crm").await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(tg.send("/crm/x", &format!("{{\"n\": {n}}}")).await);
+    }
+    resumed(&tg, "crm").await;
+    for id in &ids {
+        tg.wait_message_state(id, "delivered").await;
+    }
+    let seen = ds.seen();
+    assert_eq!(seen.len(), 2, "the refused batch, then its three items again, together");
+    assert_eq!(items(&seen[1]).len(), 3);
 }
