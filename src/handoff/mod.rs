@@ -281,9 +281,31 @@ struct Compiled {
     key: Option<Code>,
     hold_when: Option<Code>,
     routes: Vec<(Code, String)>,
+    /// The top-level keys an admission to this destination reads, when
+    /// that is all it needs of an object body (no schema, and every
+    /// program, its own and its routes' targets', reads only those keys):
+    /// ingress then parses only their values and skips the rest.
+    admission_reads: Option<Vec<String>>,
 }
 
 impl Compiled {
+    /// The top-level keys this destination's own part of an admission
+    /// reads (see `admission_reads`).
+    fn own_reads(&self) -> Option<Vec<String>> {
+        if self.schema.is_some() || (self.transform.is_none() && self.spec.renders()) {
+            return None;
+        }
+        let mut keys = Vec::new();
+        for (_, code) in self.programs() {
+            for k in code.top_keys()? {
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+        }
+        Some(keys)
+    }
+
     /// Each program with the key it is configured under.
     fn programs(&self) -> impl Iterator<Item = (String, &Code)> {
         let named = [
@@ -360,8 +382,30 @@ impl Table {
                     hold_when: program("hold_when", &spec.hold_when)?,
                     routes,
                     spec: spec.clone(),
+                    admission_reads: None,
                 },
             );
+        }
+        let reads: Vec<(String, Option<Vec<String>>)> = by_name
+            .iter()
+            .map(|(name, c)| {
+                let mut keys = c.own_reads();
+                for (_, to) in &c.routes {
+                    let (Some(have), Some(target)) = (keys.as_mut(), by_name.get(to)) else {
+                        continue;
+                    };
+                    match target.own_reads() {
+                        Some(more) => have.extend(more.into_iter().filter(|k| !have.contains(k)).collect::<Vec<_>>()),
+                        None => keys = None,
+                    }
+                }
+                (name.clone(), keys)
+            })
+            .collect();
+        for (name, keys) in reads {
+            if let Some(c) = by_name.get_mut(&name) {
+                c.admission_reads = keys;
+            }
         }
         Ok(Table { by_name })
     }
@@ -375,7 +419,10 @@ impl Table {
         let Some(addressed) = self.by_name.get(dest) else {
             return Ok(Admitted::as_received(dest, None));
         };
-        let value = parse(dest, body)?;
+        let value = match &addressed.admission_reads {
+            Some(keys) => parse_keys(dest, body, keys)?,
+            None => parse(dest, body)?,
+        };
         validate(dest, addressed, &value)?;
         let input = Input::new(&value);
         let mut owner = (dest, addressed);
@@ -427,7 +474,7 @@ impl Table {
             }
         }
         let rendered = if compiled.spec.renders() {
-            Some(render_value(name, compiled, &input)?)
+            Some(render_value(name, compiled, &input, body.len())?)
         } else {
             None
         };
@@ -450,7 +497,7 @@ impl Table {
             return Ok(None);
         };
         let value = parse(dest, body)?;
-        render_value(dest, compiled, &Input::of_message(&value, message_id)).map(Some)
+        render_value(dest, compiled, &Input::of_message(&value, message_id), body.len()).map(Some)
     }
 }
 
@@ -510,7 +557,7 @@ impl Table {
         if !compiled.spec.renders() {
             return Ok(None);
         }
-        render_value(dest, compiled, &Input::new(&value)).map(Some)
+        render_value(dest, compiled, &Input::new(&value), body.len()).map(Some)
     }
 }
 
@@ -546,8 +593,134 @@ fn parse(dest: &str, body: &[u8]) -> Result<Value, Failure> {
     serde_json::from_slice(body).map_err(|e| fail(format!("the body is not valid JSON: {e}")))
 }
 
+/// [`parse`], keeping of an object body only the values of `keys` (the
+/// others are checked as JSON and skipped, never built). Any other body,
+/// and any error, goes through [`parse`], whose words are the contract.
+fn parse_keys(dest: &str, body: &[u8], keys: &[String]) -> Result<Value, Failure> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match serde::de::DeserializeSeed::deserialize(pruned::Object(keys), &mut de).and_then(|v| de.end().map(|()| v)) {
+        Ok(v) if std::str::from_utf8(body).is_ok() => Ok(v),
+        _ => parse(dest, body),
+    }
+}
+
+mod pruned {
+    //! An object body with only some keys' values built.
+    use std::borrow::Cow;
+    use std::fmt;
+
+    use serde::de::{DeserializeSeed, Deserializer, Error, MapAccess, SeqAccess, Visitor};
+    use serde_json::Value;
+
+    /// Deserialises an object keeping the values of these keys only, as
+    /// `Value`'s own deserialisation keeps them (a repeated key keeps its
+    /// first place and its last value). Anything but an object is an error.
+    pub struct Object<'k>(pub &'k [String]);
+
+    impl<'de> DeserializeSeed<'de> for Object<'_> {
+        type Value = Value;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Object<'_> {
+        type Value = Value;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+            let mut out = serde_json::Map::new();
+            while let Some(key) = map.next_key_seed(Key)? {
+                if self.0.iter().any(|k| *k == *key) {
+                    out.insert(key.into_owned(), map.next_value()?);
+                } else {
+                    map.next_value_seed(Skip)?;
+                }
+            }
+            Ok(Value::Object(out))
+        }
+    }
+
+    /// A value checked and dropped as it is read. Not serde's `IgnoredAny`:
+    /// serde_json skips that without its nesting limit, and a body nested
+    /// past it must fail here as it fails a full parse.
+    struct Skip;
+
+    impl<'de> DeserializeSeed<'de> for Skip {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Skip {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E: Error>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E: Error>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E: Error>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E: Error>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E: Error>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E: Error>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Skip)?.is_some() {}
+            Ok(())
+        }
+        // Objects, and numbers too (`arbitrary_precision` hands a number
+        // over as a one-entry map of its text).
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while map.next_key_seed(Skip)?.is_some() {
+                map.next_value_seed(Skip)?;
+            }
+            Ok(())
+        }
+    }
+
+    /// A key, borrowed from the body when it has no escapes.
+    struct Key;
+
+    impl<'de> DeserializeSeed<'de> for Key {
+        type Value = Cow<'de, str>;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Key {
+        type Value = Cow<'de, str>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a key")
+        }
+        fn visit_borrowed_str<E: Error>(self, v: &'de str) -> Result<Self::Value, E> {
+            Ok(Cow::Borrowed(v))
+        }
+        fn visit_str<E: Error>(self, v: &str) -> Result<Self::Value, E> {
+            Ok(Cow::Owned(v.to_string()))
+        }
+    }
+}
+
 fn validate(dest: &str, c: &Compiled, value: &Value) -> Result<(), Failure> {
     let Some(schema) = &c.schema else { return Ok(()) };
+    // The common answer, without collecting errors.
+    if schema.is_valid(value) {
+        return Ok(());
+    }
     let mut errors = schema.iter_errors(value).peekable();
     if errors.peek().is_none() {
         return Ok(());
@@ -591,24 +764,38 @@ fn transform_failure(dest: &str, message: String) -> Failure {
     }
 }
 
-fn render_value(dest: &str, c: &Compiled, input: &Input<'_>) -> Result<Rendered, Failure> {
-    let transformed;
-    let out = match &c.transform {
-        None => input.value(),
-        Some(p) => {
-            transformed = p
-                .output(input)
-                .map_err(|e| transform_failure(dest, e))?
-                .ok_or_else(|| transform_failure(dest, "the transform produced no output".to_string()))?;
-            &transformed
+/// `size_hint`: the body's length, about what a mapping of it writes.
+fn render_value(dest: &str, c: &Compiled, input: &Input<'_>, size_hint: usize) -> Result<Rendered, Failure> {
+    let no_output = || transform_failure(dest, "the transform produced no output".to_string());
+    let body = match (&c.transform, c.spec.format) {
+        // JSON out: written as the program makes it, with no value between.
+        (Some(p), Format::Json) => {
+            let mut body = Vec::with_capacity(size_hint.min(MAX_OUTPUT));
+            if !p.write_json(input, &mut body).map_err(|e| transform_failure(dest, e))? {
+                return Err(no_output());
+            }
+            body
+        }
+        (transform, format) => {
+            let transformed;
+            let out = match transform {
+                None => input.value(),
+                Some(p) => {
+                    transformed = p
+                        .output(input)
+                        .map_err(|e| transform_failure(dest, e))?
+                        .ok_or_else(no_output)?;
+                    &transformed
+                }
+            };
+            format::write(out, format, c.spec.csv.as_ref()).map_err(|message| Failure {
+                stage: Stage::Format,
+                destination: dest.to_string(),
+                message,
+                violations: Vec::new(),
+            })?
         }
     };
-    let body = format::write(out, c.spec.format, c.spec.csv.as_ref()).map_err(|message| Failure {
-        stage: Stage::Format,
-        destination: dest.to_string(),
-        message,
-        violations: Vec::new(),
-    })?;
     if body.len() > MAX_OUTPUT {
         return Err(transform_failure(
             dest,

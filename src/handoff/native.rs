@@ -42,7 +42,14 @@ pub const MAX_COPIES: u64 = 64;
 
 /// A program in the subset above.
 #[derive(Debug, Clone)]
-pub struct Expr(Node);
+pub struct Expr {
+    node: Node,
+    /// No object in the program's outer structure names a key twice, so
+    /// its output can be written as it is evaluated ([`Expr::write_json_for`]):
+    /// jq keeps a repeated key once, at its first place, with its last
+    /// value, which only a built map gives.
+    writable: bool,
+}
 
 #[derive(Debug, Clone)]
 enum Node {
@@ -155,6 +162,17 @@ pub struct Unsure;
 
 static NULL: Value = Value::Null;
 
+/// `Some(v)`, or return `Ok(None)` from the caller: an empty part makes
+/// the whole empty, as in jq.
+macro_rules! one {
+    ($e:expr) => {
+        match $e? {
+            Some(v) => v,
+            None => return Ok(None),
+        }
+    };
+}
+
 impl Expr {
     /// The program compiled, or why it is not in the subset (a sentence
     /// for `handoff test --explain`). Only for programs jaq compiles: the
@@ -167,7 +185,8 @@ impl Expr {
                 "the program may copy its input {copies} times (more than {MAX_COPIES})"
             ));
         }
-        Ok(Expr(node))
+        let writable = keys_distinct(&node);
+        Ok(Expr { node, writable })
     }
 
     /// The program's one output for `input`, or [`Unsure`] (also when it
@@ -179,7 +198,7 @@ impl Expr {
 
     /// [`Expr::eval`] for the message `message_id` (its `$message_id`).
     pub fn eval_for(&self, input: &Value, message_id: &str) -> Result<Value, Unsure> {
-        let out = eval(&self.0, input, message_id)?.ok_or(Unsure)?.into_owned();
+        let out = eval(&self.node, input, message_id)?.ok_or(Unsure)?.into_owned();
         check_output(&out, 0)?;
         Ok(out)
     }
@@ -187,7 +206,146 @@ impl Expr {
     /// jq's truthiness of the program's output (for routes and `hold_when`,
     /// whose output is never rendered, so never checked for depth).
     pub fn holds(&self, input: &Value) -> Result<bool, Unsure> {
-        Ok(truthy(&*eval(&self.0, input, "")?.ok_or(Unsure)?))
+        Ok(truthy(&*eval(&self.node, input, "")?.ok_or(Unsure)?))
+    }
+
+    /// The top-level keys of an object input the program reads, when its
+    /// output (and its errors, in jaq too) are the same on the input cut
+    /// down to them; `None` when it may see more. Ingress then parses only
+    /// those keys' values.
+    pub fn top_keys(&self) -> Option<Vec<String>> {
+        let mut keys = Vec::new();
+        top_keys(&self.node, &mut keys).then_some(keys)
+    }
+
+    /// [`Expr::eval_for`]'s output written as JSON to `out`, the same
+    /// bytes `serde_json` writes for it, without building it first: the
+    /// objects and arrays the program spells out are written around what
+    /// their parts make, so a mapping's fields are written from the input
+    /// where they lie instead of being copied into a new map. On
+    /// [`Unsure`] nothing was written.
+    pub fn write_json_for(&self, input: &Value, message_id: &str, out: &mut Vec<u8>) -> Result<(), Unsure> {
+        if !self.writable {
+            let v = self.eval_for(input, message_id)?;
+            return serde_json::to_writer(out, &v).map_err(|_| Unsure);
+        }
+        let view = view(&self.node, input, message_id)?.ok_or(Unsure)?;
+        view.check(0)?;
+        serde_json::to_writer(out, &view).map_err(|_| Unsure)
+    }
+}
+
+/// Adds to `keys` the input's top-level keys `node` reads, and answers
+/// whether those are all it sees of an object input: its output and its
+/// errors are then the same on the input cut down to those keys (see
+/// [`Expr::top_keys`]). Not so for a node whose output is the input itself
+/// or is made from all of it (`.`, `select`, `map`, a builtin on the
+/// input), nor for an index into it (an error on an object that jq words
+/// with the object itself).
+fn top_keys(node: &Node, keys: &mut Vec<String>) -> bool {
+    match node {
+        Node::Path(steps) => match steps.first() {
+            Some(Step::Key(k)) => {
+                if !keys.contains(k) {
+                    keys.push(k.clone());
+                }
+                true
+            }
+            _ => false,
+        },
+        Node::Literal(_) | Node::MessageId => true,
+        Node::Object(entries) => entries.iter().all(|(_, n)| top_keys(n, keys)),
+        Node::Array(items) => items.iter().all(|n| top_keys(n, keys)),
+        Node::Alt(l, r) | Node::Compare(l, _, r) | Node::And(l, r) | Node::Or(l, r) => {
+            top_keys(l, keys) && top_keys(r, keys)
+        }
+        // `g` sees only what `f` makes of the input.
+        Node::Pipe(f, _) => top_keys(f, keys),
+        Node::If(c, t, e) => top_keys(c, keys) && top_keys(t, keys) && top_keys(e, keys),
+        Node::Format(parts) => parts.iter().all(|p| match p {
+            Part::Text(_) => true,
+            Part::Value(n) => top_keys(n, keys),
+        }),
+        Node::Builtin(_) | Node::Map(_) | Node::Select(_) => false,
+    }
+}
+
+/// Whether the objects a program spells out, outside any pipe, name each
+/// key once (see [`Expr::writable`]).
+fn keys_distinct(node: &Node) -> bool {
+    match node {
+        Node::Object(entries) => {
+            let mut keys: Vec<&str> = entries.iter().map(|(k, _)| k.as_str()).collect();
+            keys.sort_unstable();
+            keys.windows(2).all(|w| w[0] != w[1]) && entries.iter().all(|(_, n)| keys_distinct(n))
+        }
+        Node::Array(items) => items.iter().all(keys_distinct),
+        // Built by `eval`, as a map.
+        _ => true,
+    }
+}
+
+/// An output being written: the objects and arrays the program spells out,
+/// around the values their parts make (borrowed from the input where they
+/// are paths).
+enum View<'a> {
+    Value(Cow<'a, Value>),
+    Object(Vec<(&'a str, View<'a>)>),
+    Array(Vec<View<'a>>),
+}
+
+/// `eval`, but objects and arrays spelled out in the program are kept as
+/// views, not built.
+fn view<'a>(node: &'a Node, input: &'a Value, id: &'a str) -> Result<Option<View<'a>>, Unsure> {
+    Ok(Some(match node {
+        Node::Object(entries) => {
+            let mut fields = Vec::with_capacity(entries.len());
+            for (k, n) in entries {
+                fields.push((k.as_str(), one!(view(n, input, id))));
+            }
+            View::Object(fields)
+        }
+        Node::Array(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for n in items {
+                if let Some(v) = view(n, input, id)? {
+                    out.push(v);
+                }
+            }
+            View::Array(out)
+        }
+        _ => View::Value(one!(eval(node, input, id))),
+    }))
+}
+
+impl View<'_> {
+    /// [`check_output`] on the value this view writes.
+    fn check(&self, depth: usize) -> Result<(), Unsure> {
+        match self {
+            View::Value(v) => check_output(v, depth),
+            _ if depth > jq::MAX_DEPTH => Err(Unsure),
+            View::Object(fields) => fields.iter().try_for_each(|(_, v)| v.check(depth + 1)),
+            View::Array(items) => items.iter().try_for_each(|v| v.check(depth + 1)),
+        }
+    }
+}
+
+/// Written as `serde_json` writes the `Value` it stands for: a map of its
+/// fields in order, a sequence of its items.
+impl serde::Serialize for View<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            View::Value(v) => v.serialize(s),
+            View::Object(fields) => {
+                let mut m = s.serialize_map(Some(fields.len()))?;
+                for (k, v) in fields {
+                    m.serialize_entry(k, v)?;
+                }
+                m.end()
+            }
+            View::Array(items) => s.collect_seq(items),
+        }
     }
 }
 
@@ -198,17 +356,6 @@ fn truthy(v: &Value) -> bool {
 /// What a node made: one value, or none (`select` that did not hold, and
 /// whatever was built from it: jq's `empty`).
 type Out<'a> = Result<Option<Cow<'a, Value>>, Unsure>;
-
-/// `Some(v)`, or return `Ok(None)` from the caller: an empty part makes
-/// the whole empty, as in jq.
-macro_rules! one {
-    ($e:expr) => {
-        match $e? {
-            Some(v) => v,
-            None => return Ok(None),
-        }
-    };
-}
 
 fn eval<'a>(node: &'a Node, input: &'a Value, id: &'a str) -> Out<'a> {
     Ok(Some(match node {

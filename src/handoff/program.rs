@@ -35,6 +35,12 @@ impl Code {
         self.native.is_ok()
     }
 
+    /// The top-level keys of an object input it reads, when that is all
+    /// it sees ([`native::Expr::top_keys`]).
+    pub fn top_keys(&self) -> Option<Vec<String>> {
+        self.native.as_ref().ok()?.top_keys()
+    }
+
     /// Why it runs in jq (and so in the sandbox), if it does.
     pub fn why_not_native(&self) -> Option<&str> {
         self.native.as_ref().err().map(String::as_str)
@@ -48,9 +54,28 @@ impl Code {
                 return Ok(Some(v));
             }
         }
+        self.jq_output(input)
+    }
+
+    fn jq_output(&self, input: &Input<'_>) -> Result<Option<Value>, String> {
         match self.jq.first_for(input.val(), input.message_id)? {
             None => Ok(None),
             Some(v) => jq::to_json(&v).map(Some),
+        }
+    }
+
+    /// The first output written as JSON to `out` (`Ok(false)` when there
+    /// is none), or jq's error message: [`Code::output`] as `serde_json`
+    /// writes it, natively without building the output first.
+    pub fn write_json(&self, input: &Input<'_>, out: &mut Vec<u8>) -> Result<bool, String> {
+        if let Ok(expr) = &self.native {
+            if expr.write_json_for(input.value, input.message_id, out).is_ok() {
+                return Ok(true);
+            }
+        }
+        match self.jq_output(input)? {
+            None => Ok(false),
+            Some(v) => serde_json::to_writer(out, &v).map(|()| true).map_err(|e| e.to_string()),
         }
     }
 

@@ -211,3 +211,106 @@ fn a_transform_reads_the_message_id_natively_and_in_jaq_alike() {
     }
     assert!(jq::Program::compile("$other").is_err());
 }
+
+/// An admission that reads only some top-level keys parses only those:
+/// what it keeps of a body is the full parse's, key for key, and any body
+/// it cannot take (not an object, not JSON, not UTF-8) fails with the
+/// full parse's words.
+#[test]
+fn an_admission_parses_only_the_keys_its_programs_read() {
+    let keys = vec!["confidence".to_string(), "kind".to_string(), "clé".to_string()];
+    for body in [
+        &br#"{"confidence": 0.41, "other": {"deep": [1, 2, {"x": 1e999}]}, "kind": "nda"}"#[..],
+        br#"{"kind": "a", "kind": "b", "confidence": 12345678901234567890123}"#,
+        br#"{"cl\u00e9": "escaped key", "\u0063onfidence": -0, "skip": "\ud83d\ude00"}"#,
+        br#"{}"#,
+        br#"  {"confidence": null}  "#,
+    ] {
+        let full = parse("d", body).unwrap();
+        let cut = parse_keys("d", body, &keys).unwrap();
+        let Value::Object(cut) = cut else {
+            panic!("not an object")
+        };
+        let kept: Vec<_> = full
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| keys.contains(k))
+            .collect();
+        assert_eq!(
+            cut.iter().collect::<Vec<_>>(),
+            kept,
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+        for (k, v) in &cut {
+            assert_eq!(v.to_string(), full[k].to_string());
+        }
+    }
+    // Past serde_json's nesting limit, in a value that is skipped.
+    let deep = [&b"{\"skip\": "[..], &[b'['; 200], &[b']'; 200], b"}"].concat();
+    for body in [
+        &b"[1, 2]"[..],
+        b"\"text\"",
+        b"",
+        b"{\"confidence\": 1,}",
+        b"{\"skip\": \"\xff\"}",
+        b"{\"confidence\": 1} trailing",
+        &deep,
+    ] {
+        let full = parse("d", body);
+        let cut = parse_keys("d", body, &keys);
+        match (full, cut) {
+            (Ok(f), Ok(c)) => assert_eq!(f, c, "{}", String::from_utf8_lossy(body)),
+            (Err(f), Err(c)) => assert_eq!(f.message, c.message),
+            (f, c) => panic!("{}: full {f:?}, cut {c:?}", String::from_utf8_lossy(body)),
+        }
+    }
+}
+
+/// Which admissions parse only some keys: none with a schema, none whose
+/// programs see the whole body, and a route's target counts.
+#[test]
+fn only_admissions_that_read_keys_alone_parse_keys_alone() {
+    let hold = |code: &str| Spec {
+        hold_when: Some(code.into()),
+        ..Spec::passthrough()
+    };
+    let t = table(vec![
+        ("bare", hold(".confidence < 0.5")),
+        ("whole", hold("select(.confidence < 0.5)")),
+        (
+            "mapped",
+            Spec {
+                transform: Some("{id: .request_id, who: .person.name}".into()),
+                category: Some(".kind".into()),
+                ..spec()
+            },
+        ),
+        (
+            "checked",
+            Spec {
+                schema: Some(json!({"type": "object"})),
+                ..hold(".a")
+            },
+        ),
+        (
+            "router",
+            Spec {
+                routes: vec![Route {
+                    when: ".urgent".into(),
+                    to: "whole".into(),
+                }],
+                ..hold(".b")
+            },
+        ),
+    ]);
+    let reads = |d: &str| t.by_name[d].admission_reads.clone();
+    assert_eq!(reads("bare"), Some(vec!["confidence".to_string()]));
+    assert_eq!(reads("whole"), None);
+    let mut mapped = reads("mapped").unwrap();
+    mapped.sort();
+    assert_eq!(mapped, ["kind", "person", "request_id"]);
+    assert_eq!(reads("checked"), None);
+    assert_eq!(reads("router"), None);
+}

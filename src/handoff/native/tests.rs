@@ -27,6 +27,31 @@ fn agree(code: &str, input: &Value) -> bool {
         Ok(b) => assert_eq!(Ok(b), holds, "{code} holds on {input}"),
         Err(Unsure) => assert!(holds.is_err() || expr.eval(input).is_err(), "{code} unsure on {input}"),
     }
+    // A program that reads only some top-level keys answers the same,
+    // here and in jaq (its errors too), on the input cut down to them.
+    if let (Some(keys), Value::Object(all)) = (expr.top_keys(), input) {
+        let cut = Value::Object(
+            all.iter()
+                .filter(|(k, _)| keys.contains(k))
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        );
+        assert_eq!(jaq(code, &cut), expected, "{code} in jaq on {input} cut to {keys:?}");
+        assert_eq!(expr.eval(&cut), expr.eval(input), "{code} on {input} cut to {keys:?}");
+        assert_eq!(
+            expr.holds(&cut),
+            expr.holds(input),
+            "{code} holds on {input} cut to {keys:?}"
+        );
+    }
+    // Written as it is evaluated: the bytes of the value it would build,
+    // or unsure of the same inputs, having written nothing.
+    let mut written = Vec::new();
+    match (expr.write_json_for(input, "", &mut written), expr.eval(input)) {
+        (Ok(()), Ok(v)) => assert_eq!(written, serde_json::to_vec(&v).unwrap(), "{code} written on {input}"),
+        (Err(Unsure), Err(Unsure)) => assert!(written.is_empty(), "{code} wrote on {input} and was unsure"),
+        (w, e) => panic!("{code} on {input}: written {w:?}, evaluated {e:?}"),
+    }
     match expr.eval(input) {
         Ok(v) => {
             let got = v.to_string();
