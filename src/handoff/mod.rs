@@ -581,16 +581,18 @@ fn parse(dest: &str, body: &[u8]) -> Result<Value, Failure> {
         message,
         violations: Vec::new(),
     };
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(fail("the body is empty; a JSON document is expected".to_string()));
-    }
-    if let Err(e) = std::str::from_utf8(body) {
-        return Err(fail(format!(
-            "the body is not valid UTF-8 (at byte {})",
-            e.valid_up_to()
-        )));
-    }
-    serde_json::from_slice(body).map_err(|e| fail(format!("the body is not valid JSON: {e}")))
+    // serde_json checks each string it reads as UTF-8, and the rest of a
+    // document is ASCII: a body it takes is UTF-8. What is wrong with one
+    // it refuses is worked out only then.
+    serde_json::from_slice(body).map_err(|e| {
+        fail(if body.iter().all(u8::is_ascii_whitespace) {
+            "the body is empty; a JSON document is expected".to_string()
+        } else if let Err(u) = std::str::from_utf8(body) {
+            format!("the body is not valid UTF-8 (at byte {})", u.valid_up_to())
+        } else {
+            format!("the body is not valid JSON: {e}")
+        })
+    })
 }
 
 /// [`parse`], keeping of an object body only the values of `keys` (the
@@ -599,8 +601,9 @@ fn parse(dest: &str, body: &[u8]) -> Result<Value, Failure> {
 fn parse_keys(dest: &str, body: &[u8], keys: &[String]) -> Result<Value, Failure> {
     let mut de = serde_json::Deserializer::from_slice(body);
     match serde::de::DeserializeSeed::deserialize(pruned::Object(keys), &mut de).and_then(|v| de.end().map(|()| v)) {
-        Ok(v) if std::str::from_utf8(body).is_ok() => Ok(v),
-        _ => parse(dest, body),
+        // UTF-8 throughout: every string was read, skipped ones too.
+        Ok(v) => Ok(v),
+        Err(_) => parse(dest, body),
     }
 }
 
