@@ -297,11 +297,7 @@ impl Compiled {
         }
         let mut keys = Vec::new();
         for (_, code) in self.programs() {
-            for k in code.top_keys()? {
-                if !keys.contains(&k) {
-                    keys.push(k);
-                }
-            }
+            add_keys(&mut keys, code.top_keys()?);
         }
         Some(keys)
     }
@@ -323,6 +319,15 @@ impl Compiled {
                     .enumerate()
                     .map(|(i, (c, _))| (format!("route[{i}].when"), c)),
             )
+    }
+}
+
+/// `more` added to `keys`, each key once.
+fn add_keys(keys: &mut Vec<String>, more: Vec<String>) {
+    for k in more {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
     }
 }
 
@@ -395,7 +400,7 @@ impl Table {
                         continue;
                     };
                     match target.own_reads() {
-                        Some(more) => have.extend(more.into_iter().filter(|k| !have.contains(k)).collect::<Vec<_>>()),
+                        Some(more) => add_keys(have, more),
                         None => keys = None,
                     }
                 }

@@ -436,11 +436,11 @@ async fn a_key_ordered_destination_batches_one_message_per_key_in_key_order() {
     let calls = Arc::new(AtomicU64::new(0));
     let c = calls.clone();
     ds.respond(move |_, _| {
-        if c.fetch_add(1, Ordering::SeqCst) % 4 == 1 {
-            Reply::status(503)
+        Reply::status(if c.fetch_add(1, Ordering::SeqCst) % 4 == 1 {
+            503
         } else {
-            Reply::status(200)
-        }
+            200
+        })
     });
     let tg = Tidegate::start(&destination(
         "crm",
@@ -553,13 +553,7 @@ async fn items_retried_together_go_out_together_again() {
     let ds = Downstream::start().await;
     let first = Arc::new(AtomicBool::new(true));
     let f = first.clone();
-    ds.respond(move |_, _| {
-        if f.swap(false, Ordering::SeqCst) {
-            Reply::status(503)
-        } else {
-            Reply::status(200)
-        }
-    });
+    ds.respond(move |_, _| Reply::status(if f.swap(false, Ordering::SeqCst) { 503 } else { 200 }));
     let tg = Tidegate::start(&destination(
         "crm",
         &ds.url(),

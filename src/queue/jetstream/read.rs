@@ -698,23 +698,16 @@ impl Queue for JetStream {
 
     // Each settle is its own round trips to NATS, and attempts of one
     // destination already settle concurrently: a batch's items do too, a
-    // bounded number at a time. An error stops nothing already under way;
-    // the first is returned once the rest have ended.
+    // bounded number in flight at once. An error stops nothing already
+    // under way; the first is returned once all have ended.
     async fn settle_many(&self, dest: &str, items: Vec<Settlement>) -> Result<()> {
-        let mut items = items.into_iter().peekable();
-        let mut first_error = None;
-        while items.peek().is_some() {
-            let wave: Vec<Settlement> = items.by_ref().take(SETTLE_AT_ONCE).collect();
-            let ended = futures_util::future::join_all(
-                wave.into_iter()
-                    .map(|s| self.settle(s.seq, dest, s.attempts, s.last_error, s.disposition)),
-            )
+        use futures_util::StreamExt;
+        let ended: Vec<Result<()>> = futures_util::stream::iter(items)
+            .map(|s| self.settle(s.seq, dest, s.attempts, s.last_error, s.disposition))
+            .buffer_unordered(SETTLE_AT_ONCE)
+            .collect()
             .await;
-            if first_error.is_none() {
-                first_error = ended.into_iter().find_map(Result::err);
-            }
-        }
-        first_error.map_or(Ok(()), Err)
+        ended.into_iter().find_map(Result::err).map_or(Ok(()), Err)
     }
 
     fn close(&self) {
