@@ -130,7 +130,7 @@ impl Tidegate {
             cwd: extra.cwd.map(Path::to_path_buf),
             ingress: "127.0.0.1:1".parse().unwrap(),
             admin: "127.0.0.1:1".parse().unwrap(),
-            client: reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap(),
+            client: client(),
             stderr: Arc::new(Mutex::new(Vec::new())),
             stderr_reader: None,
         };
@@ -209,7 +209,7 @@ impl Tidegate {
         self.admin = addr_in(&line, "admin");
         // A restarted process may get the port numbers of the old one; the
         // old process's pooled connections must not be reused for it.
-        self.client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+        self.client = client();
         self.child = Some(child);
     }
 
@@ -581,4 +581,17 @@ pub fn cli_with_token(tg: &Tidegate, token: Option<&str>, args: &[&str]) -> (boo
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// The client a test talks to tidegate with. It keeps an idle connection
+/// for less than tidegate's `idle_timeout` (60 s by default), as a client
+/// behind any server should: a connection reused at the instant the server
+/// closes it for idleness fails its request with `IncompleteMessage` (a
+/// test that was quiet for a minute while a fuzzer ran met exactly that).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .pool_idle_timeout(Duration::from_secs(20))
+        .build()
+        .expect("a reqwest client")
 }
