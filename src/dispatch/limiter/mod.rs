@@ -19,7 +19,14 @@
 //! a minute, within 90-100% of the limit (SPEC §14), instead of
 //! saw-toothing past it. From far above, a second of refusals measures
 //! what the downstream accepts, and the rate goes straight to 95% of that
-//! instead of halving once a round.
+//! instead of halving once a round. The count starts at the first refusal
+//! (the burst spent before it is not rate), is taken at the refusal or the
+//! tick that comes first, and is left out where it would read something
+//! else: a pause the downstream asked for in it, a cap on attempts in
+//! flight that holds the rate back, a window's streak (see below). A
+//! measured rate is probed past slowly after calm seconds, so a low
+//! reading does not stick. `convergence` (tests) runs every model of
+//! `loadtests/rate-models.sh` against it in simulated time.
 //! After any pause, sending resumes with an empty bucket: a bucket that
 //! refilled during the pause would spend its burst into a downstream whose
 //! own allowance has just started again.
@@ -40,6 +47,7 @@
 //! just after, so a window learned costs about one refusal per streak,
 //! not a ladder of them.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -77,6 +85,10 @@ const CEILING_MEMORY: Duration = Duration::from_secs(60);
 const ACCEPTED_SHARE: f64 = 0.95;
 /// ...but always cuts at least this much, so a 429 is never ignored.
 const LEAST_CUT: f64 = 0.9;
+/// A count with our own pauses in it (see `State::measured`) is held at
+/// this share of it: within 90-100% of the allowance for a count 3% off
+/// either way.
+const PAUSED_SHARE: f64 = 0.97;
 /// Successes are counted in slots of this width...
 const SLOT: Duration = Duration::from_millis(250);
 /// ...kept for a minute: the longest horizon.
@@ -101,6 +113,14 @@ const FAR_ABOVE: f64 = 1.5;
 /// Refusals this long (none this far apart), without a pause among them:
 /// what the downstream accepted over the horizon is what it allows.
 const SATURATED_AFTER: Duration = Duration::from_secs(1);
+/// A learned window longer than this (a second, and the probes' step that
+/// places its turns) is not measured by a second's count.
+const LONG_WINDOW: Duration = Duration::from_millis(1500);
+/// Calm seconds at a measured rate before it is probed past.
+const MEASURED_CALM: Duration = Duration::from_secs(5);
+/// What the downstream takes while refusing is measured over this long at
+/// least (at 50/s, a dozen successes).
+const MEASURE_AT_LEAST: Duration = Duration::from_millis(250);
 
 pub struct Limiter {
     inner: Mutex<State>,
@@ -191,6 +211,14 @@ struct State {
     /// A held ceiling that outlived `CEILING_MEMORY`: probed past slowly,
     /// following the rate up.
     ceiling_stale: bool,
+    /// The ceiling is what refusals measured (see `measured`), not a rate
+    /// refused: the rate holds here, and a probe refused near it does not
+    /// raise it.
+    measured_hold: Option<f64>,
+    /// How long a successful attempt takes, averaged (an exponentially
+    /// weighted mean): with the cap on attempts in flight, the most it lets
+    /// through.
+    answer_time: Option<Duration>,
     /// The adaptive cap on attempts in flight (below `max_in_flight`): a
     /// downstream that limits concurrency refuses on the number in flight,
     /// whatever the rate. `None`: no cap beyond the configured one.
@@ -212,7 +240,28 @@ struct State {
     /// it does not take for a whole horizon, so what it accepted over that
     /// second is what it allows (see `cut`).
     refusing_since: Option<Instant>,
+    /// When the attempts sent since `refusing_since` that succeeded were
+    /// sent, over the last `SATURATED_AFTER`: what the downstream takes
+    /// while it refuses the rest (its burst, spent before the first
+    /// refusal, is not in it).
+    taken_while_refusing: VecDeque<Instant>,
+    /// When the last pause a downstream asked for (`Retry-After`, a spent
+    /// quota) ends: time it told us not to send, whose allowance a
+    /// measure over wall time would miss.
+    told_pause_until: Option<Instant>,
     bare: Bare,
+}
+
+/// What the downstream took while refusing the rest (see
+/// `State::measured`).
+struct Measure {
+    /// Per second.
+    rate: f64,
+    /// The rate to hold at.
+    hold: f64,
+    /// Over a whole `SATURATED_AFTER`: what it allows, however far above
+    /// it the rate was.
+    whole: bool,
 }
 
 /// What a streak of bare 429s taught (see the module doc).
@@ -242,6 +291,83 @@ struct Bare {
 }
 
 impl State {
+    fn forget_taken_before(&mut self, now: Instant) {
+        while self
+            .taken_while_refusing
+            .front()
+            .is_some_and(|t| now.saturating_duration_since(*t) > SATURATED_AFTER)
+        {
+            self.taken_while_refusing.pop_front();
+        }
+    }
+
+    /// What the downstream takes while it refuses the rest (see
+    /// [`Measure`]): the successes of attempts sent since the first
+    /// refusal (not the burst before it), over the last second of that, or
+    /// all of it when shorter, but at least `MEASURE_AT_LEAST`. `None`
+    /// before, with a pause the downstream asked for in the span (time it
+    /// told us not to send, whose allowance the count would miss), or when
+    /// it took nothing (a window that has not turned: the time measured
+    /// says nothing).
+    fn measured(&mut self, now: Instant) -> Option<Measure> {
+        let since = self.refusing_since?;
+        let span = now.duration_since(since);
+        let told = self.told_pause_until.is_some_and(|p| p > since);
+        // A window longer than the count's second (learned from a streak
+        // of bare 429s): a second of it says nothing of its allowance.
+        let windowed = self.horizon > LONG_WINDOW;
+        // A streak of bare 429s waiting this long waits for a window to
+        // turn, and its turn measures it.
+        let waiting = self
+            .bare
+            .streak
+            .is_some_and(|(began, _)| now.duration_since(began) >= LONG_WAIT);
+        if told || windowed || waiting || span < MEASURE_AT_LEAST {
+            return None;
+        }
+        self.forget_taken_before(now);
+        let n = self.taken_while_refusing.len();
+        let over = span.min(SATURATED_AFTER);
+        let rate = n as f64 / over.as_secs_f64();
+        // Limited in flight (see `cut`), and the cap is what holds it back
+        // (its attempts in flight, each as long as an answer takes, let
+        // through little more than the count): the count is the cap's, not
+        // a rate.
+        let capped = match (self.in_flight_cap, self.answer_time) {
+            (Some(cap), Some(t)) => f64::from(cap) / t.as_secs_f64().max(1e-6) < 2.0 * rate,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        if capped {
+            return None;
+        }
+        // Our own pauses (probes after bare 429s) in the span: the count
+        // reads a little off, low where the downstream's allowance accrued
+        // past a burst it could hold, high where it banked it and we spent
+        // it after; held at `PAUSED_SHARE` of it. Without one, it is what
+        // the downstream takes: held at `ACCEPTED_SHARE` of it.
+        let paused = self.paused_until.is_some_and(|p| p + over > now);
+        let hold = rate * if paused { PAUSED_SHARE } else { ACCEPTED_SHARE };
+        (n > 0).then_some(Measure {
+            rate,
+            hold,
+            whole: span >= SATURATED_AFTER,
+        })
+    }
+
+    /// Holds at a measure: the ceiling is what it measured, the rate its
+    /// hold; the cut to it is this round's.
+    fn hold_measured(&mut self, m: &Measure, now: Instant) {
+        let rate = m.rate.min(self.effective.unwrap_or(m.rate));
+        self.ceiling = Some(rate);
+        self.ceiling_held = true;
+        self.measured_hold = Some(m.hold);
+        self.ceiling_stale = false;
+        self.last_decrease = Some(now);
+        self.recovered = false;
+        self.set_effective(m.hold);
+    }
+
     fn slot(&self, now: Instant) -> u64 {
         (now.duration_since(self.epoch).as_millis() / SLOT.as_millis()) as u64
     }
@@ -344,12 +470,18 @@ impl State {
             // brings it closer, where what it accepted over a second can
             // read low and hold the rate there. Far above, that rate says
             // little, and what it accepted stands.
-            if let (true, Some(r), Some(k)) = (self.ceiling_held, rate_then, self.ceiling) {
+            if let (true, false, Some(r), Some(k)) =
+                (self.ceiling_held, self.measured_hold.is_some(), rate_then, self.ceiling)
+            {
                 if r <= k * FAR_ABOVE {
                     self.ceiling = Some(r);
                 }
             }
         } else {
+            // A window: what it allows is measured by its turns, not by
+            // a count over a span that waited for one.
+            self.refusing_since = None;
+            self.taken_while_refusing.clear();
             let from = self.bare.turned.or(self.first_sent);
             if let Some(from) = from.filter(|f| turned > *f) {
                 let span = turned - from;
@@ -386,6 +518,7 @@ impl State {
                         self.ceiling = ceiling;
                         self.ceiling_held = ceiling.is_some();
                         self.ceiling_stale = false;
+                        self.measured_hold = None;
                         let k = ceiling.unwrap_or(sustainable);
                         let held = (k * HOLD_BELOW).max(c * FLOOR_SHARE).min(c);
                         if one_window.is_some() || self.effective.is_some_and(|e| held < e) {
@@ -445,6 +578,8 @@ impl Limiter {
                 ceiling: None,
                 ceiling_held: false,
                 ceiling_stale: false,
+                measured_hold: None,
+                answer_time: None,
                 in_flight_cap: None,
                 in_flight_ceiling: None,
                 cap_calm: 0,
@@ -453,6 +588,8 @@ impl Limiter {
                 epoch: now,
                 first_sent: None,
                 refusing_since: None,
+                taken_while_refusing: VecDeque::new(),
+                told_pause_until: None,
                 bare: Bare::default(),
             }),
         }
@@ -547,6 +684,15 @@ impl Limiter {
             return;
         }
         let now = Instant::now();
+        let took = now.saturating_duration_since(sent);
+        s.answer_time = Some(s.answer_time.map_or(took, |t| t.mul_f64(0.9) + took.mul_f64(0.1)));
+        // Only while a spell of refusals is live: a refusal more than
+        // `SATURATED_AFTER` after the last starts a new one, counted anew.
+        let live = s.last_slowdown.is_some_and(|t| now.duration_since(t) < SATURATED_AFTER);
+        if live && s.refusing_since.is_some_and(|t| sent >= t) {
+            s.taken_while_refusing.push_back(sent);
+            s.forget_taken_before(now);
+        }
         if s.last_decrease.is_some_and(|t| sent > t) {
             s.recovered = true;
         }
@@ -629,6 +775,7 @@ impl Limiter {
         let now = Instant::now();
         if let Some(ra) = retry_after {
             s.pause_until(now + ra);
+            s.told_pause_until = s.paused_until;
         }
         s.cut(retry_after.is_some(), sent, in_flight, now);
     }
@@ -640,6 +787,7 @@ impl Limiter {
             return;
         }
         s.pause_until(Instant::now() + d);
+        s.told_pause_until = s.paused_until;
     }
 
     /// Called once a second: a second without 429/503 raises the effective
@@ -654,6 +802,7 @@ impl Limiter {
                 // Held long enough: probe past it, slowly.
                 s.ceiling_held = false;
                 s.ceiling_stale = true;
+                s.measured_hold = None;
             } else {
                 s.ceiling = None;
             }
@@ -664,6 +813,17 @@ impl Limiter {
         let (Some(c), Some(e)) = (s.configured, s.effective) else {
             return;
         };
+        // Refusals still coming a second after they began: what the
+        // downstream took over that second is what it allows (SPEC §14),
+        // whether or not the next refusal starts a new round.
+        let now = Instant::now();
+        let refusing = s.last_slowdown.is_some_and(|t| now.duration_since(t) < SATURATED_AFTER);
+        if let Some(m) = s.measured(now).filter(|m| m.whole && s.adaptive && refusing) {
+            if m.rate < e && m.hold.max(c * FLOOR_SHARE) < e {
+                s.hold_measured(&m, now);
+                return;
+            }
+        }
         if e >= c {
             return;
         }
@@ -678,7 +838,21 @@ impl Limiter {
             }
             // Below a held ceiling, 95% of it is known to be taken: as fast
             // as below any ceiling, up to there.
-            Some(k) if s.ceiling_held => (e + c * RECOVERY_SHARE).min(k * HOLD_BELOW).max(e),
+            // A measure may read a little low (our own pauses in it, an
+            // answer slow to come): after calm seconds held under it, the
+            // rate rises to it, slowly; past it only once the ceiling is
+            // stale, as any held one.
+            Some(k) if s.measured_hold.is_some_and(|h| e >= h) => {
+                let calm = s.last_slowdown.is_none_or(|t| t.elapsed() >= MEASURED_CALM);
+                if calm {
+                    (e + k * PROBE_SHARE).min(k).max(e)
+                } else {
+                    e
+                }
+            }
+            Some(k) if s.ceiling_held => (e + c * RECOVERY_SHARE)
+                .min(s.measured_hold.unwrap_or(k * HOLD_BELOW))
+                .max(e),
             Some(k) if e >= k * FAST_UP_TO => e + k * PROBE_SHARE,
             Some(k) => (e + c * RECOVERY_SHARE).min(k * FAST_UP_TO),
             None => e + c * RECOVERY_SHARE,
@@ -718,6 +892,7 @@ impl State {
             .is_none_or(|t| now.duration_since(t) >= SATURATED_AFTER)
         {
             self.refusing_since = Some(now);
+            self.taken_while_refusing.clear();
         }
         self.last_slowdown = Some(now);
         self.ceiling_stale = false;
@@ -745,21 +920,19 @@ impl State {
             self.cap_calm = 0;
         }
         if let (Some(c), Some(e)) = (self.configured, self.effective) {
-            let accepted = self.accepted_per_second(now);
-            // Refused for a whole second without a pause in it, the
-            // downstream took what it allows over that second: straight
-            // there (SPEC §14), however far above it the rate was.
-            let saturated = self
-                .refusing_since
-                .is_some_and(|t| now.duration_since(t) >= SATURATED_AFTER)
-                && self
-                    .paused_until
-                    .is_none_or(|p| now.saturating_duration_since(p) >= SATURATED_AFTER);
-            let jump = saturated && accepted > 0.0;
+            // Refused for a whole second with no pause the downstream asked
+            // for in it, it took what it allows over that second: straight
+            // there (SPEC §14), however far above it the rate was. Counted
+            // from the first refusal, so the burst spent before it is not
+            // read as rate.
+            let measured = self.measured(now);
+            let jump = measured.as_ref().is_some_and(|m| m.whole);
+            let accepted = measured
+                .as_ref()
+                .map_or_else(|| self.accepted_per_second(now), |m| m.rate);
+            let under = measured.as_ref().map_or(accepted * ACCEPTED_SHARE, |m| m.hold);
             let halved = if jump { 0.0 } else { e / 2.0 };
-            let cut = halved
-                .max((accepted * ACCEPTED_SHARE).min(e * LEAST_CUT))
-                .max(c * FLOOR_SHARE);
+            let cut = halved.max(under.min(e * LEAST_CUT)).max(c * FLOOR_SHARE);
             if cut < e {
                 // Held below only when the downstream had been taking
                 // about that rate (or a whole second of refusals measured
@@ -782,11 +955,15 @@ impl State {
                     _ => Some(drawn),
                 };
                 self.ceiling_held = held;
+                self.measured_hold = measured.map(|m| m.hold);
+                self.ceiling_stale = false;
                 self.set_effective(cut);
             }
         }
     }
 }
 
+#[cfg(test)]
+mod convergence;
 #[cfg(test)]
 mod tests;
