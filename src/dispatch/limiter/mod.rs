@@ -225,6 +225,8 @@ struct State {
     in_flight_cap: Option<u32>,
     /// The number in flight that drew the last refusal.
     in_flight_ceiling: Option<u32>,
+    /// That refusal came with a pause the downstream asked for.
+    in_flight_told: bool,
     /// Calm seconds since the cap last moved.
     cap_calm: u32,
     /// Successes per `SLOT`, as (slot number since `epoch`, count), a ring.
@@ -440,7 +442,14 @@ impl State {
         }
         self.cap_calm += 1;
         let below_ceiling = self.in_flight_ceiling.is_some_and(|k| cap + 1 < k);
-        if below_ceiling || self.cap_calm >= PROBE_AFTER {
+        // A probe refused with a pause the downstream asks for costs the
+        // whole pause: probed once a `CEILING_MEMORY`, as a held rate is.
+        let probe_after = if self.in_flight_told {
+            u32::try_from(CEILING_MEMORY.as_secs()).unwrap_or(u32::MAX)
+        } else {
+            PROBE_AFTER
+        };
+        if below_ceiling || self.cap_calm >= probe_after {
             self.in_flight_cap = Some(cap + 1);
             self.cap_calm = 0;
         }
@@ -582,6 +591,7 @@ impl Limiter {
                 answer_time: None,
                 in_flight_cap: None,
                 in_flight_ceiling: None,
+                in_flight_told: false,
                 cap_calm: 0,
                 accepted: vec![(u64::MAX, 0); SLOTS],
                 horizon: Duration::from_secs(1),
@@ -918,6 +928,7 @@ impl State {
             };
             self.in_flight_cap = Some(in_flight - 1);
             self.cap_calm = 0;
+            self.in_flight_told = self.told_pause_until.is_some_and(|p| p > now);
         }
         if let (Some(c), Some(e)) = (self.configured, self.effective) {
             // Refused for a whole second with no pause the downstream asked

@@ -277,6 +277,24 @@ async fn a_refusal_caps_attempts_in_flight_one_below_the_number_refused() {
     assert_eq!(l.in_flight_limit(8), 8);
 }
 
+/// A refusal that came with `Retry-After`: a probe of the number refused
+/// would cost the whole pause, so the cap stays one below it until the
+/// ceiling is forgotten, as a rate held after a pause does.
+#[tokio::test(start_paused = true)]
+async fn after_a_retry_after_the_in_flight_cap_is_not_probed_every_few_seconds() {
+    let l = Limiter::new(Some(100.0), 10, true);
+    l.slow_down(Some(Duration::from_secs(1)), Instant::now(), 5);
+    assert_eq!(l.in_flight_limit(8), 4);
+    for _ in 0..PROBE_AFTER * 3 {
+        tokio::time::advance(Duration::from_secs(1)).await;
+        l.tick();
+        assert_eq!(l.in_flight_limit(8), 4);
+    }
+    tokio::time::advance(CEILING_MEMORY).await;
+    l.tick();
+    assert_eq!(l.in_flight_limit(8), 8);
+}
+
 #[tokio::test(start_paused = true)]
 async fn without_a_rate_limit_a_refusal_still_caps_attempts_in_flight_once_per_round() {
     let l = Limiter::new(None, 1, true);
