@@ -110,8 +110,9 @@ const LONG_WAIT: Duration = Duration::from_millis(500);
 /// The rate that met a bare 429 was "far above" the sustainable one when
 /// over this multiple of it.
 const FAR_ABOVE: f64 = 1.5;
-/// Refusals this long (none this far apart), without a pause among them:
-/// what the downstream accepted over the horizon is what it allows.
+/// Refusals this long (none this far apart), with no pause the downstream
+/// asked for among them: what it took over the last second of them is
+/// what it allows (see `State::measured`).
 const SATURATED_AFTER: Duration = Duration::from_secs(1);
 /// A learned window longer than this (a second, and the probes' step that
 /// places its turns) is not measured by a second's count.
@@ -828,6 +829,7 @@ impl Limiter {
         // whether or not the next refusal starts a new round.
         let now = Instant::now();
         let refusing = s.last_slowdown.is_some_and(|t| now.duration_since(t) < SATURATED_AFTER);
+        // (`adaptive` may have been turned off by a reload mid-spell.)
         if let Some(m) = s.measured(now).filter(|m| m.whole && s.adaptive && refusing) {
             if m.rate < e && m.hold.max(c * FLOOR_SHARE) < e {
                 s.hold_measured(&m, now);
