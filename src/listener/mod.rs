@@ -130,7 +130,7 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let activity = Arc::new(Activity::new());
+        let activity = Arc::new(Activity::new(limits));
         let io = Watched {
             stream,
             activity: activity.clone(),
@@ -153,7 +153,7 @@ pub async fn serve(
         tokio::spawn(async move {
             tokio::select! {
                 _ = conn => {}
-                why = activity.overdue(limits) => {
+                why = activity.overdue() => {
                     tracing::debug!(listener = name, %peer, "closing a connection: {why}");
                 }
             }
@@ -186,23 +186,38 @@ enum Phase {
 
 /// What the watcher of one connection knows of it. Times are in ms since
 /// `start`.
+///
+/// The connection's task records its bytes and phases in atomics and wakes
+/// the watcher only when a deadline comes earlier than the time the watcher
+/// already sleeps to (`armed`): a request's headers starting before it.
+/// Every other change moves deadlines later, which the watcher finds when
+/// it wakes. Waking it at each phase change, and arming a new timer each
+/// time, cost 4% of ingress throughput (HTTP alone, 256 connections).
 struct Activity {
     start: Instant,
+    header_read_ms: u64,
+    idle_ms: u64,
     /// The last byte read or written.
     last: AtomicU64,
     phase: AtomicU8,
     /// When `phase` began.
     since: AtomicU64,
+    /// When the watcher next looks (`u64::MAX` before it first does).
+    armed: AtomicU64,
     changed: Notify,
 }
 
 impl Activity {
-    fn new() -> Activity {
+    fn new(limits: Limits) -> Activity {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Activity {
             start: Instant::now(),
+            header_read_ms: ms(limits.header_read_timeout),
+            idle_ms: ms(limits.idle_timeout),
             last: AtomicU64::new(0),
             phase: AtomicU8::new(Phase::Headers as u8),
             since: AtomicU64::new(0),
+            armed: AtomicU64::new(u64::MAX),
             changed: Notify::new(),
         }
     }
@@ -212,7 +227,7 @@ impl Activity {
     }
 
     fn phase(&self) -> Phase {
-        match self.phase.load(Ordering::Acquire) {
+        match self.phase.load(Ordering::SeqCst) {
             0 => Phase::Headers,
             1 => Phase::Serving,
             _ => Phase::Between,
@@ -220,9 +235,16 @@ impl Activity {
     }
 
     fn set(&self, phase: Phase) {
-        self.since.store(self.now(), Ordering::Release);
-        self.phase.store(phase as u8, Ordering::Release);
-        self.changed.notify_one();
+        let now = self.now();
+        self.since.store(now, Ordering::Release);
+        // SeqCst here and in the watcher (store, then load the other's):
+        // either this sees the watcher's new `armed`, or the watcher sees
+        // this phase.
+        self.phase.store(phase as u8, Ordering::SeqCst);
+        // Only a headers deadline can fall before the watcher's next look.
+        if phase == Phase::Headers && now.saturating_add(self.header_read_ms) < self.armed.load(Ordering::SeqCst) {
+            self.changed.notify_one();
+        }
     }
 
     /// A byte came in: between requests, that is the next one starting.
@@ -237,43 +259,58 @@ impl Activity {
         self.last.store(self.now(), Ordering::Relaxed);
     }
 
+    /// When the connection is next due in its phase, and why; `None` while
+    /// a request is served (its body and handler have their own bounds).
+    fn due(&self) -> Option<(u64, &'static str)> {
+        let idle_at = self.last.load(Ordering::Relaxed).saturating_add(self.idle_ms);
+        match self.phase() {
+            Phase::Serving => None,
+            Phase::Between => Some((idle_at, "idle past idle_timeout")),
+            Phase::Headers => {
+                let headers_at = self.since.load(Ordering::Acquire).saturating_add(self.header_read_ms);
+                Some(if headers_at <= idle_at {
+                    (headers_at, "headers not received within header_read_timeout")
+                } else {
+                    (idle_at, "idle past idle_timeout")
+                })
+            }
+        }
+    }
+
     /// Returns, saying why, once the connection is past a deadline of its
     /// phase.
-    async fn overdue(&self, limits: Limits) -> &'static str {
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    async fn overdue(&self) -> &'static str {
+        let sleep = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(sleep);
         loop {
+            // Registered before the state is read: a notification after
+            // the read is kept for the wait below.
             let changed = self.changed.notified();
-            let idle_at = self
-                .last
-                .load(Ordering::Relaxed)
-                .saturating_add(ms(limits.idle_timeout));
-            let due = match self.phase() {
-                Phase::Serving => None,
-                Phase::Between => Some((idle_at, "idle past idle_timeout")),
-                Phase::Headers => {
-                    let headers_at = self
-                        .since
-                        .load(Ordering::Acquire)
-                        .saturating_add(ms(limits.header_read_timeout));
-                    Some(if headers_at <= idle_at {
-                        (headers_at, "headers not received within header_read_timeout")
-                    } else {
-                        (idle_at, "idle past idle_timeout")
-                    })
-                }
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let now = self.now();
+            let look_at = match self.due() {
+                Some((at, why)) if now >= at => return why,
+                Some((at, _)) => at,
+                // Serving: look again later; the request's end moves the
+                // next deadline past this, so it needs no wake-up.
+                None => now.saturating_add(self.header_read_ms.min(self.idle_ms)),
             };
-            match due {
-                None => changed.await,
-                Some((at, why)) => {
-                    let now = self.now();
-                    if now >= at {
-                        return why;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(at - now)) => {}
-                        _ = changed => {}
-                    }
-                }
+            self.armed.store(look_at, Ordering::SeqCst);
+            // A request that started while this looked compared its
+            // deadline with the old `armed`: look again.
+            if self.due().is_some_and(|(at, _)| at < look_at) {
+                continue;
+            }
+            // Timeouts from the config may be near-infinite: no overflow.
+            let now = tokio::time::Instant::now();
+            let wait = Duration::from_millis(look_at.saturating_sub(self.now()));
+            sleep
+                .as_mut()
+                .reset(now.checked_add(wait).unwrap_or(now + Duration::from_secs(1 << 30)));
+            tokio::select! {
+                _ = &mut sleep => {}
+                _ = changed => {}
             }
         }
     }

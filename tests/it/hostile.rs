@@ -86,6 +86,38 @@ async fn a_kept_alive_connection_lives_idle_timeout_between_requests_not_header_
 }
 
 #[tokio::test]
+async fn a_kept_alive_connection_that_stalls_in_its_next_request_is_cut_off_at_the_header_deadline() {
+    // Between requests the connection's watcher sleeps until idle_timeout;
+    // the next request's first byte must bring its deadline forward.
+    let ds = Downstream::start().await;
+    let tg = Tidegate::start_with(
+        &destination("crm", &ds.url(), ""),
+        Extra {
+            ingress: "header_read_timeout = \"1s\"\nidle_timeout = \"20s\"",
+            ..Extra::default()
+        },
+    )
+    .await;
+    let mut s = TcpStream::connect(tg.ingress).await.unwrap();
+    s.write_all(b"POST /crm/k HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 2\r\n\r\n{}")
+        .await
+        .unwrap();
+    let (answer, closed) = read_until_closed(&mut s, Duration::from_millis(1500)).await;
+    assert!(answer.starts_with("HTTP/1.1 202") && !closed, "{answer}");
+    s.write_all(b"POST /crm/k HTTP/1.1\r\nhost: 127.0.0.1\r\nx-slow: ")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(15)).await;
+    assert!(closed, "the stalled request was left open");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "closed after {took:?}: not at the header deadline"
+    );
+}
+
+#[tokio::test]
 async fn connections_over_the_limit_wait_in_the_backlog_and_are_served_when_a_slot_frees() {
     let ds = Downstream::start().await;
     let tg = Tidegate::start_with(
