@@ -2,9 +2,13 @@
 
 use std::time::Duration;
 
-use axum::http::HeaderMap;
+use axum::http::{header, HeaderMap, HeaderName};
 
 use super::MAX_WAIT;
+
+/// Looked up on every request: parsed once, not at each lookup.
+pub static IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
+static PREFER: HeaderName = HeaderName::from_static("prefer");
 
 /// Never forwarded: hop-by-hop headers (RFC 9110 §7.6.1), credentials meant
 /// for tidegate, headers tidegate sets itself, and request framing.
@@ -38,7 +42,7 @@ const NOT_FORWARDED: &[&str] = &[
 pub fn forwardable(headers: &HeaderMap) -> Vec<(String, String)> {
     // Headers named in `Connection` are hop-by-hop too.
     let listed: Vec<String> = headers
-        .get_all("connection")
+        .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -60,7 +64,7 @@ pub fn forwardable(headers: &HeaderMap) -> Vec<(String, String)> {
 /// `Prefer: wait=N` (RFC 7240), capped at [`MAX_WAIT`].
 pub fn prefer_wait(headers: &HeaderMap) -> Option<Duration> {
     headers
-        .get_all("prefer")
+        .get_all(&PREFER)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split([',', ';']))

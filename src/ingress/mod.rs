@@ -141,7 +141,7 @@ async fn accept(shared: &Shared, parts: &Parts, body: &mut Option<Body>) -> Resu
     }
     let (dest, cfg, rest) = addressed(ing, parts, &sender)?;
     let body = read_body(ing, &dest.name, parts, body, &live).await?;
-    let idempotency_key = match parts.headers.get("idempotency-key") {
+    let idempotency_key = match parts.headers.get(&headers::IDEMPOTENCY_KEY) {
         None => None,
         Some(v) => Some(idempotency_key(v.as_bytes())?),
     };
@@ -229,7 +229,18 @@ async fn accept(shared: &Shared, parts: &Parts, body: &mut Option<Body>) -> Resu
     }
     // Ids and destination names need no JSON escaping.
     let status = if held { "held" } else { "queued" };
-    let body = format!(r#"{{"id":"{id}","destination":"{name}","status":"{status}"}}"#);
+    let mut body = String::with_capacity(64 + name.len());
+    for part in [
+        r#"{"id":""#,
+        &id,
+        r#"","destination":""#,
+        name,
+        r#"","status":""#,
+        status,
+        r#""}"#,
+    ] {
+        body.push_str(part);
+    }
     Ok(json_response(StatusCode::ACCEPTED, body, &id))
 }
 
@@ -696,7 +707,10 @@ fn json_response(status: StatusCode, body: String, id: &str) -> Response {
     let mut r = (status, body).into_response();
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    if let Ok(loc) = HeaderValue::from_str(&format!("/v1/messages/{id}")) {
+    let mut loc = String::with_capacity(13 + id.len());
+    loc.push_str("/v1/messages/");
+    loc.push_str(id);
+    if let Ok(loc) = HeaderValue::try_from(loc) {
         r.headers_mut().insert(header::LOCATION, loc);
     }
     r
