@@ -79,7 +79,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         dispatcher.clone(),
         queues.clone(),
     ));
-    let ingress_app = ingress::router(Ingress {
+    let ingress_app = ingress::service(Ingress {
         queues: queues.clone(),
         dispatcher: dispatcher.clone(),
         metrics: metrics.clone(),

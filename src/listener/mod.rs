@@ -26,7 +26,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
-use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -92,14 +91,20 @@ fn budgets_within(ingress: usize, admin: usize, nofile: u64) -> (usize, usize) {
 
 /// Serves `app` on `listener` until `stop` turns true, then lets open
 /// connections finish their current request (at most `drain`).
-pub async fn serve(
+pub async fn serve<S>(
     name: &'static str,
     listener: TcpListener,
-    app: Router,
+    app: S,
     limits: Limits,
     mut stop: watch::Receiver<bool>,
     drain: Duration,
-) {
+) where
+    S: tower::Service<axum::extract::Request, Response = axum::response::Response, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
