@@ -46,8 +46,8 @@ pub struct Ingress {
 
 /// The ingress listener's service: every request goes to [`handle`]. A
 /// plain service, not an axum `Router`: ingress has one handler, and the
-/// router's dispatch and boxed future per request cost about 2% of its
-/// throughput.
+/// router's dispatch and boxed future per request cost about 6% of its
+/// throughput (HTTP alone, 256 connections).
 pub fn service(
     state: Ingress,
 ) -> impl tower::Service<Request, Response = Response, Error = Infallible, Future = impl Send> + Clone + Send + 'static

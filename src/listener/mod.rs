@@ -193,8 +193,9 @@ enum Phase {
 /// `start`.
 ///
 /// The connection's task records its bytes and phases in atomics and wakes
-/// the watcher only when a deadline comes earlier than the time the watcher
-/// already sleeps to (`armed`): a request's headers starting before it.
+/// the watcher only when a phase change brings a deadline earlier than the
+/// time the watcher already sleeps to (`armed`): with the usual timeouts, a
+/// kept-alive connection's next request starting.
 /// Every other change moves deadlines later, which the watcher finds when
 /// it wakes. Waking it at each phase change, and arming a new timer each
 /// time, cost 4% of ingress throughput (HTTP alone, 256 connections).
@@ -246,8 +247,9 @@ impl Activity {
         // either this sees the watcher's new `armed`, or the watcher sees
         // this phase.
         self.phase.store(phase as u8, Ordering::SeqCst);
-        // Only a headers deadline can fall before the watcher's next look.
-        if phase == Phase::Headers && now.saturating_add(self.header_read_ms) < self.armed.load(Ordering::SeqCst) {
+        // With the usual timeouts only a request's headers starting bring
+        // a deadline before the watcher's next look.
+        if self.due().is_some_and(|(at, _)| at < self.armed.load(Ordering::SeqCst)) {
             self.changed.notify_one();
         }
     }
@@ -297,9 +299,10 @@ impl Activity {
             let look_at = match self.due() {
                 Some((at, why)) if now >= at => return why,
                 Some((at, _)) => at,
-                // Serving: look again later; the request's end moves the
-                // next deadline past this, so it needs no wake-up.
-                None => now.saturating_add(self.header_read_ms.min(self.idle_ms)),
+                // Serving: look again later (at least a second on: a
+                // zero timeout must not spin); with the usual timeouts the
+                // request's end moves the next deadline past this.
+                None => now.saturating_add(self.header_read_ms.min(self.idle_ms).max(1000)),
             };
             self.armed.store(look_at, Ordering::SeqCst);
             // A request that started while this looked compared its
