@@ -50,9 +50,9 @@ pub(super) struct RawAdmin {
     pub(super) token_env: Option<Spanned<String>>,
     pub(super) public_url: Option<Spanned<EnvString>>,
     pub(super) max_connections: Option<Spanned<i64>>,
-    pub(super) header_read_timeout: Option<HumanDuration>,
-    pub(super) idle_timeout: Option<HumanDuration>,
-    pub(super) body_timeout: Option<HumanDuration>,
+    pub(super) header_read_timeout: Option<Spanned<HumanDuration>>,
+    pub(super) idle_timeout: Option<Spanned<HumanDuration>>,
+    pub(super) body_timeout: Option<Spanned<HumanDuration>>,
     #[serde(default)]
     pub(super) allowed_origins: Vec<Spanned<EnvString>>,
     #[serde(default)]

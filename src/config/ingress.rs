@@ -48,9 +48,9 @@ pub(super) struct RawIngress {
     pub(super) listen: Option<Spanned<EnvString>>,
     pub(super) max_body: Option<ByteSize>,
     pub(super) max_connections: Option<Spanned<i64>>,
-    pub(super) header_read_timeout: Option<HumanDuration>,
-    pub(super) idle_timeout: Option<HumanDuration>,
-    pub(super) body_timeout: Option<HumanDuration>,
+    pub(super) header_read_timeout: Option<Spanned<HumanDuration>>,
+    pub(super) idle_timeout: Option<Spanned<HumanDuration>>,
+    pub(super) body_timeout: Option<Spanned<HumanDuration>>,
     pub(super) auth_token_env: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) allowed_origins: Vec<Spanned<EnvString>>,

@@ -412,3 +412,30 @@ fn batch_settings_are_checked_where_they_are_written() {
     .unwrap();
     assert_eq!(c.destinations[0].batch.as_ref().unwrap().encoding, Encoding::Csv);
 }
+
+#[test]
+fn a_zero_connection_timeout_is_refused_with_its_file_line_and_key() {
+    for (table, key) in [
+        ("ingress", "header_read_timeout"),
+        ("ingress", "idle_timeout"),
+        ("admin", "body_timeout"),
+    ] {
+        let line = format!("[{table}]\n{key} = \"0s\"\n");
+        // MIN has an [ingress] table: the key goes into it.
+        let text = match table {
+            "ingress" => MIN.replacen("[ingress]\n", &line, 1),
+            _ => format!("{line}{MIN}"),
+        };
+        let e = parse(&text).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with("t.toml:2:"), "{text}");
+        assert!(text.contains("longer than 0"), "{text}");
+        assert_eq!(key_of(e), format!("{table}.{key}"));
+    }
+    // The smallest real value stands.
+    let c = parse(&MIN.replacen("[ingress]\n", "[ingress]\nheader_read_timeout = \"1ms\"\n", 1)).unwrap();
+    assert_eq!(
+        c.ingress.connections.header_read_timeout,
+        std::time::Duration::from_millis(1)
+    );
+}
