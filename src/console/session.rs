@@ -18,6 +18,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::config::Secret;
+use crate::queue::hex;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "tidegate_session";
@@ -44,10 +45,6 @@ fn mac(parts: &[&[u8]]) -> String {
         m.update(p);
     }
     hex(&m.finalize().into_bytes())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn token_digest(token: &Secret) -> [u8; 32] {

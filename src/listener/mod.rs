@@ -310,12 +310,12 @@ impl Activity {
             if self.due().is_some_and(|(at, _)| at < look_at) {
                 continue;
             }
-            // Timeouts from the config may be near-infinite: no overflow.
-            let now = tokio::time::Instant::now();
-            let wait = Duration::from_millis(look_at.saturating_sub(self.now()));
+            // Long timeouts from the config must not overflow the instant.
+            let wait = Duration::from_millis(look_at.saturating_sub(now));
+            let from = tokio::time::Instant::now();
             sleep
                 .as_mut()
-                .reset(now.checked_add(wait).unwrap_or(now + Duration::from_secs(1 << 30)));
+                .reset(from.checked_add(wait).unwrap_or(from + Duration::from_secs(1 << 30)));
             tokio::select! {
                 _ = &mut sleep => {}
                 _ = changed => {}

@@ -21,17 +21,27 @@ pub fn is_message_id(id: &str) -> bool {
 
 /// The public id of message `seq` in a queue with this salt.
 pub(crate) fn id_of(salt: u32, seq: u64) -> String {
-    // By hand: one per accepted request, and `format!` with widths costs
-    // more than the rest of making the answer.
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut id = String::with_capacity(24);
-    for shift in (0..8).rev() {
-        id.push(HEX[((salt >> (shift * 4)) & 0xf) as usize] as char);
-    }
-    for shift in (0..16).rev() {
-        id.push(HEX[((seq >> (shift * 4)) & 0xf) as usize] as char);
-    }
+    push_hex(&mut id, &salt.to_be_bytes());
+    push_hex(&mut id, &seq.to_be_bytes());
     id
+}
+
+/// Lowercase hex of `bytes`: ids, digests and key names.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(2 * bytes.len());
+    push_hex(&mut s, bytes);
+    s
+}
+
+// By hand, not `format!` per byte: an id is made for every accepted
+// request, and formatting cost more than the rest of making the answer.
+fn push_hex(out: &mut String, bytes: &[u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
 }
 
 /// How old a message received at `received_ms` is now, in seconds; 0 for
@@ -437,7 +447,7 @@ pub struct Queued {
 
 #[cfg(test)]
 mod tests {
-    use super::{id_of, is_message_id};
+    use super::{hex, id_of, is_message_id};
 
     #[test]
     fn an_id_is_the_salt_then_the_sequence_number_in_fixed_width_lowercase_hex() {
@@ -446,5 +456,7 @@ mod tests {
             assert_eq!(id, format!("{salt:08x}{seq:016x}"));
             assert!(is_message_id(&id), "{id}");
         }
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
+        assert_eq!(hex(&[]), "");
     }
 }

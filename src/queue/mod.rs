@@ -32,12 +32,12 @@ use std::sync::Arc;
 
 pub use contract::{AuditLog, Backend, Cluster, Operations, Queue, Queues, ReviewStore, StateAsked};
 pub use error::{QueueError, Result};
-pub(crate) use message::id_of;
 pub use message::{
     age_seconds, is_message_id, now_ms, rfc3339, sampled, Appended, BatchRef, DeadLetter, DestinationRecord,
     Disposition, Due, HaltedKey, LastError, Limits, Message, MessageStatus, NewMessage, Outcome, QueueCounts, Queued,
     ReviewIntent, Settlement, Stats,
 };
+pub(crate) use message::{hex, id_of};
 pub use state::{stored, MessageState};
 
 use crate::config::{Backend as StorageBackend, Config};

@@ -66,7 +66,7 @@ use async_nats::jetstream::{self, kv, stream};
 use serde::{Deserialize, Serialize};
 
 use crate::config::JetStreamConfig;
-use crate::queue::{Outcome, QueueCounts, QueueError, Result, Stats};
+use crate::queue::{hex, Outcome, QueueCounts, QueueError, Result, Stats};
 
 use codec::Retry;
 
@@ -353,10 +353,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 async fn put_json(store: &kv::Store, key: String, value: &impl Serialize) -> Result<u64> {
     let body = serde_json::to_vec(value).map_err(unavailable)?;
     store.put(key, body.into()).await.map_err(unavailable)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
