@@ -18,7 +18,6 @@
 
 pub mod body;
 
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -168,11 +167,6 @@ pub async fn serve<S>(
     drop(listener);
     // Connections finish the request they are in, then close.
     let _ = tokio::time::timeout(drain, graceful.shutdown()).await;
-}
-
-/// A peer's address as the listener put it on the request.
-pub fn peer(req: &axum::http::request::Parts) -> Option<SocketAddr> {
-    req.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0)
 }
 
 /// Where a connection is between its requests.
